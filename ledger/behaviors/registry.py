@@ -1,0 +1,234 @@
+"""The behaviors folder reconciled into the database.
+
+A new file registers its behavior at its start tier; an edit keeps tier and history and
+records the new definition hash; a removed file retires the behavior (history kept) and a file
+that comes back restores it at its old tier; an invalid file is reported and the last valid
+version keeps running. Every change is a ledger entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlmodel import Session
+
+from ledger.behaviors.load import LoadedBehavior, LoadReport, load_directory
+from ledger.db.models import BehaviorRow, FileProblem
+from ledger.gates import Tier
+from ledger.journal import append_entry
+
+REGISTRY_ACTOR = "registry"
+
+
+@dataclass(slots=True)
+class ReconcileSummary:
+    registered: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    retired: list[str] = field(default_factory=list)
+    restored: list[str] = field(default_factory=list)
+    invalid: list[str] = field(default_factory=list)
+    capped: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.registered or self.updated or self.retired or self.restored or self.capped)
+
+    def describe(self) -> str:
+        parts = [
+            f"{len(v)} {k}"
+            for k, v in (
+                ("registered", self.registered),
+                ("updated", self.updated),
+                ("retired", self.retired),
+                ("restored", self.restored),
+                ("capped", self.capped),
+                ("invalid files", self.invalid),
+            )
+            if v
+        ]
+        return ", ".join(parts) or "no changes"
+
+
+def reconcile_directory(session: Session, directory: Path, now: datetime) -> ReconcileSummary:
+    """Load ``directory`` and reconcile it (inside the caller's transaction)."""
+    return reconcile(session, load_directory(directory), directory, now)
+
+
+def reconcile(
+    session: Session, report: LoadReport, directory: Path, now: datetime
+) -> ReconcileSummary:
+    """Apply a folder's load report to the database. Adds and flushes; the caller commits."""
+    summary = ReconcileSummary()
+    rows = {row.name: row for row in session.execute(select(BehaviorRow)).scalars()}
+    by_path = {row.source_path: row for row in rows.values() if not row.retired}
+    invalid = report.problems_by_path()
+    folder_readable = directory.is_dir()
+
+    for lb in report.behaviors:
+        row = rows.get(lb.name)
+        if row is None:
+            rows[lb.name] = _register(session, lb, now)
+            summary.registered.append(lb.name)
+        else:
+            _refresh(session, row, lb, now, summary)
+
+    known_paths = {str(p) for p in report.files_seen}
+    for path, problems in invalid.items():
+        text = "\n".join(p.render() for p in problems)
+        summary.invalid.append(path)
+        owner = by_path.get(path)
+        if owner is not None and owner.name not in {lb.name for lb in report.behaviors}:
+            if owner.problem != text:
+                owner.problem = text
+                owner.updated_at = now
+                session.add(owner)
+            continue
+        existing = session.get(FileProblem, path)
+        if existing is None:
+            session.add(FileProblem(path=path, problems=text, detected_at=now))
+        elif existing.problems != text:
+            existing.problems = text
+            existing.detected_at = now
+            session.add(existing)
+
+    for stale in session.execute(select(FileProblem)).scalars():
+        if stale.path not in invalid or stale.path not in known_paths:
+            session.delete(stale)
+
+    if folder_readable:
+        valid_names = {lb.name for lb in report.behaviors}
+        for row in rows.values():
+            if row.retired or row.name in valid_names:
+                continue
+            if row.source_path in invalid:
+                continue  # an invalid edit: the last valid version keeps running
+            _retire(session, row, now)
+            summary.retired.append(row.name)
+    session.flush()
+    return summary
+
+
+def _register(session: Session, lb: LoadedBehavior, now: datetime) -> BehaviorRow:
+    b = lb.behavior
+    tier = Tier(b.start_tier)
+    row = BehaviorRow(
+        name=b.name,
+        tier=tier.value,
+        max_tier=b.max_tier.value,
+        enabled=b.enabled,
+        definition_hash=lb.definition_hash,
+        definition=b.model_dump(mode="json"),
+        prompt_text=lb.prompt_text,
+        source_path=str(lb.path),
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(row)
+    session.flush()
+    append_entry(
+        session,
+        kind="registered",
+        actor=REGISTRY_ACTOR,
+        reason=f"registered from {lb.path.name} at {tier.label}",
+        now=now,
+        behavior_id=row.id,
+        behavior_name=row.name,
+        data={"definition_hash": lb.definition_hash, "tier": tier.value, "path": str(lb.path)},
+    )
+    return row
+
+
+def _refresh(
+    session: Session, row: BehaviorRow, lb: LoadedBehavior, now: datetime, summary: ReconcileSummary
+) -> None:
+    b = lb.behavior
+    changed = False
+    if row.retired:
+        row.retired = False
+        row.retired_at = None
+        append_entry(
+            session,
+            kind="restored",
+            actor=REGISTRY_ACTOR,
+            reason=f"{lb.path.name} is back: restored at its old tier {Tier(row.tier).label}",
+            now=now,
+            behavior_id=row.id,
+            behavior_name=row.name,
+            data={"path": str(lb.path), "tier": row.tier},
+        )
+        summary.restored.append(row.name)
+        changed = True
+    if row.definition_hash != lb.definition_hash:
+        old_preset = (row.definition or {}).get("preset")
+        new_preset = b.model_dump(mode="json")["preset"]
+        append_entry(
+            session,
+            kind="definition_changed",
+            actor=REGISTRY_ACTOR,
+            reason=(
+                f"{lb.path.name} was edited"
+                + (f" (preset {old_preset} → {new_preset})" if old_preset != new_preset else "")
+                + f"; tier {Tier(row.tier).label} kept, the promotion window restarts"
+            ),
+            now=now,
+            behavior_id=row.id,
+            behavior_name=row.name,
+            data={
+                "old_hash": row.definition_hash,
+                "new_hash": lb.definition_hash,
+                "preset_changed": old_preset != new_preset,
+            },
+        )
+        row.definition_hash = lb.definition_hash
+        row.definition = b.model_dump(mode="json")
+        row.prompt_text = lb.prompt_text
+        row.enabled = b.enabled
+        if row.name not in summary.restored:
+            summary.updated.append(row.name)
+        changed = True
+    if row.max_tier != b.max_tier.value:
+        row.max_tier = b.max_tier.value
+        changed = True
+    if Tier(row.tier).rank > b.max_tier.rank:
+        old = Tier(row.tier)
+        row.tier = b.max_tier.value
+        append_entry(
+            session,
+            kind="demoted",
+            actor=REGISTRY_ACTOR,
+            reason=f"max_tier lowered to {b.max_tier.label} in {lb.path.name}: moved from "
+            f"{old.label} to {b.max_tier.label}",
+            now=now,
+            behavior_id=row.id,
+            behavior_name=row.name,
+            data={"from": old.value, "to": b.max_tier.value, "cause": "max_tier"},
+        )
+        summary.capped.append(row.name)
+    if row.source_path != str(lb.path) or row.problem is not None:
+        row.source_path = str(lb.path)
+        row.problem = None
+        changed = True
+    if changed:
+        row.updated_at = now
+        session.add(row)
+
+
+def _retire(session: Session, row: BehaviorRow, now: datetime) -> None:
+    row.retired = True
+    row.retired_at = now
+    row.updated_at = now
+    session.add(row)
+    append_entry(
+        session,
+        kind="retired",
+        actor=REGISTRY_ACTOR,
+        reason=f"{Path(row.source_path).name} was removed: retired at {Tier(row.tier).label}, "
+        "history kept",
+        now=now,
+        behavior_id=row.id,
+        behavior_name=row.name,
+        data={"path": row.source_path, "tier": row.tier},
+    )

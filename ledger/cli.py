@@ -1,0 +1,282 @@
+"""The ``ledger`` command: parses, calls services, prints. No business logic here."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ledger import __version__
+from ledger.behaviors.load import load_directory
+from ledger.behaviors.schema import behavior_json_schema
+from ledger.config import Settings, load_settings
+from ledger.errors import LedgerError
+from ledger.logging import configure_logging
+
+app = typer.Typer(
+    help="Promotion Ledger: scheduled LLM behaviors that earn their autonomy.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+db_app = typer.Typer(help="Database schema management.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="ledger.toml to read (default: $LEDGER_CONFIG or ./ledger.toml if present).",
+        dir_okay=False,
+    ),
+]
+
+
+def _settings(config: Path | None, **overrides: Any) -> Settings:
+    settings = load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
+    configure_logging(settings.log_format, settings.log_level)
+    return settings
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _operator() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli:unknown"
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        print(f"promotion-ledger {__version__}")
+        raise typer.Exit(0)
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Where to create the starter files.")] = Path(
+        "."
+    ),
+) -> None:
+    """Create a starter ledger.toml and two example behaviors (never overwrites)."""
+    from ledger.starter import write_starter
+
+    for path in write_starter(directory):
+        print(f"created {path}")
+    print("next: set the API key variables named in the behavior files, then `ledger validate`")
+
+
+@app.command()
+def validate(
+    directory: Annotated[
+        Path | None, typer.Argument(help="Behaviors folder (default: the configured one).")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Check every behavior file; print each problem as path:line:col: field: message."""
+    folder = directory if directory is not None else load_settings(config).behaviors_dir
+    report = load_directory(folder)
+    for problem in report.problems:
+        print(problem.render())
+    files = len(report.files_seen)
+    if report.problems:
+        bad = len(report.problems_by_path())
+        print(f"{len(report.problems)} problem(s) in {bad} of {files} file(s)", file=sys.stderr)
+        raise typer.Exit(1)
+    print(f"{files} behavior file(s) valid in {folder}")
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of behavior files (for editors)."""
+    print(json.dumps(behavior_json_schema(), indent=2))
+
+
+@app.command("config")
+def show_config(config: ConfigOption = None) -> None:
+    """Print the effective configuration, secrets masked."""
+    settings = load_settings(config)
+    for key, value in settings.masked().items():
+        print(f"{key} = {json.dumps(value)}")
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    config: ConfigOption = None,
+    revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
+) -> None:
+    """Create or upgrade the database schema."""
+    from ledger.db.engine import make_engine
+    from ledger.db.migrate import current_revision, upgrade
+
+    settings = _settings(config)
+    engine = make_engine(settings.database_url)
+    try:
+        upgrade(engine, revision)
+        print(f"database at revision {current_revision(engine)}")
+    finally:
+        engine.dispose()
+
+
+@app.command()
+def status(config: ConfigOption = None) -> None:
+    """A table of every behavior: tier, state, last and next run, failures, spend."""
+    from ledger.db.session import Database
+    from ledger.status import collect_status
+
+    settings = _settings(config)
+    db = Database.open(settings.database_url)
+    now = _now()
+    try:
+        with db.transaction() as session:
+            report = collect_status(session, now)
+    finally:
+        db.close()
+    table = Table(title=f"Promotion Ledger — {len(report.behaviors)} behavior(s)")
+    for col in ("behavior", "tier", "state", "last run", "next run", "fails/warns 24h", "spend"):
+        table.add_column(col)
+    for s in report.behaviors:
+        last = "never"
+        if s.last_run_at is not None:
+            last = f"{_ago(now, s.last_run_at)} · {s.last_run_status or '?'}"
+        spend = f"${s.spend_usd:.4f}"
+        if s.budget_usd is not None:
+            spend += f" / ${s.budget_usd:.2f} per {s.budget_reset}"
+        table.add_row(
+            s.name,
+            s.tier.label,
+            ", ".join(s.flags) or "active",
+            last,
+            s.next_run_at.strftime("%Y-%m-%d %H:%M UTC") if s.next_run_at else "—",
+            str(s.recent_failures),
+            spend,
+        )
+    out.print(table)
+    for s in report.behaviors:
+        if s.problem:
+            out.print(
+                f"[yellow]{s.name}: its file is invalid; the last valid version keeps "
+                f"running:[/yellow]\n{s.problem}",
+                highlight=False,
+            )
+    for fp in report.file_problems:
+        out.print(f"[yellow]invalid file, not registered:[/yellow]\n{fp.problems}", highlight=False)
+
+
+def _ago(now: datetime, then: datetime) -> str:
+    seconds = int((now - then).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{max(seconds, 0)}s ago"
+
+
+@app.command()
+def verify(config: ConfigOption = None) -> None:
+    """Walk the ledger's hash chain; report the first broken entry (exit 1)."""
+    from ledger.db.session import Database
+    from ledger.journal import verify as verify_chain
+
+    settings = _settings(config)
+    db = Database.open(settings.database_url)
+    try:
+        with db.transaction() as session:
+            result = verify_chain(session)
+    finally:
+        db.close()
+    if not result.ok:
+        print(f"ledger BROKEN at entry {result.broken_entry_id}: {result.problem}")
+        raise typer.Exit(1)
+    print(f"ledger intact: {result.entries} entries, hash chain verified")
+
+
+@app.command()
+def export(
+    config: ConfigOption = None,
+    fmt: Annotated[str, typer.Option("--format", help="Only jsonl for now.")] = "jsonl",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="File (default stdout).")
+    ] = None,
+) -> None:
+    """Write the ledger with its hashes, one JSON object per line."""
+    from ledger.db.session import Database
+    from ledger.journal import export_jsonl
+
+    if fmt != "jsonl":
+        raise LedgerError(f"unknown export format {fmt!r}: use jsonl")
+    settings = _settings(config)
+    db = Database.open(settings.database_url)
+    sink = output.open("wb") if output else sys.stdout.buffer
+    try:
+        with db.transaction() as session:
+            for line in export_jsonl(session):
+                sink.write(line)
+    finally:
+        if output:
+            sink.close()
+        db.close()
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8600).")] = None,
+) -> None:
+    """Run the daemon: HTTP API + scheduler in one process, until SIGINT/SIGTERM."""
+    import uvicorn
+
+    from ledger.web.app import create_app
+
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            # A stop asked for by SIGINT/SIGTERM is a clean exit (status 0), not a death by
+            # signal: uvicorn would re-raise the signal after the graceful shutdown.
+            self._captured_signals.clear()
+
+    settings = _settings(config, host=host, port=port)
+    server = _Server(
+        uvicorn.Config(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=10,
+        )
+    )
+    server.run()
+    if not server.started:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    """Console entry point: a LedgerError becomes one line on stderr and exit status 2."""
+    try:
+        app()
+    except LedgerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()

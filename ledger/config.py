@@ -1,0 +1,117 @@
+"""Settings: ``LEDGER_*`` environment variables over an optional ``ledger.toml``.
+
+Built by the CLI or ``create_app`` — never at import time. Values that are secrets are held as
+references (``env:NAME`` / ``file:PATH``) and resolved only where they are used.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ledger.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = Path("ledger.toml")
+
+
+class Settings(BaseSettings):
+    """The daemon's effective configuration: field ``x`` is ``LEDGER_X`` or ``x =`` in the
+    TOML file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LEDGER_", extra="forbid", validate_default=True, frozen=True
+    )
+
+    database_url: str = "sqlite:///./ledger.db"
+    behaviors_dir: Path = Path("./behaviors")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8600, ge=1, le=65535)
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    openrouter_base_url: str = "https://openrouter.ai"
+    openrouter_management_key: SecretStr | None = None
+    broadcast_tokens: SecretStr | None = None
+    notion_token: SecretStr | None = None
+    notion_base_url: str = "https://api.notion.com"
+    auth: Literal["on", "off"] = "on"
+    rescan_seconds: float = Field(default=60.0, gt=0)
+    watch: bool = True
+    allow_private_urls: bool = False
+    policy: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("openrouter_base_url", "notion_base_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    def masked(self) -> dict[str, Any]:
+        """The configuration as printable data, every secret shown only as its reference kind."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                out[name] = mask_secret_setting(value.get_secret_value())
+            elif name == "database_url":
+                out[name] = mask_url_password(value)
+            elif isinstance(value, Path):
+                out[name] = str(value)
+            else:
+                out[name] = value
+        return out
+
+
+def mask_secret_setting(raw: str) -> str:
+    """Show references (``env:NAME``) as they are, literal values as ``********``."""
+    parts = [p.strip() for p in raw.split(",") if p.strip()]
+    shown = [p if p.startswith(("env:", "file:")) else "********" for p in parts]
+    return ",".join(shown)
+
+
+def mask_url_password(url: str) -> str:
+    if "://" not in url or "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    if ":" in creds:
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:********@{host}"
+    return url
+
+
+def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings:
+    """Build Settings from ledger.toml (explicit path, ``LEDGER_CONFIG``, or ./ledger.toml if
+    present), the environment and ``overrides`` (which win over both). Raises ConfigError."""
+    path = config_path
+    if path is None and os.environ.get("LEDGER_CONFIG"):
+        path = Path(os.environ["LEDGER_CONFIG"])
+    explicit = path is not None
+    if path is None and DEFAULT_CONFIG_FILE.is_file():
+        path = DEFAULT_CONFIG_FILE
+    file_values: dict[str, Any] = {}
+    if path is not None:
+        if not path.is_file():
+            if explicit:
+                raise ConfigError(f"{path}: configuration file not found")
+        else:
+            try:
+                file_values = tomllib.loads(path.read_text(encoding="utf-8"))
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+            file_values = file_values.get("ledger", file_values)
+    # The environment wins over the file (an operator overrides one value without editing it);
+    # explicit overrides win over both.
+    file_values = {k: v for k, v in file_values.items() if f"LEDGER_{k.upper()}" not in os.environ}
+    try:
+        settings = Settings(**{**file_values, **overrides})
+    except ValidationError as exc:
+        where = str(path) if path else "environment"
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{where}: invalid configuration: {problems}") from None
+    return settings

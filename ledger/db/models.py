@@ -1,0 +1,216 @@
+"""SQLModel tables. Times are aware UTC datetimes on both SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, Index, MetaData, UniqueConstraint, text
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+# Stable constraint names: Alembic batch mode on SQLite needs them.
+SQLModel.metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores aware datetimes as UTC; returns aware UTC (SQLite hands back naive values)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database; use aware UTC")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _ts(nullable: bool = False, index: bool = False) -> Any:
+    return Field(
+        default=None,
+        sa_column=Column(UTCDateTime(), nullable=nullable, index=index),
+    )
+
+
+def _json(nullable: bool = False) -> Any:
+    return Field(default_factory=dict, sa_column=Column(JSON, nullable=nullable))
+
+
+class BehaviorRow(SQLModel, table=True):
+    """A registered behavior: its current state, not its history (that is the ledger)."""
+
+    __tablename__ = "behavior"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=63, unique=True)
+    tier: str = Field(max_length=1, default="A")
+    max_tier: str = Field(max_length=1, default="C")
+    paused: bool = False
+    pinned: bool = False
+    retired: bool = False
+    enabled: bool = True
+    definition_hash: str = Field(max_length=64)
+    definition: dict[str, Any] = _json()
+    prompt_text: str = ""
+    source_path: str = Field(max_length=1024, index=True)
+    problem: str | None = Field(default=None, max_length=8000)
+    policy_window: dict[str, Any] = _json()
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+    retired_at: datetime | None = _ts(nullable=True)
+    last_run_at: datetime | None = _ts(nullable=True)
+    last_run_id: str | None = Field(default=None, max_length=40)
+    last_run_status: str | None = Field(default=None, max_length=32)
+
+
+class FileProblem(SQLModel, table=True):
+    """A behavior file that is invalid and belongs to no registered behavior (yet)."""
+
+    __tablename__ = "file_problem"
+
+    path: str = Field(primary_key=True, max_length=1024)
+    problems: str = Field(max_length=8000)
+    detected_at: datetime = _ts()
+
+
+class Run(SQLModel, table=True):
+    """One claimed slot of one behavior; the unique (behavior, slot) makes claims exclusive."""
+
+    __tablename__ = "run"
+    __table_args__ = (
+        UniqueConstraint("behavior_id", "scheduled_for"),
+        Index("ix_run_behavior_id_claimed_at", "behavior_id", "claimed_at"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    behavior_id: int = Field(foreign_key="behavior.id")
+    scheduled_for: datetime = _ts()
+    claimed_at: datetime = _ts()
+    started_at: datetime | None = _ts(nullable=True)
+    finished_at: datetime | None = _ts(nullable=True)
+    trigger: str = Field(default="schedule", max_length=16)
+    status: str = Field(default="claimed", max_length=16, index=True)
+    tier: str = Field(max_length=1)
+    preset: str | None = Field(default=None, max_length=100)
+    model: str | None = Field(default=None, max_length=200)
+    generation_id: str | None = Field(default=None, max_length=100, index=True)
+    via_fallback: bool = False
+    reserved_usd: float = 0.0
+    cost_usd: float | None = None
+    broadcast_cost_usd: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    output: str | None = None
+    disposition: str | None = Field(default=None, max_length=16)
+    error: str | None = Field(default=None, max_length=4000)
+
+
+class GateResultRow(SQLModel, table=True):
+    __tablename__ = "gate_result"
+    __table_args__ = (Index("ix_gate_result_behavior_id_created_at", "behavior_id", "created_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    behavior_id: int = Field(foreign_key="behavior.id")
+    run_id: str | None = Field(default=None, foreign_key="run.id", index=True)
+    gate: str = Field(max_length=32)
+    outcome: str = Field(max_length=8)
+    attributable: bool
+    source: str = Field(max_length=16, default="runner")
+    evidence: dict[str, Any] = _json()
+    created_at: datetime = _ts()
+
+
+class ChainHead(SQLModel, table=True):
+    """One row: the last ledger entry's id and hash. Appends lock it (O(1), serialized)."""
+
+    __tablename__ = "chain_head"
+
+    id: int = Field(default=1, primary_key=True)
+    last_entry_id: int = 0
+    last_hash: str = Field(max_length=64)
+
+
+class LedgerEntry(SQLModel, table=True):
+    """Append-only and hash-chained: ``hash = sha256(prev_hash + canonical_json(entry))``."""
+
+    __tablename__ = "ledger_entry"
+    __table_args__ = (Index("ix_ledger_entry_behavior_id_id", "behavior_id", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    behavior_id: int | None = Field(default=None, foreign_key="behavior.id")
+    behavior_name: str | None = Field(default=None, max_length=63)
+    kind: str = Field(max_length=32)
+    actor: str = Field(max_length=200)
+    reason: str = Field(max_length=4000)
+    data: dict[str, Any] = _json()
+    created_at: datetime = _ts()
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64, unique=True)
+
+
+class Approval(SQLModel, table=True):
+    __tablename__ = "approval"
+    __table_args__ = (
+        Index(
+            "ix_approval_pending_expires_at",
+            "expires_at",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(foreign_key="run.id", unique=True)
+    behavior_id: int = Field(foreign_key="behavior.id", index=True)
+    status: str = Field(default="pending", max_length=16)
+    payload: dict[str, Any] = _json()
+    payload_sha256: str = Field(max_length=64)
+    requested_at: datetime = _ts()
+    expires_at: datetime = _ts()
+    decided_at: datetime | None = _ts(nullable=True)
+    decided_by: str | None = Field(default=None, max_length=200)
+    reason: str | None = Field(default=None, max_length=4000)
+    executed_at: datetime | None = _ts(nullable=True)
+
+
+class OutboxRow(SQLModel, table=True):
+    """Work that must happen after a state change, written in the same transaction."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        Index(
+            "ix_outbox_pending_next_attempt_at",
+            "next_attempt_at",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=32)
+    behavior_id: int | None = Field(default=None, foreign_key="behavior.id", index=True)
+    dedup_key: str | None = Field(default=None, max_length=200, unique=True)
+    payload: dict[str, Any] = _json()
+    status: str = Field(default="pending", max_length=16)
+    attempts: int = 0
+    next_attempt_at: datetime = _ts()
+    last_error: str | None = Field(default=None, max_length=4000)
+    created_at: datetime = _ts()
+    delivered_at: datetime | None = _ts(nullable=True)

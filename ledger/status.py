@@ -1,0 +1,107 @@
+"""What ``ledger status`` (and later the dashboard) shows for each behavior. Read-only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from pydantic import ValidationError
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
+from ledger.behaviors.schema import Behavior
+from ledger.budget import window_start
+from ledger.db.models import BehaviorRow, FileProblem, GateResultRow, Run
+from ledger.gates import Tier
+
+FAILURE_LOOKBACK = timedelta(hours=24)
+
+
+@dataclass(frozen=True, slots=True)
+class BehaviorStatus:
+    name: str
+    tier: Tier
+    flags: tuple[str, ...]
+    last_run_at: datetime | None
+    last_run_status: str | None
+    next_run_at: datetime | None
+    recent_failures: int
+    spend_usd: float
+    budget_usd: float | None
+    budget_reset: str | None
+    problem: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    behaviors: list[BehaviorStatus]
+    file_problems: list[FileProblem]
+
+
+def collect_status(session: Session, now: datetime) -> StatusReport:
+    rows = session.execute(select(BehaviorRow).order_by(col(BehaviorRow.name))).scalars().all()
+    since = now - FAILURE_LOOKBACK
+    failures: dict[int, int] = dict(
+        session.execute(
+            select(GateResultRow.behavior_id, func.count())
+            .where(
+                col(GateResultRow.created_at) >= since,
+                col(GateResultRow.attributable).is_(True),
+                col(GateResultRow.outcome) != "pass",
+            )
+            .group_by(col(GateResultRow.behavior_id))
+        ).all()
+    )
+    out: list[BehaviorStatus] = []
+    for row in rows:
+        behavior = _definition(row)
+        flags = tuple(
+            flag
+            for flag, on in (
+                ("retired", row.retired),
+                ("paused", row.paused),
+                ("pinned", row.pinned),
+                ("disabled", not row.enabled),
+                ("invalid file", row.problem is not None),
+            )
+            if on
+        )
+        next_run = None
+        if behavior and not (row.retired or row.paused or not row.enabled):
+            next_run = behavior.next_fire_after(now)
+        spend = 0.0
+        budget = behavior.budget if behavior else None
+        if budget is not None:
+            start = window_start(budget.reset, now, behavior.timezone if behavior else "UTC")
+            spend = float(
+                session.execute(
+                    select(func.coalesce(func.sum(Run.cost_usd), 0.0)).where(
+                        col(Run.behavior_id) == row.id,
+                        col(Run.claimed_at) >= start,
+                    )
+                ).scalar_one()
+            )
+        out.append(
+            BehaviorStatus(
+                name=row.name,
+                tier=Tier(row.tier),
+                flags=flags,
+                last_run_at=row.last_run_at,
+                last_run_status=row.last_run_status,
+                next_run_at=next_run,
+                recent_failures=int(failures.get(row.id, 0)),
+                spend_usd=spend,
+                budget_usd=budget.usd if budget else None,
+                budget_reset=budget.reset if budget else None,
+                problem=row.problem,
+            )
+        )
+    problems = session.execute(select(FileProblem).order_by(col(FileProblem.path))).scalars().all()
+    return StatusReport(out, list(problems))
+
+
+def _definition(row: BehaviorRow) -> Behavior | None:
+    try:
+        return Behavior.model_validate(row.definition)
+    except ValidationError:
+        return None

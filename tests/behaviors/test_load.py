@@ -1,0 +1,222 @@
+"""Behavior files: every validation rule reports file, line, column and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ledger.behaviors.load import load_directory, load_file
+from ledger.behaviors.schema import Behavior, behavior_json_schema
+from ledger.gates import Tier
+from tests.conftest import write_behavior
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def problems_of(tmp_path: Path, body: str, name: str = "b") -> list[str]:
+    path = write_behavior(tmp_path, name, body)
+    loaded, problems = load_file(path)
+    assert loaded is None, "expected the file to be invalid"
+    return [p.render().removeprefix(str(path) + ":") for p in problems]
+
+
+BASE = """\
+schedule: 15m
+preset: seo-audit
+api_key: env:KEY_B
+prompt: hello
+"""
+
+
+def test_shipped_examples_are_valid() -> None:
+    report = load_directory(REPO / "behaviors")
+    assert report.problems == []
+    assert {b.name for b in report.behaviors} == {"seo-audit-weekly", "content-digest"}
+
+
+def test_minimal_file_gets_defaults_and_name_from_stem(tmp_path: Path) -> None:
+    loaded, problems = load_file(write_behavior(tmp_path, "my-job", BASE))
+    assert problems == []
+    assert loaded is not None
+    b = loaded.behavior
+    assert b.name == "my-job"
+    assert b.start_tier == "A"
+    assert b.max_tier is Tier.C
+    assert b.timeout_seconds == 30
+    assert b.action.type == "log"
+    assert len(loaded.definition_hash) == 64
+
+
+def test_literal_openrouter_key_in_api_key_is_refused_with_its_line(tmp_path: Path) -> None:
+    body = BASE.replace("env:KEY_B", "sk-or-v1-" + "a1" * 32)
+    assert problems_of(tmp_path, body) == [
+        "3:10: api_key: this looks like an OpenRouter API key; never put a secret in a behavior "
+        "file — store it in an environment variable or a file and reference it as env:NAME or "
+        "file:PATH"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [
+        ("secret_" + "A1b2" * 10, "a Notion integration token"),
+        ("xoxb-1234567890-abcdefghij", "a Slack token"),
+        ("https://hooks.slack.com/services/T000/B000/XXXXXXXXXXXX", "a Slack webhook URL"),
+        ("ghp_" + "a" * 36, "a GitHub token"),
+    ],
+)
+def test_literal_secret_anywhere_is_refused(tmp_path: Path, value: str, kind: str) -> None:
+    body = BASE + f"inputs:\n  token: {value}\n"
+    problems = problems_of(tmp_path, body)
+    assert len(problems) == 1
+    assert problems[0].startswith("6:10: inputs.token: this looks like " + kind)
+
+
+def test_generic_token_where_a_reference_is_expected_is_refused(tmp_path: Path) -> None:
+    body = BASE.replace("env:KEY_B", "abcdef0123456789abcdef0123456789abcd")
+    (problem,) = problems_of(tmp_path, body)
+    assert problem.startswith("3:10: api_key: this looks like a literal key or token")
+
+
+def test_api_key_that_is_not_a_reference_is_refused(tmp_path: Path) -> None:
+    (problem,) = problems_of(tmp_path, BASE.replace("env:KEY_B", "my key"))
+    assert problem == "3:10: api_key: api_key must be a secret reference: env:NAME or file:PATH"
+
+
+def test_invalid_preset_slug(tmp_path: Path) -> None:
+    (problem,) = problems_of(tmp_path, BASE.replace("seo-audit", "SEO Audit!"))
+    assert problem.startswith("2:9: preset: 'SEO Audit!' is not a valid preset slug")
+
+
+def test_per_tier_preset_mapping_and_lookup(tmp_path: Path) -> None:
+    body = BASE.replace("preset: seo-audit", "preset:\n  A: loose\n  C: '@preset/strict'")
+    loaded, problems = load_file(write_behavior(tmp_path, "b", body))
+    assert problems == [] and loaded is not None
+    b = loaded.behavior
+    assert [b.preset_for(t) for t in Tier] == ["loose", "loose", "strict"]
+
+
+def test_cron_that_never_fires(tmp_path: Path) -> None:
+    (problem,) = problems_of(tmp_path, BASE.replace("15m", '"0 0 30 2 *"'))
+    assert problem == "1:11: schedule: this cron expression never fires (e.g. 30 February)"
+
+
+def test_malformed_cron(tmp_path: Path) -> None:
+    (problem,) = problems_of(tmp_path, BASE.replace("15m", '"61 * * * *"'))
+    assert problem.startswith("1:11: schedule: invalid cron expression")
+
+
+def test_bad_yaml_reports_line_and_column(tmp_path: Path) -> None:
+    (problem,) = problems_of(tmp_path, "schedule: 15m\npreset: [unclosed\napi_key: env:X\n")
+    assert problem.startswith("3:8: yaml: invalid YAML")
+
+
+def test_unknown_field_is_an_error_with_a_suggestion(tmp_path: Path) -> None:
+    (problem,) = problems_of(tmp_path, BASE + "promtion: auto\n")
+    assert problem == "5:1: promtion: unknown field 'promtion' (did you mean 'promotion'?)"
+
+
+def test_nested_unknown_field(tmp_path: Path) -> None:
+    (problem,) = problems_of(tmp_path, BASE + "budget:\n  usd: 3\n  rest: day\n")
+    assert problem == "7:3: budget.rest: unknown field 'rest' (did you mean 'reset'?)"
+
+
+def test_missing_required_field(tmp_path: Path) -> None:
+    (problem,) = problems_of(tmp_path, "schedule: 15m\napi_key: env:X\nprompt: hi\n")
+    assert problem == "1:1: preset: required field is missing"
+
+
+def test_start_tier_c_is_not_allowed(tmp_path: Path) -> None:
+    (problem,) = problems_of(tmp_path, BASE + "start_tier: C\n")
+    assert problem.startswith("5:13: start_tier: Input should be 'A' or 'B'")
+
+
+def test_prompt_variable_without_input(tmp_path: Path) -> None:
+    (problem,) = problems_of(tmp_path, BASE.replace("hello", "hello {site}"))
+    assert problem.startswith("4:9: prompt: uses {site} but inputs has no 'site'")
+
+
+def test_prompt_file_missing(tmp_path: Path) -> None:
+    (problem,) = problems_of(tmp_path, BASE.replace("prompt: hello", "prompt_file: nope.txt"))
+    assert problem.startswith("4:14: prompt_file: cannot read")
+
+
+def test_prompt_file_contents_feed_the_definition_hash(tmp_path: Path) -> None:
+    (tmp_path / "p.txt").write_text("first")
+    path = write_behavior(tmp_path, "b", BASE.replace("prompt: hello", "prompt_file: p.txt"))
+    first, _ = load_file(path)
+    (tmp_path / "p.txt").write_text("second")
+    second, _ = load_file(path)
+    assert first is not None and second is not None
+    assert second.prompt_text == "second"
+    assert first.definition_hash != second.definition_hash
+
+
+def test_duplicate_names_keys_and_key_names_name_each_other(tmp_path: Path) -> None:
+    write_behavior(tmp_path, "one", BASE.replace("prompt", "name: same\nkey_name: k\nprompt"))
+    write_behavior(tmp_path, "two", BASE.replace("prompt", "name: same\nkey_name: k\nprompt"))
+    report = load_directory(tmp_path)
+    rendered = [p.render().split("/")[-1] for p in report.problems]
+    assert "one.yaml:4:7: name: behavior name 'same' is also used by two.yaml" in rendered
+    assert "two.yaml:4:7: name: behavior name 'same' is also used by one.yaml" in rendered
+    assert any(
+        "api_key: api_key reference (one behavior = one key) 'env:KEY_B'" in r for r in rendered
+    )
+    assert any("key_name: key_name" in r for r in rendered)
+    assert report.behaviors == []
+
+
+def test_every_problem_of_a_dozen_broken_files_is_reported(tmp_path: Path) -> None:
+    broken = {
+        "a": BASE.replace("env:KEY_B", "sk-or-v1-" + "f" * 64),
+        "b": BASE + "bogus: 1\n",
+        "c": BASE.replace("15m", "every day"),
+        "d": BASE.replace("seo-audit", "Bad Slug"),
+        "e": "schedule: [\n",
+        "f": BASE.replace("15m", '"0 0 31 4 *"'),
+        "g": BASE + "timeout: glacial\n",
+        "h": BASE + "budget:\n  usd: -1\n",
+        "i": BASE + "action:\n  type: webhook\n",
+        "j": BASE + "checks:\n  must_match: ['(unclosed']\n",
+        "k": BASE + "max_tier: Z\n",
+        "l": BASE.replace("prompt: hello", "prompt: hi {x}"),
+    }
+    for name, body in broken.items():
+        write_behavior(tmp_path, name, body.replace("KEY_B", f"KEY_{name.upper()}"))
+    report = load_directory(tmp_path)
+    assert report.behaviors == []
+    by_file = report.problems_by_path()
+    assert sorted(Path(p).stem for p in by_file) == sorted(broken)
+    for problems in by_file.values():
+        for p in problems:
+            assert p.line >= 1 and p.column >= 1 and p.field and p.message
+
+
+def test_json_schema_describes_the_file() -> None:
+    schema = behavior_json_schema()
+    assert "name" not in schema["required"]
+    assert {"schedule", "preset", "api_key"} <= set(schema["required"])
+    assert schema["additionalProperties"] is False
+    assert "budget" in schema["properties"]
+
+
+def test_interval_and_cron_next_fire() -> None:
+    from datetime import UTC, datetime
+
+    b = Behavior.model_validate(
+        {
+            "name": "x",
+            "schedule": "0 6 * * 1",
+            "timezone": "Europe/Paris",
+            "preset": "p",
+            "api_key": "env:K",
+            "prompt": "p",
+        }
+    )
+    nxt = b.next_fire_after(datetime(2026, 11, 25, 12, 0, tzinfo=UTC))
+    assert nxt == datetime(2026, 11, 30, 5, 0, tzinfo=UTC)
+    every = b.model_copy(update={"schedule": "15m"})
+    assert every.next_fire_after(datetime(2026, 11, 25, 12, 7, tzinfo=UTC)) == datetime(
+        2026, 11, 25, 12, 15, tzinfo=UTC
+    )
