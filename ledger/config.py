@@ -11,12 +11,31 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ledger.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = Path("ledger.toml")
+
+
+class WebhookSource(BaseModel):
+    """One signed webhook source (``[webhook_sources.NAME]`` in ledger.toml)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scheme: Literal["generic", "github", "stripe"] = "generic"
+    secrets: SecretStr = Field(
+        description="Signing secret references or values, comma-separated (rotation)."
+    )
+    behavior: str | None = Field(
+        default=None, description="Bind events to this behavior so they can feed its gates."
+    )
+    fail_events: list[str] = Field(
+        default_factory=list,
+        description="Event names (or event.action) that count as an attributable fail.",
+    )
+    warn_events: list[str] = Field(default_factory=list)
 
 
 class Settings(BaseSettings):
@@ -43,6 +62,13 @@ class Settings(BaseSettings):
     watch: bool = True
     allow_private_urls: bool = False
     policy: dict[str, Any] = Field(default_factory=dict)
+    broadcast_header: str = Field(
+        default="authorization",
+        description="Header carrying the broadcast secret: Authorization (Bearer) or a name.",
+    )
+    ingest_max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    ingest_max_inflated_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    webhook_sources: dict[str, WebhookSource] = Field(default_factory=dict)
 
     @field_validator("openrouter_base_url", "notion_base_url")
     @classmethod
@@ -56,6 +82,14 @@ class Settings(BaseSettings):
             value = getattr(self, name)
             if isinstance(value, SecretStr):
                 out[name] = mask_secret_setting(value.get_secret_value())
+            elif name == "webhook_sources":
+                out[name] = {
+                    src: {
+                        **cfg.model_dump(exclude={"secrets"}),
+                        "secrets": mask_secret_setting(cfg.secrets.get_secret_value()),
+                    }
+                    for src, cfg in value.items()
+                }
             elif name == "database_url":
                 out[name] = mask_url_password(value)
             elif isinstance(value, Path):

@@ -214,3 +214,87 @@ class OutboxRow(SQLModel, table=True):
     last_error: str | None = Field(default=None, max_length=4000)
     created_at: datetime = _ts()
     delivered_at: datetime | None = _ts(nullable=True)
+
+
+class IngestedSpan(SQLModel, table=True):
+    """One span received by the OTLP receiver, stored once per (trace id, span id).
+
+    The receiver only stores; a processor turns unprocessed spans into spend and gate results
+    (``processed_at`` set in the same transaction), so ingestion never waits on the policy."""
+
+    __tablename__ = "ingested_span"
+    __table_args__ = (
+        UniqueConstraint("trace_id", "span_id"),
+        Index(
+            "ix_ingested_span_unprocessed_id",
+            "id",
+            postgresql_where=text("processed_at IS NULL"),
+            sqlite_where=text("processed_at IS NULL"),
+        ),
+        Index("ix_ingested_span_behavior_id_received_at", "behavior_id", "received_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    trace_id: str = Field(max_length=32)
+    span_id: str = Field(max_length=16)
+    name: str = Field(max_length=256)
+    source: str = Field(default="broadcast", max_length=16)
+    data: dict[str, Any] = _json()
+    received_at: datetime = _ts()
+    processed_at: datetime | None = _ts(nullable=True)
+    behavior_id: int | None = Field(default=None, foreign_key="behavior.id")
+    run_id: str | None = Field(default=None, max_length=40)
+    attribution: str | None = Field(default=None, max_length=32)
+
+
+class WebhookEvent(SQLModel, table=True):
+    """A verified event from a signed webhook source (GitHub, Stripe, cron pings…)."""
+
+    __tablename__ = "webhook_event"
+    __table_args__ = (
+        UniqueConstraint("source", "replay_key"),
+        Index("ix_webhook_event_source_received_at", "source", "received_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    source: str = Field(max_length=64)
+    event: str = Field(max_length=200)
+    replay_key: str = Field(max_length=200)
+    payload: dict[str, Any] = _json()
+    received_at: datetime = _ts()
+    behavior_id: int | None = Field(default=None, foreign_key="behavior.id")
+    processed_at: datetime | None = _ts(nullable=True)
+
+
+class BudgetWindow(SQLModel, table=True):
+    """Reserved and spent dollars of one behavior in one budget window.
+
+    Reservations are compare-and-set updates (``reserved + spent + x <= budget``), so
+    concurrent runs can never overshoot a budget together."""
+
+    __tablename__ = "budget_window"
+
+    behavior_id: int = Field(foreign_key="behavior.id", primary_key=True)
+    window_start: datetime = Field(sa_column=Column(UTCDateTime(), primary_key=True))
+    reserved_usd: float = 0.0
+    spent_usd: float = 0.0
+    updated_at: datetime = _ts()
+
+
+class PromotionProposal(SQLModel, table=True):
+    """A promotion the policy proposes for a ``promotion: confirm`` behavior."""
+
+    __tablename__ = "promotion_proposal"
+    __table_args__ = (Index("ix_promotion_proposal_behavior_id_status", "behavior_id", "status"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    behavior_id: int = Field(foreign_key="behavior.id")
+    from_tier: str = Field(max_length=1)
+    to_tier: str = Field(max_length=1)
+    reason: str = Field(max_length=4000)
+    evidence: dict[str, Any] = _json()
+    status: str = Field(default="pending", max_length=16)
+    created_at: datetime = _ts()
+    decided_at: datetime | None = _ts(nullable=True)
+    decided_by: str | None = Field(default=None, max_length=200)
+    decision_reason: str | None = Field(default=None, max_length=4000)
