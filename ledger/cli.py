@@ -53,7 +53,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _operator() -> str:
+def _operator_name() -> str:
     try:
         return f"cli:{getpass.getuser()}"
     except (KeyError, OSError):
@@ -232,6 +232,128 @@ def export(
         if output:
             sink.close()
         db.close()
+
+
+ReasonOption = Annotated[
+    str, typer.Option("--reason", "-r", help="Why (recorded in the ledger; required).")
+]
+NameArg = Annotated[str, typer.Argument(help="The behavior's name.")]
+
+
+def _policy_ctx(settings: Settings) -> Any:
+    from ledger.transitions import PolicyContext
+
+    return PolicyContext(global_overrides=settings.policy, mirror=settings.notion_token is not None)
+
+
+def _operator(
+    verb: str, name: str, reason: str, config: Path | None, to: str | None = None
+) -> None:
+    from ledger.db.session import Database
+    from ledger.gates import Tier
+    from ledger.transitions import operator_action
+
+    settings = _settings(config)
+    target = Tier(to.upper()) if to else None
+    db = Database.open(settings.database_url)
+    try:
+        with db.transaction() as session:
+            message = operator_action(
+                session,
+                name,
+                verb,  # type: ignore[arg-type]  # verb is one of the commands below
+                reason=reason,
+                actor=_operator_name(),
+                now=_now(),
+                ctx=_policy_ctx(settings),
+                to=target,
+            )
+    finally:
+        db.close()
+    print(message)
+
+
+TierOption = Annotated[
+    str | None, typer.Option("--to", help="Target tier (A, B or C); default: one step.")
+]
+
+
+@app.command()
+def promote(
+    name: NameArg, reason: ReasonOption, config: ConfigOption = None, to: TierOption = None
+) -> None:
+    """Promote a behavior one tier (accepts a pending proposal). Past the policy it is recorded
+    as an override."""
+    _operator("promote", name, reason, config, to)
+
+
+@app.command()
+def demote(
+    name: NameArg, reason: ReasonOption, config: ConfigOption = None, to: TierOption = None
+) -> None:
+    """Demote a behavior one tier (or --to a lower tier)."""
+    _operator("demote", name, reason, config, to)
+
+
+@app.command()
+def pin(name: NameArg, reason: ReasonOption, config: ConfigOption = None) -> None:
+    """Stop automatic promotion of a behavior (safety demotions still apply)."""
+    _operator("pin", name, reason, config)
+
+
+@app.command()
+def unpin(name: NameArg, reason: ReasonOption, config: ConfigOption = None) -> None:
+    """Let the policy promote a pinned behavior again."""
+    _operator("unpin", name, reason, config)
+
+
+@app.command()
+def pause(name: NameArg, reason: ReasonOption, config: ConfigOption = None) -> None:
+    """Stop scheduling a behavior."""
+    _operator("pause", name, reason, config)
+
+
+@app.command()
+def resume(name: NameArg, reason: ReasonOption, config: ConfigOption = None) -> None:
+    """Schedule a paused behavior again."""
+    _operator("resume", name, reason, config)
+
+
+@app.command()
+def decline(name: NameArg, reason: ReasonOption, config: ConfigOption = None) -> None:
+    """Decline a behavior's pending promotion proposal (its clean window restarts)."""
+    from ledger.db.session import Database
+    from ledger.transitions import decline_proposal
+
+    settings = _settings(config)
+    db = Database.open(settings.database_url)
+    try:
+        with db.transaction() as session:
+            print(
+                decline_proposal(session, name, reason=reason, actor=_operator_name(), now=_now())
+            )
+    finally:
+        db.close()
+
+
+@app.command()
+def explain(
+    name: NameArg,
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Why a behavior is at its tier, and what it needs next."""
+    from ledger.db.session import Database
+    from ledger.explain import explain as explain_behavior
+
+    settings = _settings(config)
+    db = Database.open(settings.database_url)
+    try:
+        with db.transaction() as session:
+            result = explain_behavior(session, name, _now(), _policy_ctx(settings))
+    finally:
+        db.close()
+    print(json.dumps(result.as_json(), indent=2) if as_json else result.render())
 
 
 @app.command()

@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     ingest_max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     ingest_max_inflated_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     webhook_sources: dict[str, WebhookSource] = Field(default_factory=dict)
+    api_tokens: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="API/dashboard tokens by name (the name is recorded as the actor): "
+        "secret references or values.",
+    )
 
     @field_validator("openrouter_base_url", "notion_base_url")
     @classmethod
@@ -82,6 +87,8 @@ class Settings(BaseSettings):
             value = getattr(self, name)
             if isinstance(value, SecretStr):
                 out[name] = mask_secret_setting(value.get_secret_value())
+            elif name == "api_tokens":
+                out[name] = {k: mask_secret_setting(v.get_secret_value()) for k, v in value.items()}
             elif name == "webhook_sources":
                 out[name] = {
                     src: {

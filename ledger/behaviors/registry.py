@@ -19,6 +19,7 @@ from ledger.behaviors.load import LoadedBehavior, LoadReport, load_directory
 from ledger.db.models import BehaviorRow, FileProblem
 from ledger.gates import Tier
 from ledger.journal import append_entry
+from ledger.policy import Observation, PolicyWindow, observe
 
 REGISTRY_ACTOR = "registry"
 
@@ -182,6 +183,11 @@ def _refresh(
                 "preset_changed": old_preset != new_preset,
             },
         )
+        # Same tier, but a new definition must earn its record again.
+        window = PolicyWindow.from_json(row.policy_window or {})
+        row.policy_window = observe(
+            window, Observation.definition_changed(now, "definition changed")
+        ).to_json()
         row.definition_hash = lb.definition_hash
         row.definition = b.model_dump(mode="json")
         row.prompt_text = lb.prompt_text

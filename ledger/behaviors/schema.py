@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from ledger.gates import Tier
+from ledger.policy import DEFAULT_THRESHOLDS
 from ledger.secrets import is_reference, looks_like_literal_token, looks_like_secret
 
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -167,16 +168,22 @@ class PolicyOverrides(_Strict):
 
     warn_limit: int | None = Field(default=None, ge=1)
     warn_window_runs: int | None = Field(default=None, ge=1, le=1000)
-    second_fail_hours: float | None = Field(default=None, ge=0)
+    second_fail_hours: int | None = Field(default=None, ge=0)
     promote_b_min_clean_runs: int | None = Field(default=None, ge=1)
-    promote_b_min_days: float | None = Field(default=None, ge=0)
+    promote_b_min_days: int | None = Field(default=None, ge=0)
     promote_c_min_approved: int | None = Field(default=None, ge=1)
     promote_c_min_approval_rate: float | None = Field(default=None, ge=0, le=1)
-    promote_c_clean_days: float | None = Field(default=None, ge=0)
-    cooldown_days: float | None = Field(default=None, ge=0)
+    promote_c_clean_days: int | None = Field(default=None, ge=0)
+    cooldown_days: int | None = Field(default=None, ge=0)
 
     def as_mapping(self) -> dict[str, Any]:
         return {k: v for k, v in self.model_dump().items() if v is not None}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PolicyOverrides:
+        # The policy's own validation is the single source of truth for ranges and coherence.
+        DEFAULT_THRESHOLDS.with_overrides(self.as_mapping())
+        return self
 
 
 class AlertChannel(_Strict):

@@ -1,0 +1,578 @@
+"""One run of one behavior: claim → budget pre-check → call → output gates → disposition.
+
+The database steps are functions over an open transaction (``claim_slots``, ``begin_run``,
+``finish_run``); the model call between them happens outside any transaction. Approvals
+(``approve``, ``reject``, ``expire_approvals``) decide tier-B requests. A run whose output
+failed an attributable gate never runs its action, at any tier.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import string
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlmodel import Session, col, select
+
+from ledger.behaviors.schema import Behavior
+from ledger.budget import window_start
+from ledger.db.models import Approval, OutboxRow, Run
+from ledger.errors import ConflictError, LedgerError, NotFoundError
+from ledger.gates import Gate, GateResult, Outcome, Tier
+from ledger.journal import append_entry
+from ledger.policy import Observation
+from ledger.runner.checks import CheckSpec, run_checks
+from ledger.spend import reserve, settle
+from ledger.transitions import PolicyContext, apply_observation, lock_behavior, record_results
+
+DEFAULT_CALL_ESTIMATE_USD = 0.05
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_run_id(now: datetime) -> str:
+    """A sortable, unique run id: ``run-`` + a ULID (48-bit milliseconds + 80 random bits)."""
+    value = (int(now.timestamp() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "run-" + "".join(reversed(chars))
+
+
+# -- claiming slots ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SlotClaim:
+    behavior_id: int
+    scheduled_for: datetime
+    tier: str
+    trigger: str = "schedule"
+
+
+def claim_slots(session: Session, claims: Sequence[SlotClaim], now: datetime) -> list[Run]:
+    """Claim many ``(behavior, slot)`` pairs in one statement; return the runs this caller won.
+
+    The unique constraint on ``(behavior_id, scheduled_for)`` makes each slot exclusive: a
+    replica that loses the race gets nothing back for that slot and does nothing."""
+    if not claims:
+        return []
+    rows = [
+        {
+            "id": new_run_id(now),
+            "behavior_id": c.behavior_id,
+            "scheduled_for": c.scheduled_for,
+            "claimed_at": now,
+            "tier": c.tier,
+            "trigger": c.trigger,
+            "status": "claimed",
+            "via_fallback": False,
+            "reserved_usd": 0.0,
+        }
+        for c in claims
+    ]
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    stmt = (
+        insert(Run)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=["behavior_id", "scheduled_for"])
+        .returning(col(Run.id))
+    )
+    won = {r[0] for r in session.execute(stmt)}
+    if not won:
+        return []
+    return list(session.exec(select(Run).where(col(Run.id).in_(won))))
+
+
+# -- starting a run ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RunPlan:
+    """What a claimed run is about to do (built in ``begin_run``, read by the caller)."""
+
+    run_id: str
+    behavior_id: int
+    behavior: Behavior
+    tier: Tier
+    preset: str
+    prompt: str
+    reserved_usd: float
+    budget_window: datetime | None
+    deadline_seconds: float
+
+
+def render_prompt(template: str, inputs: Mapping[str, Any], builtins: Mapping[str, Any]) -> str:
+    """``template`` with ``{variables}`` from inputs and built-ins (``{{``/``}}`` are literal)."""
+    values = {**builtins, **inputs}
+    out = []
+    for literal, name, spec, conversion in string.Formatter().parse(template):
+        out.append(literal)
+        if name is None:
+            continue
+        value = values.get(name.split(".")[0].split("[")[0], "{" + name + "}")
+        if conversion == "r":
+            value = repr(value)
+        out.append(format(value, spec or ""))
+    return "".join(out)
+
+
+def begin_run(
+    session: Session,
+    run_id: str,
+    *,
+    now: datetime,
+    ctx: PolicyContext,
+    default_estimate_usd: float = DEFAULT_CALL_ESTIMATE_USD,
+) -> RunPlan | None:
+    """Start a claimed run: skip it if the behavior is paused/retired/disabled, reserve its
+    worst-case cost (a budget that does not fit records ``spend_cap`` and makes no call).
+    Returns the plan, or None when there is nothing to call."""
+    run = session.get(Run, run_id)
+    if run is None:
+        raise NotFoundError(f"run {run_id} does not exist")
+    row = lock_behavior(session, id=run.behavior_id)
+    if row.retired or row.paused or not row.enabled:
+        run.status = "skipped"
+        run.finished_at = now
+        run.error = "retired" if row.retired else ("paused" if row.paused else "disabled")
+        session.add(run)
+        return None
+    behavior = Behavior.model_validate(row.definition)
+    tier = Tier(row.tier)
+    preset = behavior.preset_for(tier)
+    run.tier = tier.value
+    run.preset = preset
+    run.started_at = now
+    run.status = "running"
+    reserved = 0.0
+    window: datetime | None = None
+    if behavior.budget is not None:
+        window = window_start(behavior.budget.reset, now, behavior.timezone)
+        estimate = behavior.budget.per_call_estimate_usd or default_estimate_usd
+        if not reserve(
+            session,
+            behavior_id=row.id or 0,
+            window_start=window,
+            amount=estimate,
+            budget=behavior.budget.usd,
+            now=now,
+        ):
+            run.status = "refused"
+            run.finished_at = now
+            run.disposition = "none"
+            run.error = "budget exhausted: the call's worst case does not fit the budget"
+            session.add(run)
+            result = GateResult(
+                Gate.SPEND_CAP,
+                Outcome.FAIL,
+                True,
+                {
+                    "source": "budget_reservation",
+                    "budget_usd": behavior.budget.usd,
+                    "reset": behavior.budget.reset,
+                    "window_start": window.isoformat(),
+                    "estimate_usd": estimate,
+                },
+            )
+            _record(session, row, run, [result], now, ctx)
+            return None
+        reserved = estimate
+    run.reserved_usd = reserved
+    session.add(run)
+    prompt = render_prompt(
+        row.prompt_text,
+        behavior.inputs,
+        {
+            "now": now.isoformat(timespec="seconds"),
+            "date": now.date().isoformat(),
+            "run_id": run.id,
+            "behavior": behavior.name,
+            "tier": tier.value,
+        },
+    )
+    return RunPlan(
+        run_id=run.id,
+        behavior_id=row.id or 0,
+        behavior=behavior,
+        tier=tier,
+        preset=preset,
+        prompt=prompt,
+        reserved_usd=reserved,
+        budget_window=window,
+        deadline_seconds=behavior.timeout_seconds,
+    )
+
+
+# -- finishing a run ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CallOutcome:
+    """What the model call produced, whichever transport answered.
+
+    ``failures`` are the classified failures seen on the way (an OpenRouter failure stays on
+    record as ``provider_error`` even when the fallback answered). ``output`` is None when no
+    answer came back."""
+
+    output: str | None = None
+    model: str | None = None
+    generation_id: str | None = None
+    cost_usd: float = 0.0
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    failures: tuple[GateResult, ...] = ()
+    via_fallback: bool = False
+    pause: bool = False
+    primary_model: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedRun:
+    run_id: str
+    status: str
+    disposition: str
+    results: tuple[GateResult, ...] = field(default_factory=tuple)
+    decision: str = "stay"
+
+
+def finish_run(
+    session: Session,
+    plan: RunPlan,
+    outcome: CallOutcome,
+    *,
+    now: datetime,
+    ctx: PolicyContext,
+) -> FinishedRun:
+    """Record a run's outcome: settle its budget, judge its output, dispose of it by tier and
+    let the policy decide — all in the caller's one transaction."""
+    run = session.get(Run, plan.run_id)
+    if run is None:
+        raise NotFoundError(f"run {plan.run_id} does not exist")
+    row = lock_behavior(session, id=plan.behavior_id)
+    if plan.budget_window is not None:
+        settle(
+            session,
+            behavior_id=plan.behavior_id,
+            window_start=plan.budget_window,
+            reserved=plan.reserved_usd,
+            spent=outcome.cost_usd,
+            now=now,
+        )
+    results: list[GateResult] = [r for r in outcome.failures]
+    if outcome.output is not None:
+        b = plan.behavior
+        spec = CheckSpec(
+            json_schema=b.checks.json_schema,
+            max_chars=b.checks.max_chars,
+            must_match=tuple(b.checks.must_match),
+            must_not_match=tuple(b.checks.must_not_match),
+            sensitive_info=b.checks.sensitive_info,
+        )
+        results.extend(run_checks(outcome.output, spec))
+        if (
+            b.require_primary_model
+            and outcome.primary_model
+            and outcome.model
+            and outcome.model != outcome.primary_model
+        ):
+            results.append(
+                GateResult(
+                    Gate.OUTPUT_CHECK,
+                    Outcome.WARN,
+                    True,
+                    {
+                        "check": "require_primary_model",
+                        "reason": f"answered by {outcome.model}, not the preset's primary "
+                        f"model {outcome.primary_model}; not acted on",
+                        "model": outcome.model,
+                        "primary_model": outcome.primary_model,
+                    },
+                )
+            )
+    run.model = outcome.model
+    run.generation_id = outcome.generation_id
+    run.cost_usd = outcome.cost_usd
+    run.prompt_tokens = outcome.prompt_tokens
+    run.completion_tokens = outcome.completion_tokens
+    run.via_fallback = outcome.via_fallback
+    run.output = outcome.output
+    run.finished_at = now
+    run.error = outcome.error
+    run.status = "succeeded" if outcome.output is not None else "failed"
+    blocked = any(r.attributable and r.outcome is Outcome.FAIL for r in results) or any(
+        (r.evidence or {}).get("check") == "require_primary_model" for r in results
+    )
+    if outcome.output is None:
+        run.disposition = "none"
+    elif blocked:
+        run.disposition = "blocked"
+    elif plan.tier is Tier.A:
+        run.disposition = "proposal"
+    elif plan.tier is Tier.B:
+        run.disposition = "approval"
+        payload = action_payload(plan, outcome.output)
+        session.add(
+            Approval(
+                run_id=run.id,
+                behavior_id=plan.behavior_id,
+                payload=payload,
+                payload_sha256=payload_digest(payload),
+                requested_at=now,
+                expires_at=now + plan.behavior.approval_ttl_delta,
+            )
+        )
+    else:
+        run.disposition = "action"
+        _enqueue_action(session, plan.behavior_id, action_payload(plan, outcome.output), now)
+    session.add(run)
+    decision = _record(session, row, run, results, now, ctx)
+    if outcome.pause and not row.paused:
+        row.paused = True
+        append_entry(
+            session,
+            kind="paused",
+            actor="runner",
+            reason=f"paused: OpenRouter refused the behavior's key ({outcome.error or 'auth'}); "
+            "fix the key and `ledger resume`",
+            now=now,
+            behavior_id=row.id,
+            behavior_name=row.name,
+            data={"run_id": run.id},
+        )
+        session.add(
+            OutboxRow(
+                kind="alert",
+                behavior_id=row.id,
+                dedup_key=f"alert:auth:{run.id}",
+                payload={
+                    "event": "auth_error",
+                    "behavior": row.name,
+                    "tier": row.tier,
+                    "reason": f"{row.name} paused: its OpenRouter key was refused",
+                    "at": now.isoformat(),
+                    "run_id": run.id,
+                    "channels": ((row.definition or {}).get("alerts") or {}).get("channels") or [],
+                },
+                next_attempt_at=now,
+                created_at=now,
+            )
+        )
+        session.add(row)
+    return FinishedRun(run.id, run.status, run.disposition or "none", tuple(results), decision)
+
+
+def _record(
+    session: Session,
+    row: Any,
+    run: Run,
+    results: Sequence[GateResult],
+    now: datetime,
+    ctx: PolicyContext,
+) -> str:
+    stored = record_results(session, row, results, now=now, source="runner", run_id=run.id)
+    row.last_run_at = now
+    row.last_run_id = run.id
+    row.last_run_status = _run_summary(run, stored)
+    applied = apply_observation(
+        session, row, Observation.run(now, run.id, stored), now=now, ctx=ctx
+    )
+    return applied.decision.kind
+
+
+def _run_summary(run: Run, results: Sequence[GateResult]) -> str:
+    bad = [r for r in results if r.outcome is not Outcome.PASS]
+    if not bad:
+        return f"{run.status}"
+    worst = max(bad, key=lambda r: (r.outcome is Outcome.FAIL, r.attributable))
+    return f"{run.status}: {worst.gate} {worst.outcome}"[:32]
+
+
+def action_payload(plan: RunPlan, output: str) -> dict[str, Any]:
+    """What the action will do: exactly what an approver sees and what is hashed."""
+    action = plan.behavior.action.model_dump(mode="json", exclude_none=True)
+    return {
+        "action": action,
+        "behavior": plan.behavior.name,
+        "run_id": plan.run_id,
+        "tier": plan.tier.value,
+        "output": output,
+    }
+
+
+def payload_digest(payload: Mapping[str, Any]) -> str:
+    return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _enqueue_action(
+    session: Session, behavior_id: int, payload: dict[str, Any], now: datetime
+) -> None:
+    """One outbox row per run's action: the dedup key makes a second enqueue impossible."""
+    session.add(
+        OutboxRow(
+            kind=f"action.{payload['action']['type']}",
+            behavior_id=behavior_id,
+            dedup_key=f"action:{payload['run_id']}",
+            payload={**payload, "payload_sha256": payload_digest(payload)},
+            next_attempt_at=now,
+            created_at=now,
+        )
+    )
+
+
+# -- approvals ---------------------------------------------------------------------------------
+
+
+def _lock_approval(session: Session, run_id: str) -> Approval:
+    approval = session.exec(
+        select(Approval).where(col(Approval.run_id) == run_id).with_for_update()
+    ).first()
+    if approval is None:
+        raise NotFoundError(f"run {run_id} has no approval request (only tier-B runs ask)")
+    return approval
+
+
+def approve(
+    session: Session,
+    run_id: str,
+    *,
+    actor: str,
+    now: datetime,
+    ctx: PolicyContext,
+    payload_sha256: str | None = None,
+    reason: str = "approved",
+) -> str:
+    """Approve a pending request: its action is queued exactly once, bound to the payload the
+    operator saw (``payload_sha256``). Approving again is a no-op that says so."""
+    approval = _lock_approval(session, run_id)
+    if approval.status == "approved":
+        return f"run {run_id} was already approved by {approval.decided_by}; nothing to do"
+    if approval.status != "pending":
+        raise ConflictError(f"run {run_id}'s approval request is {approval.status}")
+    if now >= approval.expires_at:
+        _expire(session, approval, now, ctx)
+        raise ConflictError(
+            f"run {run_id}'s approval request expired at {approval.expires_at:%Y-%m-%d %H:%M} UTC"
+        )
+    actual = payload_digest(approval.payload)
+    if actual != approval.payload_sha256:
+        raise ConflictError(
+            f"run {run_id}: the stored action payload changed since it was "
+            "requested; refusing to run it"
+        )
+    if payload_sha256 is not None and payload_sha256 != actual:
+        raise ConflictError(
+            f"run {run_id}: the action payload differs from the one you reviewed "
+            f"(sha256 {payload_sha256[:12]}… ≠ {actual[:12]}…); review it again"
+        )
+    approval.status = "approved"
+    approval.decided_at = now
+    approval.decided_by = actor
+    approval.reason = reason
+    session.add(approval)
+    _enqueue_action(session, approval.behavior_id, dict(approval.payload), now)
+    row = lock_behavior(session, id=approval.behavior_id)
+    append_entry(
+        session,
+        kind="approved",
+        actor=actor,
+        reason=reason,
+        now=now,
+        behavior_id=row.id,
+        behavior_name=row.name,
+        data={"run_id": run_id, "payload_sha256": actual},
+    )
+    apply_observation(session, row, Observation.approval(now, run_id, "approved"), now=now, ctx=ctx)
+    kind = approval.payload["action"]["type"]
+    return f"approved run {run_id} of {row.name}; its {kind} action is queued"
+
+
+def reject(
+    session: Session, run_id: str, *, actor: str, reason: str, now: datetime, ctx: PolicyContext
+) -> str:
+    """Reject a pending request: the action never runs; it counts as a ``human_rejected`` warn."""
+    if not reason.strip():
+        raise LedgerError("a reason is required to reject (--reason TEXT)")
+    approval = _lock_approval(session, run_id)
+    if approval.status != "pending":
+        raise ConflictError(f"run {run_id}'s approval request is already {approval.status}")
+    approval.status = "rejected"
+    approval.decided_at = now
+    approval.decided_by = actor
+    approval.reason = reason
+    session.add(approval)
+    row = lock_behavior(session, id=approval.behavior_id)
+    stored = record_results(
+        session,
+        row,
+        [GateResult(Gate.HUMAN_REJECTED, Outcome.WARN, True, {"actor": actor, "reason": reason})],
+        now=now,
+        source="operator",
+        run_id=run_id,
+    )
+    append_entry(
+        session,
+        kind="rejected",
+        actor=actor,
+        reason=reason,
+        now=now,
+        behavior_id=row.id,
+        behavior_name=row.name,
+        data={"run_id": run_id},
+    )
+    apply_observation(
+        session,
+        row,
+        Observation.approval(
+            now, run_id, "rejected", tuple(r.result_id for r in stored if r.result_id)
+        ),
+        now=now,
+        ctx=ctx,
+    )
+    return f"rejected run {run_id} of {row.name}: {reason}"
+
+
+def _expire(session: Session, approval: Approval, now: datetime, ctx: PolicyContext) -> None:
+    approval.status = "expired"
+    approval.decided_at = now
+    session.add(approval)
+    row = lock_behavior(session, id=approval.behavior_id)
+    append_entry(
+        session,
+        kind="approval_expired",
+        actor="runner",
+        reason=f"approval request for run {approval.run_id} expired unanswered "
+        "(neutral: it neither helps nor hurts the behavior)",
+        now=now,
+        behavior_id=row.id,
+        behavior_name=row.name,
+        data={"run_id": approval.run_id},
+    )
+    apply_observation(
+        session, row, Observation.approval(now, approval.run_id, "expired"), now=now, ctx=ctx
+    )
+
+
+def expire_approvals(session: Session, now: datetime, ctx: PolicyContext, limit: int = 100) -> int:
+    """Expire pending requests past their TTL (through the partial index on pending rows)."""
+    due = list(
+        session.exec(
+            select(Approval)
+            .where(col(Approval.status) == "pending", col(Approval.expires_at) <= now)
+            .order_by(col(Approval.expires_at))
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    )
+    for approval in due:
+        _expire(session, approval, now, ctx)
+    return len(due)

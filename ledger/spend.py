@@ -1,0 +1,88 @@
+"""Budget reservations: reserve a call's worst case before calling, settle to its real cost.
+
+Each reservation is one compare-and-set ``UPDATE … WHERE reserved + spent + x <= budget``,
+checked by row count: concurrent runs (and fan-out calls) can never overshoot a budget together,
+on SQLite and PostgreSQL alike, without a read-then-write race. Runs inside the caller's
+transaction (adds and executes, never commits).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlmodel import Session, col
+
+from ledger.db.models import BudgetWindow
+
+
+def _ensure_window(session: Session, behavior_id: int, start: datetime, now: datetime) -> None:
+    values = {
+        "behavior_id": behavior_id,
+        "window_start": start,
+        "reserved_usd": 0.0,
+        "spent_usd": 0.0,
+        "updated_at": now,
+    }
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    stmt = insert(BudgetWindow).values(**values).on_conflict_do_nothing()
+    session.execute(stmt)
+
+
+def reserve(
+    session: Session,
+    *,
+    behavior_id: int,
+    window_start: datetime,
+    amount: float,
+    budget: float,
+    now: datetime,
+) -> bool:
+    """Reserve ``amount`` dollars if it fits the budget with what is reserved and spent."""
+    _ensure_window(session, behavior_id, window_start, now)
+    result = session.execute(
+        update(BudgetWindow)
+        .where(
+            col(BudgetWindow.behavior_id) == behavior_id,
+            col(BudgetWindow.window_start) == window_start,
+            col(BudgetWindow.reserved_usd) + col(BudgetWindow.spent_usd) + amount <= budget,
+        )
+        .values(reserved_usd=col(BudgetWindow.reserved_usd) + amount, updated_at=now)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]  # CursorResult
+
+
+def settle(
+    session: Session,
+    *,
+    behavior_id: int,
+    window_start: datetime,
+    reserved: float,
+    spent: float,
+    now: datetime,
+) -> None:
+    """Turn a reservation into actual spend (``spent`` 0 releases it)."""
+    _ensure_window(session, behavior_id, window_start, now)
+    session.execute(
+        update(BudgetWindow)
+        .where(
+            col(BudgetWindow.behavior_id) == behavior_id,
+            col(BudgetWindow.window_start) == window_start,
+        )
+        .values(
+            reserved_usd=col(BudgetWindow.reserved_usd) - reserved,
+            spent_usd=col(BudgetWindow.spent_usd) + spent,
+            updated_at=now,
+        )
+    )
+
+
+def spent_in_window(
+    session: Session, behavior_id: int, window_start: datetime
+) -> tuple[float, float]:
+    """(spent, reserved) dollars in the window."""
+    row = session.get(BudgetWindow, (behavior_id, window_start))
+    return (row.spent_usd, row.reserved_usd) if row else (0.0, 0.0)

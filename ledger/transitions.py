@@ -1,0 +1,472 @@
+"""Apply what happened to a behavior: one transaction = gate results + ledger entries + tier
+change + outbox rows.
+
+Every function here expects the caller's open transaction (``with db.transaction() as s:``)
+and only adds and flushes. The behavior's row is locked first (``SELECT … FOR UPDATE`` on
+PostgreSQL; SQLite has one writer at a time), so concurrent results for one behavior — a run
+and a broadcast event at the same moment, two replicas — are applied one after the other, each
+against the window the previous one left.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlmodel import Session, col, select
+
+from ledger.db.models import BehaviorRow, GateResultRow, OutboxRow, PromotionProposal
+from ledger.errors import ConflictError, LedgerError, NotFoundError
+from ledger.gates import GateResult, Tier
+from ledger.journal import append_entry
+from ledger.policy import (
+    DEFAULT_THRESHOLDS,
+    BehaviorState,
+    Decision,
+    Observation,
+    PolicyWindow,
+    Thresholds,
+    after_decision,
+    decide,
+    observe,
+)
+
+POLICY_ACTOR = "policy"
+DEFAULT_ALERT_EVENTS = ("demotion", "pause", "auth_error")
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyContext:
+    """What applying a decision needs beyond the behavior: global threshold overrides
+    (ledger.toml ``[policy]``) and whether the Notion mirror is configured."""
+
+    global_overrides: Mapping[str, Any] = field(default_factory=dict)
+    mirror: bool = False
+
+
+def thresholds_for(row: BehaviorRow, ctx: PolicyContext) -> Thresholds:
+    own = (row.definition or {}).get("policy") or {}
+    overrides = {**ctx.global_overrides, **{k: v for k, v in own.items() if v is not None}}
+    return DEFAULT_THRESHOLDS.with_overrides(overrides)
+
+
+def state_of(row: BehaviorRow) -> BehaviorState:
+    return BehaviorState(
+        name=row.name,
+        tier=Tier(row.tier),
+        max_tier=Tier(row.max_tier),
+        pinned=row.pinned,
+        paused=row.paused,
+        promotion_mode=(row.definition or {}).get("promotion", "auto"),
+    )
+
+
+def window_of(row: BehaviorRow) -> PolicyWindow:
+    return PolicyWindow.from_json(row.policy_window or {})
+
+
+def lock_behavior(
+    session: Session, *, name: str | None = None, id: int | None = None
+) -> BehaviorRow:
+    """The behavior's row, locked for the rest of the transaction. Raises NotFoundError."""
+    query = select(BehaviorRow).with_for_update()
+    query = (
+        query.where(col(BehaviorRow.name) == name)
+        if name is not None
+        else query.where(col(BehaviorRow.id) == id)
+    )
+    row = session.exec(query).first()
+    if row is None:
+        raise NotFoundError(f"behavior {name or id!r} is not registered (see `ledger status`)")
+    return row
+
+
+def record_results(
+    session: Session,
+    row: BehaviorRow,
+    results: Sequence[GateResult],
+    *,
+    now: datetime,
+    source: str,
+    run_id: str | None = None,
+) -> list[GateResult]:
+    """Store gate results; return them carrying their database ids (the policy cites them)."""
+    rows = [
+        GateResultRow(
+            behavior_id=row.id or 0,
+            run_id=run_id if run_id is not None else result.run_id,
+            gate=str(result.gate),
+            outcome=str(result.outcome),
+            attributable=result.attributable,
+            source=source,
+            evidence=dict(result.evidence),
+            created_at=now,
+        )
+        for result in results
+    ]
+    session.add_all(rows)
+    session.flush()
+    return [
+        replace(result, result_id=db_row.id, run_id=db_row.run_id, observed_at=now)
+        for db_row, result in zip(rows, results, strict=True)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What one observation did: the decision and the ledger entry ids it wrote."""
+
+    decision: Decision
+    entry_ids: tuple[int, ...] = ()
+
+
+def apply_observation(
+    session: Session,
+    row: BehaviorRow,
+    obs: Observation,
+    *,
+    now: datetime,
+    ctx: PolicyContext,
+) -> Applied:
+    """Fold ``obs`` into the (locked) behavior's window, decide, and apply the decision.
+    Expects ``row`` to come from ``lock_behavior`` in the same open transaction."""
+    thresholds = thresholds_for(row, ctx)
+    window = observe(window_of(row), obs, thresholds)
+    decision = decide(state_of(row), window, now, thresholds)
+    window = after_decision(window, decision, now)
+    row.policy_window = window.to_json()
+    entries = _apply_decision(session, row, decision, now=now, ctx=ctx, actor=POLICY_ACTOR)
+    row.updated_at = now
+    session.add(row)
+    session.flush()
+    return Applied(decision, entries)
+
+
+def _apply_decision(
+    session: Session,
+    row: BehaviorRow,
+    decision: Decision,
+    *,
+    now: datetime,
+    ctx: PolicyContext,
+    actor: str,
+) -> tuple[int, ...]:
+    entries: list[int] = []
+    old = Tier(row.tier)
+    if decision.kind in ("promote", "demote") and decision.to != old:
+        row.tier = decision.to.value
+        kind = "promoted" if decision.kind == "promote" else "demoted"
+        entry = append_entry(
+            session,
+            kind=kind,
+            actor=actor,
+            reason=decision.reason,
+            now=now,
+            behavior_id=row.id,
+            behavior_name=row.name,
+            data={
+                "from": old.value,
+                "to": decision.to.value,
+                "evidence": list(decision.evidence),
+                "override": decision.override,
+            },
+        )
+        entries.append(entry.id or 0)
+        event = "promotion" if decision.kind == "promote" else "demotion"
+        _notify(
+            session,
+            row,
+            event,
+            decision.reason,
+            now,
+            ctx,
+            entry.id or 0,
+            {"from": old.value, "to": decision.to.value, "evidence": list(decision.evidence)},
+        )
+    if decision.pause and not row.paused:
+        row.paused = True
+        entry = append_entry(
+            session,
+            kind="paused",
+            actor=actor,
+            reason=decision.reason,
+            now=now,
+            behavior_id=row.id,
+            behavior_name=row.name,
+            data={"evidence": list(decision.evidence)},
+        )
+        entries.append(entry.id or 0)
+        _notify(
+            session,
+            row,
+            "pause",
+            decision.reason,
+            now,
+            ctx,
+            entry.id or 0,
+            {"evidence": list(decision.evidence)},
+        )
+    if decision.kind == "propose":
+        pending = session.exec(
+            select(PromotionProposal).where(
+                col(PromotionProposal.behavior_id) == row.id,
+                col(PromotionProposal.status) == "pending",
+            )
+        ).first()
+        if pending is None:
+            proposal = PromotionProposal(
+                behavior_id=row.id or 0,
+                from_tier=old.value,
+                to_tier=decision.to.value,
+                reason=decision.reason,
+                evidence={"ids": list(decision.evidence)},
+                created_at=now,
+            )
+            session.add(proposal)
+            session.flush()
+            entry = append_entry(
+                session,
+                kind="promotion_proposed",
+                actor=actor,
+                reason=decision.reason,
+                now=now,
+                behavior_id=row.id,
+                behavior_name=row.name,
+                data={
+                    "proposal_id": proposal.id,
+                    "from": old.value,
+                    "to": decision.to.value,
+                    "evidence": list(decision.evidence),
+                },
+            )
+            entries.append(entry.id or 0)
+            _notify(
+                session,
+                row,
+                "promotion_proposed",
+                decision.reason,
+                now,
+                ctx,
+                entry.id or 0,
+                {"proposal_id": proposal.id, "to": decision.to.value},
+            )
+    return tuple(entries)
+
+
+def _notify(
+    session: Session,
+    row: BehaviorRow,
+    event: str,
+    reason: str,
+    now: datetime,
+    ctx: PolicyContext,
+    entry_id: int,
+    extra: Mapping[str, Any],
+) -> None:
+    """Outbox rows for what must follow this change: an alert when the behavior's file asks
+    for this event (demotions and pauses by default), and a mirror update when Notion is on."""
+    alerts = (row.definition or {}).get("alerts") or {}
+    wanted = alerts.get("on") or list(DEFAULT_ALERT_EVENTS)
+    payload = {
+        "event": event,
+        "behavior": row.name,
+        "tier": row.tier,
+        "reason": reason,
+        "at": now.isoformat(),
+        "entry_id": entry_id,
+        **extra,
+    }
+    if event in wanted or event == "promotion_proposed":
+        session.add(
+            OutboxRow(
+                kind="alert",
+                behavior_id=row.id,
+                dedup_key=f"alert:{entry_id}",
+                payload={**payload, "channels": alerts.get("channels") or []},
+                next_attempt_at=now,
+                created_at=now,
+            )
+        )
+    if ctx.mirror:
+        session.add(
+            OutboxRow(
+                kind="mirror",
+                behavior_id=row.id,
+                dedup_key=f"mirror:{entry_id}",
+                payload=payload,
+                next_attempt_at=now,
+                created_at=now,
+            )
+        )
+
+
+# -- operator actions ------------------------------------------------------------------------
+
+OperatorVerb = Literal["promote", "demote", "pin", "unpin", "pause", "resume"]
+
+
+def operator_action(
+    session: Session,
+    name: str,
+    verb: OperatorVerb,
+    *,
+    reason: str,
+    actor: str,
+    now: datetime,
+    ctx: PolicyContext,
+    to: Tier | None = None,
+) -> str:
+    """An operator's action on a behavior, as a ledger entry with its reason and who did it.
+    Returns a one-line description. Raises NotFoundError, ConflictError or LedgerError."""
+    if not reason.strip():
+        raise LedgerError("a reason is required for every operator action (--reason TEXT)")
+    row = lock_behavior(session, name=name)
+    if row.retired:
+        raise ConflictError(f"behavior {name!r} is retired (its file was removed)")
+    old = Tier(row.tier)
+    if verb in ("promote", "demote"):
+        return _operator_move(
+            session, row, verb, reason=reason, actor=actor, now=now, ctx=ctx, to=to
+        )
+    flag, value = {
+        "pin": ("pinned", True),
+        "unpin": ("pinned", False),
+        "pause": ("paused", True),
+        "resume": ("paused", False),
+    }[verb]
+    if getattr(row, flag) == value:
+        raise ConflictError(
+            f"behavior {name!r} is already {verb.rstrip('e')}ed"
+            if verb != "pause"
+            else f"behavior {name!r} is already paused"
+        )
+    setattr(row, flag, value)
+    kind = {"pin": "pinned", "unpin": "unpinned", "pause": "paused", "resume": "resumed"}[verb]
+    entry = append_entry(
+        session,
+        kind=kind,
+        actor=actor,
+        reason=reason,
+        now=now,
+        behavior_id=row.id,
+        behavior_name=row.name,
+        data={"tier": old.value, "operator": True},
+    )
+    if verb == "pause":
+        _notify(
+            session,
+            row,
+            "pause",
+            f"paused by {actor}: {reason}",
+            now,
+            ctx,
+            entry.id or 0,
+            {"operator": actor},
+        )
+    row.updated_at = now
+    session.add(row)
+    session.flush()
+    return f"{row.name} {kind} at {old.label} by {actor}: {reason}"
+
+
+def _operator_move(
+    session: Session,
+    row: BehaviorRow,
+    verb: Literal["promote", "demote"],
+    *,
+    reason: str,
+    actor: str,
+    now: datetime,
+    ctx: PolicyContext,
+    to: Tier | None,
+) -> str:
+    old = Tier(row.tier)
+    if verb == "promote":
+        target = to or (Tier.B if old is Tier.A else Tier.C)
+        if target.rank <= old.rank:
+            raise ConflictError(f"{row.name} is at {old.label}; cannot promote to {target.label}")
+        if target.rank > Tier(row.max_tier).rank:
+            raise ConflictError(
+                f"{row.name} has max_tier {Tier(row.max_tier).label}; raise max_tier in its "
+                "file first"
+            )
+        thresholds = thresholds_for(row, ctx)
+        policy_says = decide(state_of(row), window_of(row), now, thresholds)
+        earned = policy_says.kind in ("promote", "propose") and policy_says.to == target
+        override = not earned
+        why = f"promoted from {old.label} to {target.label} by {actor}: {reason}"
+        if override:
+            why += " (override: the policy had not earned this promotion)"
+        decision = Decision("promote", target, False, why, policy_says.evidence, override)
+        _resolve_proposals(session, row, "accepted", actor, reason, now)
+    else:
+        target = to or (Tier.B if old is Tier.C else Tier.A)
+        if target.rank >= old.rank:
+            raise ConflictError(f"{row.name} is at {old.label}; cannot demote to {target.label}")
+        decision = Decision(
+            "demote",
+            target,
+            False,
+            f"demoted from {old.label} to {target.label} by {actor}: {reason}",
+            (),
+            True,
+        )
+    row.policy_window = after_decision(window_of(row), decision, now).to_json()
+    _apply_decision(session, row, decision, now=now, ctx=ctx, actor=actor)
+    row.updated_at = now
+    session.add(row)
+    session.flush()
+    return decision.reason
+
+
+def _resolve_proposals(
+    session: Session, row: BehaviorRow, status: str, actor: str, reason: str, now: datetime
+) -> list[PromotionProposal]:
+    pending = list(
+        session.exec(
+            select(PromotionProposal).where(
+                col(PromotionProposal.behavior_id) == row.id,
+                col(PromotionProposal.status) == "pending",
+            )
+        )
+    )
+    for proposal in pending:
+        proposal.status = status
+        proposal.decided_at = now
+        proposal.decided_by = actor
+        proposal.decision_reason = reason
+        session.add(proposal)
+    return pending
+
+
+def decline_proposal(session: Session, name: str, *, reason: str, actor: str, now: datetime) -> str:
+    """Decline a behavior's pending promotion proposal: it stays, and its clean window restarts
+    (it must earn a fresh proposal)."""
+    if not reason.strip():
+        raise LedgerError("a reason is required to decline a proposal (--reason TEXT)")
+    row = lock_behavior(session, name=name)
+    declined = _resolve_proposals(session, row, "declined", actor, reason, now)
+    if not declined:
+        raise ConflictError(f"{name!r} has no pending promotion proposal")
+    window = observe(window_of(row), Observation.definition_changed(now, "proposal declined"))
+    row.policy_window = window.to_json()
+    append_entry(
+        session,
+        kind="proposal_declined",
+        actor=actor,
+        reason=f"promotion to {Tier(declined[0].to_tier).label} declined by {actor}: {reason}; "
+        "the promotion window restarts",
+        now=now,
+        behavior_id=row.id,
+        behavior_name=row.name,
+        data={"proposal_id": declined[0].id},
+    )
+    session.add(row)
+    session.flush()
+    return f"declined the promotion of {name} to {Tier(declined[0].to_tier).label}"
+
+
+def observations_for_results(results: Iterable[GateResult], now: datetime) -> list[Observation]:
+    return [Observation.result(now, r) for r in results]

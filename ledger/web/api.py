@@ -1,0 +1,223 @@
+"""The JSON API under ``/api``: behaviors, explanations, operator actions and the ledger."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Query, Request
+from pydantic import BaseModel, Field
+from sqlmodel import Session, col, select
+
+from ledger.budget import window_start
+from ledger.db.models import BehaviorRow, BudgetWindow, IngestedSpan, LedgerEntry
+from ledger.errors import NotFoundError
+from ledger.explain import explain
+from ledger.gates import Tier
+from ledger.status import collect_status
+from ledger.transitions import PolicyContext, decline_proposal, operator_action
+from ledger.web.auth import OperatorDep
+
+router = APIRouter(prefix="/api", tags=["api"])
+
+BehaviorName = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+
+
+def _state(request: Request) -> Any:
+    return request.app.state.ledger
+
+
+def _ctx(request: Request) -> PolicyContext:
+    settings = _state(request).settings
+    return PolicyContext(global_overrides=settings.policy, mirror=settings.notion_token is not None)
+
+
+def _now(request: Request) -> datetime:
+    now: datetime = _state(request).clock.now()
+    return now
+
+
+def _tier(tier: str) -> dict[str, str]:
+    t = Tier(tier)
+    return {"tier": t.value, "tier_label": t.label, "tier_meaning": t.meaning}
+
+
+@router.get("/behaviors")
+def list_behaviors(request: Request, _op: OperatorDep) -> dict[str, Any]:
+    """Every registered behavior with its tier, state, runs and spend."""
+    with _state(request).db.transaction() as session:
+        report = collect_status(session, _now(request))
+    return {
+        "behaviors": [
+            {
+                "name": s.name,
+                **_tier(s.tier.value),
+                "flags": list(s.flags),
+                "last_run_at": s.last_run_at,
+                "last_run_status": s.last_run_status,
+                "next_run_at": s.next_run_at,
+                "recent_failures": s.recent_failures,
+                "spend_usd": s.spend_usd,
+                "budget_usd": s.budget_usd,
+                "budget_reset": s.budget_reset,
+                "problem": s.problem,
+            }
+            for s in report.behaviors
+        ],
+        "invalid_files": [{"path": p.path, "problems": p.problems} for p in report.file_problems],
+    }
+
+
+def _behavior(session: Session, name: str) -> BehaviorRow:
+    row = session.exec(select(BehaviorRow).where(col(BehaviorRow.name) == name)).first()
+    if row is None:
+        raise NotFoundError(f"behavior {name!r} is not registered")
+    return row
+
+
+@router.get("/behaviors/{name}")
+def get_behavior(request: Request, name: BehaviorName, _op: OperatorDep) -> dict[str, Any]:
+    """One behavior: tier, spend in the current budget window (unrounded), last deliveries."""
+    now = _now(request)
+    with _state(request).db.transaction() as session:
+        row = _behavior(session, name)
+        definition = row.definition or {}
+        budget = definition.get("budget")
+        spend: dict[str, Any] = {"usd": 0.0, "reserved_usd": 0.0, "window_start": None}
+        if budget:
+            start = window_start(budget["reset"], now, definition.get("timezone", "UTC"))
+            window = session.get(BudgetWindow, (row.id, start))
+            spend = {
+                "usd": window.spent_usd if window else 0.0,
+                "reserved_usd": window.reserved_usd if window else 0.0,
+                "window_start": start,
+                "budget_usd": budget["usd"],
+                "reset": budget["reset"],
+            }
+        deliveries = session.exec(
+            select(IngestedSpan)
+            .where(col(IngestedSpan.behavior_id) == row.id)
+            .order_by(col(IngestedSpan.received_at).desc())
+            .limit(10)
+        ).all()
+        return {
+            "name": row.name,
+            **_tier(row.tier),
+            "max_tier": row.max_tier,
+            "paused": row.paused,
+            "pinned": row.pinned,
+            "retired": row.retired,
+            "enabled": row.enabled,
+            "description": definition.get("description", ""),
+            "definition_hash": row.definition_hash,
+            "problem": row.problem,
+            "last_run": {
+                "id": row.last_run_id,
+                "at": row.last_run_at,
+                "status": row.last_run_status,
+            },
+            "spend": spend,
+            "last_deliveries": [
+                {
+                    "trace_id": d.trace_id,
+                    "span_id": d.span_id,
+                    "name": d.name,
+                    "received_at": d.received_at,
+                    "run_id": d.run_id,
+                    "attribution": d.attribution,
+                    "cost_usd": (d.data or {}).get("cost_usd"),
+                }
+                for d in deliveries
+            ],
+        }
+
+
+@router.get("/behaviors/{name}/explain")
+def explain_behavior(request: Request, name: BehaviorName, _op: OperatorDep) -> dict[str, Any]:
+    """Why the behavior is at its tier (the chain of decisions) and what it needs next."""
+    with _state(request).db.transaction() as session:
+        return explain(session, name, _now(request), _ctx(request)).as_json()
+
+
+class DeclineBody(BaseModel):
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+@router.post("/behaviors/{name}/decline")
+def decline(
+    request: Request, name: BehaviorName, body: DeclineBody, op: OperatorDep
+) -> dict[str, str]:
+    """Decline a pending promotion proposal."""
+    with _state(request).db.transaction() as session:
+        return {
+            "message": decline_proposal(
+                session, name, reason=body.reason, actor=op.name, now=_now(request)
+            )
+        }
+
+
+class ActionBody(BaseModel):
+    reason: str = Field(min_length=1, max_length=2000, description="Why (recorded).")
+    to: Tier | None = Field(default=None, description="promote/demote: target tier.")
+
+
+Verb = Literal["promote", "demote", "pin", "unpin", "pause", "resume"]
+
+
+@router.post("/behaviors/{name}/{verb}")
+def act(
+    request: Request, name: BehaviorName, verb: Verb, body: ActionBody, op: OperatorDep
+) -> dict[str, Any]:
+    """An operator action; the API token's name is recorded as the actor."""
+    with _state(request).db.transaction() as session:
+        message = operator_action(
+            session,
+            name,
+            verb,
+            reason=body.reason,
+            actor=op.name,
+            now=_now(request),
+            ctx=_ctx(request),
+            to=body.to,
+        )
+        row = _behavior(session, name)
+        return {
+            "message": message,
+            "name": name,
+            **_tier(row.tier),
+            "paused": row.paused,
+            "pinned": row.pinned,
+        }
+
+
+@router.get("/ledger")
+def ledger_entries(
+    request: Request,
+    _op: OperatorDep,
+    behavior: Annotated[str | None, Query(max_length=63)] = None,
+    after_id: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    """Ledger entries in order, with their hashes (page with ``after_id``)."""
+    with _state(request).db.transaction() as session:
+        query = select(LedgerEntry).where(col(LedgerEntry.id) > after_id)
+        if behavior is not None:
+            query = query.where(col(LedgerEntry.behavior_name) == behavior)
+        rows = session.exec(query.order_by(col(LedgerEntry.id)).limit(limit)).all()
+        return {
+            "entries": [
+                {
+                    "id": e.id,
+                    "at": e.created_at,
+                    "behavior": e.behavior_name,
+                    "kind": e.kind,
+                    "actor": e.actor,
+                    "reason": e.reason,
+                    "data": e.data,
+                    "prev_hash": e.prev_hash,
+                    "hash": e.hash,
+                }
+                for e in rows
+            ],
+            "next_after_id": rows[-1].id if rows else after_id,
+        }

@@ -1,0 +1,219 @@
+"""A run's database steps: claims, budget pre-check, dispositions by tier, approvals."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlmodel import col, select
+
+from ledger.behaviors.registry import reconcile_directory
+from ledger.db.models import Approval, BehaviorRow, GateResultRow, OutboxRow, Run
+from ledger.db.session import Database
+from ledger.errors import ConflictError
+from ledger.gates import Gate, GateResult, Outcome
+from ledger.runner.run import (
+    CallOutcome,
+    SlotClaim,
+    approve,
+    begin_run,
+    claim_slots,
+    expire_approvals,
+    finish_run,
+    payload_digest,
+    reject,
+    render_prompt,
+)
+from ledger.transitions import PolicyContext, lock_behavior
+from tests.conftest import T0, VALID_BEHAVIOR, write_behavior
+
+CTX = PolicyContext()
+OK = CallOutcome(
+    output="Hello, world!",
+    model="m/primary",
+    generation_id="gen-1",
+    cost_usd=0.01,
+    prompt_tokens=10,
+    completion_tokens=5,
+)
+
+
+def setup(db: Database, folder: Path, tier: str = "A", extra: str = "") -> int:
+    write_behavior(folder, "alpha", VALID_BEHAVIOR.format(key_env="K", name="alpha") + extra)
+    with db.transaction() as session:
+        reconcile_directory(session, folder, T0)
+        row = lock_behavior(session, name="alpha")
+        row.tier = tier
+        return row.id or 0
+
+
+def run_once(db: Database, bid: int, outcome: CallOutcome, slot_minutes: int = 0, tier: str = "A"):  # type: ignore[no-untyped-def]
+    at = T0 + timedelta(minutes=slot_minutes)
+    with db.transaction() as session:
+        (run,) = claim_slots(session, [SlotClaim(bid, at, tier)], at)
+        plan = begin_run(session, run.id, now=at, ctx=CTX)
+    if plan is None:
+        return run.id, None
+    with db.transaction() as session:
+        return run.id, finish_run(session, plan, outcome, now=at, ctx=CTX)
+
+
+def outbox(db: Database) -> list[OutboxRow]:
+    with db.transaction() as session:
+        rows = list(session.exec(select(OutboxRow).order_by(col(OutboxRow.id))))
+        for r in rows:
+            session.expunge(r)
+        return rows
+
+
+def test_a_slot_is_claimed_once(db: Database, tmp_path: Path) -> None:
+    bid = setup(db, tmp_path)
+    with db.transaction() as session:
+        first = claim_slots(session, [SlotClaim(bid, T0, "A")], T0)
+    with db.transaction() as session:
+        second = claim_slots(
+            session, [SlotClaim(bid, T0, "A"), SlotClaim(bid, T0 + timedelta(minutes=15), "A")], T0
+        )
+    assert len(first) == 1
+    assert [r.scheduled_for for r in second] == [T0 + timedelta(minutes=15)]
+
+
+def test_tier_a_output_is_a_proposal_and_nothing_runs(db: Database, tmp_path: Path) -> None:
+    bid = setup(db, tmp_path, "A")
+    run_id, finished = run_once(db, bid, OK)
+    assert finished is not None and finished.disposition == "proposal"
+    assert outbox(db) == []
+    with db.transaction() as session:
+        run = session.get(Run, run_id)
+        assert run is not None and run.output == "Hello, world!" and run.status == "succeeded"
+        assert run.prompt_tokens == 10 and run.cost_usd == 0.01
+
+
+def test_tier_c_runs_its_action_through_the_outbox(db: Database, tmp_path: Path) -> None:
+    bid = setup(db, tmp_path, "C")
+    run_id, finished = run_once(db, bid, OK, tier="C")
+    assert finished is not None and finished.disposition == "action"
+    (row,) = outbox(db)
+    assert row.kind == "action.log" and row.dedup_key == f"action:{run_id}"
+    assert row.payload["output"] == "Hello, world!"
+
+
+def test_attributable_fail_never_runs_the_action(db: Database, tmp_path: Path) -> None:
+    bid = setup(db, tmp_path, "C", "checks:\n  sensitive_info: block\n")
+    leaky = CallOutcome(output="mail me at jane.doe@example.com", model="m", cost_usd=0.0)
+    _, finished = run_once(db, bid, leaky, tier="C")
+    assert finished is not None and finished.disposition == "blocked"
+    assert [o.kind for o in outbox(db)] == ["alert"]  # the demotion alert, no action
+    with db.transaction() as session:
+        assert lock_behavior(session, name="alpha").tier == "B"
+
+
+def test_tier_b_approval_runs_once_even_if_approved_twice(db: Database, tmp_path: Path) -> None:
+    bid = setup(db, tmp_path, "B")
+    run_id, finished = run_once(db, bid, OK, tier="B")
+    assert finished is not None and finished.disposition == "approval"
+    with db.transaction() as session:
+        approval = session.exec(select(Approval)).one()
+        digest = approval.payload_sha256
+        assert digest == payload_digest(approval.payload)
+    with db.transaction() as session:
+        assert "action is queued" in approve(
+            session, run_id, actor="cli:ann", now=T0, ctx=CTX, payload_sha256=digest
+        )
+    with db.transaction() as session:
+        assert "already approved" in approve(session, run_id, actor="cli:bob", now=T0, ctx=CTX)
+    actions = [o for o in outbox(db) if o.kind.startswith("action.")]
+    assert len(actions) == 1
+
+
+def test_approval_bound_to_the_payload_the_operator_saw(db: Database, tmp_path: Path) -> None:
+    bid = setup(db, tmp_path, "B")
+    run_id, _ = run_once(db, bid, OK, tier="B")
+    with db.transaction() as session, pytest.raises(ConflictError, match="differs"):
+        approve(session, run_id, actor="a", now=T0, ctx=CTX, payload_sha256="0" * 64)
+    with db.transaction() as session:
+        approval = session.exec(select(Approval)).one()
+        approval.payload = {**approval.payload, "output": "something else"}
+    with db.transaction() as session, pytest.raises(ConflictError, match="changed"):
+        approve(session, run_id, actor="a", now=T0, ctx=CTX)
+    assert [o for o in outbox(db) if o.kind.startswith("action.")] == []
+
+
+def test_rejection_is_a_human_rejected_warn(db: Database, tmp_path: Path) -> None:
+    bid = setup(db, tmp_path, "B")
+    run_id, _ = run_once(db, bid, OK, tier="B")
+    with db.transaction() as session:
+        reject(session, run_id, actor="cli:ann", reason="off-brand", now=T0, ctx=CTX)
+    with db.transaction() as session:
+        gates = [(r.gate, r.outcome) for r in session.exec(select(GateResultRow))]
+        assert ("human_rejected", "warn") in gates
+        with pytest.raises(ConflictError):
+            approve(session, run_id, actor="a", now=T0, ctx=CTX)
+
+
+def test_unanswered_approvals_expire_neutrally(db: Database, tmp_path: Path) -> None:
+    bid = setup(db, tmp_path, "B")
+    run_once(db, bid, OK, tier="B")
+    with db.transaction() as session:
+        assert expire_approvals(session, T0 + timedelta(hours=25), CTX) == 1
+    with db.transaction() as session:
+        assert session.exec(select(Approval)).one().status == "expired"
+        assert lock_behavior(session, name="alpha").tier == "B"
+
+
+def test_budget_that_does_not_fit_records_spend_cap_and_makes_no_call(
+    db: Database, tmp_path: Path
+) -> None:
+    folder = tmp_path
+    write_behavior(
+        folder,
+        "alpha",
+        VALID_BEHAVIOR.format(key_env="K", name="alpha").replace(
+            "  usd: 1\n", "  usd: 0.12\n  per_call_estimate_usd: 0.05\n"
+        ),
+    )
+    with db.transaction() as session:
+        reconcile_directory(session, folder, T0)
+        bid = lock_behavior(session, name="alpha").id or 0
+    costly = CallOutcome(output="ok", model="m", cost_usd=0.05)
+    results = [run_once(db, bid, costly, slot_minutes=i)[1] for i in range(3)]
+    assert results[0] is not None and results[1] is not None
+    assert results[2] is None  # 0.10 spent + 0.05 worst case > 0.12: refused before calling
+    with db.transaction() as session:
+        refused = session.exec(select(Run).where(col(Run.status) == "refused")).one()
+        assert "budget" in (refused.error or "")
+        result = session.exec(
+            select(GateResultRow).where(col(GateResultRow.gate) == "spend_cap")
+        ).one()
+        assert result.outcome == "fail" and result.attributable
+
+
+def test_paused_behavior_skips_its_slot(db: Database, tmp_path: Path) -> None:
+    bid = setup(db, tmp_path)
+    with db.transaction() as session:
+        lock_behavior(session, name="alpha").paused = True
+    run_id, finished = run_once(db, bid, OK)
+    assert finished is None
+    with db.transaction() as session:
+        run = session.get(Run, run_id)
+        assert run is not None and (run.status, run.error) == ("skipped", "paused")
+
+
+def test_auth_error_pauses_and_alerts(db: Database, tmp_path: Path) -> None:
+    bid = setup(db, tmp_path, "B")
+    failed = CallOutcome(
+        failures=(GateResult(Gate.AUTH_ERROR, Outcome.FAIL, False, {"status": 401}),),
+        pause=True,
+        error="401 invalid key",
+    )
+    _, finished = run_once(db, bid, failed, tier="B")
+    assert finished is not None and finished.status == "failed"
+    with db.transaction() as session:
+        row = session.exec(select(BehaviorRow)).one()
+        assert row.paused and row.tier == "B"
+    assert [o.payload["event"] for o in outbox(db)] == ["auth_error"]
+
+
+def test_prompt_rendering_keeps_literal_braces() -> None:
+    assert render_prompt("{a} {{x}} {date}", {"a": 1}, {"date": "2026-11-25"}) == "1 {x} 2026-11-25"
