@@ -336,6 +336,70 @@ def decline(name: NameArg, reason: ReasonOption, config: ConfigOption = None) ->
         db.close()
 
 
+@app.command("approve")
+def approve_run(
+    run_id: Annotated[str, typer.Argument(help="The run whose approval request to approve.")],
+    config: ConfigOption = None,
+    reason: Annotated[str, typer.Option("--reason", "-r", help="Why (recorded).")] = "approved",
+    payload_sha256: Annotated[
+        str | None,
+        typer.Option(
+            "--payload-sha256",
+            help="Refuse unless the action payload has this hash (the one you reviewed).",
+        ),
+    ] = None,
+) -> None:
+    """Approve a tier-B run: its action runs exactly once."""
+    from ledger.db.session import Database
+    from ledger.runner.run import approve
+
+    settings = _settings(config)
+    db = Database.open(settings.database_url)
+    try:
+        with db.transaction() as session:
+            print(
+                approve(
+                    session,
+                    run_id,
+                    actor=_operator_name(),
+                    now=_now(),
+                    ctx=_policy_ctx(settings),
+                    payload_sha256=payload_sha256,
+                    reason=reason,
+                )
+            )
+    finally:
+        db.close()
+
+
+@app.command("reject")
+def reject_run(
+    run_id: Annotated[str, typer.Argument(help="The run whose approval request to reject.")],
+    reason: ReasonOption,
+    config: ConfigOption = None,
+) -> None:
+    """Reject a tier-B run: its action never runs (a human_rejected warn)."""
+    from ledger.db.session import Database
+    from ledger.runner.run import reject
+
+    settings = _settings(config)
+    db = Database.open(settings.database_url)
+    try:
+        with db.transaction() as session:
+            print(
+                reject(
+                    session,
+                    run_id,
+                    actor=_operator_name(),
+                    reason=reason,
+                    now=_now(),
+                    ctx=_policy_ctx(settings),
+                )
+            )
+    finally:
+        db.close()
+
+
 @app.command()
 def explain(
     name: NameArg,

@@ -156,6 +156,8 @@ def _apply_decision(
     entries: list[int] = []
     old = Tier(row.tier)
     if decision.kind in ("promote", "demote") and decision.to != old:
+        if decision.kind == "demote":
+            _resolve_proposals(session, row, "withdrawn", actor, decision.reason[:200], now)
         row.tier = decision.to.value
         kind = "promoted" if decision.kind == "promote" else "demoted"
         entry = append_entry(
@@ -394,7 +396,16 @@ def _operator_move(
             )
         thresholds = thresholds_for(row, ctx)
         policy_says = decide(state_of(row), window_of(row), now, thresholds)
-        earned = policy_says.kind in ("promote", "propose") and policy_says.to == target
+        proposed = session.exec(
+            select(PromotionProposal).where(
+                col(PromotionProposal.behavior_id) == row.id,
+                col(PromotionProposal.status) == "pending",
+                col(PromotionProposal.to_tier) == target.value,
+            )
+        ).first()
+        earned = proposed is not None or (
+            policy_says.kind in ("promote", "propose") and policy_says.to == target
+        )
         override = not earned
         why = f"promoted from {old.label} to {target.label} by {actor}: {reason}"
         if override:

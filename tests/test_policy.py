@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from ledger.gates import Gate, GateResult, Outcome, Tier
@@ -167,7 +167,8 @@ def test_random_histories_reach_every_kind_of_transition() -> None:
     propose, demote and pause, or "never promotes when …" would hold trivially."""
     seen: set[tuple[str, str, str, bool]] = set()
 
-    @settings(POLICY_PROPERTIES, derandomize=True, database=None, max_examples=200)
+    @seed(20261102)  # a fixed seed: deterministic, yet as varied as a random run
+    @settings(POLICY_PROPERTIES, derandomize=False, database=None, max_examples=200)
     @given(*CAREERS)
     def collect(history: list[Observation], state: BehaviorState, rules: Thresholds) -> None:
         for _, before, decision, _ in simulate(history, state, rules):
@@ -605,6 +606,23 @@ def test_a_warn_restarts_the_clean_window() -> None:
     history = clean_runs_every_8_hours(9)
     history.insert(5, warn_run(at(hours=8 * 4 + 1), "w"))
     history.append(clean_run(at(hours=8 * 9), "r9"))
+    decision = last_decision(history, BehaviorState("x"))
+    assert decision.kind == "stay"
+    assert "5 of 10 clean runs" in decision.reason
+
+
+@pytest.mark.parametrize(
+    "incident",
+    [
+        Observation.result(at(hours=33), gate_result(Gate.PROMPT_INJECTION, Outcome.WARN)),
+        Observation.result(at(hours=33), gate_result(Gate.SENSITIVE_INFO, Outcome.FAIL), "r2"),
+        Observation.approval(at(hours=33), "r3", "rejected"),
+    ],
+    ids=["broadcast warn", "late fail about a run", "rejection"],
+)
+def test_an_incident_outside_a_run_restarts_the_clean_window(incident: Observation) -> None:
+    history = clean_runs_every_8_hours(10)
+    history.insert(5, incident)
     decision = last_decision(history, BehaviorState("x"))
     assert decision.kind == "stay"
     assert "5 of 10 clean runs" in decision.reason

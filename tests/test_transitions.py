@@ -257,10 +257,7 @@ def test_accepting_a_proposal_is_not_an_override(db: Database, tmp_path: Path) -
     for i in range(4):
         run_result(db, "alpha", T0 + timedelta(hours=12 * i), f"c{i}", Outcome.PASS)
     now = T0 + timedelta(hours=40)
-    with db.transaction() as session:
-        row = lock_behavior(session, name="alpha")
-        # The proposal restarted the window: accepting relies on the pending proposal.
-        del row
+    # The proposal restarted the window: accepting it relies on the pending proposal.
     with db.transaction() as session:
         msg = operator_action(
             session, "alpha", "promote", reason="looks good", actor="cli:ann", now=now, ctx=CTX
@@ -269,6 +266,10 @@ def test_accepting_a_proposal_is_not_an_override(db: Database, tmp_path: Path) -
     with db.transaction() as session:
         assert session.exec(select(PromotionProposal)).one().status == "accepted"
     assert msg.startswith("promoted from A · proposal-only to B · human-in-the-loop by cli:ann")
+    assert "override" not in msg
+    with db.transaction() as session:
+        entry = session.exec(select(LedgerEntry).where(col(LedgerEntry.kind) == "promoted")).one()
+        assert entry.data["override"] is False
 
 
 def test_explain_tells_the_story_of_a_to_b_to_c_to_b(db: Database, tmp_path: Path) -> None:

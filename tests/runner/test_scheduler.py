@@ -1,0 +1,118 @@
+"""The scheduler: jobs follow the registry; slots are claimed once, also after downtime."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlmodel import col, select
+
+from ledger.behaviors.registry import reconcile_directory
+from ledger.behaviors.schema import Behavior
+from ledger.clock import FakeClock
+from ledger.db.models import Run
+from ledger.db.session import Database
+from ledger.runner.run import CallOutcome, RunPlan
+from ledger.runner.scheduler import RunnerService, latest_slot, misfire_grace
+from ledger.transitions import PolicyContext, lock_behavior
+from tests.conftest import VALID_BEHAVIOR, write_behavior
+
+NOW = datetime(2026, 11, 25, 12, 2, tzinfo=UTC)
+
+
+def behavior(schedule: str, tz: str = "UTC") -> Behavior:
+    return Behavior.model_validate(
+        {
+            "name": "x",
+            "schedule": schedule,
+            "timezone": tz,
+            "preset": "p",
+            "api_key": "env:K",
+            "prompt": "hi",
+        }
+    )
+
+
+def test_latest_slot_and_grace_for_intervals_and_cron() -> None:
+    every15 = behavior("15m")
+    assert latest_slot(every15, NOW) == datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    assert misfire_grace(every15) == timedelta(minutes=7, seconds=30)
+    daily = behavior("0 6 * * *", "Europe/Paris")
+    assert latest_slot(daily, NOW) == datetime(2026, 11, 25, 5, 0, tzinfo=UTC)
+    assert misfire_grace(daily) == timedelta(hours=1)
+
+
+async def fake_model(plan: RunPlan) -> CallOutcome:
+    return CallOutcome(output=f"answer for {plan.behavior.name}", model="m", cost_usd=0.001)
+
+
+def runs(db: Database) -> list[Run]:
+    with db.transaction() as session:
+        return list(session.exec(select(Run).order_by(col(Run.scheduled_for))))
+
+
+async def test_jobs_follow_the_registry_and_catch_up_once(db: Database, tmp_path: Path) -> None:
+    for name in ("alpha", "beta"):
+        write_behavior(tmp_path, name, VALID_BEHAVIOR.format(key_env=f"K_{name}", name=name))
+    clock = FakeClock(NOW)  # 2 minutes after the 12:00 slot: within the 7.5-minute grace
+    with db.transaction() as session:
+        reconcile_directory(session, tmp_path, NOW)
+        lock_behavior(session, name="beta").paused = True
+    service = RunnerService(db, clock, fake_model, PolicyContext())
+    await service.start()
+    try:
+        assert service.job_count == 1
+        for _ in range(100):
+            if any(r.status == "succeeded" for r in runs(db)):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await service.stop()
+    (run,) = runs(db)
+    assert (run.scheduled_for, run.trigger, run.status) == (
+        datetime(2026, 11, 25, 12, 0, tzinfo=UTC),
+        "catch_up",
+        "succeeded",
+    )
+    # A restart within the same slot claims nothing more: the slot ran once.
+    again = RunnerService(db, clock, fake_model, PolicyContext())
+    await again.start()
+    await asyncio.sleep(0.2)
+    await again.stop()
+    assert len(runs(db)) == 1
+
+
+async def test_run_now_runs_once_outside_the_schedule(db: Database, tmp_path: Path) -> None:
+    write_behavior(tmp_path, "alpha", VALID_BEHAVIOR.format(key_env="K", name="alpha"))
+    clock = FakeClock(NOW + timedelta(minutes=10))  # outside the grace: no catch-up
+    with db.transaction() as session:
+        reconcile_directory(session, tmp_path, NOW)
+    service = RunnerService(db, clock, fake_model, PolicyContext())
+    await service.start()
+    try:
+        run_id = await service.run_now("alpha")
+    finally:
+        await service.stop()
+    (run,) = runs(db)
+    assert run.id == run_id and run.trigger == "manual" and run.output == "answer for alpha"
+
+
+async def test_a_due_interval_job_fires_on_the_real_clock(db: Database, tmp_path: Path) -> None:
+    body = VALID_BEHAVIOR.format(key_env="K", name="alpha").replace("15m", "10s")
+    write_behavior(tmp_path, "alpha", body)
+    from ledger.clock import SystemClock
+
+    with db.transaction() as session:
+        reconcile_directory(session, tmp_path, datetime.now(UTC))
+    service = RunnerService(db, SystemClock(), fake_model, PolicyContext())
+    await service.start()
+    try:
+        for _ in range(300):
+            if any(r.trigger == "schedule" and r.status == "succeeded" for r in runs(db)):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await service.stop()
+    scheduled = [r for r in runs(db) if r.trigger == "schedule"]
+    assert scheduled and scheduled[0].scheduled_for.second % 10 == 0
