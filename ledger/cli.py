@@ -29,6 +29,10 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema management.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+sim_app = typer.Typer(
+    help="Local simulators of the outside services (for tests and demos).", no_args_is_help=True
+)
+app.add_typer(sim_app, name="sim")
 
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
@@ -453,6 +457,163 @@ def serve(
     server.run()
     if not server.started:
         raise typer.Exit(1)
+
+
+@app.command("run")
+def run_behavior(
+    name: NameArg,
+    config: ConfigOption = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the exact request (key masked); send nothing.")
+    ] = False,
+) -> None:
+    """Run one behavior now, once, outside its schedule."""
+    import asyncio
+
+    from sqlmodel import col, select
+
+    from ledger.behaviors.schema import Behavior
+    from ledger.db.models import BehaviorRow, GateResultRow, Run
+    from ledger.db.session import Database
+    from ledger.errors import NotFoundError
+    from ledger.gates import Tier
+    from ledger.runner.call import call_model
+    from ledger.runner.openrouter import OpenRouterClient, build_chat_request
+    from ledger.runner.run import render_prompt
+    from ledger.runner.scheduler import RunnerService
+
+    settings = _settings(config)
+    db = Database.open(settings.database_url)
+    try:
+        with db.transaction() as session:
+            row = session.exec(select(BehaviorRow).where(col(BehaviorRow.name) == name)).first()
+            if row is None:
+                raise NotFoundError(
+                    f"behavior {name!r} is not registered: start `ledger serve` (it registers "
+                    "the behaviors folder) or check `ledger status`"
+                )
+            behavior = Behavior.model_validate(row.definition)
+            tier, prompt_text = Tier(row.tier), row.prompt_text
+        if dry_run:
+            now = _now()
+            prompt = render_prompt(
+                prompt_text,
+                behavior.inputs,
+                {
+                    "now": now.isoformat(timespec="seconds"),
+                    "date": now.date().isoformat(),
+                    "run_id": "run-DRYRUN",
+                    "behavior": name,
+                    "tier": tier.value,
+                },
+            )
+            body = build_chat_request(behavior, tier, prompt, "run-DRYRUN")
+            print(f"POST {settings.openrouter_base_url}/api/v1/chat/completions")
+            print(f"Authorization: Bearer ******** ({behavior.api_key})")
+            print("HTTP-Referer: https://github.com/promotion-ledger")
+            print("X-Title: Promotion Ledger")
+            print("Content-Type: application/json")
+            print()
+            print(json.dumps(body, indent=2, ensure_ascii=False))
+            return
+
+        async def go() -> str | None:
+            client = OpenRouterClient(base_url=settings.openrouter_base_url)
+            try:
+                service = RunnerService(
+                    db, _clock(), lambda plan: call_model(client, plan), _policy_ctx(settings)
+                )
+                return await service.run_now(name)
+            finally:
+                await client.aclose()
+
+        run_id = asyncio.run(go())
+        with db.transaction() as session:
+            run = session.get(Run, run_id) if run_id else None
+            if run is None:
+                raise LedgerError(f"{name}: the run could not be claimed")
+            print(
+                f"{run.id}: {run.status}, disposition {run.disposition or 'none'}"
+                + (f", error: {run.error}" if run.error else "")
+            )
+            for r in session.exec(select(GateResultRow).where(col(GateResultRow.run_id) == run.id)):
+                flag = "" if r.attributable else " (not attributable)"
+                print(f"  {r.gate}: {r.outcome}{flag}")
+            if run.output is not None:
+                print()
+                print(run.output)
+    finally:
+        db.close()
+
+
+def _clock() -> Any:
+    from ledger.clock import SystemClock
+
+    return SystemClock()
+
+
+keys_app = typer.Typer(help="OpenRouter API keys of the behaviors.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("check")
+def keys_check(config: ConfigOption = None) -> None:
+    """Compare each behavior's key (by key_name) with the account's keys: missing, shared,
+    disabled, without a limit, or with a limit above the behavior's budget."""
+    import asyncio
+
+    from ledger.errors import ConfigError
+    from ledger.runner.keys import check_keys, list_keys, render_findings
+    from ledger.runner.openrouter import OpenRouterClient
+    from ledger.secrets import resolve
+
+    settings = _settings(config)
+    if settings.openrouter_management_key is None:
+        raise ConfigError(
+            "keys check needs a management key: set LEDGER_OPENROUTER_MANAGEMENT_KEY to a "
+            "reference such as env:OPENROUTER_MANAGEMENT_KEY"
+        )
+    mgmt = resolve(settings.openrouter_management_key.get_secret_value())
+    report = load_directory(settings.behaviors_dir)
+
+    async def go() -> list[Any]:
+        async with OpenRouterClient(base_url=settings.openrouter_base_url) as client:
+            return await list_keys(client, mgmt)
+
+    findings = check_keys([lb.behavior for lb in report.behaviors], asyncio.run(go()))
+    for line in render_findings(findings):
+        print(line)
+    if any(f.severity == "error" for f in findings):
+        raise typer.Exit(1)
+
+
+@sim_app.command("openrouter")
+def sim_openrouter(
+    port: Annotated[int, typer.Option(help="Port to listen on (loopback).")] = 8601,
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    presets: Annotated[
+        Path | None,
+        typer.Option(
+            help="Presets/keys/faults YAML (default: the shipped example).",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+) -> None:
+    """Run the OpenRouter simulator (chat completions, keys, faults, broadcast)."""
+    from importlib import resources
+
+    from ledger.sim.openrouter import SimConfig, SimConfigError
+    from ledger.sim.openrouter import serve as serve_sim
+
+    configure_logging("auto", "info")
+    source = presets or Path(str(resources.files("ledger") / "sim" / "presets.example.yaml"))
+    try:
+        config = SimConfig.from_yaml(source)
+    except SimConfigError as exc:
+        raise LedgerError(f"{source}: {exc}") from None
+    print(f"OpenRouter simulator on http://{host}:{port} (presets from {source})")
+    serve_sim(host, port, config)
 
 
 def main() -> None:

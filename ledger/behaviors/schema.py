@@ -253,7 +253,15 @@ class Behavior(_Strict):
     policy: PolicyOverrides = Field(default_factory=PolicyOverrides)
     alerts: Alerts | None = None
     fallback: Fallback | None = None
-    require_primary_model: bool = False
+    primary_model: str | None = Field(
+        default=None,
+        description="The preset's primary model (e.g. anthropic/claude-haiku-4.5): a run "
+        "answered by another model (the preset's fallback list) says so.",
+    )
+    require_primary_model: bool = Field(
+        default=False,
+        description="A run answered by a model other than primary_model is not acted on.",
+    )
     approval_ttl: str = Field(default="24h", description="How long a tier-B approval waits.")
     enabled: bool = True
 
@@ -340,6 +348,8 @@ class Behavior(_Strict):
     def _cross_field(self) -> Behavior:
         if (self.prompt is None) == (self.prompt_file is None):
             raise ValueError("give exactly one of prompt or prompt_file")
+        if self.require_primary_model and not self.primary_model:
+            raise ValueError("require_primary_model needs primary_model (the preset's model)")
         if Tier(self.start_tier).rank > self.max_tier.rank:
             raise ValueError(f"start_tier {self.start_tier} is above max_tier {self.max_tier}")
         return self

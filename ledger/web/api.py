@@ -10,10 +10,19 @@ from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
 
 from ledger.budget import window_start
-from ledger.db.models import BehaviorRow, BudgetWindow, IngestedSpan, LedgerEntry
+from ledger.db.models import (
+    Approval,
+    BehaviorRow,
+    BudgetWindow,
+    GateResultRow,
+    IngestedSpan,
+    LedgerEntry,
+    Run,
+)
 from ledger.errors import NotFoundError
 from ledger.explain import explain
 from ledger.gates import Tier
+from ledger.runner.run import approve, reject
 from ledger.status import collect_status
 from ledger.transitions import PolicyContext, decline_proposal, operator_action
 from ledger.web.auth import OperatorDep
@@ -220,4 +229,147 @@ def ledger_entries(
                 for e in rows
             ],
             "next_after_id": rows[-1].id if rows else after_id,
+        }
+
+
+@router.get("/runs/{run_id}")
+def get_run(
+    request: Request, run_id: Annotated[str, Path(max_length=40)], _op: OperatorDep
+) -> dict[str, Any]:
+    """One run: its slot, tier, preset, model, cost, output, disposition and gate results."""
+    with _state(request).db.transaction() as session:
+        run = session.get(Run, run_id)
+        if run is None:
+            raise NotFoundError(f"run {run_id} does not exist")
+        results = session.exec(
+            select(GateResultRow)
+            .where(col(GateResultRow.run_id) == run_id)
+            .order_by(col(GateResultRow.id))
+        ).all()
+        approval = session.exec(select(Approval).where(col(Approval.run_id) == run_id)).first()
+        behavior = session.get(BehaviorRow, run.behavior_id)
+        return {
+            "id": run.id,
+            "behavior": behavior.name if behavior else None,
+            "scheduled_for": run.scheduled_for,
+            "trigger": run.trigger,
+            "status": run.status,
+            **_tier(run.tier),
+            "preset": run.preset,
+            "model": run.model,
+            "generation_id": run.generation_id,
+            "via_fallback": run.via_fallback,
+            "cost_usd": run.cost_usd,
+            "broadcast_cost_usd": run.broadcast_cost_usd,
+            "prompt_tokens": run.prompt_tokens,
+            "completion_tokens": run.completion_tokens,
+            "output": run.output,
+            "disposition": run.disposition,
+            "error": run.error,
+            "gate_results": [
+                {
+                    "id": r.id,
+                    "gate": r.gate,
+                    "outcome": r.outcome,
+                    "attributable": r.attributable,
+                    "source": r.source,
+                    "evidence": r.evidence,
+                    "at": r.created_at,
+                }
+                for r in results
+            ],
+            "approval": None
+            if approval is None
+            else {
+                "status": approval.status,
+                "payload": approval.payload,
+                "payload_sha256": approval.payload_sha256,
+                "expires_at": approval.expires_at,
+                "decided_by": approval.decided_by,
+                "reason": approval.reason,
+            },
+        }
+
+
+@router.get("/approvals")
+def list_approvals(
+    request: Request,
+    _op: OperatorDep,
+    status: Annotated[str, Query(pattern="^(pending|approved|rejected|expired)$")] = "pending",
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> dict[str, Any]:
+    """Approval requests (pending by default), oldest first, with the payload to review."""
+    with _state(request).db.transaction() as session:
+        rows = session.exec(
+            select(Approval, BehaviorRow.name)
+            .join(BehaviorRow, col(BehaviorRow.id) == col(Approval.behavior_id))
+            .where(col(Approval.status) == status)
+            .order_by(col(Approval.requested_at))
+            .limit(limit)
+        ).all()
+        return {
+            "approvals": [
+                {
+                    "run_id": a.run_id,
+                    "behavior": name,
+                    "status": a.status,
+                    "requested_at": a.requested_at,
+                    "expires_at": a.expires_at,
+                    "payload": a.payload,
+                    "payload_sha256": a.payload_sha256,
+                }
+                for a, name in rows
+            ]
+        }
+
+
+class ApproveBody(BaseModel):
+    reason: str = Field(default="approved", min_length=1, max_length=2000)
+    payload_sha256: str | None = Field(
+        default=None,
+        pattern="^[0-9a-f]{64}$",
+        description="The hash of the payload you reviewed; a different payload is never run.",
+    )
+
+
+@router.post("/approvals/{run_id}/approve")
+def approve_run(
+    request: Request,
+    run_id: Annotated[str, Path(max_length=40)],
+    body: ApproveBody,
+    op: OperatorDep,
+) -> dict[str, str]:
+    """Approve a tier-B run: its action runs exactly once."""
+    with _state(request).db.transaction() as session:
+        return {
+            "message": approve(
+                session,
+                run_id,
+                actor=op.name,
+                now=_now(request),
+                ctx=_ctx(request),
+                payload_sha256=body.payload_sha256,
+                reason=body.reason,
+            )
+        }
+
+
+@router.post("/approvals/{run_id}/reject")
+def reject_run(
+    request: Request,
+    run_id: Annotated[str, Path(max_length=40)],
+    body: DeclineBody,
+    op: OperatorDep,
+) -> dict[str, str]:
+    """Reject a tier-B run: its action never runs; it counts as a human_rejected warn."""
+    with _state(request).db.transaction() as session:
+        return {
+            "message": reject(
+                session,
+                run_id,
+                actor=op.name,
+                reason=body.reason,
+                now=_now(request),
+                ctx=_ctx(request),
+            )
         }
