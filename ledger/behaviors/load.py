@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import re
 import string
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
+import yaml
 from pydantic import BaseModel, ValidationError
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from ledger.behaviors.schema import SLUG_RE, Behavior
 from ledger.errors import Problem
@@ -131,17 +132,21 @@ def load_file(path: Path) -> tuple[LoadedBehavior | None, list[Problem]]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         return None, [Problem(where, 1, 1, "file", f"not UTF-8 text (byte {exc.start})")]
-    yaml = YAML(typ="rt")
     try:
-        data = yaml.load(text)
-    except MarkedYAMLError as exc:
+        loader = _Loader(text)
+        try:
+            data = loader.get_single_node()
+            plain_doc = loader.construct_document(data) if data is not None else None
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         msg = " ".join(str(x) for x in (exc.context, exc.problem) if x) or "invalid YAML"
         return None, [Problem(where, line, col, "yaml", f"invalid YAML: {msg}")]
-    except YAMLError as exc:
+    except (yaml.YAMLError, ValueError, TypeError) as exc:
         return None, [Problem(where, 1, 1, "yaml", f"invalid YAML: {exc}")]
-    if data is None:
+    if data is None or plain_doc is None:
         return None, [
             Problem(
                 where,
@@ -151,11 +156,14 @@ def load_file(path: Path) -> tuple[LoadedBehavior | None, list[Problem]]:
                 "empty file: a behavior needs at least schedule, preset, api_key and prompt",
             )
         ]
-    if not isinstance(data, CommentedMap):
+    if not isinstance(data, MappingNode) or not isinstance(plain_doc, dict):
         return None, [Problem(where, 1, 1, "file", "must be a mapping of fields (key: value)")]
+    duplicates = list(_duplicate_keys(where, data, ()))
+    if duplicates:
+        return None, duplicates
 
     problems: list[Problem] = []
-    plain = _to_plain(data)
+    plain: dict[str, Any] = {str(k): v for k, v in plain_doc.items()}
     if "name" not in plain:
         stem = path.stem
         if not SLUG_RE.match(stem):
@@ -195,7 +203,7 @@ def load_file(path: Path) -> tuple[LoadedBehavior | None, list[Problem]]:
     positions = {
         key: _position(data, (key,), value=True) for key in ("name", "api_key", "key_name")
     }
-    if "name" not in data:
+    if _child(data, "name") is None:
         positions["name"] = (1, 1)
     return LoadedBehavior(
         path=path,
@@ -216,7 +224,7 @@ def definition_hash(behavior: Behavior, prompt_text: str) -> str:
 
 
 def _prompt_variables(
-    where: str, data: CommentedMap, behavior: Behavior, prompt_text: str
+    where: str, data: MappingNode, behavior: Behavior, prompt_text: str
 ) -> list[Problem]:
     key = "prompt" if behavior.prompt is not None else "prompt_file"
     try:
@@ -254,25 +262,26 @@ def _prompt_variables(
     ]
 
 
-def _literal_secrets(where: str, root: CommentedMap) -> list[Problem]:
+def _literal_secrets(where: str, root: MappingNode) -> list[Problem]:
     """A credential pasted anywhere in the file (a prompt, an input, a URL) is refused."""
     problems: list[Problem] = []
-    stack: list[tuple[Any, tuple[str | int, ...]]] = [(root, ())]
+    stack: list[tuple[Node, tuple[str | int, ...]]] = [(root, ())]
     while stack:
         node, loc = stack.pop()
-        if isinstance(node, CommentedMap):
-            stack.extend((v, (*loc, str(k))) for k, v in node.items())
-        elif isinstance(node, CommentedSeq):
-            stack.extend((v, (*loc, i)) for i, v in enumerate(node))
-        elif isinstance(node, str) and not is_reference(node):
-            kind = looks_like_secret(node)
+        if isinstance(node, MappingNode):
+            stack.extend((v, (*loc, str(k.value))) for k, v in node.value)
+        elif isinstance(node, SequenceNode):
+            stack.extend((v, (*loc, i)) for i, v in enumerate(node.value))
+        elif isinstance(node, ScalarNode) and isinstance(node.value, str):
+            if is_reference(node.value):
+                continue
+            kind = looks_like_secret(node.value)
             if kind:
-                line, col = _position(root, loc, value=True)
                 problems.append(
                     Problem(
                         where,
-                        line,
-                        col,
+                        node.start_mark.line + 1,
+                        node.start_mark.column + 1,
                         _dotted(loc),
                         f"this looks like {kind}; never put a secret in a behavior file — "
                         "store it in an environment variable or a file and reference it as "
@@ -282,7 +291,29 @@ def _literal_secrets(where: str, root: CommentedMap) -> list[Problem]:
     return problems
 
 
-def _validation_problems(where: str, data: CommentedMap, exc: ValidationError) -> list[Problem]:
+def _duplicate_keys(where: str, node: Node, loc: tuple[str | int, ...]) -> Iterable[Problem]:
+    """YAML loaders keep the last of two equal keys silently; an operator must hear of it."""
+    if isinstance(node, MappingNode):
+        seen: dict[str, int] = {}
+        for key, value in node.value:
+            name = str(key.value)
+            if name in seen:
+                yield Problem(
+                    where,
+                    key.start_mark.line + 1,
+                    key.start_mark.column + 1,
+                    _dotted((*loc, name)),
+                    f"duplicate key {name!r} (first given on line {seen[name]})",
+                )
+            else:
+                seen[name] = key.start_mark.line + 1
+            yield from _duplicate_keys(where, value, (*loc, name))
+    elif isinstance(node, SequenceNode):
+        for i, value in enumerate(node.value):
+            yield from _duplicate_keys(where, value, (*loc, i))
+
+
+def _validation_problems(where: str, data: MappingNode, exc: ValidationError) -> list[Problem]:
     problems: list[Problem] = []
     for err in exc.errors():
         loc = tuple(err["loc"])
@@ -347,42 +378,42 @@ def _suggestion(name: str) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _known_prefix(data: Any, loc: tuple[Any, ...]) -> tuple[Any, ...]:
+def _child(node: Node | None, part: Any) -> tuple[Node, Node] | None:
+    """(key node, value node) of ``part`` in a mapping, or (item, item) in a sequence."""
+    if isinstance(node, MappingNode):
+        for key, value in node.value:
+            if str(key.value) == str(part):
+                return key, value
+    elif isinstance(node, SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+        item: Node = node.value[part]
+        return item, item
+    return None
+
+
+def _known_prefix(data: Node, loc: tuple[Any, ...]) -> tuple[Any, ...]:
     """The longest prefix of ``loc`` that exists in the YAML document."""
-    node = data
+    node: Node | None = data
     known: list[Any] = []
     for part in loc:
-        in_map = isinstance(node, CommentedMap) and part in node
-        in_seq = isinstance(node, CommentedSeq) and isinstance(part, int) and part < len(node)
-        if in_map or in_seq:
-            node = node[part]
-            known.append(part)
-        else:
+        found = _child(node, part)
+        if found is None:
             break
+        node = found[1]
+        known.append(part)
     return tuple(known)
 
 
-def _position(data: Any, loc: tuple[Any, ...], *, value: bool) -> tuple[int, int]:
-    """1-based (line, column) of the key (value=False) or value at ``loc``."""
-    node = data
+def _position(data: Node, loc: tuple[Any, ...], *, value: bool) -> tuple[int, int]:
+    """1-based (line, column) of the key (value=False) or the value at ``loc``."""
+    node: Node | None = data
     line, col = 1, 1
     for i, part in enumerate(loc):
-        last = i == len(loc) - 1
-        try:
-            if isinstance(node, CommentedMap) and part in node:
-                pos = node.lc.value(part) if (value or not last) else node.lc.key(part)
-                if pos is None or pos[0] is None:
-                    pos = node.lc.key(part)
-                line, col = pos[0] + 1, pos[1] + 1
-                node = node[part]
-            elif isinstance(node, CommentedSeq) and isinstance(part, int) and part < len(node):
-                pos = node.lc.item(part)
-                line, col = pos[0] + 1, pos[1] + 1
-                node = node[part]
-            else:
-                break
-        except (KeyError, AttributeError, TypeError):
+        found = _child(node, part)
+        if found is None:
             break
+        key, node = found
+        mark = key.start_mark if (not value and i == len(loc) - 1) else node.start_mark
+        line, col = mark.line + 1, mark.column + 1
     return line, col
 
 
@@ -393,14 +424,20 @@ def _dotted(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def _to_plain(node: Any) -> Any:
-    if isinstance(node, CommentedMap):
-        return {str(k): _to_plain(v) for k, v in node.items()}
-    if isinstance(node, CommentedSeq):
-        return [_to_plain(v) for v in node]
-    if isinstance(node, str):
-        return str(node)
-    return node
+class _Loader(yaml.CSafeLoader):
+    """libyaml's C loader (fast) resolving booleans as YAML 1.2 does: only true/false, so a
+    field named ``on`` or a value ``no`` stays a string."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.CSafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
 
 
 def check_resolved_keys(report: LoadReport, base_dir: Path | None = None) -> list[str]:

@@ -220,3 +220,17 @@ def test_interval_and_cron_next_fire() -> None:
     assert every.next_fire_after(datetime(2026, 11, 25, 12, 7, tzinfo=UTC)) == datetime(
         2026, 11, 25, 12, 15, tzinfo=UTC
     )
+
+
+def test_duplicate_keys_are_reported_not_silently_overwritten(tmp_path: Path) -> None:
+    (problem,) = problems_of(tmp_path, BASE + "prompt: again\n")
+    assert problem == "5:1: prompt: duplicate key 'prompt' (first given on line 4)"
+
+
+def test_yaml_1_2_booleans_keep_on_and_no_as_strings(tmp_path: Path) -> None:
+    body = BASE + "alerts:\n  on: [demotion, promotion]\ninputs:\n  answer: no\n"
+    loaded, problems = load_file(write_behavior(tmp_path, "b", body))
+    assert problems == [] and loaded is not None
+    assert loaded.behavior.alerts is not None
+    assert loaded.behavior.alerts.on == ["demotion", "promotion"]
+    assert loaded.behavior.inputs == {"answer": "no"}
