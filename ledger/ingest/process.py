@@ -1,0 +1,298 @@
+"""Stored broadcast spans → spend and gate results, off the receiver's hot path.
+
+The receiver only stores spans; this processor takes unprocessed rows (oldest first), groups
+them by trace (one delivery = one trace), extracts generations, attributes each to a behavior,
+and applies the effects through the same transitions the runner uses:
+
+- cost counts toward the behavior's budget window (for a daemon run: the larger of the runner's
+  and broadcast's figures wins; a disagreement stays visible on the run);
+- error and guardrail signals become gate results with their attributable flag — for a daemon
+  run only those the runner did not already record from the HTTP response;
+- spend seen only via broadcast that pushes a window past its budget records ``spend_cap``.
+
+Unattributed spans are kept and marked ``unattributed`` (counted in ``ledger status``).
+Each generation is applied in its own transaction, locking its behavior like the runner does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import structlog
+from sqlalchemy import update
+from sqlmodel import Session, col, select
+
+from ledger.budget import window_start
+from ledger.clock import Clock
+from ledger.db.models import BehaviorRow, GateResultRow, IngestedSpan, Run
+from ledger.db.session import Database
+from ledger.gates import Gate, GateResult, Outcome
+from ledger.ingest.attribution import Attribution, Generation, attribute, extract_generations
+from ledger.ingest.store import span_from_data
+from ledger.policy import Observation
+from ledger.spend import settle, spent_in_window
+from ledger.transitions import PolicyContext, apply_observation, lock_behavior, record_results
+
+log = structlog.get_logger("ledger.ingest")
+
+BATCH = 500
+LOOKUP_TTL = 5.0
+
+
+class DbLookup:
+    """``AttributionLookup`` over the registry (names and key names cached briefly) and runs."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._loaded_at = -LOOKUP_TTL
+        self._names: set[str] = set()
+        self._keys: dict[str, str] = {}
+
+    def _refresh(self) -> None:
+        if time.monotonic() - self._loaded_at < LOOKUP_TTL:
+            return
+        with self.db.transaction() as session:
+            rows = session.exec(select(BehaviorRow.name, BehaviorRow.definition)).all()
+        self._names = {name for name, _ in rows}
+        self._keys = {d["key_name"]: name for name, d in rows if (d or {}).get("key_name")}
+        self._loaded_at = time.monotonic()
+
+    def by_run_id(self, run_id: str) -> str | None:
+        if not run_id.startswith("run-"):
+            return None
+        with self.db.transaction() as session:
+            found = session.exec(
+                select(BehaviorRow.name)
+                .join(Run, col(Run.behavior_id) == col(BehaviorRow.id))
+                .where(col(Run.id) == run_id)
+            ).first()
+        return found
+
+    def by_name(self, name: str) -> bool:
+        self._refresh()
+        return name in self._names
+
+    def by_key_name(self, key_name: str) -> str | None:
+        self._refresh()
+        return self._keys.get(key_name)
+
+
+@dataclass(slots=True)
+class ProcessStats:
+    spans: int = 0
+    generations: int = 0
+    attributed: int = 0
+    unattributed: int = 0
+    results: int = 0
+    by_behavior: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+def process_pending(
+    db: Database, lookup: DbLookup, now: datetime, ctx: PolicyContext, limit: int = BATCH
+) -> ProcessStats:
+    """Process up to ``limit`` unprocessed spans (whole traces). Returns what was done."""
+    stats = ProcessStats()
+    with db.transaction() as session:
+        rows = list(
+            session.exec(
+                select(IngestedSpan)
+                .where(col(IngestedSpan.processed_at).is_(None))
+                .order_by(col(IngestedSpan.id))
+                .limit(limit)
+            )
+        )
+        for row in rows:
+            session.expunge(row)
+    if not rows:
+        return stats
+    by_trace: dict[str, list[IngestedSpan]] = defaultdict(list)
+    for row in rows:
+        by_trace[row.trace_id].append(row)
+    for trace_rows in by_trace.values():
+        spans = [span_from_data(r.trace_id, r.span_id, r.data) for r in trace_rows]
+        generations = extract_generations(spans)
+        placed = [(attribute(gen, lookup), gen) for gen in generations]
+        try:
+            results = _process_trace(db, trace_rows, placed, now, ctx)
+        except _TakenElsewhere:
+            continue
+        stats.spans += len(trace_rows)
+        stats.results += results
+        for attribution, _gen in placed:
+            stats.generations += 1
+            if attribution.behavior is None:
+                stats.unattributed += 1
+            else:
+                stats.attributed += 1
+                stats.by_behavior[attribution.behavior] += 1
+    return stats
+
+
+class _TakenElsewhere(Exception):
+    """Another processor (a replica) claimed these spans first."""
+
+
+def _process_trace(
+    db: Database,
+    rows: list[IngestedSpan],
+    placed: list[tuple[Attribution, Generation]],
+    now: datetime,
+    ctx: PolicyContext,
+) -> int:
+    """One delivery's effects and its spans marked processed — one transaction, so a crash
+    never applies a delivery twice nor loses it. Raises _TakenElsewhere if a replica won."""
+    first = next((a for a, _ in placed if a.behavior is not None), None)
+    count = 0
+    with db.transaction() as session:
+        locked: dict[str, BehaviorRow] = {}
+        for name in sorted({a.behavior for a, _ in placed if a.behavior is not None}):
+            locked[name] = lock_behavior(session, name=name)
+        claimed = session.execute(
+            update(IngestedSpan)
+            .where(
+                col(IngestedSpan.id).in_([r.id for r in rows]),
+                col(IngestedSpan.processed_at).is_(None),
+            )
+            .values(
+                processed_at=now,
+                behavior_id=locked[first.behavior].id if first and first.behavior else None,
+                run_id=first.run_id if first else None,
+                attribution=str(first.rule)
+                if first
+                else ("unattributed" if placed else "no_generation"),
+            )
+        )
+        if claimed.rowcount != len(rows):  # type: ignore[attr-defined]  # CursorResult
+            raise _TakenElsewhere
+        for attribution, gen in placed:
+            if attribution.behavior is not None:
+                count += _apply(session, locked[attribution.behavior], gen, attribution, now, ctx)
+    return count
+
+
+def _apply(
+    session: Session,
+    row: BehaviorRow,
+    gen: Generation,
+    attribution: Attribution,
+    now: datetime,
+    ctx: PolicyContext,
+) -> int:
+    """Spend and gate results of one attributed generation (inside the trace's transaction)."""
+    run = session.get(Run, attribution.run_id) if attribution.run_id else None
+    results: list[GateResult] = []
+    if gen.cost is not None:
+        results.extend(_count_spend(session, row, run, float(gen.cost), now))
+    already: set[str] = set()
+    if run is not None:
+        already = {
+            g
+            for (g,) in session.execute(
+                select(GateResultRow.gate).where(col(GateResultRow.run_id) == run.id)
+            )
+        }
+    for signal in gen.signals:
+        if str(signal.gate) in already:
+            continue  # the runner saw it first, from the HTTP response
+        results.append(
+            GateResult(
+                signal.gate,
+                signal.outcome,
+                signal.attributable,
+                {
+                    "source": "broadcast",
+                    "reason": signal.reason[:500],
+                    "trace_id": gen.trace_id,
+                    "generation_id": gen.generation_id,
+                    "attribution": str(attribution.rule),
+                },
+            )
+        )
+    if attribution.key_conflict:
+        log.warning(
+            "a behavior's key was used for another behavior's call",
+            behavior=attribution.behavior,
+            key_owner=attribution.key_conflict,
+            trace_id=gen.trace_id,
+        )
+    if not results:
+        return 0
+    stored = record_results(
+        session,
+        row,
+        results,
+        now=now,
+        source="broadcast",
+        run_id=run.id if run is not None else None,
+    )
+    for result in stored:
+        apply_observation(session, row, Observation.result(now, result), now=now, ctx=ctx)
+    return len(stored)
+
+
+def _count_spend(
+    session: Session, row: BehaviorRow, run: Run | None, cost: float, now: datetime
+) -> list[GateResult]:
+    definition = row.definition or {}
+    budget = definition.get("budget")
+    delta = cost
+    if run is not None:
+        previous = max(run.cost_usd or 0.0, run.broadcast_cost_usd or 0.0)
+        run.broadcast_cost_usd = (run.broadcast_cost_usd or 0.0) + cost
+        delta = max(run.cost_usd or 0.0, run.broadcast_cost_usd) - previous
+        session.add(run)
+    if not budget or delta <= 0:
+        return []
+    start = window_start(budget["reset"], now, definition.get("timezone", "UTC"))
+    before, _reserved = spent_in_window(session, row.id or 0, start)
+    settle(session, behavior_id=row.id or 0, window_start=start, reserved=0.0, spent=delta, now=now)
+    after = before + delta
+    if before <= budget["usd"] < after:
+        return [
+            GateResult(
+                Gate.SPEND_CAP,
+                Outcome.FAIL,
+                True,
+                {
+                    "source": "broadcast",
+                    "reason": f"spend reported by broadcast took the {budget['reset']} window "
+                    f"to ${after:.6f}, over its ${budget['usd']} budget",
+                    "window_start": start.isoformat(),
+                    "spent_usd": after,
+                    "budget_usd": budget["usd"],
+                },
+            )
+        ]
+    return []
+
+
+class IngestProcessor:
+    """A thin loop over ``process_pending``, started and stopped by the lifespan."""
+
+    def __init__(self, db: Database, clock: Clock, ctx: PolicyContext, idle: float = 0.5) -> None:
+        self.db = db
+        self.clock = clock
+        self.ctx = ctx
+        self.idle = idle
+        self.lookup = DbLookup(db)
+        self.wake = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                stats = await asyncio.to_thread(
+                    process_pending, self.db, self.lookup, self.clock.now(), self.ctx
+                )
+            except Exception:
+                log.exception("processing broadcast spans failed; retrying")
+                stats = ProcessStats()
+            if stats.spans:
+                continue
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=self.idle)

@@ -1,0 +1,209 @@
+"""Stored broadcast spans become spend and gate results for the right behavior, once."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlmodel import col, select
+
+from ledger.behaviors.registry import reconcile_directory
+from ledger.db.models import BehaviorRow, BudgetWindow, GateResultRow, IngestedSpan, Run
+from ledger.db.session import Database
+from ledger.ingest.otlp import Limits, decode_request
+from ledger.ingest.process import DbLookup, process_pending
+from ledger.ingest.store import span_data
+from ledger.sim.openrouter import GenerationRecord, build_broadcast
+from ledger.transitions import PolicyContext, lock_behavior
+from tests.conftest import T0, VALID_BEHAVIOR, write_behavior
+
+CTX = PolicyContext()
+
+
+def delivery(**overrides: Any) -> bytes:
+    record = GenerationRecord(
+        **{
+            "generation_id": "gen-" + secrets.token_hex(8),
+            "started_at": T0,
+            "ended_at": T0 + timedelta(seconds=2),
+            "key_name": "nobody-key",
+            "request_model": "openai/gpt-4o-mini",
+            "response_model": "openai/gpt-4o-mini",
+            "prompt_tokens": 1000,
+            "completion_tokens": 500,
+            "input_unit_price": 0.0001,
+            "output_unit_price": 0.0002,
+            **overrides,
+        }
+    )
+    return orjson.dumps(build_broadcast(record))
+
+
+def store(db: Database, body: bytes) -> None:
+    spans = decode_request(body, "application/json", None, Limits())
+    with db.transaction() as session:
+        for span in spans:
+            session.add(
+                IngestedSpan(
+                    trace_id=span.trace_id,
+                    span_id=span.span_id,
+                    name=span.name[:256],
+                    data=span_data(span),
+                    received_at=T0,
+                )
+            )
+
+
+def setup(db: Database, folder: Path, budget: str = "1") -> None:
+    for name in ("alpha", "beta"):
+        body = VALID_BEHAVIOR.format(key_env=f"K_{name}", name=name).replace(
+            "usd: 1", f"usd: {budget}"
+        )
+        write_behavior(folder, name, body)
+    with db.transaction() as session:
+        reconcile_directory(session, folder, T0)
+
+
+def spent(db: Database, name: str) -> float:
+    with db.transaction() as session:
+        bid = lock_behavior(session, name=name).id
+        rows = session.exec(select(BudgetWindow).where(col(BudgetWindow.behavior_id) == bid)).all()
+        return round(sum(r.spent_usd for r in rows), 9)
+
+
+def test_cost_is_attributed_by_key_name_user_and_run(db: Database, tmp_path: Path) -> None:
+    setup(db, tmp_path)
+    with db.transaction() as session:
+        alpha = lock_behavior(session, name="alpha")
+        session.add(
+            Run(
+                id="run-01TEST",
+                behavior_id=alpha.id or 0,
+                scheduled_for=T0,
+                claimed_at=T0,
+                tier="A",
+                cost_usd=0.1,
+            )
+        )
+    store(db, delivery(key_name="beta-key"))  # key name → beta
+    store(db, delivery(user="alpha"))  # user.id → alpha
+    store(db, delivery(session_id="run-01TEST", user="alpha"))  # a daemon run of alpha
+    store(db, delivery())  # nobody
+    stats = process_pending(db, DbLookup(db), T0, CTX)
+    assert (stats.attributed, stats.unattributed) == (3, 1)
+    # each delivery costs 0.1 + 0.1 = $0.2; the run's own figure was $0.1 → +0.1 only
+    assert spent(db, "beta") == 0.2
+    assert spent(db, "alpha") == 0.3
+    with db.transaction() as session:
+        run = session.get(Run, "run-01TEST")
+        assert run is not None and run.broadcast_cost_usd == 0.2 and run.cost_usd == 0.1
+        marks = {(s.attribution, s.behavior_id is None) for s in session.exec(select(IngestedSpan))}
+        assert ("unattributed", True) in marks
+        assert ("key_name", False) in marks and ("session.id", False) in marks
+    # processing again does nothing: every span was processed once
+    assert process_pending(db, DbLookup(db), T0, CTX).spans == 0
+    assert spent(db, "beta") == 0.2
+
+
+def test_error_spans_become_gate_results_with_their_attribution(
+    db: Database, tmp_path: Path
+) -> None:
+    setup(db, tmp_path)
+    with db.transaction() as session:
+        lock_behavior(session, name="alpha").tier = "C"
+    store(
+        db,
+        delivery(
+            user="alpha",
+            error_status=403,
+            completion=None,
+            prompt_tokens=0,
+            completion_tokens=0,
+            error_message="Request blocked: prompt injection patterns detected",
+        ),
+    )
+    store(
+        db,
+        delivery(
+            user="alpha",
+            error_status=429,
+            completion=None,
+            prompt_tokens=0,
+            completion_tokens=0,
+            error_message="Rate limit exceeded",
+        ),
+    )
+    process_pending(db, DbLookup(db), T0, CTX)
+    with db.transaction() as session:
+        results = {
+            (r.gate, r.outcome, r.attributable, r.source)
+            for r in session.exec(select(GateResultRow))
+        }
+        assert ("prompt_injection", "fail", True, "broadcast") in results
+        assert ("provider_error", "fail", False, "broadcast") in results
+        assert (
+            session.exec(select(BehaviorRow).where(col(BehaviorRow.name) == "alpha")).one().tier
+            == "B"
+        )
+
+
+def test_runner_results_are_not_recorded_twice(db: Database, tmp_path: Path) -> None:
+    setup(db, tmp_path)
+    with db.transaction() as session:
+        alpha = lock_behavior(session, name="alpha")
+        session.add(
+            Run(
+                id="run-02TEST",
+                behavior_id=alpha.id or 0,
+                scheduled_for=T0,
+                claimed_at=T0,
+                tier="A",
+            )
+        )
+        session.flush()
+        session.add(
+            GateResultRow(
+                behavior_id=alpha.id or 0,
+                run_id="run-02TEST",
+                gate="prompt_injection",
+                outcome="fail",
+                attributable=True,
+                created_at=T0,
+            )
+        )
+    store(
+        db,
+        delivery(
+            session_id="run-02TEST",
+            error_status=403,
+            completion=None,
+            prompt_tokens=0,
+            completion_tokens=0,
+            error_message="Request blocked: prompt injection patterns detected",
+        ),
+    )
+    process_pending(db, DbLookup(db), T0, CTX)
+    with db.transaction() as session:
+        assert len(session.exec(select(GateResultRow)).all()) == 1
+
+
+def test_spend_seen_only_via_broadcast_can_trigger_spend_cap(db: Database, tmp_path: Path) -> None:
+    setup(db, tmp_path, budget="0.5")
+    with db.transaction() as session:
+        lock_behavior(session, name="beta").tier = "B"
+    for _ in range(3):
+        store(db, delivery(key_name="beta-key"))  # 3 x $0.2 outside the daemon
+    process_pending(db, DbLookup(db), T0, CTX)
+    assert spent(db, "beta") == 0.6
+    with db.transaction() as session:
+        caps = session.exec(
+            select(GateResultRow).where(col(GateResultRow.gate) == "spend_cap")
+        ).all()
+        assert len(caps) == 1 and caps[0].attributable and caps[0].outcome == "fail"
+        assert (
+            session.exec(select(BehaviorRow).where(col(BehaviorRow.name) == "beta")).one().tier
+            == "A"
+        )
