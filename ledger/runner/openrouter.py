@@ -578,7 +578,7 @@ class OpenRouterClient:
         return OpenRouterCallError(failure, attempts=attempts, context=context)
 
 
-def new_http_client(*, max_connections: int = 20) -> httpx.AsyncClient:
+def new_http_client(*, max_connections: int = 256) -> httpx.AsyncClient:
     """The pooled HTTP/1.1 keep-alive client for OpenRouter (for a lifespan to own).
     Redirects are not followed: an API answer that redirects is refused, not chased."""
     limits = httpx.Limits(

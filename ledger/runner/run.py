@@ -17,13 +17,15 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+from sqlalchemy import bindparam, update
+from sqlalchemy import select as sa_select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col, select
 
 from ledger.behaviors.schema import Behavior
 from ledger.budget import window_start
-from ledger.db.models import Approval, OutboxRow, Run
+from ledger.db.models import Approval, BehaviorRow, OutboxRow, Run
 from ledger.errors import ConflictError, LedgerError, NotFoundError
 from ledger.gates import Gate, GateResult, Outcome, Tier
 from ledger.journal import append_entry
@@ -57,14 +59,14 @@ class SlotClaim:
     trigger: str = "schedule"
 
 
-def claim_slots(session: Session, claims: Sequence[SlotClaim], now: datetime) -> list[Run]:
+def claim_slots(session: Session, claims: Sequence[SlotClaim], now: datetime) -> list[ClaimedRun]:
     """Claim many ``(behavior, slot)`` pairs in one statement; return the runs this caller won.
 
     The unique constraint on ``(behavior_id, scheduled_for)`` makes each slot exclusive: a
     replica that loses the race gets nothing back for that slot and does nothing."""
     if not claims:
         return []
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "id": new_run_id(now),
             "behavior_id": c.behavior_id,
@@ -80,16 +82,28 @@ def claim_slots(session: Session, claims: Sequence[SlotClaim], now: datetime) ->
     ]
     dialect = session.get_bind().dialect.name
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    # One cached statement executed for many rows ("insertmanyvalues"), not a fresh
+    # thousand-row VALUES clause compiled on every batch.
     stmt = (
         insert(Run)
-        .values(rows)
         .on_conflict_do_nothing(index_elements=["behavior_id", "scheduled_for"])
         .returning(col(Run.id))
     )
-    won = {r[0] for r in session.execute(stmt)}
+    won = {r[0] for r in session.execute(stmt, rows)}
     if not won:
         return []
-    return list(session.exec(select(Run).where(col(Run.id).in_(won))))
+    return [
+        ClaimedRun(r["id"], r["behavior_id"], r["scheduled_for"]) for r in rows if r["id"] in won
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedRun:
+    """A slot this caller won."""
+
+    id: str
+    behavior_id: int
+    scheduled_for: datetime
 
 
 # -- starting a run ----------------------------------------------------------------------------
@@ -125,6 +139,16 @@ def render_prompt(template: str, inputs: Mapping[str, Any], builtins: Mapping[st
     return "".join(out)
 
 
+_BEHAVIOR_CACHE: dict[str, Behavior] = {}
+_BEHAVIOR_CACHE_MAX = 50_000
+
+
+def behavior_of(row: BehaviorRow) -> Behavior:
+    """The validated definition of a registered behavior, cached by its definition hash."""
+    cached = _BEHAVIOR_CACHE.get(row.definition_hash)
+    return cached if cached is not None else _cache_behavior(row.definition_hash, row.definition)
+
+
 def begin_run(
     session: Session,
     run_id: str,
@@ -133,26 +157,129 @@ def begin_run(
     ctx: PolicyContext,
     default_estimate_usd: float = DEFAULT_CALL_ESTIMATE_USD,
 ) -> RunPlan | None:
-    """Start a claimed run: skip it if the behavior is paused/retired/disabled, reserve its
-    worst-case cost (a budget that does not fit records ``spend_cap`` and makes no call).
-    Returns the plan, or None when there is nothing to call."""
-    run = session.get(Run, run_id)
-    if run is None:
-        raise NotFoundError(f"run {run_id} does not exist")
-    row = lock_behavior(session, id=run.behavior_id)
-    if row.retired or row.paused or not row.enabled:
-        run.status = "skipped"
-        run.finished_at = now
-        run.error = "retired" if row.retired else ("paused" if row.paused else "disabled")
-        session.add(run)
-        return None
-    behavior = Behavior.model_validate(row.definition)
+    """Start one claimed run (see ``begin_runs``). Returns its plan, or None."""
+    plans = begin_runs(
+        session, [run_id], now=now, ctx=ctx, default_estimate_usd=default_estimate_usd
+    )
+    return plans[0] if plans else None
+
+
+def begin_runs(
+    session: Session,
+    run_ids: Sequence[str],
+    *,
+    now: datetime,
+    ctx: PolicyContext,
+    default_estimate_usd: float = DEFAULT_CALL_ESTIMATE_USD,
+) -> list[RunPlan]:
+    """Start claimed runs in one transaction: skip those whose behavior is paused, retired or
+    disabled; reserve each call's worst-case cost (a budget that does not fit records
+    ``spend_cap`` and makes no call). Returns the plans of the runs that should call now.
+
+    Batched (two reads for all runs, behaviors locked in id order) so that a thousand runs due
+    at the same instant start in one short transaction."""
+    runs: dict[str, int] = dict(
+        session.execute(
+            sa_select(Run.__table__.c.id, Run.__table__.c.behavior_id).where(  # type: ignore[attr-defined]
+                Run.__table__.c.id.in_(run_ids)  # type: ignore[attr-defined]
+            )
+        ).all()
+    )
+    missing = [rid for rid in run_ids if rid not in runs]
+    if missing:
+        raise NotFoundError(f"run {missing[0]} does not exist")
+    table = BehaviorRow.__table__  # type: ignore[attr-defined]
+    ids = sorted(set(runs.values()))
+    rows = {
+        r.id: r
+        for r in session.execute(
+            sa_select(
+                table.c.id,
+                table.c.name,
+                table.c.tier,
+                table.c.paused,
+                table.c.retired,
+                table.c.enabled,
+                table.c.definition_hash,
+                table.c.prompt_text,
+            )
+            .where(table.c.id.in_(ids))
+            .order_by(table.c.id)
+            .with_for_update()
+        )
+    }
+    unknown = [r.id for r in rows.values() if r.definition_hash not in _BEHAVIOR_CACHE]
+    if unknown:
+        for _bid, definition_hash, definition in session.execute(
+            sa_select(table.c.id, table.c.definition_hash, table.c.definition).where(
+                table.c.id.in_(unknown)
+            )
+        ):
+            _cache_behavior(definition_hash, definition)
+    plans: list[RunPlan] = []
+    updates: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    for run_id in run_ids:
+        row = rows[runs[run_id]]
+        if row.retired or row.paused or not row.enabled:
+            why = "retired" if row.retired else ("paused" if row.paused else "disabled")
+            skipped.append({"rid": run_id, "why": why})
+            continue
+        plan = _plan(session, run_id, row, now, ctx, default_estimate_usd)
+        if plan is not None:
+            plans.append(plan)
+            updates.append(
+                {
+                    "rid": run_id,
+                    "tier": plan.tier.value,
+                    "preset": plan.preset,
+                    "reserved": plan.reserved_usd,
+                }
+            )
+    run_table = Run.__table__  # type: ignore[attr-defined]
+    if updates:
+        session.execute(
+            update(run_table)
+            .where(run_table.c.id == bindparam("rid"))
+            .values(
+                tier=bindparam("tier"),
+                preset=bindparam("preset"),
+                reserved_usd=bindparam("reserved"),
+                started_at=now,
+                status="running",
+            ),
+            updates,
+        )
+    if skipped:
+        session.execute(
+            update(run_table)
+            .where(run_table.c.id == bindparam("rid"))
+            .values(status="skipped", finished_at=now, error=bindparam("why")),
+            skipped,
+        )
+    return plans
+
+
+def _cache_behavior(definition_hash: str, definition: Any) -> Behavior:
+    behavior = Behavior.model_validate(definition)
+    if len(_BEHAVIOR_CACHE) >= _BEHAVIOR_CACHE_MAX:
+        _BEHAVIOR_CACHE.clear()
+    _BEHAVIOR_CACHE[definition_hash] = behavior
+    return behavior
+
+
+def _plan(
+    session: Session,
+    run_id: str,
+    row: Any,
+    now: datetime,
+    ctx: PolicyContext,
+    default_estimate_usd: float,
+) -> RunPlan | None:
+    """The plan of one run whose behavior is active; None when its budget refuses the call
+    (then the ``spend_cap`` result is recorded here)."""
+    behavior = _BEHAVIOR_CACHE[row.definition_hash]
     tier = Tier(row.tier)
-    preset = behavior.preset_for(tier)
-    run.tier = tier.value
-    run.preset = preset
-    run.started_at = now
-    run.status = "running"
     reserved = 0.0
     window: datetime | None = None
     if behavior.budget is not None:
@@ -160,56 +287,73 @@ def begin_run(
         estimate = behavior.budget.per_call_estimate_usd or default_estimate_usd
         if not reserve(
             session,
-            behavior_id=row.id or 0,
+            behavior_id=row.id,
             window_start=window,
             amount=estimate,
             budget=behavior.budget.usd,
             now=now,
         ):
-            run.status = "refused"
-            run.finished_at = now
-            run.disposition = "none"
-            run.error = "budget exhausted: the call's worst case does not fit the budget"
-            session.add(run)
-            result = GateResult(
-                Gate.SPEND_CAP,
-                Outcome.FAIL,
-                True,
-                {
-                    "source": "budget_reservation",
-                    "budget_usd": behavior.budget.usd,
-                    "reset": behavior.budget.reset,
-                    "window_start": window.isoformat(),
-                    "estimate_usd": estimate,
-                },
-            )
-            _record(session, row, run, [result], now, ctx)
+            _refuse(session, run_id, row.id, behavior, window, estimate, now, ctx)
             return None
         reserved = estimate
-    run.reserved_usd = reserved
-    session.add(run)
     prompt = render_prompt(
         row.prompt_text,
         behavior.inputs,
         {
             "now": now.isoformat(timespec="seconds"),
             "date": now.date().isoformat(),
-            "run_id": run.id,
+            "run_id": run_id,
             "behavior": behavior.name,
             "tier": tier.value,
         },
     )
     return RunPlan(
-        run_id=run.id,
-        behavior_id=row.id or 0,
+        run_id=run_id,
+        behavior_id=row.id,
         behavior=behavior,
         tier=tier,
-        preset=preset,
+        preset=behavior.preset_for(tier),
         prompt=prompt,
         reserved_usd=reserved,
         budget_window=window,
         deadline_seconds=behavior.timeout_seconds,
     )
+
+
+def _refuse(
+    session: Session,
+    run_id: str,
+    behavior_id: int,
+    behavior: Behavior,
+    window: datetime,
+    estimate: float,
+    now: datetime,
+    ctx: PolicyContext,
+) -> None:
+    """No call: the worst case does not fit the budget. Records ``spend_cap``."""
+    assert behavior.budget is not None  # noqa: S101 — only called with a budget
+    run = session.get(Run, run_id)
+    row = lock_behavior(session, id=behavior_id)
+    if run is None:
+        raise NotFoundError(f"run {run_id} does not exist")
+    run.status = "refused"
+    run.finished_at = now
+    run.disposition = "none"
+    run.error = "budget exhausted: the call's worst case does not fit the budget"
+    session.add(run)
+    result = GateResult(
+        Gate.SPEND_CAP,
+        Outcome.FAIL,
+        True,
+        {
+            "source": "budget_reservation",
+            "budget_usd": behavior.budget.usd,
+            "reset": behavior.budget.reset,
+            "window_start": window.isoformat(),
+            "estimate_usd": estimate,
+        },
+    )
+    _record(session, row, run, [result], now, ctx)
 
 
 # -- finishing a run ---------------------------------------------------------------------------

@@ -31,9 +31,10 @@ from ledger.db.models import BehaviorRow
 from ledger.db.session import Database
 from ledger.runner.run import (
     CallOutcome,
+    FinishedRun,
     RunPlan,
     SlotClaim,
-    begin_run,
+    begin_runs,
     claim_slots,
     finish_run,
 )
@@ -45,6 +46,7 @@ INTERVAL_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 MAX_MISFIRE_GRACE = timedelta(hours=1)
 CLAIM_BATCH_WINDOW = 0.005  # seconds to gather claims due at the same instant
 CLAIM_BATCH_MAX = 1000
+FINISH_BATCH_MAX = 200
 
 CallModel = Callable[[RunPlan], Awaitable[CallOutcome]]
 
@@ -120,11 +122,14 @@ class RunnerService:
         self._slots = asyncio.Semaphore(max_concurrency)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._claimer: asyncio.Task[None] | None = None
+        self._finisher: asyncio.Task[None] | None = None
+        self._finishes: asyncio.Queue[tuple[RunPlan, CallOutcome, Any]] = asyncio.Queue()
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         self._scheduler.start()
         self._claimer = asyncio.create_task(self._claim_loop(), name="slot-claimer")
+        self._finisher = asyncio.create_task(self._finish_loop(), name="run-finisher")
         await self.sync()
         await self._catch_up()
 
@@ -139,6 +144,10 @@ class RunnerService:
             _done, pending = await asyncio.wait(self._tasks, timeout=timeout)
             for task in pending:
                 task.cancel()
+        if self._finisher is not None:
+            self._finisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._finisher
 
     # -- following the registry ---------------------------------------------------------------
     async def sync(self) -> None:
@@ -212,9 +221,23 @@ class RunnerService:
                 [SlotClaim(row.id or 0, self.clock.now(), row.tier, "manual")],
                 self.clock.now(),
             )
-        for run in runs:
-            await self._execute(run.id)
-        return runs[0].id if runs else None
+        if not runs:
+            return None
+        plans = await asyncio.to_thread(self._begin, [run.id for run in runs])
+        for plan in plans:
+            outcome = await self.call_model(plan)
+            await asyncio.to_thread(self._finish_batch, [(plan, outcome, None)])
+        return runs[0].id
+
+    def _begin(self, run_ids: list[str]) -> list[RunPlan]:
+        with self.db.transaction() as session:
+            return begin_runs(
+                session,
+                run_ids,
+                now=self.clock.now(),
+                ctx=self.ctx,
+                default_estimate_usd=self.default_estimate_usd,
+            )
 
     async def _claim_loop(self) -> None:
         while True:
@@ -224,53 +247,86 @@ class RunnerService:
             while not self._claims.empty() and len(batch) < CLAIM_BATCH_MAX:
                 batch.append(self._claims.get_nowait())
             try:
-                run_ids = await asyncio.to_thread(self._claim_batch, batch)
-            except Exception:  # the database is down: these slots are retried by nobody
+                plans = await asyncio.to_thread(self._claim_and_begin, batch)
+            except Exception:  # the database is down: the slots are claimed by nobody
                 log.exception("slot claims failed", slots=len(batch))
                 continue
-            for run_id in run_ids:
-                task = asyncio.create_task(self._guarded(run_id), name=f"run-{run_id}")
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            for plan in plans:
+                self._spawn(self._call(plan), f"run-{plan.run_id}")
 
-    def _claim_batch(self, batch: list[SlotClaim]) -> list[str]:
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _claim_and_begin(self, batch: list[SlotClaim]) -> list[RunPlan]:
+        """Claim the slots and start the won runs in one short transaction."""
         now = self.clock.now()
         with self.db.transaction() as session:
-            return [run.id for run in claim_slots(session, batch, now)]
-
-    async def _guarded(self, run_id: str) -> None:
-        async with self._slots:
-            try:
-                await self._execute(run_id)
-            except Exception:
-                log.exception("run crashed", run_id=run_id)
-
-    async def _execute(self, run_id: str) -> None:
-        plan = await asyncio.to_thread(self._begin, run_id)
-        if plan is None:
-            return
-        bound = log.bind(behavior=plan.behavior.name, run_id=run_id, tier=plan.tier.value)
-        bound.info("run started", preset=plan.preset)
-        outcome = await self.call_model(plan)
-        finished = await asyncio.to_thread(self._finish, plan, outcome)
-        bound.info(
-            "run finished",
-            status=finished.status,
-            disposition=finished.disposition,
-            decision=finished.decision,
-            cost_usd=outcome.cost_usd,
-        )
-
-    def _begin(self, run_id: str) -> RunPlan | None:
-        with self.db.transaction() as session:
-            return begin_run(
+            won = [run.id for run in claim_slots(session, batch, now)]
+            if not won:
+                return []
+            return begin_runs(
                 session,
-                run_id,
-                now=self.clock.now(),
+                won,
+                now=now,
                 ctx=self.ctx,
                 default_estimate_usd=self.default_estimate_usd,
             )
 
-    def _finish(self, plan: RunPlan, outcome: CallOutcome) -> Any:
+    async def _call(self, plan: RunPlan) -> None:
+        async with self._slots:
+            try:
+                outcome = await self.call_model(plan)
+            except Exception as exc:  # a bug in the call path must not lose the run
+                log.exception("model call crashed", run_id=plan.run_id)
+                outcome = CallOutcome(error=f"internal error: {type(exc).__name__}")
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._finishes.put_nowait((plan, outcome, done))
+        await done
+
+    async def _finish_loop(self) -> None:
+        """Record finished runs in batches (one transaction, a savepoint per run)."""
+        while True:
+            first = await self._finishes.get()
+            batch = [first]
+            await asyncio.sleep(CLAIM_BATCH_WINDOW)
+            while not self._finishes.empty() and len(batch) < FINISH_BATCH_MAX:
+                batch.append(self._finishes.get_nowait())
+            try:
+                results = await asyncio.to_thread(self._finish_batch, batch)
+            except Exception as exc:
+                log.exception("recording finished runs failed", runs=len(batch))
+                results = [exc] * len(batch)
+            for (plan, outcome, done), result in zip(batch, results, strict=True):
+                if isinstance(result, BaseException):
+                    if not done.done():
+                        done.set_result(None)
+                    continue
+                log.info(
+                    "run finished",
+                    behavior=plan.behavior.name,
+                    run_id=plan.run_id,
+                    tier=plan.tier.value,
+                    status=result.status,
+                    disposition=result.disposition,
+                    decision=result.decision,
+                    cost_usd=outcome.cost_usd,
+                )
+                if not done.done():
+                    done.set_result(result)
+
+    def _finish_batch(
+        self, batch: list[tuple[RunPlan, CallOutcome, Any]]
+    ) -> list[FinishedRun | BaseException]:
+        now = self.clock.now()
+        out: list[FinishedRun | BaseException] = []
         with self.db.transaction() as session:
-            return finish_run(session, plan, outcome, now=self.clock.now(), ctx=self.ctx)
+            for plan, outcome, _done in batch:
+                try:
+                    with session.begin_nested():
+                        out.append(finish_run(session, plan, outcome, now=now, ctx=self.ctx))
+                except Exception as exc:
+                    log.exception("recording a run failed", run_id=plan.run_id)
+                    out.append(exc)
+        return out

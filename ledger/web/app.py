@@ -26,7 +26,11 @@ from ledger.behaviors.watch import rescan_periodically, watch_folder
 from ledger.clock import Clock, SystemClock
 from ledger.config import Settings
 from ledger.db.session import Database
+from ledger.ingest.routes import install_ingest_routes, open_ingest
+from ledger.web.api import router as api_router
+from ledger.web.auth import TokenAuth
 from ledger.web.errors import install_error_handlers
+from ledger.web.services import Services, open_services
 
 log = structlog.get_logger("ledger.web")
 
@@ -40,21 +44,33 @@ class AppState:
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     last_reconcile: ReconcileSummary | None = None
+    auth: TokenAuth | None = None
+    services: Services | None = None
+    _warned: set[str] = field(default_factory=set)
 
     async def reconcile_now(self) -> ReconcileSummary:
-        """Reconcile the folder into the database (one at a time, off the event loop)."""
+        """Reconcile the folder into the database (one at a time, off the event loop), then
+        let the scheduler follow the registry."""
         async with self.reconcile_lock:
             summary = await asyncio.to_thread(self._reconcile_sync)
             self.last_reconcile = summary
+            if self.services is not None:
+                await self.services.runner.sync()
             return summary
 
     def _reconcile_sync(self) -> ReconcileSummary:
         directory = self.settings.behaviors_dir
         report = load_directory(directory)
+        # Each problem is logged once, not at every rescan.
         for warning in check_resolved_keys(report):
-            log.warning("behavior key not available", detail=warning)
+            if warning not in self._warned:
+                self._warned.add(warning)
+                log.warning("behavior key not available", detail=warning)
         for problem in report.problems:
-            log.warning("invalid behavior file", problem=problem.render())
+            line = problem.render()
+            if line not in self._warned:
+                self._warned.add(line)
+                log.warning("invalid behavior file", problem=line)
         with self.db.transaction() as session:
             summary = reconcile(session, report, directory, self.clock.now())
         if summary.changed:
@@ -71,9 +87,15 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = await asyncio.to_thread(Database.open, settings.database_url, migrate=True)
-        state = AppState(settings=settings, db=db, clock=clock or SystemClock())
+        state = AppState(
+            settings=settings, db=db, clock=clock or SystemClock(), auth=TokenAuth(settings)
+        )
         app.state.ledger = state
+        # Ingestion: broadcast tokens, webhook secrets and the group-commit span writer.
+        app.state.ingest = await open_ingest(settings, db, state.clock)
         await state.reconcile_now()
+        # Scheduler + runner, broadcast processor, approval expiry (after the first reconcile).
+        state.services = await open_services(settings, db, state.clock)
         if settings.watch:
             state.tasks.append(
                 asyncio.create_task(
@@ -103,6 +125,9 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
             for task in state.tasks:
                 task.cancel()
             await asyncio.gather(*state.tasks, return_exceptions=True)
+            if state.services is not None:
+                await state.services.close()
+            await app.state.ingest.close()  # commits what is queued before the database closes
             db.close()
             log.info("ledger stopped")
 
@@ -114,6 +139,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
         redoc_url=None,
     )
     install_error_handlers(app)
+    install_ingest_routes(app)  # POST /v1/traces, POST /webhooks/{source}
+    app.include_router(api_router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

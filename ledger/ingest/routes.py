@@ -1,0 +1,487 @@
+"""HTTP ingestion: ``POST /v1/traces`` (OpenRouter broadcast, OTLP/HTTP) and
+``POST /webhooks/{source}`` (signed event webhooks).
+
+The traces route is the hot path: pure-ASGI middleware (``TracesReceiver``, ahead of routing and
+dependency injection) that checks the token from headers alone, reads the body under a size cap,
+decodes it with ``otlp.decode_request`` and waits for the group-commit ``SpanWriter`` to commit
+before it answers.
+Its error bodies are OTLP ``Status`` messages (JSON or protobuf, like the request); the webhook
+route answers with the API's error shape. No input produces a 500.
+
+Broadcast authentication: ``LEDGER_BROADCAST_TOKENS`` lists the accepted secrets (several at once
+while rotating); ``broadcast_header`` is ``authorization`` (``Authorization: Bearer <token>``) or
+the name of a header that carries the token as is. With no token configured every delivery is
+refused with 401 (and a warning in the log): the receiver never accepts unauthenticated data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import orjson
+import structlog
+from fastapi import APIRouter, FastAPI
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ledger.clock import Clock
+from ledger.config import Settings
+from ledger.db.session import Database
+from ledger.errors import ConfigError, IngestError
+from ledger.ingest.otlp import (
+    Limits,
+    decode_request,
+    encode_status_error,
+    encode_success,
+    is_connection_test,
+    wants_protobuf,
+)
+from ledger.ingest.signatures import Scheme, verify_webhook
+from ledger.ingest.store import SpanWriter, record_webhook_event
+from ledger.secrets import resolve_many
+from ledger.web.errors import error_body
+
+__all__ = [
+    "TRACES_PATHS",
+    "BroadcastAuth",
+    "Ingest",
+    "TracesReceiver",
+    "WebhookSourceConfig",
+    "event_name",
+    "install_ingest_routes",
+    "open_ingest",
+]
+
+log = structlog.get_logger("ledger.ingest")
+
+# The OpenTelemetry Collector destination appends /v1/traces to whatever URL was pasted, so an
+# operator who pasted the full URL produces the doubled form.
+TRACES_PATHS: Final = ("/v1/traces", "/v1/traces/v1/traces")
+
+_JSON_B: Final = b"application/json"
+_PROTOBUF_B: Final = b"application/x-protobuf"
+_OFFLOAD_DECODE_BYTES: Final = 256 * 1024  # decode bigger bodies off the event loop
+_UNCONFIGURED_LOG_EVERY_S: Final = 60.0
+
+
+class BroadcastAuth:
+    """The static-token check for broadcast deliveries (constant time, several tokens)."""
+
+    def __init__(self, tokens: list[str], header: str) -> None:
+        self._digests = [hashlib.sha256(t.encode("utf-8")).digest() for t in tokens]
+        self.header = header.strip().lower()
+        self.header_bytes = self.header.encode("latin-1")
+        self.bearer = self.header == "authorization"
+        self._last_unconfigured_log = -_UNCONFIGURED_LOG_EVERY_S
+
+    @property
+    def configured(self) -> bool:
+        return bool(self._digests)
+
+    def presented(self, value: str | None) -> str | None:
+        """The token in the configured header's ``value`` (None if absent or not Bearer)."""
+        if value is None:
+            return None
+        if self.bearer:
+            scheme, _, token = value.strip().partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else None
+        return value.strip()
+
+    def check(self, value: str | None) -> str | None:
+        """None if the configured header's ``value`` carries a configured token, else why the
+        request is refused."""
+        if not self._digests:
+            now = time.monotonic()
+            if now - self._last_unconfigured_log >= _UNCONFIGURED_LOG_EVERY_S:
+                self._last_unconfigured_log = now
+                log.warning(
+                    "broadcast delivery refused: no broadcast token is configured "
+                    "(set LEDGER_BROADCAST_TOKENS)"
+                )
+            return "broadcast ingestion is not configured on this daemon (no token)"
+        token = self.presented(value)
+        if not token:
+            where = "Authorization: Bearer <token>" if self.bearer else f"the {self.header} header"
+            return f"missing broadcast token: send it as {where}"
+        digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        matched = False
+        for expected in self._digests:  # no early exit: the time does not tell which matched
+            matched |= hmac.compare_digest(digest, expected)
+        return None if matched else "the broadcast token is not valid"
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSourceConfig:
+    """A configured webhook source with its secrets resolved."""
+
+    name: str
+    scheme: Scheme
+    secrets: tuple[str, ...]
+    behavior: str | None
+
+
+@dataclass(slots=True)
+class Ingest:
+    """Ingestion's resources, created in the app's lifespan by ``open_ingest``."""
+
+    db: Database
+    clock: Clock
+    writer: SpanWriter
+    auth: BroadcastAuth
+    limits: Limits
+    sources: dict[str, WebhookSourceConfig] = field(default_factory=dict)
+
+    async def close(self) -> None:
+        """Commit what is queued, then stop the writer."""
+        await self.writer.close()
+
+
+_SCHEMES: Final = {"generic": Scheme.LEDGER, "github": Scheme.GITHUB, "stripe": Scheme.STRIPE}
+
+
+async def open_ingest(
+    settings: Settings, db: Database, clock: Clock, *, writer: SpanWriter | None = None
+) -> Ingest:
+    """Resolve tokens and webhook secrets, start the span writer. Raises ConfigError/SecretError
+    when a configured reference cannot be resolved."""
+    raw_tokens = settings.broadcast_tokens.get_secret_value() if settings.broadcast_tokens else ""
+    tokens = [s.get_secret_value() for s in resolve_many(raw_tokens)]
+    auth = BroadcastAuth(tokens, settings.broadcast_header)
+    if not tokens:
+        log.warning(
+            "broadcast ingestion is off: LEDGER_BROADCAST_TOKENS is not set, "
+            "so POST /v1/traces answers 401"
+        )
+    sources: dict[str, WebhookSourceConfig] = {}
+    for name, source in settings.webhook_sources.items():
+        secrets = tuple(
+            s.get_secret_value() for s in resolve_many(source.secrets.get_secret_value())
+        )
+        if not secrets:
+            raise ConfigError(f"webhook_sources.{name}.secrets: no signing secret is configured")
+        sources[name] = WebhookSourceConfig(name, _SCHEMES[source.scheme], secrets, source.behavior)
+    span_writer = writer or SpanWriter(db.engine)
+    span_writer.start()
+    return Ingest(
+        db=db,
+        clock=clock,
+        writer=span_writer,
+        auth=auth,
+        limits=Limits(
+            max_body_bytes=settings.ingest_max_body_bytes,
+            max_inflated_bytes=settings.ingest_max_inflated_bytes,
+        ),
+        sources=sources,
+    )
+
+
+def _ingest(request: Request) -> Ingest:
+    ingest: Ingest = request.app.state.ingest
+    return ingest
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing with 413 as soon as it is known to exceed ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise IngestError("Content-Length is not a number", status_code=400) from None
+        if size > limit:
+            raise IngestError(
+                f"request body is {size} bytes; the limit is {limit}", status_code=413
+            )
+    chunks: list[bytes] = []
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise IngestError(
+                    f"request body is more than {limit} bytes; the limit is {limit}",
+                    status_code=413,
+                )
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise IngestError("the client disconnected before sending the body") from None
+    return b"".join(chunks)
+
+
+# --------------------------------------------------------------------------- POST /v1/traces
+
+
+def _retry_after_value(seconds: float) -> bytes:
+    return str(max(1, round(seconds))).encode("ascii")
+
+
+def _otlp_error(
+    message: str, status: int, protobuf: bool, retry_after: float | None = None
+) -> _Reply:
+    headers: list[tuple[bytes, bytes]] = []
+    if retry_after is not None:
+        headers.append((b"retry-after", _retry_after_value(retry_after)))
+    if status == 401:
+        headers.append((b"www-authenticate", b'Bearer realm="ledger"'))
+    body = encode_status_error(message, protobuf=protobuf, http_status=status)
+    return _Reply(status, body, protobuf, headers)
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    status: int
+    body: bytes
+    protobuf: bool
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+    async def send(self, send: Send) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": self.status,
+                "headers": [
+                    (b"content-type", _PROTOBUF_B if self.protobuf else _JSON_B),
+                    (b"content-length", str(len(self.body)).encode("ascii")),
+                    *self.headers,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": self.body})
+
+
+_SUCCESS: Final = {
+    False: _Reply(200, encode_success(protobuf=False), False),
+    True: _Reply(200, encode_success(protobuf=True), True),
+}
+
+
+async def _read_asgi_body(receive: Receive, declared: bytes | None, limit: int) -> bytes:
+    """The request body, refusing with 413 as soon as it is known to exceed ``limit`` bytes."""
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise IngestError("Content-Length is not a number", status_code=400) from None
+        if size > limit:
+            raise IngestError(
+                f"request body is {size} bytes; the limit is {limit}", status_code=413
+            )
+    chunks: list[bytes] = []
+    received = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise IngestError("the client disconnected before sending the whole body")
+        chunk: bytes = message.get("body", b"")
+        if chunk:
+            received += len(chunk)
+            if received > limit:
+                raise IngestError(
+                    f"request body is more than {limit} bytes; the limit is {limit}",
+                    status_code=413,
+                )
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _traces(ingest: Ingest, scope: Scope, receive: Receive) -> _Reply:
+    """OTLP/HTTP ``ExportTraceServiceRequest`` → stored spans; 200 only after the commit."""
+    content_type = content_encoding = content_length = token_header = None
+    test_connection = False
+    wanted = ingest.auth.header_bytes
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            content_type = value.decode("latin-1")
+        elif name == b"content-length":
+            content_length = value
+        elif name == b"content-encoding":
+            content_encoding = value.decode("latin-1")
+        elif name == wanted:
+            token_header = value.decode("utf-8", "surrogateescape")
+        elif name == b"x-test-connection":
+            test_connection = value.strip().lower() == b"true"
+    protobuf = wants_protobuf(content_type)
+    if scope["method"] != "POST":
+        reply = _otlp_error("use POST for OTLP/HTTP traces", 405, protobuf)
+        reply.headers.append((b"allow", b"POST"))
+        return reply
+    refused = ingest.auth.check(token_header)
+    if refused is not None:
+        return _otlp_error(refused, 401, protobuf)
+    try:
+        body = await _read_asgi_body(receive, content_length, ingest.limits.max_body_bytes)
+        if test_connection:
+            return _SUCCESS[protobuf]
+        try:
+            if len(body) > _OFFLOAD_DECODE_BYTES:
+                spans = await run_in_threadpool(
+                    decode_request, body, content_type, content_encoding, ingest.limits
+                )
+            else:
+                spans = decode_request(body, content_type, content_encoding, ingest.limits)
+        except IngestError:
+            raise
+        except Exception as exc:  # a decoder bug must not become a 500 (or a retry storm)
+            log.error("OTLP decode crashed", error=type(exc).__name__, exc_info=exc)
+            raise IngestError(f"the payload could not be decoded ({type(exc).__name__})") from exc
+        if is_connection_test(spans):
+            return _SUCCESS[protobuf]
+        await ingest.writer.write(spans, ingest.clock.now())
+    except IngestError as exc:
+        return _otlp_error(str(exc), exc.status_code, protobuf, exc.retry_after)
+    return _SUCCESS[protobuf]
+
+
+class TracesReceiver:
+    """Pure-ASGI middleware answering ``/v1/traces`` itself (both URL forms), before routing.
+
+    The hot path skips Starlette's routing, request objects and exception middleware; every other
+    request goes to the wrapped app. Ingestion's state is ``scope["app"].state.ingest``.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in TRACES_PATHS:
+            await self.app(scope, receive, send)
+            return
+        ingest: Ingest | None = getattr(scope["app"].state, "ingest", None)
+        if ingest is None:
+            reply = _otlp_error("the daemon is starting; retry", 503, False, retry_after=1.0)
+        else:
+            try:
+                reply = await _traces(ingest, scope, receive)
+            except Exception as exc:  # never a 500: the sender retries a 503
+                log.error("OTLP receiver failed", error=type(exc).__name__, exc_info=exc)
+                reply = _otlp_error(
+                    f"internal error ({type(exc).__name__}); retry", 503, False, retry_after=5.0
+                )
+        await reply.send(send)
+
+
+# --------------------------------------------------------------------------- POST /webhooks/…
+
+_WEBHOOK_CODES: Final = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    413: "too_large",
+    503: "unavailable",
+}
+
+
+def _webhook_error(message: str, status: int, retry_after: float | None = None) -> JSONResponse:
+    headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after else None
+    return JSONResponse(
+        error_body(_WEBHOOK_CODES.get(status, "bad_request"), message),
+        status_code=status,
+        headers=headers,
+    )
+
+
+def _payload(body: bytes) -> dict[str, Any]:
+    if not body.strip():
+        return {}
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise IngestError(f"the body is not valid JSON: {exc}") from None
+    return value if isinstance(value, dict) else {"value": value}
+
+
+def event_name(scheme: Scheme, headers: Mapping[str, str], payload: Mapping[str, Any]) -> str:
+    """The event's name: GitHub ``X-GitHub-Event`` (``.action`` appended when the payload has
+    one), Stripe's ``type``, generic ``X-Ledger-Event`` or the payload's ``event``; else
+    ``unknown``."""
+    if scheme is Scheme.GITHUB:
+        name = headers.get("x-github-event") or "unknown"
+        action = payload.get("action")
+        return f"{name}.{action}" if isinstance(action, str) and action else name
+    if scheme is Scheme.STRIPE:
+        kind = payload.get("type")
+        return kind if isinstance(kind, str) and kind else "unknown"
+    named = headers.get("x-ledger-event") or payload.get("event")
+    return named if isinstance(named, str) and named else "unknown"
+
+
+def _replay_key(scheme: Scheme, verified_key: str, payload: Mapping[str, Any]) -> str:
+    # Stripe signs each retry afresh (new timestamp); its event id is the stable identity.
+    event_id = payload.get("id")
+    if scheme is Scheme.STRIPE and isinstance(event_id, str) and event_id:
+        return f"event:{event_id}"
+    return verified_key
+
+
+router = APIRouter(tags=["ingest"])
+
+
+@router.post(
+    "/webhooks/{source}",
+    summary="Receive a signed webhook event",
+    responses={
+        200: {"description": "Recorded, or a replay of an event already recorded."},
+        400: {"description": "Malformed signature header or body."},
+        401: {"description": "Missing, wrong or expired signature."},
+        404: {"description": "No webhook source of that name is configured."},
+        413: {"description": "Body larger than the ingest limit."},
+        503: {"description": "The database is unavailable; retry."},
+    },
+)
+async def receive_webhook(source: str, request: Request) -> Response:
+    """Verify the source's signature and record the event; 2xx only after the commit."""
+    ingest = _ingest(request)
+    config = ingest.sources.get(source)
+    if config is None:
+        return _webhook_error(f"no webhook source named {source!r} is configured", 404)
+    try:
+        body = await _read_body(request, ingest.limits.max_body_bytes)
+        now = ingest.clock.now()
+        verified = verify_webhook(
+            config.scheme, source, request.headers, body, config.secrets, now=now.timestamp()
+        )
+        payload = _payload(body)
+        event = event_name(config.scheme, request.headers, payload)
+        replay_key = _replay_key(config.scheme, verified.replay_key, payload)
+        try:
+            recorded = await asyncio.to_thread(
+                record_webhook_event,
+                ingest.db.engine,
+                source=source,
+                event=event,
+                replay_key=replay_key,
+                payload=payload,
+                received_at=now,
+                behavior=config.behavior,
+            )
+        except Exception as exc:
+            log.warning("webhook event not stored", source=source, error=type(exc).__name__)
+            raise IngestError(
+                f"the database is unavailable ({type(exc).__name__}); retry",
+                status_code=503,
+                retry_after=5.0,
+            ) from exc
+    except IngestError as exc:
+        if exc.status_code == 401:
+            log.info("webhook refused", source=source, reason=str(exc))
+        return _webhook_error(str(exc), exc.status_code, exc.retry_after)
+    if recorded:
+        log.info("webhook event recorded", source=source, webhook_event=event)
+    return JSONResponse({"status": "recorded" if recorded else "duplicate", "event": event})
+
+
+def install_ingest_routes(app: FastAPI) -> None:
+    """Serve ``POST /v1/traces`` (both URL forms, as ASGI middleware) and mount
+    ``POST /webhooks/{source}`` on ``app``."""
+    app.add_middleware(TracesReceiver)
+    app.include_router(router)

@@ -1,0 +1,449 @@
+"""Durable storage for ingestion: the group-commit span writer and the webhook event insert.
+
+``SpanWriter`` is the OTLP receiver's only path to the database. Requests hand it their spans and
+wait; one writer task drains the queue into one transaction at a time (in its own thread), so
+many deliveries share a commit, and each request is answered only after its batch committed.
+Inserts are idempotent (``ON CONFLICT (trace_id, span_id) DO NOTHING``): a redelivered span is
+stored once. ``span_data`` / ``span_from_data`` are the JSON form of a span in
+``ingested_span.data``, which the processor reads back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import math
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+import orjson
+import structlog
+from sqlalchemy import Connection, Engine, Insert, Table, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
+
+from ledger.db.models import BehaviorRow, IngestedSpan, WebhookEvent
+from ledger.errors import IngestError
+from ledger.ingest.otlp import Attributes, AttrValue, SpanEvent, SpanRecord
+
+__all__ = [
+    "SpanWriter",
+    "WriterStats",
+    "record_webhook_event",
+    "span_data",
+    "span_from_data",
+]
+
+log = structlog.get_logger("ledger.ingest")
+
+SOURCE_BROADCAST: Final = "broadcast"
+_NAME_MAX: Final = 256  # ingested_span.name is VARCHAR(256); the full name stays in ``data``
+
+# ``data`` is plain JSON. Attribute values JSON cannot hold (bytes, NaN/±Infinity — PostgreSQL's
+# json type refuses NaN) are tagged as one-key objects; a real kvlist that happens to look like
+# a tag is wrapped in ``$kvlist``, so decoding is unambiguous.
+_BYTES: Final = "$bytes"
+_FLOAT: Final = "$float"
+_KVLIST: Final = "$kvlist"
+_TAGS: Final = frozenset((_BYTES, _FLOAT, _KVLIST))
+
+
+# --------------------------------------------------------------------------- span ↔ row
+
+
+def _to_json(value: AttrValue) -> Any:
+    if value is None or isinstance(value, str | int):  # bool is an int
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return {_FLOAT: "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")}
+    if isinstance(value, bytes):
+        return {_BYTES: base64.b64encode(value).decode("ascii")}
+    if isinstance(value, list):
+        return [_to_json(item) for item in value]
+    mapping = {key: _to_json(item) for key, item in value.items()}
+    if len(mapping) == 1 and next(iter(mapping)) in _TAGS:
+        return {_KVLIST: mapping}
+    return mapping
+
+
+def _attrs_to_json(attrs: Attributes) -> dict[str, Any]:
+    for value in attrs.values():  # the common case: plain values, the dict serializes as is
+        kind = type(value)
+        if kind is str or kind is int or kind is bool or value is None:
+            continue
+        if isinstance(value, float) and math.isfinite(value):
+            continue
+        return {key: _to_json(item) for key, item in attrs.items()}
+    return attrs
+
+
+def _from_json(value: Any) -> AttrValue:
+    if type(value) is list:
+        return [_from_json(item) for item in value]
+    if type(value) is not dict:
+        return value  # type: ignore[no-any-return]  # str, int, float, bool or None
+    if len(value) == 1:
+        tag, inner = next(iter(value.items()))
+        if tag == _BYTES:
+            return base64.b64decode(inner)
+        if tag == _FLOAT:
+            return float(inner)
+        if tag == _KVLIST:
+            return {key: _from_json(item) for key, item in inner.items()}
+    return {key: _from_json(item) for key, item in value.items()}
+
+
+def _attrs_from_json(data: dict[str, Any]) -> Attributes:
+    return {key: _from_json(value) for key, value in data.items()}
+
+
+def span_data(span: SpanRecord) -> dict[str, Any]:
+    """The JSON stored in ``ingested_span.data``: every ``SpanRecord`` field but the two ids."""
+    return {
+        "name": span.name,
+        "parent_span_id": span.parent_span_id,
+        "kind": span.kind,
+        "start_unix_nano": span.start_unix_nano,
+        "end_unix_nano": span.end_unix_nano,
+        "status_code": span.status_code,
+        "status_message": span.status_message,
+        "attributes": _attrs_to_json(span.attributes),
+        "resource_attributes": _attrs_to_json(span.resource_attributes),
+        "events": [
+            {
+                "name": event.name,
+                "time_unix_nano": event.time_unix_nano,
+                "attributes": _attrs_to_json(event.attributes),
+            }
+            for event in span.events
+        ],
+        "scope_name": span.scope_name,
+    }
+
+
+def span_from_data(trace_id: str, span_id: str, data: dict[str, Any]) -> SpanRecord:
+    """The ``SpanRecord`` an ``ingested_span`` row was made from (inverse of ``span_data``)."""
+    return SpanRecord(
+        trace_id=trace_id,
+        span_id=span_id,
+        parent_span_id=data["parent_span_id"],
+        name=data["name"],
+        kind=data["kind"],
+        start_unix_nano=data["start_unix_nano"],
+        end_unix_nano=data["end_unix_nano"],
+        status_code=data["status_code"],
+        status_message=data["status_message"],
+        attributes=_attrs_from_json(data["attributes"]),
+        resource_attributes=_attrs_from_json(data["resource_attributes"]),
+        events=tuple(
+            SpanEvent(
+                name=event["name"],
+                time_unix_nano=event["time_unix_nano"],
+                attributes=_attrs_from_json(event["attributes"]),
+            )
+            for event in data["events"]
+        ),
+        scope_name=data["scope_name"],
+    )
+
+
+def _column_text(text: str, limit: int) -> str:
+    # PostgreSQL text refuses NUL characters and VARCHAR(n) refuses longer values.
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    return text[:limit]
+
+
+def _span_params(span: SpanRecord, received_at: Any) -> dict[str, Any]:
+    return {
+        "trace_id": span.trace_id,
+        "span_id": span.span_id,
+        "name": _column_text(span.name, _NAME_MAX),
+        "source": SOURCE_BROADCAST,
+        "data": orjson.dumps(span_data(span)).decode(),
+        "received_at": received_at,
+    }
+
+
+def _insert_ignoring_duplicates(engine: Engine, table: Table, *keys: str) -> Insert:
+    if engine.dialect.name == "postgresql":
+        return pg_insert(table).on_conflict_do_nothing(index_elements=list(keys))
+    return sqlite_insert(table).on_conflict_do_nothing(index_elements=list(keys))
+
+
+# --------------------------------------------------------------------------- the writer
+
+
+@dataclass(slots=True)
+class _Pending:
+    spans: Sequence[SpanRecord]
+    received_at: datetime
+    future: asyncio.Future[None]
+
+
+@dataclass(slots=True)
+class WriterStats:
+    """Counters since start: committed batches, requests and spans offered (duplicates
+    included), the largest batch in requests, failed batches, refusals for overload."""
+
+    batches: int = 0
+    requests: int = 0
+    spans: int = 0
+    largest_batch: int = 0
+    failed_batches: int = 0
+    overloaded: int = 0
+
+
+def _is_permanent(exc: BaseException) -> bool:
+    """A failure the same rows would hit again (bad data, a constraint), as opposed to the
+    database failing. Duplicates never raise (ON CONFLICT DO NOTHING)."""
+    return isinstance(exc, DataError | IntegrityError | TypeError | ValueError) or (
+        isinstance(exc, StatementError) and not isinstance(exc, DBAPIError)
+    )
+
+
+class _SpanInsert:
+    """``INSERT … ON CONFLICT (trace_id, span_id) DO NOTHING`` compiled once for the engine's
+    dialect and executed at the driver level (executemany), with ``data`` serialized by orjson
+    and ``received_at`` converted once per request: the per-row work of SQLAlchemy's bind
+    processing is most of a batch's cost otherwise."""
+
+    _COLUMNS: Final = ("trace_id", "span_id", "name", "source", "data", "received_at")
+
+    def __init__(self, engine: Engine) -> None:
+        table: Table = IngestedSpan.__table__  # type: ignore[attr-defined]  # SQLModel table
+        stmt = _insert_ignoring_duplicates(engine, table, "trace_id", "span_id")
+        stmt = stmt.values({name: None for name in self._COLUMNS}).inline()
+        compiled = stmt.compile(dialect=engine.dialect)
+        self.sql = str(compiled)
+        self._positional = compiled.positiontup  # None for named paramstyles (psycopg)
+        self._received_at = table.c.received_at.type.bind_processor(engine.dialect)
+
+    def params(self, pending: _Pending) -> list[Any]:
+        when: Any = pending.received_at
+        if self._received_at is not None:
+            when = self._received_at(when)
+        rows = [_span_params(span, when) for span in pending.spans]
+        if self._positional is None:
+            return rows
+        order = self._positional
+        return [tuple(row[name] for name in order) for row in rows]
+
+    def execute(self, conn: Connection, params: list[Any]) -> None:
+        conn.exec_driver_sql(self.sql, params)
+
+
+class SpanWriter:
+    """Group commit for broadcast spans: ``await write(spans, received_at)`` returns once they
+    are committed.
+
+    One task takes everything queued (whole requests, up to ``max_batch_spans``) into one
+    transaction, run in a dedicated thread; while it commits, the next batch accumulates. Raises
+    from ``write``: ``IngestError`` 429 when more than ``max_queued_spans`` spans are waiting
+    (overload), 503 when the batch's transaction failed or the writer is closed (the sender
+    retries; nothing was acknowledged), 400 when the database refused this request's own data.
+    A failed batch of several requests whose failure looks like bad data is retried one request
+    per transaction, so one poisonous delivery cannot fail the others.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_batch_spans: int = 5_000,
+        max_queued_spans: int = 50_000,
+        retry_after: float = 1.0,
+    ) -> None:
+        self._engine = engine
+        self._insert = _SpanInsert(engine)
+        self._max_batch_spans = max_batch_spans
+        self._max_queued_spans = max_queued_spans
+        self._retry_after = retry_after
+        self._queue: deque[_Pending] = deque()
+        self._queued_spans = 0
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer")
+        self.stats = WriterStats()
+
+    def start(self) -> None:
+        """Start the writer task in the running event loop."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="ingest-writer")
+
+    async def write(self, spans: Sequence[SpanRecord], received_at: datetime) -> None:
+        """Store ``spans`` (idempotently); returns after their transaction committed."""
+        if self._closing or self._task is None:
+            raise IngestError(
+                "the daemon is shutting down; retry", status_code=503, retry_after=self._retry_after
+            )
+        if not spans:
+            return
+        if self._queued_spans and self._queued_spans + len(spans) > self._max_queued_spans:
+            self.stats.overloaded += 1
+            raise IngestError(
+                f"ingestion is overloaded ({self._queued_spans} spans waiting); retry later",
+                status_code=429,
+                retry_after=self._retry_after,
+            )
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(spans, received_at, future))
+        self._queued_spans += len(spans)
+        self._wakeup.set()
+        await future
+
+    async def close(self) -> None:
+        """Stop taking spans, commit everything already queued, then stop the thread."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+        self._executor.shutdown(wait=True)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch = self._take_batch()
+            try:
+                outcomes = await loop.run_in_executor(self._executor, self._commit, batch)
+            except BaseException as exc:  # never leave a request waiting on a dead writer
+                self._settle(batch, [exc] * len(batch))
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            self._settle(batch, outcomes)
+
+    def _take_batch(self) -> list[_Pending]:
+        batch = [self._queue.popleft()]
+        size = len(batch[0].spans)
+        while self._queue and size + len(self._queue[0].spans) <= self._max_batch_spans:
+            pending = self._queue.popleft()
+            batch.append(pending)
+            size += len(pending.spans)
+        self._queued_spans -= size
+        return batch
+
+    def _settle(self, batch: list[_Pending], outcomes: Sequence[BaseException | None]) -> None:
+        failed = sum(1 for outcome in outcomes if outcome is not None)
+        if failed:
+            self.stats.failed_batches += 1
+        if failed < len(batch):
+            self.stats.batches += 1
+            self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+        for pending, outcome in zip(batch, outcomes, strict=True):
+            if outcome is None:
+                self.stats.requests += 1
+                self.stats.spans += len(pending.spans)
+            if pending.future.done():  # the request was cancelled; its spans are stored anyway
+                continue
+            if outcome is None:
+                pending.future.set_result(None)
+            else:
+                pending.future.set_exception(self._refusal(outcome))
+
+    def _refusal(self, exc: BaseException) -> IngestError:
+        if isinstance(exc, IngestError):
+            return exc
+        if _is_permanent(exc):
+            return IngestError(
+                f"the database refused this delivery ({type(exc).__name__}); it was not stored",
+                status_code=400,
+            )
+        return IngestError(
+            f"the database is unavailable ({type(exc).__name__}); retry",
+            status_code=503,
+            retry_after=self._retry_after,
+        )
+
+    # ----------------------------------------------------------------- in the writer thread
+
+    def _commit(self, batch: list[_Pending]) -> list[BaseException | None]:
+        """Commit the whole batch in one transaction; on a bad-data failure, one per request."""
+        params: list[list[Any]] = []
+        outcomes: list[BaseException | None] = []
+        for pending in batch:
+            try:
+                params.append(self._insert.params(pending))
+                outcomes.append(None)
+            except Exception as exc:  # unserializable data fails its own request only
+                params.append([])
+                outcomes.append(exc)
+        rows = [row for request_rows in params for row in request_rows]
+        try:
+            if rows:
+                with self._engine.begin() as conn:
+                    self._insert.execute(conn, rows)
+            return outcomes
+        except Exception as exc:
+            log.warning(
+                "ingest batch failed",
+                requests=len(batch),
+                spans=len(rows),
+                error=type(exc).__name__,
+                detail=str(getattr(exc, "orig", exc))[:300],
+            )
+            if len(batch) == 1 or not _is_permanent(exc):
+                return [exc] * len(batch)
+        for index, request_rows in enumerate(params):
+            if outcomes[index] is not None or not request_rows:
+                continue
+            try:
+                with self._engine.begin() as conn:
+                    self._insert.execute(conn, request_rows)
+            except Exception as exc:
+                outcomes[index] = exc
+        return outcomes
+
+
+# --------------------------------------------------------------------------- webhook events
+
+
+def record_webhook_event(
+    engine: Engine,
+    *,
+    source: str,
+    event: str,
+    replay_key: str,
+    payload: dict[str, Any],
+    received_at: datetime,
+    behavior: str | None,
+) -> bool:
+    """Insert one verified webhook event (blocking; run it in a thread); False if
+    ``(source, replay_key)`` was already recorded — a replay, nothing written.
+
+    ``behavior`` is the bound behavior's name; an unknown name stores the event unbound.
+    """
+    table: Table = WebhookEvent.__table__  # type: ignore[attr-defined]  # SQLModel table
+    behavior_id: int | None = None
+    with engine.begin() as conn:
+        if behavior is not None:
+            behavior_table: Table = BehaviorRow.__table__  # type: ignore[attr-defined]
+            behavior_id = conn.execute(
+                select(behavior_table.c.id).where(behavior_table.c.name == behavior)
+            ).scalar_one_or_none()
+            if behavior_id is None:
+                log.warning("webhook source bound to an unknown behavior", behavior=behavior)
+        stmt = _insert_ignoring_duplicates(engine, table, "source", "replay_key").values(
+            source=source,
+            event=_column_text(event, 200),
+            replay_key=_column_text(replay_key, 200),
+            payload=payload,
+            received_at=received_at,
+            behavior_id=behavior_id,
+        )
+        inserted = conn.execute(stmt.returning(table.c.id)).scalar_one_or_none()
+        return inserted is not None

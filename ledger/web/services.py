@@ -1,0 +1,83 @@
+"""The daemon's long-running services, opened and closed by the app's lifespan: the OpenRouter
+client, the scheduler and runner, the broadcast processor and the approval-expiry loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from ledger.clock import Clock
+from ledger.config import Settings
+from ledger.db.session import Database
+from ledger.ingest.process import IngestProcessor
+from ledger.runner.call import call_model
+from ledger.runner.openrouter import OpenRouterClient
+from ledger.runner.run import RunPlan, expire_approvals
+from ledger.runner.scheduler import RunnerService
+from ledger.transitions import PolicyContext
+
+log = structlog.get_logger("ledger.services")
+
+APPROVAL_SWEEP_SECONDS = 30.0
+
+
+def policy_context(settings: Settings) -> PolicyContext:
+    return PolicyContext(global_overrides=settings.policy, mirror=settings.notion_token is not None)
+
+
+@dataclass(slots=True)
+class Services:
+    openrouter: OpenRouterClient
+    runner: RunnerService
+    processor: IngestProcessor
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    async def close(self) -> None:
+        self.stop.set()
+        await self.runner.stop()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.openrouter.aclose()
+
+
+async def open_services(
+    settings: Settings, db: Database, clock: Clock, *, scheduler: bool = True
+) -> Services:
+    ctx = policy_context(settings)
+    client = OpenRouterClient(base_url=settings.openrouter_base_url)
+
+    async def call(plan: RunPlan) -> Any:
+        return await call_model(client, plan)
+
+    runner = RunnerService(db, clock, call, ctx)
+    processor = IngestProcessor(db, clock, ctx)
+    services = Services(client, runner, processor)
+    if scheduler:
+        await runner.start()
+    services.tasks.append(asyncio.create_task(processor.run(services.stop), name="broadcast"))
+    services.tasks.append(
+        asyncio.create_task(_expire_loop(db, clock, ctx, services.stop), name="approval-expiry")
+    )
+    return services
+
+
+async def _expire_loop(db: Database, clock: Clock, ctx: PolicyContext, stop: asyncio.Event) -> None:
+    def sweep() -> int:
+        with db.transaction() as session:
+            return expire_approvals(session, clock.now(), ctx)
+
+    while not stop.is_set():
+        try:
+            expired = await asyncio.to_thread(sweep)
+            if expired:
+                log.info("approval requests expired", count=expired)
+        except Exception:
+            log.exception("expiring approval requests failed; retrying")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=APPROVAL_SWEEP_SECONDS)

@@ -1,0 +1,492 @@
+"""Ingestion benchmark: sustained broadcast deliveries per second and p50/p99 latency.
+
+Run on demand (pytest does not collect tests/benchmarks)::
+
+    python -m tests.benchmarks.bench_ingest [--duration 10] [--connections 64]
+
+In one run it measures, with the same load (a ~5 KB OpenRouter-shaped OTLP JSON delivery, a
+distinct trace id per request, many keep-alive connections from a separate process):
+
+1. ``bare-orjson`` and ``bare-typed``: FastAPI endpoints that parse the JSON and answer 200,
+   storing nothing — the leanest (raw body + orjson) and the idiomatic one (a ``dict`` body
+   parameter: stdlib json and validation);
+2. ``sqlite``: ``ledger serve`` on a fresh SQLite file (every 200 is committed);
+3. ``postgresql``: ``ledger serve`` on a fresh schema of ``LEDGER_BENCH_DATABASE_URL`` (default
+   ``LEDGER_TEST_DATABASE_URL``, else ``postgresql+psycopg://postgres@127.0.0.1:5432/test``),
+   skipped when the server is unreachable;
+
+then prints each one's numbers and its throughput ratios to both bare endpoints. Every server
+runs as its own uvicorn process (uvloop + httptools, access log off). The load generator is
+``wrk`` with a Lua script when installed (``apt-get install wrk``), else a Python asyncio client
+in a subprocess.
+After each stored run the script checks that the database holds one row per acknowledged span.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import orjson
+import sqlalchemy as sa
+
+from ledger.sim.openrouter import GenerationRecord, build_broadcast
+
+TOKEN = "bench-token-0123456789"
+TEMPLATE_TRACE_ID = "0123456789abcdef0123456789abcdef"
+SPANS_PER_DELIVERY = 3
+TARGET_BYTES = 5 * 1024
+
+
+def delivery_template() -> bytes:
+    """An OpenRouter-shaped delivery of about 5 KB whose trace id is ``TEMPLATE_TRACE_ID``."""
+    moment = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+    words = "Summarise the week's changes to the site and list the pages whose titles changed. "
+    prompt = ""
+    body = b""
+    while len(body) < TARGET_BYTES:
+        prompt += words
+        record = GenerationRecord(
+            generation_id="gen-bench-0001",
+            started_at=moment,
+            ended_at=moment + timedelta(seconds=2),
+            key_name="ledger/bench",
+            request_model="anthropic/claude-haiku-4.5",
+            response_model="anthropic/claude-haiku-4.5",
+            user="bench",
+            session_id="run-bench",
+            trace={"trace_id": TEMPLATE_TRACE_ID, "behavior": "bench", "run_id": "run-bench"},
+            messages=[{"role": "user", "content": prompt}],
+            completion="The titles of three pages changed.",
+            prompt_tokens=420,
+            completion_tokens=40,
+            input_unit_price=0.000001,
+            output_unit_price=0.000005,
+        )
+        body = orjson.dumps(build_broadcast(record))
+    return body
+
+
+# --------------------------------------------------------------------------- servers
+
+# Two bare endpoints: the leanest possible (raw body, orjson) and FastAPI's idiomatic JSON body
+# parameter (stdlib json + a dict validation). Neither stores anything.
+BARE_APP = """
+from typing import Any
+
+import orjson
+from fastapi import Body, FastAPI, Request
+from fastapi.responses import Response
+
+app = FastAPI()
+
+@app.post("/orjson/v1/traces")
+async def traces_orjson(request: Request) -> Response:
+    orjson.loads(await request.body())
+    return Response(b"{}", media_type="application/json")
+
+@app.post("/typed/v1/traces")
+async def traces_typed(payload: dict[str, Any] = Body()) -> dict[str, Any]:
+    return {}
+"""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited during start-up:\n{log.read_text()[-3000:]}")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise SystemExit(f"server did not start:\n{log.read_text()[-3000:]}")
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    url: str
+    pid: int
+    prefix: str = ""  # path before /v1/traces
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process (all its threads) so far."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def server(kind: str, workdir: Path, database_url: str | None) -> Iterator[Server]:
+    port = free_port()
+    log = workdir / f"{kind}.log"
+    env = {**os.environ}
+    if kind.startswith("bare"):
+        (workdir / "bare_app.py").write_text(BARE_APP)
+        cmd = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bare_app:app",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
+        health = f"http://127.0.0.1:{port}/docs"
+    else:
+        (workdir / "behaviors").mkdir(exist_ok=True)
+        env.update(
+            LEDGER_DATABASE_URL=database_url or "",
+            LEDGER_BEHAVIORS_DIR=str(workdir / "behaviors"),
+            LEDGER_BROADCAST_TOKENS=TOKEN,
+            LEDGER_LOG_FORMAT="json",
+            LEDGER_LOG_LEVEL="warning",
+            LEDGER_WATCH="false",
+        )
+        cmd = [sys.executable, "-m", "ledger", "serve", "--port", str(port)]
+        health = f"http://127.0.0.1:{port}/healthz"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_healthy(health, proc, log)
+        prefix = {"bare-orjson": "/orjson", "bare-typed": "/typed"}.get(kind, "")
+        yield Server(f"http://127.0.0.1:{port}", proc.pid, prefix)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# --------------------------------------------------------------------------- load
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    requests: int
+    errors: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us: float = 0.0  # server CPU time per request (robust to other load on the machine)
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+
+WRK_SCRIPT = """
+local template = [==[%TEMPLATE%]==]
+local counter = 0
+local prefix = ""
+local thread_index = 0
+function setup(thread)
+  thread:set("index", thread_index)
+  thread:set("run", "%RUN%")
+  thread_index = thread_index + 1
+end
+function init(args)
+  prefix = string.format("%s%02x", run, index)
+  wrk.method = "POST"
+  wrk.headers["Content-Type"] = "application/json"
+  wrk.headers["Authorization"] = "Bearer %TOKEN%"
+end
+function request()
+  counter = counter + 1
+  local id = prefix .. string.format("%022x", counter)
+  local body = string.gsub(template, "%PLACEHOLDER%", id)
+  return wrk.format(nil, "%PREFIX%/v1/traces", nil, body)
+end
+function done(summary, latency, requests)
+  io.write(string.format("RESULT %d %d %d %d %.3f %.3f\\n",
+    summary.requests,
+    summary.errors.connect + summary.errors.read + summary.errors.write
+      + summary.errors.status + summary.errors.timeout,
+    summary.duration,
+    summary.errors.status,
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end
+"""
+
+
+def run_wrk(
+    target: Server, template: bytes, duration: float, connections: int, workdir: Path
+) -> Result:
+    run_id = secrets.token_hex(4)
+    script = (
+        WRK_SCRIPT.replace("%TEMPLATE%", template.decode())
+        .replace("%RUN%", run_id)
+        .replace("%TOKEN%", TOKEN)
+        .replace("%PLACEHOLDER%", TEMPLATE_TRACE_ID)
+        .replace("%PREFIX%", target.prefix)
+    )
+    path = workdir / f"load-{run_id}.lua"
+    path.write_text(script)
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t",
+            "1",
+            "-c",
+            str(connections),
+            "-d",
+            f"{duration:.0f}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(path),
+            target.url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    match = re.search(r"RESULT (\d+) (\d+) (\d+) (\d+) ([\d.]+) ([\d.]+)", out)
+    if match is None:
+        raise SystemExit(f"unexpected wrk output:\n{out}")
+    requests, errors, micros, _status, p50, p99 = match.groups()
+    return Result(int(requests), int(errors), int(micros) / 1e6, float(p50), float(p99))
+
+
+PY_LOAD = """
+import asyncio, sys, time, secrets
+host, port, duration, connections, token, placeholder, prefix = (
+    sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6],
+    sys.argv[7])
+template = sys.stdin.buffer.read()
+run = secrets.token_hex(4)
+lat, errors = [], 0
+async def worker(index):
+    global errors
+    reader, writer = await asyncio.open_connection(host, port)
+    n = 0
+    while time.monotonic() < end:
+        n += 1
+        trace = f"{run}{index:04x}{n:020x}".encode()
+        body = template.replace(placeholder.encode(), trace)
+        head = (f"POST {prefix}/v1/traces HTTP/1.1\\r\\nHost: {host}"
+                "\\r\\nContent-Type: application/json"
+                f"\\r\\nAuthorization: Bearer {token}"
+                f"\\r\\nContent-Length: {len(body)}\\r\\n\\r\\n")
+        t0 = time.perf_counter()
+        writer.write(head.encode() + body)
+        status = await reader.readline()
+        length = 0
+        while (line := await reader.readline()) not in (b"\\r\\n", b""):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        await reader.readexactly(length)
+        lat.append(time.perf_counter() - t0)
+        if not status.startswith(b"HTTP/1.1 200"):
+            errors += 1
+    writer.close()
+async def main():
+    global end
+    start = time.monotonic(); end = start + duration
+    await asyncio.gather(*(worker(i) for i in range(connections)))
+    return time.monotonic() - start
+secs = asyncio.run(main())
+lat.sort()
+print("RESULT", len(lat), errors, secs, lat[len(lat) // 2] * 1000, lat[int(len(lat) * 0.99)] * 1000)
+"""
+
+
+def run_python_load(target: Server, template: bytes, duration: float, connections: int) -> Result:
+    url = httpx.URL(target.url)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            PY_LOAD,
+            url.host,
+            str(url.port),
+            str(duration),
+            str(connections),
+            TOKEN,
+            TEMPLATE_TRACE_ID,
+            target.prefix,
+        ],
+        input=template,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    fields = out.split()
+    return Result(
+        int(fields[1]), int(fields[2]), float(fields[3]), float(fields[4]), float(fields[5])
+    )
+
+
+def measure(target: Server, template: bytes, args: argparse.Namespace, workdir: Path) -> Result:
+    def once(seconds: float) -> Result:
+        if args.loader == "wrk":
+            return run_wrk(target, template, seconds, args.connections, workdir)
+        return run_python_load(target, template, seconds, args.connections)
+
+    once(args.warmup)
+    cpu = target.cpu_seconds()
+    result = once(args.duration)
+    cpu_us = (target.cpu_seconds() - cpu) * 1e6 / max(1, result.requests)
+    return replace(result, cpu_us=cpu_us)
+
+
+# --------------------------------------------------------------------------- databases
+
+
+def postgres_url() -> str | None:
+    url = os.environ.get("LEDGER_BENCH_DATABASE_URL") or os.environ.get(
+        "LEDGER_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    )
+    try:
+        engine = sa.create_engine(url)
+        with engine.connect():
+            pass
+        engine.dispose()
+    except sa.exc.OperationalError:
+        return None
+    return url
+
+
+@contextmanager
+def fresh_postgres_schema(url: str) -> Iterator[str]:
+    schema = f"bench_{secrets.token_hex(4)}"
+    admin = sa.create_engine(url)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in url else "?"
+    try:
+        yield f"{url}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def stored_spans(database_url: str) -> int:
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(sa.text("SELECT count(*) FROM ingested_span")).scalar_one())
+    finally:
+        engine.dispose()
+
+
+# --------------------------------------------------------------------------- main
+
+
+def run_endpoint(
+    name: str, db_url: str | None, template: bytes, args: argparse.Namespace, workdir: Path
+) -> Result:
+    if name.startswith("bare"):
+        with server(name, workdir, None) as target:
+            return measure(target, template, args, workdir)
+    assert db_url is not None
+    with fresh_database(name, db_url, workdir) as url:
+        with server(name, workdir, url) as target:
+            result = measure(target, template, args, workdir)
+        spans = stored_spans(url)
+    acknowledged = result.requests - result.errors
+    if spans < acknowledged * SPANS_PER_DELIVERY:
+        raise SystemExit(
+            f"{name}: {spans} spans stored but {acknowledged} deliveries acknowledged: data lost"
+        )
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up load")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=2, help="alternate the endpoints N times")
+    parser.add_argument(
+        "--loader", choices=["wrk", "python"], default="wrk" if shutil.which("wrk") else "python"
+    )
+    args = parser.parse_args()
+
+    template = delivery_template()
+    print(
+        f"delivery: {len(template)} bytes, {SPANS_PER_DELIVERY} spans; load: {args.loader}, "
+        f"{args.connections} connections, {args.duration:.0f} s (+{args.warmup:.0f} s warm-up) "
+        f"per measurement, {args.rounds} rounds; {os.cpu_count()} CPUs"
+    )
+    endpoints: list[tuple[str, str | None]] = [
+        ("bare-orjson", None),
+        ("bare-typed", None),
+        ("sqlite", "sqlite"),
+    ]
+    pg = postgres_url()
+    if pg is None:
+        print("postgresql: skipped (server unreachable)")
+    else:
+        endpoints.append(("postgresql", pg))
+    runs: dict[str, list[Result]] = {name: [] for name, _ in endpoints}
+    with tempfile.TemporaryDirectory(prefix="ledger-bench-") as tmp:
+        workdir = Path(tmp)
+        for round_number in range(1, args.rounds + 1):
+            for name, db_url in endpoints:
+                result = run_endpoint(name, db_url, template, args, workdir)
+                runs[name].append(result)
+                print(
+                    f"round {round_number} {name:<11} {result.rate:7.0f} deliveries/s  "
+                    f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:7.2f} ms  "
+                    f"server CPU {result.cpu_us:5.0f} µs/delivery  errors {result.errors}"
+                )
+    best = {name: max(results, key=lambda r: r.rate) for name, results in runs.items()}
+    cpu = {name: min(r.cpu_us for r in results) for name, results in runs.items()}
+    print()
+    print("best round of each (other load on the machine only ever slows a round down):")
+    print(
+        f"{'endpoint':<13}{'deliv/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'CPU µs':>9}"
+        f"{'/orjson':>9}{'/typed':>9}{'CPU/orjson':>12}"
+    )
+    for name, result in best.items():
+        print(
+            f"{name:<13}{result.rate:>9.0f}{result.p50_ms:>9.2f}{result.p99_ms:>9.2f}"
+            f"{cpu[name]:>9.0f}{result.rate / best['bare-orjson'].rate:>9.2f}"
+            f"{result.rate / best['bare-typed'].rate:>9.2f}"
+            f"{cpu['bare-orjson'] / cpu[name]:>12.2f}"
+        )
+    print(
+        "/orjson, /typed: throughput relative to each bare endpoint; CPU/orjson: bare-orjson's "
+        "server CPU per delivery divided by this endpoint's"
+    )
+
+
+@contextmanager
+def fresh_database(name: str, url: str, workdir: Path) -> Iterator[str]:
+    if name == "postgresql":
+        with fresh_postgres_schema(url) as schema_url:
+            yield schema_url
+        return
+    path = workdir / f"bench-{secrets.token_hex(4)}.db"
+    yield f"sqlite:///{path}"
+
+
+if __name__ == "__main__":
+    main()

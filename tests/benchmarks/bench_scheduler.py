@@ -1,0 +1,251 @@
+"""Benchmark: 1,000 behaviors due at the same instant, against the OpenRouter simulator.
+
+Run on demand:  python -m tests.benchmarks.bench_scheduler [--n 1000] [--pg URL] [--memory 10000]
+
+Reports dispatch lag (slot time → request received by the simulator) p50/p99 and runs
+completed per second, next to APScheduler alone firing the same number of empty jobs in the
+same run (its floor); and the peak memory (RSS) of ``ledger serve`` with --memory behaviors
+registered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+from sqlmodel import col, select
+
+from ledger.behaviors.registry import reconcile_directory
+from ledger.clock import SystemClock
+from ledger.db.models import Run
+from ledger.db.session import Database
+from ledger.runner.call import call_model
+from ledger.runner.openrouter import OpenRouterClient
+from ledger.runner.run import CallOutcome, RunPlan
+from ledger.runner.scheduler import INTERVAL_EPOCH, RunnerService
+from ledger.transitions import PolicyContext
+
+INTERVAL = 20  # seconds: every behavior's slots fall on the same instants
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, int(len(ordered) * q) - 1)]
+
+
+def next_slot(after: datetime, margin: float) -> datetime:
+    interval = timedelta(seconds=INTERVAL)
+    slot = INTERVAL_EPOCH + (int((after - INTERVAL_EPOCH) / interval) + 1) * interval
+    return slot if (slot - after).total_seconds() > margin else slot + interval
+
+
+async def apscheduler_floor(n: int) -> list[float]:
+    lags: list[float] = []
+    done = asyncio.Event()
+    slot = next_slot(datetime.now(UTC), 2)
+
+    async def job() -> None:
+        lags.append((datetime.now(UTC) - slot).total_seconds())
+        if len(lags) == n:
+            done.set()
+
+    scheduler = AsyncIOScheduler(timezone=UTC)
+    for i in range(n):
+        scheduler.add_job(
+            job,
+            IntervalTrigger(seconds=INTERVAL, start_date=INTERVAL_EPOCH),
+            id=f"j{i}",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=10,
+        )
+    scheduler.start()
+    await asyncio.wait_for(done.wait(), timeout=INTERVAL * 3)
+    scheduler.shutdown(wait=False)
+    return lags
+
+
+def write_behaviors(folder: Path, n: int, env: dict[str, str]) -> Path:
+    folder.mkdir(parents=True)
+    keys = []
+    for i in range(n):
+        key = f"sk-or-v1-bench{i:05d}" + "0" * 40
+        env[f"BENCH_KEY_{i}"] = key
+        keys.append(f"  - {{key: {key}, name: b{i:05d}}}\n")
+        (folder / f"b{i:05d}.yaml").write_text(
+            f"schedule: {INTERVAL}s\npreset: fast\napi_key: env:BENCH_KEY_{i}\n"
+            f"key_name: b{i:05d}\nprompt: 'work {i}'\nmax_output_tokens: 16\n"
+        )
+    presets = folder.parent / "sim.yaml"
+    presets.write_text("presets:\n  fast: {model: m/fast}\nkeys:\n" + "".join(keys))
+    return presets
+
+
+async def ledger_lags(url: str, n: int) -> tuple[list[float], list[float], float, int]:
+    tmp = Path(tempfile.mkdtemp())
+    env: dict[str, str] = {}
+    presets = write_behaviors(tmp / "behaviors", n, env)
+    os.environ.update(env)
+    port = 8700 + os.getpid() % 200
+    sim = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ledger",
+            "sim",
+            "openrouter",
+            "--port",
+            str(port),
+            "--presets",
+            str(presets),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                httpx.get(base + "/_sim/calls", timeout=1)
+                break
+            except httpx.TransportError:
+                await asyncio.sleep(0.05)
+        db = Database.open(url, migrate=True)
+        with db.transaction() as session:
+            reconcile_directory(session, tmp / "behaviors", datetime.now(UTC))
+        client = OpenRouterClient(base_url=base)
+        sent: dict[str, float] = {}
+
+        async def timed_call(plan: RunPlan) -> CallOutcome:
+            sent[plan.run_id] = time.time()  # the moment the request is handed to the client
+            return await call_model(client, plan)
+
+        service = RunnerService(
+            db, SystemClock(), timed_call, PolicyContext(), max_concurrency=1000
+        )
+        await service.start()
+        await asyncio.sleep(0.5)
+        slot = next_slot(datetime.now(UTC), 3)
+        await asyncio.sleep((slot - datetime.now(UTC)).total_seconds() + 0.1)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with db.transaction() as session:
+                finished = session.exec(
+                    select(Run).where(
+                        col(Run.scheduled_for) == slot, col(Run.finished_at).is_not(None)
+                    )
+                ).all()
+            if len(finished) >= n:
+                break
+            await asyncio.sleep(0.2)
+        await service.stop()
+        await client.aclose()
+        calls = httpx.get(base + "/_sim/calls", timeout=30).json()["calls"]
+        with db.transaction() as session:
+            runs = {
+                r.id: r for r in session.exec(select(Run).where(col(Run.scheduled_for) == slot))
+            }
+        db.close()
+    finally:
+        sim.terminate()
+        sim.wait(10)
+    received = [
+        (datetime.fromisoformat(c["at"]) - slot).total_seconds()
+        for c in calls
+        if c["path"] == "/api/v1/chat/completions" and c["body"]["session_id"] in runs
+    ]
+    lags = [t - slot.timestamp() for rid, t in sent.items() if rid in runs]
+    done = [r for r in runs.values() if r.finished_at is not None]
+    span = max((r.finished_at - slot).total_seconds() for r in done) if done else float("nan")
+    return lags, received, len(done) / span if span else 0.0, len(done)
+
+
+def serve_memory(n: int) -> float:
+    tmp = Path(tempfile.mkdtemp())
+    env = dict(os.environ)
+    folder = tmp / "behaviors"
+    write_behaviors(folder, n, env)
+    env.update(
+        {
+            "LEDGER_DATABASE_URL": f"sqlite:///{tmp / 'mem.db'}",
+            "LEDGER_BEHAVIORS_DIR": str(folder),
+            "LEDGER_LOG_FORMAT": "json",
+        }
+    )
+    port = 8900 + os.getpid() % 50
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ledger", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(1200):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        time.sleep(5)
+        rss = 0.0
+        with open(f"/proc/{proc.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    rss = int(line.split()[1]) / 1024
+        return rss
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--pg", default=None)
+    parser.add_argument("--memory", type=int, default=10000)
+    args = parser.parse_args()
+    floor = asyncio.run(apscheduler_floor(args.n))
+    print(
+        f"apscheduler alone  n={args.n}: lag p50={statistics.median(floor) * 1000:7.1f} ms "
+        f"p99={pct(floor, 0.99) * 1000:7.1f} ms",
+        flush=True,
+    )
+    targets = [("sqlite", f"sqlite:///{Path(tempfile.mkdtemp()) / 'bench.db'}")]
+    if args.pg:
+        targets.append(("postgresql", args.pg))
+    for label, url in targets:
+        lags, received, rate, done = asyncio.run(ledger_lags(url, args.n))
+        p50, p99 = statistics.median(lags) * 1000, pct(lags, 0.99) * 1000
+        r50, r99 = statistics.median(received) * 1000, pct(received, 0.99) * 1000
+        print(
+            f"  (simulator-side arrival: p50={r50:.0f} ms p99={r99:.0f} ms — includes the "
+            "simulator's own queue)",
+            flush=True,
+        )
+        print(
+            f"ledger {label:10s} n={args.n}: dispatch lag p50={p50:7.1f} ms p99={p99:7.1f} ms "
+            f"(x{p99 / (pct(floor, 0.99) * 1000):.1f} of the floor's p99); {done} runs done, "
+            f"{rate:.0f} runs/s",
+            flush=True,
+        )
+    if args.memory:
+        rss = serve_memory(args.memory)
+        print(f"ledger serve with {args.memory} behaviors: peak RSS {rss:.0f} MiB", flush=True)
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"(this process: peak RSS {own:.0f} MiB)")
+
+
+if __name__ == "__main__":
+    main()
