@@ -38,6 +38,20 @@ class WebhookSource(BaseModel):
     warn_events: list[str] = Field(default_factory=list)
 
 
+class AlertChannelConfig(BaseModel):
+    """One alert channel (``[alert_channels.NAME]`` in ledger.toml)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["slack", "webhook", "log"]
+    url: SecretStr | None = Field(
+        default=None, description="slack/webhook: the URL — a secret reference (env:NAME)."
+    )
+    secret: SecretStr | None = Field(
+        default=None, description="webhook: the HMAC signing secret (a reference)."
+    )
+
+
 class Settings(BaseSettings):
     """The daemon's effective configuration: field ``x`` is ``LEDGER_X`` or ``x =`` in the
     TOML file."""
@@ -69,6 +83,10 @@ class Settings(BaseSettings):
     ingest_max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     ingest_max_inflated_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     webhook_sources: dict[str, WebhookSource] = Field(default_factory=dict)
+    alert_channels: dict[str, AlertChannelConfig] = Field(
+        default_factory=dict,
+        description="Where alerts go when a behavior's file names no channels of its own.",
+    )
     api_tokens: dict[str, SecretStr] = Field(
         default_factory=dict,
         description="API/dashboard tokens by name (the name is recorded as the actor): "
@@ -87,6 +105,17 @@ class Settings(BaseSettings):
             value = getattr(self, name)
             if isinstance(value, SecretStr):
                 out[name] = mask_secret_setting(value.get_secret_value())
+            elif name == "alert_channels":
+                out[name] = {
+                    k: {
+                        "type": v.type,
+                        "url": mask_secret_setting(v.url.get_secret_value()) if v.url else None,
+                        "secret": mask_secret_setting(v.secret.get_secret_value())
+                        if v.secret
+                        else None,
+                    }
+                    for k, v in value.items()
+                }
             elif name == "api_tokens":
                 out[name] = {k: mask_secret_setting(v.get_secret_value()) for k, v in value.items()}
             elif name == "webhook_sources":

@@ -4,13 +4,14 @@ with a processor that masks every resolved secret value wherever it appears."""
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any, Literal
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from ledger.secrets import known_secret_values, looks_like_secret, mask_credential_shapes
+from ledger.secrets import known_secret_pattern, looks_like_secret, mask_credential_shapes
 
 MASK = "********"
 
@@ -20,24 +21,24 @@ class SecretMasker:
     string of the event dict, nested containers included."""
 
     def __call__(self, logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
-        secrets = sorted(known_secret_values(), key=len, reverse=True)
-        return {k: self._mask(v, secrets) for k, v in event_dict.items()}
+        pattern = known_secret_pattern()
+        return {k: self._mask(v, pattern) for k, v in event_dict.items()}
 
-    def _mask(self, value: Any, secrets: list[str]) -> Any:
+    def _mask(self, value: Any, pattern: re.Pattern[str] | None) -> Any:
         if isinstance(value, str):
-            return mask_text(value, secrets)
+            return mask_text(value, pattern)
         if isinstance(value, dict):
-            return {k: self._mask(v, secrets) for k, v in value.items()}
+            return {k: self._mask(v, pattern) for k, v in value.items()}
         if isinstance(value, list | tuple):
-            return type(value)(self._mask(v, secrets) for v in value)
+            return type(value)(self._mask(v, pattern) for v in value)
         return value
 
 
-def mask_text(text: str, secrets: list[str] | None = None) -> str:
-    """``text`` with every known secret value replaced by ``********``."""
-    for secret in secrets if secrets is not None else known_secret_values():
-        if secret in text:
-            text = text.replace(secret, MASK)
+def mask_text(text: str, pattern: re.Pattern[str] | None = None) -> str:
+    """``text`` with every known secret value (and credential shape) replaced by ``********``."""
+    pattern = pattern if pattern is not None else known_secret_pattern()
+    if pattern is not None:
+        text = pattern.sub(MASK, text)
     if looks_like_secret(text):
         text = mask_credential_shapes(text, MASK)
     return text

@@ -70,6 +70,7 @@ def is_reference(value: str) -> bool:
 
 
 _known_values: set[str] = set()
+_known_pattern: re.Pattern[str] | None = None
 
 
 def known_secret_values() -> frozenset[str]:
@@ -77,11 +78,23 @@ def known_secret_values() -> frozenset[str]:
     return frozenset(_known_values)
 
 
+def known_secret_pattern() -> re.Pattern[str] | None:
+    """One compiled alternation of every known secret (longest first), rebuilt only when a new
+    secret is registered: masking a log line costs one regex scan however many keys exist."""
+    global _known_pattern
+    if _known_pattern is None and _known_values:
+        ordered = sorted(_known_values, key=len, reverse=True)
+        _known_pattern = re.compile("|".join(re.escape(v) for v in ordered))
+    return _known_pattern
+
+
 def register_secret_value(value: str) -> None:
     """Tell the masker about a secret that did not come through ``resolve`` (e.g. a token
     given literally in the environment)."""
-    if len(value) >= 6:
+    global _known_pattern
+    if len(value) >= 6 and value not in _known_values:
         _known_values.add(value)
+        _known_pattern = None
 
 
 def resolve(reference: str, *, base_dir: Path | None = None) -> SecretStr:

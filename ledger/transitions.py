@@ -17,10 +17,12 @@ from typing import Any, Literal
 
 from sqlmodel import Session, col, select
 
-from ledger.db.models import BehaviorRow, GateResultRow, OutboxRow, PromotionProposal
+from ledger.db.models import BehaviorRow, GateResultRow, PromotionProposal
 from ledger.errors import ConflictError, LedgerError, NotFoundError
 from ledger.gates import GateResult, Tier
 from ledger.journal import append_entry
+from ledger.outbox.alerts import enqueue_alert
+from ledger.outbox.dispatcher import enqueue
 from ledger.policy import (
     DEFAULT_THRESHOLDS,
     BehaviorState,
@@ -44,6 +46,7 @@ class PolicyContext:
 
     global_overrides: Mapping[str, Any] = field(default_factory=dict)
     mirror: bool = False
+    alert_channels: tuple[str, ...] = ()
 
 
 def thresholds_for(row: BehaviorRow, ctx: PolicyContext) -> Thresholds:
@@ -257,6 +260,56 @@ def _apply_decision(
     return tuple(entries)
 
 
+def alert_channels_for(row: BehaviorRow, ctx: PolicyContext) -> list[str]:
+    """The channel names an alert about ``row`` goes to: the behavior file's own channels if it
+    names any, else every globally configured channel, else the log."""
+    own = ((row.definition or {}).get("alerts") or {}).get("channels") or []
+    if own:
+        return [behavior_channel_name(row.name, i) for i in range(len(own))]
+    return list(ctx.alert_channels) or ["log"]
+
+
+def behavior_channel_name(behavior: str, index: int) -> str:
+    return f"{behavior}#{index}"
+
+
+def notify(
+    session: Session,
+    row: BehaviorRow,
+    event: str,
+    reason: str,
+    now: datetime,
+    ctx: PolicyContext,
+    extra: Mapping[str, Any],
+) -> None:
+    """Outbox rows for what must follow this change: an alert when the behavior's file asks
+    for this event (demotions, pauses and auth errors by default), and a mirror update when
+    Notion is on."""
+    alerts = (row.definition or {}).get("alerts") or {}
+    wanted = alerts.get("on") or list(DEFAULT_ALERT_EVENTS)
+    alert = {
+        "event": event,
+        "behavior": row.name,
+        "tier": row.tier,
+        "reason": reason,
+        "at": now.isoformat(),
+        **extra,
+    }
+    if event in wanted or event == "promotion_proposed":
+        enqueue_alert(
+            session, alert, channels=alert_channels_for(row, ctx), now=now, behavior_id=row.id
+        )
+    if ctx.mirror:
+        enqueue(
+            session,
+            kind="mirror",
+            payload=alert,
+            now=now,
+            behavior_id=row.id,
+            dedup_key=f"mirror:{row.name}:{event}:{alert.get('entry_id', now.isoformat())}",
+        )
+
+
 def _notify(
     session: Session,
     row: BehaviorRow,
@@ -267,41 +320,7 @@ def _notify(
     entry_id: int,
     extra: Mapping[str, Any],
 ) -> None:
-    """Outbox rows for what must follow this change: an alert when the behavior's file asks
-    for this event (demotions and pauses by default), and a mirror update when Notion is on."""
-    alerts = (row.definition or {}).get("alerts") or {}
-    wanted = alerts.get("on") or list(DEFAULT_ALERT_EVENTS)
-    payload = {
-        "event": event,
-        "behavior": row.name,
-        "tier": row.tier,
-        "reason": reason,
-        "at": now.isoformat(),
-        "entry_id": entry_id,
-        **extra,
-    }
-    if event in wanted or event == "promotion_proposed":
-        session.add(
-            OutboxRow(
-                kind="alert",
-                behavior_id=row.id,
-                dedup_key=f"alert:{entry_id}",
-                payload={**payload, "channels": alerts.get("channels") or []},
-                next_attempt_at=now,
-                created_at=now,
-            )
-        )
-    if ctx.mirror:
-        session.add(
-            OutboxRow(
-                kind="mirror",
-                behavior_id=row.id,
-                dedup_key=f"mirror:{entry_id}",
-                payload=payload,
-                next_attempt_at=now,
-                created_at=now,
-            )
-        )
+    notify(session, row, event, reason, now, ctx, {"entry_id": entry_id, **extra})
 
 
 # -- operator actions ------------------------------------------------------------------------

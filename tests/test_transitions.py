@@ -125,11 +125,12 @@ def test_attributable_fail_demotes_one_tier_with_entry_and_alert(
     assert behavior(db).tier == "B"
     assert kinds(db)[-1] == "demoted"
     with db.transaction() as session:
-        alert = session.exec(select(OutboxRow).where(col(OutboxRow.kind) == "alert")).one()
-        assert alert.payload["event"] == "demotion"
-        assert alert.payload["from"] == "C" and alert.payload["to"] == "B"
-        assert "spend_cap" in alert.payload["reason"]
-        assert alert.status == "pending"
+        row = session.exec(select(OutboxRow).where(col(OutboxRow.kind) == "alert.demotion")).one()
+        alert = row.payload["alert"]
+        assert (row.payload["channel"], alert["event"]) == ("log", "demotion")
+        assert alert["from"] == "C" and alert["to"] == "B"
+        assert "spend_cap" in alert["reason"]
+        assert row.status == "pending"
         assert (
             session.exec(select(OutboxRow).where(col(OutboxRow.kind) == "mirror")).first() is None
         )
@@ -145,7 +146,8 @@ def test_second_fail_within_24h_demotes_to_a_and_pauses(db: Database, tmp_path: 
     assert kinds(db)[-2:] == ["demoted", "paused"]
     with db.transaction() as session:
         events = [
-            o.payload["event"] for o in session.exec(select(OutboxRow).order_by(col(OutboxRow.id)))
+            o.payload["alert"]["event"]
+            for o in session.exec(select(OutboxRow).order_by(col(OutboxRow.id)))
         ]
     assert events == ["demotion", "demotion", "pause"]
 
@@ -184,7 +186,7 @@ def test_mirror_rows_only_when_notion_is_configured(db: Database, tmp_path: Path
         )
     with db.transaction() as session:
         assert [o.kind for o in session.exec(select(OutboxRow).order_by(col(OutboxRow.id)))] == [
-            "alert",
+            "alert.demotion",
             "mirror",
         ]
 

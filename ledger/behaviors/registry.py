@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlmodel import Session
 
 from ledger.behaviors.load import LoadedBehavior, LoadReport, load_directory
@@ -61,7 +61,12 @@ def reconcile_directory(session: Session, directory: Path, now: datetime) -> Rec
 def reconcile(
     session: Session, report: LoadReport, directory: Path, now: datetime
 ) -> ReconcileSummary:
-    """Apply a folder's load report to the database. Adds and flushes; the caller commits."""
+    """Apply a folder's load report to the database. Adds and flushes; the caller commits.
+
+    Replicas sharing one PostgreSQL reconcile one at a time (a transaction-scoped advisory
+    lock); SQLite already has a single writer."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(hashtext('ledger.registry'))"))
     summary = ReconcileSummary()
     rows = {row.name: row for row in session.execute(select(BehaviorRow)).scalars()}
     by_path = {row.source_path: row for row in rows.values() if not row.retired}
@@ -78,20 +83,20 @@ def reconcile(
 
     known_paths = {str(p) for p in report.files_seen}
     for path, problems in invalid.items():
-        text = "\n".join(p.render() for p in problems)
+        rendered = "\n".join(p.render() for p in problems)
         summary.invalid.append(path)
         owner = by_path.get(path)
         if owner is not None and owner.name not in {lb.name for lb in report.behaviors}:
-            if owner.problem != text:
-                owner.problem = text
+            if owner.problem != rendered:
+                owner.problem = rendered
                 owner.updated_at = now
                 session.add(owner)
             continue
         existing = session.get(FileProblem, path)
         if existing is None:
-            session.add(FileProblem(path=path, problems=text, detected_at=now))
-        elif existing.problems != text:
-            existing.problems = text
+            session.add(FileProblem(path=path, problems=rendered, detected_at=now))
+        elif existing.problems != rendered:
+            existing.problems = rendered
             existing.detected_at = now
             session.add(existing)
 

@@ -25,14 +25,21 @@ from sqlmodel import Session, col, select
 
 from ledger.behaviors.schema import Behavior
 from ledger.budget import window_start
-from ledger.db.models import Approval, BehaviorRow, OutboxRow, Run
+from ledger.db.models import Approval, BehaviorRow, Run
 from ledger.errors import ConflictError, LedgerError, NotFoundError
 from ledger.gates import Gate, GateResult, Outcome, Tier
 from ledger.journal import append_entry
+from ledger.outbox.actions import enqueue_action
 from ledger.policy import Observation
 from ledger.runner.checks import CheckSpec, run_checks
 from ledger.spend import reserve, settle
-from ledger.transitions import PolicyContext, apply_observation, lock_behavior, record_results
+from ledger.transitions import (
+    PolicyContext,
+    apply_observation,
+    lock_behavior,
+    notify,
+    record_results,
+)
 
 DEFAULT_CALL_ESTIMATE_USD = 0.05
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -493,23 +500,15 @@ def finish_run(
             behavior_name=row.name,
             data={"run_id": run.id},
         )
-        session.add(
-            OutboxRow(
-                kind="alert",
-                behavior_id=row.id,
-                dedup_key=f"alert:auth:{run.id}",
-                payload={
-                    "event": "auth_error",
-                    "behavior": row.name,
-                    "tier": row.tier,
-                    "reason": f"{row.name} paused: its OpenRouter key was refused",
-                    "at": now.isoformat(),
-                    "run_id": run.id,
-                    "channels": ((row.definition or {}).get("alerts") or {}).get("channels") or [],
-                },
-                next_attempt_at=now,
-                created_at=now,
-            )
+        notify(
+            session,
+            row,
+            "auth_error",
+            f"{row.name} paused: OpenRouter refused its key ({outcome.error or 'auth'}); fix "
+            "the key and `ledger resume` it",
+            now,
+            ctx,
+            {"run_id": run.id},
         )
         session.add(row)
     return FinishedRun(run.id, run.status, run.disposition or "none", tuple(results), decision)
@@ -558,18 +557,21 @@ def payload_digest(payload: Mapping[str, Any]) -> str:
 
 
 def _enqueue_action(
-    session: Session, behavior_id: int, payload: dict[str, Any], now: datetime
+    session: Session, behavior_id: int, payload: Mapping[str, Any], now: datetime
 ) -> None:
-    """One outbox row per run's action: the dedup key makes a second enqueue impossible."""
-    session.add(
-        OutboxRow(
-            kind=f"action.{payload['action']['type']}",
-            behavior_id=behavior_id,
-            dedup_key=f"action:{payload['run_id']}",
-            payload={**payload, "payload_sha256": payload_digest(payload)},
-            next_attempt_at=now,
-            created_at=now,
-        )
+    """One outbox row per run's action: queuing it twice is impossible (dedup key per run)."""
+    action = dict(payload["action"])
+    kind = action.pop("type")
+    enqueue_action(
+        session,
+        action=kind,
+        behavior=payload["behavior"],
+        run_id=payload["run_id"],
+        tier=payload["tier"],
+        output=payload["output"],
+        now=now,
+        behavior_id=behavior_id,
+        options=action,
     )
 
 

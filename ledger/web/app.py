@@ -52,10 +52,18 @@ class AppState:
         """Reconcile the folder into the database (one at a time, off the event loop), then
         let the scheduler follow the registry."""
         async with self.reconcile_lock:
-            summary = await asyncio.to_thread(self._reconcile_sync)
+            try:
+                summary = await asyncio.to_thread(self._reconcile_sync)
+            except Exception:
+                if self.last_reconcile is None:
+                    raise  # at start-up: better not to start than to run blind
+                log.exception(
+                    "reconciling the behaviors folder failed; retrying at the next change or rescan"
+                )
+                return self.last_reconcile
             self.last_reconcile = summary
             if self.services is not None:
-                await self.services.runner.sync()
+                await self.services.registry_changed()
             return summary
 
     def _reconcile_sync(self) -> ReconcileSummary:

@@ -8,17 +8,21 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import structlog
 
 from ledger.clock import Clock
 from ledger.config import Settings
 from ledger.db.session import Database
 from ledger.ingest.process import IngestProcessor
+from ledger.outbox.dispatcher import Dispatcher
+from ledger.outbox.urls import make_client
 from ledger.runner.call import call_model
 from ledger.runner.openrouter import OpenRouterClient
 from ledger.runner.run import RunPlan, expire_approvals
 from ledger.runner.scheduler import RunnerService
 from ledger.transitions import PolicyContext
+from ledger.web.alerting import AlertChannels, build_dispatcher, registry_definitions
 
 log = structlog.get_logger("ledger.services")
 
@@ -26,7 +30,11 @@ APPROVAL_SWEEP_SECONDS = 30.0
 
 
 def policy_context(settings: Settings) -> PolicyContext:
-    return PolicyContext(global_overrides=settings.policy, mirror=settings.notion_token is not None)
+    return PolicyContext(
+        global_overrides=settings.policy,
+        mirror=settings.notion_token is not None,
+        alert_channels=tuple(settings.alert_channels),
+    )
 
 
 @dataclass(slots=True)
@@ -34,8 +42,18 @@ class Services:
     openrouter: OpenRouterClient
     runner: RunnerService
     processor: IngestProcessor
+    dispatcher: Dispatcher
+    channels: AlertChannels
+    outbound: httpx.AsyncClient
+    db: Database
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    async def registry_changed(self) -> None:
+        """Follow the registry: scheduler jobs and the behaviors' own alert channels."""
+        await self.runner.sync()
+        self.channels.refresh(await asyncio.to_thread(registry_definitions, self.db))
+        self.dispatcher.wake()
 
     async def close(self) -> None:
         self.stop.set()
@@ -43,7 +61,9 @@ class Services:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.dispatcher.stop()
         await self.openrouter.aclose()
+        await self.outbound.aclose()
 
 
 async def open_services(
@@ -57,7 +77,12 @@ async def open_services(
 
     runner = RunnerService(db, clock, call, ctx)
     processor = IngestProcessor(db, clock, ctx)
-    services = Services(client, runner, processor)
+    outbound = make_client()
+    channels = AlertChannels(settings, outbound, clock)
+    channels.refresh(await asyncio.to_thread(registry_definitions, db))
+    dispatcher = build_dispatcher(settings, db, clock, ctx, outbound, channels)
+    services = Services(client, runner, processor, dispatcher, channels, outbound, db)
+    dispatcher.start()
     if scheduler:
         await runner.start()
     services.tasks.append(asyncio.create_task(processor.run(services.stop), name="broadcast"))

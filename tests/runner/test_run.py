@@ -95,7 +95,7 @@ def test_tier_c_runs_its_action_through_the_outbox(db: Database, tmp_path: Path)
     run_id, finished = run_once(db, bid, OK, tier="C")
     assert finished is not None and finished.disposition == "action"
     (row,) = outbox(db)
-    assert row.kind == "action.log" and row.dedup_key == f"action:{run_id}"
+    assert row.kind == "action.log" and row.dedup_key == f"action.log:{run_id}"
     assert row.payload["output"] == "Hello, world!"
 
 
@@ -104,7 +104,7 @@ def test_attributable_fail_never_runs_the_action(db: Database, tmp_path: Path) -
     leaky = CallOutcome(output="mail me at jane.doe@example.com", model="m", cost_usd=0.0)
     _, finished = run_once(db, bid, leaky, tier="C")
     assert finished is not None and finished.disposition == "blocked"
-    assert [o.kind for o in outbox(db)] == ["alert"]  # the demotion alert, no action
+    assert [o.kind for o in outbox(db)] == ["alert.demotion"]  # the demotion alert, no action
     with db.transaction() as session:
         assert lock_behavior(session, name="alpha").tier == "B"
 
@@ -212,7 +212,7 @@ def test_auth_error_pauses_and_alerts(db: Database, tmp_path: Path) -> None:
     with db.transaction() as session:
         row = session.exec(select(BehaviorRow)).one()
         assert row.paused and row.tier == "B"
-    assert [o.payload["event"] for o in outbox(db)] == ["auth_error"]
+    assert [o.payload["alert"]["event"] for o in outbox(db)] == ["auth_error"]
 
 
 def test_prompt_rendering_keeps_literal_braces() -> None:

@@ -1,0 +1,195 @@
+"""A behavior's action (what its output does at tier C, or at tier B once approved), delivered
+through the outbox so that a target being down delays it and never loses it.
+
+Actions: ``log`` (a log line with the output), ``webhook`` (a signed JSON POST), and
+``notion_page`` / ``notion_append`` (kept pending until the Notion mirror can carry them). The
+row holds secret *references* (``env:NAME``, ``file:PATH``); they are resolved at delivery time,
+so a rotated secret is picked up and no value ever reaches the database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Final
+
+import httpx
+import orjson
+import structlog
+from sqlmodel import Session
+
+from ledger.clock import Clock
+from ledger.db.models import OutboxRow
+from ledger.errors import SecretError
+from ledger.ingest.signatures import GENERIC_HEADER, sign_generic
+from ledger.outbox.dispatcher import DeliveryDeferred, DeliveryError, Handler, OutboxItem, enqueue
+from ledger.outbox.urls import Resolver, post_json, system_resolver
+from ledger.secrets import is_reference, resolve
+
+__all__ = [
+    "ACTION_KINDS",
+    "KIND_LOG",
+    "KIND_NOTION_APPEND",
+    "KIND_NOTION_PAGE",
+    "KIND_WEBHOOK",
+    "NOTION_NOT_CONFIGURED",
+    "ActionDeliverer",
+    "action_handlers",
+    "enqueue_action",
+    "webhook_body",
+]
+
+log = structlog.get_logger("ledger.actions")
+
+KIND_LOG: Final = "action.log"
+KIND_WEBHOOK: Final = "action.webhook"
+KIND_NOTION_PAGE: Final = "action.notion_page"
+KIND_NOTION_APPEND: Final = "action.notion_append"
+ACTION_KINDS: Final[Mapping[str, str]] = {
+    "log": KIND_LOG,
+    "webhook": KIND_WEBHOOK,
+    "notion_page": KIND_NOTION_PAGE,
+    "notion_append": KIND_NOTION_APPEND,
+}
+
+NOTION_NOT_CONFIGURED: Final = "Notion mirror not configured yet; the action waits in the outbox"
+NOTION_RETRY_AFTER: Final = timedelta(hours=6)
+
+
+def enqueue_action(
+    session: Session,
+    *,
+    action: str,
+    behavior: str,
+    run_id: str,
+    tier: str,
+    output: str,
+    now: datetime,
+    behavior_id: int | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> OutboxRow | None:
+    """Queue ``action`` for a run's output in the caller's open transaction. One action of a
+    kind per run: queuing it again is a no-op that returns None.
+
+    ``options`` for ``webhook``: ``url`` (a secret reference, or a URL without credentials) and
+    ``secret`` (a secret reference, required). Raises ``ValueError`` for an unknown action and
+    ``SecretError`` when a secret is given as a value instead of a reference.
+    """
+    kind = ACTION_KINDS.get(action)
+    if kind is None:
+        raise ValueError(f"unknown action {action!r}: use one of {', '.join(ACTION_KINDS)}")
+    payload: dict[str, Any] = {
+        "behavior": behavior,
+        "run_id": run_id,
+        "tier": tier,
+        "output": output,
+        "payload_sha256": hashlib.sha256(output.encode("utf-8")).hexdigest(),
+        "at": now.isoformat(),
+    }
+    opts = dict(options or {})
+    if kind == KIND_WEBHOOK:
+        url, secret = str(opts.pop("url", "")), str(opts.pop("secret", ""))
+        if not url:
+            raise ValueError(f"{behavior}: the webhook action needs a url")
+        if not is_reference(secret):
+            raise SecretError(
+                f"{behavior}: the webhook action's secret must be a reference (env:NAME or "
+                "file:PATH), never a value"
+            )
+        payload["url"], payload["secret"] = url, secret
+    if opts:
+        payload["options"] = opts
+    return enqueue(
+        session,
+        kind=kind,
+        payload=payload,
+        now=now,
+        behavior_id=behavior_id,
+        dedup_key=f"{kind}:{run_id}",
+    )
+
+
+def webhook_body(payload: Mapping[str, Any]) -> bytes:
+    """The JSON a webhook action sends: what was produced, by whom, at which tier."""
+    return orjson.dumps(
+        {
+            "behavior": payload["behavior"],
+            "run_id": payload["run_id"],
+            "tier": payload["tier"],
+            "output": payload["output"],
+            "payload_sha256": payload["payload_sha256"],
+            "at": payload["at"],
+        }
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ActionDeliverer:
+    """Delivers action rows. ``client`` is the shared client created by the lifespan;
+    ``base_dir`` anchors relative ``file:`` references (the behaviors folder)."""
+
+    client: httpx.AsyncClient
+    clock: Clock
+    allow_private: bool = False
+    resolver: Resolver = system_resolver
+    base_dir: Path | None = None
+
+    async def deliver_log(self, item: OutboxItem) -> None:
+        p = item.payload
+        log.info(
+            "behavior output",
+            behavior=p.get("behavior"),
+            run_id=p.get("run_id"),
+            tier=p.get("tier"),
+            output=p.get("output"),
+            payload_sha256=p.get("payload_sha256"),
+        )
+
+    def _resolve(self, reference: str, what: str, behavior: str) -> str:
+        try:
+            return resolve(reference, base_dir=self.base_dir).get_secret_value()
+        except SecretError as exc:
+            # Configuration, not conduct: retried, so fixing the environment is enough.
+            raise DeliveryError(f"the webhook action of {behavior}: {what}: {exc}") from None
+
+    async def deliver_webhook(self, item: OutboxItem) -> None:
+        """POST the signed body; a target rejecting the content (400/409/413/415/422) is a
+        permanent, attributable failure."""
+        p = item.payload
+        behavior = str(p.get("behavior"))
+        raw_url = str(p.get("url", ""))
+        url = self._resolve(raw_url, "url", behavior) if is_reference(raw_url) else raw_url
+        secret = self._resolve(str(p.get("secret", "")), "secret", behavior)
+        body = webhook_body(p)
+        t = int(self.clock.now().timestamp())
+        await post_json(
+            self.client,
+            url,
+            body,
+            target=f"the webhook action of {behavior}",
+            headers={
+                GENERIC_HEADER: sign_generic(secret, body, t),
+                "X-Ledger-Delivery": str(p.get("run_id")),
+            },
+            allow_private=self.allow_private,
+            resolver=self.resolver,
+            attributable_rejections=True,
+        )
+
+    async def deliver_notion(self, item: OutboxItem) -> None:
+        raise DeliveryDeferred(
+            NOTION_NOT_CONFIGURED, retry_after=NOTION_RETRY_AFTER.total_seconds()
+        )
+
+
+def action_handlers(deliverer: ActionDeliverer) -> dict[str, Handler]:
+    """Handlers for every action kind, ready to merge into the dispatcher's map."""
+    return {
+        KIND_LOG: deliverer.deliver_log,
+        KIND_WEBHOOK: deliverer.deliver_webhook,
+        KIND_NOTION_PAGE: deliverer.deliver_notion,
+        KIND_NOTION_APPEND: deliverer.deliver_notion,
+    }

@@ -1,0 +1,271 @@
+"""Alerts: the words, the Slack payload, dedup, and delivery through each channel."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+from structlog.testing import capture_logs
+
+from ledger.clock import FakeClock
+from ledger.db.models import OutboxRow
+from ledger.db.session import Database
+from ledger.ingest.signatures import GENERIC_HEADER, verify_generic
+from ledger.outbox.alerts import (
+    LogChannel,
+    SignedWebhookChannel,
+    SlackChannel,
+    alert_handlers,
+    alert_headline,
+    alert_text,
+    enqueue_alert,
+    slack_message,
+)
+from ledger.outbox.dispatcher import KIND_ALERT, KIND_DEMOTION_ALERT, OutboxItem, dispatch_one
+from ledger.outbox.urls import make_client
+from tests.conftest import T0
+from tests.outbox import capture_server
+
+DEMOTION: dict[str, Any] = {
+    "event": "demotion",
+    "behavior": "seo-audit",
+    "from": "C",
+    "to": "B",
+    "reason": "guardrail_block failed on run r-41",
+    "evidence": [{"gate": "guardrail_block", "outcome": "fail", "run": "r-41"}],
+    "at": "2026-11-02T09:00:00+00:00",
+}
+
+
+def item(alert: dict[str, Any], outbox_id: int = 7) -> OutboxItem:
+    return OutboxItem(outbox_id, KIND_DEMOTION_ALERT, {"alert": alert}, 1, None, T0)
+
+
+def queue(db: Database, alert: dict[str, Any], channels: list[str], **kw: Any) -> list[int]:
+    kw.setdefault("now", T0)
+    with db.transaction() as session:
+        return [row.id for row in enqueue_alert(session, alert, channels=channels, **kw) if row.id]
+
+
+def test_a_demotion_reads_as_plain_english_with_tier_meanings() -> None:
+    assert alert_headline(DEMOTION) == (
+        "seo-audit demoted from C · autonomous to B · human-in-the-loop: "
+        "guardrail_block failed on run r-41"
+    )
+    assert alert_text(DEMOTION) == (
+        "seo-audit demoted from C · autonomous to B · human-in-the-loop: "
+        "guardrail_block failed on run r-41\n"
+        "Evidence:\n"
+        "- gate guardrail_block, outcome fail, run r-41\n"
+        "At 2026-11-02T09:00:00+00:00"
+    )
+
+
+@pytest.mark.parametrize(
+    ("alert", "headline"),
+    [
+        (
+            {
+                "event": "promotion",
+                "behavior": "digest",
+                "from": "A",
+                "to": "B",
+                "reason": "10 clean runs",
+            },
+            "digest promoted from A · proposal-only to B · human-in-the-loop: 10 clean runs",
+        ),
+        (
+            {"event": "promotion_proposed", "behavior": "digest", "from": "B", "to": "C"},
+            "digest is proposed for promotion from B · human-in-the-loop to C · autonomous "
+            "(an operator must confirm)",
+        ),
+        (
+            {"event": "paused", "behavior": "digest", "reason": "second fail within 24 h"},
+            "digest paused: second fail within 24 h",
+        ),
+        (
+            {"event": "provider_error", "behavior": "digest", "reason": "5 failures in a row"},
+            "digest: provider error: 5 failures in a row",
+        ),
+    ],
+)
+def test_other_events_read_as_plain_english(alert: dict[str, Any], headline: str) -> None:
+    assert alert_headline(alert) == headline
+
+
+def test_long_evidence_is_shortened() -> None:
+    alert = {**DEMOTION, "evidence": [f"result {n}" for n in range(12)]}
+    text = alert_text(alert)
+    assert "- result 7" in text and "- result 8" not in text
+    assert "- …and 4 more" in text
+
+
+def test_the_slack_message_has_fallback_text_and_escaped_blocks() -> None:
+    alert = {**DEMOTION, "reason": "output matched <script> & more"}
+    message = slack_message(alert)
+    assert message["text"] == alert_headline(alert)
+    assert [block["type"] for block in message["blocks"]] == ["section", "section", "context"]
+    headline = message["blocks"][0]["text"]
+    assert headline["type"] == "mrkdwn"
+    assert headline["text"].endswith("output matched &lt;script&gt; &amp; more")
+    assert "C · autonomous to B · human-in-the-loop" in headline["text"]
+    assert message["blocks"][1]["text"]["text"] == (
+        "*Evidence*\n• gate guardrail_block, outcome fail, run r-41"
+    )
+    assert message["blocks"][2]["elements"] == [
+        {"type": "mrkdwn", "text": "At 2026-11-02T09:00:00+00:00"}
+    ]
+
+
+def test_the_same_alert_within_the_window_is_queued_once_per_channel(db: Database) -> None:
+    first = queue(db, DEMOTION, ["slack", "log"])
+    assert len(first) == 2
+    assert queue(db, DEMOTION, ["slack", "log"], now=T0 + timedelta(minutes=59)) == []
+    # A new reason, or a new window, is a new alert.
+    assert len(queue(db, {**DEMOTION, "reason": "another"}, ["slack"])) == 1
+    assert len(queue(db, DEMOTION, ["slack"], now=T0 + timedelta(hours=1))) == 1
+    with db.transaction() as session:
+        rows = session.get(OutboxRow, first[0])
+        assert rows is not None
+        assert rows.kind == KIND_DEMOTION_ALERT
+        assert rows.payload == {"channel": "slack", "behavior": "seo-audit", "alert": DEMOTION}
+
+
+def test_only_demotions_get_the_demotion_kind(db: Database) -> None:
+    paused = {"event": "paused", "behavior": "seo-audit", "reason": "x"}
+    (row_id,) = queue(db, paused, ["log"])
+    with db.transaction() as session:
+        row = session.get(OutboxRow, row_id)
+        assert row is not None and row.kind == KIND_ALERT
+        assert row.payload["alert"]["at"] == T0.isoformat()
+
+
+def test_an_alert_without_event_or_behavior_is_refused(db: Database) -> None:
+    with pytest.raises(ValueError, match="needs an event and a behavior"), db.transaction() as s:
+        enqueue_alert(s, {"event": "demotion"}, channels=["log"], now=T0)
+
+
+async def test_a_demotion_reaches_slack_as_json_with_text_and_blocks(db: Database) -> None:
+    async with capture_server() as capture, make_client() as client:
+        channels = {"slack": SlackChannel("slack", SecretStr(capture.url("/slack")), client, True)}
+        (row_id,) = queue(db, DEMOTION, ["slack"])
+        assert await dispatch_one(db, alert_handlers(channels), FakeClock(T0))
+    (request,) = capture.to("/slack")
+    assert request.headers["content-type"] == "application/json"
+    assert request.json() == slack_message(DEMOTION)
+    with db.transaction() as session:
+        row = session.get(OutboxRow, row_id)
+        assert row is not None and row.status == "delivered"
+
+
+async def test_the_signed_webhook_channel_verifies_with_the_shared_secret(db: Database) -> None:
+    clock = FakeClock(T0)
+    async with capture_server() as capture, make_client() as client:
+        channel = SignedWebhookChannel(
+            "ops", SecretStr(capture.url("/ops")), SecretStr("whsec-ops"), client, clock, True
+        )
+        (row_id,) = queue(db, DEMOTION, ["ops"])
+        assert await dispatch_one(db, alert_handlers({"ops": channel}), clock)
+    (request,) = capture.to("/ops")
+    verified = verify_generic(
+        request.headers[GENERIC_HEADER.lower()],
+        request.body,
+        ["whsec-ops"],
+        now=T0.timestamp(),
+    )
+    assert verified.timestamp == int(T0.timestamp())
+    assert request.headers["x-ledger-delivery"] == str(row_id)
+    assert request.json() == {
+        "event": "demotion",
+        "behavior": "seo-audit",
+        "text": alert_text(DEMOTION),
+        "alert": DEMOTION,
+        "delivery": row_id,
+    }
+
+
+async def test_slack_answering_429_is_retried_after_its_retry_after(db: Database) -> None:
+    clock = FakeClock(T0)
+    async with capture_server() as capture, make_client() as client:
+        capture.answer("/slack", 429, {"Retry-After": "90"})
+        handlers = alert_handlers(
+            {"slack": SlackChannel("slack", SecretStr(capture.url("/slack")), client, True)}
+        )
+        (row_id,) = queue(db, DEMOTION, ["slack"])
+        assert await dispatch_one(db, handlers, clock)
+        with db.transaction() as session:
+            row = session.get(OutboxRow, row_id)
+            assert row is not None
+            assert (row.status, row.next_attempt_at) == ("pending", T0 + timedelta(seconds=90))
+            assert row.last_error == "alert channel slack answered HTTP 429; will retry"
+        clock.set(T0 + timedelta(seconds=89))
+        assert not await dispatch_one(db, handlers, clock)
+        clock.set(T0 + timedelta(seconds=90))
+        assert await dispatch_one(db, handlers, clock)
+    assert len(capture.to("/slack")) == 2
+    with db.transaction() as session:
+        row = session.get(OutboxRow, row_id)
+        assert row is not None and (row.status, row.attempts) == ("delivered", 2)
+
+
+@pytest.mark.parametrize(("status", "outcome"), [(503, "pending"), (500, "pending"), (404, "dead")])
+async def test_channel_failures_are_retried_or_dead_lettered_by_status(
+    db: Database, status: int, outcome: str
+) -> None:
+    async with capture_server() as capture, make_client() as client:
+        capture.answer("/slack", status)
+        handlers = alert_handlers(
+            {"slack": SlackChannel("slack", SecretStr(capture.url("/slack")), client, True)}
+        )
+        (row_id,) = queue(db, DEMOTION, ["slack"])
+        assert await dispatch_one(db, handlers, FakeClock(T0))
+    with db.transaction() as session:
+        row = session.get(OutboxRow, row_id)
+        assert row is not None and row.status == outcome
+        assert row.last_error is not None and capture.base_url not in row.last_error
+
+
+async def test_a_slack_url_on_a_private_address_is_refused_without_the_setting(
+    db: Database,
+) -> None:
+    async with capture_server() as capture, make_client() as client:
+        handlers = alert_handlers(
+            {"slack": SlackChannel("slack", SecretStr(capture.url("/slack")), client)}
+        )
+        (row_id,) = queue(db, DEMOTION, ["slack"])
+        assert await dispatch_one(db, handlers, FakeClock(T0))
+    assert capture.requests == []
+    with db.transaction() as session:
+        row = session.get(OutboxRow, row_id)
+        assert row is not None and row.status == "dead"
+        assert row.last_error is not None and "is a loopback address" in row.last_error
+
+
+async def test_the_log_channel_writes_the_headline_as_a_warning(db: Database) -> None:
+    queue(db, DEMOTION, ["log"])
+    with capture_logs() as logs:
+        assert await dispatch_one(db, alert_handlers({"log": LogChannel()}), FakeClock(T0))
+    (line,) = [entry for entry in logs if entry.get("channel") == "log"]
+    assert line["log_level"] == "warning"
+    assert line["event"] == alert_headline(DEMOTION)
+    assert line["behavior"] == "seo-audit"
+    assert line["evidence"] == ["gate guardrail_block, outcome fail, run r-41"]
+
+
+async def test_an_alert_for_a_channel_no_longer_configured_is_a_dead_letter(
+    db: Database,
+) -> None:
+    (row_id,) = queue(db, DEMOTION, ["pager"])
+    assert await dispatch_one(db, alert_handlers({"log": LogChannel()}), FakeClock(T0))
+    with db.transaction() as session:
+        row = session.get(OutboxRow, row_id)
+        assert row is not None and row.status == "dead"
+        assert row.last_error == "alert channel 'pager' is not configured (requeue it once it is)"
+
+
+async def test_log_channel_send_needs_no_network() -> None:
+    with capture_logs() as logs:
+        await LogChannel("audit").send(DEMOTION, item(DEMOTION))
+    assert logs[0]["channel"] == "audit"

@@ -1,0 +1,85 @@
+"""The JSON API over HTTP against a real ``ledger serve``: auth, the error shape, behaviors,
+explanations, operator actions recorded with the token's name, the ledger."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port, write_behavior
+from tests.daemon import Daemon
+
+TOKEN = "ops-token-" + "7" * 24
+
+
+@pytest.fixture
+def api(
+    tmp_path: Path, database_url: str, start_daemon: Callable[..., Daemon]
+) -> Iterator[httpx.Client]:
+    write_behavior(tmp_path / "behaviors", "alpha")
+    daemon = start_daemon(
+        database_url,
+        {
+            "LEDGER_API_TOKENS": '{"ops": "env:OPS_TOKEN"}',
+            "OPS_TOKEN": TOKEN,
+            # Nothing listens there: a run that fires fails fast as a provider error.
+            "LEDGER_OPENROUTER_BASE_URL": f"http://127.0.0.1:{free_port()}",
+        },
+    )
+    return httpx.Client(
+        base_url=daemon.base_url,
+        timeout=30,
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        limits=httpx.Limits(max_keepalive_connections=0),
+    )
+
+
+def test_api_requires_a_token_and_answers_in_one_error_shape(api: httpx.Client) -> None:
+    anonymous = httpx.get(f"{api.base_url}/api/behaviors")
+    assert anonymous.status_code == 401
+    assert anonymous.json()["error"]["code"] == "unauthorized"
+    wrong = httpx.get(f"{api.base_url}/api/behaviors", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    missing = api.get("/api/behaviors/nobody")
+    assert missing.status_code == 404
+    assert missing.json() == {
+        "error": {
+            "code": "not_found",
+            "message": "behavior 'nobody' is not registered",
+            "details": [],
+        }
+    }
+    invalid = api.post("/api/behaviors/alpha/pin", json={})
+    assert invalid.status_code == 422
+    body = invalid.json()["error"]
+    assert body["code"] == "invalid_request" and body["details"][0]["field"] == "reason"
+    assert api.get("/openapi.json").status_code == 200
+
+
+def test_behaviors_explain_actions_and_ledger(api: httpx.Client) -> None:
+    listing = api.get("/api/behaviors").json()["behaviors"]
+    assert [(b["name"], b["tier_label"]) for b in listing] == [("alpha", "A · proposal-only")]
+    one = api.get("/api/behaviors/alpha").json()
+    assert one["tier"] == "A" and one["spend"]["budget_usd"] == 1
+    assert isinstance(one["spend"]["usd"], float)
+
+    pinned = api.post("/api/behaviors/alpha/pin", json={"reason": "launch week"})
+    assert pinned.status_code == 200, pinned.text
+    assert pinned.json()["pinned"] is True
+    again = api.post("/api/behaviors/alpha/pin", json={"reason": "twice"})
+    assert again.status_code == 409 and again.json()["error"]["code"] == "conflict"
+    promoted = api.post("/api/behaviors/alpha/promote", json={"reason": "trusted", "to": "B"})
+    assert promoted.json()["tier"] == "B"
+    assert "override" in promoted.json()["message"]
+
+    story = api.get("/api/behaviors/alpha/explain").json()
+    assert story["tier_label"] == "B · human-in-the-loop"
+    assert [s["kind"] for s in story["story"]][:3] == ["registered", "pinned", "promoted"]
+    entries = api.get("/api/ledger", params={"behavior": "alpha"}).json()["entries"]
+    actions = [(e["kind"], e["actor"], e["reason"]) for e in entries if e["actor"] != "registry"]
+    assert ("pinned", "api:ops", "launch week") in actions
+    assert any(kind == "promoted" and actor == "api:ops" for kind, actor, _ in actions)
+    assert all(len(e["hash"]) == 64 for e in entries)
