@@ -20,16 +20,19 @@ import asyncio
 import contextlib
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import structlog
+from sqlalchemy import select as sa_select
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from ledger.budget import window_start
 from ledger.clock import Clock
-from ledger.db.models import BehaviorRow, GateResultRow, IngestedSpan, Run
+from ledger.config import WebhookSource
+from ledger.db.models import BehaviorRow, GateResultRow, IngestedSpan, Run, WebhookEvent
 from ledger.db.session import Database
 from ledger.gates import Gate, GateResult, Outcome
 from ledger.ingest.attribution import Attribution, Generation, attribute, extract_generations
@@ -271,10 +274,73 @@ def _count_spend(
     return []
 
 
+def process_webhook_events(
+    db: Database,
+    now: datetime,
+    ctx: PolicyContext,
+    sources: Mapping[str, WebhookSource],
+    limit: int = 200,
+) -> int:
+    """Verified webhook events → gate results for the behavior their source is bound to: an
+    event named in the source's ``fail_events`` is an attributable ``external_event`` fail,
+    one in ``warn_events`` a warn; others are only kept in the event log. Returns how many
+    events were processed."""
+    table = WebhookEvent.__table__  # type: ignore[attr-defined]
+    with db.transaction() as session:
+        pending = session.execute(
+            sa_select(table.c.id, table.c.source, table.c.event, table.c.behavior_id)
+            .where(table.c.processed_at.is_(None))
+            .order_by(table.c.id)
+            .limit(limit)
+        ).all()
+    for event_id, source, event, behavior_id in pending:
+        config = sources.get(source)
+        outcome: Outcome | None = None
+        if config is not None and event in config.fail_events:
+            outcome = Outcome.FAIL
+        elif config is not None and event in config.warn_events:
+            outcome = Outcome.WARN
+        with db.transaction() as session:
+            row = lock_behavior(session, id=behavior_id) if behavior_id and outcome else None
+            claimed = session.execute(
+                update(table)
+                .where(table.c.id == event_id, table.c.processed_at.is_(None))
+                .values(processed_at=now)
+            )
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]  # a replica took it
+                continue
+            if row is None or outcome is None:
+                continue
+            stored = record_results(
+                session,
+                row,
+                [
+                    GateResult(
+                        Gate.EXTERNAL_EVENT,
+                        outcome,
+                        True,
+                        {"source": source, "event": event, "webhook_event_id": event_id},
+                    )
+                ],
+                now=now,
+                source="webhook",
+            )
+            apply_observation(session, row, Observation.result(now, stored[0]), now=now, ctx=ctx)
+    return len(pending)
+
+
 class IngestProcessor:
     """A thin loop over ``process_pending``, started and stopped by the lifespan."""
 
-    def __init__(self, db: Database, clock: Clock, ctx: PolicyContext, idle: float = 0.5) -> None:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        ctx: PolicyContext,
+        idle: float = 0.5,
+        sources: Mapping[str, WebhookSource] | None = None,
+    ) -> None:
+        self.sources = dict(sources or {})
         self.db = db
         self.clock = clock
         self.ctx = ctx
@@ -288,10 +354,13 @@ class IngestProcessor:
                 stats = await asyncio.to_thread(
                     process_pending, self.db, self.lookup, self.clock.now(), self.ctx
                 )
+                events = await asyncio.to_thread(
+                    process_webhook_events, self.db, self.clock.now(), self.ctx, self.sources
+                )
             except Exception:
-                log.exception("processing broadcast spans failed; retrying")
-                stats = ProcessStats()
-            if stats.spans:
+                log.exception("processing broadcast spans or webhook events failed; retrying")
+                stats, events = ProcessStats(), 0
+            if stats.spans or events:
                 continue
             self.wake.clear()
             with contextlib.suppress(TimeoutError):

@@ -30,7 +30,7 @@ from ledger.ingest.routes import install_ingest_routes, open_ingest
 from ledger.web.api import router as api_router
 from ledger.web.auth import TokenAuth
 from ledger.web.errors import install_error_handlers
-from ledger.web.services import Services, open_services
+from ledger.web.services import Services, finish_or_cancel, open_services
 
 log = structlog.get_logger("ledger.web")
 
@@ -130,9 +130,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
             state.stop.set()
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(signal.SIGHUP)
-            for task in state.tasks:
-                task.cancel()
-            await asyncio.gather(*state.tasks, return_exceptions=True)
+            await finish_or_cancel(state.tasks)
             if state.services is not None:
                 await state.services.close()
             await app.state.ingest.close()  # commits what is queued before the database closes

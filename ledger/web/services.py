@@ -56,11 +56,12 @@ class Services:
         self.dispatcher.wake()
 
     async def close(self) -> None:
+        """Stop every loop, letting database work already in a thread finish (a cancelled
+        task would leave its thread holding a connection past the engine's disposal)."""
         self.stop.set()
+        self.processor.wake.set()
         await self.runner.stop()
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await finish_or_cancel(self.tasks)
         await self.dispatcher.stop()
         await self.openrouter.aclose()
         await self.outbound.aclose()
@@ -76,7 +77,7 @@ async def open_services(
         return await call_model(client, plan)
 
     runner = RunnerService(db, clock, call, ctx)
-    processor = IngestProcessor(db, clock, ctx)
+    processor = IngestProcessor(db, clock, ctx, sources=settings.webhook_sources)
     outbound = make_client()
     channels = AlertChannels(settings, outbound, clock)
     channels.refresh(await asyncio.to_thread(registry_definitions, db))
@@ -90,6 +91,16 @@ async def open_services(
         asyncio.create_task(_expire_loop(db, clock, ctx, services.stop), name="approval-expiry")
     )
     return services
+
+
+async def finish_or_cancel(tasks: list[asyncio.Task[Any]], grace: float = 10.0) -> None:
+    """Wait up to ``grace`` seconds for tasks told to stop; cancel what is left."""
+    if not tasks:
+        return
+    _done, pending = await asyncio.wait(tasks, timeout=grace)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _expire_loop(db: Database, clock: Clock, ctx: PolicyContext, stop: asyncio.Event) -> None:

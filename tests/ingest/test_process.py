@@ -207,3 +207,54 @@ def test_spend_seen_only_via_broadcast_can_trigger_spend_cap(db: Database, tmp_p
             session.exec(select(BehaviorRow).where(col(BehaviorRow.name) == "beta")).one().tier
             == "A"
         )
+
+
+def test_bound_webhook_events_feed_the_behaviors_gates(db: Database, tmp_path: Path) -> None:
+    from pydantic import SecretStr
+
+    from ledger.config import WebhookSource
+    from ledger.db.models import WebhookEvent
+    from ledger.ingest.process import process_webhook_events
+
+    setup(db, tmp_path)
+    with db.transaction() as session:
+        beta = lock_behavior(session, name="beta")
+        beta.tier = "C"
+        for i, (event, bound) in enumerate(
+            [
+                ("deploy_failed", True),
+                ("deploy_slow", True),
+                ("push", True),
+                ("deploy_failed", False),
+            ]
+        ):
+            session.add(
+                WebhookEvent(
+                    source="ci",
+                    event=event,
+                    replay_key=f"k{i}",
+                    payload={},
+                    received_at=T0,
+                    behavior_id=beta.id if bound else None,
+                )
+            )
+    sources = {
+        "ci": WebhookSource(
+            secrets=SecretStr("env:X"),
+            behavior="beta",
+            fail_events=["deploy_failed"],
+            warn_events=["deploy_slow"],
+        )
+    }
+    assert process_webhook_events(db, T0, CTX, sources) == 4
+    assert process_webhook_events(db, T0, CTX, sources) == 0  # each event once
+    with db.transaction() as session:
+        results = sorted((r.gate, r.outcome, r.source) for r in session.exec(select(GateResultRow)))
+        assert results == [
+            ("external_event", "fail", "webhook"),
+            ("external_event", "warn", "webhook"),
+        ]
+        assert (
+            session.exec(select(BehaviorRow).where(col(BehaviorRow.name) == "beta")).one().tier
+            == "B"
+        )

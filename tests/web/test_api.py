@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port, write_behavior
+from tests.conftest import VALID_BEHAVIOR, free_port, write_behavior
 from tests.daemon import Daemon
 
 TOKEN = "ops-token-" + "7" * 24
@@ -19,7 +19,11 @@ TOKEN = "ops-token-" + "7" * 24
 def api(
     tmp_path: Path, database_url: str, start_daemon: Callable[..., Daemon]
 ) -> Iterator[httpx.Client]:
-    write_behavior(tmp_path / "behaviors", "alpha")
+    # A yearly schedule: the scheduler never runs it during the test.
+    body = VALID_BEHAVIOR.format(key_env="API_TEST_KEY", name="alpha").replace(
+        "schedule: 15m", 'schedule: "0 0 1 1 *"'
+    )
+    write_behavior(tmp_path / "behaviors", "alpha", body)
     daemon = start_daemon(
         database_url,
         {
