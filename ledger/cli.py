@@ -5,6 +5,8 @@ from __future__ import annotations
 import getpass
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,6 +15,7 @@ import orjson
 import typer
 from rich.console import Console
 from rich.table import Table
+from sqlmodel import Session
 
 from ledger import __version__
 from ledger.behaviors.load import load_directory
@@ -51,6 +54,19 @@ def _settings(config: Path | None, **overrides: Any) -> Settings:
     settings = load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
     configure_logging(settings.log_format, settings.log_level)
     return settings
+
+
+@contextmanager
+def _transaction(settings: Settings) -> Iterator[Session]:
+    """One transaction on the configured database (which must be at the current schema)."""
+    from ledger.db.session import Database
+
+    db = Database.open(settings.database_url)
+    try:
+        with db.transaction() as session:
+            yield session
+    finally:
+        db.close()
 
 
 def _now() -> datetime:
@@ -195,16 +211,11 @@ def _ago(now: datetime, then: datetime) -> str:
 @app.command()
 def verify(config: ConfigOption = None) -> None:
     """Walk the ledger's hash chain; report the first broken entry (exit 1)."""
-    from ledger.db.session import Database
     from ledger.journal import verify as verify_chain
 
     settings = _settings(config)
-    db = Database.open(settings.database_url)
-    try:
-        with db.transaction() as session:
-            result = verify_chain(session)
-    finally:
-        db.close()
+    with _transaction(settings) as session:
+        result = verify_chain(session)
     if not result.ok:
         print(f"ledger BROKEN at entry {result.broken_entry_id}: {result.problem}")
         raise typer.Exit(1)
@@ -253,27 +264,22 @@ def _policy_ctx(settings: Settings) -> Any:
 def _operator(
     verb: str, name: str, reason: str, config: Path | None, to: str | None = None
 ) -> None:
-    from ledger.db.session import Database
     from ledger.gates import Tier
     from ledger.transitions import operator_action
 
     settings = _settings(config)
     target = Tier(to.upper()) if to else None
-    db = Database.open(settings.database_url)
-    try:
-        with db.transaction() as session:
-            message = operator_action(
-                session,
-                name,
-                verb,  # type: ignore[arg-type]  # verb is one of the commands below
-                reason=reason,
-                actor=_operator_name(),
-                now=_now(),
-                ctx=_policy_ctx(settings),
-                to=target,
-            )
-    finally:
-        db.close()
+    with _transaction(settings) as session:
+        message = operator_action(
+            session,
+            name,
+            verb,  # type: ignore[arg-type]  # verb is one of the commands below
+            reason=reason,
+            actor=_operator_name(),
+            now=_now(),
+            ctx=_policy_ctx(settings),
+            to=target,
+        )
     print(message)
 
 
@@ -326,18 +332,11 @@ def resume(name: NameArg, reason: ReasonOption, config: ConfigOption = None) -> 
 @app.command()
 def decline(name: NameArg, reason: ReasonOption, config: ConfigOption = None) -> None:
     """Decline a behavior's pending promotion proposal (its clean window restarts)."""
-    from ledger.db.session import Database
     from ledger.transitions import decline_proposal
 
     settings = _settings(config)
-    db = Database.open(settings.database_url)
-    try:
-        with db.transaction() as session:
-            print(
-                decline_proposal(session, name, reason=reason, actor=_operator_name(), now=_now())
-            )
-    finally:
-        db.close()
+    with _transaction(settings) as session:
+        print(decline_proposal(session, name, reason=reason, actor=_operator_name(), now=_now()))
 
 
 @app.command("approve")
@@ -354,26 +353,21 @@ def approve_run(
     ] = None,
 ) -> None:
     """Approve a tier-B run: its action runs exactly once."""
-    from ledger.db.session import Database
     from ledger.runner.run import approve
 
     settings = _settings(config)
-    db = Database.open(settings.database_url)
-    try:
-        with db.transaction() as session:
-            print(
-                approve(
-                    session,
-                    run_id,
-                    actor=_operator_name(),
-                    now=_now(),
-                    ctx=_policy_ctx(settings),
-                    payload_sha256=payload_sha256,
-                    reason=reason,
-                )
+    with _transaction(settings) as session:
+        print(
+            approve(
+                session,
+                run_id,
+                actor=_operator_name(),
+                now=_now(),
+                ctx=_policy_ctx(settings),
+                payload_sha256=payload_sha256,
+                reason=reason,
             )
-    finally:
-        db.close()
+        )
 
 
 @app.command("reject")
@@ -383,25 +377,20 @@ def reject_run(
     config: ConfigOption = None,
 ) -> None:
     """Reject a tier-B run: its action never runs (a human_rejected warn)."""
-    from ledger.db.session import Database
     from ledger.runner.run import reject
 
     settings = _settings(config)
-    db = Database.open(settings.database_url)
-    try:
-        with db.transaction() as session:
-            print(
-                reject(
-                    session,
-                    run_id,
-                    actor=_operator_name(),
-                    reason=reason,
-                    now=_now(),
-                    ctx=_policy_ctx(settings),
-                )
+    with _transaction(settings) as session:
+        print(
+            reject(
+                session,
+                run_id,
+                actor=_operator_name(),
+                reason=reason,
+                now=_now(),
+                ctx=_policy_ctx(settings),
             )
-    finally:
-        db.close()
+        )
 
 
 @app.command()
@@ -411,16 +400,11 @@ def explain(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Why a behavior is at its tier, and what it needs next."""
-    from ledger.db.session import Database
     from ledger.explain import explain as explain_behavior
 
     settings = _settings(config)
-    db = Database.open(settings.database_url)
-    try:
-        with db.transaction() as session:
-            result = explain_behavior(session, name, _now(), _policy_ctx(settings))
-    finally:
-        db.close()
+    with _transaction(settings) as session:
+        result = explain_behavior(session, name, _now(), _policy_ctx(settings))
     print(json.dumps(result.as_json(), indent=2) if as_json else result.render())
 
 
