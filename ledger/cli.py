@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-import orjson
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -607,7 +606,3 @@ def main() -> None:
     except LedgerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-
-
-def _json(value: Any) -> str:
-    return orjson.dumps(value).decode()

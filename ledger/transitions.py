@@ -10,7 +10,7 @@ against the window the previous one left.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
@@ -496,7 +496,3 @@ def decline_proposal(session: Session, name: str, *, reason: str, actor: str, no
     session.add(row)
     session.flush()
     return f"declined the promotion of {name} to {Tier(declined[0].to_tier).label}"
-
-
-def observations_for_results(results: Iterable[GateResult], now: datetime) -> list[Observation]:
-    return [Observation.result(now, r) for r in results]

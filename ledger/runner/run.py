@@ -150,12 +150,6 @@ _BEHAVIOR_CACHE: dict[str, Behavior] = {}
 _BEHAVIOR_CACHE_MAX = 50_000
 
 
-def behavior_of(row: BehaviorRow) -> Behavior:
-    """The validated definition of a registered behavior, cached by its definition hash."""
-    cached = _BEHAVIOR_CACHE.get(row.definition_hash)
-    return cached if cached is not None else _cache_behavior(row.definition_hash, row.definition)
-
-
 def begin_run(
     session: Session,
     run_id: str,
