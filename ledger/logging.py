@@ -4,14 +4,13 @@ with a processor that masks every resolved secret value wherever it appears."""
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from typing import Any, Literal
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from ledger.secrets import known_secret_pattern, looks_like_secret, mask_credential_shapes
+from ledger.secrets import looks_like_secret, mask_credential_shapes, mask_known_secrets
 
 MASK = "********"
 
@@ -21,24 +20,21 @@ class SecretMasker:
     string of the event dict, nested containers included."""
 
     def __call__(self, logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
-        pattern = known_secret_pattern()
-        return {k: self._mask(v, pattern) for k, v in event_dict.items()}
+        return {k: self._mask(v) for k, v in event_dict.items()}
 
-    def _mask(self, value: Any, pattern: re.Pattern[str] | None) -> Any:
+    def _mask(self, value: Any) -> Any:
         if isinstance(value, str):
-            return mask_text(value, pattern)
+            return mask_text(value)
         if isinstance(value, dict):
-            return {k: self._mask(v, pattern) for k, v in value.items()}
+            return {k: self._mask(v) for k, v in value.items()}
         if isinstance(value, list | tuple):
-            return type(value)(self._mask(v, pattern) for v in value)
+            return type(value)(self._mask(v) for v in value)
         return value
 
 
-def mask_text(text: str, pattern: re.Pattern[str] | None = None) -> str:
+def mask_text(text: str) -> str:
     """``text`` with every known secret value (and credential shape) replaced by ``********``."""
-    pattern = pattern if pattern is not None else known_secret_pattern()
-    if pattern is not None:
-        text = pattern.sub(MASK, text)
+    text = mask_known_secrets(text, MASK)
     if looks_like_secret(text):
         text = mask_credential_shapes(text, MASK)
     return text

@@ -70,7 +70,8 @@ def is_reference(value: str) -> bool:
 
 
 _known_values: set[str] = set()
-_known_pattern: re.Pattern[str] | None = None
+_PREFIX = 6  # every registered secret has at least this many characters
+_prefixes: dict[str, list[str]] = {}
 
 
 def known_secret_values() -> frozenset[str]:
@@ -78,23 +79,45 @@ def known_secret_values() -> frozenset[str]:
     return frozenset(_known_values)
 
 
-def known_secret_pattern() -> re.Pattern[str] | None:
-    """One compiled alternation of every known secret (longest first), rebuilt only when a new
-    secret is registered: masking a log line costs one regex scan however many keys exist."""
-    global _known_pattern
-    if _known_pattern is None and _known_values:
-        ordered = sorted(_known_values, key=len, reverse=True)
-        _known_pattern = re.compile("|".join(re.escape(v) for v in ordered))
-    return _known_pattern
-
-
 def register_secret_value(value: str) -> None:
     """Tell the masker about a secret that did not come through ``resolve`` (e.g. a token
     given literally in the environment)."""
-    global _known_pattern
-    if len(value) >= 6 and value not in _known_values:
+    if len(value) >= _PREFIX and value not in _known_values:
         _known_values.add(value)
-        _known_pattern = None
+        bucket = _prefixes.setdefault(value[:_PREFIX], [])
+        bucket.append(value)
+        bucket.sort(key=len, reverse=True)
+
+
+def mask_known_secrets(text: str, mask: str = "********") -> str:
+    """``text`` with every registered secret value replaced by ``mask``.
+
+    Cost grows with the text, not with the number of secrets: each position's first six
+    characters are looked up in a dict of secret prefixes (a regex alternation of thousands
+    of keys costs milliseconds per string — too much for a log line)."""
+    if not _prefixes or len(text) < _PREFIX:
+        return text
+    out: list[str] = []
+    i = start = 0
+    end = len(text) - _PREFIX
+    while i <= end:
+        bucket = _prefixes.get(text[i : i + _PREFIX])
+        if bucket is not None:
+            for secret in bucket:
+                if text.startswith(secret, i):
+                    out.append(text[start:i])
+                    out.append(mask)
+                    i += len(secret)
+                    start = i
+                    break
+            else:
+                i += 1
+            continue
+        i += 1
+    if not out:
+        return text
+    out.append(text[start:])
+    return "".join(out)
 
 
 def resolve(reference: str, *, base_dir: Path | None = None) -> SecretStr:

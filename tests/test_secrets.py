@@ -123,3 +123,15 @@ def test_planted_key_never_reaches_logs_db_or_export(
         timeout=60,
     )
     assert "5eed5eed" not in exported.stdout + exported.stderr
+
+
+def test_masking_finds_every_registered_secret_among_thousands() -> None:
+    from ledger.secrets import mask_known_secrets, register_secret_value
+
+    keys = [f"sk-or-v1-masktest{i:05d}" + "q" * 30 for i in range(3000)]
+    for key in keys:
+        register_secret_value(key)
+    register_secret_value(keys[7] + "-longer")  # shares a prefix: the longest match wins
+    text = f"a{keys[1]}b {keys[2999]}{keys[7]}-longer end"
+    assert mask_known_secrets(text, "*") == "a*b ** end"
+    assert mask_known_secrets("nothing to see here", "*") == "nothing to see here"
