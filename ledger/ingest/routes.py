@@ -188,18 +188,21 @@ def _ingest(request: Request) -> Ingest:
     return ingest
 
 
+def _check_declared_length(declared: str | bytes | None, limit: int) -> None:
+    """413 before reading anything when Content-Length already says the body is too large."""
+    if declared is None:
+        return
+    try:
+        size = int(declared)
+    except ValueError:
+        raise IngestError("Content-Length is not a number", status_code=400) from None
+    if size > limit:
+        raise IngestError(f"request body is {size} bytes; the limit is {limit}", status_code=413)
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
     """The request body, refusing with 413 as soon as it is known to exceed ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise IngestError("Content-Length is not a number", status_code=400) from None
-        if size > limit:
-            raise IngestError(
-                f"request body is {size} bytes; the limit is {limit}", status_code=413
-            )
+    _check_declared_length(request.headers.get("content-length"), limit)
     chunks: list[bytes] = []
     received = 0
     try:
@@ -265,15 +268,7 @@ _SUCCESS: Final = {
 
 async def _read_asgi_body(receive: Receive, declared: bytes | None, limit: int) -> bytes:
     """The request body, refusing with 413 as soon as it is known to exceed ``limit`` bytes."""
-    if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise IngestError("Content-Length is not a number", status_code=400) from None
-        if size > limit:
-            raise IngestError(
-                f"request body is {size} bytes; the limit is {limit}", status_code=413
-            )
+    _check_declared_length(declared, limit)
     chunks: list[bytes] = []
     received = 0
     while True:
