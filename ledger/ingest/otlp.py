@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import math
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
+import msgspec
 import orjson
 from google.protobuf.message import DecodeError
+from msgspec import UNSET, UnsetType
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTracePartialSuccess,
     ExportTraceServiceRequest,
@@ -38,12 +41,15 @@ __all__ = [
     "AttrValue",
     "Attributes",
     "Limits",
+    "RawSpan",
     "SpanEvent",
     "SpanRecord",
+    "decode_for_storage",
     "decode_request",
     "encode_status_error",
     "encode_success",
     "is_connection_test",
+    "span_from_raw",
     "wants_protobuf",
 ]
 
@@ -135,6 +141,32 @@ def decode_request(
     Raises ``IngestError`` (400 / 413 / 415, see the module docstring). An empty request decodes to
     an empty list, which the spec says to answer with success.
     """
+    protobuf, payload = _unframe(body, content_type, content_encoding, limits)
+    try:
+        return _decode_protobuf(payload, limits) if protobuf else _decode_json(payload, limits)
+    except _Bad as bad:
+        raise bad.to_ingest_error() from None
+
+
+def decode_for_storage(
+    body: bytes, content_type: str | None, content_encoding: str | None, limits: Limits
+) -> list[SpanRecord] | list[RawSpan]:
+    """``decode_request`` for the receiver: the same validation and errors, but a common JSON
+    request comes back as ``RawSpan``s, ready to store, without being walked in Python."""
+    protobuf, payload = _unframe(body, content_type, content_encoding, limits)
+    if not protobuf:
+        fast = _fast_json(payload, limits)
+        if fast is not None:
+            return fast
+    try:
+        return _decode_protobuf(payload, limits) if protobuf else _decode_json(payload, limits)
+    except _Bad as bad:
+        raise bad.to_ingest_error() from None
+
+
+def _unframe(
+    body: bytes, content_type: str | None, content_encoding: str | None, limits: Limits
+) -> tuple[bool, bytes]:
     protobuf = _is_protobuf(content_type)
     gzipped = _is_gzip(content_encoding)
     if len(body) > limits.max_body_bytes:
@@ -142,11 +174,7 @@ def decode_request(
             f"request body is {len(body)} bytes; the limit is {limits.max_body_bytes}",
             status_code=413,
         )
-    payload = _inflate(body, limits.max_inflated_bytes) if gzipped else body
-    try:
-        return _decode_protobuf(payload, limits) if protobuf else _decode_json(payload, limits)
-    except _Bad as bad:
-        raise bad.to_ingest_error() from None
+    return protobuf, _inflate(body, limits.max_inflated_bytes) if gzipped else body
 
 
 def wants_protobuf(content_type: str | None) -> bool:
@@ -521,6 +549,192 @@ def _double(value: Any) -> float:
     raise _Bad("not a number (or NaN, Infinity, -Infinity)", "doubleValue")
 
 
+# --------------------------------------------------------------------------- JSON, fast path
+#
+# The common delivery (every id hex, every attribute a plain value) is decoded by msgspec into
+# the typed structs below — C speed, no per-key Python — and stored as it came: ``RawSpan.data``
+# is the span's own OTLP JSON plus its resource attributes and scope name, re-encoded, which the
+# processor later turns into a ``SpanRecord`` with the walker above (``span_from_raw``). Whatever
+# the fast path is not sure of (a type mismatch, a base64 id, a nested or exotic value, any limit)
+# goes through the walker instead, which either accepts it or raises the located error: the
+# walker stays the one definition of what is valid.
+
+
+class _KeyValue(msgspec.Struct, omit_defaults=True):
+    key: str
+    value: _AnyValue | None = None
+
+
+class _ArrayValue(msgspec.Struct, omit_defaults=True):
+    values: list[_AnyValue] = []
+
+
+class _KvList(msgspec.Struct, omit_defaults=True):
+    values: list[_KeyValue] = []
+
+
+class _AnyValue(msgspec.Struct):
+    # UNSET, not None: a key present with null is the walker's case (it reads presence).
+    stringValue: str | UnsetType = UNSET
+    intValue: int | str | UnsetType = UNSET
+    doubleValue: float | str | UnsetType = UNSET
+    boolValue: bool | UnsetType = UNSET
+    arrayValue: _ArrayValue | UnsetType = UNSET
+    kvlistValue: _KvList | UnsetType = UNSET
+    bytesValue: str | UnsetType = UNSET
+
+
+class _Status(msgspec.Struct, omit_defaults=True):
+    code: int | str = 0
+    message: str = ""
+
+
+class _Event(msgspec.Struct, omit_defaults=True):
+    name: str = ""
+    timeUnixNano: int | str = 0
+    attributes: list[_KeyValue] = []
+
+
+class _Span(msgspec.Struct, omit_defaults=True):
+    traceId: str
+    spanId: str
+    parentSpanId: str = ""
+    name: str = ""
+    kind: int = 0
+    startTimeUnixNano: int | str = 0
+    endTimeUnixNano: int | str = 0
+    attributes: list[_KeyValue] = []
+    events: list[_Event] = []
+    status: _Status | None = None
+
+
+class _Scope(msgspec.Struct):
+    name: str = ""
+
+
+class _ScopeSpans(msgspec.Struct):
+    scope: _Scope | None = None
+    spans: list[_Span] = []
+
+
+class _Resource(msgspec.Struct):
+    attributes: list[_KeyValue] = []
+
+
+class _ResourceSpans(msgspec.Struct):
+    resource: _Resource | None = None
+    scopeSpans: list[_ScopeSpans] = []
+
+
+class _Request(msgspec.Struct):
+    resourceSpans: list[_ResourceSpans] = []
+
+
+_REQUEST_DECODER: Final = msgspec.json.Decoder(_Request)
+_ENCODER: Final = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True, slots=True)
+class RawSpan:
+    """A span as stored by the fast path: ids (lowercase hex), name, and ``data``, the JSON text
+    of ``ingested_span.data`` (``{"otlp": <span>, "resource": <attributes>, "scope": <name>}``)."""
+
+    trace_id: str
+    span_id: str
+    name: str
+    data: str
+
+
+def span_from_raw(trace_id: str, span_id: str, data: dict[str, Any]) -> SpanRecord:
+    """The ``SpanRecord`` of a span stored by the fast path (its ``data`` parsed)."""
+    limits = _STORED_LIMITS
+    resource = _json_attributes({"attributes": data.get("resource")}, limits)
+    record = _json_span(data["otlp"], resource, data.get("scope") or "", limits)
+    if record.trace_id == trace_id and record.span_id == span_id:
+        return record
+    return dataclasses.replace(record, trace_id=trace_id, span_id=span_id)
+
+
+# Stored spans were checked against the receiver's limits already; reading them back must not
+# refuse what was accepted, whatever the limits are now.
+_STORED_LIMITS: Final = Limits(
+    max_spans=2**31, max_attributes=2**31, max_events=2**31, max_depth=2**31
+)
+
+
+def _fast_json(payload: bytes, limits: Limits) -> list[RawSpan] | None:
+    """The spans of a common-case JSON request, or None when the walker must decide."""
+    if limits.max_depth < 1:
+        return None
+    try:
+        request = _REQUEST_DECODER.decode(payload)
+    except Exception:  # any refusal (syntax, types, encoding): the walker words the error
+        return None
+    out: list[RawSpan] = []
+    encode = _ENCODER.encode
+    hexdigits = _HEX_DIGITS
+    for rs in request.resourceSpans:
+        resource = rs.resource.attributes if rs.resource is not None else []
+        if not _plain_attributes(resource, limits):
+            return None
+        prefix = b'{"resource":' + encode(resource) + b',"scope":'
+        for ss in rs.scopeSpans:
+            head = prefix + encode(ss.scope.name if ss.scope is not None else "") + b',"otlp":'
+            for span in ss.spans:
+                trace_id, span_id, parent = span.traceId, span.spanId, span.parentSpanId
+                if (
+                    len(out) >= limits.max_spans
+                    or len(trace_id) != 32
+                    or len(span_id) != 16
+                    or not hexdigits.issuperset(trace_id)
+                    or not hexdigits.issuperset(span_id)
+                    or (parent and (len(parent) != 16 or not hexdigits.issuperset(parent)))
+                    or not _fast_uint64(span.startTimeUnixNano)
+                    or not _fast_uint64(span.endTimeUnixNano)
+                    or not _plain_attributes(span.attributes, limits)
+                    or len(span.events) > limits.max_events
+                ):
+                    return None
+                status = span.status
+                if status is not None and not (
+                    status.code in (0, 1, 2) or status.code in _STATUS_NAMES
+                ):
+                    return None
+                for event in span.events:
+                    if not _fast_uint64(event.timeUnixNano) or not _plain_attributes(
+                        event.attributes, limits
+                    ):
+                        return None
+                data = head + encode(span) + b"}"
+                out.append(RawSpan(trace_id.lower(), span_id.lower(), span.name, data.decode()))
+    return out
+
+
+def _fast_uint64(value: int | str) -> bool:
+    if type(value) is int:
+        return 0 <= value <= _UINT64_MAX
+    return _as_int(value, 0, _UINT64_MAX) is not None
+
+
+def _plain_attributes(items: list[_KeyValue], limits: Limits) -> bool:
+    if len(items) > limits.max_attributes:
+        return False
+    for kv in items:
+        value = kv.value
+        if value is not None and value.stringValue is UNSET and not _plain_value(value):
+            return False
+    return True
+
+
+def _plain_value(value: _AnyValue) -> bool:
+    """A non-string AnyValue the walker accepts as is: a number in range, a boolean, or none."""
+    if value.intValue is not UNSET:
+        return _as_int(value.intValue, _INT64_MIN, _INT64_MAX) is not None
+    if value.doubleValue is not UNSET:
+        return type(value.doubleValue) is float
+    return value.arrayValue is UNSET and value.kvlistValue is UNSET and value.bytesValue is UNSET
+
+
 # --------------------------------------------------------------------------- protobuf
 
 
@@ -713,6 +927,6 @@ def _varint(number: int) -> bytes:
             return bytes(out)
 
 
-def is_connection_test(spans: Sequence[SpanRecord]) -> bool:
+def is_connection_test(spans: Sequence[SpanRecord | RawSpan]) -> bool:
     """Whether a delivery is OpenRouter's "Test Connection": no spans, or one test span."""
     return not spans or (len(spans) == 1 and spans[0].name == CONNECTION_TEST_SPAN_NAME)

@@ -20,13 +20,15 @@ import asyncio
 import contextlib
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
+import orjson
 import structlog
+from sqlalchemy import Text, cast, update
 from sqlalchemy import select as sa_select
-from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from ledger.budget import window_start
@@ -45,6 +47,8 @@ log = structlog.get_logger("ledger.ingest")
 
 BATCH = 500
 LOOKUP_TTL = 5.0
+YIELD_FACTOR = 2.0  # rest per second of work while the receiver is busy
+MAX_REST = 1.0
 
 
 class DbLookup:
@@ -55,6 +59,7 @@ class DbLookup:
         self._loaded_at = -LOOKUP_TTL
         self._names: set[str] = set()
         self._keys: dict[str, str] = {}
+        self._runs: dict[str, str | None] = {}
 
     def _refresh(self) -> None:
         if time.monotonic() - self._loaded_at < LOOKUP_TTL:
@@ -65,9 +70,29 @@ class DbLookup:
         self._keys = {d["key_name"]: name for name, d in rows if (d or {}).get("key_name")}
         self._loaded_at = time.monotonic()
 
+    def prefetch_runs(self, run_ids: set[str]) -> None:
+        """Look up the behaviors of ``run_ids`` in one query, for the batch about to be
+        attributed (``by_run_id`` answers from it; ``forget_runs`` drops it)."""
+        wanted = [r for r in run_ids if r.startswith("run-")]
+        self._runs = dict.fromkeys(wanted)
+        if not wanted:
+            return
+        with self.db.transaction() as session:
+            for name, run_id in session.exec(
+                select(BehaviorRow.name, Run.id)
+                .join(Run, col(Run.behavior_id) == col(BehaviorRow.id))
+                .where(col(Run.id).in_(wanted))
+            ):
+                self._runs[run_id] = name
+
+    def forget_runs(self) -> None:
+        self._runs = {}
+
     def by_run_id(self, run_id: str) -> str | None:
         if not run_id.startswith("run-"):
             return None
+        if run_id in self._runs:
+            return self._runs[run_id]
         with self.db.transaction() as session:
             found = session.exec(
                 select(BehaviorRow.name)
@@ -101,25 +126,59 @@ def process_pending(
     """Process up to ``limit`` unprocessed spans (whole traces). Returns what was done."""
     stats = ProcessStats()
     with db.transaction() as session:
-        rows = list(
-            session.exec(
-                select(IngestedSpan)
+        # ``data`` as text, parsed by orjson: the JSON type's loader is the stdlib's.
+        rows = [
+            _Row(row_id, trace_id, span_id, orjson.loads(data))
+            for row_id, trace_id, span_id, data in session.execute(
+                sa_select(
+                    col(IngestedSpan.id),
+                    col(IngestedSpan.trace_id),
+                    col(IngestedSpan.span_id),
+                    cast(col(IngestedSpan.data), Text),
+                )
                 .where(col(IngestedSpan.processed_at).is_(None))
                 .order_by(col(IngestedSpan.id))
                 .limit(limit)
             )
-        )
-        for row in rows:
-            session.expunge(row)
+        ]
     if not rows:
         return stats
-    by_trace: dict[str, list[IngestedSpan]] = defaultdict(list)
+    by_trace: dict[str, list[_Row]] = defaultdict(list)
     for row in rows:
         by_trace[row.trace_id].append(row)
-    for trace_rows in by_trace.values():
-        spans = [span_from_data(r.trace_id, r.span_id, r.data) for r in trace_rows]
-        generations = extract_generations(spans)
-        placed = [(attribute(gen, lookup), gen) for gen in generations]
+    traces = [
+        (
+            trace_rows,
+            extract_generations(
+                [span_from_data(r.trace_id, r.span_id, r.data) for r in trace_rows]
+            ),
+        )
+        for trace_rows in by_trace.values()
+    ]
+    lookup.prefetch_runs(
+        {hint for _, gens in traces for g in gens for hint in (g.run_id_hint, g.session_id) if hint}
+    )
+    try:
+        placed_traces = [
+            (trace_rows, [(attribute(gen, lookup), gen) for gen in generations])
+            for trace_rows, generations in traces
+        ]
+    finally:
+        lookup.forget_runs()
+    # Deliveries no behavior claims have no effects: marked processed together.
+    idle: dict[str, list[int]] = {"unattributed": [], "no_generation": []}
+    for trace_rows, placed in placed_traces:
+        if any(a.behavior is not None for a, _ in placed):
+            continue
+        idle["unattributed" if placed else "no_generation"].extend(r.id for r in trace_rows)
+        stats.spans += len(trace_rows)
+        stats.generations += len(placed)
+        stats.unattributed += len(placed)
+    if idle["unattributed"] or idle["no_generation"]:
+        _mark_idle(db, idle, now)
+    for trace_rows, placed in placed_traces:
+        if not any(a.behavior is not None for a, _ in placed):
+            continue
         try:
             results = _process_trace(db, trace_rows, placed, now, ctx)
         except _TakenElsewhere:
@@ -136,13 +195,36 @@ def process_pending(
     return stats
 
 
+def _mark_idle(db: Database, idle: dict[str, list[int]], now: datetime) -> None:
+    """Mark spans without effects processed, in one transaction (a replica that marked some
+    first changes nothing: there is nothing to apply twice)."""
+    with db.transaction() as session:
+        for label, ids in idle.items():
+            if ids:
+                session.execute(
+                    update(IngestedSpan)
+                    .where(col(IngestedSpan.id).in_(ids), col(IngestedSpan.processed_at).is_(None))
+                    .values(processed_at=now, attribution=label)
+                )
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    """An unprocessed ``ingested_span`` row: what processing it needs."""
+
+    id: int
+    trace_id: str
+    span_id: str
+    data: dict[str, Any]
+
+
 class _TakenElsewhere(Exception):
     """Another processor (a replica) claimed these spans first."""
 
 
 def _process_trace(
     db: Database,
-    rows: list[IngestedSpan],
+    rows: list[_Row],
     placed: list[tuple[Attribution, Generation]],
     now: datetime,
     ctx: PolicyContext,
@@ -330,7 +412,12 @@ def process_webhook_events(
 
 
 class IngestProcessor:
-    """A thin loop over ``process_pending``, started and stopped by the lifespan."""
+    """A loop over ``process_pending``, started and stopped by the lifespan.
+
+    Acknowledging deliveries comes first: while the receiver is busy (``ingest_busy``), the
+    processor rests twice as long as each batch took, so it takes at most about a third of the
+    CPU and the backlog is worked off as soon as the receiver quietens down.
+    """
 
     def __init__(
         self,
@@ -339,7 +426,9 @@ class IngestProcessor:
         ctx: PolicyContext,
         idle: float = 0.5,
         sources: Mapping[str, WebhookSource] | None = None,
+        ingest_busy: Callable[[], bool] | None = None,
     ) -> None:
+        self.ingest_busy = ingest_busy
         self.sources = dict(sources or {})
         self.db = db
         self.clock = clock
@@ -350,6 +439,7 @@ class IngestProcessor:
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            started = time.monotonic()
             try:
                 stats = await asyncio.to_thread(
                     process_pending, self.db, self.lookup, self.clock.now(), self.ctx
@@ -361,6 +451,10 @@ class IngestProcessor:
                 log.exception("processing broadcast spans or webhook events failed; retrying")
                 stats, events = ProcessStats(), 0
             if stats.spans or events:
+                if self.ingest_busy is not None and self.ingest_busy():
+                    rest = min(YIELD_FACTOR * (time.monotonic() - started), MAX_REST)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=rest)
                 continue
             self.wake.clear()
             with contextlib.suppress(TimeoutError):

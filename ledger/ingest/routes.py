@@ -1,10 +1,11 @@
 """HTTP ingestion: ``POST /v1/traces`` (OpenRouter broadcast, OTLP/HTTP) and
 ``POST /webhooks/{source}`` (signed event webhooks).
 
-The traces route is the hot path: pure-ASGI middleware (``TracesReceiver``, ahead of routing and
-dependency injection) that checks the token from headers alone, reads the body under a size cap,
-decodes it with ``otlp.decode_request`` and waits for the group-commit ``SpanWriter`` to commit
-before it answers.
+The traces route is the hot path, answered by ``LedgerApp`` before FastAPI's middleware,
+routing and dependency injection: it checks the token from headers alone, reads the body under a
+size cap, decodes it with ``otlp.decode_for_storage`` (a common JSON delivery is validated by
+msgspec and stored as it came) and waits for the group-commit ``SpanWriter`` to commit before it
+answers.
 Its error bodies are OTLP ``Status`` messages (JSON or protobuf, like the request); the webhook
 route answers with the API's error shape. No input produces a 500.
 
@@ -30,7 +31,7 @@ from fastapi import APIRouter, FastAPI
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from ledger.clock import Clock
 from ledger.config import Settings
@@ -38,7 +39,7 @@ from ledger.db.session import Database
 from ledger.errors import ConfigError, IngestError
 from ledger.ingest.otlp import (
     Limits,
-    decode_request,
+    decode_for_storage,
     encode_status_error,
     encode_success,
     is_connection_test,
@@ -53,7 +54,7 @@ __all__ = [
     "TRACES_PATHS",
     "BroadcastAuth",
     "Ingest",
-    "TracesReceiver",
+    "LedgerApp",
     "WebhookSourceConfig",
     "event_name",
     "install_ingest_routes",
@@ -320,10 +321,10 @@ async def _traces(ingest: Ingest, scope: Scope, receive: Receive) -> _Reply:
         try:
             if len(body) > _OFFLOAD_DECODE_BYTES:
                 spans = await run_in_threadpool(
-                    decode_request, body, content_type, content_encoding, ingest.limits
+                    decode_for_storage, body, content_type, content_encoding, ingest.limits
                 )
             else:
-                spans = decode_request(body, content_type, content_encoding, ingest.limits)
+                spans = decode_for_storage(body, content_type, content_encoding, ingest.limits)
         except IngestError:
             raise
         except Exception as exc:  # a decoder bug must not become a 500 (or a retry storm)
@@ -337,21 +338,20 @@ async def _traces(ingest: Ingest, scope: Scope, receive: Receive) -> _Reply:
     return _SUCCESS[protobuf]
 
 
-class TracesReceiver:
-    """Pure-ASGI middleware answering ``/v1/traces`` itself (both URL forms), before routing.
+class LedgerApp(FastAPI):
+    """FastAPI with ``/v1/traces`` (both URL forms) answered at the front door.
 
-    The hot path skips Starlette's routing, request objects and exception middleware; every other
-    request goes to the wrapped app. Ingestion's state is ``scope["app"].state.ingest``.
+    The hot path skips the whole middleware stack, routing, request objects and dependency
+    injection; every other request goes through FastAPI as usual. Ingestion's state is
+    ``app.state.ingest`` (set by the lifespan).
     """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] not in TRACES_PATHS:
-            await self.app(scope, receive, send)
+            await super().__call__(scope, receive, send)
             return
-        ingest: Ingest | None = getattr(scope["app"].state, "ingest", None)
+        scope["app"] = self
+        ingest: Ingest | None = getattr(self.state, "ingest", None)
         if ingest is None:
             reply = _otlp_error("the daemon is starting; retry", 503, False, retry_after=1.0)
         else:
@@ -476,7 +476,5 @@ async def receive_webhook(source: str, request: Request) -> Response:
 
 
 def install_ingest_routes(app: FastAPI) -> None:
-    """Serve ``POST /v1/traces`` (both URL forms, as ASGI middleware) and mount
-    ``POST /webhooks/{source}`` on ``app``."""
-    app.add_middleware(TracesReceiver)
+    """Mount ``POST /webhooks/{source}`` on ``app`` (``POST /v1/traces`` is ``LedgerApp``'s)."""
     app.include_router(router)

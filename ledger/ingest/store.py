@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import math
+import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +31,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
 from ledger.db.models import BehaviorRow, IngestedSpan, WebhookEvent
 from ledger.errors import IngestError
-from ledger.ingest.otlp import Attributes, AttrValue, SpanEvent, SpanRecord
+from ledger.ingest.otlp import Attributes, AttrValue, RawSpan, SpanEvent, SpanRecord, span_from_raw
 
 __all__ = [
     "SpanWriter",
@@ -129,7 +131,10 @@ def span_data(span: SpanRecord) -> dict[str, Any]:
 
 
 def span_from_data(trace_id: str, span_id: str, data: dict[str, Any]) -> SpanRecord:
-    """The ``SpanRecord`` an ``ingested_span`` row was made from (inverse of ``span_data``)."""
+    """The ``SpanRecord`` an ``ingested_span`` row was made from: the inverse of ``span_data``,
+    or, for a span the receiver stored as it came (``RawSpan``), its OTLP JSON decoded."""
+    if "otlp" in data:
+        return span_from_raw(trace_id, span_id, data)
     return SpanRecord(
         trace_id=trace_id,
         span_id=span_id,
@@ -161,13 +166,16 @@ def _column_text(text: str, limit: int) -> str:
     return text[:limit]
 
 
-def _span_params(span: SpanRecord, received_at: Any) -> dict[str, Any]:
+def _span_params(span: SpanRecord | RawSpan, received_at: Any) -> dict[str, Any]:
+    name = span.name
+    if len(name) > _NAME_MAX or "\x00" in name:
+        name = _column_text(name, _NAME_MAX)
     return {
         "trace_id": span.trace_id,
         "span_id": span.span_id,
-        "name": _column_text(span.name, _NAME_MAX),
+        "name": name,
         "source": SOURCE_BROADCAST,
-        "data": orjson.dumps(span_data(span)).decode(),
+        "data": span.data if isinstance(span, RawSpan) else orjson.dumps(span_data(span)).decode(),
         "received_at": received_at,
     }
 
@@ -183,7 +191,7 @@ def _insert_ignoring_duplicates(engine: Engine, table: Table, *keys: str) -> Ins
 
 @dataclass(slots=True)
 class _Pending:
-    spans: Sequence[SpanRecord]
+    spans: Sequence[SpanRecord | RawSpan]
     received_at: datetime
     future: asyncio.Future[None]
 
@@ -272,14 +280,19 @@ class SpanWriter:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer")
+        self._last_write = -math.inf
         self.stats = WriterStats()
+
+    def busy(self, within: float = 1.0) -> bool:
+        """Whether deliveries arrived in the last ``within`` seconds."""
+        return time.monotonic() - self._last_write < within
 
     def start(self) -> None:
         """Start the writer task in the running event loop."""
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="ingest-writer")
 
-    async def write(self, spans: Sequence[SpanRecord], received_at: datetime) -> None:
+    async def write(self, spans: Sequence[SpanRecord | RawSpan], received_at: datetime) -> None:
         """Store ``spans`` (idempotently); returns after their transaction committed."""
         if self._closing or self._task is None:
             raise IngestError(
@@ -294,6 +307,7 @@ class SpanWriter:
                 status_code=429,
                 retry_after=self._retry_after,
             )
+        self._last_write = time.monotonic()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(spans, received_at, future))
         self._queued_spans += len(spans)
@@ -307,6 +321,7 @@ class SpanWriter:
         if self._task is not None:
             await self._task
         self._executor.shutdown(wait=True)
+        log.info("ingest writer stopped", **dataclasses.asdict(self.stats))
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -26,7 +26,7 @@ from ledger.behaviors.watch import rescan_periodically, watch_folder
 from ledger.clock import Clock, SystemClock
 from ledger.config import Settings
 from ledger.db.session import Database
-from ledger.ingest.routes import install_ingest_routes, open_ingest
+from ledger.ingest.routes import LedgerApp, install_ingest_routes, open_ingest
 from ledger.web.api import router as api_router
 from ledger.web.auth import TokenAuth
 from ledger.web.errors import install_error_handlers
@@ -103,7 +103,9 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
         app.state.ingest = await open_ingest(settings, db, state.clock)
         await state.reconcile_now()
         # Scheduler + runner, broadcast processor, approval expiry (after the first reconcile).
-        state.services = await open_services(settings, db, state.clock)
+        state.services = await open_services(
+            settings, db, state.clock, ingest_busy=app.state.ingest.writer.busy
+        )
         if settings.watch:
             state.tasks.append(
                 asyncio.create_task(
@@ -137,7 +139,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
             db.close()
             log.info("ledger stopped")
 
-    app = FastAPI(
+    app = LedgerApp(
         title="Promotion Ledger",
         version=__version__,
         lifespan=lifespan,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,7 +69,12 @@ class Services:
 
 
 async def open_services(
-    settings: Settings, db: Database, clock: Clock, *, scheduler: bool = True
+    settings: Settings,
+    db: Database,
+    clock: Clock,
+    *,
+    scheduler: bool = True,
+    ingest_busy: Callable[[], bool] | None = None,
 ) -> Services:
     ctx = policy_context(settings)
     client = OpenRouterClient(base_url=settings.openrouter_base_url)
@@ -77,7 +83,9 @@ async def open_services(
         return await call_model(client, plan)
 
     runner = RunnerService(db, clock, call, ctx)
-    processor = IngestProcessor(db, clock, ctx, sources=settings.webhook_sources)
+    processor = IngestProcessor(
+        db, clock, ctx, sources=settings.webhook_sources, ingest_busy=ingest_busy
+    )
     outbound = make_client()
     channels = AlertChannels(settings, outbound, clock)
     channels.refresh(await asyncio.to_thread(registry_definitions, db))

@@ -195,6 +195,8 @@ class Result:
     p50_ms: float
     p99_ms: float
     cpu_us: float = 0.0  # server CPU time per request (robust to other load on the machine)
+    backlog: int = 0  # spans stored but not yet processed when the load stopped
+    drain_s: float = 0.0  # seconds the processor then took to work the backlog off
 
     @property
     def rate(self) -> float:
@@ -387,6 +389,25 @@ def fresh_postgres_schema(url: str) -> Iterator[str]:
         admin.dispose()
 
 
+def drain(database_url: str, timeout: float = 300.0) -> tuple[int, float]:
+    """The processor's backlog when the load stopped, and the seconds it took to reach zero."""
+    engine = sa.create_engine(database_url)
+    query = sa.text("SELECT count(*) FROM ingested_span WHERE processed_at IS NULL")
+    try:
+        start = time.monotonic()
+        backlog = -1
+        while time.monotonic() - start < timeout:
+            with engine.connect() as conn:
+                left = int(conn.execute(query).scalar_one())
+            backlog = left if backlog < 0 else backlog
+            if left == 0:
+                return backlog, time.monotonic() - start
+            time.sleep(0.2)
+        raise SystemExit(f"the processor did not work off {backlog} spans in {timeout:.0f} s")
+    finally:
+        engine.dispose()
+
+
 def stored_spans(database_url: str) -> int:
     engine = sa.create_engine(database_url)
     try:
@@ -409,6 +430,8 @@ def run_endpoint(
     with fresh_database(name, db_url, workdir) as url:
         with server(name, workdir, url) as target:
             result = measure(target, template, args, workdir)
+            backlog, drain_s = drain(url)
+        result = replace(result, backlog=backlog, drain_s=drain_s)
         spans = stored_spans(url)
     acknowledged = result.requests - result.errors
     if spans < acknowledged * SPANS_PER_DELIVERY:
@@ -452,10 +475,15 @@ def main() -> None:
             for name, db_url in endpoints:
                 result = run_endpoint(name, db_url, template, args, workdir)
                 runs[name].append(result)
+                drained = (
+                    f"  processor backlog {result.backlog} spans, drained in {result.drain_s:.1f} s"
+                    if not name.startswith("bare")
+                    else ""
+                )
                 print(
                     f"round {round_number} {name:<11} {result.rate:7.0f} deliveries/s  "
                     f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:7.2f} ms  "
-                    f"server CPU {result.cpu_us:5.0f} µs/delivery  errors {result.errors}"
+                    f"server CPU {result.cpu_us:5.0f} µs/delivery  errors {result.errors}{drained}"
                 )
     best = {name: max(results, key=lambda r: r.rate) for name, results in runs.items()}
     cpu = {name: min(r.cpu_us for r in results) for name, results in runs.items()}

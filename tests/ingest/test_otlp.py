@@ -38,9 +38,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 from ledger.errors import IngestError
+from ledger.ingest.store import span_from_data
 from ledger.ingest.otlp import (
     Limits,
+    RawSpan,
     SpanRecord,
+    decode_for_storage,
     decode_request,
     encode_status_error,
     encode_success,
@@ -668,6 +671,104 @@ def test_random_json_raises_only_ingest_error(doc: Any, gzipped: bool) -> None:
         assert str(err)
     else:
         assert all(len(s.trace_id) == 32 and len(s.span_id) == 16 for s in spans)
+
+
+_plain_any_value = st.one_of(
+    st.builds(lambda v: {"stringValue": v}, st.text(max_size=20)),
+    st.builds(lambda v: {"intValue": v}, _int64 | _int64.map(str)),
+    st.builds(lambda v: {"doubleValue": v}, st.floats(allow_nan=False, allow_infinity=False)),
+    st.builds(lambda v: {"boolValue": v}, st.booleans()),
+    st.just({}),
+)
+_plain_attributes = st.lists(
+    st.fixed_dictionaries({"key": st.text(max_size=8)}, optional={"value": _plain_any_value}),
+    max_size=5,
+)
+_plain_span = st.fixed_dictionaries(
+    {
+        "traceId": st.sampled_from([TRACE_ID, TRACE_ID.upper()]),
+        "spanId": st.sampled_from([SPAN_ID, SPAN_ID.upper()]),
+    },
+    optional={
+        "parentSpanId": st.sampled_from([SPAN_ID, ""]),
+        "name": st.text(max_size=20),
+        "kind": st.integers(0, 5),
+        "startTimeUnixNano": _uint64 | _uint64.map(str),
+        "endTimeUnixNano": _uint64 | _uint64.map(str),
+        "status": st.fixed_dictionaries(
+            {},
+            optional={
+                "code": st.sampled_from([0, 1, 2, "STATUS_CODE_ERROR"]),
+                "message": st.text(max_size=10),
+            },
+        ),
+        "attributes": _plain_attributes,
+        "events": st.lists(
+            st.fixed_dictionaries(
+                {"name": st.text(max_size=8)},
+                optional={"timeUnixNano": _uint64, "attributes": _plain_attributes},
+            ),
+            max_size=2,
+        ),
+    },
+)
+_plain_request = st.builds(
+    lambda spans, resource, scope: {
+        "resourceSpans": [
+            {
+                "resource": {"attributes": resource},
+                "scopeSpans": [{"scope": {"name": scope}, "spans": spans}],
+            }
+        ]
+    },
+    st.lists(_plain_span, max_size=3),
+    _plain_attributes,
+    st.text(max_size=8),
+)
+
+
+@settings(
+    derandomize=True, max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(doc=_json_values | _otlp_request | _plain_request, gzipped=st.booleans())
+def test_receiver_fast_path_agrees_with_the_walker(doc: Any, gzipped: bool) -> None:
+    """``decode_for_storage`` (msgspec, spans stored as they came) refuses exactly what
+    ``decode_request`` refuses, with the same status and message, and what it stores reads back
+    as the very spans the walker decodes."""
+    body = json.dumps(doc).encode()
+    encoding = "gzip" if gzipped else None
+    if gzipped:
+        body = gzip.compress(body)
+
+    def outcome(decoder: Any) -> Any:
+        try:
+            return decoder(body, JSON, encoding, Limits(max_depth=4))
+        except IngestError as err:
+            return (err.status_code, str(err))
+
+    walked, stored = outcome(decode_request), outcome(decode_for_storage)
+    if isinstance(walked, tuple):
+        assert stored == walked
+        return
+    restored = [
+        span_from_data(s.trace_id, s.span_id, json.loads(s.data)) if isinstance(s, RawSpan) else s
+        for s in stored
+    ]
+    assert repr(restored) == repr(walked)  # repr: NaN attributes compare equal
+
+
+def test_common_json_delivery_takes_the_fast_path_and_odd_ones_the_walker() -> None:
+    fast = decode_for_storage(BROADCAST, JSON, None, LIMITS)
+    assert fast and all(isinstance(s, RawSpan) for s in fast)
+    assert [span_from_data(s.trace_id, s.span_id, json.loads(s.data)) for s in fast] == decode(
+        BROADCAST
+    )
+    nested = one_span_json(attributes=[attr("a", {"arrayValue": {"values": [{"intValue": 1}]}})])
+    b64_id = one_span_json(traceId=base64.b64encode(bytes.fromhex(TRACE_ID)).decode())
+    for body in (nested, b64_id):
+        walked = decode_for_storage(body, JSON, None, LIMITS)
+        assert all(isinstance(s, SpanRecord) for s in walked)
+        assert walked == decode(body)
 
 
 # --------------------------------------------------------------------------- responses

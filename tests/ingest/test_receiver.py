@@ -171,8 +171,11 @@ def test_openrouter_json_delivery_is_stored_span_by_span_and_answered_with_empty
     assert {r["source"] for r in rows} == {"broadcast"}
     assert all(r["processed_at"] is None for r in rows)
     # The stored data gives the processor back exactly the decoded spans.
-    assert [span_from_data(r["trace_id"], r["span_id"], r["data"]) for r in rows] == expected
-    root = rows[0]["data"]["attributes"]
+    restored = [span_from_data(r["trace_id"], r["span_id"], r["data"]) for r in rows]
+    assert restored == expected
+    # A common JSON delivery is stored as it came: the span's own OTLP JSON.
+    assert rows[0]["data"]["otlp"]["spanId"] == expected[0].span_id
+    root = restored[0].attributes
     assert root["gen_ai.usage.total_cost"] == pytest.approx(0.00015)
     assert root["trace.metadata.openrouter.api_key_name"] == "ledger/seo-audit"
 
