@@ -232,7 +232,8 @@ class _SpanInsert:
         compiled = stmt.compile(dialect=engine.dialect)
         self.sql = str(compiled)
         self._positional = compiled.positiontup  # None for named paramstyles (psycopg)
-        self._received_at = table.c.received_at.type.bind_processor(engine.dialect)
+        column_type = table.c.received_at.type.dialect_impl(engine.dialect)
+        self._received_at = column_type.bind_processor(engine.dialect)
 
     def params(self, pending: _Pending) -> list[Any]:
         when: Any = pending.received_at

@@ -14,7 +14,7 @@ import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 from sqlalchemy import bindparam, update
@@ -45,14 +45,13 @@ DEFAULT_CALL_ESTIMATE_USD = 0.05
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
+_ULID_SHIFTS = tuple(range(125, -5, -5))
+
+
 def new_run_id(now: datetime) -> str:
     """A sortable, unique run id: ``run-`` + a ULID (48-bit milliseconds + 80 random bits)."""
     value = (int(now.timestamp() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "run-" + "".join(reversed(chars))
+    return "run-" + "".join([_CROCKFORD[(value >> shift) & 31] for shift in _ULID_SHIFTS])
 
 
 # -- claiming slots ----------------------------------------------------------------------------
@@ -67,41 +66,89 @@ class SlotClaim:
 
 
 def claim_slots(session: Session, claims: Sequence[SlotClaim], now: datetime) -> list[ClaimedRun]:
-    """Claim many ``(behavior, slot)`` pairs in one statement; return the runs this caller won.
+    """Claim many ``(behavior, slot)`` pairs in one round; return the runs this caller won.
 
     The unique constraint on ``(behavior_id, scheduled_for)`` makes each slot exclusive: a
-    replica that loses the race gets nothing back for that slot and does nothing."""
+    replica that loses the race gets nothing back for that slot and does nothing. The rows go
+    in as one driver-level ``executemany`` (``ON CONFLICT DO NOTHING``); the runs that exist
+    afterwards under this caller's ids are the ones it won."""
     if not claims:
         return []
-    rows: list[dict[str, Any]] = [
-        {
-            "id": new_run_id(now),
-            "behavior_id": c.behavior_id,
-            "scheduled_for": c.scheduled_for,
-            "claimed_at": now,
-            "tier": c.tier,
-            "trigger": c.trigger,
-            "status": "claimed",
-            "via_fallback": False,
-            "reserved_usd": 0.0,
-        }
-        for c in claims
-    ]
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    # One cached statement executed for many rows ("insertmanyvalues"), not a fresh
-    # thousand-row VALUES clause compiled on every batch.
-    stmt = (
-        insert(Run)
-        .on_conflict_do_nothing(index_elements=["behavior_id", "scheduled_for"])
-        .returning(col(Run.id))
+    conn = session.connection()
+    insert = _ClaimInsert.for_dialect(conn.dialect)
+    rows = [(new_run_id(now), c.behavior_id, c.scheduled_for, c.tier, c.trigger) for c in claims]
+    conn.exec_driver_sql(insert.sql, insert.params(rows, now))
+    table = Run.__table__  # type: ignore[attr-defined]
+    ids = [row[0] for row in rows]
+    won = set(conn.execute(sa_select(table.c.id).where(table.c.id.in_(ids))).scalars())
+    return [ClaimedRun(r[0], r[1], r[2]) for r in rows if r[0] in won]
+
+
+class _ClaimInsert:
+    """``INSERT INTO run … ON CONFLICT (behavior_id, scheduled_for) DO NOTHING`` compiled once
+    per dialect, with datetimes converted once per distinct value (a batch shares its slot)."""
+
+    _COLUMNS = (
+        "id",
+        "behavior_id",
+        "scheduled_for",
+        "claimed_at",
+        "tier",
+        "trigger",
+        "status",
+        "via_fallback",
+        "reserved_usd",
     )
-    won = {r[0] for r in session.execute(stmt, rows)}
-    if not won:
-        return []
-    return [
-        ClaimedRun(r["id"], r["behavior_id"], r["scheduled_for"]) for r in rows if r["id"] in won
-    ]
+    _cache: ClassVar[dict[str, _ClaimInsert]] = {}
+
+    def __init__(self, dialect: Any) -> None:
+        table = Run.__table__  # type: ignore[attr-defined]
+        insert = pg_insert if dialect.name == "postgresql" else sqlite_insert
+        stmt = (
+            insert(table)
+            .on_conflict_do_nothing(index_elements=["behavior_id", "scheduled_for"])
+            .values({name: None for name in self._COLUMNS})
+        )
+        compiled = stmt.compile(dialect=dialect)
+        self.sql = str(compiled)
+        self._positional = compiled.positiontup  # None for named paramstyles (psycopg)
+        convert = table.c.scheduled_for.type.dialect_impl(dialect).bind_processor(dialect)
+        self._convert = convert if convert is not None else (lambda value: value)
+
+    @classmethod
+    def for_dialect(cls, dialect: Any) -> _ClaimInsert:
+        found = cls._cache.get(dialect.name)
+        if found is None:
+            found = cls._cache[dialect.name] = cls(dialect)
+        return found
+
+    def params(self, rows: list[tuple[str, int, datetime, str, str]], now: datetime) -> list[Any]:
+        converted: dict[datetime, Any] = {}
+
+        def convert(value: datetime) -> Any:
+            if value not in converted:
+                converted[value] = self._convert(value)
+            return converted[value]
+
+        claimed_at = convert(now)
+        named = [
+            {
+                "id": run_id,
+                "behavior_id": behavior_id,
+                "scheduled_for": convert(slot),
+                "claimed_at": claimed_at,
+                "tier": tier,
+                "trigger": trigger,
+                "status": "claimed",
+                "via_fallback": False,
+                "reserved_usd": 0.0,
+            }
+            for run_id, behavior_id, slot, tier, trigger in rows
+        ]
+        if self._positional is None:
+            return named
+        order = self._positional
+        return [tuple(row[name] for name in order) for row in named]
 
 
 @dataclass(frozen=True, slots=True)

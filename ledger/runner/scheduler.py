@@ -1,7 +1,8 @@
 """APScheduler wiring: one job per active behavior; a job only claims its slot and hands off.
 
-Slot claims from many jobs due at the same instant are batched into one INSERT; each won run
-then starts at once (bounded by a semaphore), without waiting on the others. After downtime,
+Slot claims from many jobs due at the same instant are batched (chunks of ``CLAIM_BATCH_MAX``,
+one INSERT each); each won run then starts at once (bounded by a semaphore), without waiting on
+the others or on the rest of the wave. After downtime,
 the latest slot missed within the behavior's misfire grace is claimed once at start-up; the
 unique (behavior, slot) claim makes "once" hold across restarts and replicas.
 """
@@ -45,8 +46,12 @@ log = structlog.get_logger("ledger.scheduler")
 INTERVAL_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 MAX_MISFIRE_GRACE = timedelta(hours=1)
 CLAIM_BATCH_WINDOW = 0.005  # seconds to gather claims due at the same instant
+# Claims are taken in chunks: the first runs of a big wave start while the next chunk is being
+# claimed, instead of every run waiting for one transaction over the whole wave.
 CLAIM_BATCH_MAX = 1000
 FINISH_BATCH_MAX = 200
+# Model calls in flight at once (the OpenRouter client's pool holds as many connections).
+MAX_CONCURRENT_CALLS = 1024
 
 CallModel = Callable[[RunPlan], Awaitable[CallOutcome]]
 
@@ -104,7 +109,7 @@ class RunnerService:
         call_model: CallModel,
         ctx: PolicyContext,
         *,
-        max_concurrency: int = 256,
+        max_concurrency: int = MAX_CONCURRENT_CALLS,
         default_estimate_usd: float = 0.05,
     ) -> None:
         self.db = db
@@ -243,7 +248,8 @@ class RunnerService:
         while True:
             first = await self._claims.get()
             batch = [first]
-            await asyncio.sleep(CLAIM_BATCH_WINDOW)
+            if self._claims.qsize() + 1 < CLAIM_BATCH_MAX:
+                await asyncio.sleep(CLAIM_BATCH_WINDOW)
             while not self._claims.empty() and len(batch) < CLAIM_BATCH_MAX:
                 batch.append(self._claims.get_nowait())
             try:

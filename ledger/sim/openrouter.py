@@ -1495,7 +1495,19 @@ def create_app(config: SimConfig) -> Starlette:
 
 def serve(host: str, port: int, config: SimConfig) -> None:
     """Run the simulator in the foreground until interrupted (``ledger sim openrouter``)."""
-    uvicorn.run(create_app(config), host=host, port=port, ws="none", log_level="info")
+    # Like the real service: keep-alive connections live longer than the daemon's pool keeps
+    # them idle (30 s), and a wave of connections at once is not refused. No access log: the
+    # calls are recorded (GET /_sim/calls), and a line per request costs more than the request.
+    uvicorn.run(
+        create_app(config),
+        host=host,
+        port=port,
+        ws="none",
+        log_level="info",
+        access_log=False,
+        timeout_keep_alive=75,
+        backlog=4096,
+    )
 
 
 class _QuietServer(uvicorn.Server):
@@ -1515,6 +1527,8 @@ def _uvicorn_server(app: ASGIApp) -> _QuietServer:
         lifespan="on",
         log_level="warning",
         access_log=False,
+        timeout_keep_alive=75,
+        backlog=4096,
     )
     return _QuietServer(config)
 

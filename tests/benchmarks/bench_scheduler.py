@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import uvloop
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlmodel import col, select
@@ -35,7 +36,7 @@ from ledger.clock import SystemClock
 from ledger.db.models import Run
 from ledger.db.session import Database
 from ledger.runner.call import call_model
-from ledger.runner.openrouter import OpenRouterClient
+from ledger.runner.openrouter import MAX_CONNECTIONS, OpenRouterClient, ShardedTransport
 from ledger.runner.run import CallOutcome, RunPlan
 from ledger.runner.scheduler import INTERVAL_EPOCH, RunnerService
 from ledger.transitions import PolicyContext
@@ -151,10 +152,9 @@ async def ledger_lags(url: str, n: int) -> tuple[list[float], list[float], list[
         with db.transaction() as session:
             reconcile_directory(session, tmp / "behaviors", datetime.now(UTC))
         wire: dict[str, float] = {}
-        limits = httpx.Limits(max_connections=n, max_keepalive_connections=n, keepalive_expiry=30)
+        # The production transport (new_http_client), with the socket-write hook around it.
         http = httpx.AsyncClient(
-            transport=SentAt(httpx.AsyncHTTPTransport(limits=limits), wire),
-            follow_redirects=False,
+            transport=SentAt(ShardedTransport(MAX_CONNECTIONS), wire), follow_redirects=False
         )
         client = OpenRouterClient(base_url=base, http=http)
         sent: dict[str, float] = {}
@@ -163,9 +163,7 @@ async def ledger_lags(url: str, n: int) -> tuple[list[float], list[float], list[
             sent[plan.run_id] = time.time()  # the moment the request is handed to the client
             return await call_model(client, plan)
 
-        service = RunnerService(
-            db, SystemClock(), timed_call, PolicyContext(), max_concurrency=1000
-        )
+        service = RunnerService(db, SystemClock(), timed_call, PolicyContext())
         # Start outside the misfire grace of the previous slot, so no catch-up wave of runs
         # overlaps the measured slot.
         interval = timedelta(seconds=INTERVAL)
@@ -254,7 +252,7 @@ def main() -> None:
     parser.add_argument("--pg", default=None)
     parser.add_argument("--memory", type=int, default=10000)
     args = parser.parse_args()
-    floor = asyncio.run(apscheduler_floor(args.n))
+    floor = uvloop.run(apscheduler_floor(args.n))
     print(
         f"apscheduler alone  n={args.n}: lag p50={statistics.median(floor) * 1000:7.1f} ms "
         f"p99={pct(floor, 0.99) * 1000:7.1f} ms",
@@ -264,7 +262,7 @@ def main() -> None:
     if args.pg:
         targets.append(("postgresql", args.pg))
     for label, url in targets:
-        lags, on_wire, received, rate, done = asyncio.run(ledger_lags(url, args.n))
+        lags, on_wire, received, rate, done = uvloop.run(ledger_lags(url, args.n))
         p50, p99 = statistics.median(lags) * 1000, pct(lags, 0.99) * 1000
         w50, w99 = statistics.median(on_wire) * 1000, pct(on_wire, 0.99) * 1000
         r50, r99 = statistics.median(received) * 1000, pct(received, 0.99) * 1000

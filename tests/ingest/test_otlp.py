@@ -38,7 +38,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 from ledger.errors import IngestError
-from ledger.ingest.store import span_from_data
 from ledger.ingest.otlp import (
     Limits,
     RawSpan,
@@ -50,6 +49,7 @@ from ledger.ingest.otlp import (
     is_connection_test,
     wants_protobuf,
 )
+from ledger.ingest.store import span_from_data
 
 JSON = "application/json"
 PROTOBUF = "application/x-protobuf"

@@ -7,6 +7,7 @@ OpenRouter does), a key check that fails, and a 2xx body that is not JSON.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import random
 import time
@@ -24,9 +25,11 @@ from ledger.gates import Gate, Outcome, Tier
 from ledger.runner.classify import Classification, classify_response, classify_transport_error
 from ledger.runner.openrouter import (
     FOREIGN_ERRORS,
+    POOL_SHARD_CONNECTIONS,
     ChatResult,
     OpenRouterCallError,
     OpenRouterClient,
+    ShardedTransport,
     build_chat_request,
     build_fallback_request,
     should_fall_back,
@@ -807,3 +810,27 @@ async def test_a_given_http_client_is_left_open_and_an_own_one_is_closed(sim: st
     await own.aclose()
     with pytest.raises(RuntimeError, match="closed"):  # using a closed client is a bug
         await own.key_info(SecretStr(SEO_KEY))
+
+
+async def test_sharded_pool_spreads_concurrent_calls_and_releases_every_slot(sim: str) -> None:
+    transport = ShardedTransport(max_connections=16)
+    assert transport.shards == 16 // POOL_SHARD_CONNECTIONS
+    async with httpx.AsyncClient(transport=transport) as http:
+        client = OpenRouterClient(base_url=sim, http=http)
+
+        async def one(i: int) -> ChatResult:
+            body = build_chat_request(make_behavior(), Tier.A, f"prompt {i}", f"run-shard-{i}")
+            return await client.chat(
+                key=SecretStr(SEO_KEY),
+                body=body,
+                deadline=time.monotonic() + 30,
+                run_id=f"run-shard-{i}",
+            )
+
+        results = await asyncio.gather(*(one(i) for i in range(48)))
+        assert len({r.generation_id for r in results}) == 48
+        assert transport.in_flight == [0] * transport.shards  # every response released its slot
+        # A request that fails before any response releases its slot too.
+        with pytest.raises(httpx.ConnectError):
+            await http.get("http://127.0.0.1:9/")
+        assert transport.in_flight == [0] * transport.shards

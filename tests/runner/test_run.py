@@ -79,6 +79,20 @@ def test_a_slot_is_claimed_once(db: Database, tmp_path: Path) -> None:
     assert [r.scheduled_for for r in second] == [T0 + timedelta(minutes=15)]
 
 
+def test_claimed_slot_times_compare_equal_to_orm_bound_times(db: Database, tmp_path: Path) -> None:
+    """Claims are inserted at the driver level; their datetimes must be stored exactly as the
+    ORM binds them (SQLite compares text), or lookups by slot find nothing."""
+    bid = setup(db, tmp_path)
+    slot = T0.replace(microsecond=0)
+    with db.transaction() as session:
+        (claimed,) = claim_slots(session, [SlotClaim(bid, slot, "A")], slot)
+    with db.transaction() as session:
+        found = session.exec(select(Run).where(col(Run.scheduled_for) == slot)).all()
+        assert [run.id for run in found] == [claimed.id]
+        assert found[0].scheduled_for == slot
+        assert found[0].claimed_at == slot
+
+
 def test_tier_a_output_is_a_proposal_and_nothing_runs(db: Database, tmp_path: Path) -> None:
     bid = setup(db, tmp_path, "A")
     run_id, finished = run_once(db, bid, OK)
