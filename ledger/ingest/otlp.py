@@ -664,9 +664,10 @@ _STORED_LIMITS: Final = Limits(
 
 def _fast_json(payload: bytes, limits: Limits) -> list[RawSpan] | None:
     """The spans of a common-case JSON request, or None when the walker must decide."""
-    if limits.max_depth < 1:
-        return None
+    if limits.max_depth < 1 or b"\\ud" in payload or b"\\uD" in payload:
+        return None  # a \\uD8xx escape may be a lone surrogate, which the walker refuses
     try:
+        payload.decode()  # msgspec does not check the UTF-8 of the unknown keys it skips
         request = _REQUEST_DECODER.decode(payload)
     except Exception:  # any refusal (syntax, types, encoding): the walker words the error
         return None
@@ -689,6 +690,7 @@ def _fast_json(payload: bytes, limits: Limits) -> list[RawSpan] | None:
                     or not hexdigits.issuperset(trace_id)
                     or not hexdigits.issuperset(span_id)
                     or (parent and (len(parent) != 16 or not hexdigits.issuperset(parent)))
+                    or not _INT64_MIN <= span.kind <= _UINT64_MAX  # the walker reads it by orjson
                     or not _fast_uint64(span.startTimeUnixNano)
                     or not _fast_uint64(span.endTimeUnixNano)
                     or not _plain_attributes(span.attributes, limits)

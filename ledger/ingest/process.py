@@ -29,6 +29,7 @@ import orjson
 import structlog
 from sqlalchemy import Text, cast, update
 from sqlalchemy import select as sa_select
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col, select
 
 from ledger.budget import window_start
@@ -146,15 +147,23 @@ def process_pending(
     by_trace: dict[str, list[_Row]] = defaultdict(list)
     for row in rows:
         by_trace[row.trace_id].append(row)
-    traces = [
-        (
-            trace_rows,
-            extract_generations(
-                [span_from_data(r.trace_id, r.span_id, r.data) for r in trace_rows]
-            ),
-        )
-        for trace_rows in by_trace.values()
-    ]
+    # Deliveries no behavior claims have no effects: marked processed together. A delivery that
+    # cannot be read back or applied (a bug, not the database) is set aside as ``invalid`` /
+    # ``error`` with a log line, so it cannot stall the ones after it.
+    idle: dict[str, list[int]] = {"unattributed": [], "no_generation": [], "invalid": []}
+    traces: list[tuple[list[_Row], list[Generation]]] = []
+    for trace_rows in by_trace.values():
+        try:
+            spans = [span_from_data(r.trace_id, r.span_id, r.data) for r in trace_rows]
+            traces.append((trace_rows, extract_generations(spans)))
+        except Exception as exc:
+            log.error(
+                "a stored broadcast delivery cannot be read; set aside as invalid",
+                trace_id=trace_rows[0].trace_id,
+                error=f"{type(exc).__name__}: {str(exc)[:200]}",
+            )
+            idle["invalid"].extend(r.id for r in trace_rows)
+            stats.spans += len(trace_rows)
     lookup.prefetch_runs(
         {hint for _, gens in traces for g in gens for hint in (g.run_id_hint, g.session_id) if hint}
     )
@@ -165,8 +174,6 @@ def process_pending(
         ]
     finally:
         lookup.forget_runs()
-    # Deliveries no behavior claims have no effects: marked processed together.
-    idle: dict[str, list[int]] = {"unattributed": [], "no_generation": []}
     for trace_rows, placed in placed_traces:
         if any(a.behavior is not None for a, _ in placed):
             continue
@@ -174,7 +181,7 @@ def process_pending(
         stats.spans += len(trace_rows)
         stats.generations += len(placed)
         stats.unattributed += len(placed)
-    if idle["unattributed"] or idle["no_generation"]:
+    if any(idle.values()):
         _mark_idle(db, idle, now)
     for trace_rows, placed in placed_traces:
         if not any(a.behavior is not None for a, _ in placed):
@@ -182,6 +189,16 @@ def process_pending(
         try:
             results = _process_trace(db, trace_rows, placed, now, ctx)
         except _TakenElsewhere:
+            continue
+        except DBAPIError:
+            raise  # the database failed: retried on the next pass
+        except Exception:
+            log.exception(
+                "applying a broadcast delivery failed; set aside as error",
+                trace_id=trace_rows[0].trace_id,
+            )
+            _mark_idle(db, {"error": [r.id for r in trace_rows]}, now)
+            stats.spans += len(trace_rows)
             continue
         stats.spans += len(trace_rows)
         stats.results += results

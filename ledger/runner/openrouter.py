@@ -14,6 +14,7 @@ import asyncio
 import json
 import random
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from types import TracebackType
@@ -54,6 +55,13 @@ __all__ = [
     "should_fall_back",
     "translate_exception",
 ]
+
+POOL_SHARD_CONNECTIONS = 4
+MAX_CONNECTIONS = 1024  # as many as the runner's calls in flight (MAX_CONCURRENT_CALLS)
+# Idle connections are kept two minutes, so behaviors that run every minute find their
+# connections open; one the server closed meanwhile is noticed before reuse (and a race with
+# the close is a network error, which is retried).
+KEEPALIVE_EXPIRY = 120.0
 
 DEFAULT_BASE_URL: Final = "https://openrouter.ai"
 DEFAULT_APP_URL: Final = "https://github.com/promotion-ledger"
@@ -312,7 +320,8 @@ class OpenRouterClient:
     clock for HTTP-date ``Retry-After`` values; ``rng`` and ``sleep`` drive the retry backoff
     (exponential, full jitter: uniform(0, min(max_backoff, base_backoff * 2^(n-1)))).
     ``attempt_timeout`` caps one HTTP attempt (the deadline caps it further), and
-    ``connect_timeout`` the connection set-up within it.
+    ``connect_timeout`` the connection set-up within it; ``max_connections`` sizes the pool
+    the client makes for itself.
     """
 
     def __init__(
@@ -331,12 +340,13 @@ class OpenRouterClient:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         sleep: Sleep = asyncio.sleep,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         self.base_url = base_url.rstrip("/")
         self._owns_http = http is None
-        self._http = http if http is not None else new_http_client()
+        self._http = http if http is not None else new_http_client(max_connections=max_connections)
         self._app_headers = {"HTTP-Referer": app_url, "X-Title": app_title}
         self._max_attempts = max_attempts
         self._base_backoff = base_backoff
@@ -579,10 +589,6 @@ class OpenRouterClient:
         return OpenRouterCallError(failure, attempts=attempts, context=context)
 
 
-POOL_SHARD_CONNECTIONS = 4
-MAX_CONNECTIONS = 1024  # as many as the runner's calls in flight (MAX_CONCURRENT_CALLS)
-
-
 class ShardedTransport(httpx.AsyncBaseTransport):
     """Several connection pools behind one transport, each request to the least busy one.
 
@@ -592,7 +598,7 @@ class ShardedTransport(httpx.AsyncBaseTransport):
     connections keep that cost small, and the total is still ``max_connections``.
     """
 
-    def __init__(self, max_connections: int, keepalive_expiry: float = 30.0) -> None:
+    def __init__(self, max_connections: int, keepalive_expiry: float = KEEPALIVE_EXPIRY) -> None:
         count = max(1, -(-max_connections // POOL_SHARD_CONNECTIONS))
         per_shard = -(-max_connections // count)
         limits = httpx.Limits(
@@ -657,10 +663,24 @@ class _Released(httpx.AsyncByteStream):
 def new_http_client(*, max_connections: int = MAX_CONNECTIONS) -> httpx.AsyncClient:
     """The pooled HTTP/1.1 keep-alive client for OpenRouter (for a lifespan to own), sharded
     so that many requests in flight do not slow each other down (``ShardedTransport``).
-    Redirects are not followed: an API answer that redirects is refused, not chased."""
+    Redirects are not followed: an API answer that redirects is refused, not chased.
+
+    With a proxy configured in the environment (``HTTPS_PROXY``, ``ALL_PROXY``…), which httpx
+    honours only on its own transport, it is httpx's plain pool instead (proxy, ``NO_PROXY``)."""
+    if _environment_proxies():
+        limits = httpx.Limits(
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
+            keepalive_expiry=KEEPALIVE_EXPIRY,
+        )
+        return httpx.AsyncClient(limits=limits, follow_redirects=False, http2=False)
     return httpx.AsyncClient(
         transport=ShardedTransport(max_connections), follow_redirects=False, http2=False
     )
+
+
+def _environment_proxies() -> bool:
+    return any(scheme in ("http", "https", "all") for scheme in urllib.request.getproxies())
 
 
 # --------------------------------------------------------------------------------------------

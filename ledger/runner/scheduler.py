@@ -54,6 +54,27 @@ FINISH_BATCH_MAX = 200
 MAX_CONCURRENT_CALLS = 1024
 
 CallModel = Callable[[RunPlan], Awaitable[CallOutcome]]
+FD_RESERVE = 256  # open files kept for everything but model calls (ingest, database, logs)
+
+
+def calls_that_fit(wanted: int = MAX_CONCURRENT_CALLS) -> int:
+    """How many model calls may be in flight given the open-files limit: the soft limit is
+    raised toward the hard one when ``wanted`` connections would not fit (a common default is
+    1,024), and what still does not fit is given up rather than failing with EMFILE."""
+    try:
+        import resource  # POSIX only
+    except ImportError:
+        return wanted
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = wanted + FD_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(16, min(wanted, soft - FD_RESERVE))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1496,7 +1496,7 @@ def create_app(config: SimConfig) -> Starlette:
 def serve(host: str, port: int, config: SimConfig) -> None:
     """Run the simulator in the foreground until interrupted (``ledger sim openrouter``)."""
     # Like the real service: keep-alive connections live longer than the daemon's pool keeps
-    # them idle (30 s), and a wave of connections at once is not refused. No access log: the
+    # them idle (120 s), and a wave of connections at once is not refused. No access log: the
     # calls are recorded (GET /_sim/calls), and a line per request costs more than the request.
     uvicorn.run(
         create_app(config),
@@ -1505,7 +1505,7 @@ def serve(host: str, port: int, config: SimConfig) -> None:
         ws="none",
         log_level="info",
         access_log=False,
-        timeout_keep_alive=75,
+        timeout_keep_alive=300,
         backlog=4096,
     )
 
@@ -1527,7 +1527,7 @@ def _uvicorn_server(app: ASGIApp) -> _QuietServer:
         lifespan="on",
         log_level="warning",
         access_log=False,
-        timeout_keep_alive=75,
+        timeout_keep_alive=300,
         backlog=4096,
     )
     return _QuietServer(config)

@@ -21,7 +21,7 @@ from ledger.outbox.urls import make_client
 from ledger.runner.call import call_model
 from ledger.runner.openrouter import OpenRouterClient
 from ledger.runner.run import RunPlan, expire_approvals
-from ledger.runner.scheduler import RunnerService
+from ledger.runner.scheduler import MAX_CONCURRENT_CALLS, RunnerService, calls_that_fit
 from ledger.transitions import PolicyContext
 from ledger.web.alerting import AlertChannels, build_dispatcher, registry_definitions
 
@@ -77,12 +77,20 @@ async def open_services(
     ingest_busy: Callable[[], bool] | None = None,
 ) -> Services:
     ctx = policy_context(settings)
-    client = OpenRouterClient(base_url=settings.openrouter_base_url)
+    in_flight = calls_that_fit(MAX_CONCURRENT_CALLS)
+    if in_flight < MAX_CONCURRENT_CALLS:
+        log.warning(
+            "the open-files limit allows fewer model calls at once; raise it (ulimit -n) "
+            "to run more behaviors in the same instant",
+            calls_in_flight=in_flight,
+            wanted=MAX_CONCURRENT_CALLS,
+        )
+    client = OpenRouterClient(base_url=settings.openrouter_base_url, max_connections=in_flight)
 
     async def call(plan: RunPlan) -> Any:
         return await call_model(client, plan)
 
-    runner = RunnerService(db, clock, call, ctx)
+    runner = RunnerService(db, clock, call, ctx, max_concurrency=in_flight)
     processor = IngestProcessor(
         db, clock, ctx, sources=settings.webhook_sources, ingest_busy=ingest_busy
     )

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -171,41 +172,63 @@ async def ledger_lags(url: str, n: int) -> tuple[list[float], list[float], list[
         if since < interval / 2 + timedelta(seconds=0.5):
             await asyncio.sleep((interval / 2 + timedelta(seconds=0.5) - since).total_seconds())
         await service.start()
-        slot = next_slot(datetime.now(UTC), 1)
-        await asyncio.sleep((slot - datetime.now(UTC)).total_seconds() + 0.1)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with db.transaction() as session:
-                finished = session.exec(
-                    select(Run).where(
-                        col(Run.scheduled_for) == slot, col(Run.finished_at).is_not(None)
-                    )
-                ).all()
-            if len(finished) >= n:
-                break
-            await asyncio.sleep(0.2)
+        first = next_slot(datetime.now(UTC), 1)
+        slots = [
+            first,
+            first + interval,
+        ]  # the first wave opens the connections, the second reuses them
+        await asyncio.sleep((first - datetime.now(UTC)).total_seconds() + 0.1)
+        for slot in slots:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                with db.transaction() as session:
+                    finished = session.exec(
+                        select(Run).where(
+                            col(Run.scheduled_for) == slot, col(Run.finished_at).is_not(None)
+                        )
+                    ).all()
+                if len(finished) >= n:
+                    break
+                await asyncio.sleep(0.2)
         await service.stop()
         await client.aclose()
         await http.aclose()
         calls = httpx.get(base + "/_sim/calls", timeout=30).json()["calls"]
         with db.transaction() as session:
-            runs = {
-                r.id: r for r in session.exec(select(Run).where(col(Run.scheduled_for) == slot))
-            }
+            by_slot = [
+                {r.id: r for r in session.exec(select(Run).where(col(Run.scheduled_for) == slot))}
+                for slot in slots
+            ]
         db.close()
     finally:
         sim.terminate()
         sim.wait(10)
-    received = [
-        (datetime.fromisoformat(c["at"]) - slot).total_seconds()
+    arrived = {
+        c["body"]["session_id"]: datetime.fromisoformat(c["at"]).timestamp()
         for c in calls
-        if c["path"] == "/api/v1/chat/completions" and c["body"]["session_id"] in runs
-    ]
-    lags = [t - slot.timestamp() for rid, t in sent.items() if rid in runs]
-    on_wire = [t - slot.timestamp() for rid, t in wire.items() if rid in runs]
-    done = [r for r in runs.values() if r.finished_at is not None]
-    span = max((r.finished_at - slot).total_seconds() for r in done) if done else float("nan")
-    return lags, on_wire, received, len(done) / span if span else 0.0, len(done)
+        if c["path"] == "/api/v1/chat/completions"
+    }
+    waves = []
+    for slot, runs in zip(slots, by_slot, strict=True):
+        at = slot.timestamp()
+        lags = [t - at for rid, t in sent.items() if rid in runs]
+        on_wire = [t - at for rid, t in wire.items() if rid in runs]
+        received = [t - at for rid, t in arrived.items() if rid in runs]
+        done = [r for r in runs.values() if r.finished_at is not None]
+        span = max((r.finished_at - slot).total_seconds() for r in done) if done else 0.0
+        waves.append(Wave(lags, on_wire, received, len(done) / span if span else 0.0, len(done)))
+    return waves
+
+
+@dataclass
+class Wave:
+    """One slot's runs, in seconds after the slot time."""
+
+    lags: list[float]  # handed to the OpenRouter client
+    on_wire: list[float]  # last byte of the request written to its socket
+    received: list[float]  # arrival at the simulator
+    rate: float  # runs completed per second (slot time → last finish)
+    done: int
 
 
 def serve_memory(n: int) -> float:
@@ -262,21 +285,21 @@ def main() -> None:
     if args.pg:
         targets.append(("postgresql", args.pg))
     for label, url in targets:
-        lags, on_wire, received, rate, done = uvloop.run(ledger_lags(url, args.n))
-        p50, p99 = statistics.median(lags) * 1000, pct(lags, 0.99) * 1000
-        w50, w99 = statistics.median(on_wire) * 1000, pct(on_wire, 0.99) * 1000
-        r50, r99 = statistics.median(received) * 1000, pct(received, 0.99) * 1000
-        print(
-            f"  request written to its socket: p50={w50:.0f} ms p99={w99:.0f} ms; "
-            f"arrival at the simulator: p50={r50:.0f} ms p99={r99:.0f} ms",
-            flush=True,
-        )
-        print(
-            f"ledger {label:10s} n={args.n}: dispatch lag p50={p50:7.1f} ms p99={p99:7.1f} ms "
-            f"(x{p99 / (pct(floor, 0.99) * 1000):.1f} of the floor's p99); {done} runs done, "
-            f"{rate:.0f} runs/s",
-            flush=True,
-        )
+        waves = uvloop.run(ledger_lags(url, args.n))
+        for name, wave in zip(("cold pool", "warm pool"), waves, strict=True):
+            if not wave.lags:
+                print(f"ledger {label:10s} n={args.n} {name}: no runs", flush=True)
+                continue
+            p50, p99 = statistics.median(wave.lags) * 1000, pct(wave.lags, 0.99) * 1000
+            w50, w99 = statistics.median(wave.on_wire) * 1000, pct(wave.on_wire, 0.99) * 1000
+            r50, r99 = statistics.median(wave.received) * 1000, pct(wave.received, 0.99) * 1000
+            print(
+                f"ledger {label:10s} n={args.n} {name}: dispatch lag p50={p50:7.1f} ms "
+                f"p99={p99:7.1f} ms (x{p99 / (pct(floor, 0.99) * 1000):.1f} of the floor's p99); "
+                f"written to the socket p50={w50:.0f} ms p99={w99:.0f} ms; at the simulator "
+                f"p50={r50:.0f} ms p99={r99:.0f} ms; {wave.done} runs done, {wave.rate:.0f} runs/s",
+                flush=True,
+            )
     if args.memory:
         rss = serve_memory(args.memory)
         print(f"ledger serve with {args.memory} behaviors: peak RSS {rss:.0f} MiB", flush=True)

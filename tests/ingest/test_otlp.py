@@ -763,6 +763,17 @@ def test_common_json_delivery_takes_the_fast_path_and_odd_ones_the_walker() -> N
     assert [span_from_data(s.trace_id, s.span_id, json.loads(s.data)) for s in fast] == decode(
         BROADCAST
     )
+    # What the walker refuses, the receiver refuses with the same words: a kind beyond 64 bits
+    # (msgspec reads any integer; orjson, and so the walker, does not) and bad UTF-8 in a key
+    # no decoder looks at.
+    huge_kind = one_span_json(kind=1).replace(b'"kind":1', b'"kind":18446744073709551616')
+    bad_utf8 = one_span_json(extra="Z").replace(b"Z", b"\xff")
+    for body in (huge_kind, bad_utf8):
+        with pytest.raises(IngestError) as walked:
+            decode(body)
+        with pytest.raises(IngestError) as stored:
+            decode_for_storage(body, JSON, None, LIMITS)
+        assert (stored.value.status_code, str(stored.value)) == (400, str(walked.value))
     nested = one_span_json(attributes=[attr("a", {"arrayValue": {"values": [{"intValue": 1}]}})])
     b64_id = one_span_json(traceId=base64.b64encode(bytes.fromhex(TRACE_ID)).decode())
     for body in (nested, b64_id):

@@ -13,7 +13,7 @@ from sqlmodel import col, select
 from ledger.behaviors.registry import reconcile_directory
 from ledger.db.models import BehaviorRow, BudgetWindow, GateResultRow, IngestedSpan, Run
 from ledger.db.session import Database
-from ledger.ingest.otlp import Limits, decode_request
+from ledger.ingest.otlp import Limits, RawSpan, decode_for_storage, decode_request
 from ledger.ingest.process import DbLookup, process_pending
 from ledger.ingest.store import span_data
 from ledger.sim.openrouter import GenerationRecord, build_broadcast
@@ -42,10 +42,24 @@ def delivery(**overrides: Any) -> bytes:
     return orjson.dumps(build_broadcast(record))
 
 
-def store(db: Database, body: bytes) -> None:
-    spans = decode_request(body, "application/json", None, Limits())
+def store(db: Database, body: bytes, *, raw: bool = False) -> None:
+    """Store a delivery as the receiver does: ``raw`` as it came (the JSON fast path), else
+    decoded (protobuf, or JSON the fast path leaves to the full decoder)."""
     with db.transaction() as session:
-        for span in spans:
+        if raw:
+            for item in decode_for_storage(body, "application/json", None, Limits()):
+                assert isinstance(item, RawSpan)
+                session.add(
+                    IngestedSpan(
+                        trace_id=item.trace_id,
+                        span_id=item.span_id,
+                        name=item.name[:256],
+                        data=orjson.loads(item.data),
+                        received_at=T0,
+                    )
+                )
+            return
+        for span in decode_request(body, "application/json", None, Limits()):
             session.add(
                 IngestedSpan(
                     trace_id=span.trace_id,
@@ -72,6 +86,27 @@ def spent(db: Database, name: str) -> float:
         bid = lock_behavior(session, name=name).id
         rows = session.exec(select(BudgetWindow).where(col(BudgetWindow.behavior_id) == bid)).all()
         return round(sum(r.spent_usd for r in rows), 9)
+
+
+def test_deliveries_stored_as_they_came_are_attributed_and_a_poison_row_is_set_aside(
+    db: Database, tmp_path: Path
+) -> None:
+    setup(db, tmp_path)
+    store(db, delivery(key_name="beta-key"), raw=True)
+    with db.transaction() as session:  # a row no decoder can read back
+        session.add(
+            IngestedSpan(
+                trace_id="f" * 32, span_id="e" * 16, name="bad", data={"otlp": 1}, received_at=T0
+            )
+        )
+    store(db, delivery(user="alpha"), raw=True)
+    stats = process_pending(db, DbLookup(db), T0, CTX)
+    assert (stats.attributed, stats.unattributed) == (2, 0)
+    assert spent(db, "beta") == 0.2 and spent(db, "alpha") == 0.2
+    with db.transaction() as session:
+        bad = session.exec(select(IngestedSpan).where(col(IngestedSpan.name) == "bad")).one()
+        assert bad.attribution == "invalid" and bad.processed_at is not None
+    assert process_pending(db, DbLookup(db), T0, CTX).spans == 0
 
 
 def test_cost_is_attributed_by_key_name_user_and_run(db: Database, tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from ledger.runner.openrouter import (
     ShardedTransport,
     build_chat_request,
     build_fallback_request,
+    new_http_client,
     should_fall_back,
     translate_exception,
 )
@@ -834,3 +835,20 @@ async def test_sharded_pool_spreads_concurrent_calls_and_releases_every_slot(sim
         with pytest.raises(httpx.ConnectError):
             await http.get("http://127.0.0.1:9/")
         assert transport.in_flight == [0] * transport.shards
+
+
+async def test_a_proxy_in_the_environment_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """httpx reads HTTPS_PROXY only on its own transport: with one set, the plain pool."""
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    async with new_http_client() as proxied:
+        assert not isinstance(proxied._transport, ShardedTransport)
+        assert any(
+            getattr(t, "_pool", None).__class__.__name__ == "AsyncHTTPProxy"
+            for t in proxied._mounts.values()
+            if t is not None
+        )
+    monkeypatch.delenv("HTTPS_PROXY")
+    for name in ("HTTP_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    async with new_http_client() as direct:
+        assert isinstance(direct._transport, ShardedTransport)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from sqlmodel import col, select
 
 from ledger.behaviors.registry import reconcile_directory
@@ -116,3 +119,22 @@ async def test_a_due_interval_job_fires_on_the_real_clock(db: Database, tmp_path
         await service.stop()
     scheduled = [r for r in runs(db) if r.trigger == "schedule"]
     assert scheduled and scheduled[0].scheduled_for.second % 10 == 0
+
+
+@pytest.mark.parametrize(
+    ("soft", "hard", "expected"),
+    [(512, 512, 256), (512, 4096, 1024), (4096, 4096, 1024), (100, 100, 16)],
+)
+def test_calls_in_flight_fit_the_open_files_limit(soft: int, hard: int, expected: int) -> None:
+    """The soft limit is raised toward the hard one; what still does not fit is given up."""
+    code = (
+        "import resource\n"
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({soft}, {hard}))\n"
+        "from ledger.runner.scheduler import calls_that_fit\n"
+        "print(calls_that_fit(1024), resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert int(out[0]) == expected
+    assert int(out[1]) == min(hard, max(soft, 1024 + 256))
