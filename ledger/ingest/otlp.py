@@ -142,10 +142,7 @@ def decode_request(
     an empty list, which the spec says to answer with success.
     """
     protobuf, payload = _unframe(body, content_type, content_encoding, limits)
-    try:
-        return _decode_protobuf(payload, limits) if protobuf else _decode_json(payload, limits)
-    except _Bad as bad:
-        raise bad.to_ingest_error() from None
+    return _walk(payload, protobuf, limits)
 
 
 def decode_for_storage(
@@ -158,6 +155,10 @@ def decode_for_storage(
         fast = _fast_json(payload, limits)
         if fast is not None:
             return fast
+    return _walk(payload, protobuf, limits)
+
+
+def _walk(payload: bytes, protobuf: bool, limits: Limits) -> list[SpanRecord]:
     try:
         return _decode_protobuf(payload, limits) if protobuf else _decode_json(payload, limits)
     except _Bad as bad:
