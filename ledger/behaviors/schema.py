@@ -71,8 +71,8 @@ class Budget(_Strict):
     per_call_estimate_usd: float | None = Field(
         default=None,
         gt=0,
-        description="Worst-case cost of one call, reserved before calling when the model's "
-        "price is unknown.",
+        description="Worst-case cost of one call, reserved before calling (else the catalog "
+        "price of primary_model, else $0.05).",
     )
 
 
@@ -256,7 +256,8 @@ class Behavior(_Strict):
     primary_model: str | None = Field(
         default=None,
         description="The preset's primary model (e.g. anthropic/claude-haiku-4.5): a run "
-        "answered by another model (the preset's fallback list) says so.",
+        "answered by another model (the preset's fallback list) says so, and budget "
+        "reservations use its catalog price.",
     )
     require_primary_model: bool = Field(
         default=False,

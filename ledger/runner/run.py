@@ -31,6 +31,7 @@ from ledger.gates import Gate, GateResult, Outcome, Tier
 from ledger.journal import append_entry
 from ledger.outbox.actions import enqueue_action
 from ledger.policy import Observation
+from ledger.runner.catalog import ModelCatalog
 from ledger.runner.checks import CheckSpec, run_checks
 from ledger.spend import reserve, settle
 from ledger.transitions import (
@@ -204,10 +205,16 @@ def begin_run(
     now: datetime,
     ctx: PolicyContext,
     default_estimate_usd: float = DEFAULT_CALL_ESTIMATE_USD,
+    catalog: ModelCatalog | None = None,
 ) -> RunPlan | None:
     """Start one claimed run (see ``begin_runs``). Returns its plan, or None."""
     plans = begin_runs(
-        session, [run_id], now=now, ctx=ctx, default_estimate_usd=default_estimate_usd
+        session,
+        [run_id],
+        now=now,
+        ctx=ctx,
+        default_estimate_usd=default_estimate_usd,
+        catalog=catalog,
     )
     return plans[0] if plans else None
 
@@ -219,6 +226,7 @@ def begin_runs(
     now: datetime,
     ctx: PolicyContext,
     default_estimate_usd: float = DEFAULT_CALL_ESTIMATE_USD,
+    catalog: ModelCatalog | None = None,
 ) -> list[RunPlan]:
     """Start claimed runs in one transaction: skip those whose behavior is paused, retired or
     disabled; reserve each call's worst-case cost (a budget that does not fit records
@@ -273,7 +281,7 @@ def begin_runs(
             why = "retired" if row.retired else ("paused" if row.paused else "disabled")
             skipped.append({"rid": run_id, "why": why})
             continue
-        plan = _plan(session, run_id, row, now, ctx, default_estimate_usd)
+        plan = _plan(session, run_id, row, now, ctx, default_estimate_usd, catalog)
         if plan is not None:
             plans.append(plan)
             updates.append(
@@ -323,27 +331,14 @@ def _plan(
     now: datetime,
     ctx: PolicyContext,
     default_estimate_usd: float,
+    catalog: ModelCatalog | None = None,
 ) -> RunPlan | None:
     """The plan of one run whose behavior is active; None when its budget refuses the call
-    (then the ``spend_cap`` result is recorded here)."""
+    (then the ``spend_cap`` result is recorded here). The reservation is the behavior's own
+    per-call estimate, else the call's worst case at the catalog's price of its primary model,
+    else ``default_estimate_usd``."""
     behavior = _BEHAVIOR_CACHE[row.definition_hash]
     tier = Tier(row.tier)
-    reserved = 0.0
-    window: datetime | None = None
-    if behavior.budget is not None:
-        window = window_start(behavior.budget.reset, now, behavior.timezone)
-        estimate = behavior.budget.per_call_estimate_usd or default_estimate_usd
-        if not reserve(
-            session,
-            behavior_id=row.id,
-            window_start=window,
-            amount=estimate,
-            budget=behavior.budget.usd,
-            now=now,
-        ):
-            _refuse(session, run_id, row.id, behavior, window, estimate, now, ctx)
-            return None
-        reserved = estimate
     prompt = render_prompt(
         row.prompt_text,
         behavior.inputs,
@@ -355,6 +350,28 @@ def _plan(
             "tier": tier.value,
         },
     )
+    reserved = 0.0
+    window: datetime | None = None
+    if behavior.budget is not None:
+        window = window_start(behavior.budget.reset, now, behavior.timezone)
+        estimate = behavior.budget.per_call_estimate_usd
+        if not estimate and catalog is not None:
+            estimate = catalog.worst_case_usd(
+                behavior.primary_model, prompt, behavior.max_output_tokens
+            )
+        if not estimate:
+            estimate = default_estimate_usd
+        if not reserve(
+            session,
+            behavior_id=row.id,
+            window_start=window,
+            amount=estimate,
+            budget=behavior.budget.usd,
+            now=now,
+        ):
+            _refuse(session, run_id, row.id, behavior, window, estimate, now, ctx)
+            return None
+        reserved = estimate
     return RunPlan(
         run_id=run_id,
         behavior_id=row.id,

@@ -30,6 +30,7 @@ from ledger.behaviors.schema import Behavior
 from ledger.clock import Clock
 from ledger.db.models import BehaviorRow
 from ledger.db.session import Database
+from ledger.runner.catalog import ModelCatalog
 from ledger.runner.run import (
     CallOutcome,
     FinishedRun,
@@ -132,7 +133,9 @@ class RunnerService:
         *,
         max_concurrency: int = MAX_CONCURRENT_CALLS,
         default_estimate_usd: float = 0.05,
+        catalog: ModelCatalog | None = None,
     ) -> None:
+        self.catalog = catalog
         self.db = db
         self.clock = clock
         self.call_model = call_model
@@ -263,6 +266,7 @@ class RunnerService:
                 now=self.clock.now(),
                 ctx=self.ctx,
                 default_estimate_usd=self.default_estimate_usd,
+                catalog=self.catalog,
             )
 
     async def _claim_loop(self) -> None:
@@ -299,6 +303,7 @@ class RunnerService:
                 now=now,
                 ctx=self.ctx,
                 default_estimate_usd=self.default_estimate_usd,
+                catalog=self.catalog,
             )
 
     async def _call(self, plan: RunPlan) -> None:

@@ -1271,6 +1271,27 @@ async def _deliver(
 # --------------------------------------------------------------------------------------------
 
 
+async def list_models(request: Request) -> Response:
+    """``GET /api/v1/models``: every model the presets and ``models`` name, with per-token
+    prices as decimal strings (as OpenRouter lists them); no key needed."""
+    state = _state(request)
+    data = [
+        {
+            "id": model,
+            "name": model,
+            "context_length": 128_000,
+            "pricing": {
+                "prompt": f"{info.input_price:.12f}".rstrip("0").rstrip(".") or "0",
+                "completion": f"{info.output_price:.12f}".rstrip("0").rstrip(".") or "0",
+                "request": "0",
+                "image": "0",
+            },
+        }
+        for model, info in sorted(state.models.items())
+    ]
+    return _JSONResponse({"data": data})
+
+
 async def current_key(request: Request) -> Response:
     state = _state(request)
     now = state.config.clock()
@@ -1468,6 +1489,7 @@ def create_app(config: SimConfig) -> Starlette:
     routes = [
         Route("/api/v1/chat/completions", _recorded(chat_completions), methods=["POST"]),
         Route("/api/v1/key", _recorded(current_key), methods=["GET"]),
+        Route("/api/v1/models", _recorded(list_models), methods=["GET"]),
         Route("/api/v1/credits", _recorded(credits), methods=["GET"]),
         Route("/api/v1/generation", _recorded(generation), methods=["GET"]),
         Route("/api/v1/keys", _recorded(list_keys), methods=["GET"]),

@@ -19,6 +19,7 @@ from ledger.ingest.process import IngestProcessor
 from ledger.outbox.dispatcher import Dispatcher
 from ledger.outbox.urls import make_client
 from ledger.runner.call import call_model
+from ledger.runner.catalog import REFRESH_SECONDS, ModelCatalog
 from ledger.runner.openrouter import OpenRouterClient
 from ledger.runner.run import RunPlan, expire_approvals
 from ledger.runner.scheduler import MAX_CONCURRENT_CALLS, RunnerService, calls_that_fit
@@ -90,7 +91,8 @@ async def open_services(
     async def call(plan: RunPlan) -> Any:
         return await call_model(client, plan)
 
-    runner = RunnerService(db, clock, call, ctx, max_concurrency=in_flight)
+    catalog = ModelCatalog(settings.openrouter_base_url)
+    runner = RunnerService(db, clock, call, ctx, max_concurrency=in_flight, catalog=catalog)
     processor = IngestProcessor(
         db, clock, ctx, sources=settings.webhook_sources, ingest_busy=ingest_busy
     )
@@ -106,6 +108,9 @@ async def open_services(
     services.tasks.append(
         asyncio.create_task(_expire_loop(db, clock, ctx, services.stop), name="approval-expiry")
     )
+    services.tasks.append(
+        asyncio.create_task(_catalog_loop(catalog, services.stop), name="model-catalog")
+    )
     return services
 
 
@@ -117,6 +122,26 @@ async def finish_or_cancel(tasks: list[asyncio.Task[Any]], grace: float = 10.0) 
     for task in pending:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _catalog_loop(catalog: ModelCatalog, stop: asyncio.Event) -> None:
+    """Model prices for reservations: at start, then hourly (a minute after a failure)."""
+    while not stop.is_set():
+        refresh = asyncio.ensure_future(catalog.refresh())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({refresh, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not refresh.done():  # stopping: a slow catalog must not hold the shutdown up
+            refresh.cancel()
+            await asyncio.gather(refresh, return_exceptions=True)
+            return
+        try:
+            ok = refresh.result()
+        except Exception:
+            log.exception("refreshing the model catalog failed; retrying")
+            ok = False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=REFRESH_SECONDS if ok else 60.0)
 
 
 async def _expire_loop(db: Database, clock: Clock, ctx: PolicyContext, stop: asyncio.Event) -> None:

@@ -13,6 +13,7 @@ from ledger.db.models import Approval, BehaviorRow, GateResultRow, OutboxRow, Ru
 from ledger.db.session import Database
 from ledger.errors import ConflictError
 from ledger.gates import Gate, GateResult, Outcome
+from ledger.runner.catalog import ModelCatalog
 from ledger.runner.run import (
     CallOutcome,
     SlotClaim,
@@ -174,6 +175,42 @@ def test_unanswered_approvals_expire_neutrally(db: Database, tmp_path: Path) -> 
     with db.transaction() as session:
         assert session.exec(select(Approval)).one().status == "expired"
         assert lock_behavior(session, name="alpha").tier == "B"
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        # the primary model's catalog price: (prompt bytes + overhead) and the output cap
+        ("primary_model: m/known\nmax_output_tokens: 100\n", (18 + 16) * 0.001 + 100 * 0.002),
+        # the operator's own estimate wins over the catalog
+        (
+            "primary_model: m/known\nmax_output_tokens: 100\n",
+            "estimate",
+        ),
+        # a model the catalog does not list: the default estimate
+        ("primary_model: m/unlisted\n", 0.05),
+    ],
+)
+def test_reservation_uses_the_estimate_then_the_catalog_then_the_default(
+    db: Database, tmp_path: Path, extra: str, expected: float | str
+) -> None:
+    body = VALID_BEHAVIOR.format(key_env="K", name="alpha").replace("  usd: 1\n", "  usd: 100\n")
+    if expected == "estimate":
+        body = body.replace("  usd: 100\n", "  usd: 100\n  per_call_estimate_usd: 0.25\n")
+        expected = 0.25
+    write_behavior(tmp_path, "alpha", body + extra)
+    with db.transaction() as session:
+        reconcile_directory(session, tmp_path, T0)
+        bid = lock_behavior(session, name="alpha").id or 0
+    catalog = ModelCatalog("http://unused.invalid")
+    pricing = {"prompt": "0.001", "completion": "0.002"}
+    catalog.load({"data": [{"id": "m/known", "pricing": pricing}]})
+    with db.transaction() as session:
+        (run,) = claim_slots(session, [SlotClaim(bid, T0, "A")], T0)
+        plan = begin_run(session, run.id, now=T0, ctx=CTX, catalog=catalog)
+    assert plan is not None
+    assert plan.prompt == "Say hello to world"  # 18 bytes
+    assert plan.reserved_usd == pytest.approx(expected)
 
 
 def test_budget_that_does_not_fit_records_spend_cap_and_makes_no_call(
