@@ -646,6 +646,13 @@ class RawSpan:
     data: str
 
 
+# Stored spans were checked against the receiver's limits already; reading them back must not
+# refuse what was accepted, whatever the limits are now.
+_STORED_LIMITS: Final = Limits(
+    max_spans=2**31, max_attributes=2**31, max_events=2**31, max_depth=2**31
+)
+
+
 def span_from_raw(trace_id: str, span_id: str, data: dict[str, Any]) -> SpanRecord:
     """The ``SpanRecord`` of a span stored by the fast path (its ``data`` parsed)."""
     limits = _STORED_LIMITS
@@ -654,13 +661,6 @@ def span_from_raw(trace_id: str, span_id: str, data: dict[str, Any]) -> SpanReco
     if record.trace_id == trace_id and record.span_id == span_id:
         return record
     return dataclasses.replace(record, trace_id=trace_id, span_id=span_id)
-
-
-# Stored spans were checked against the receiver's limits already; reading them back must not
-# refuse what was accepted, whatever the limits are now.
-_STORED_LIMITS: Final = Limits(
-    max_spans=2**31, max_attributes=2**31, max_events=2**31, max_depth=2**31
-)
 
 
 def _fast_json(payload: bytes, limits: Limits) -> list[RawSpan] | None:

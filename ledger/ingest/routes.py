@@ -29,7 +29,7 @@ import orjson
 import structlog
 from fastapi import APIRouter, FastAPI
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
@@ -201,25 +201,6 @@ def _check_declared_length(declared: str | bytes | None, limit: int) -> None:
         raise IngestError(f"request body is {size} bytes; the limit is {limit}", status_code=413)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing with 413 as soon as it is known to exceed ``limit`` bytes."""
-    _check_declared_length(request.headers.get("content-length"), limit)
-    chunks: list[bytes] = []
-    received = 0
-    try:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > limit:
-                raise IngestError(
-                    f"request body is more than {limit} bytes; the limit is {limit}",
-                    status_code=413,
-                )
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise IngestError("the client disconnected before sending the body") from None
-    return b"".join(chunks)
-
-
 # --------------------------------------------------------------------------- POST /v1/traces
 
 
@@ -267,7 +248,7 @@ _SUCCESS: Final = {
 }
 
 
-async def _read_asgi_body(receive: Receive, declared: bytes | None, limit: int) -> bytes:
+async def _read_asgi_body(receive: Receive, declared: str | bytes | None, limit: int) -> bytes:
     """The request body, refusing with 413 as soon as it is known to exceed ``limit`` bytes."""
     _check_declared_length(declared, limit)
     chunks: list[bytes] = []
@@ -440,7 +421,9 @@ async def receive_webhook(source: str, request: Request) -> Response:
     if config is None:
         return _webhook_error(f"no webhook source named {source!r} is configured", 404)
     try:
-        body = await _read_body(request, ingest.limits.max_body_bytes)
+        body = await _read_asgi_body(
+            request.receive, request.headers.get("content-length"), ingest.limits.max_body_bytes
+        )
         now = ingest.clock.now()
         verified = verify_webhook(
             config.scheme, source, request.headers, body, config.secrets, now=now.timestamp()

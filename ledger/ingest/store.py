@@ -29,6 +29,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
+from ledger.db.bulk import DriverInsert
 from ledger.db.models import BehaviorRow, IngestedSpan, WebhookEvent
 from ledger.errors import IngestError
 from ledger.ingest.otlp import Attributes, AttrValue, RawSpan, SpanEvent, SpanRecord, span_from_raw
@@ -218,35 +219,22 @@ def _is_permanent(exc: BaseException) -> bool:
 
 
 class _SpanInsert:
-    """``INSERT … ON CONFLICT (trace_id, span_id) DO NOTHING`` compiled once for the engine's
-    dialect and executed at the driver level (executemany), with ``data`` serialized by orjson
-    and ``received_at`` converted once per request: the per-row work of SQLAlchemy's bind
-    processing is most of a batch's cost otherwise."""
+    """The span rows of a batch as one driver-level insert (``DriverInsert``), with ``data``
+    serialized by orjson and ``received_at`` converted once per request."""
 
     _COLUMNS: Final = ("trace_id", "span_id", "name", "source", "data", "received_at")
 
     def __init__(self, engine: Engine) -> None:
         table: Table = IngestedSpan.__table__  # type: ignore[attr-defined]  # SQLModel table
-        stmt = _insert_ignoring_duplicates(engine, table, "trace_id", "span_id")
-        stmt = stmt.values({name: None for name in self._COLUMNS}).inline()
-        compiled = stmt.compile(dialect=engine.dialect)
-        self.sql = str(compiled)
-        self._positional = compiled.positiontup  # None for named paramstyles (psycopg)
-        column_type = table.c.received_at.type.dialect_impl(engine.dialect)
-        self._received_at = column_type.bind_processor(engine.dialect)
+        self._insert = DriverInsert(table, self._COLUMNS, ("trace_id", "span_id"), engine.dialect)
+        self._received_at = self._insert.converter("received_at")
 
     def params(self, pending: _Pending) -> list[Any]:
-        when: Any = pending.received_at
-        if self._received_at is not None:
-            when = self._received_at(when)
-        rows = [_span_params(span, when) for span in pending.spans]
-        if self._positional is None:
-            return rows
-        order = self._positional
-        return [tuple(row[name] for name in order) for row in rows]
+        when = self._received_at(pending.received_at)
+        return self._insert.params([_span_params(span, when) for span in pending.spans])
 
     def execute(self, conn: Connection, params: list[Any]) -> None:
-        conn.exec_driver_sql(self.sql, params)
+        self._insert.execute(conn, params)
 
 
 class SpanWriter:

@@ -14,17 +14,16 @@ import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any
 
 import orjson
 from sqlalchemy import bindparam, update
 from sqlalchemy import select as sa_select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col, select
 
 from ledger.behaviors.schema import Behavior
 from ledger.budget import window_start
+from ledger.db.bulk import DriverInsert
 from ledger.db.models import Approval, BehaviorRow, Run
 from ledger.errors import ConflictError, LedgerError, NotFoundError
 from ledger.gates import Gate, GateResult, Outcome, Tier
@@ -76,80 +75,64 @@ def claim_slots(session: Session, claims: Sequence[SlotClaim], now: datetime) ->
     if not claims:
         return []
     conn = session.connection()
-    insert = _ClaimInsert.for_dialect(conn.dialect)
+    insert = _claim_insert(conn.dialect)
+    converted: dict[datetime, Any] = {}  # a batch shares its slot: convert each time once
+
+    def when(value: datetime) -> Any:
+        if value not in converted:
+            converted[value] = insert.converter("scheduled_for")(value)
+        return converted[value]
+
     rows = [(new_run_id(now), c.behavior_id, c.scheduled_for, c.tier, c.trigger) for c in claims]
-    conn.exec_driver_sql(insert.sql, insert.params(rows, now))
+    claimed_at = when(now)
+    insert.execute(
+        conn,
+        insert.params(
+            [
+                {
+                    "id": run_id,
+                    "behavior_id": behavior_id,
+                    "scheduled_for": when(slot),
+                    "claimed_at": claimed_at,
+                    "tier": tier,
+                    "trigger": trigger,
+                    "status": "claimed",
+                    "via_fallback": False,
+                    "reserved_usd": 0.0,
+                }
+                for run_id, behavior_id, slot, tier, trigger in rows
+            ]
+        ),
+    )
     table = Run.__table__  # type: ignore[attr-defined]
     ids = [row[0] for row in rows]
     won = set(conn.execute(sa_select(table.c.id).where(table.c.id.in_(ids))).scalars())
     return [ClaimedRun(r[0], r[1], r[2]) for r in rows if r[0] in won]
 
 
-class _ClaimInsert:
-    """``INSERT INTO run … ON CONFLICT (behavior_id, scheduled_for) DO NOTHING`` compiled once
-    per dialect, with datetimes converted once per distinct value (a batch shares its slot)."""
+_CLAIM_COLUMNS = (
+    "id",
+    "behavior_id",
+    "scheduled_for",
+    "claimed_at",
+    "tier",
+    "trigger",
+    "status",
+    "via_fallback",
+    "reserved_usd",
+)
+_CLAIM_INSERTS: dict[str, DriverInsert] = {}
 
-    _COLUMNS = (
-        "id",
-        "behavior_id",
-        "scheduled_for",
-        "claimed_at",
-        "tier",
-        "trigger",
-        "status",
-        "via_fallback",
-        "reserved_usd",
-    )
-    _cache: ClassVar[dict[str, _ClaimInsert]] = {}
 
-    def __init__(self, dialect: Any) -> None:
+def _claim_insert(dialect: Any) -> DriverInsert:
+    """``INSERT INTO run … ON CONFLICT (behavior_id, scheduled_for) DO NOTHING``, compiled once
+    per dialect."""
+    found = _CLAIM_INSERTS.get(dialect.name)
+    if found is None:
         table = Run.__table__  # type: ignore[attr-defined]
-        insert = pg_insert if dialect.name == "postgresql" else sqlite_insert
-        stmt = (
-            insert(table)
-            .on_conflict_do_nothing(index_elements=["behavior_id", "scheduled_for"])
-            .values({name: None for name in self._COLUMNS})
-        )
-        compiled = stmt.compile(dialect=dialect)
-        self.sql = str(compiled)
-        self._positional = compiled.positiontup  # None for named paramstyles (psycopg)
-        convert = table.c.scheduled_for.type.dialect_impl(dialect).bind_processor(dialect)
-        self._convert = convert if convert is not None else (lambda value: value)
-
-    @classmethod
-    def for_dialect(cls, dialect: Any) -> _ClaimInsert:
-        found = cls._cache.get(dialect.name)
-        if found is None:
-            found = cls._cache[dialect.name] = cls(dialect)
-        return found
-
-    def params(self, rows: list[tuple[str, int, datetime, str, str]], now: datetime) -> list[Any]:
-        converted: dict[datetime, Any] = {}
-
-        def convert(value: datetime) -> Any:
-            if value not in converted:
-                converted[value] = self._convert(value)
-            return converted[value]
-
-        claimed_at = convert(now)
-        named = [
-            {
-                "id": run_id,
-                "behavior_id": behavior_id,
-                "scheduled_for": convert(slot),
-                "claimed_at": claimed_at,
-                "tier": tier,
-                "trigger": trigger,
-                "status": "claimed",
-                "via_fallback": False,
-                "reserved_usd": 0.0,
-            }
-            for run_id, behavior_id, slot, tier, trigger in rows
-        ]
-        if self._positional is None:
-            return named
-        order = self._positional
-        return [tuple(row[name] for name in order) for row in named]
+        found = DriverInsert(table, _CLAIM_COLUMNS, ("behavior_id", "scheduled_for"), dialect)
+        _CLAIM_INSERTS[dialect.name] = found
+    return found
 
 
 @dataclass(frozen=True, slots=True)
