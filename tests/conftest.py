@@ -33,6 +33,13 @@ def _pg_schema_url(schema: str) -> str:
     return f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
 
 
+@pytest.fixture(autouse=True)
+def _no_real_openrouter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never reach the real OpenRouter: a daemon a test starts without naming a simulator
+    talks to a closed local port (the model catalog's first fetch fails fast, offline)."""
+    monkeypatch.setenv("LEDGER_OPENROUTER_BASE_URL", "http://127.0.0.1:9")
+
+
 @pytest.fixture(params=BACKENDS)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A URL to an empty database of each backend, dropped after the test."""
