@@ -197,6 +197,19 @@ def status(config: ConfigOption = None) -> None:
             )
     for fp in report.file_problems:
         out.print(f"[yellow]invalid file, not registered:[/yellow]\n{fp.problems}", highlight=False)
+    ingest = report.ingest
+    last = _ago(now, ingest.last_received_at) if ingest.last_received_at else "never"
+    out.print(
+        f"broadcast: last delivery {last} · {ingest.waiting_deliveries} waiting to be processed "
+        f"· {ingest.unattributed_spans_24h} unattributed span(s) in 24h",
+        highlight=False,
+    )
+    if ingest.set_aside_deliveries:
+        out.print(
+            f"[yellow]broadcast: {ingest.set_aside_deliveries} delivery(ies) set aside: the "
+            "processor could not store them (see the log; they stay in ingest_delivery)[/yellow]",
+            highlight=False,
+        )
 
 
 def _ago(now: datetime, then: datetime) -> str:

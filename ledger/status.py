@@ -11,8 +11,15 @@ from sqlmodel import Session, col, select
 
 from ledger.behaviors.schema import Behavior
 from ledger.budget import window_start
-from ledger.db.models import BehaviorRow, FileProblem, GateResultRow, Run
+from ledger.db.models import (
+    BehaviorRow,
+    FileProblem,
+    GateResultRow,
+    IngestDelivery,
+    IngestedSpan,
+)
 from ledger.gates import Tier
+from ledger.spend import spent_in_window
 
 FAILURE_LOOKBACK = timedelta(hours=24)
 
@@ -33,9 +40,22 @@ class BehaviorStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class IngestStatus:
+    """Broadcast ingestion at a glance: deliveries acknowledged but not processed yet, those
+    set aside (the processor could not store them; see the log), and spans no behavior claimed
+    in the last 24 hours (kept in ``ingested_span``, attribution ``unattributed``)."""
+
+    waiting_deliveries: int
+    set_aside_deliveries: int
+    unattributed_spans_24h: int
+    last_received_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class StatusReport:
     behaviors: list[BehaviorStatus]
     file_problems: list[FileProblem]
+    ingest: IngestStatus
 
 
 def collect_status(session: Session, now: datetime) -> StatusReport:
@@ -72,15 +92,10 @@ def collect_status(session: Session, now: datetime) -> StatusReport:
         spend = 0.0
         budget = behavior.budget if behavior else None
         if budget is not None:
+            # The budget window's spend: the runner's and broadcast's figures reconciled, and
+            # spend seen only via broadcast, as the budget itself counts it.
             start = window_start(budget.reset, now, behavior.timezone if behavior else "UTC")
-            spend = float(
-                session.execute(
-                    select(func.coalesce(func.sum(Run.cost_usd), 0.0)).where(
-                        col(Run.behavior_id) == row.id,
-                        col(Run.claimed_at) >= start,
-                    )
-                ).scalar_one()
-            )
+            spend, _reserved = spent_in_window(session, row.id or 0, start)
         out.append(
             BehaviorStatus(
                 name=row.name,
@@ -97,7 +112,41 @@ def collect_status(session: Session, now: datetime) -> StatusReport:
             )
         )
     problems = session.execute(select(FileProblem).order_by(col(FileProblem.path))).scalars().all()
-    return StatusReport(out, list(problems))
+    return StatusReport(out, list(problems), _ingest_status(session, since))
+
+
+def _ingest_status(session: Session, since: datetime) -> IngestStatus:
+    by_state = dict(
+        session.execute(
+            select(col(IngestDelivery.set_aside).is_not(None), func.count()).group_by(
+                col(IngestDelivery.set_aside).is_not(None)
+            )
+        ).all()
+    )
+    unattributed = session.execute(
+        select(func.count()).where(
+            col(IngestedSpan.behavior_id).is_(None),
+            col(IngestedSpan.received_at) >= since,
+            col(IngestedSpan.attribution) == "unattributed",
+        )
+    ).scalar_one()
+    last = max(
+        (
+            t
+            for t in (
+                session.execute(select(func.max(IngestDelivery.received_at))).scalar_one(),
+                session.execute(select(func.max(IngestedSpan.received_at))).scalar_one(),
+            )
+            if t is not None
+        ),
+        default=None,
+    )
+    return IngestStatus(
+        waiting_deliveries=int(by_state.get(False, 0)),
+        set_aside_deliveries=int(by_state.get(True, 0)),
+        unattributed_spans_24h=int(unattributed),
+        last_received_at=last,
+    )
 
 
 def _definition(row: BehaviorRow) -> Behavior | None:

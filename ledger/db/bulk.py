@@ -1,4 +1,4 @@
-"""Driver-level bulk inserts for hot paths (broadcast spans, slot claims).
+"""Driver-level bulk inserts for hot paths (broadcast deliveries, slot claims).
 
 ``DriverInsert`` compiles ``INSERT … ON CONFLICT (keys) DO NOTHING`` once per dialect and runs
 it as one ``executemany`` on the DBAPI cursor: SQLAlchemy's per-row bind processing is most of
@@ -20,19 +20,17 @@ __all__ = ["DriverInsert"]
 
 
 class DriverInsert:
-    """``INSERT INTO table (columns) … ON CONFLICT (conflict) DO NOTHING`` for ``dialect``."""
+    """``INSERT INTO table (columns) … ON CONFLICT (conflict) DO NOTHING`` for ``dialect``
+    (a plain insert when ``conflict`` is empty)."""
 
     def __init__(
         self, table: Table, columns: Sequence[str], conflict: Sequence[str], dialect: Dialect
     ) -> None:
         insert = pg_insert if dialect.name == "postgresql" else sqlite_insert
-        stmt = (
-            insert(table)
-            .on_conflict_do_nothing(index_elements=list(conflict))
-            .values({name: None for name in columns})
-            .inline()
-        )
-        compiled = stmt.compile(dialect=dialect)
+        stmt = insert(table)
+        if conflict:
+            stmt = stmt.on_conflict_do_nothing(index_elements=list(conflict))
+        compiled = stmt.values({name: None for name in columns}).inline().compile(dialect=dialect)
         self.sql = str(compiled)
         self._order = compiled.positiontup  # None for named paramstyles (psycopg)
         self._table = table

@@ -5,7 +5,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, MetaData, UniqueConstraint, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -216,21 +227,37 @@ class OutboxRow(SQLModel, table=True):
     delivered_at: datetime | None = _ts(nullable=True)
 
 
-class IngestedSpan(SQLModel, table=True):
-    """One span received by the OTLP receiver, stored once per (trace id, span id).
+class IngestDelivery(SQLModel, table=True):
+    """A broadcast delivery as the receiver acknowledged it: its accepted spans, waiting for the
+    processor.
 
-    The receiver only stores; a processor turns unprocessed spans into spend and gate results
-    (``processed_at`` set in the same transaction), so ingestion never waits on the policy."""
+    The receiver's only write (insert-only, one row per delivery, one index), so acknowledging
+    costs little; the processor turns a delivery into ``ingested_span`` rows and its effects and
+    deletes it, in one transaction. ``spans`` is a JSON array of ``[trace_id, span_id, name,
+    data]`` (``data`` as ``ingested_span.data``). ``set_aside`` is set on a delivery the
+    processor cannot store (logged), so it never blocks the ones after it."""
+
+    __tablename__ = "ingest_delivery"
+
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    )
+    received_at: datetime = _ts()
+    span_count: int
+    spans: str = Field(sa_column=Column(Text(), nullable=False))
+    set_aside: str | None = Field(default=None, max_length=32)
+
+
+class IngestedSpan(SQLModel, table=True):
+    """One broadcast span, stored once per (trace id, span id), as processed: the processor
+    writes it with its attribution (``behavior_id``, ``run_id``, ``attribution``: the rule that
+    matched, or ``unattributed`` / ``no_generation`` / ``invalid`` / ``error``) and the cost of
+    its generation, in the transaction that applies its effects."""
 
     __tablename__ = "ingested_span"
     __table_args__ = (
         UniqueConstraint("trace_id", "span_id"),
-        Index(
-            "ix_ingested_span_unprocessed_id",
-            "id",
-            postgresql_where=text("processed_at IS NULL"),
-            sqlite_where=text("processed_at IS NULL"),
-        ),
         Index("ix_ingested_span_behavior_id_received_at", "behavior_id", "received_at"),
     )
 
@@ -245,6 +272,7 @@ class IngestedSpan(SQLModel, table=True):
     behavior_id: int | None = Field(default=None, foreign_key="behavior.id")
     run_id: str | None = Field(default=None, max_length=40)
     attribution: str | None = Field(default=None, max_length=32)
+    cost_usd: float | None = None
 
 
 class WebhookEvent(SQLModel, table=True):

@@ -1,8 +1,11 @@
-"""Stored broadcast spans → spend and gate results, off the receiver's hot path.
+"""Acknowledged broadcast deliveries → stored spans, spend and gate results, off the receiver's
+hot path.
 
-The receiver only stores spans; this processor takes unprocessed rows (oldest first), groups
-them by trace (one delivery = one trace), extracts generations, attributes each to a behavior,
-and applies the effects through the same transitions the runner uses:
+The receiver only stores each delivery (``ingest_delivery``); this processor takes them oldest
+first, groups each one's spans by trace, extracts generations, attributes each to a behavior,
+and, in one transaction per delivery, stores its spans in ``ingested_span`` (marked with their
+attribution), applies the effects and deletes the delivery. The effects go through the same
+transitions the runner uses:
 
 - cost counts toward the behavior's budget window (for a daemon run: the larger of the runner's
   and broadcast's figures wins; a disagreement stays visible on the run);
@@ -10,8 +13,10 @@ and applies the effects through the same transitions the runner uses:
   run only those the runner did not already record from the HTTP response;
 - spend seen only via broadcast that pushes a window past its budget records ``spend_cap``.
 
+A span already stored (a redelivery) is not stored again and has no effects again.
 Unattributed spans are kept and marked ``unattributed`` (counted in ``ledger status``).
-Each generation is applied in its own transaction, locking its behavior like the runner does.
+A delivery's transaction locks its behaviors like the runner does; deliveries without effects
+are stored together in one transaction.
 """
 
 from __future__ import annotations
@@ -23,30 +28,40 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 import orjson
 import structlog
-from sqlalchemy import Text, cast, update
+from sqlalchemy import Table, delete, update
 from sqlalchemy import select as sa_select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col, select
 
 from ledger.budget import window_start
 from ledger.clock import Clock
 from ledger.config import WebhookSource
-from ledger.db.models import BehaviorRow, GateResultRow, IngestedSpan, Run, WebhookEvent
+from ledger.db.bulk import DriverInsert
+from ledger.db.models import (
+    BehaviorRow,
+    GateResultRow,
+    IngestDelivery,
+    IngestedSpan,
+    Run,
+    WebhookEvent,
+)
 from ledger.db.session import Database
 from ledger.gates import Gate, GateResult, Outcome
 from ledger.ingest.attribution import Attribution, Generation, attribute, extract_generations
-from ledger.ingest.store import span_from_data
+from ledger.ingest.store import SOURCE_BROADCAST, is_bad_data, span_from_data, span_name
 from ledger.policy import Observation
 from ledger.spend import settle, spent_in_window
 from ledger.transitions import PolicyContext, apply_observation, lock_behavior, record_results
 
 log = structlog.get_logger("ledger.ingest")
 
-BATCH = 500
+BATCH = 200  # deliveries per pass
 LOOKUP_TTL = 5.0
 YIELD_FACTOR = 2.0  # rest per second of work while the receiver is busy
 MAX_REST = 1.0
@@ -113,6 +128,7 @@ class DbLookup:
 
 @dataclass(slots=True)
 class ProcessStats:
+    deliveries: int = 0
     spans: int = 0
     generations: int = 0
     attributed: int = 0
@@ -124,155 +140,293 @@ class ProcessStats:
 def process_pending(
     db: Database, lookup: DbLookup, now: datetime, ctx: PolicyContext, limit: int = BATCH
 ) -> ProcessStats:
-    """Process up to ``limit`` unprocessed spans (whole traces). Returns what was done."""
+    """Process up to ``limit`` acknowledged deliveries, oldest first. Returns what was done."""
     stats = ProcessStats()
+    table = _DELIVERY
     with db.transaction() as session:
-        # ``data`` as text, parsed by orjson: the JSON type's loader is the stdlib's.
-        rows = [
-            _Row(row_id, trace_id, span_id, orjson.loads(data))
-            for row_id, trace_id, span_id, data in session.execute(
-                sa_select(
-                    col(IngestedSpan.id),
-                    col(IngestedSpan.trace_id),
-                    col(IngestedSpan.span_id),
-                    cast(col(IngestedSpan.data), Text),
-                )
-                .where(col(IngestedSpan.processed_at).is_(None))
-                .order_by(col(IngestedSpan.id))
-                .limit(limit)
-            )
-        ]
-    if not rows:
+        fetched = session.execute(
+            sa_select(table.c.id, table.c.received_at, table.c.spans)
+            .where(table.c.set_aside.is_(None))
+            .order_by(table.c.id)
+            .limit(limit)
+        ).all()
+    if not fetched:
         return stats
-    by_trace: dict[str, list[_Row]] = defaultdict(list)
-    for row in rows:
-        by_trace[row.trace_id].append(row)
-    # Deliveries no behavior claims have no effects: marked processed together. A delivery that
-    # cannot be read back or applied (a bug, not the database) is set aside as ``invalid`` /
-    # ``error`` with a log line, so it cannot stall the ones after it.
-    idle: dict[str, list[int]] = {"unattributed": [], "no_generation": [], "invalid": []}
-    traces: list[tuple[list[_Row], list[Generation]]] = []
-    for trace_rows in by_trace.values():
-        try:
-            spans = [span_from_data(r.trace_id, r.span_id, r.data) for r in trace_rows]
-            traces.append((trace_rows, extract_generations(spans)))
-        except Exception as exc:
-            log.error(
-                "a stored broadcast delivery cannot be read; set aside as invalid",
-                trace_id=trace_rows[0].trace_id,
-                error=f"{type(exc).__name__}: {str(exc)[:200]}",
-            )
-            idle["invalid"].extend(r.id for r in trace_rows)
-            stats.spans += len(trace_rows)
+    deliveries = [d for d in (_read(db, *row) for row in fetched) if d is not None]
     lookup.prefetch_runs(
-        {hint for _, gens in traces for g in gens for hint in (g.run_id_hint, g.session_id) if hint}
+        {
+            hint
+            for d in deliveries
+            for trace in d.traces
+            for g in trace.generations
+            for hint in (g.run_id_hint, g.session_id)
+            if hint
+        }
     )
     try:
-        placed_traces = [
-            (trace_rows, [(attribute(gen, lookup), gen) for gen in generations])
-            for trace_rows, generations in traces
-        ]
+        for delivery in deliveries:
+            for trace in delivery.traces:
+                trace.placed = [(attribute(gen, lookup), gen) for gen in trace.generations]
     finally:
         lookup.forget_runs()
-    for trace_rows, placed in placed_traces:
-        if any(a.behavior is not None for a, _ in placed):
-            continue
-        idle["unattributed" if placed else "no_generation"].extend(r.id for r in trace_rows)
-        stats.spans += len(trace_rows)
-        stats.generations += len(placed)
-        stats.unattributed += len(placed)
-    if any(idle.values()):
-        _mark_idle(db, idle, now)
-    for trace_rows, placed in placed_traces:
-        if not any(a.behavior is not None for a, _ in placed):
+    # Deliveries no behavior claims have no effects: stored together, in one transaction.
+    idle = [d for d in deliveries if not d.behaviors()]
+    if idle:
+        _store_idle(db, idle, now, stats)
+    for delivery in deliveries:
+        if not delivery.behaviors():
             continue
         try:
-            results = _process_trace(db, trace_rows, placed, now, ctx)
+            results = _process_delivery(db, delivery, now, ctx)
         except _TakenElsewhere:
             continue
-        except DBAPIError:
-            raise  # the database failed: retried on the next pass
-        except Exception:
-            log.exception(
-                "applying a broadcast delivery failed; set aside as error",
-                trace_id=trace_rows[0].trace_id,
-            )
-            _mark_idle(db, {"error": [r.id for r in trace_rows]}, now)
-            stats.spans += len(trace_rows)
+        except DBAPIError as exc:
+            if not is_bad_data(exc):
+                raise  # the database failed: retried on the next pass
+            _set_aside(db, delivery.id, "rejected", exc)
             continue
-        stats.spans += len(trace_rows)
+        except Exception as exc:
+            log.exception(
+                "applying a broadcast delivery failed; its spans are kept, marked error",
+                delivery=delivery.id,
+            )
+            delivery.label_all("error")
+            _store_idle(db, [delivery], now, stats, error=exc)
+            continue
+        stats.deliveries += 1
+        stats.spans += len(delivery.entries)
         stats.results += results
-        for attribution, _gen in placed:
-            stats.generations += 1
-            if attribution.behavior is None:
-                stats.unattributed += 1
-            else:
-                stats.attributed += 1
-                stats.by_behavior[attribution.behavior] += 1
+        for trace in delivery.traces:
+            for attribution, _gen in trace.placed:
+                stats.generations += 1
+                if attribution.behavior is None:
+                    stats.unattributed += 1
+                else:
+                    stats.attributed += 1
+                    stats.by_behavior[attribution.behavior] += 1
     return stats
 
 
-def _mark_idle(db: Database, idle: dict[str, list[int]], now: datetime) -> None:
-    """Mark spans without effects processed, in one transaction (a replica that marked some
-    first changes nothing: there is nothing to apply twice)."""
-    with db.transaction() as session:
-        for label, ids in idle.items():
-            if ids:
-                session.execute(
-                    update(IngestedSpan)
-                    .where(col(IngestedSpan.id).in_(ids), col(IngestedSpan.processed_at).is_(None))
-                    .values(processed_at=now, attribution=label)
-                )
+_DELIVERY: Final[Table] = IngestDelivery.__table__  # type: ignore[attr-defined]
+_SPAN: Final[Table] = IngestedSpan.__table__  # type: ignore[attr-defined]
 
 
-@dataclass(frozen=True, slots=True)
-class _Row:
-    """An unprocessed ``ingested_span`` row: what processing it needs."""
+@dataclass(slots=True)
+class _Trace:
+    """The spans of one trace in a delivery, its generations and where each was placed."""
+
+    entries: list[list[Any]]
+    generations: list[Generation]
+    placed: list[tuple[Attribution, Generation]] = field(default_factory=list)
+    label: str | None = None  # set instead of attribution: invalid / error
+
+    def mark(self) -> tuple[str | None, str | None, str]:
+        """(behavior, run id, label) its span rows are stored with."""
+        if self.label is not None:
+            return None, None, self.label
+        first = next((a for a, _ in self.placed if a.behavior is not None), None)
+        if first is not None:
+            return first.behavior, first.run_id, str(first.rule)
+        return None, None, "unattributed" if self.placed else "no_generation"
+
+
+@dataclass(slots=True)
+class _Delivery:
+    """An acknowledged delivery read back: its stored entries grouped by trace."""
 
     id: int
-    trace_id: str
-    span_id: str
-    data: dict[str, Any]
+    received_at: datetime
+    entries: list[list[Any]]
+    traces: list[_Trace]
+
+    def behaviors(self) -> set[str]:
+        return {
+            a.behavior
+            for trace in self.traces
+            if trace.label is None
+            for a, _ in trace.placed
+            if a.behavior is not None
+        }
+
+    def label_all(self, label: str) -> None:
+        for trace in self.traces:
+            trace.label = label
+
+    def span_rows(self, now: datetime, behavior_ids: Mapping[str, int]) -> list[dict[str, Any]]:
+        cost = {
+            (gen.trace_id, gen.span_id): float(gen.cost)
+            for trace in self.traces
+            for gen in trace.generations
+            if gen.cost is not None
+        }
+        rows: list[dict[str, Any]] = []
+        for trace in self.traces:
+            behavior, run_id, label = trace.mark()
+            for trace_id, span_id, name, data in trace.entries:
+                rows.append(
+                    {
+                        "trace_id": trace_id,
+                        "span_id": span_id,
+                        "name": span_name(name),
+                        "source": SOURCE_BROADCAST,
+                        "data": data,
+                        "received_at": self.received_at,
+                        "processed_at": now,
+                        "behavior_id": behavior_ids[behavior] if behavior else None,
+                        "run_id": run_id,
+                        "attribution": label,
+                        "cost_usd": cost.get((trace_id, span_id)),
+                    }
+                )
+        return rows
+
+
+def _read(db: Database, delivery_id: int, received_at: datetime, text: str) -> _Delivery | None:
+    """A stored delivery's traces and generations; a delivery whose spans cannot be read is
+    kept with its spans marked ``invalid``, one that is not even JSON is set aside."""
+    try:
+        entries: list[list[Any]] = orjson.loads(text)
+        by_trace: dict[str, list[list[Any]]] = defaultdict(list)
+        for entry in entries:
+            by_trace[entry[0]].append(entry)
+    except Exception as exc:
+        _set_aside(db, delivery_id, "invalid", exc)
+        return None
+    delivery = _Delivery(delivery_id, received_at, entries, [])
+    for trace_entries in by_trace.values():
+        trace = _Trace(trace_entries, [])
+        try:
+            spans = [span_from_data(t, s, data) for t, s, _name, data in trace_entries]
+            trace.generations = extract_generations(spans)
+        except Exception as exc:
+            log.error(
+                "a stored broadcast trace cannot be read; its spans are kept, marked invalid",
+                delivery=delivery_id,
+                trace_id=str(trace_entries[0][0])[:32],
+                error=f"{type(exc).__name__}: {str(exc)[:200]}",
+            )
+            trace.label = "invalid"
+        delivery.traces.append(trace)
+    return delivery
+
+
+def _set_aside(db: Database, delivery_id: int, label: str, exc: BaseException) -> None:
+    log.error(
+        "a broadcast delivery cannot be stored; set aside (it stays in ingest_delivery)",
+        delivery=delivery_id,
+        reason=label,
+        error=f"{type(exc).__name__}: {str(getattr(exc, 'orig', exc))[:200]}",
+    )
+    with db.transaction() as session:
+        session.execute(
+            update(_DELIVERY).where(_DELIVERY.c.id == delivery_id).values(set_aside=label)
+        )
+
+
+_SPAN_COLUMNS: Final = (
+    "trace_id",
+    "span_id",
+    "name",
+    "source",
+    "data",
+    "received_at",
+    "processed_at",
+    "behavior_id",
+    "run_id",
+    "attribution",
+    "cost_usd",
+)
+
+
+def _insert_spans(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Insert span rows, skipping any already stored: one driver-level ``executemany``."""
+    if not rows:
+        return
+    dialect = session.get_bind().dialect
+    insert = DriverInsert(_SPAN, _SPAN_COLUMNS, ("trace_id", "span_id"), dialect)
+    when = insert.converter("received_at")
+    converted = {}
+    for row in rows:
+        for key in ("received_at", "processed_at"):
+            value = row[key]
+            if value not in converted:
+                converted[value] = when(value)
+            row[key] = converted[value]
+        row["data"] = orjson.dumps(row["data"]).decode()
+    insert.execute(session.connection(), insert.params(rows))
+
+
+def _insert_new_spans(session: Session, rows: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """Insert span rows, skipping any already stored; the (trace id, span id) of those this
+    insert stored (a redelivered span is not among them)."""
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    stmt = (
+        insert(_SPAN)
+        .on_conflict_do_nothing(index_elements=["trace_id", "span_id"])
+        .returning(_SPAN.c.trace_id, _SPAN.c.span_id)
+    )
+    return {(t, s) for t, s in session.execute(stmt, rows)}
+
+
+def _store_idle(
+    db: Database,
+    deliveries: list[_Delivery],
+    now: datetime,
+    stats: ProcessStats,
+    error: BaseException | None = None,
+) -> None:
+    """Deliveries without effects: their spans stored with their marks, the deliveries deleted,
+    in one transaction (a replica that took some first keeps them). A delivery the database
+    refuses is then tried alone, and set aside if it is refused again."""
+    try:
+        with db.transaction() as session:
+            ids = [d.id for d in deliveries]
+            taken = set(
+                session.execute(
+                    delete(_DELIVERY).where(_DELIVERY.c.id.in_(ids)).returning(_DELIVERY.c.id)
+                ).scalars()
+            )
+            rows = [row for d in deliveries if d.id in taken for row in d.span_rows(now, {})]
+            _insert_spans(session, rows)
+    except DBAPIError as exc:
+        if not is_bad_data(exc):
+            raise
+        if len(deliveries) == 1:
+            _set_aside(db, deliveries[0].id, "rejected" if error is None else "error", exc)
+            return
+        for delivery in deliveries:
+            _store_idle(db, [delivery], now, stats, error)
+        return
+    for delivery in deliveries:
+        if delivery.id not in taken:
+            continue
+        stats.deliveries += 1
+        stats.spans += len(delivery.entries)
+        for trace in delivery.traces:
+            stats.generations += len(trace.placed)
+            stats.unattributed += len(trace.placed)
 
 
 class _TakenElsewhere(Exception):
-    """Another processor (a replica) claimed these spans first."""
+    """Another processor (a replica) took this delivery first."""
 
 
-def _process_trace(
-    db: Database,
-    rows: list[_Row],
-    placed: list[tuple[Attribution, Generation]],
-    now: datetime,
-    ctx: PolicyContext,
-) -> int:
-    """One delivery's effects and its spans marked processed — one transaction, so a crash
-    never applies a delivery twice nor loses it. Raises _TakenElsewhere if a replica won."""
-    first = next((a for a, _ in placed if a.behavior is not None), None)
+def _process_delivery(db: Database, delivery: _Delivery, now: datetime, ctx: PolicyContext) -> int:
+    """One delivery's spans stored and their effects applied, and the delivery deleted — one
+    transaction, so a crash never applies a delivery twice nor loses it. A span stored before
+    (a redelivery) has no effects again. Raises _TakenElsewhere if a replica won."""
     count = 0
     with db.transaction() as session:
-        locked: dict[str, BehaviorRow] = {}
-        for name in sorted({a.behavior for a, _ in placed if a.behavior is not None}):
-            locked[name] = lock_behavior(session, name=name)
-        claimed = session.execute(
-            update(IngestedSpan)
-            .where(
-                col(IngestedSpan.id).in_([r.id for r in rows]),
-                col(IngestedSpan.processed_at).is_(None),
-            )
-            .values(
-                processed_at=now,
-                behavior_id=locked[first.behavior].id if first and first.behavior else None,
-                run_id=first.run_id if first else None,
-                attribution=str(first.rule)
-                if first
-                else ("unattributed" if placed else "no_generation"),
-            )
-        )
-        if claimed.rowcount != len(rows):  # type: ignore[attr-defined]  # CursorResult
+        locked = {name: lock_behavior(session, name=name) for name in sorted(delivery.behaviors())}
+        gone = session.execute(delete(_DELIVERY).where(_DELIVERY.c.id == delivery.id))
+        if gone.rowcount != 1:  # type: ignore[attr-defined]  # CursorResult
             raise _TakenElsewhere
-        for attribution, gen in placed:
-            if attribution.behavior is not None:
+        ids = {name: row.id for name, row in locked.items() if row.id is not None}
+        new = _insert_new_spans(session, delivery.span_rows(now, ids))
+        for trace in delivery.traces:
+            for attribution, gen in trace.placed:
+                if attribution.behavior is None or (gen.trace_id, gen.span_id) not in new:
+                    continue
                 count += _apply(session, locked[attribution.behavior], gen, attribution, now, ctx)
     return count
 

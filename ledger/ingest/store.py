@@ -1,11 +1,13 @@
-"""Durable storage for ingestion: the group-commit span writer and the webhook event insert.
+"""Durable storage for ingestion: the group-commit delivery writer and the webhook event insert.
 
 ``SpanWriter`` is the OTLP receiver's only path to the database. Requests hand it their spans and
 wait; one writer task drains the queue into one transaction at a time (in its own thread), so
 many deliveries share a commit, and each request is answered only after its batch committed.
-Inserts are idempotent (``ON CONFLICT (trace_id, span_id) DO NOTHING``): a redelivered span is
-stored once. ``span_data`` / ``span_from_data`` are the JSON form of a span in
-``ingested_span.data``, which the processor reads back.
+A delivery is one ``ingest_delivery`` row (its accepted spans as one JSON array): insert-only
+and one index, the least an acknowledgement can cost. The processor turns it into
+``ingested_span`` rows, where a redelivered span is stored once (``ON CONFLICT (trace_id,
+span_id) DO NOTHING``) and has its effects once. ``span_data`` / ``span_from_data`` are the JSON
+form of a span in ``ingested_span.data``, which the processor reads back.
 """
 
 from __future__ import annotations
@@ -30,16 +32,19 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
 from ledger.db.bulk import DriverInsert
-from ledger.db.models import BehaviorRow, IngestedSpan, WebhookEvent
+from ledger.db.models import BehaviorRow, IngestDelivery, WebhookEvent
 from ledger.errors import IngestError
 from ledger.ingest.otlp import Attributes, AttrValue, RawSpan, SpanEvent, SpanRecord, span_from_raw
 
 __all__ = [
     "SpanWriter",
     "WriterStats",
+    "delivery_text",
+    "is_bad_data",
     "record_webhook_event",
     "span_data",
     "span_from_data",
+    "span_name",
 ]
 
 log = structlog.get_logger("ledger.ingest")
@@ -167,18 +172,27 @@ def _column_text(text: str, limit: int) -> str:
     return text[:limit]
 
 
-def _span_params(span: SpanRecord | RawSpan, received_at: Any) -> dict[str, Any]:
-    name = span.name
+def delivery_text(spans: Sequence[SpanRecord | RawSpan]) -> str:
+    """The ``ingest_delivery.spans`` of a delivery: ``[[trace_id, span_id, name, data], …]``
+    (a ``RawSpan``'s ``data`` is already JSON text and goes in as it is)."""
+    return orjson.dumps(
+        [
+            [
+                span.trace_id,
+                span.span_id,
+                span.name,
+                orjson.Fragment(span.data) if isinstance(span, RawSpan) else span_data(span),
+            ]
+            for span in spans
+        ]
+    ).decode()
+
+
+def span_name(name: str) -> str:
+    """``name`` as ``ingested_span.name`` can hold it (the full name stays in ``data``)."""
     if len(name) > _NAME_MAX or "\x00" in name:
-        name = _column_text(name, _NAME_MAX)
-    return {
-        "trace_id": span.trace_id,
-        "span_id": span.span_id,
-        "name": name,
-        "source": SOURCE_BROADCAST,
-        "data": span.data if isinstance(span, RawSpan) else orjson.dumps(span_data(span)).decode(),
-        "received_at": received_at,
-    }
+        return _column_text(name, _NAME_MAX)
+    return name
 
 
 def _insert_ignoring_duplicates(engine: Engine, table: Table, *keys: str) -> Insert:
@@ -210,7 +224,7 @@ class WriterStats:
     overloaded: int = 0
 
 
-def _is_permanent(exc: BaseException) -> bool:
+def is_bad_data(exc: BaseException) -> bool:
     """A failure the same rows would hit again (bad data, a constraint), as opposed to the
     database failing. Duplicates never raise (ON CONFLICT DO NOTHING)."""
     return isinstance(exc, DataError | IntegrityError | TypeError | ValueError) or (
@@ -218,28 +232,32 @@ def _is_permanent(exc: BaseException) -> bool:
     )
 
 
-class _SpanInsert:
-    """The span rows of a batch as one driver-level insert (``DriverInsert``), with ``data``
-    serialized by orjson and ``received_at`` converted once per request."""
+class _DeliveryInsert:
+    """One ``ingest_delivery`` row per request, the batch as one driver-level insert
+    (``DriverInsert``), spans serialized by orjson."""
 
-    _COLUMNS: Final = ("trace_id", "span_id", "name", "source", "data", "received_at")
+    _COLUMNS: Final = ("received_at", "span_count", "spans")
 
     def __init__(self, engine: Engine) -> None:
-        table: Table = IngestedSpan.__table__  # type: ignore[attr-defined]  # SQLModel table
-        self._insert = DriverInsert(table, self._COLUMNS, ("trace_id", "span_id"), engine.dialect)
+        table: Table = IngestDelivery.__table__  # type: ignore[attr-defined]  # SQLModel table
+        self._insert = DriverInsert(table, self._COLUMNS, (), engine.dialect)
         self._received_at = self._insert.converter("received_at")
 
     def params(self, pending: _Pending) -> list[Any]:
-        when = self._received_at(pending.received_at)
-        return self._insert.params([_span_params(span, when) for span in pending.spans])
+        row = {
+            "received_at": self._received_at(pending.received_at),
+            "span_count": len(pending.spans),
+            "spans": delivery_text(pending.spans),
+        }
+        return self._insert.params([row])
 
     def execute(self, conn: Connection, params: list[Any]) -> None:
         self._insert.execute(conn, params)
 
 
 class SpanWriter:
-    """Group commit for broadcast spans: ``await write(spans, received_at)`` returns once they
-    are committed.
+    """Group commit for broadcast deliveries: ``await write(spans, received_at)`` returns once
+    the delivery is committed.
 
     One task takes everything queued (whole requests, up to ``max_batch_spans``) into one
     transaction, run in a dedicated thread; while it commits, the next batch accumulates. Raises
@@ -259,7 +277,7 @@ class SpanWriter:
         retry_after: float = 1.0,
     ) -> None:
         self._engine = engine
-        self._insert = _SpanInsert(engine)
+        self._insert = _DeliveryInsert(engine)
         self._max_batch_spans = max_batch_spans
         self._max_queued_spans = max_queued_spans
         self._retry_after = retry_after
@@ -282,7 +300,7 @@ class SpanWriter:
             self._task = asyncio.create_task(self._run(), name="ingest-writer")
 
     async def write(self, spans: Sequence[SpanRecord | RawSpan], received_at: datetime) -> None:
-        """Store ``spans`` (idempotently); returns after their transaction committed."""
+        """Store one delivery's ``spans``; returns after their transaction committed."""
         if self._closing or self._task is None:
             raise IngestError(
                 "the daemon is shutting down; retry", status_code=503, retry_after=self._retry_after
@@ -362,7 +380,7 @@ class SpanWriter:
     def _refusal(self, exc: BaseException) -> IngestError:
         if isinstance(exc, IngestError):
             return exc
-        if _is_permanent(exc):
+        if is_bad_data(exc):
             return IngestError(
                 f"the database refused this delivery ({type(exc).__name__}); it was not stored",
                 status_code=400,
@@ -400,7 +418,7 @@ class SpanWriter:
                 error=type(exc).__name__,
                 detail=str(getattr(exc, "orig", exc))[:300],
             )
-            if len(batch) == 1 or not _is_permanent(exc):
+            if len(batch) == 1 or not is_bad_data(exc):
                 return [exc] * len(batch)
         for index, request_rows in enumerate(params):
             if outcomes[index] is not None or not request_rows:

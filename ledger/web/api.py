@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -74,6 +75,7 @@ def list_behaviors(request: Request, _op: OperatorDep) -> dict[str, Any]:
             for s in report.behaviors
         ],
         "invalid_files": [{"path": p.path, "problems": p.problems} for p in report.file_problems],
+        "ingest": dataclasses.asdict(report.ingest),
     }
 
 
@@ -134,7 +136,7 @@ def get_behavior(request: Request, name: BehaviorName, _op: OperatorDep) -> dict
                     "received_at": d.received_at,
                     "run_id": d.run_id,
                     "attribution": d.attribution,
-                    "cost_usd": (d.data or {}).get("cost_usd"),
+                    "cost_usd": d.cost_usd,
                 }
                 for d in deliveries
             ],

@@ -392,7 +392,9 @@ def fresh_postgres_schema(url: str) -> Iterator[str]:
 def drain(database_url: str, timeout: float = 300.0) -> tuple[int, float]:
     """The processor's backlog when the load stopped, and the seconds it took to reach zero."""
     engine = sa.create_engine(database_url)
-    query = sa.text("SELECT count(*) FROM ingested_span WHERE processed_at IS NULL")
+    query = sa.text(
+        "SELECT coalesce(sum(span_count), 0) FROM ingest_delivery WHERE set_aside IS NULL"
+    )
     try:
         start = time.monotonic()
         backlog = -1

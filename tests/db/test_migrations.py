@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 from sqlmodel import SQLModel
 
 from ledger.db.engine import make_engine
 from ledger.db.migrate import current_revision, upgrade
+from tests.conftest import T0
 
 
 def test_upgrade_from_empty_matches_the_models(database_url: str) -> None:
@@ -56,5 +60,58 @@ def test_sqlite_runs_in_wal_with_foreign_keys_and_busy_timeout(tmp_path: object)
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
             assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
             assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+    finally:
+        engine.dispose()
+
+
+def _downgrade(engine: Any, revision: str) -> None:
+    from alembic import command
+
+    from ledger.db.migrate import alembic_config
+
+    cfg = alembic_config(engine)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
+
+
+def test_0003_moves_spans_waiting_for_the_processor_into_deliveries(database_url: str) -> None:
+    """Spans 0002 stored but had not processed reach the new processor; processed ones stay;
+    down again, deliveries not processed yet become unprocessed spans."""
+    engine = make_engine(database_url)
+    try:
+        upgrade(engine, "0002")
+        raw = {"otlp": {"traceId": "a" * 32, "spanId": "1" * 16, "name": "x"}, "resource": []}
+        with engine.begin() as conn:
+            for trace, span, processed in (("a", "1", None), ("a", "2", None), ("b", "1", T0)):
+                conn.execute(
+                    text(
+                        "INSERT INTO ingested_span (trace_id, span_id, name, source, data, "
+                        "received_at, processed_at) VALUES (:t, :s, 'x', 'broadcast', :d, "
+                        ":r, :p)"
+                    ),
+                    {
+                        "t": trace * 32,
+                        "s": span * 16,
+                        "d": orjson.dumps(raw).decode(),
+                        "r": T0,
+                        "p": processed,
+                    },
+                )
+        upgrade(engine)
+        with engine.connect() as conn:
+            spans = conn.execute(text("SELECT trace_id FROM ingested_span")).scalars().all()
+            deliveries = conn.execute(text("SELECT span_count, spans FROM ingest_delivery")).all()
+        assert spans == ["b" * 32]
+        assert [count for count, _ in deliveries] == [2]
+        entries = orjson.loads(deliveries[0][1])
+        assert [(t, s) for t, s, _n, _d in entries] == [("a" * 32, "1" * 16), ("a" * 32, "2" * 16)]
+        assert entries[0][3] == raw
+        _downgrade(engine, "0002")
+        with engine.connect() as conn:
+            back = conn.execute(
+                text("SELECT trace_id, span_id FROM ingested_span WHERE processed_at IS NULL")
+            ).all()
+        assert sorted(back) == [("a" * 32, "1" * 16), ("a" * 32, "2" * 16)]
     finally:
         engine.dispose()

@@ -17,9 +17,9 @@ import orjson
 import pytest
 from sqlalchemy import func, select
 
-from ledger.db.models import IngestedSpan
+from ledger.db.models import IngestDelivery, IngestedSpan
 from ledger.db.session import Database
-from tests.daemon import Daemon
+from tests.daemon import Daemon, wait_until
 
 DELIVERIES = 20_000
 CONCURRENCY = 48
@@ -100,6 +100,11 @@ def port_of(daemon: Daemon) -> int:
     return int(daemon.base_url.rsplit(":", 1)[1])
 
 
+def _waiting(db: Database) -> int:
+    with db.transaction() as session:
+        return int(session.execute(select(func.count()).select_from(IngestDelivery)).scalar_one())
+
+
 @pytest.mark.slow
 async def test_every_acknowledged_delivery_survives_two_sigkills_exactly_once(
     database_url: str, start_daemon: Callable[..., Daemon]
@@ -148,6 +153,10 @@ async def test_every_acknowledged_delivery_survives_two_sigkills_exactly_once(
 
     db = Database.open(database_url)
     try:
+        # What the killed daemons acknowledged but had not processed, the last one processes.
+        await asyncio.to_thread(
+            wait_until, lambda: _waiting(db) == 0, 120, "the processor to take every delivery"
+        )
         with db.transaction() as session:
             stored = session.execute(select(IngestedSpan.trace_id)).scalars().all()
             total = session.execute(select(func.count()).select_from(IngestedSpan)).scalar_one()

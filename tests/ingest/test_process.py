@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import secrets
-from datetime import timedelta
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +14,18 @@ import orjson
 from sqlmodel import col, select
 
 from ledger.behaviors.registry import reconcile_directory
-from ledger.db.models import BehaviorRow, BudgetWindow, GateResultRow, IngestedSpan, Run
+from ledger.db.models import (
+    BehaviorRow,
+    BudgetWindow,
+    GateResultRow,
+    IngestDelivery,
+    IngestedSpan,
+    Run,
+)
 from ledger.db.session import Database
 from ledger.ingest.otlp import Limits, RawSpan, decode_for_storage, decode_request
 from ledger.ingest.process import DbLookup, process_pending
-from ledger.ingest.store import span_data
+from ledger.ingest.store import delivery_text
 from ledger.sim.openrouter import GenerationRecord, build_broadcast
 from ledger.transitions import PolicyContext, lock_behavior
 from tests.conftest import T0, VALID_BEHAVIOR, write_behavior
@@ -42,33 +52,20 @@ def delivery(**overrides: Any) -> bytes:
     return orjson.dumps(build_broadcast(record))
 
 
-def store(db: Database, body: bytes, *, raw: bool = False) -> None:
+def store(db: Database, body: bytes, *, raw: bool = False, at: datetime = T0) -> None:
     """Store a delivery as the receiver does: ``raw`` as it came (the JSON fast path), else
     decoded (protobuf, or JSON the fast path leaves to the full decoder)."""
+    if raw:
+        spans: list[Any] = decode_for_storage(body, "application/json", None, Limits())
+        assert all(isinstance(item, RawSpan) for item in spans)
+    else:
+        spans = decode_request(body, "application/json", None, Limits())
+    store_text(db, delivery_text(spans), len(spans), at)
+
+
+def store_text(db: Database, text: str, count: int, at: datetime = T0) -> None:
     with db.transaction() as session:
-        if raw:
-            for item in decode_for_storage(body, "application/json", None, Limits()):
-                assert isinstance(item, RawSpan)
-                session.add(
-                    IngestedSpan(
-                        trace_id=item.trace_id,
-                        span_id=item.span_id,
-                        name=item.name[:256],
-                        data=orjson.loads(item.data),
-                        received_at=T0,
-                    )
-                )
-            return
-        for span in decode_request(body, "application/json", None, Limits()):
-            session.add(
-                IngestedSpan(
-                    trace_id=span.trace_id,
-                    span_id=span.span_id,
-                    name=span.name[:256],
-                    data=span_data(span),
-                    received_at=T0,
-                )
-            )
+        session.add(IngestDelivery(received_at=at, span_count=count, spans=text))
 
 
 def setup(db: Database, folder: Path, budget: str = "1") -> None:
@@ -93,12 +90,9 @@ def test_deliveries_stored_as_they_came_are_attributed_and_a_poison_row_is_set_a
 ) -> None:
     setup(db, tmp_path)
     store(db, delivery(key_name="beta-key"), raw=True)
-    with db.transaction() as session:  # a row no decoder can read back
-        session.add(
-            IngestedSpan(
-                trace_id="f" * 32, span_id="e" * 16, name="bad", data={"otlp": 1}, received_at=T0
-            )
-        )
+    # a span no decoder can read back, then a delivery that is not even JSON
+    store_text(db, orjson.dumps([["f" * 32, "e" * 16, "bad", {"otlp": 1}]]).decode(), 1)
+    store_text(db, "[[not json", 1)
     store(db, delivery(user="alpha"), raw=True)
     stats = process_pending(db, DbLookup(db), T0, CTX)
     assert (stats.attributed, stats.unattributed) == (2, 0)
@@ -106,6 +100,12 @@ def test_deliveries_stored_as_they_came_are_attributed_and_a_poison_row_is_set_a
     with db.transaction() as session:
         bad = session.exec(select(IngestedSpan).where(col(IngestedSpan.name) == "bad")).one()
         assert bad.attribution == "invalid" and bad.processed_at is not None
+        waiting = session.exec(select(IngestDelivery)).all()
+        assert [(d.spans, d.set_aside) for d in waiting] == [("[[not json", "invalid")]
+        costs = session.exec(
+            select(IngestedSpan.cost_usd).where(col(IngestedSpan.cost_usd).is_not(None))
+        ).all()
+        assert sorted(costs) == [0.2, 0.2]  # each generation's cost, on its span
     assert process_pending(db, DbLookup(db), T0, CTX).spans == 0
 
 
@@ -138,9 +138,27 @@ def test_cost_is_attributed_by_key_name_user_and_run(db: Database, tmp_path: Pat
         marks = {(s.attribution, s.behavior_id is None) for s in session.exec(select(IngestedSpan))}
         assert ("unattributed", True) in marks
         assert ("key_name", False) in marks and ("session.id", False) in marks
-    # processing again does nothing: every span was processed once
+    # processing again does nothing: every delivery was processed once
     assert process_pending(db, DbLookup(db), T0, CTX).spans == 0
     assert spent(db, "beta") == 0.2
+
+
+def test_a_redelivered_span_is_stored_once_and_counted_once(db: Database, tmp_path: Path) -> None:
+    setup(db, tmp_path)
+    body = delivery(key_name="beta-key")
+    store(db, body, raw=True)
+    store(db, body)  # the same spans again (the sender retried), once through each decoder
+    store(db, body, raw=True)
+    stats = process_pending(db, DbLookup(db), T0, CTX)
+    assert stats.deliveries == 3
+    assert spent(db, "beta") == 0.2
+    store(db, body, raw=True)  # and once more after it was processed
+    process_pending(db, DbLookup(db), T0, CTX)
+    assert spent(db, "beta") == 0.2
+    with db.transaction() as session:
+        spans = decode_request(body, "application/json", None, Limits())
+        assert len(session.exec(select(IngestedSpan)).all()) == len(spans) == 3
+        assert session.exec(select(IngestDelivery)).all() == []
 
 
 def test_error_spans_become_gate_results_with_their_attribution(
@@ -293,3 +311,32 @@ def test_bound_webhook_events_feed_the_behaviors_gates(db: Database, tmp_path: P
             session.exec(select(BehaviorRow).where(col(BehaviorRow.name) == "beta")).one().tier
             == "B"
         )
+
+
+def test_status_shows_broadcast_spend_waiting_and_unattributed_deliveries(
+    db: Database, database_url: str, tmp_path: Path
+) -> None:
+    """``ledger status``, as an operator runs it: spend seen only via broadcast is in the
+    behavior's window; unattributed spans, waiting and set-aside deliveries are counted."""
+    setup(db, tmp_path)
+    now = datetime.now(UTC)
+    store(db, delivery(key_name="beta-key"), at=now)  # $0.2, outside the daemon
+    store(db, delivery(), at=now)  # nobody's: its 3 spans are kept, unattributed
+    store_text(db, "[[not json", 1, at=now)  # set aside
+    process_pending(db, DbLookup(db), now, CTX)
+    store(db, delivery(user="alpha"), at=now)  # acknowledged, not processed yet
+    env = {**os.environ, "LEDGER_DATABASE_URL": database_url, "LEDGER_LOG_FORMAT": "json"}
+    result = subprocess.run(
+        [sys.executable, "-m", "ledger", "status"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    beta = next(line for line in result.stdout.splitlines() if "beta" in line)
+    assert "$0.2000 / $1.00 per day" in beta
+    assert "1 waiting to be processed · 3 unattributed span(s) in 24h" in result.stdout
+    assert "1 delivery(ies) set aside" in result.stdout

@@ -44,10 +44,13 @@ from ledger.ingest.otlp import (
     SpanRecord,
     decode_request,
 )
+from ledger.ingest.process import DbLookup, process_pending
 from ledger.ingest.store import SpanWriter, span_data, span_from_data
 from ledger.sim.openrouter import GenerationRecord, build_broadcast
+from ledger.transitions import PolicyContext
 from ledger.web.app import create_app
 from tests.conftest import T0
+from tests.daemon import wait_until
 
 TOKEN = "broadcast-token-one"
 JSON_HEADERS = {"content-type": "application/json", "authorization": f"Bearer {TOKEN}"}
@@ -105,27 +108,62 @@ def receiver(database_url: str, tmp_path: Path) -> Iterator[Start]:
         yield start
 
 
-def stored(database_url: str) -> list[dict[str, Any]]:
+def stored(database_url: str, *, processed: bool = False) -> list[dict[str, Any]]:
+    """Every span durably stored: processed (``ingested_span``) or still waiting in its
+    delivery (``ingest_delivery``), read in one snapshot. With ``processed``, first wait until
+    the daemon's processor has taken every delivery, then only ``ingested_span``."""
     engine = make_engine(database_url)
     try:
+        if processed:
+            wait_until(lambda: _waiting(engine) == 0, timeout=15, what="the processor")
         with engine.connect() as conn:
-            rows = conn.execute(
-                sa.text(
-                    "SELECT trace_id, span_id, name, source, data, received_at, processed_at "
-                    "FROM ingested_span ORDER BY id"
-                )
-            ).mappings()
-            return [
-                {
-                    **row,
-                    "data": orjson.loads(row["data"])
-                    if isinstance(row["data"], str)
-                    else row["data"],
-                }
-                for row in rows
-            ]
+            if conn.dialect.name == "postgresql":
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                rows = [
+                    {**row, "data": _json(row["data"])}
+                    for row in conn.execute(
+                        sa.text(
+                            "SELECT trace_id, span_id, name, source, data, received_at, "
+                            "processed_at FROM ingested_span ORDER BY id"
+                        )
+                    ).mappings()
+                ]
+                waiting = conn.execute(
+                    sa.text("SELECT received_at, spans FROM ingest_delivery ORDER BY id")
+                ).all()
+        seen = {(r["trace_id"], r["span_id"]) for r in rows}
+        for received_at, spans in waiting:
+            for trace_id, span_id, name, data in orjson.loads(spans):
+                if (trace_id, span_id) not in seen:
+                    seen.add((trace_id, span_id))
+                    rows.append(
+                        {
+                            "trace_id": trace_id,
+                            "span_id": span_id,
+                            "name": name,
+                            "source": "broadcast",
+                            "data": data,
+                            "received_at": received_at,
+                            "processed_at": None,
+                        }
+                    )
+        return rows
     finally:
         engine.dispose()
+
+
+def _json(value: Any) -> Any:
+    return orjson.loads(value) if isinstance(value, str) else value
+
+
+def _waiting(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                sa.text("SELECT count(*) FROM ingest_delivery WHERE set_aside IS NULL")
+            ).scalar_one()
+        )
 
 
 def delivery(generation_id: str = "gen-1700000000-abc", **changes: Any) -> bytes:
@@ -169,7 +207,7 @@ def test_openrouter_json_delivery_is_stored_span_by_span_and_answered_with_empty
         (s.trace_id, s.span_id, s.name) for s in expected
     ]
     assert {r["source"] for r in rows} == {"broadcast"}
-    assert all(r["processed_at"] is None for r in rows)
+    assert all(r["received_at"] is not None for r in rows)
     # The stored data gives the processor back exactly the decoded spans.
     restored = [span_from_data(r["trace_id"], r["span_id"], r["data"]) for r in rows]
     assert restored == expected
@@ -198,7 +236,7 @@ def test_redelivered_spans_are_stored_once(receiver: Start, database_url: str) -
         )
     other = delivery("gen-1700000001-def")
     assert httpx.post(base + "/v1/traces", content=other, headers=JSON_HEADERS).status_code == 200
-    rows = stored(database_url)
+    rows = stored(database_url, processed=True)
     assert len(rows) == 6
     assert len({(r["trace_id"], r["span_id"]) for r in rows}) == 6
 
@@ -591,6 +629,9 @@ def _spans(prefix: str, count: int, *, name: str = "LLM Generation") -> list[Spa
 
 
 def _count(db: Database) -> int:
+    """Distinct spans stored, once the processor has taken every delivery."""
+    while process_pending(db, DbLookup(db), T0, PolicyContext()).deliveries:
+        pass
     with db.engine.connect() as conn:
         return int(conn.execute(sa.text("SELECT count(*) FROM ingested_span")).scalar_one())
 
@@ -636,22 +677,22 @@ async def test_a_poisonous_request_fails_alone_and_the_rest_of_its_batch_commits
         if db.engine.dialect.name == "sqlite":
             conn.execute(
                 sa.text(
-                    "CREATE TRIGGER refuse_poison BEFORE INSERT ON ingested_span "
-                    "WHEN NEW.name = 'poison' BEGIN SELECT RAISE(ABORT, 'poison'); END"
+                    "CREATE TRIGGER refuse_poison BEFORE INSERT ON ingest_delivery "
+                    "WHEN NEW.spans LIKE '%poison%' BEGIN SELECT RAISE(ABORT, 'poison'); END"
                 )
             )
         else:
             conn.execute(
                 sa.text(
                     "CREATE FUNCTION refuse_poison() RETURNS trigger AS $$ BEGIN "
-                    "IF NEW.name = 'poison' THEN RAISE EXCEPTION 'poison' "
+                    "IF NEW.spans LIKE '%poison%' THEN RAISE EXCEPTION 'poison' "
                     "USING ERRCODE = 'check_violation'; END IF; RETURN NEW; END $$ "
                     "LANGUAGE plpgsql"
                 )
             )
             conn.execute(
                 sa.text(
-                    "CREATE TRIGGER refuse_poison BEFORE INSERT ON ingested_span "
+                    "CREATE TRIGGER refuse_poison BEFORE INSERT ON ingest_delivery "
                     "FOR EACH ROW EXECUTE FUNCTION refuse_poison()"
                 )
             )
