@@ -130,17 +130,14 @@ def _ingest_status(session: Session, since: datetime) -> IngestStatus:
             col(IngestedSpan.attribution) == "unattributed",
         )
     ).scalar_one()
-    last = max(
-        (
-            t
-            for t in (
-                session.execute(select(func.max(IngestDelivery.received_at))).scalar_one(),
-                session.execute(select(func.max(IngestedSpan.received_at))).scalar_one(),
-            )
-            if t is not None
-        ),
-        default=None,
+    # The newest row of each table by primary key (an index), not max(received_at) (a scan).
+    newest = (
+        session.execute(
+            select(table.received_at).order_by(col(table.id).desc()).limit(1)
+        ).scalar_one_or_none()
+        for table in (IngestDelivery, IngestedSpan)
     )
+    last = max((t for t in newest if t is not None), default=None)
     return IngestStatus(
         waiting_deliveries=int(by_state.get(False, 0)),
         set_aside_deliveries=int(by_state.get(True, 0)),

@@ -108,12 +108,25 @@ def downgrade() -> None:
             sqlite_where=sa.text("processed_at IS NULL"),
         )
         batch_op.drop_column("cost_usd")
-    # Deliveries not processed yet go back to unprocessed span rows, as 0002 stored them.
+    # Deliveries not processed yet go back to unprocessed span rows, as 0002 stored them (those
+    # set aside, which the processor could not read, are dropped with the table).
+    from ledger.ingest.otlp import spans_from_stored_request
+    from ledger.ingest.store import span_data
+
     bind = op.get_bind()
     for received_at, spans in bind.execute(
-        sa.text("SELECT received_at, spans FROM ingest_delivery ORDER BY id")
+        sa.text(
+            "SELECT received_at, spans FROM ingest_delivery WHERE set_aside IS NULL ORDER BY id"
+        )
     ).all():
-        for trace_id, span_id, name, data in json.loads(spans):
+        if spans.startswith("{"):  # a request stored as it came
+            entries = [
+                [r.trace_id, r.span_id, r.name, span_data(r)]
+                for r in spans_from_stored_request(spans)
+            ]
+        else:
+            entries = json.loads(spans)
+        for trace_id, span_id, name, data in entries:
             bind.execute(
                 sa.text(
                     "INSERT INTO ingested_span (trace_id, span_id, name, source, data, "

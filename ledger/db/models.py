@@ -233,9 +233,10 @@ class IngestDelivery(SQLModel, table=True):
 
     The receiver's only write (insert-only, one row per delivery, one index), so acknowledging
     costs little; the processor turns a delivery into ``ingested_span`` rows and its effects and
-    deletes it, in one transaction. ``spans`` is a JSON array of ``[trace_id, span_id, name,
-    data]`` (``data`` as ``ingested_span.data``). ``set_aside`` is set on a delivery the
-    processor cannot store (logged), so it never blocks the ones after it."""
+    deletes it, in one transaction. ``spans`` is the OTLP/JSON request as it came (a JSON
+    object) when the receiver's fast path accepted it whole, else a JSON array of ``[trace_id,
+    span_id, name, data]`` (``data`` as ``ingested_span.data``). ``set_aside`` is set on a
+    delivery the processor cannot store (logged), so it never blocks the ones after it."""
 
     __tablename__ = "ingest_delivery"
 

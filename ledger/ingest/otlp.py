@@ -41,7 +41,7 @@ __all__ = [
     "AttrValue",
     "Attributes",
     "Limits",
-    "RawSpan",
+    "RawRequest",
     "SpanEvent",
     "SpanRecord",
     "decode_for_storage",
@@ -50,6 +50,7 @@ __all__ = [
     "encode_success",
     "is_connection_test",
     "span_from_raw",
+    "spans_from_stored_request",
     "wants_protobuf",
 ]
 
@@ -147,9 +148,10 @@ def decode_request(
 
 def decode_for_storage(
     body: bytes, content_type: str | None, content_encoding: str | None, limits: Limits
-) -> list[SpanRecord] | list[RawSpan]:
+) -> list[SpanRecord] | RawRequest:
     """``decode_request`` for the receiver: the same validation and errors, but a common JSON
-    request comes back as ``RawSpan``s, ready to store, without being walked in Python."""
+    request comes back as a ``RawRequest``, to be stored as it came, without being walked in
+    Python."""
     protobuf, payload = _unframe(body, content_type, content_encoding, limits)
     if not protobuf:
         fast = _fast_json(payload, limits)
@@ -552,13 +554,14 @@ def _double(value: Any) -> float:
 
 # --------------------------------------------------------------------------- JSON, fast path
 #
-# The common delivery (every id hex, every attribute a plain value) is decoded by msgspec into
-# the typed structs below — C speed, no per-key Python — and stored as it came: ``RawSpan.data``
-# is the span's own OTLP JSON plus its resource attributes and scope name, re-encoded, which the
-# processor later turns into a ``SpanRecord`` with the walker above (``span_from_raw``). Whatever
-# the fast path is not sure of (a type mismatch, a base64 id, a nested or exotic value, any limit)
-# goes through the walker instead, which either accepts it or raises the located error: the
-# walker stays the one definition of what is valid.
+# The common delivery (every id hex, every attribute a plain value) is validated by msgspec into
+# the typed structs below — C speed, no per-key Python — and stored as it came: a ``RawRequest``
+# is the request's own JSON text, which the processor later turns into ``SpanRecord``s with the
+# walker above (``spans_from_stored_request``). Whatever the fast path is not sure of (a type
+# mismatch, a base64 id, a nested or exotic value, any limit) goes through the walker instead,
+# which either accepts it or raises the located error: the walker stays the one definition of
+# what is valid. (Spans stored by earlier versions as ``{"otlp": <span>, "resource": …,
+# "scope": …}`` are read by ``span_from_raw``.)
 
 
 class _KeyValue(msgspec.Struct, omit_defaults=True):
@@ -632,18 +635,18 @@ class _Request(msgspec.Struct):
 
 
 _REQUEST_DECODER: Final = msgspec.json.Decoder(_Request)
-_ENCODER: Final = msgspec.json.Encoder()
 
 
 @dataclass(frozen=True, slots=True)
-class RawSpan:
-    """A span as stored by the fast path: ids (lowercase hex), name, and ``data``, the JSON text
-    of ``ingested_span.data`` (``{"otlp": <span>, "resource": <attributes>, "scope": <name>}``)."""
+class RawRequest:
+    """A JSON request the fast path accepted whole, to be stored as it came: ``text`` is the
+    (inflated) request body, ``names`` its spans' names in order (one per span)."""
 
-    trace_id: str
-    span_id: str
-    name: str
-    data: str
+    text: str
+    names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.names)
 
 
 # Stored spans were checked against the receiver's limits already; reading them back must not
@@ -653,8 +656,14 @@ _STORED_LIMITS: Final = Limits(
 )
 
 
+def spans_from_stored_request(text: str) -> list[SpanRecord]:
+    """The spans of a request stored as it came (``RawRequest.text``), by the walker."""
+    return _walk(text.encode(), False, _STORED_LIMITS)
+
+
 def span_from_raw(trace_id: str, span_id: str, data: dict[str, Any]) -> SpanRecord:
-    """The ``SpanRecord`` of a span stored by the fast path (its ``data`` parsed)."""
+    """The ``SpanRecord`` of a span an earlier version stored as it came (``data`` parsed:
+    ``{"otlp": <span JSON>, "resource": <attributes>, "scope": <name>}``)."""
     limits = _STORED_LIMITS
     resource = _json_attributes({"attributes": data.get("resource")}, limits)
     record = _json_span(data["otlp"], resource, data.get("scope") or "", limits)
@@ -663,29 +672,25 @@ def span_from_raw(trace_id: str, span_id: str, data: dict[str, Any]) -> SpanReco
     return dataclasses.replace(record, trace_id=trace_id, span_id=span_id)
 
 
-def _fast_json(payload: bytes, limits: Limits) -> list[RawSpan] | None:
-    """The spans of a common-case JSON request, or None when the walker must decide."""
+def _fast_json(payload: bytes, limits: Limits) -> RawRequest | None:
+    """A common-case JSON request, validated, or None when the walker must decide."""
     if limits.max_depth < 1 or b"\\ud" in payload or b"\\uD" in payload:
         return None  # a \\uD8xx escape may be a lone surrogate, which the walker refuses
     try:
-        payload.decode()  # msgspec does not check the UTF-8 of the unknown keys it skips
+        text = payload.decode()  # msgspec does not check the UTF-8 of the unknown keys it skips
         request = _REQUEST_DECODER.decode(payload)
     except Exception:  # any refusal (syntax, types, encoding): the walker words the error
         return None
-    out: list[RawSpan] = []
-    encode = _ENCODER.encode
+    names: list[str] = []
     hexdigits = _HEX_DIGITS
     for rs in request.resourceSpans:
-        resource = rs.resource.attributes if rs.resource is not None else []
-        if not _plain_attributes(resource, limits):
+        if rs.resource is not None and not _plain_attributes(rs.resource.attributes, limits):
             return None
-        prefix = b'{"resource":' + encode(resource) + b',"scope":'
         for ss in rs.scopeSpans:
-            head = prefix + encode(ss.scope.name if ss.scope is not None else "") + b',"otlp":'
             for span in ss.spans:
                 trace_id, span_id, parent = span.traceId, span.spanId, span.parentSpanId
                 if (
-                    len(out) >= limits.max_spans
+                    len(names) >= limits.max_spans
                     or len(trace_id) != 32
                     or len(span_id) != 16
                     or not hexdigits.issuperset(trace_id)
@@ -708,9 +713,8 @@ def _fast_json(payload: bytes, limits: Limits) -> list[RawSpan] | None:
                         event.attributes, limits
                     ):
                         return None
-                data = head + encode(span) + b"}"
-                out.append(RawSpan(trace_id.lower(), span_id.lower(), span.name, data.decode()))
-    return out
+                names.append(span.name)
+    return RawRequest(text, names)
 
 
 def _fast_uint64(value: int | str) -> bool:
@@ -930,6 +934,8 @@ def _varint(number: int) -> bytes:
             return bytes(out)
 
 
-def is_connection_test(spans: Sequence[SpanRecord | RawSpan]) -> bool:
+def is_connection_test(spans: Sequence[SpanRecord] | RawRequest) -> bool:
     """Whether a delivery is OpenRouter's "Test Connection": no spans, or one test span."""
+    if isinstance(spans, RawRequest):
+        return not spans.names or spans.names == [CONNECTION_TEST_SPAN_NAME]
     return not spans or (len(spans) == 1 and spans[0].name == CONNECTION_TEST_SPAN_NAME)

@@ -36,7 +36,7 @@ from sqlalchemy import Table, delete, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError, StatementError
 from sqlmodel import Session, col, select
 
 from ledger.budget import window_start
@@ -54,7 +54,14 @@ from ledger.db.models import (
 from ledger.db.session import Database
 from ledger.gates import Gate, GateResult, Outcome
 from ledger.ingest.attribution import Attribution, Generation, attribute, extract_generations
-from ledger.ingest.store import SOURCE_BROADCAST, is_bad_data, span_from_data, span_name
+from ledger.ingest.otlp import SpanRecord, spans_from_stored_request
+from ledger.ingest.store import (
+    SOURCE_BROADCAST,
+    is_bad_data,
+    span_data,
+    span_from_data,
+    span_name,
+)
 from ledger.policy import Observation
 from ledger.spend import settle, spent_in_window
 from ledger.transitions import PolicyContext, apply_observation, lock_behavior, record_results
@@ -169,42 +176,66 @@ def process_pending(
                 trace.placed = [(attribute(gen, lookup), gen) for gen in trace.generations]
     finally:
         lookup.forget_runs()
-    # Deliveries no behavior claims have no effects: stored together, in one transaction.
-    idle = [d for d in deliveries if not d.behaviors()]
-    if idle:
-        _store_idle(db, idle, now, stats)
+    # Deliveries no behavior claims have no effects: each run of them is stored together, in
+    # one transaction. Strictly in id order, so a span delivered twice is stored, and counted,
+    # as its first delivery says.
+    idle: list[_Delivery] = []
     for delivery in deliveries:
         if not delivery.behaviors():
+            idle.append(delivery)
             continue
-        try:
-            results = _process_delivery(db, delivery, now, ctx)
-        except _TakenElsewhere:
-            continue
-        except DBAPIError as exc:
-            if not is_bad_data(exc):
-                raise  # the database failed: retried on the next pass
-            _set_aside(db, delivery.id, "rejected", exc)
-            continue
-        except Exception as exc:
-            log.exception(
-                "applying a broadcast delivery failed; its spans are kept, marked error",
-                delivery=delivery.id,
-            )
-            delivery.label_all("error")
-            _store_idle(db, [delivery], now, stats, error=exc)
-            continue
-        stats.deliveries += 1
-        stats.spans += len(delivery.entries)
-        stats.results += results
-        for trace in delivery.traces:
-            for attribution, _gen in trace.placed:
-                stats.generations += 1
-                if attribution.behavior is None:
-                    stats.unattributed += 1
-                else:
-                    stats.attributed += 1
-                    stats.by_behavior[attribution.behavior] += 1
+        if idle:
+            _store_idle(db, idle, now, stats)
+            idle = []
+        _apply_delivery(db, delivery, now, ctx, stats)
+    if idle:
+        _store_idle(db, idle, now, stats)
     return stats
+
+
+def _apply_delivery(
+    db: Database, delivery: _Delivery, now: datetime, ctx: PolicyContext, stats: ProcessStats
+) -> None:
+    try:
+        results = _process_delivery(db, delivery, now, ctx)
+    except _TakenElsewhere:
+        return
+    except DBAPIError as exc:
+        if not is_bad_data(exc):
+            raise  # the database failed: retried on the next pass
+        _set_aside(db, delivery.id, "rejected", exc)
+        return
+    except SQLAlchemyError as exc:
+        if not isinstance(exc, StatementError):
+            raise  # e.g. no pooled connection in time: retried on the next pass
+        _keep_as_error(db, delivery, now, stats, exc)
+        return
+    except Exception as exc:
+        _keep_as_error(db, delivery, now, stats, exc)
+        return
+    stats.deliveries += 1
+    stats.spans += len(delivery.entries)
+    stats.results += results
+    for trace in delivery.traces:
+        for attribution, _gen in trace.placed:
+            stats.generations += 1
+            if attribution.behavior is None:
+                stats.unattributed += 1
+            else:
+                stats.attributed += 1
+                stats.by_behavior[attribution.behavior] += 1
+
+
+def _keep_as_error(
+    db: Database, delivery: _Delivery, now: datetime, stats: ProcessStats, exc: BaseException
+) -> None:
+    log.error(
+        "applying a broadcast delivery failed; its spans are kept, marked error",
+        delivery=delivery.id,
+        exc_info=exc,
+    )
+    delivery.label_all("error")
+    _store_idle(db, [delivery], now, stats, error=exc)
 
 
 _DELIVERY: Final[Table] = IngestDelivery.__table__  # type: ignore[attr-defined]
@@ -282,32 +313,67 @@ class _Delivery:
 
 
 def _read(db: Database, delivery_id: int, received_at: datetime, text: str) -> _Delivery | None:
-    """A stored delivery's traces and generations; a delivery whose spans cannot be read is
-    kept with its spans marked ``invalid``, one that is not even JSON is set aside."""
+    """A stored delivery's traces and generations: a request stored as it came is decoded by
+    the walker, a stored span list parsed. A trace whose spans cannot be read is kept with its
+    spans marked ``invalid``; a delivery that cannot be read at all is set aside."""
+    by_trace: dict[str, list[tuple[list[Any], SpanRecord | None]]] = defaultdict(list)
     try:
-        entries: list[list[Any]] = orjson.loads(text)
-        by_trace: dict[str, list[list[Any]]] = defaultdict(list)
-        for entry in entries:
-            by_trace[entry[0]].append(entry)
+        if text[:1] == "{":
+            records = spans_from_stored_request(text)
+            entries = [[r.trace_id, r.span_id, r.name, span_data(r)] for r in records]
+            pairs: list[tuple[list[Any], SpanRecord | None]] = list(
+                zip(entries, records, strict=True)
+            )
+        else:
+            entries = orjson.loads(text)
+            if not isinstance(entries, list) or not all(map(_is_entry, entries)):
+                raise ValueError("not a list of [trace_id, span_id, name, data] entries")
+            pairs = [(entry, None) for entry in entries]
+        seen: set[tuple[str, str]] = set()
+        kept: list[list[Any]] = []
+        for entry, record in pairs:
+            key = (entry[0], entry[1])
+            if key in seen:
+                continue  # a span repeated within the delivery counts once
+            seen.add(key)
+            kept.append(entry)
+            by_trace[entry[0]].append((entry, record))
+        entries = kept
     except Exception as exc:
         _set_aside(db, delivery_id, "invalid", exc)
         return None
     delivery = _Delivery(delivery_id, received_at, entries, [])
-    for trace_entries in by_trace.values():
-        trace = _Trace(trace_entries, [])
+    for trace_pairs in by_trace.values():
+        trace = _Trace([entry for entry, _ in trace_pairs], [])
         try:
-            spans = [span_from_data(t, s, data) for t, s, _name, data in trace_entries]
+            spans = [
+                record if record is not None else span_from_data(e[0], e[1], e[3])
+                for e, record in trace_pairs
+            ]
             trace.generations = extract_generations(spans)
         except Exception as exc:
             log.error(
                 "a stored broadcast trace cannot be read; its spans are kept, marked invalid",
                 delivery=delivery_id,
-                trace_id=str(trace_entries[0][0])[:32],
+                trace_id=str(trace.entries[0][0])[:32],
                 error=f"{type(exc).__name__}: {str(exc)[:200]}",
             )
             trace.label = "invalid"
         delivery.traces.append(trace)
     return delivery
+
+
+def _is_entry(entry: Any) -> bool:
+    return (
+        type(entry) is list
+        and len(entry) == 4
+        and type(entry[0]) is str
+        and len(entry[0]) <= 32
+        and type(entry[1]) is str
+        and len(entry[1]) <= 16
+        and type(entry[2]) is str
+        and type(entry[3]) is dict
+    )
 
 
 def _set_aside(db: Database, delivery_id: int, label: str, exc: BaseException) -> None:
@@ -338,22 +404,40 @@ _SPAN_COLUMNS: Final = (
 )
 
 
+_SPAN_INSERTS: dict[str, DriverInsert] = {}
+
+
+def _span_insert(session: Session) -> DriverInsert:
+    dialect = session.get_bind().dialect
+    insert = _SPAN_INSERTS.get(dialect.name)
+    if insert is None:
+        insert = DriverInsert(_SPAN, _SPAN_COLUMNS, ("trace_id", "span_id"), dialect)
+        _SPAN_INSERTS[dialect.name] = insert
+    return insert
+
+
+def _by_key(row: dict[str, Any]) -> tuple[str, str]:
+    return row["trace_id"], row["span_id"]
+
+
 def _insert_spans(session: Session, rows: list[dict[str, Any]]) -> None:
-    """Insert span rows, skipping any already stored: one driver-level ``executemany``."""
+    """Insert span rows, skipping any already stored: one driver-level ``executemany``, in key
+    order (two replicas inserting the same spans lock them in the same order)."""
     if not rows:
         return
-    dialect = session.get_bind().dialect
-    insert = DriverInsert(_SPAN, _SPAN_COLUMNS, ("trace_id", "span_id"), dialect)
-    when = insert.converter("received_at")
-    converted = {}
-    for row in rows:
+    insert = _span_insert(session)
+    when = insert.converter("received_at")  # both time columns are UTCDateTime
+    converted: dict[datetime, Any] = {}
+    params = []
+    for row in sorted(rows, key=_by_key):
+        times = {}
         for key in ("received_at", "processed_at"):
             value = row[key]
             if value not in converted:
                 converted[value] = when(value)
-            row[key] = converted[value]
-        row["data"] = orjson.dumps(row["data"]).decode()
-    insert.execute(session.connection(), insert.params(rows))
+            times[key] = converted[value]
+        params.append({**row, **times, "data": orjson.dumps(row["data"]).decode()})
+    insert.execute(session.connection(), insert.params(params))
 
 
 def _insert_new_spans(session: Session, rows: list[dict[str, Any]]) -> set[tuple[str, str]]:
@@ -365,7 +449,8 @@ def _insert_new_spans(session: Session, rows: list[dict[str, Any]]) -> set[tuple
         .on_conflict_do_nothing(index_elements=["trace_id", "span_id"])
         .returning(_SPAN.c.trace_id, _SPAN.c.span_id)
     )
-    return {(t, s) for t, s in session.execute(stmt, rows)}
+    ordered: list[Any] = sorted(rows, key=_by_key)
+    return {(t, s) for t, s in session.execute(stmt, ordered)}
 
 
 def _store_idle(
@@ -388,9 +473,10 @@ def _store_idle(
             )
             rows = [row for d in deliveries if d.id in taken for row in d.span_rows(now, {})]
             _insert_spans(session, rows)
-    except DBAPIError as exc:
-        if not is_bad_data(exc):
-            raise
+    except Exception as exc:
+        if isinstance(exc, SQLAlchemyError) and not is_bad_data(exc):
+            raise  # the database failed: retried on the next pass
+        # Bad data (the database refused a row, or it could not be made): find the delivery.
         if len(deliveries) == 1:
             _set_aside(db, deliveries[0].id, "rejected" if error is None else "error", exc)
             return
@@ -402,6 +488,8 @@ def _store_idle(
             continue
         stats.deliveries += 1
         stats.spans += len(delivery.entries)
+        if error is not None:
+            continue  # kept as ``error``: its generations were not applied
         for trace in delivery.traces:
             stats.generations += len(trace.placed)
             stats.unattributed += len(trace.placed)
@@ -425,8 +513,10 @@ def _process_delivery(db: Database, delivery: _Delivery, now: datetime, ctx: Pol
         new = _insert_new_spans(session, delivery.span_rows(now, ids))
         for trace in delivery.traces:
             for attribution, gen in trace.placed:
-                if attribution.behavior is None or (gen.trace_id, gen.span_id) not in new:
+                key = (gen.trace_id, gen.span_id)
+                if attribution.behavior is None or key not in new:
                     continue
+                new.discard(key)  # once, even if two generations share a span
                 count += _apply(session, locked[attribution.behavior], gen, attribution, now, ctx)
     return count
 

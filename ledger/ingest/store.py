@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import math
 import time
@@ -34,7 +35,14 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from ledger.db.bulk import DriverInsert
 from ledger.db.models import BehaviorRow, IngestDelivery, WebhookEvent
 from ledger.errors import IngestError
-from ledger.ingest.otlp import Attributes, AttrValue, RawSpan, SpanEvent, SpanRecord, span_from_raw
+from ledger.ingest.otlp import (
+    Attributes,
+    AttrValue,
+    RawRequest,
+    SpanEvent,
+    SpanRecord,
+    span_from_raw,
+)
 
 __all__ = [
     "SpanWriter",
@@ -138,7 +146,8 @@ def span_data(span: SpanRecord) -> dict[str, Any]:
 
 def span_from_data(trace_id: str, span_id: str, data: dict[str, Any]) -> SpanRecord:
     """The ``SpanRecord`` an ``ingested_span`` row was made from: the inverse of ``span_data``,
-    or, for a span the receiver stored as it came (``RawSpan``), its OTLP JSON decoded."""
+    or, for a span an earlier version stored as it came (``{"otlp": …}``), its OTLP JSON
+    decoded."""
     if "otlp" in data:
         return span_from_raw(trace_id, span_id, data)
     return SpanRecord(
@@ -172,19 +181,14 @@ def _column_text(text: str, limit: int) -> str:
     return text[:limit]
 
 
-def delivery_text(spans: Sequence[SpanRecord | RawSpan]) -> str:
-    """The ``ingest_delivery.spans`` of a delivery: ``[[trace_id, span_id, name, data], …]``
-    (a ``RawSpan``'s ``data`` is already JSON text and goes in as it is)."""
+def delivery_text(spans: Sequence[SpanRecord] | RawRequest) -> str:
+    """The ``ingest_delivery.spans`` of a delivery: a request the fast path accepted whole, as
+    it came (a JSON object, ``{"resourceSpans": …}``); else the decoded spans as a JSON array,
+    ``[[trace_id, span_id, name, data], …]`` (``data`` as in ``ingested_span.data``)."""
+    if isinstance(spans, RawRequest):
+        return spans.text
     return orjson.dumps(
-        [
-            [
-                span.trace_id,
-                span.span_id,
-                span.name,
-                orjson.Fragment(span.data) if isinstance(span, RawSpan) else span_data(span),
-            ]
-            for span in spans
-        ]
+        [[span.trace_id, span.span_id, span.name, span_data(span)] for span in spans]
     ).decode()
 
 
@@ -206,7 +210,7 @@ def _insert_ignoring_duplicates(engine: Engine, table: Table, *keys: str) -> Ins
 
 @dataclass(slots=True)
 class _Pending:
-    spans: Sequence[SpanRecord | RawSpan]
+    spans: Sequence[SpanRecord] | RawRequest
     received_at: datetime
     future: asyncio.Future[None]
 
@@ -277,6 +281,7 @@ class SpanWriter:
         retry_after: float = 1.0,
     ) -> None:
         self._engine = engine
+        self._conn: Connection | None = None  # the writer thread's own, between batches
         self._insert = _DeliveryInsert(engine)
         self._max_batch_spans = max_batch_spans
         self._max_queued_spans = max_queued_spans
@@ -299,7 +304,7 @@ class SpanWriter:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="ingest-writer")
 
-    async def write(self, spans: Sequence[SpanRecord | RawSpan], received_at: datetime) -> None:
+    async def write(self, spans: Sequence[SpanRecord] | RawRequest, received_at: datetime) -> None:
         """Store one delivery's ``spans``; returns after their transaction committed."""
         if self._closing or self._task is None:
             raise IngestError(
@@ -327,6 +332,7 @@ class SpanWriter:
         self._wakeup.set()
         if self._task is not None:
             await self._task
+        self._executor.submit(self._release_connection).result()
         self._executor.shutdown(wait=True)
         log.info("ingest writer stopped", **dataclasses.asdict(self.stats))
 
@@ -407,8 +413,7 @@ class SpanWriter:
         rows = [row for request_rows in params for row in request_rows]
         try:
             if rows:
-                with self._engine.begin() as conn:
-                    self._insert.execute(conn, rows)
+                self._insert_committed(rows)
             return outcomes
         except Exception as exc:
             log.warning(
@@ -424,11 +429,36 @@ class SpanWriter:
             if outcomes[index] is not None or not request_rows:
                 continue
             try:
-                with self._engine.begin() as conn:
-                    self._insert.execute(conn, request_rows)
+                self._insert_committed(request_rows)
             except Exception as exc:
                 outcomes[index] = exc
         return outcomes
+
+    def _insert_committed(self, rows: list[Any]) -> None:
+        """Insert ``rows`` in one transaction on the writer's own connection, kept between
+        batches (a pool checkout would ping the server first: one more round trip per batch).
+        After a failure the connection is dropped; the next batch opens a new one."""
+        if self._conn is None:
+            self._conn = self._engine.connect()
+        try:
+            with self._conn.begin():
+                self._insert.execute(self._conn, rows)
+        except Exception:
+            self._drop_connection()
+            raise
+
+    def _release_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.invalidate()
+                conn.close()
 
 
 # --------------------------------------------------------------------------- webhook events

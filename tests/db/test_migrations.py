@@ -107,11 +107,30 @@ def test_0003_moves_spans_waiting_for_the_processor_into_deliveries(database_url
         entries = orjson.loads(deliveries[0][1])
         assert [(t, s) for t, s, _n, _d in entries] == [("a" * 32, "1" * 16), ("a" * 32, "2" * 16)]
         assert entries[0][3] == raw
+        # A request stored as it came and a delivery set aside, then down again.
+        request = {
+            "resourceSpans": [
+                {
+                    "scopeSpans": [
+                        {"spans": [{"traceId": "c" * 32, "spanId": "3" * 16, "name": "req"}]}
+                    ]
+                }
+            ]
+        }
+        with engine.begin() as conn:
+            for spans, aside in ((orjson.dumps(request).decode(), None), ("[[oops", "invalid")):
+                conn.execute(
+                    text(
+                        "INSERT INTO ingest_delivery (received_at, span_count, spans, set_aside) "
+                        "VALUES (:r, 1, :s, :a)"
+                    ),
+                    {"r": T0, "s": spans, "a": aside},
+                )
         _downgrade(engine, "0002")
         with engine.connect() as conn:
             back = conn.execute(
                 text("SELECT trace_id, span_id FROM ingested_span WHERE processed_at IS NULL")
             ).all()
-        assert sorted(back) == [("a" * 32, "1" * 16), ("a" * 32, "2" * 16)]
+        assert sorted(back) == [("a" * 32, "1" * 16), ("a" * 32, "2" * 16), ("c" * 32, "3" * 16)]
     finally:
         engine.dispose()

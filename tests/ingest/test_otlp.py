@@ -40,16 +40,17 @@ from opentelemetry.trace import StatusCode
 from ledger.errors import IngestError
 from ledger.ingest.otlp import (
     Limits,
-    RawSpan,
+    RawRequest,
     SpanRecord,
     decode_for_storage,
     decode_request,
     encode_status_error,
     encode_success,
     is_connection_test,
+    spans_from_stored_request,
     wants_protobuf,
 )
-from ledger.ingest.store import span_from_data
+from ledger.ingest.store import delivery_text, span_from_data
 
 JSON = "application/json"
 PROTOBUF = "application/x-protobuf"
@@ -750,19 +751,37 @@ def test_receiver_fast_path_agrees_with_the_walker(doc: Any, gzipped: bool) -> N
     if isinstance(walked, tuple):
         assert stored == walked
         return
-    restored = [
-        span_from_data(s.trace_id, s.span_id, json.loads(s.data)) if isinstance(s, RawSpan) else s
-        for s in stored
-    ]
+    restored = (
+        spans_from_stored_request(delivery_text(stored))
+        if isinstance(stored, RawRequest)
+        else stored
+    )
     assert repr(restored) == repr(walked)  # repr: NaN attributes compare equal
+
+
+def test_spans_an_earlier_version_stored_as_they_came_still_read_back() -> None:
+    """Before deliveries were stored whole, each span was stored as ``{"otlp": <span JSON>,
+    "resource": <resource attributes>, "scope": <scope name>}``; such rows still read back."""
+    doc = json.loads(BROADCAST)
+    old = [
+        (
+            span,
+            {"otlp": span, "resource": rs["resource"]["attributes"], "scope": ss["scope"]["name"]},
+        )
+        for rs in doc["resourceSpans"]
+        for ss in rs["scopeSpans"]
+        for scope in [ss["scope"]]
+        for span in ss["spans"]
+    ]
+    restored = [span_from_data(s["traceId"], s["spanId"], data) for s, data in old]
+    assert restored == decode(BROADCAST)
 
 
 def test_common_json_delivery_takes_the_fast_path_and_odd_ones_the_walker() -> None:
     fast = decode_for_storage(BROADCAST, JSON, None, LIMITS)
-    assert fast and all(isinstance(s, RawSpan) for s in fast)
-    assert [span_from_data(s.trace_id, s.span_id, json.loads(s.data)) for s in fast] == decode(
-        BROADCAST
-    )
+    assert isinstance(fast, RawRequest) and len(fast) == len(decode(BROADCAST))
+    assert delivery_text(fast) == BROADCAST.decode()  # stored as it came
+    assert spans_from_stored_request(delivery_text(fast)) == decode(BROADCAST)
     # What the walker refuses, the receiver refuses with the same words: a kind beyond 64 bits
     # (msgspec reads any integer; orjson, and so the walker, does not) and bad UTF-8 in a key
     # no decoder looks at.

@@ -23,9 +23,9 @@ from ledger.db.models import (
     Run,
 )
 from ledger.db.session import Database
-from ledger.ingest.otlp import Limits, RawSpan, decode_for_storage, decode_request
+from ledger.ingest.otlp import Limits, RawRequest, decode_for_storage, decode_request
 from ledger.ingest.process import DbLookup, process_pending
-from ledger.ingest.store import delivery_text
+from ledger.ingest.store import delivery_text, span_data
 from ledger.sim.openrouter import GenerationRecord, build_broadcast
 from ledger.transitions import PolicyContext, lock_behavior
 from tests.conftest import T0, VALID_BEHAVIOR, write_behavior
@@ -55,9 +55,10 @@ def delivery(**overrides: Any) -> bytes:
 def store(db: Database, body: bytes, *, raw: bool = False, at: datetime = T0) -> None:
     """Store a delivery as the receiver does: ``raw`` as it came (the JSON fast path), else
     decoded (protobuf, or JSON the fast path leaves to the full decoder)."""
+    spans: Any
     if raw:
-        spans: list[Any] = decode_for_storage(body, "application/json", None, Limits())
-        assert all(isinstance(item, RawSpan) for item in spans)
+        spans = decode_for_storage(body, "application/json", None, Limits())
+        assert isinstance(spans, RawRequest)
     else:
         spans = decode_request(body, "application/json", None, Limits())
     store_text(db, delivery_text(spans), len(spans), at)
@@ -340,3 +341,51 @@ def test_status_shows_broadcast_spend_waiting_and_unattributed_deliveries(
     assert "$0.2000 / $1.00 per day" in beta
     assert "1 waiting to be processed · 3 unattributed span(s) in 24h" in result.stdout
     assert "1 delivery(ies) set aside" in result.stdout
+
+
+def test_a_span_repeated_within_one_delivery_counts_once(db: Database, tmp_path: Path) -> None:
+    setup(db, tmp_path)
+    doc = orjson.loads(delivery(key_name="beta-key"))
+    for rs in doc["resourceSpans"]:
+        for ss in rs["scopeSpans"]:
+            ss["spans"] = ss["spans"] * 2
+    store(db, orjson.dumps(doc), raw=True)
+    process_pending(db, DbLookup(db), T0, CTX)
+    assert spent(db, "beta") == 0.2
+
+
+def test_a_malformed_stored_delivery_is_set_aside_and_the_rest_go_on(
+    db: Database, tmp_path: Path
+) -> None:
+    setup(db, tmp_path)
+    store_text(db, orjson.dumps([["a" * 32, "b" * 16, "three fields"]]).decode(), 1)
+    store_text(db, orjson.dumps([[1, "b" * 16, "x", {}]]).decode(), 1)
+    store(db, delivery(key_name="beta-key"))
+    process_pending(db, DbLookup(db), T0, CTX)
+    assert spent(db, "beta") == 0.2
+    with db.transaction() as session:
+        aside = session.exec(select(IngestDelivery.set_aside)).all()
+    assert aside == ["invalid", "invalid"]
+
+
+def test_a_later_copy_without_effects_does_not_take_the_span_from_the_first(
+    db: Database, tmp_path: Path
+) -> None:
+    """Deliveries are applied in the order they came: a later delivery carrying the same
+    spans plus one no decoder can read (its trace kept as ``invalid``) must not store them
+    first and leave the earlier, attributed delivery without its effects."""
+    setup(db, tmp_path)
+    body = delivery(key_name="beta-key")
+    store(db, body)
+    entries = [
+        [s.trace_id, s.span_id, s.name, span_data(s)]
+        for s in decode_request(body, "application/json", None, Limits())
+    ]
+    entries.append([entries[0][0], "e" * 16, "bad", {"otlp": 1}])
+    store_text(db, orjson.dumps(entries).decode(), len(entries))
+    process_pending(db, DbLookup(db), T0, CTX)
+    assert spent(db, "beta") == 0.2
+    with db.transaction() as session:
+        marks = {s.name: s.attribution for s in session.exec(select(IngestedSpan))}
+    assert marks["bad"] == "invalid"
+    assert "key_name" in marks.values()
