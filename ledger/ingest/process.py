@@ -70,7 +70,7 @@ log = structlog.get_logger("ledger.ingest")
 
 BATCH = 200  # deliveries per pass
 LOOKUP_TTL = 5.0
-YIELD_FACTOR = 2.0  # rest per second of work while the receiver is busy
+YIELD_FACTOR = 4.0  # rest per second of work while the receiver is busy
 MAX_REST = 1.0
 
 
@@ -676,8 +676,8 @@ class IngestProcessor:
     """A loop over ``process_pending``, started and stopped by the lifespan.
 
     Acknowledging deliveries comes first: while the receiver is busy (``ingest_busy``), the
-    processor rests twice as long as each batch took, so it takes at most about a third of the
-    CPU and the backlog is worked off as soon as the receiver quietens down.
+    processor rests four times as long as each batch took, so it takes at most about a fifth of
+    the CPU and the backlog is worked off as soon as the receiver quietens down.
     """
 
     def __init__(

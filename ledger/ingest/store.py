@@ -26,6 +26,7 @@ from datetime import datetime
 from typing import Any, Final
 
 import orjson
+import psycopg
 import structlog
 from sqlalchemy import Connection, Engine, Insert, Table, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -237,26 +238,43 @@ def is_bad_data(exc: BaseException) -> bool:
 
 
 class _DeliveryInsert:
-    """One ``ingest_delivery`` row per request, the batch as one driver-level insert
-    (``DriverInsert``), spans serialized by orjson."""
+    """One ``ingest_delivery`` row per request. On PostgreSQL the batch goes in by binary
+    ``COPY`` (about a third of executemany's client CPU per row); elsewhere as one driver-level
+    insert (``DriverInsert``)."""
 
     _COLUMNS: Final = ("received_at", "span_count", "spans")
+    _COPY: Final = (
+        "COPY ingest_delivery (received_at, span_count, spans) FROM STDIN (FORMAT BINARY)"
+    )
 
     def __init__(self, engine: Engine) -> None:
         table: Table = IngestDelivery.__table__  # type: ignore[attr-defined]  # SQLModel table
         self._insert = DriverInsert(table, self._COLUMNS, (), engine.dialect)
         self._received_at = self._insert.converter("received_at")
+        self._copy = engine.dialect.name == "postgresql"
 
     def params(self, pending: _Pending) -> list[Any]:
-        row = {
-            "received_at": self._received_at(pending.received_at),
-            "span_count": len(pending.spans),
-            "spans": delivery_text(pending.spans),
-        }
-        return self._insert.params([row])
+        row = (
+            self._received_at(pending.received_at),
+            len(pending.spans),
+            delivery_text(pending.spans),
+        )
+        if self._copy:
+            return [row]
+        return self._insert.params([dict(zip(self._COLUMNS, row, strict=True))])
 
     def execute(self, conn: Connection, params: list[Any]) -> None:
-        self._insert.execute(conn, params)
+        if not self._copy:
+            self._insert.execute(conn, params)
+            return
+        dbapi: Any = conn.connection.dbapi_connection
+        try:
+            with dbapi.cursor() as cursor, cursor.copy(self._COPY) as copy:
+                copy.set_types(["timestamptz", "int4", "text"])
+                for row in params:
+                    copy.write_row(row)
+        except psycopg.Error as exc:  # as SQLAlchemy would raise it (IntegrityError, …)
+            raise DBAPIError.instance(self._COPY, None, exc, psycopg.Error) from exc
 
 
 class SpanWriter:
