@@ -239,7 +239,7 @@ def is_bad_data(exc: BaseException) -> bool:
 
 class _DeliveryInsert:
     """One ``ingest_delivery`` row per request. On PostgreSQL the batch goes in by binary
-    ``COPY`` (about a third of executemany's client CPU per row); elsewhere as one driver-level
+    ``COPY`` (less than half of executemany's client CPU per row); elsewhere as one driver-level
     insert (``DriverInsert``)."""
 
     _COLUMNS: Final = ("received_at", "span_count", "spans")
