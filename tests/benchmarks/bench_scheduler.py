@@ -37,7 +37,8 @@ from ledger.clock import SystemClock
 from ledger.db.models import Run
 from ledger.db.session import Database
 from ledger.runner.call import call_model
-from ledger.runner.openrouter import MAX_CONNECTIONS, OpenRouterClient, ShardedTransport
+from ledger.runner.lean_http import LeanTransport
+from ledger.runner.openrouter import KEEPALIVE_EXPIRY, MAX_CONNECTIONS, OpenRouterClient
 from ledger.runner.run import CallOutcome, RunPlan
 from ledger.runner.scheduler import INTERVAL_EPOCH, RunnerService
 from ledger.transitions import PolicyContext
@@ -155,7 +156,8 @@ async def ledger_lags(url: str, n: int) -> tuple[list[float], list[float], list[
         wire: dict[str, float] = {}
         # The production transport (new_http_client), with the socket-write hook around it.
         http = httpx.AsyncClient(
-            transport=SentAt(ShardedTransport(MAX_CONNECTIONS), wire), follow_redirects=False
+            transport=SentAt(LeanTransport(MAX_CONNECTIONS, KEEPALIVE_EXPIRY), wire),
+            follow_redirects=False,
         )
         client = OpenRouterClient(base_url=base, http=http)
         sent: dict[str, float] = {}

@@ -23,13 +23,12 @@ from pydantic import SecretStr
 from ledger.behaviors.schema import Behavior
 from ledger.gates import Gate, Outcome, Tier
 from ledger.runner.classify import Classification, classify_response, classify_transport_error
+from ledger.runner.lean_http import LeanTransport
 from ledger.runner.openrouter import (
     FOREIGN_ERRORS,
-    POOL_SHARD_CONNECTIONS,
     ChatResult,
     OpenRouterCallError,
     OpenRouterClient,
-    ShardedTransport,
     build_chat_request,
     build_fallback_request,
     new_http_client,
@@ -813,35 +812,169 @@ async def test_a_given_http_client_is_left_open_and_an_own_one_is_closed(sim: st
         await own.key_info(SecretStr(SEO_KEY))
 
 
-async def test_sharded_pool_spreads_concurrent_calls_and_releases_every_slot(sim: str) -> None:
-    transport = ShardedTransport(max_connections=16)
-    assert transport.shards == 16 // POOL_SHARD_CONNECTIONS
+async def test_lean_pool_serves_many_concurrent_calls_within_its_connection_limit(
+    sim: str,
+) -> None:
+    transport = LeanTransport(max_connections=4, keepalive_expiry=60)
     async with httpx.AsyncClient(transport=transport) as http:
         client = OpenRouterClient(base_url=sim, http=http)
 
         async def one(i: int) -> ChatResult:
-            body = build_chat_request(make_behavior(), Tier.A, f"prompt {i}", f"run-shard-{i}")
+            body = build_chat_request(make_behavior(), Tier.A, f"prompt {i}", f"run-lean-{i}")
             return await client.chat(
                 key=SecretStr(SEO_KEY),
                 body=body,
                 deadline=time.monotonic() + 30,
-                run_id=f"run-shard-{i}",
+                run_id=f"run-lean-{i}",
             )
 
         results = await asyncio.gather(*(one(i) for i in range(48)))
         assert len({r.generation_id for r in results}) == 48
-        assert transport.in_flight == [0] * transport.shards  # every response released its slot
-        # A request that fails before any response releases its slot too.
+        assert transport.open_connections == 4  # kept alive, never more than the limit
+        for i in range(3):  # one at a time: the same connection again
+            await one(100 + i)
+        assert transport.open_connections == 4
+        # A request to another origin closes an idle connection to make room; failing to
+        # connect, it gives its place back.
         with pytest.raises(httpx.ConnectError):
             await http.get("http://127.0.0.1:9/")
-        assert transport.in_flight == [0] * transport.shards
+        assert transport.open_connections == 3
+        await one(200)
+    assert transport.open_connections == 0
+
+
+@dataclass
+class RawServer:
+    """A loopback server answering each request with the next scripted bytes (None: close the
+    connection without answering; a float: wait that long first)."""
+
+    answers: list[bytes | float | None]
+    connections: int = 0
+    requests: list[bytes] = field(default_factory=list)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while self.answers:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    (
+                        int(line.split(b":")[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    ),
+                    0,
+                )
+                self.requests.append(head + await reader.readexactly(length))
+                answer = self.answers.pop(0)
+                if isinstance(answer, float):
+                    await asyncio.sleep(answer)
+                    answer = self.answers.pop(0)
+                if answer is None:
+                    break
+                writer.write(answer)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+async def raw_server() -> AsyncIterator[Callable[[list[bytes | float | None]], Any]]:
+    servers: list[asyncio.Server] = []
+
+    async def start(answers: list[bytes | float | None]) -> tuple[RawServer, str]:
+        script = RawServer(list(answers))
+        server = await asyncio.start_server(script.handle, "127.0.0.1", 0)
+        servers.append(server)
+        port = server.sockets[0].getsockname()[1]
+        return script, f"http://127.0.0.1:{port}"
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+OK_JSON = (
+    b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 12\r\n\r\n{"ok": true}'
+)
+
+
+async def test_lean_transport_reads_lengths_chunks_and_keeps_connections_alive(
+    raw_server: Any,
+) -> None:
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b'4\r\n{"a"\r\n3;ext=1\r\n: 1\r\n1\r\n}\r\n0\r\nX-Trailer: t\r\n\r\n'
+    )
+    interim = b"HTTP/1.1 100 Continue\r\n\r\n" + OK_JSON
+    script, base = await raw_server([OK_JSON, chunked, interim])
+    async with httpx.AsyncClient(transport=LeanTransport(8, 60)) as http:
+        first = await http.post(base + "/v1/x?q=1", json={"n": 1})
+        second = await http.get(base + "/two")
+        third = await http.get(base + "/three")
+    assert (
+        first.json() == {"ok": True} and second.json() == {"a": 1} and third.json() == {"ok": True}
+    )
+    assert script.connections == 1  # one kept-alive connection for all three
+    assert script.requests[0].startswith(b"POST /v1/x?q=1 HTTP/1.1\r\n")
+    assert script.requests[0].endswith(b'{"n":1}')
+    assert b"\r\nContent-Length: 7\r\n" in script.requests[0]
+
+
+async def test_lean_transport_does_not_reuse_a_closed_or_closing_connection(
+    raw_server: Any,
+) -> None:
+    closing = OK_JSON.replace(b"Content-Length", b"Connection: close\r\nContent-Length")
+    script, base = await raw_server([closing, OK_JSON, None, OK_JSON])
+    transport = LeanTransport(8, 60)
+    async with httpx.AsyncClient(transport=transport) as http:
+        assert (await http.get(base + "/a")).status_code == 200  # Connection: close
+        assert (await http.get(base + "/b")).status_code == 200  # a new connection
+        with pytest.raises(httpx.RemoteProtocolError):
+            await http.get(base + "/c")  # the server hangs up without answering
+        assert (await http.get(base + "/d")).status_code == 200
+    assert script.connections == 3
+
+
+async def test_lean_transport_raises_httpx_errors_for_timeouts_and_bad_answers(
+    raw_server: Any,
+) -> None:
+    _script, base = await raw_server([2.0, OK_JSON])
+    async with httpx.AsyncClient(transport=LeanTransport(8, 60)) as http:
+        with pytest.raises(httpx.ReadTimeout):
+            await http.get(base + "/slow", timeout=httpx.Timeout(0.2))
+    _script, base = await raw_server([b"NOT HTTP AT ALL\r\n\r\n"])
+    async with httpx.AsyncClient(transport=LeanTransport(8, 60)) as http:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await http.get(base + "/bad")
+    async with httpx.AsyncClient(transport=LeanTransport(8, 60)) as http:
+        with pytest.raises(httpx.ConnectError):
+            await http.get("http://127.0.0.1:9/refused")
+        with pytest.raises(httpx.UnsupportedProtocol):
+            await http.get("ftp://127.0.0.1/")
+
+
+async def test_lean_pool_waits_for_a_free_connection_and_times_out(raw_server: Any) -> None:
+    _script, base = await raw_server([0.5, OK_JSON, OK_JSON])
+    transport = LeanTransport(1, 60)
+    async with httpx.AsyncClient(transport=transport) as http:
+        slow = asyncio.ensure_future(http.get(base + "/slow"))
+        await asyncio.sleep(0.05)
+        with pytest.raises(httpx.PoolTimeout):
+            await http.get(base + "/waits", timeout=httpx.Timeout(5, pool=0.1))
+        waiting = asyncio.ensure_future(http.get(base + "/waits"))
+        assert (await slow).status_code == 200
+        assert (await waiting).status_code == 200
+        assert transport.open_connections == 1
 
 
 async def test_a_proxy_in_the_environment_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
     """httpx reads HTTPS_PROXY only on its own transport: with one set, the plain pool."""
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
     async with new_http_client() as proxied:
-        assert not isinstance(proxied._transport, ShardedTransport)
+        assert not isinstance(proxied._transport, LeanTransport)
         assert any(
             getattr(t, "_pool", None).__class__.__name__ == "AsyncHTTPProxy"
             for t in proxied._mounts.values()
@@ -851,4 +984,4 @@ async def test_a_proxy_in_the_environment_is_honoured(monkeypatch: pytest.Monkey
     for name in ("HTTP_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
     async with new_http_client() as direct:
-        assert isinstance(direct._transport, ShardedTransport)
+        assert isinstance(direct._transport, LeanTransport)
