@@ -51,13 +51,15 @@ class LeanTransport(httpx.AsyncBaseTransport):
     each on a connection of its own, and at most as many connections open (idle ones to
     another origin are closed to make room)."""
 
-    def __init__(self, max_connections: int, keepalive_expiry: float) -> None:
+    def __init__(
+        self, max_connections: int, keepalive_expiry: float, tls: ssl.SSLContext | None = None
+    ) -> None:
         self._max = max_connections
         self._expiry = keepalive_expiry
         self._idle: dict[tuple[str, str, int], deque[_Connection]] = {}
         self._open = 0
         self._slots = asyncio.Semaphore(max_connections)
-        self._tls: ssl.SSLContext | None = None
+        self._tls = tls  # default: httpx's (certifi's CAs, or SSL_CERT_FILE / SSL_CERT_DIR)
         self._closed = False
 
     @property
@@ -143,7 +145,8 @@ class LeanTransport(httpx.AsyncBaseTransport):
         tls: ssl.SSLContext | None = None
         if scheme == "https":
             if self._tls is None:
-                self._tls = ssl.create_default_context()
+                self._tls = httpx.create_ssl_context()
+                self._tls.set_alpn_protocols(["http/1.1"])
             tls = self._tls
         try:
             async with asyncio.timeout(timeout):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import random
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 import structlog
+import trustme
 from pydantic import SecretStr
 
 from ledger.behaviors.schema import Behavior
@@ -954,6 +956,28 @@ async def test_lean_transport_raises_httpx_errors_for_timeouts_and_bad_answers(
             await http.get("http://127.0.0.1:9/refused")
         with pytest.raises(httpx.UnsupportedProtocol):
             await http.get("ftp://127.0.0.1/")
+
+
+async def test_lean_transport_speaks_tls_and_verifies_the_certificate() -> None:
+    ca = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_tls)
+    script = RawServer([OK_JSON, OK_JSON])
+    server = await asyncio.start_server(script.handle, "127.0.0.1", 0, ssl=server_tls)
+    base = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        client_tls = ssl.create_default_context()
+        ca.configure_trust(client_tls)
+        async with httpx.AsyncClient(transport=LeanTransport(4, 60, tls=client_tls)) as http:
+            assert (await http.get(base + "/a")).json() == {"ok": True}
+            assert (await http.get(base + "/b")).json() == {"ok": True}
+        assert script.connections == 1
+        # The default context (certifi's CAs) refuses a certificate from an unknown CA.
+        async with httpx.AsyncClient(transport=LeanTransport(4, 60)) as http:
+            with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+                await http.get(base + "/c")
+    finally:
+        server.close()
 
 
 async def test_lean_pool_waits_for_a_free_connection_and_times_out(raw_server: Any) -> None:
