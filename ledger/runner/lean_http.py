@@ -14,17 +14,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import re
+import socket
 import ssl
 import time
+from asyncio import staggered
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import httpx
 
 __all__ = ["LeanTransport"]
 
 MAX_HEAD_BYTES: Final = 64 * 1024  # status line + headers of one answer
+_FORBIDDEN: Final = re.compile(rb"[\r\n\0]")  # in a header: an injected line
 _NO_BODY_STATUS: Final = frozenset({204, 304})
 
 
@@ -35,15 +41,22 @@ class _Connection:
     idle_since: float = field(default_factory=time.monotonic)
 
     def reusable(self, now: float, expiry: float) -> bool:
+        """Not expired, not closed by the server, and nothing unread (a stale answer, or a
+        408 the server sent before closing, must never become the next request's answer)."""
         return (
             now - self.idle_since < expiry
             and not self.reader.at_eof()
+            and not getattr(self.reader, "_buffer", b"")
             and not self.writer.is_closing()
         )
 
-    def close(self) -> None:
+    def close(self, *, abort: bool = False) -> None:
+        """Close; ``abort`` drops unsent data and skips TLS's goodbye (after a failure)."""
         with contextlib.suppress(Exception):
-            self.writer.close()
+            if abort:
+                self.writer.transport.abort()
+            else:
+                self.writer.close()
 
 
 class LeanTransport(httpx.AsyncBaseTransport):
@@ -89,7 +102,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
                     conn, head, body, request, timeouts
                 )
             except BaseException:
-                self._discard(conn)
+                self._discard(conn, abort=True)
                 raise
             if keep and not self._closed:
                 conn.idle_since = time.monotonic()
@@ -117,6 +130,8 @@ class LeanTransport(httpx.AsyncBaseTransport):
     def _take_idle(self, origin: tuple[str, str, int]) -> _Connection | None:
         pool = self._idle.get(origin)
         now = time.monotonic()
+        while pool and not pool[0].reusable(now, self._expiry):  # the oldest, expired first
+            self._discard(pool.popleft())
         while pool:
             conn = pool.pop()  # the most recently used: the least likely to have timed out
             if conn.reusable(now, self._expiry):
@@ -124,8 +139,8 @@ class LeanTransport(httpx.AsyncBaseTransport):
             self._discard(conn)
         return None
 
-    def _discard(self, conn: _Connection) -> None:
-        conn.close()
+    def _discard(self, conn: _Connection, *, abort: bool = False) -> None:
+        conn.close(abort=abort)
         self._open -= 1
 
     def _make_room(self) -> None:
@@ -140,7 +155,16 @@ class LeanTransport(httpx.AsyncBaseTransport):
         self, origin: tuple[str, str, int], request: httpx.Request, timeouts: dict[str, float]
     ) -> _Connection:
         self._make_room()
-        timeout = timeouts.get("connect")
+        self._open += 1  # counted while connecting, so concurrent connects see the limit
+        try:
+            return await self._open_connection(origin, request, timeouts.get("connect"))
+        except BaseException:
+            self._open -= 1
+            raise
+
+    async def _open_connection(
+        self, origin: tuple[str, str, int], request: httpx.Request, timeout: float | None
+    ) -> _Connection:
         scheme, host, port = origin
         tls: ssl.SSLContext | None = None
         if scheme == "https":
@@ -150,9 +174,9 @@ class LeanTransport(httpx.AsyncBaseTransport):
             tls = self._tls
         try:
             async with asyncio.timeout(timeout):
+                sock = await _happy_eyeballs(host, port)
                 reader, writer = await asyncio.open_connection(
-                    host,
-                    port,
+                    sock=sock,
                     ssl=tls,
                     server_hostname=host if tls else None,
                     limit=MAX_HEAD_BYTES,
@@ -163,7 +187,6 @@ class LeanTransport(httpx.AsyncBaseTransport):
             ) from None
         except (OSError, ssl.SSLError) as exc:
             raise httpx.ConnectError(f"{type(exc).__name__}: {exc}", request=request) from exc
-        self._open += 1
         return _Connection(reader, writer)
 
     # ------------------------------------------------------------------ one exchange
@@ -190,8 +213,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
         except OSError as exc:
             raise httpx.WriteError(f"{type(exc).__name__}: {exc}", request=request) from exc
         try:
-            async with asyncio.timeout(timeouts.get("read")):
-                return await _read_response(conn.reader, request)
+            return await _read_response(conn.reader, request, timeouts.get("read"))
         except TimeoutError:
             raise httpx.ReadTimeout("waiting for the answer timed out", request=request) from None
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
@@ -209,6 +231,11 @@ def _request_head(request: httpx.Request, body: bytes) -> bytes:
     lines = [request.method.encode("ascii") + b" " + target + b" HTTP/1.1"]
     has_length = False
     for name, value in request.headers.raw:
+        if _FORBIDDEN.search(name) or _FORBIDDEN.search(value):
+            raise httpx.LocalProtocolError(
+                f"header {name.decode('latin-1')!r} holds a line break or NUL; not sent",
+                request=request,
+            )
         lower = name.lower()
         if lower == b"transfer-encoding":
             continue  # the body is sent whole, with its length
@@ -220,23 +247,114 @@ def _request_head(request: httpx.Request, body: bytes) -> bytes:
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
+HAPPY_EYEBALLS_DELAY: Final = 0.25  # RFC 8305: the next address after 250 ms
+
+
+async def _happy_eyeballs(host: str, port: int) -> socket.socket:
+    """A connected socket to ``host``: its addresses tried in turn, alternating IPv6 and IPv4,
+    each started 250 ms after the previous unless that one failed sooner; the first to connect
+    wins (RFC 8305). A host whose IPv6 silently drops packets connects over IPv4 after 250 ms.
+    (uvloop's ``create_connection`` has no ``happy_eyeballs_delay``; this works on both.)"""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    if not infos:
+        raise OSError(f"{host} has no address")
+    families: dict[int, list[Any]] = {}
+    for info in infos:
+        families.setdefault(info[0], []).append(info)
+    ordered = [
+        info
+        for group in itertools.zip_longest(*families.values())
+        for info in group
+        if info is not None
+    ]
+
+    def attempt(info: Any) -> Callable[[], Awaitable[socket.socket]]:
+        async def connect() -> socket.socket:
+            family, kind, proto, _name, address = info
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setblocking(False)
+                await loop.sock_connect(sock, address)
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+
+        return connect
+
+    sock, _index, errors = await staggered.staggered_race(
+        [attempt(info) for info in ordered], HAPPY_EYEBALLS_DELAY
+    )
+    if sock is None:
+        failures = "; ".join(str(e) for e in errors if e is not None)
+        raise OSError(f"cannot connect to {host}:{port}: {failures}")
+    return sock  # type: ignore[no-any-return]
+
+
+class _Reads:
+    """Reads from one answer, each bounded by ``timeout`` (httpx's ``read`` timeout is the
+    longest wait for the next bytes, not for the whole answer)."""
+
+    __slots__ = ("reader", "timeout")
+
+    def __init__(self, reader: asyncio.StreamReader, timeout: float | None) -> None:
+        self.reader = reader
+        self.timeout = timeout
+
+    async def until(self, separator: bytes) -> bytes:
+        async with asyncio.timeout(self.timeout):
+            return await self.reader.readuntil(separator)
+
+    async def exactly(self, size: int) -> bytes:
+        parts: list[bytes] = []
+        while size > 0:
+            async with asyncio.timeout(self.timeout):
+                data = await self.reader.read(min(size, _READ_STEP))
+            if not data:
+                raise asyncio.IncompleteReadError(b"".join(parts), size)
+            parts.append(data)
+            size -= len(data)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def to_end(self) -> bytes:
+        parts: list[bytes] = []
+        while True:
+            async with asyncio.timeout(self.timeout):
+                data = await self.reader.read(_READ_STEP)
+            if not data:
+                return b"".join(parts)
+            parts.append(data)
+
+
+_READ_STEP: Final = 64 * 1024
+_HEX: Final = frozenset(b"0123456789abcdefABCDEF")
+
+
+def _decimal(value: bytes) -> int:
+    if not value or not value.isdigit():
+        raise ValueError(f"not a decimal number: {value[:20]!r}")
+    return int(value)
+
+
 async def _read_response(
-    reader: asyncio.StreamReader, request: httpx.Request
+    raw: asyncio.StreamReader, request: httpx.Request, timeout: float | None
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool]:
+    reader = _Reads(raw, timeout)
     while True:
-        head = await reader.readuntil(b"\r\n\r\n")
+        head = await reader.until(b"\r\n\r\n")
         lines = head[:-4].split(b"\r\n")
         version, _, rest = lines[0].partition(b" ")
-        if not version.startswith(b"HTTP/1."):
+        if version not in (b"HTTP/1.1", b"HTTP/1.0"):
             raise ValueError("not an HTTP/1.x status line")
-        status = int(rest[:3])
-        if not 100 <= status <= 999:
+        status = _decimal(rest[:3])
+        if not 100 <= status <= 599:
             raise ValueError("status code out of range")
         if status >= 200 or status == 101:
             break  # 1xx interim answers (100 Continue) are skipped
     headers: list[tuple[bytes, bytes]] = []
     length: int | None = None
-    chunked = False
+    encoding: bytes | None = None
     close = version == b"HTTP/1.0"
     for line in lines[1:]:
         name, sep, value = line.partition(b":")
@@ -246,34 +364,39 @@ async def _read_response(
         lower = name.lower()
         headers.append((name, value))
         if lower == b"content-length":
-            length = int(value)
-            if length < 0:
-                raise ValueError("negative Content-Length")
+            length = _decimal(value)
         elif lower == b"transfer-encoding":
-            chunked = value.lower().endswith(b"chunked")
+            encoding = value.lower()
         elif lower == b"connection":
             tokens = {t.strip().lower() for t in value.split(b",")}
-            close = close or b"close" in tokens
-            if b"keep-alive" in tokens:
+            if b"close" in tokens:
+                close = True
+            elif b"keep-alive" in tokens:
                 close = False
     if request.method == "HEAD" or status in _NO_BODY_STATUS or 100 <= status < 200:
         return status, headers, b"", not close
-    if chunked:
-        return status, headers, await _read_chunked(reader), not close
+    if encoding is not None:
+        # Transfer-Encoding wins over Content-Length; both at once: no reuse (RFC 9112 6.3).
+        if encoding.rsplit(b",", 1)[-1].strip() == b"chunked":
+            return status, headers, await _read_chunked(reader), not close and length is None
+        return status, headers, await reader.to_end(), False
     if length is not None:
-        return status, headers, await reader.readexactly(length), not close
-    return status, headers, await reader.read(), False  # until the server closes
+        return status, headers, await reader.exactly(length), not close
+    return status, headers, await reader.to_end(), False  # until the server closes
 
 
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+async def _read_chunked(reader: _Reads) -> bytes:
     parts: list[bytes] = []
     while True:
-        line = await reader.readuntil(b"\r\n")
-        size = int(line.split(b";", 1)[0].strip(), 16)
+        line = await reader.until(b"\r\n")
+        digits = line.split(b";", 1)[0].strip()
+        if not digits or not _HEX.issuperset(digits):
+            raise ValueError(f"bad chunk size {digits[:20]!r}")
+        size = int(digits, 16)
         if size == 0:
-            while (await reader.readuntil(b"\r\n")) != b"\r\n":
+            while (await reader.until(b"\r\n")) != b"\r\n":
                 pass  # trailers
             return b"".join(parts)
-        parts.append(await reader.readexactly(size))
-        if await reader.readexactly(2) != b"\r\n":
+        parts.append(await reader.exactly(size))
+        if await reader.exactly(2) != b"\r\n":
             raise ValueError("chunk not followed by CRLF")

@@ -20,6 +20,7 @@ import httpx
 import pytest
 import structlog
 import trustme
+import uvloop
 from pydantic import SecretStr
 
 from ledger.behaviors.schema import Behavior
@@ -956,6 +957,68 @@ async def test_lean_transport_raises_httpx_errors_for_timeouts_and_bad_answers(
             await http.get("http://127.0.0.1:9/refused")
         with pytest.raises(httpx.UnsupportedProtocol):
             await http.get("ftp://127.0.0.1/")
+
+
+async def test_lean_transport_read_timeout_is_the_longest_silence_not_the_whole_answer() -> None:
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n")
+        for byte in b"abcdef":
+            await asyncio.sleep(0.1)
+            writer.write(bytes([byte]))
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(trickle, "127.0.0.1", 0)
+    base = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        async with httpx.AsyncClient(transport=LeanTransport(4, 60)) as http:
+            # 0.6 s in all, never more than 0.1 s without a byte: within a 0.3 s read timeout
+            response = await http.get(base + "/", timeout=httpx.Timeout(5, read=0.3))
+            assert response.content == b"abcdef"
+    finally:
+        server.close()
+
+
+async def test_lean_transport_never_reuses_a_connection_with_unread_bytes(
+    raw_server: Any,
+) -> None:
+    stale = OK_JSON + b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n"
+    script, base = await raw_server([stale, OK_JSON])
+    async with httpx.AsyncClient(transport=LeanTransport(4, 60)) as http:
+        assert (await http.get(base + "/a")).status_code == 200
+        await asyncio.sleep(0.05)  # the stray 408 arrives while the connection is idle
+        assert (await http.get(base + "/b")).status_code == 200  # not the 408
+    assert script.connections == 2
+
+
+async def test_lean_transport_refuses_a_header_with_a_line_break(raw_server: Any) -> None:
+    script, base = await raw_server([OK_JSON])
+    async with httpx.AsyncClient(transport=LeanTransport(4, 60)) as http:
+        with pytest.raises(httpx.LocalProtocolError, match="line break"):
+            await http.get(base + "/", headers={"authorization": "Bearer k\r\nX-Injected: 1"})
+    assert script.requests == []
+
+
+def test_lean_transport_connects_on_uvloop_by_name_falling_back_across_addresses() -> None:
+    """``ledger serve`` runs on uvloop (no ``happy_eyeballs_delay`` there): the transport's own
+    happy eyeballs connect by host name, to whichever of its addresses listens."""
+
+    async def main() -> None:
+        script = RawServer([OK_JSON])
+        server = await asyncio.start_server(script.handle, "127.0.0.1", 0)  # IPv4 only
+        port = server.sockets[0].getsockname()[1]
+        try:
+            async with httpx.AsyncClient(transport=LeanTransport(4, 60)) as http:
+                response = await http.get(f"http://localhost:{port}/")
+                assert response.json() == {"ok": True}
+                with pytest.raises(httpx.ConnectError, match="cannot connect"):
+                    await http.get("http://localhost:9/")
+        finally:
+            server.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
 
 
 async def test_lean_transport_speaks_tls_and_verifies_the_certificate() -> None:
