@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Dialect, Table
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-__all__ = ["DriverInsert"]
+__all__ = ["DriverInsert", "driver_insert"]
 
 
 class DriverInsert:
@@ -58,3 +58,17 @@ class DriverInsert:
 
 def _same(value: Any) -> Any:
     return value
+
+
+_COMPILED: dict[tuple[str, tuple[str, ...], tuple[str, ...], str], DriverInsert] = {}
+
+
+def driver_insert(
+    table: Table, columns: Sequence[str], conflict: Sequence[str], dialect: Dialect
+) -> DriverInsert:
+    """A ``DriverInsert``, compiled once per table, columns, conflict keys and dialect."""
+    key = (table.name, tuple(columns), tuple(conflict), dialect.name)
+    found = _COMPILED.get(key)
+    if found is None:
+        found = _COMPILED[key] = DriverInsert(table, columns, conflict, dialect)
+    return found

@@ -42,7 +42,7 @@ from sqlmodel import Session, col, select
 from ledger.budget import window_start
 from ledger.clock import Clock
 from ledger.config import WebhookSource
-from ledger.db.bulk import DriverInsert
+from ledger.db.bulk import DriverInsert, driver_insert
 from ledger.db.models import (
     BehaviorRow,
     GateResultRow,
@@ -404,16 +404,9 @@ _SPAN_COLUMNS: Final = (
 )
 
 
-_SPAN_INSERTS: dict[str, DriverInsert] = {}
-
-
 def _span_insert(session: Session) -> DriverInsert:
     dialect = session.get_bind().dialect
-    insert = _SPAN_INSERTS.get(dialect.name)
-    if insert is None:
-        insert = DriverInsert(_SPAN, _SPAN_COLUMNS, ("trace_id", "span_id"), dialect)
-        _SPAN_INSERTS[dialect.name] = insert
-    return insert
+    return driver_insert(_SPAN, _SPAN_COLUMNS, ("trace_id", "span_id"), dialect)
 
 
 def _by_key(row: dict[str, Any]) -> tuple[str, str]:

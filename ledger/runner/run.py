@@ -23,7 +23,7 @@ from sqlmodel import Session, col, select
 
 from ledger.behaviors.schema import Behavior
 from ledger.budget import window_start
-from ledger.db.bulk import DriverInsert
+from ledger.db.bulk import DriverInsert, driver_insert
 from ledger.db.models import Approval, BehaviorRow, Run
 from ledger.errors import ConflictError, LedgerError, NotFoundError
 from ledger.gates import Gate, GateResult, Outcome, Tier
@@ -121,18 +121,12 @@ _CLAIM_COLUMNS = (
     "via_fallback",
     "reserved_usd",
 )
-_CLAIM_INSERTS: dict[str, DriverInsert] = {}
 
 
 def _claim_insert(dialect: Any) -> DriverInsert:
-    """``INSERT INTO run … ON CONFLICT (behavior_id, scheduled_for) DO NOTHING``, compiled once
-    per dialect."""
-    found = _CLAIM_INSERTS.get(dialect.name)
-    if found is None:
-        table = Run.__table__  # type: ignore[attr-defined]
-        found = DriverInsert(table, _CLAIM_COLUMNS, ("behavior_id", "scheduled_for"), dialect)
-        _CLAIM_INSERTS[dialect.name] = found
-    return found
+    """``INSERT INTO run … ON CONFLICT (behavior_id, scheduled_for) DO NOTHING``."""
+    table = Run.__table__  # type: ignore[attr-defined]
+    return driver_insert(table, _CLAIM_COLUMNS, ("behavior_id", "scheduled_for"), dialect)
 
 
 @dataclass(frozen=True, slots=True)

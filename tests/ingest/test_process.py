@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import secrets
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,6 +26,7 @@ from ledger.ingest.store import delivery_text, span_data
 from ledger.sim.openrouter import GenerationRecord, build_broadcast
 from ledger.transitions import PolicyContext, lock_behavior
 from tests.conftest import T0, VALID_BEHAVIOR, write_behavior
+from tests.test_cli import ledger
 
 CTX = PolicyContext()
 
@@ -326,16 +324,7 @@ def test_status_shows_broadcast_spend_waiting_and_unattributed_deliveries(
     store_text(db, "[[not json", 1, at=now)  # set aside
     process_pending(db, DbLookup(db), now, CTX)
     store(db, delivery(user="alpha"), at=now)  # acknowledged, not processed yet
-    env = {**os.environ, "LEDGER_DATABASE_URL": database_url, "LEDGER_LOG_FORMAT": "json"}
-    result = subprocess.run(
-        [sys.executable, "-m", "ledger", "status"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = ledger("status", cwd=tmp_path, env={"LEDGER_DATABASE_URL": database_url})
     assert result.returncode == 0, result.stderr
     beta = next(line for line in result.stdout.splitlines() if "beta" in line)
     assert "$0.2000 / $1.00 per day" in beta
