@@ -124,8 +124,22 @@ async def finish_or_cancel(tasks: list[asyncio.Task[Any]], grace: float = 10.0) 
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
+CATALOG_RETRY_SECONDS = 60.0
+
+
+def catalog_retry_delay(failures: int) -> float:
+    """Seconds until the next catalog refresh after ``failures`` failures in a row: hourly
+    when it works; after a failure a minute, doubling each time up to the hour (an offline
+    daemon logs a handful of warnings, not one a minute)."""
+    if failures <= 0:
+        return REFRESH_SECONDS
+    backoff: float = CATALOG_RETRY_SECONDS * 2.0 ** min(failures - 1, 16)
+    return min(REFRESH_SECONDS, backoff)
+
+
 async def _catalog_loop(catalog: ModelCatalog, stop: asyncio.Event) -> None:
-    """Model prices for reservations: at start, then hourly (a minute after a failure)."""
+    """Model prices for reservations: at start, then hourly (backing off after failures)."""
+    failures = 0
     while not stop.is_set():
         refresh = asyncio.ensure_future(catalog.refresh())
         stopping = asyncio.ensure_future(stop.wait())
@@ -140,8 +154,9 @@ async def _catalog_loop(catalog: ModelCatalog, stop: asyncio.Event) -> None:
         except Exception:
             log.exception("refreshing the model catalog failed; retrying")
             ok = False
+        failures = 0 if ok else failures + 1
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=REFRESH_SECONDS if ok else 60.0)
+            await asyncio.wait_for(stop.wait(), timeout=catalog_retry_delay(failures))
 
 
 async def _expire_loop(db: Database, clock: Clock, ctx: PolicyContext, stop: asyncio.Event) -> None:

@@ -61,3 +61,14 @@ async def test_refresh_fetches_the_catalog_from_the_simulator() -> None:
     unreachable.load({"data": [{"id": HAIKU, "pricing": {"prompt": "1", "completion": "1"}}]})
     assert await unreachable.refresh(timeout=2) is False
     assert unreachable.price(HAIKU) == Price(1.0, 1.0)
+
+
+def test_an_offline_catalog_backs_off_from_a_minute_to_the_hour() -> None:
+    from ledger.runner.catalog import REFRESH_SECONDS
+    from ledger.web.services import catalog_retry_delay
+
+    assert catalog_retry_delay(0) == REFRESH_SECONDS  # working: hourly
+    delays = [catalog_retry_delay(n) for n in range(1, 10)]
+    assert delays[:4] == [60.0, 120.0, 240.0, 480.0]
+    assert delays == sorted(delays) and max(delays) == REFRESH_SECONDS
+    assert catalog_retry_delay(10_000) == REFRESH_SECONDS
