@@ -462,20 +462,16 @@ class SpanWriter:
             with self._conn.begin():
                 self._insert.execute(self._conn, rows)
         except Exception:
-            self._drop_connection()
+            self._release_connection(invalidate=True)
             raise
 
-    def _release_connection(self) -> None:
+    def _release_connection(self, *, invalidate: bool = False) -> None:
+        """Give the writer's connection back (``invalidate``: after a failure, discard it)."""
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(Exception):
-                conn.close()
-
-    def _drop_connection(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.invalidate()
+                if invalidate:
+                    conn.invalidate()
                 conn.close()
 
 
