@@ -73,6 +73,14 @@ class Settings(BaseSettings):
     notion_base_url: str = "https://api.notion.com"
     auth: Literal["on", "off"] = "on"
     rescan_seconds: float = Field(default=60.0, gt=0)
+    runner_lead_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=60,
+        description="How long before its slot a run is claimed, budgeted and connected; its "
+        "request leaves at the slot (at most a quarter of the behavior's interval; 0: all of "
+        "it at the slot).",
+    )
     watch: bool = True
     allow_private_urls: bool = False
     policy: dict[str, Any] = Field(default_factory=dict)

@@ -49,15 +49,21 @@ async def call_model(
     plan: RunPlan,
     *,
     monotonic: Callable[[], float] = time.monotonic,
+    wall: Callable[[], float] = time.time,
 ) -> CallOutcome:
-    """Call the behavior's preset with its own key; fall back when OpenRouter itself failed."""
+    """Call the behavior's preset with its own key; fall back when OpenRouter itself failed.
+
+    A run prepared before its slot (``plan.send_at``) is sent at the slot's instant; its
+    deadline counts from then."""
     behavior = plan.behavior
     try:
         key = resolve(behavior.api_key)
     except SecretError as exc:
         result = GateResult(Gate.AUTH_ERROR, Outcome.FAIL, False, {"reason": str(exc)})
         return CallOutcome(failures=(result,), pause=True, error=str(exc))
-    deadline = monotonic() + plan.deadline_seconds
+    send_at = plan.send_at.timestamp() if plan.send_at is not None else None
+    wait = max(0.0, send_at - wall()) if send_at is not None else 0.0
+    deadline = monotonic() + wait + plan.deadline_seconds
     body = build_chat_request(behavior, plan.tier, plan.prompt, plan.run_id)
     try:
         answer = await client.chat(
@@ -66,6 +72,7 @@ async def call_model(
             deadline=deadline,
             run_id=plan.run_id,
             expected_model=behavior.primary_model,
+            send_at=send_at,
         )
         return _outcome(answer, behavior.primary_model)
     except OpenRouterCallError as err:

@@ -6,7 +6,9 @@ writes each request as one buffer on a pooled asyncio stream and parses the answ
 about a tenth of the CPU. It implements only what talking to an API needs — HTTP/1.1 over TCP
 or TLS, keep-alive, ``Content-Length`` and chunked bodies, connect / write / read / pool
 timeouts — and raises httpx's own exceptions, so ``httpx.AsyncClient`` (and everything that
-classifies its errors) works unchanged on top of it. Proxies are not supported: with a proxy
+classifies its errors) works unchanged on top of it. A request carrying a ``SendGate``
+(``ledger.runner.send_gate``) gets its connection at once and its bytes written at the gate's
+instant, with the rest of its wave. Proxies are not supported: with a proxy
 configured the runner uses httpx's own pool (``new_http_client``).
 """
 
@@ -26,6 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import httpx
+
+from ledger.runner.send_gate import gate_of
 
 __all__ = ["LeanTransport"]
 
@@ -200,14 +204,21 @@ class LeanTransport(httpx.AsyncBaseTransport):
         timeouts: dict[str, float],
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool]:
         try:
-            conn.writer.write(head + body if len(body) < 65536 else head)
-            if len(body) >= 65536:
-                conn.writer.write(body)
+            gate = gate_of(request.extensions)
+            held = gate.hold(conn.writer, head + body) if gate is not None else None
+            if held is not None:  # prepared ahead: written with its wave at the slot's instant
+                written_at = await held
+            else:
+                conn.writer.write(head + body if len(body) < 65536 else head)
+                if len(body) >= 65536:
+                    conn.writer.write(body)
+                written_at = time.time()
             async with asyncio.timeout(timeouts.get("write")):
                 await conn.writer.drain()
             trace = request.extensions.get("trace")
             if trace is not None:  # httpcore's hook, for measurements (bench_scheduler)
-                await trace("http11.send_request_body.complete", {"request": request})
+                info = {"request": request, "written_at": written_at}
+                await trace("http11.send_request_body.complete", info)
         except TimeoutError:
             raise httpx.WriteTimeout("sending the request timed out", request=request) from None
         except OSError as exc:

@@ -38,6 +38,7 @@ from ledger.runner.classify import (
     to_error,
 )
 from ledger.runner.lean_http import LeanTransport
+from ledger.runner.send_gate import SEND_GATE, SendGates
 
 __all__ = [
     "DEFAULT_APP_TITLE",
@@ -340,11 +341,20 @@ class OpenRouterClient:
         rng: random.Random | None = None,
         sleep: Sleep = asyncio.sleep,
         max_connections: int = MAX_CONNECTIONS,
+        transport_holds_sends: bool | None = None,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         self.base_url = base_url.rstrip("/")
         self._owns_http = http is None
+        # Whether the transport writes a gated request at its gate's instant (LeanTransport);
+        # otherwise ``chat`` itself waits for the instant before sending.
+        self._transport_holds_sends = (
+            transport_holds_sends
+            if transport_holds_sends is not None
+            else http is None and not _environment_proxies()
+        )
+        self._gates = SendGates(wall=lambda: self._clock.now().timestamp())
         self._http = http if http is not None else new_http_client(max_connections=max_connections)
         self._app_headers = {"HTTP-Referer": app_url, "X-Title": app_title}
         self._max_attempts = max_attempts
@@ -384,9 +394,13 @@ class OpenRouterClient:
         deadline: float,
         run_id: str,
         expected_model: str | None = None,
+        send_at: float | None = None,
     ) -> ChatResult:
         """POST ``body`` (see ``build_chat_request``) with the behavior's ``key``.
 
+        ``send_at`` (wall-clock seconds, a run prepared before its slot): the first attempt
+        gets its connection now and is written at that instant, together with every other
+        request due then; a retry goes at once.
         ``deadline`` is an absolute time on the injected monotonic clock. 408/429/5xx,
         network errors and an error inside a 200 are retried (up to ``max_attempts``,
         honouring ``Retry-After``; a wait that would pass the deadline fails at once with the
@@ -398,10 +412,18 @@ class OpenRouterClient:
         url = f"{self.base_url}{CHAT_PATH}"
         headers = {**self._app_headers, **_auth(key)}
         context = f"OpenRouter chat call for run {run_id}"
+        gate = self._gates.gate_for(send_at) if send_at is not None else None
+        extensions = {SEND_GATE: gate} if gate is not None else None
+        if gate is not None and not self._transport_holds_sends:
+            await gate.wait()
+            extensions = None
         attempt = 0
         while True:
             attempt += 1
-            exchanged = await self._exchange("POST", url, headers, body, deadline)
+            exchanged = await self._exchange(
+                "POST", url, headers, body, deadline, extensions=extensions
+            )
+            extensions = None  # a retry is sent at once
             outcome = _settle(exchanged, attempt, expected_model, log)
             if isinstance(outcome, ChatResult):
                 return outcome
@@ -488,6 +510,7 @@ class OpenRouterClient:
         deadline: float,
         *,
         params: Mapping[str, str | int] | None = None,
+        extensions: dict[str, Any] | None = None,
     ) -> _Outcome:
         """One HTTP attempt bounded by the deadline; every foreign exception is caught here
         and translated by ``translate_exception``."""
@@ -500,7 +523,13 @@ class OpenRouterClient:
         try:
             async with asyncio.timeout(remaining):
                 response = await self._http.request(
-                    method, url, headers=headers, json=body, params=params, timeout=timeout
+                    method,
+                    url,
+                    headers=headers,
+                    json=body,
+                    params=params,
+                    timeout=timeout,
+                    extensions=extensions,
                 )
             if not response.is_success:
                 failure = classify_response(

@@ -12,8 +12,8 @@ import hashlib
 import os
 import string
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -154,6 +154,8 @@ class RunPlan:
     reserved_usd: float
     budget_window: datetime | None
     deadline_seconds: float
+    # Prepared before its slot: the request is written at this instant (None: at once).
+    send_at: datetime | None = None
 
 
 def render_prompt(template: str, inputs: Mapping[str, Any], builtins: Mapping[str, Any]) -> str:
@@ -211,13 +213,16 @@ def begin_runs(
 
     Batched (two reads for all runs, behaviors locked in id order) so that a thousand runs due
     at the same instant start in one short transaction."""
-    runs: dict[str, int] = dict(
-        session.execute(
-            sa_select(Run.__table__.c.id, Run.__table__.c.behavior_id).where(  # type: ignore[attr-defined]
-                Run.__table__.c.id.in_(run_ids)  # type: ignore[attr-defined]
-            )
-        ).all()
-    )
+    run_table = Run.__table__  # type: ignore[attr-defined]
+    runs: dict[str, int] = {}
+    slots: dict[str, datetime] = {}
+    for rid, behavior_id, scheduled_for in session.execute(
+        sa_select(run_table.c.id, run_table.c.behavior_id, run_table.c.scheduled_for).where(
+            run_table.c.id.in_(run_ids)
+        )
+    ):
+        runs[rid] = behavior_id
+        slots[rid] = _aware(scheduled_for)
     missing = [rid for rid in run_ids if rid not in runs]
     if missing:
         raise NotFoundError(f"run {missing[0]} does not exist")
@@ -258,8 +263,12 @@ def begin_runs(
             why = "retired" if row.retired else ("paused" if row.paused else "disabled")
             skipped.append({"rid": run_id, "why": why})
             continue
-        plan = _plan(session, run_id, row, now, ctx, default_estimate_usd, catalog)
+        # A run prepared before its slot starts (renders, reserves, is sent) at its slot.
+        at = max(now, slots[run_id])
+        plan = _plan(session, run_id, row, now, ctx, default_estimate_usd, catalog, at)
         if plan is not None:
+            if at > now:
+                plan = replace(plan, send_at=at)
             plans.append(plan)
             updates.append(
                 {
@@ -267,9 +276,9 @@ def begin_runs(
                     "tier": plan.tier.value,
                     "preset": plan.preset,
                     "reserved": plan.reserved_usd,
+                    "started": at,
                 }
             )
-    run_table = Run.__table__  # type: ignore[attr-defined]
     if updates:
         session.execute(
             update(run_table)
@@ -278,7 +287,7 @@ def begin_runs(
                 tier=bindparam("tier"),
                 preset=bindparam("preset"),
                 reserved_usd=bindparam("reserved"),
-                started_at=now,
+                started_at=bindparam("started"),
                 status="running",
             ),
             updates,
@@ -291,6 +300,11 @@ def begin_runs(
             skipped,
         )
     return plans
+
+
+def _aware(value: datetime) -> datetime:
+    """A stored UTC time as an aware datetime (SQLite gives it back naive)."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _cache_behavior(definition_hash: str, definition: Any) -> Behavior:
@@ -309,19 +323,23 @@ def _plan(
     ctx: PolicyContext,
     default_estimate_usd: float,
     catalog: ModelCatalog | None = None,
+    at: datetime | None = None,
 ) -> RunPlan | None:
     """The plan of one run whose behavior is active; None when its budget refuses the call
     (then the ``spend_cap`` result is recorded here). The reservation is the behavior's own
     per-call estimate, else the call's worst case at the catalog's price of its primary model,
-    else ``default_estimate_usd``."""
+    else ``default_estimate_usd``. ``at`` is the run's own time (its slot, when it is prepared
+    before it): the prompt's ``{now}``/``{date}`` and the budget window are those of ``at``;
+    what is recorded is recorded at ``now``."""
+    at = at or now
     behavior = _BEHAVIOR_CACHE[row.definition_hash]
     tier = Tier(row.tier)
     prompt = render_prompt(
         row.prompt_text,
         behavior.inputs,
         {
-            "now": now.isoformat(timespec="seconds"),
-            "date": now.date().isoformat(),
+            "now": at.isoformat(timespec="seconds"),
+            "date": at.date().isoformat(),
             "run_id": run_id,
             "behavior": behavior.name,
             "tier": tier.value,
@@ -330,7 +348,7 @@ def _plan(
     reserved = 0.0
     window: datetime | None = None
     if behavior.budget is not None:
-        window = window_start(behavior.budget.reset, now, behavior.timezone)
+        window = window_start(behavior.budget.reset, at, behavior.timezone)
         estimate = behavior.budget.per_call_estimate_usd
         if not estimate and catalog is not None:
             estimate = catalog.worst_case_usd(

@@ -1,10 +1,13 @@
 """APScheduler wiring: one job per active behavior; a job only claims its slot and hands off.
 
-Slot claims from many jobs due at the same instant are batched (chunks of ``CLAIM_BATCH_MAX``,
-one INSERT each); each won run then starts at once (bounded by a semaphore), without waiting on
-the others or on the rest of the wave. After downtime,
-the latest slot missed within the behavior's misfire grace is claimed once at start-up; the
-unique (behavior, slot) claim makes "once" hold across restarts and replicas.
+A job fires ``lead`` before its slot (``LeadTrigger``): the slot is claimed, the run started
+(budget reserved, prompt rendered at the slot's time) and its request prepared on an open
+connection, and every request of the slot is written together at the slot's instant
+(``ledger.runner.send_gate``). Slot claims from many jobs firing together are batched (chunks
+of ``CLAIM_BATCH_MAX``, one INSERT each); each won run then starts at once (bounded by a
+semaphore), without waiting on the others or on the rest of the wave. After downtime, the
+latest slot missed within the behavior's misfire grace is claimed once at start-up; the unique
+(behavior, slot) claim makes "once" hold across restarts and replicas.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from zoneinfo import ZoneInfo
 import structlog
 from apscheduler.executors.asyncio import AsyncIOExecutor
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from croniter import croniter
@@ -53,6 +57,9 @@ CLAIM_BATCH_MAX = 1000
 FINISH_BATCH_MAX = 200
 # Model calls in flight at once (the OpenRouter client's pool holds as many connections).
 MAX_CONCURRENT_CALLS = 1024
+# Runs are claimed, budgeted, rendered and connected this long before their slot, and their
+# requests written together at the slot's instant (at most a quarter of a behavior's interval).
+DEFAULT_LEAD_SECONDS = 5.0
 
 CallModel = Callable[[RunPlan], Awaitable[CallOutcome]]
 FD_RESERVE = 256  # open files kept for everything but model calls (ingest, database, logs)
@@ -80,12 +87,14 @@ def calls_that_fit(wanted: int = MAX_CONCURRENT_CALLS) -> int:
 
 @dataclass(frozen=True, slots=True)
 class ScheduledBehavior:
-    """What a job needs to know: its behavior's id, tier and schedule."""
+    """What a job needs to know: its behavior's id, tier and schedule, and how long before
+    each slot its run is prepared (``lead``)."""
 
     id: int
     name: str
     tier: str
     behavior: Behavior
+    lead: timedelta = timedelta(0)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -112,13 +121,44 @@ def latest_slot(behavior: Behavior, now: datetime) -> datetime:
     return prev.astimezone(UTC)
 
 
-def trigger_for(behavior: Behavior) -> Any:
+def trigger_for(behavior: Behavior, lead: timedelta = timedelta(0)) -> Any:
+    """The behavior's schedule as an APScheduler trigger, firing ``lead`` before each slot."""
     interval = behavior.interval
     if interval is not None:
-        return IntervalTrigger(
+        inner: Any = IntervalTrigger(
             seconds=interval.total_seconds(), start_date=INTERVAL_EPOCH, timezone=UTC
         )
-    return CronTrigger.from_crontab(behavior.schedule, timezone=ZoneInfo(behavior.timezone))
+    else:
+        inner = CronTrigger.from_crontab(behavior.schedule, timezone=ZoneInfo(behavior.timezone))
+    return LeadTrigger(inner, lead) if lead > timedelta(0) else inner
+
+
+class LeadTrigger(BaseTrigger):  # type: ignore[misc]  # APScheduler 3 ships no types
+    """Fires ``lead`` before each of ``inner``'s fire times (the slot), so the run is
+    prepared by the time its slot comes."""
+
+    __slots__ = ("inner", "lead")
+
+    def __init__(self, inner: Any, lead: timedelta) -> None:
+        self.inner = inner
+        self.lead = lead
+
+    def get_next_fire_time(
+        self, previous_fire_time: datetime | None, now: datetime
+    ) -> datetime | None:
+        previous = previous_fire_time + self.lead if previous_fire_time is not None else None
+        slot: datetime | None = self.inner.get_next_fire_time(previous, now + self.lead)
+        return slot - self.lead if slot is not None else None
+
+    def __str__(self) -> str:
+        return f"{self.inner} (fires {self.lead.total_seconds():g}s ahead)"
+
+
+def lead_for(behavior: Behavior, lead: timedelta) -> timedelta:
+    """How long before its slots the behavior's runs are prepared: ``lead``, at most half its
+    misfire grace (a quarter of its interval), so a slot is never prepared before the previous
+    one's grace has passed."""
+    return min(lead, misfire_grace(behavior) / 2)
 
 
 class RunnerService:
@@ -134,8 +174,10 @@ class RunnerService:
         max_concurrency: int = MAX_CONCURRENT_CALLS,
         default_estimate_usd: float = 0.05,
         catalog: ModelCatalog | None = None,
+        lead_seconds: float = DEFAULT_LEAD_SECONDS,
     ) -> None:
         self.catalog = catalog
+        self.lead = timedelta(seconds=lead_seconds)
         self.db = db
         self.clock = clock
         self.call_model = call_model
@@ -186,6 +228,7 @@ class RunnerService:
             with contextlib.suppress(Exception):
                 self._scheduler.remove_job(name)
             del self._behaviors[name]
+        now = self.clock.now()
         for name, sb in active.items():
             old = self._behaviors.get(name)
             self._behaviors[name] = sb
@@ -193,13 +236,18 @@ class RunnerService:
                 continue
             self._scheduler.add_job(
                 self._due,
-                trigger_for(sb.behavior),
+                trigger_for(sb.behavior, sb.lead),
                 args=[name],
                 id=name,
                 name=name,
                 replace_existing=True,
                 misfire_grace_time=int(misfire_grace(sb.behavior).total_seconds()) or 1,
             )
+            # The job's first firing is for a slot at least ``lead`` away: a slot nearer
+            # than that is prepared now.
+            upcoming = latest_slot(sb.behavior, now + sb.lead)
+            if upcoming > now:
+                self._claims.put_nowait(SlotClaim(sb.id, upcoming, sb.tier))
 
     def _load_active(self) -> dict[str, ScheduledBehavior]:
         out: dict[str, ScheduledBehavior] = {}
@@ -216,7 +264,8 @@ class RunnerService:
                     behavior = Behavior.model_validate(row.definition)
                 except ValidationError:
                     continue
-                out[row.name] = ScheduledBehavior(row.id or 0, row.name, row.tier, behavior)
+                lead = lead_for(behavior, self.lead)
+                out[row.name] = ScheduledBehavior(row.id or 0, row.name, row.tier, behavior, lead)
         return out
 
     @property
@@ -228,7 +277,8 @@ class RunnerService:
         sb = self._behaviors.get(name)
         if sb is None:
             return
-        slot = latest_slot(sb.behavior, self.clock.now())
+        # Fired ``lead`` before the slot (later if the loop was busy): the slot it fired for.
+        slot = latest_slot(sb.behavior, self.clock.now() + sb.lead)
         self._claims.put_nowait(SlotClaim(sb.id, slot, sb.tier))
 
     async def _catch_up(self) -> None:

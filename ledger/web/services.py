@@ -92,7 +92,15 @@ async def open_services(
         return await call_model(client, plan)
 
     catalog = ModelCatalog(settings.openrouter_base_url)
-    runner = RunnerService(db, clock, call, ctx, max_concurrency=in_flight, catalog=catalog)
+    runner = RunnerService(
+        db,
+        clock,
+        call,
+        ctx,
+        max_concurrency=in_flight,
+        catalog=catalog,
+        lead_seconds=settings.runner_lead_seconds,
+    )
     processor = IngestProcessor(
         db, clock, ctx, sources=settings.webhook_sources, ingest_busy=ingest_busy
     )
