@@ -69,6 +69,9 @@ from ledger.transitions import PolicyContext, apply_observation, lock_behavior, 
 log = structlog.get_logger("ledger.ingest")
 
 BATCH = 200  # deliveries per pass
+# While the receiver is busy: short write transactions, so the receiver's group commits (one
+# writer at a time on SQLite) never wait long for the processor's.
+BUSY_BATCH = 20
 LOOKUP_TTL = 5.0
 YIELD_FACTOR = 4.0  # rest per second of work while the receiver is busy
 MAX_REST = 1.0
@@ -669,8 +672,9 @@ class IngestProcessor:
     """A loop over ``process_pending``, started and stopped by the lifespan.
 
     Acknowledging deliveries comes first: while the receiver is busy (``ingest_busy``), the
-    processor rests four times as long as each batch took, so it takes at most about a fifth of
-    the CPU and the backlog is worked off as soon as the receiver quietens down.
+    processor takes ``BUSY_BATCH`` deliveries at a time (short transactions) and rests four
+    times as long as each batch took, so it takes at most about a fifth of the CPU; the backlog
+    is worked off in full batches as soon as the receiver quietens down.
     """
 
     def __init__(
@@ -694,9 +698,15 @@ class IngestProcessor:
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             started = time.monotonic()
+            busy = self.ingest_busy is not None and self.ingest_busy()
             try:
                 stats = await asyncio.to_thread(
-                    process_pending, self.db, self.lookup, self.clock.now(), self.ctx
+                    process_pending,
+                    self.db,
+                    self.lookup,
+                    self.clock.now(),
+                    self.ctx,
+                    BUSY_BATCH if busy else BATCH,
                 )
                 events = await asyncio.to_thread(
                     process_webhook_events, self.db, self.clock.now(), self.ctx, self.sources
@@ -705,7 +715,7 @@ class IngestProcessor:
                 log.exception("processing broadcast spans or webhook events failed; retrying")
                 stats, events = ProcessStats(), 0
             if stats.spans or events:
-                if self.ingest_busy is not None and self.ingest_busy():
+                if busy:
                     rest = min(YIELD_FACTOR * (time.monotonic() - started), MAX_REST)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), timeout=rest)

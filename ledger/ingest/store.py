@@ -17,6 +17,7 @@ import base64
 import contextlib
 import dataclasses
 import math
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -59,6 +60,7 @@ __all__ = [
 log = structlog.get_logger("ledger.ingest")
 
 SOURCE_BROADCAST: Final = "broadcast"
+_WRITER_AUTOCHECKPOINT_PAGES: Final = 10_000  # ~40 MB of WAL with 4 KiB pages
 _NAME_MAX: Final = 256  # ingested_span.name is VARCHAR(256); the full name stays in ``data``
 
 # ``data`` is plain JSON. Attribute values JSON cannot hold (bytes, NaN/±Infinity — PostgreSQL's
@@ -238,9 +240,15 @@ def is_bad_data(exc: BaseException) -> bool:
 
 
 class _DeliveryInsert:
-    """One ``ingest_delivery`` row per request. On PostgreSQL the batch goes in by binary
-    ``COPY`` (less than half of executemany's client CPU per row); elsewhere as one driver-level
-    insert (``DriverInsert``)."""
+    """One ``ingest_delivery`` row per request, a batch committed in one transaction.
+
+    On PostgreSQL the batch goes in by binary ``COPY`` (less than half of executemany's client
+    CPU per row). On SQLite it is one multi-row ``INSERT … VALUES (…), (…)`` run in autocommit:
+    a single statement step inserts and commits (with the connection's ``synchronous=FULL``
+    sync). Each step releases the GIL, and getting it back from a busy event loop can take up to
+    the interpreter's switch interval (5 ms); ``BEGIN IMMEDIATE`` + ``executemany`` + ``COMMIT``
+    paid that once per row and twice more per batch.
+    """
 
     _COLUMNS: Final = ("received_at", "span_count", "spans")
     _COPY: Final = (
@@ -249,29 +257,65 @@ class _DeliveryInsert:
 
     def __init__(self, engine: Engine) -> None:
         table: Table = IngestDelivery.__table__  # type: ignore[attr-defined]  # SQLModel table
-        self._insert = DriverInsert(table, self._COLUMNS, (), engine.dialect)
-        self._received_at = self._insert.converter("received_at")
+        self._received_at = DriverInsert(table, self._COLUMNS, (), engine.dialect).converter(
+            "received_at"
+        )
         self._copy = engine.dialect.name == "postgresql"
+        self._values_sql: dict[int, str] = {}
 
-    def params(self, pending: _Pending) -> list[Any]:
-        row = (
+    def row(self, pending: _Pending) -> tuple[Any, ...]:
+        """The delivery's row, in ``_COLUMNS`` order and driver form."""
+        return (
             self._received_at(pending.received_at),
             len(pending.spans),
             delivery_text(pending.spans),
         )
-        if self._copy:
-            return [row]
-        return self._insert.params([dict(zip(self._COLUMNS, row, strict=True))])
 
-    def execute(self, conn: Connection, params: list[Any]) -> None:
-        if not self._copy:
-            self._insert.execute(conn, params)
+    def commit(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
+        """Insert ``rows`` (from ``row``) and commit them: all or none. ``conn`` must not be in
+        a transaction. Raises SQLAlchemy's exceptions (``IntegrityError``, …)."""
+        if self._copy:
+            with conn.begin():
+                self._copy_rows(conn, rows)
             return
+        dbapi: sqlite3.Connection = conn.connection.driver_connection  # type: ignore[assignment]
+        per_statement = dbapi.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(self._COLUMNS)
+        sql = self._sql_for(min(len(rows), per_statement))
+        try:
+            if len(rows) <= per_statement:  # the common case: one step, its own transaction
+                dbapi.execute(sql, [value for row in rows for value in row])
+                return
+            dbapi.execute("BEGIN IMMEDIATE")
+            try:
+                for start in range(0, len(rows), per_statement):
+                    chunk = rows[start : start + per_statement]
+                    dbapi.execute(
+                        self._sql_for(len(chunk)), [value for row in chunk for value in row]
+                    )
+                dbapi.execute("COMMIT")
+            except BaseException:
+                if dbapi.in_transaction:
+                    dbapi.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:  # as SQLAlchemy would raise it (IntegrityError, …)
+            raise DBAPIError.instance(sql, None, exc, sqlite3.Error) from exc
+
+    def _sql_for(self, count: int) -> str:
+        sql = self._values_sql.get(count)
+        if sql is None:
+            placeholders = ", ".join(["(?, ?, ?)"] * count)
+            columns = ", ".join(self._COLUMNS)
+            # Only constants and placeholders go into the text; values are bound.
+            sql = f"INSERT INTO ingest_delivery ({columns}) VALUES {placeholders}"  # noqa: S608
+            self._values_sql[count] = sql
+        return sql
+
+    def _copy_rows(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
         dbapi: Any = conn.connection.dbapi_connection
         try:
             with dbapi.cursor() as cursor, cursor.copy(self._COPY) as copy:
                 copy.set_types(["timestamptz", "int4", "text"])
-                for row in params:
+                for row in rows:
                     copy.write_row(row)
         except psycopg.Error as exc:  # as SQLAlchemy would raise it (IntegrityError, …)
             raise DBAPIError.instance(self._COPY, None, exc, psycopg.Error) from exc
@@ -419,48 +463,54 @@ class SpanWriter:
 
     def _commit(self, batch: list[_Pending]) -> list[BaseException | None]:
         """Commit the whole batch in one transaction; on a bad-data failure, one per request."""
-        params: list[list[Any]] = []
+        rows: list[tuple[Any, ...] | None] = []
         outcomes: list[BaseException | None] = []
         for pending in batch:
             try:
-                params.append(self._insert.params(pending))
+                rows.append(self._insert.row(pending))
                 outcomes.append(None)
             except Exception as exc:  # unserializable data fails its own request only
-                params.append([])
+                rows.append(None)
                 outcomes.append(exc)
-        rows = [row for request_rows in params for row in request_rows]
+        good = [row for row in rows if row is not None]
         try:
-            if rows:
-                self._insert_committed(rows)
+            if good:
+                self._insert_committed(good)
             return outcomes
         except Exception as exc:
             log.warning(
                 "ingest batch failed",
                 requests=len(batch),
-                spans=len(rows),
+                spans=sum(len(pending.spans) for pending in batch),
                 error=type(exc).__name__,
                 detail=str(getattr(exc, "orig", exc))[:300],
             )
             if len(batch) == 1 or not is_bad_data(exc):
                 return [exc] * len(batch)
-        for index, request_rows in enumerate(params):
-            if outcomes[index] is not None or not request_rows:
+        for index, row in enumerate(rows):
+            if row is None:
                 continue
             try:
-                self._insert_committed(request_rows)
+                self._insert_committed([row])
             except Exception as exc:
                 outcomes[index] = exc
         return outcomes
 
-    def _insert_committed(self, rows: list[Any]) -> None:
+    def _insert_committed(self, rows: list[tuple[Any, ...]]) -> None:
         """Insert ``rows`` in one transaction on the writer's own connection, kept between
         batches (a pool checkout would ping the server first: one more round trip per batch).
         After a failure the connection is dropped; the next batch opens a new one."""
         if self._conn is None:
             self._conn = self._engine.connect()
+            if self._engine.dialect.name == "sqlite":
+                # Checkpoints stay out of the acknowledgement path: the processor's connections
+                # (SQLite's default, 1,000 pages) copy the WAL back after their commits, which
+                # follow every delivery; this one only if the WAL grew far past that.
+                self._conn.connection.driver_connection.execute(  # type: ignore[union-attr]
+                    f"PRAGMA wal_autocheckpoint={_WRITER_AUTOCHECKPOINT_PAGES}"
+                )
         try:
-            with self._conn.begin():
-                self._insert.execute(self._conn, rows)
+            self._insert.commit(self._conn, rows)
         except Exception:
             self._release_connection(invalidate=True)
             raise

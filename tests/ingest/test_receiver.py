@@ -11,6 +11,7 @@ import contextlib
 import gzip
 import json
 import math
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -718,6 +719,45 @@ async def test_a_poisonous_request_fails_alone_and_the_rest_of_its_batch_commits
     assert results[0] is None and results[2] is None
     assert isinstance(results[1], IngestError) and results[1].status_code == 400
     assert _count(db) == 4
+
+
+async def test_a_batch_split_over_several_sqlite_statements_commits_all_or_nothing(
+    sqlite_db: Database,
+) -> None:
+    # Two rows per INSERT at most: a batch of five requests takes three statements in one
+    # transaction; the poison in the last one must roll back the first two before the retry.
+    @sa.event.listens_for(sqlite_db.engine, "connect")
+    def _few_variables(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 6)
+
+    sqlite_db.engine.dispose()
+    with sqlite_db.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "CREATE TRIGGER refuse_poison BEFORE INSERT ON ingest_delivery "
+                "WHEN NEW.spans LIKE '%poison%' BEGIN SELECT RAISE(ABORT, 'poison'); END"
+            )
+        )
+    writer = SpanWriter(sqlite_db.engine)
+    writer.start()
+    try:
+        results = await asyncio.gather(
+            *(writer.write(_spans(f"{i:02x}", 1), T0) for i in range(4)),
+            writer.write(_spans("ee", 1, name="poison"), T0),
+            return_exceptions=True,
+        )
+        clean = await asyncio.gather(*(writer.write(_spans(f"f{i}", 1), T0) for i in range(5)))
+    finally:
+        await writer.close()
+    assert results[:4] == [None] * 4
+    assert isinstance(results[4], IngestError) and results[4].status_code == 400
+    assert clean == [None] * 5
+    with sqlite_db.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT count(*) FROM ingest_delivery")).scalar_one()
+    assert rows == 9  # each acknowledged delivery once: the failed statements left nothing
+    sa.event.remove(sqlite_db.engine, "connect", _few_variables)
+    sqlite_db.engine.dispose()
+    assert _count(sqlite_db) == 9
 
 
 async def test_more_waiting_spans_than_the_bound_is_429(db: Database) -> None:
