@@ -69,8 +69,9 @@ from ledger.transitions import PolicyContext, apply_observation, lock_behavior, 
 log = structlog.get_logger("ledger.ingest")
 
 BATCH = 200  # deliveries per pass
-# While the receiver is busy: short write transactions, so the receiver's group commits (one
-# writer at a time on SQLite) never wait long for the processor's.
+# On SQLite while the receiver is busy: short write transactions, so the receiver's group
+# commits (SQLite has one writer at a time) never wait long for the processor's. PostgreSQL
+# locks rows, so there the processor keeps its full batches.
 BUSY_BATCH = 20
 LOOKUP_TTL = 5.0
 YIELD_FACTOR = 4.0  # rest per second of work while the receiver is busy
@@ -672,9 +673,9 @@ class IngestProcessor:
     """A loop over ``process_pending``, started and stopped by the lifespan.
 
     Acknowledging deliveries comes first: while the receiver is busy (``ingest_busy``), the
-    processor takes ``BUSY_BATCH`` deliveries at a time (short transactions) and rests four
-    times as long as each batch took, so it takes at most about a fifth of the CPU; the backlog
-    is worked off in full batches as soon as the receiver quietens down.
+    processor rests four times as long as each batch took, so it takes at most about a fifth of
+    the CPU, and on SQLite takes ``BUSY_BATCH`` deliveries at a time (short transactions); the
+    backlog is worked off in full batches as soon as the receiver quietens down.
     """
 
     def __init__(
@@ -694,11 +695,13 @@ class IngestProcessor:
         self.idle = idle
         self.lookup = DbLookup(db)
         self.wake = asyncio.Event()
+        self._one_writer = db.engine.dialect.name == "sqlite"
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             started = time.monotonic()
             busy = self.ingest_busy is not None and self.ingest_busy()
+            limit = BUSY_BATCH if busy and self._one_writer else BATCH
             try:
                 stats = await asyncio.to_thread(
                     process_pending,
@@ -706,7 +709,7 @@ class IngestProcessor:
                     self.lookup,
                     self.clock.now(),
                     self.ctx,
-                    BUSY_BATCH if busy else BATCH,
+                    limit,
                 )
                 events = await asyncio.to_thread(
                     process_webhook_events, self.db, self.clock.now(), self.ctx, self.sources
