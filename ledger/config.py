@@ -73,6 +73,13 @@ class Settings(BaseSettings):
     notion_base_url: str = "https://api.notion.com"
     auth: Literal["on", "off"] = "on"
     rescan_seconds: float = Field(default=60.0, gt=0)
+    runner_max_calls: int = Field(
+        default=1024,
+        ge=1,
+        le=100_000,
+        description="Model calls in flight at once (one connection each); the open-files "
+        "limit is raised to fit them, or fewer run with a warning.",
+    )
     runner_lead_seconds: float = Field(
         default=5.0,
         ge=0,

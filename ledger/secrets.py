@@ -6,6 +6,7 @@ registered with the log masker so it can never be printed.
 
 from __future__ import annotations
 
+import bisect
 import os
 import re
 from pathlib import Path
@@ -84,9 +85,13 @@ def register_secret_value(value: str) -> None:
     given literally in the environment)."""
     if len(value) >= _PREFIX and value not in _known_values:
         _known_values.add(value)
-        bucket = _prefixes.setdefault(value[:_PREFIX], [])
-        bucket.append(value)
-        bucket.sort(key=len, reverse=True)
+        # Longest first; one insertion, not a sort (OpenRouter keys share their prefix, so
+        # with 10,000 behaviors this bucket holds 10,000 keys).
+        bisect.insort(_prefixes.setdefault(value[:_PREFIX], []), value, key=_longest_first)
+
+
+def _longest_first(value: str) -> int:
+    return -len(value)
 
 
 def mask_known_secrets(text: str, mask: str = "********") -> str:

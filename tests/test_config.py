@@ -59,3 +59,18 @@ def test_masked_config_shows_references_but_never_values() -> None:
     assert masked["broadcast_tokens"] == "env:A,********"
     assert masked["database_url"] == "postgresql://ledger:********@db/ledger"
     assert "hunter2" not in repr(masked)
+
+
+def test_runner_lead_and_calls_in_flight_have_defaults_bounds_and_env_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    s = load_settings()
+    assert (s.runner_lead_seconds, s.runner_max_calls) == (5.0, 1024)
+    monkeypatch.setenv("LEDGER_RUNNER_LEAD_SECONDS", "30")
+    monkeypatch.setenv("LEDGER_RUNNER_MAX_CALLS", "10000")
+    s = load_settings()
+    assert (s.runner_lead_seconds, s.runner_max_calls) == (30.0, 10000)
+    monkeypatch.setenv("LEDGER_RUNNER_LEAD_SECONDS", "-1")
+    with pytest.raises(ConfigError, match="runner_lead_seconds"):
+        load_settings()

@@ -54,6 +54,15 @@ class _Connection:
             and not self.writer.is_closing()
         )
 
+    # The connection as a ``send_gate.Writable``: what a held request is written to.
+    def write(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    def is_closing(self) -> bool:
+        """Closed by either side (the server may close an idle connection while a request
+        waits for its instant)."""
+        return self.writer.is_closing() or self.reader.at_eof()
+
     def close(self, *, abort: bool = False) -> None:
         """Close; ``abort`` drops unsent data and skips TLS's goodbye (after a failure)."""
         with contextlib.suppress(Exception):
@@ -205,7 +214,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool]:
         try:
             gate = gate_of(request.extensions)
-            held = gate.hold(conn.writer, head + body) if gate is not None else None
+            held = gate.hold(conn, head + body) if gate is not None else None
             if held is not None:  # prepared ahead: written with its wave at the slot's instant
                 written_at = await held
             else:

@@ -3,9 +3,10 @@
 A job fires ``lead`` before its slot (``LeadTrigger``): the slot is claimed, the run started
 (budget reserved, prompt rendered at the slot's time) and its request prepared on an open
 connection, and every request of the slot is written together at the slot's instant
-(``ledger.runner.send_gate``). Slot claims from many jobs firing together are batched (chunks
-of ``CLAIM_BATCH_MAX``, one INSERT each); each won run then starts at once (bounded by a
-semaphore), without waiting on the others or on the rest of the wave. After downtime, the
+(``ledger.runner.send_gate``). Slot claims from many jobs firing together are batched and
+claimed in short transactions of ``CLAIM_CHUNK`` (``claim_chunks``: replicas share a wave
+without deadlocks); each won run then starts at once (bounded by a semaphore), without
+waiting on the others or on the rest of the wave. After downtime, the
 latest slot missed within the behavior's misfire grace is claimed once at start-up; the unique
 (behavior, slot) claim makes "once" hold across restarts and replicas.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -54,6 +56,7 @@ CLAIM_BATCH_WINDOW = 0.005  # seconds to gather claims due at the same instant
 # Claims are taken in chunks: the first runs of a big wave start while the next chunk is being
 # claimed, instead of every run waiting for one transaction over the whole wave.
 CLAIM_BATCH_MAX = 1000
+CLAIM_CHUNK = 50  # claims per transaction (see ``claim_chunks``)
 FINISH_BATCH_MAX = 200
 # Model calls in flight at once (the OpenRouter client's pool holds as many connections).
 MAX_CONCURRENT_CALLS = 1024
@@ -154,6 +157,21 @@ class LeadTrigger(BaseTrigger):  # type: ignore[misc]  # APScheduler 3 ships no 
         return f"{self.inner} (fires {self.lead.total_seconds():g}s ahead)"
 
 
+def claim_chunks(claims: list[SlotClaim], rng: random.Random) -> list[list[SlotClaim]]:
+    """A wave's claims in chunks of ``CLAIM_CHUNK``, each sorted by (behavior, slot), the
+    chunks in random order.
+
+    Replicas woken by the same instant race for the same slots. Each chunk is one short
+    transaction and every replica cuts the wave at the same places, so two transactions that
+    meet want the same rows in the same order (one waits for the other, never a deadlock);
+    taking the chunks in a random order shares the wave between replicas instead of handing
+    all of it to whichever woke first."""
+    ordered = sorted(claims, key=lambda c: (c.behavior_id, c.scheduled_for))
+    chunks = [ordered[i : i + CLAIM_CHUNK] for i in range(0, len(ordered), CLAIM_CHUNK)]
+    rng.shuffle(chunks)
+    return chunks
+
+
 def lead_for(behavior: Behavior, lead: timedelta) -> timedelta:
     """How long before its slots the behavior's runs are prepared: ``lead``, at most half its
     misfire grace (a quarter of its interval), so a slot is never prepared before the previous
@@ -175,8 +193,11 @@ class RunnerService:
         default_estimate_usd: float = 0.05,
         catalog: ModelCatalog | None = None,
         lead_seconds: float = DEFAULT_LEAD_SECONDS,
+        rng: random.Random | None = None,
     ) -> None:
         self.catalog = catalog
+        # The order a wave's claim chunks are taken in; not a secret.
+        self._rng = rng if rng is not None else random.Random()  # noqa: S311
         self.lead = timedelta(seconds=lead_seconds)
         self.db = db
         self.clock = clock
@@ -327,13 +348,14 @@ class RunnerService:
                 await asyncio.sleep(CLAIM_BATCH_WINDOW)
             while not self._claims.empty() and len(batch) < CLAIM_BATCH_MAX:
                 batch.append(self._claims.get_nowait())
-            try:
-                plans = await asyncio.to_thread(self._claim_and_begin, batch)
-            except Exception:  # the database is down: the slots are claimed by nobody
-                log.exception("slot claims failed", slots=len(batch))
-                continue
-            for plan in plans:
-                self._spawn(self._call(plan), f"run-{plan.run_id}")
+            for chunk in claim_chunks(batch, self._rng):
+                try:
+                    plans = await asyncio.to_thread(self._claim_and_begin, chunk)
+                except Exception:  # the database is down: the slots are claimed by nobody
+                    log.exception("slot claims failed", slots=len(chunk))
+                    continue
+                for plan in plans:
+                    self._spawn(self._call(plan), f"run-{plan.run_id}")
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -402,13 +424,17 @@ class RunnerService:
         self, batch: list[tuple[RunPlan, CallOutcome, Any]]
     ) -> list[FinishedRun | BaseException]:
         now = self.clock.now()
-        out: list[FinishedRun | BaseException] = []
+        out: dict[int, FinishedRun | BaseException] = {}
+        # Behaviors are locked in id order, as the claims lock them: no deadlock between a
+        # batch of finishes and a wave being claimed (here or on another replica).
+        order = sorted(range(len(batch)), key=lambda i: batch[i][0].behavior_id)
         with self.db.transaction() as session:
-            for plan, outcome, _done in batch:
+            for i in order:
+                plan, outcome, _done = batch[i]
                 try:
                     with session.begin_nested():
-                        out.append(finish_run(session, plan, outcome, now=now, ctx=self.ctx))
+                        out[i] = finish_run(session, plan, outcome, now=now, ctx=self.ctx)
                 except Exception as exc:
                     log.exception("recording a run failed", run_id=plan.run_id)
-                    out.append(exc)
-        return out
+                    out[i] = exc
+        return [out[i] for i in range(len(batch))]

@@ -15,6 +15,7 @@ import structlog
 from ledger.clock import Clock
 from ledger.config import Settings
 from ledger.db.session import Database
+from ledger.heap import settle_heap
 from ledger.ingest.process import IngestProcessor
 from ledger.outbox.dispatcher import Dispatcher
 from ledger.outbox.urls import make_client
@@ -22,7 +23,7 @@ from ledger.runner.call import call_model
 from ledger.runner.catalog import REFRESH_SECONDS, ModelCatalog
 from ledger.runner.openrouter import OpenRouterClient
 from ledger.runner.run import RunPlan, expire_approvals
-from ledger.runner.scheduler import MAX_CONCURRENT_CALLS, RunnerService, calls_that_fit
+from ledger.runner.scheduler import RunnerService, calls_that_fit
 from ledger.transitions import PolicyContext
 from ledger.web.alerting import AlertChannels, build_dispatcher, registry_definitions
 
@@ -78,13 +79,13 @@ async def open_services(
     ingest_busy: Callable[[], bool] | None = None,
 ) -> Services:
     ctx = policy_context(settings)
-    in_flight = calls_that_fit(MAX_CONCURRENT_CALLS)
-    if in_flight < MAX_CONCURRENT_CALLS:
+    in_flight = calls_that_fit(settings.runner_max_calls)
+    if in_flight < settings.runner_max_calls:
         log.warning(
             "the open-files limit allows fewer model calls at once; raise it (ulimit -n) "
             "to run more behaviors in the same instant",
             calls_in_flight=in_flight,
-            wanted=MAX_CONCURRENT_CALLS,
+            wanted=settings.runner_max_calls,
         )
     client = OpenRouterClient(base_url=settings.openrouter_base_url, max_connections=in_flight)
 
@@ -112,6 +113,7 @@ async def open_services(
     dispatcher.start()
     if scheduler:
         await runner.start()
+    settle_heap()  # start-up's objects (registry, jobs) out of every later collection
     services.tasks.append(asyncio.create_task(processor.run(services.stop), name="broadcast"))
     services.tasks.append(
         asyncio.create_task(_expire_loop(db, clock, ctx, services.stop), name="approval-expiry")

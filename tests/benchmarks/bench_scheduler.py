@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import re
 import resource
@@ -33,20 +34,27 @@ import httpx
 import uvloop
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
-from sqlmodel import col, select
+from sqlmodel import col, func, select
 
 from ledger.behaviors.registry import reconcile_directory
 from ledger.clock import SystemClock
 from ledger.db.models import Run
 from ledger.db.session import Database
+from ledger.heap import settle_heap
 from ledger.runner.call import call_model
 from ledger.runner.lean_http import LeanTransport
 from ledger.runner.openrouter import KEEPALIVE_EXPIRY, MAX_CONNECTIONS, OpenRouterClient
 from ledger.runner.run import CallOutcome, RunPlan
-from ledger.runner.scheduler import DEFAULT_LEAD_SECONDS, INTERVAL_EPOCH, RunnerService
+from ledger.runner.scheduler import (
+    DEFAULT_LEAD_SECONDS,
+    INTERVAL_EPOCH,
+    RunnerService,
+    calls_that_fit,
+)
 from ledger.transitions import PolicyContext
 
-INTERVAL = 20  # seconds: every behavior's slots fall on the same instants
+INTERVAL = 20  # seconds: every behavior's slots fall on the same instants (--interval)
+MAX_CALLS = MAX_CONNECTIONS  # calls in flight at once (--max-calls)
 
 
 class SentAt(httpx.AsyncBaseTransport):
@@ -72,6 +80,34 @@ class SentAt(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
+class GCPauses:
+    """Time the cyclic garbage collector stopped the process, by generation (gc.callbacks)."""
+
+    def __init__(self) -> None:
+        self.pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        self._started = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.pauses[info["generation"]].append(time.perf_counter() - self._started)
+
+    def reset(self) -> None:
+        for pauses in self.pauses.values():
+            pauses.clear()
+
+    def summary(self) -> str:
+        return "; ".join(
+            f"gen{g} {len(p)}x {sum(p):.2f} s (max {max(p, default=0) * 1000:.0f} ms)"
+            for g, p in self.pauses.items()
+        )
+
+
+GC = GCPauses()
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[max(0, int(len(ordered) * q) - 1)]
@@ -86,10 +122,11 @@ def next_slot(after: datetime, margin: float) -> datetime:
 async def apscheduler_floor(n: int) -> list[float]:
     lags: list[float] = []
     done = asyncio.Event()
-    slot = next_slot(datetime.now(UTC), 2)
+    interval = timedelta(seconds=INTERVAL)
 
     async def job() -> None:
-        lags.append((datetime.now(UTC) - slot).total_seconds())
+        # Time since the latest slot: the slot a job fires for (the lag is under an interval).
+        lags.append(((datetime.now(UTC) - INTERVAL_EPOCH) % interval).total_seconds())
         if len(lags) == n:
             done.set()
 
@@ -125,7 +162,7 @@ def write_behaviors(folder: Path, n: int, env: dict[str, str]) -> Path:
     return presets
 
 
-async def ledger_lags(url: str, n: int, lead: float) -> list[Wave]:
+async def ledger_lags(url: str, n: int, lead: float) -> tuple[list[Wave], str]:
     tmp = Path(tempfile.mkdtemp())
     env: dict[str, str] = {}
     presets = write_behaviors(tmp / "behaviors", n, env)
@@ -160,7 +197,7 @@ async def ledger_lags(url: str, n: int, lead: float) -> list[Wave]:
         wire: dict[str, float] = {}
         # The production transport (new_http_client), with the socket-write hook around it.
         http = httpx.AsyncClient(
-            transport=SentAt(LeanTransport(MAX_CONNECTIONS, KEEPALIVE_EXPIRY), wire),
+            transport=SentAt(LeanTransport(MAX_CALLS, KEEPALIVE_EXPIRY), wire),
             follow_redirects=False,
         )
         client = OpenRouterClient(base_url=base, http=http, transport_holds_sends=True)
@@ -170,7 +207,14 @@ async def ledger_lags(url: str, n: int, lead: float) -> list[Wave]:
             sent[plan.run_id] = time.time()  # the moment the request is handed to the client
             return await call_model(client, plan)
 
-        service = RunnerService(db, SystemClock(), timed_call, PolicyContext(), lead_seconds=lead)
+        service = RunnerService(
+            db,
+            SystemClock(),
+            timed_call,
+            PolicyContext(),
+            lead_seconds=lead,
+            max_concurrency=MAX_CALLS,
+        )
         # Start outside the misfire grace of the previous slot, so no catch-up wave of runs
         # overlaps the measured slot.
         interval = timedelta(seconds=INTERVAL)
@@ -178,24 +222,28 @@ async def ledger_lags(url: str, n: int, lead: float) -> list[Wave]:
         if since < interval / 2 + timedelta(seconds=0.5):
             await asyncio.sleep((interval / 2 + timedelta(seconds=0.5) - since).total_seconds())
         await service.start()
+        settle_heap()  # as `ledger serve` does once started
+        GC.reset()
         first = next_slot(datetime.now(UTC), 1)
         slots = [
             first,
             first + interval,
         ]  # the first wave opens the connections, the second reuses them
         await asyncio.sleep((first - datetime.now(UTC)).total_seconds() + 0.1)
-        for slot in slots:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                with db.transaction() as session:
-                    finished = session.exec(
-                        select(Run).where(
-                            col(Run.scheduled_for) == slot, col(Run.finished_at).is_not(None)
-                        )
-                    ).all()
-                if len(finished) >= n:
-                    break
-                await asyncio.sleep(0.2)
+
+        def finished(slot: datetime) -> int:
+            with db.transaction() as session:
+                return session.exec(
+                    select(func.count()).where(
+                        col(Run.scheduled_for) == slot, col(Run.finished_at).is_not(None)
+                    )
+                ).one()
+
+        for slot in slots:  # counted in a thread, so the wait costs the daemon's loop nothing
+            deadline = slot.timestamp() + 60
+            while time.time() < deadline and await asyncio.to_thread(finished, slot) < n:
+                await asyncio.sleep(0.5)
+        gc_summary = GC.summary()
         await service.stop()
         await client.aclose()
         await http.aclose()
@@ -223,7 +271,7 @@ async def ledger_lags(url: str, n: int, lead: float) -> list[Wave]:
         done = [r for r in runs.values() if r.finished_at is not None]
         span = max((r.finished_at - slot).total_seconds() for r in done) if done else 0.0
         waves.append(Wave(lags, on_wire, received, len(done) / span if span else 0.0, len(done)))
-    return waves
+    return waves, gc_summary
 
 
 @dataclass
@@ -276,6 +324,7 @@ def serve_memory(n: int) -> float:
 
 
 def main() -> None:
+    global INTERVAL, MAX_CALLS
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--pg", default=None)
@@ -286,8 +335,11 @@ def main() -> None:
         action="append",
         help="seconds a run is prepared before its slot (repeat to compare; default 5 and 0)",
     )
+    parser.add_argument("--interval", type=int, default=INTERVAL, help="the behaviors' interval")
+    parser.add_argument("--max-calls", type=int, default=MAX_CALLS, help="calls in flight")
     args = parser.parse_args()
     leads = args.lead or [DEFAULT_LEAD_SECONDS, 0.0]
+    INTERVAL, MAX_CALLS = args.interval, calls_that_fit(args.max_calls)
     floor = uvloop.run(apscheduler_floor(args.n))
     print(
         f"apscheduler alone  n={args.n}: lag p50={statistics.median(floor) * 1000:7.1f} ms "
@@ -301,7 +353,7 @@ def main() -> None:
     for label, url in targets:
         for lead in leads:
             database = url if label != "sqlite" else f"sqlite:///{Path(tempfile.mkdtemp())}/b.db"
-            waves = uvloop.run(ledger_lags(database, args.n, lead))
+            waves, gc_summary = uvloop.run(ledger_lags(database, args.n, lead))
             for name, wave in zip(("cold pool", "warm pool"), waves, strict=True):
                 tag = f"ledger {label:10s} n={args.n} lead={lead:g}s {name}"
                 if not wave.on_wire:
@@ -321,6 +373,7 @@ def main() -> None:
                     f"{wave.rate:.0f} runs/s",
                     flush=True,
                 )
+            print(f"  garbage collector pauses during both waves: {gc_summary}", flush=True)
     if args.memory:
         rss = serve_memory(args.memory)
         print(f"ledger serve with {args.memory} behaviors: peak RSS {rss:.0f} MiB", flush=True)

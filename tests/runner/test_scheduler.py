@@ -138,3 +138,26 @@ def test_calls_in_flight_fit_the_open_files_limit(soft: int, hard: int, expected
     ).stdout.split()
     assert int(out[0]) == expected
     assert int(out[1]) == min(hard, max(soft, 1024 + 256))
+
+
+def test_replicas_cut_a_wave_into_the_same_sorted_chunks_and_take_them_in_their_own_order() -> None:
+    import random
+
+    from ledger.runner.run import SlotClaim
+    from ledger.runner.scheduler import CLAIM_CHUNK, claim_chunks
+
+    wave = [SlotClaim(bid, NOW, "A") for bid in range(1, 4 * CLAIM_CHUNK + 8)]
+    shuffled = list(wave)
+    random.Random(3).shuffle(shuffled)
+    one = claim_chunks(wave, random.Random(1))
+    other = claim_chunks(shuffled, random.Random(2))
+    # The same chunks (same rows, same order inside: a lock wait, never a deadlock)…
+    assert sorted(map(tuple, one), key=lambda c: c[0].behavior_id) == sorted(
+        map(tuple, other), key=lambda c: c[0].behavior_id
+    )
+    for chunk in one:
+        assert [c.behavior_id for c in chunk] == sorted(c.behavior_id for c in chunk)
+        assert len(chunk) <= CLAIM_CHUNK
+    assert sum(map(len, one)) == len(wave)
+    # …taken in different orders, so neither replica takes the whole wave.
+    assert [c[0].behavior_id for c in one] != [c[0].behavior_id for c in other]

@@ -329,3 +329,32 @@ async def test_a_scheduled_run_is_prepared_ahead_and_reaches_openrouter_at_its_s
     assert handed[run.id] < slot.timestamp() - 1.0  # prepared about 2 s ahead
     arrived = (await arrivals(sim))[run.id]
     assert slot.timestamp() - 0.005 <= arrived < slot.timestamp() + 1.0
+
+
+async def test_a_connection_the_server_closes_during_the_wait_fails_as_a_write_error() -> None:
+    """The server may close an idle kept-alive connection while a request waits for its
+    instant: the request fails as a network error (which the client retries), not hangs."""
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+
+    async def answer_once_then_close(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(ok)
+        await writer.drain()
+        await asyncio.sleep(0.15)
+        writer.close()
+
+    server = await asyncio.start_server(answer_once_then_close, "127.0.0.1", 0)
+    base = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    transport = LeanTransport(max_connections=4, keepalive_expiry=60)
+    gates = SendGates()
+    try:
+        async with httpx.AsyncClient(transport=transport) as http:
+            assert (await http.get(base + "/first")).status_code == 200
+            gate = gates.gate_for(time.time() + 0.5)
+            with pytest.raises(httpx.WriteError, match="closed while the request waited"):
+                await http.get(base + "/second", extensions={"ledger.send_gate": gate})
+            assert transport.open_connections == 0
+    finally:
+        server.close()
