@@ -57,7 +57,7 @@ CLAIM_BATCH_WINDOW = 0.005  # seconds to gather claims due at the same instant
 # claimed, instead of every run waiting for one transaction over the whole wave.
 CLAIM_BATCH_MAX = 1000
 CLAIM_CHUNK = 50  # claims per transaction (see ``claim_chunks``)
-FINISH_BATCH_MAX = 200
+FINISH_BATCH_MAX = 50  # finishes per transaction: short, so a wave being claimed seldom waits
 # Model calls in flight at once (the OpenRouter client's pool holds as many connections).
 MAX_CONCURRENT_CALLS = 1024
 # Runs are claimed, budgeted, rendered and connected this long before their slot, and their
