@@ -18,10 +18,10 @@ import contextlib
 import dataclasses
 import math
 import sqlite3
+import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -325,13 +325,19 @@ class SpanWriter:
     """Group commit for broadcast deliveries: ``await write(spans, received_at)`` returns once
     the delivery is committed.
 
-    One task takes everything queued (whole requests, up to ``max_batch_spans``) into one
-    transaction, run in a dedicated thread; while it commits, the next batch accumulates. Raises
-    from ``write``: ``IngestError`` 429 when more than ``max_queued_spans`` spans are waiting
-    (overload), 503 when the batch's transaction failed or the writer is closed (the sender
-    retries; nothing was acknowledged), 400 when the database refused this request's own data.
-    A failed batch of several requests whose failure looks like bad data is retried one request
-    per transaction, so one poisonous delivery cannot fail the others.
+    One thread of its own takes everything queued (whole requests, up to ``max_batch_spans``)
+    into one transaction; while it commits, the next batch accumulates, and as long as
+    deliveries keep coming it goes straight from one commit to the next without waiting to be
+    woken (a wake-up per batch, through an executor, cost more than the commit itself on a busy
+    2-core machine: measured 2.6-3 ms p50 against a 1.6-1.8 ms commit). Outcomes go back to the
+    event loop with ``call_soon_threadsafe``.
+
+    Raises from ``write``: ``IngestError`` 429 when more than ``max_queued_spans`` spans are
+    waiting or being committed (overload), 503 when the batch's transaction failed or the
+    writer is closed (the sender retries; nothing was acknowledged), 400 when the database
+    refused this request's own data. A failed batch of several requests whose failure looks
+    like bad data is retried one request per transaction, so one poisonous delivery cannot
+    fail the others.
     """
 
     def __init__(
@@ -348,12 +354,15 @@ class SpanWriter:
         self._max_batch_spans = max_batch_spans
         self._max_queued_spans = max_queued_spans
         self._retry_after = retry_after
+        # Guarded by _ready's lock: the queue and the closing flag. _unsettled_spans (queued
+        # or being committed) is only touched on the event loop.
         self._queue: deque[_Pending] = deque()
-        self._queued_spans = 0
-        self._wakeup = asyncio.Event()
+        self._ready = threading.Condition()
         self._closing = False
-        self._task: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer")
+        self._unsettled_spans = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped: asyncio.Future[None] | None = None
         self._last_write = -math.inf
         self.stats = WriterStats()
 
@@ -362,72 +371,48 @@ class SpanWriter:
         return time.monotonic() - self._last_write < within
 
     def start(self) -> None:
-        """Start the writer task in the running event loop."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="ingest-writer")
+        """Start the writer thread; outcomes are delivered to the running event loop."""
+        if self._thread is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._stopped = self._loop.create_future()
+        self._thread = threading.Thread(target=self._run, name="ingest-writer", daemon=True)
+        self._thread.start()
 
     async def write(self, spans: Sequence[SpanRecord] | RawRequest, received_at: datetime) -> None:
         """Store one delivery's ``spans``; returns after their transaction committed."""
-        if self._closing or self._task is None:
+        if self._closing or self._thread is None or self._loop is None:
             raise IngestError(
                 "the daemon is shutting down; retry", status_code=503, retry_after=self._retry_after
             )
         if not spans:
             return
-        if self._queued_spans and self._queued_spans + len(spans) > self._max_queued_spans:
+        if self._unsettled_spans and self._unsettled_spans + len(spans) > self._max_queued_spans:
             self.stats.overloaded += 1
             raise IngestError(
-                f"ingestion is overloaded ({self._queued_spans} spans waiting); retry later",
+                f"ingestion is overloaded ({self._unsettled_spans} spans waiting); retry later",
                 status_code=429,
                 retry_after=self._retry_after,
             )
         self._last_write = time.monotonic()
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(spans, received_at, future))
-        self._queued_spans += len(spans)
-        self._wakeup.set()
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._unsettled_spans += len(spans)
+        with self._ready:
+            self._queue.append(_Pending(spans, received_at, future))
+            self._ready.notify()
         await future
 
     async def close(self) -> None:
         """Stop taking spans, commit everything already queued, then stop the thread."""
-        self._closing = True
-        self._wakeup.set()
-        if self._task is not None:
-            await self._task
-        self._executor.submit(self._release_connection).result()
-        self._executor.shutdown(wait=True)
+        with self._ready:
+            self._closing = True
+            self._ready.notify()
+        if self._stopped is not None:
+            await asyncio.shield(self._stopped)
         log.info("ingest writer stopped", **dataclasses.asdict(self.stats))
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            if not self._queue:
-                if self._closing:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            batch = self._take_batch()
-            try:
-                outcomes = await loop.run_in_executor(self._executor, self._commit, batch)
-            except BaseException as exc:  # never leave a request waiting on a dead writer
-                self._settle(batch, [exc] * len(batch))
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                continue
-            self._settle(batch, outcomes)
-
-    def _take_batch(self) -> list[_Pending]:
-        batch = [self._queue.popleft()]
-        size = len(batch[0].spans)
-        while self._queue and size + len(self._queue[0].spans) <= self._max_batch_spans:
-            pending = self._queue.popleft()
-            batch.append(pending)
-            size += len(pending.spans)
-        self._queued_spans -= size
-        return batch
-
     def _settle(self, batch: list[_Pending], outcomes: Sequence[BaseException | None]) -> None:
+        """On the event loop: answer the batch's requests."""
         failed = sum(1 for outcome in outcomes if outcome is not None)
         if failed:
             self.stats.failed_batches += 1
@@ -435,6 +420,7 @@ class SpanWriter:
             self.stats.batches += 1
             self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
         for pending, outcome in zip(batch, outcomes, strict=True):
+            self._unsettled_spans -= len(pending.spans)
             if outcome is None:
                 self.stats.requests += 1
                 self.stats.spans += len(pending.spans)
@@ -459,7 +445,54 @@ class SpanWriter:
             retry_after=self._retry_after,
         )
 
+    def _stop(self) -> None:
+        """On the event loop, after the thread's last ``_settle``: close() may return."""
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
+
     # ----------------------------------------------------------------- in the writer thread
+
+    def _run(self) -> None:
+        """The writer thread: commit batches until closed and drained, then release the
+        connection. Never leaves a request waiting: every taken batch is settled."""
+        loop = self._loop
+        if loop is None:  # start() sets it before the thread exists
+            return
+        try:
+            while True:
+                with self._ready:
+                    while not self._queue and not self._closing:
+                        self._ready.wait()
+                    if not self._queue:  # closing, and everything queued is committed
+                        break
+                    batch = self._take_batch()
+                try:
+                    outcomes = self._commit(batch)
+                except BaseException as exc:  # settled as a failure below
+                    outcomes = [exc] * len(batch)
+                if not self._hand_back(loop, self._settle, batch, outcomes):
+                    break
+        finally:
+            self._release_connection()
+            self._hand_back(loop, self._stop)
+
+    @staticmethod
+    def _hand_back(loop: asyncio.AbstractEventLoop, callback: Any, *args: Any) -> bool:
+        try:
+            loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            return False
+        return True
+
+    def _take_batch(self) -> list[_Pending]:
+        """Called with ``_ready`` held: whole requests, up to ``max_batch_spans`` spans."""
+        batch = [self._queue.popleft()]
+        size = len(batch[0].spans)
+        while self._queue and size + len(self._queue[0].spans) <= self._max_batch_spans:
+            pending = self._queue.popleft()
+            batch.append(pending)
+            size += len(pending.spans)
+        return batch
 
     def _commit(self, batch: list[_Pending]) -> list[BaseException | None]:
         """Commit the whole batch in one transaction; on a bad-data failure, one per request."""
