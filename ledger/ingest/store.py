@@ -360,7 +360,6 @@ class SpanWriter:
         self._ready = threading.Condition()
         self._closing = False
         self._unsettled_spans = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopped: asyncio.Future[None] | None = None
         self._last_write = -math.inf
@@ -374,14 +373,16 @@ class SpanWriter:
         """Start the writer thread; outcomes are delivered to the running event loop."""
         if self._thread is not None:
             return
-        self._loop = asyncio.get_running_loop()
-        self._stopped = self._loop.create_future()
-        self._thread = threading.Thread(target=self._run, name="ingest-writer", daemon=True)
+        loop = asyncio.get_running_loop()
+        self._stopped = loop.create_future()
+        self._thread = threading.Thread(
+            target=self._run, args=(loop,), name="ingest-writer", daemon=True
+        )
         self._thread.start()
 
     async def write(self, spans: Sequence[SpanRecord] | RawRequest, received_at: datetime) -> None:
         """Store one delivery's ``spans``; returns after their transaction committed."""
-        if self._closing or self._thread is None or self._loop is None:
+        if self._closing or self._thread is None:
             raise IngestError(
                 "the daemon is shutting down; retry", status_code=503, retry_after=self._retry_after
             )
@@ -395,7 +396,7 @@ class SpanWriter:
                 retry_after=self._retry_after,
             )
         self._last_write = time.monotonic()
-        future: asyncio.Future[None] = self._loop.create_future()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._unsettled_spans += len(spans)
         with self._ready:
             self._queue.append(_Pending(spans, received_at, future))
@@ -452,12 +453,9 @@ class SpanWriter:
 
     # ----------------------------------------------------------------- in the writer thread
 
-    def _run(self) -> None:
+    def _run(self, loop: asyncio.AbstractEventLoop) -> None:
         """The writer thread: commit batches until closed and drained, then release the
-        connection. Never leaves a request waiting: every taken batch is settled."""
-        loop = self._loop
-        if loop is None:  # start() sets it before the thread exists
-            return
+        connection. Never leaves a request waiting: every taken batch is settled on ``loop``."""
         try:
             while True:
                 with self._ready:
