@@ -195,6 +195,13 @@ def status(config: ConfigOption = None) -> None:
                 f"running:[/yellow]\n{s.problem}",
                 highlight=False,
             )
+        if s.cost_disagreements_24h:
+            out.print(
+                f"[yellow]{s.name}: {s.cost_disagreements_24h} run(s) in 24h whose broadcast cost "
+                "differs from the runner's; the budget counted the larger (both figures: GET "
+                "/api/runs/{id})[/yellow]",
+                highlight=False,
+            )
     for fp in report.file_problems:
         out.print(f"[yellow]invalid file, not registered:[/yellow]\n{fp.problems}", highlight=False)
     ingest = report.ingest

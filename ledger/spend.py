@@ -86,3 +86,19 @@ def spent_in_window(
     """(spent, reserved) dollars in the window."""
     row = session.get(BudgetWindow, (behavior_id, window_start))
     return (row.spent_usd, row.reserved_usd) if row else (0.0, 0.0)
+
+
+# Two cost figures for one run that differ by less than this are the same figure, rounded.
+_SAME_ABS_USD = 0.000001
+_SAME_RELATIVE = 0.01
+
+
+def cost_disagreement(runner_usd: float | None, broadcast_usd: float | None) -> float | None:
+    """``broadcast - runner`` dollars when a run has both figures and they differ by more than
+    rounding (a millionth of a dollar and 1 %), else None. The budget counts the larger."""
+    if runner_usd is None or broadcast_usd is None:
+        return None
+    difference = broadcast_usd - runner_usd
+    if abs(difference) <= max(_SAME_ABS_USD, _SAME_RELATIVE * max(runner_usd, broadcast_usd)):
+        return None
+    return difference

@@ -17,9 +17,10 @@ from ledger.db.models import (
     GateResultRow,
     IngestDelivery,
     IngestedSpan,
+    Run,
 )
 from ledger.gates import Tier
-from ledger.spend import spent_in_window
+from ledger.spend import cost_disagreement, spent_in_window
 
 FAILURE_LOOKBACK = timedelta(hours=24)
 
@@ -37,6 +38,9 @@ class BehaviorStatus:
     budget_usd: float | None
     budget_reset: str | None
     problem: str | None
+    # Runs claimed in the last 24 hours whose broadcast cost differs from the runner's (the
+    # budget counted the larger); ``GET /api/runs/{id}`` shows both figures.
+    cost_disagreements_24h: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +76,17 @@ def collect_status(session: Session, now: datetime) -> StatusReport:
             .group_by(col(GateResultRow.behavior_id))
         ).all()
     )
+    disagreements: dict[int, int] = {}
+    for behavior_id, runner, broadcast in session.execute(
+        select(Run.behavior_id, Run.cost_usd, Run.broadcast_cost_usd).where(
+            col(Run.behavior_id).in_([row.id for row in rows]),  # (behavior_id, claimed_at)
+            col(Run.claimed_at) >= since,
+            col(Run.cost_usd).is_not(None),
+            col(Run.broadcast_cost_usd).is_not(None),
+        )
+    ):
+        if cost_disagreement(runner, broadcast) is not None:
+            disagreements[behavior_id] = disagreements.get(behavior_id, 0) + 1
     out: list[BehaviorStatus] = []
     for row in rows:
         behavior = _definition(row)
@@ -109,6 +124,7 @@ def collect_status(session: Session, now: datetime) -> StatusReport:
                 budget_usd=budget.usd if budget else None,
                 budget_reset=budget.reset if budget else None,
                 problem=row.problem,
+                cost_disagreements_24h=disagreements.get(row.id or 0, 0),
             )
         )
     problems = session.execute(select(FileProblem).order_by(col(FileProblem.path))).scalars().all()

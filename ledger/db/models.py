@@ -253,13 +253,19 @@ class IngestDelivery(SQLModel, table=True):
 class IngestedSpan(SQLModel, table=True):
     """One broadcast span, stored once per (trace id, span id), as processed: the processor
     writes it with its attribution (``behavior_id``, ``run_id``, ``attribution``: the rule that
-    matched, or ``unattributed`` / ``no_generation`` / ``invalid`` / ``error``) and the cost of
-    its generation, in the transaction that applies its effects."""
+    matched, or ``unattributed`` / ``no_generation`` / ``invalid`` / ``error``) and the cost and
+    tokens of its generation, in the transaction that applies its effects."""
 
     __tablename__ = "ingested_span"
     __table_args__ = (
         UniqueConstraint("trace_id", "span_id"),
         Index("ix_ingested_span_behavior_id_received_at", "behavior_id", "received_at"),
+        Index(
+            "ix_ingested_span_run_id",
+            "run_id",
+            postgresql_where=text("run_id IS NOT NULL"),
+            sqlite_where=text("run_id IS NOT NULL"),
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -274,6 +280,8 @@ class IngestedSpan(SQLModel, table=True):
     run_id: str | None = Field(default=None, max_length=40)
     attribution: str | None = Field(default=None, max_length=32)
     cost_usd: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
 
 
 class WebhookEvent(SQLModel, table=True):

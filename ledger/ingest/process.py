@@ -69,6 +69,7 @@ from ledger.transitions import PolicyContext, apply_observation, lock_behavior, 
 log = structlog.get_logger("ledger.ingest")
 
 BATCH = 200  # deliveries per pass
+_INT32_MAX: Final = 2**31 - 1
 # On SQLite while the receiver is busy: short write transactions, so the receiver's group
 # commits (SQLite has one writer at a time) never wait long for the processor's. PostgreSQL
 # locks rows, so there the processor keeps its full batches.
@@ -288,16 +289,14 @@ class _Delivery:
             trace.label = label
 
     def span_rows(self, now: datetime, behavior_ids: Mapping[str, int]) -> list[dict[str, Any]]:
-        cost = {
-            (gen.trace_id, gen.span_id): float(gen.cost)
-            for trace in self.traces
-            for gen in trace.generations
-            if gen.cost is not None
+        generations = {
+            (gen.trace_id, gen.span_id): gen for trace in self.traces for gen in trace.generations
         }
         rows: list[dict[str, Any]] = []
         for trace in self.traces:
             behavior, run_id, label = trace.mark()
             for trace_id, span_id, name, data in trace.entries:
+                gen = generations.get((trace_id, span_id))
                 rows.append(
                     {
                         "trace_id": trace_id,
@@ -310,10 +309,20 @@ class _Delivery:
                         "behavior_id": behavior_ids[behavior] if behavior else None,
                         "run_id": run_id,
                         "attribution": label,
-                        "cost_usd": cost.get((trace_id, span_id)),
+                        "cost_usd": None if gen is None or gen.cost is None else float(gen.cost),
+                        "prompt_tokens": None if gen is None else _token_count(gen.input_tokens),
+                        "completion_tokens": (
+                            None if gen is None else _token_count(gen.output_tokens)
+                        ),
                     }
                 )
         return rows
+
+
+def _token_count(value: int | None) -> int | None:
+    """A token count as the INTEGER column holds it; a negative or absurd one is not stored
+    (the span's ``data`` keeps what was sent)."""
+    return value if value is not None and 0 <= value <= _INT32_MAX else None
 
 
 def _read(db: Database, delivery_id: int, received_at: datetime, text: str) -> _Delivery | None:
@@ -405,6 +414,8 @@ _SPAN_COLUMNS: Final = (
     "run_id",
     "attribution",
     "cost_usd",
+    "prompt_tokens",
+    "completion_tokens",
 )
 
 

@@ -459,17 +459,22 @@ def finish_run(
 ) -> FinishedRun:
     """Record a run's outcome: settle its budget, judge its output, dispose of it by tier and
     let the policy decide — all in the caller's one transaction."""
-    run = session.get(Run, plan.run_id)
+    row = lock_behavior(session, id=plan.behavior_id)
+    # Read after the lock: the broadcast processor takes the same lock before it counts a
+    # run's spend, so ``broadcast_cost_usd`` is what it has counted so far.
+    run = session.get(Run, plan.run_id, populate_existing=True)
     if run is None:
         raise NotFoundError(f"run {plan.run_id} does not exist")
-    row = lock_behavior(session, id=plan.behavior_id)
     if plan.budget_window is not None:
+        # The larger of the two figures counts, once: broadcast may have counted its own
+        # already (it then counts only what exceeds the runner's; see ingest.process).
+        counted = run.broadcast_cost_usd or 0.0
         settle(
             session,
             behavior_id=plan.behavior_id,
             window_start=plan.budget_window,
             reserved=plan.reserved_usd,
-            spent=outcome.cost_usd,
+            spent=max(outcome.cost_usd, counted) - counted,
             now=now,
         )
     results: list[GateResult] = [r for r in outcome.failures]

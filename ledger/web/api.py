@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field
+from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from ledger.budget import window_start
@@ -24,6 +25,7 @@ from ledger.errors import NotFoundError
 from ledger.explain import explain
 from ledger.gates import Tier
 from ledger.runner.run import approve, reject
+from ledger.spend import cost_disagreement
 from ledger.status import collect_status
 from ledger.transitions import PolicyContext, decline_proposal, operator_action
 from ledger.web.auth import OperatorDep
@@ -71,6 +73,7 @@ def list_behaviors(request: Request, _op: OperatorDep) -> dict[str, Any]:
                 "budget_usd": s.budget_usd,
                 "budget_reset": s.budget_reset,
                 "problem": s.problem,
+                "cost_disagreements_24h": s.cost_disagreements_24h,
             }
             for s in report.behaviors
         ],
@@ -104,6 +107,7 @@ def get_behavior(request: Request, name: BehaviorName, _op: OperatorDep) -> dict
                 "window_start": start,
                 "budget_usd": budget["usd"],
                 "reset": budget["reset"],
+                "broadcast": _broadcast_since(session, row.id or 0, start),
             }
         deliveries = session.exec(
             select(IngestedSpan)
@@ -137,10 +141,34 @@ def get_behavior(request: Request, name: BehaviorName, _op: OperatorDep) -> dict
                     "run_id": d.run_id,
                     "attribution": d.attribution,
                     "cost_usd": d.cost_usd,
+                    "prompt_tokens": d.prompt_tokens,
+                    "completion_tokens": d.completion_tokens,
                 }
                 for d in deliveries
             ],
         }
+
+
+def _broadcast_since(session: Session, behavior_id: int, start: datetime) -> dict[str, Any]:
+    """What broadcast reported for the behavior since ``start``: generations, their cost (as
+    reported, before reconciling with the runner's figures) and tokens."""
+    generations, cost, prompt, completion = session.execute(
+        select(
+            func.count(col(IngestedSpan.cost_usd)),
+            func.coalesce(func.sum(IngestedSpan.cost_usd), 0.0),
+            func.coalesce(func.sum(IngestedSpan.prompt_tokens), 0),
+            func.coalesce(func.sum(IngestedSpan.completion_tokens), 0),
+        ).where(
+            col(IngestedSpan.behavior_id) == behavior_id,
+            col(IngestedSpan.received_at) >= start,
+        )
+    ).one()
+    return {
+        "generations": int(generations),
+        "cost_usd": float(cost),
+        "prompt_tokens": int(prompt),
+        "completion_tokens": int(completion),
+    }
 
 
 @router.get("/behaviors/{name}/explain")
@@ -250,6 +278,11 @@ def get_run(
         ).all()
         approval = session.exec(select(Approval).where(col(Approval.run_id) == run_id)).first()
         behavior = session.get(BehaviorRow, run.behavior_id)
+        broadcast_prompt, broadcast_completion = session.execute(
+            select(
+                func.sum(IngestedSpan.prompt_tokens), func.sum(IngestedSpan.completion_tokens)
+            ).where(col(IngestedSpan.run_id) == run_id)
+        ).one()
         return {
             "id": run.id,
             "behavior": behavior.name if behavior else None,
@@ -263,8 +296,13 @@ def get_run(
             "via_fallback": run.via_fallback,
             "cost_usd": run.cost_usd,
             "broadcast_cost_usd": run.broadcast_cost_usd,
+            # The budget counts the larger figure; a disagreement is broadcast minus runner.
+            "counted_cost_usd": max(run.cost_usd or 0.0, run.broadcast_cost_usd or 0.0),
+            "cost_disagreement_usd": cost_disagreement(run.cost_usd, run.broadcast_cost_usd),
             "prompt_tokens": run.prompt_tokens,
             "completion_tokens": run.completion_tokens,
+            "broadcast_prompt_tokens": broadcast_prompt,
+            "broadcast_completion_tokens": broadcast_completion,
             "output": run.output,
             "disposition": run.disposition,
             "error": run.error,

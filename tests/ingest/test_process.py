@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
+from sqlalchemy import func
 from sqlmodel import col, select
 
 from ledger.behaviors.registry import reconcile_directory
@@ -23,6 +25,7 @@ from ledger.db.session import Database
 from ledger.ingest.otlp import Limits, RawRequest, decode_for_storage, decode_request
 from ledger.ingest.process import DbLookup, process_pending
 from ledger.ingest.store import delivery_text, span_data
+from ledger.runner.run import CallOutcome, SlotClaim, begin_run, claim_slots, finish_run
 from ledger.sim.openrouter import GenerationRecord, build_broadcast
 from ledger.transitions import PolicyContext, lock_behavior
 from tests.conftest import T0, VALID_BEHAVIOR, write_behavior
@@ -378,3 +381,77 @@ def test_a_later_copy_without_effects_does_not_take_the_span_from_the_first(
         marks = {s.name: s.attribution for s in session.exec(select(IngestedSpan))}
     assert marks["bad"] == "invalid"
     assert "key_name" in marks.values()
+
+
+@pytest.mark.parametrize(("runner_cost", "counted"), [(0.05, 0.2), (0.5, 0.5)])
+def test_broadcast_seen_before_the_run_finishes_is_not_counted_twice(
+    db: Database, tmp_path: Path, runner_cost: float, counted: float
+) -> None:
+    """Broadcast can arrive while the run is still in flight: the larger figure counts, once."""
+    setup(db, tmp_path)
+    with db.transaction() as session:
+        alpha = lock_behavior(session, name="alpha").id or 0
+        (claimed,) = claim_slots(session, [SlotClaim(alpha, T0, "A")], T0)
+        plan = begin_run(session, claimed.id, now=T0, ctx=CTX)
+    assert plan is not None and plan.reserved_usd > 0
+    store(db, delivery(session_id=plan.run_id, user="alpha"))  # costs $0.2
+    assert process_pending(db, DbLookup(db), T0, CTX).attributed == 1
+    assert spent(db, "alpha") == 0.2
+    outcome = CallOutcome(output="ok", model="openai/gpt-4o-mini", cost_usd=runner_cost)
+    with db.transaction() as session:
+        finish_run(session, plan, outcome, now=T0, ctx=CTX)
+    assert spent(db, "alpha") == counted
+    with db.transaction() as session:
+        window = session.exec(
+            select(BudgetWindow).where(col(BudgetWindow.behavior_id) == alpha)
+        ).one()
+        assert window.reserved_usd == 0  # the run's reservation was released
+        run = session.get(Run, plan.run_id)
+        assert run is not None and (run.cost_usd, run.broadcast_cost_usd) == (runner_cost, 0.2)
+
+
+def test_tokens_are_kept_per_generation_and_a_cost_disagreement_shows_in_status(
+    db: Database, database_url: str, tmp_path: Path
+) -> None:
+    setup(db, tmp_path)
+    now = datetime.now(UTC)
+    with db.transaction() as session:
+        alpha = lock_behavior(session, name="alpha").id or 0
+        session.add(
+            Run(
+                id="run-01TOKENS",
+                behavior_id=alpha,
+                scheduled_for=now,
+                claimed_at=now,
+                finished_at=now,
+                tier="A",
+                cost_usd=0.1,  # broadcast will say $0.2
+            )
+        )
+    store(db, delivery(session_id="run-01TOKENS", user="alpha"), at=now)
+    store(db, delivery(user="alpha", prompt_tokens=7, completion_tokens=3), at=now, raw=True)
+    process_pending(db, DbLookup(db), now, CTX)
+    with db.transaction() as session:
+        tokens = session.exec(
+            select(IngestedSpan.run_id, IngestedSpan.prompt_tokens, IngestedSpan.completion_tokens)
+            .where(col(IngestedSpan.cost_usd).is_not(None))
+            .order_by(col(IngestedSpan.id))
+        ).all()
+        # the generation's span carries its tokens; its other spans carry none
+        assert sorted(tokens, key=str) == sorted(
+            [("run-01TOKENS", 1000, 500), (None, 7, 3)], key=str
+        )
+        assert (
+            session.exec(
+                select(func.count()).where(
+                    col(IngestedSpan.cost_usd).is_(None),
+                    col(IngestedSpan.prompt_tokens).is_not(None),
+                )
+            ).one()
+            == 0
+        )
+    result = ledger("status", cwd=tmp_path, env={"LEDGER_DATABASE_URL": database_url})
+    assert result.returncode == 0, result.stderr
+    assert "alpha: 1 run(s) in 24h whose broadcast cost differs from the runner's" in " ".join(
+        result.stdout.split()
+    )

@@ -4,11 +4,15 @@ explanations, operator actions recorded with the token's name, the ledger."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
 
+from ledger.db.models import IngestedSpan, Run
+from ledger.db.session import Database
+from ledger.transitions import lock_behavior
 from tests.conftest import VALID_BEHAVIOR, free_port, write_behavior
 from tests.daemon import Daemon
 
@@ -87,3 +91,68 @@ def test_behaviors_explain_actions_and_ledger(api: httpx.Client) -> None:
     assert ("pinned", "api:ops", "launch week") in actions
     assert any(kind == "promoted" and actor == "api:ops" for kind, actor, _ in actions)
     assert all(len(e["hash"]) == 64 for e in entries)
+
+
+def test_a_run_shows_both_cost_figures_and_their_disagreement(
+    api: httpx.Client, database_url: str
+) -> None:
+    """The runner said $0.10, broadcast $0.25 (tokens 1,200 + 300): the run's page shows both,
+    the larger as counted, and the difference; the listing counts the disagreement."""
+    now = datetime.now(UTC)
+    db = Database.open(database_url)
+    try:
+        with db.transaction() as session:
+            alpha = lock_behavior(session, name="alpha").id or 0
+            session.add(
+                Run(
+                    id="run-01DISAGREE",
+                    behavior_id=alpha,
+                    scheduled_for=now,
+                    claimed_at=now,
+                    finished_at=now,
+                    tier="A",
+                    status="succeeded",
+                    cost_usd=0.1,
+                    broadcast_cost_usd=0.25,
+                    prompt_tokens=1000,
+                    completion_tokens=250,
+                )
+            )
+            session.add(
+                IngestedSpan(
+                    trace_id="a" * 32,
+                    span_id="b" * 16,
+                    name="LLM Generation",
+                    data={},
+                    received_at=now,
+                    processed_at=now,
+                    behavior_id=alpha,
+                    run_id="run-01DISAGREE",
+                    attribution="trace.metadata.run_id",
+                    cost_usd=0.25,
+                    prompt_tokens=1200,
+                    completion_tokens=300,
+                )
+            )
+    finally:
+        db.close()
+    run = api.get("/api/runs/run-01DISAGREE").json()
+    assert (run["cost_usd"], run["broadcast_cost_usd"], run["counted_cost_usd"]) == (
+        0.1,
+        0.25,
+        0.25,
+    )
+    assert run["cost_disagreement_usd"] == pytest.approx(0.15)
+    assert (run["prompt_tokens"], run["completion_tokens"]) == (1000, 250)
+    assert (run["broadcast_prompt_tokens"], run["broadcast_completion_tokens"]) == (1200, 300)
+    (listed,) = api.get("/api/behaviors").json()["behaviors"]
+    assert listed["cost_disagreements_24h"] == 1
+    one = api.get("/api/behaviors/alpha").json()
+    assert one["spend"]["broadcast"] == {
+        "generations": 1,
+        "cost_usd": 0.25,
+        "prompt_tokens": 1200,
+        "completion_tokens": 300,
+    }
+    (span,) = one["last_deliveries"]
+    assert (span["cost_usd"], span["prompt_tokens"], span["completion_tokens"]) == (0.25, 1200, 300)
