@@ -561,12 +561,23 @@ app.add_typer(keys_app, name="keys")
 
 @keys_app.command("check")
 def keys_check(config: ConfigOption = None) -> None:
-    """Compare each behavior's key (by key_name) with the account's keys: missing, shared,
-    disabled, without a limit, or with a limit above the behavior's budget."""
+    """Compare each behavior's key with the account's keys: missing, shared, disabled, without
+    a limit, or with a limit above the behavior's budget. A behavior whose file has no key_name
+    gets its key's name learned from the account (asked with the key itself), so broadcast
+    attributes calls made with it; a key_name naming another key is an error."""
     import asyncio
 
-    from ledger.errors import ConfigError
-    from ledger.runner.keys import check_keys, list_keys, render_findings
+    from pydantic import SecretStr
+
+    from ledger.errors import ConfigError, SecretError
+    from ledger.runner.keys import (
+        KeyIdentity,
+        ManagedKey,
+        check_keys,
+        identify_keys,
+        list_keys,
+        render_findings,
+    )
     from ledger.runner.openrouter import OpenRouterClient
     from ledger.secrets import resolve
 
@@ -578,16 +589,68 @@ def keys_check(config: ConfigOption = None) -> None:
         )
     mgmt = resolve(settings.openrouter_management_key.get_secret_value())
     report = load_directory(settings.behaviors_dir)
+    owned: dict[str, SecretStr | str] = {}
+    for lb in report.behaviors:
+        try:
+            owned[lb.name] = resolve(lb.behavior.api_key, base_dir=lb.path.parent)
+        except SecretError as exc:
+            owned[lb.name] = f"its key cannot be read here: {exc}"
 
-    async def go() -> list[Any]:
+    async def go() -> tuple[list[ManagedKey], list[KeyIdentity]]:
         async with OpenRouterClient(base_url=settings.openrouter_base_url) as client:
-            return await list_keys(client, mgmt)
+            managed = await list_keys(client, mgmt)
+            return managed, await identify_keys(client, owned, managed)
 
-    findings = check_keys([lb.behavior for lb in report.behaviors], asyncio.run(go()))
+    managed, identities = asyncio.run(go())
+    behaviors = [lb.behavior for lb in report.behaviors]
+    findings = check_keys(behaviors, managed, identities)
+    without_name = {b.name for b in behaviors if b.key_name is None}
+    learned = {i.behavior: i.name for i in identities if i.name and i.behavior in without_name}
+    if learned:
+        _store_learned_key_names(settings.database_url, learned)
     for line in render_findings(findings):
         print(line)
     if any(f.severity == "error" for f in findings):
         raise typer.Exit(1)
+
+
+def _store_learned_key_names(database_url: str, learned: dict[str, str]) -> None:
+    """Record the learned key names on the registered behaviors and say what was learned."""
+    from sqlmodel import col, select
+
+    from ledger.db.models import BehaviorRow
+    from ledger.db.session import Database
+    from ledger.errors import ConfigError
+
+    try:
+        db = Database.open(database_url)
+    except ConfigError as exc:
+        for name, key_name in sorted(learned.items()):
+            print(f"learned: {name} uses key {key_name!r}, but it could not be recorded: {exc}")
+        return
+    try:
+        with db.transaction() as session:
+            rows = session.exec(
+                select(BehaviorRow).where(col(BehaviorRow.name).in_(list(learned)))
+            ).all()
+            registered = {row.name: row for row in rows}
+            for row in rows:
+                if row.learned_key_name != learned[row.name]:
+                    row.learned_key_name = learned[row.name]
+                    session.add(row)
+    finally:
+        db.close()
+    for name, key_name in sorted(learned.items()):
+        if name in registered:
+            print(
+                f"learned: {name} uses key {key_name!r} (its file has no key_name); broadcast "
+                "deliveries with that key name now count for it"
+            )
+        else:
+            print(
+                f"learned: {name} uses key {key_name!r}, but {name} is not registered yet: "
+                "start the daemon, then run `ledger keys check` again"
+            )
 
 
 @sim_app.command("openrouter")

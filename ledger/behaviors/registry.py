@@ -194,7 +194,10 @@ def _refresh(
             window, Observation.definition_changed(now, "definition changed")
         ).to_json()
         row.definition_hash = lb.definition_hash
-        row.definition = b.model_dump(mode="json")
+        new_definition = b.model_dump(mode="json")
+        if (row.definition or {}).get("api_key") != new_definition.get("api_key"):
+            row.learned_key_name = None  # learned from the key it used before
+        row.definition = new_definition
         row.prompt_text = lb.prompt_text
         row.enabled = b.enabled
         if row.name not in summary.restored:

@@ -89,6 +89,9 @@ class BehaviorRow(SQLModel, table=True):
     last_run_at: datetime | None = _ts(nullable=True)
     last_run_id: str | None = Field(default=None, max_length=40)
     last_run_status: str | None = Field(default=None, max_length=32)
+    # The account's name of the behavior's key, learned by ``ledger keys check`` (its file's
+    # ``key_name`` wins); cleared when the file points ``api_key`` elsewhere.
+    learned_key_name: str | None = Field(default=None, max_length=200)
 
 
 class FileProblem(SQLModel, table=True):

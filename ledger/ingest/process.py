@@ -93,9 +93,13 @@ class DbLookup:
         if time.monotonic() - self._loaded_at < LOOKUP_TTL:
             return
         with self.db.transaction() as session:
-            rows = session.exec(select(BehaviorRow.name, BehaviorRow.definition)).all()
-        self._names = {name for name, _ in rows}
-        self._keys = {d["key_name"]: name for name, d in rows if (d or {}).get("key_name")}
+            rows = session.exec(
+                select(BehaviorRow.name, BehaviorRow.definition, BehaviorRow.learned_key_name)
+            ).all()
+        self._names = {name for name, _, _ in rows}
+        # The file's key_name, else the one ``ledger keys check`` learned from the key itself.
+        keys = ((name, (d or {}).get("key_name") or learned) for name, d, learned in rows)
+        self._keys = {key: name for name, key in keys if key}
         self._loaded_at = time.monotonic()
 
     def prefetch_runs(self, run_ids: set[str]) -> None:

@@ -1,13 +1,17 @@
 """``ledger keys check``: compare the behaviors' keys with the OpenRouter account's.
 
 One behavior = one key, capped by OpenRouter (DESIGN.md): ``list_keys`` reads the account's keys
-through the management API; ``check_keys`` (pure) says where a behavior's ``key_name`` is
-missing, shared, disabled, uncapped or capped above the behavior's own budget;
+through the management API; ``identify_keys`` asks each behavior's own key what it is
+(``GET /api/v1/key``: its label) and finds its name in the account by that label, so a
+behavior whose file has no ``key_name`` gets one learned (and a file whose ``key_name`` names
+another key is caught); ``check_keys`` (pure) says where a behavior's key name is missing,
+wrong, shared, disabled, uncapped or capped above the behavior's own budget;
 ``render_findings`` turns that into lines for the CLI.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,14 +21,18 @@ from typing import Any, Final, Literal
 from pydantic import SecretStr
 
 from ledger.behaviors.schema import Behavior
+from ledger.errors import OpenRouterError
 from ledger.runner.openrouter import OpenRouterClient
 
 __all__ = [
     "FindingKind",
     "KeyFinding",
+    "KeyIdentity",
     "ManagedKey",
     "check_keys",
+    "identify_keys",
     "list_keys",
+    "name_by_label",
     "render_findings",
 ]
 
@@ -38,6 +46,7 @@ BUDGET_TO_LIMIT_RESET: Final[Mapping[str, str | None]] = {
 }
 _MAX_PAGES: Final = 100  # a guard against a server that ignores offset
 _CENT: Final = 0.005  # limits within half a cent of the budget count as equal
+_IDENTIFY_CONCURRENCY: Final = 16  # keys asking about themselves at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +105,55 @@ async def list_keys(
     return list(found.values())
 
 
+@dataclass(frozen=True, slots=True)
+class KeyIdentity:
+    """What a behavior's own key turned out to be: its name in the account (``None`` when it
+    could not be told, ``problem`` says why)."""
+
+    behavior: str
+    name: str | None
+    problem: str | None = None
+
+
+def name_by_label(label: str | None, managed: Sequence[ManagedKey]) -> tuple[str | None, str]:
+    """The account's name for the key whose label is ``label``, or None and why not."""
+    if not label:
+        return None, "OpenRouter did not say the key's label"
+    names = sorted({key.name for key in managed if key.label == label and key.name})
+    if not names:
+        return None, "no key of the account has its label (is it another account's key?)"
+    if len(names) > 1:
+        return None, f"{len(names)} keys of the account share its label"
+    return names[0], ""
+
+
+async def identify_keys(
+    client: OpenRouterClient,
+    owned: Mapping[str, SecretStr | str],
+    managed: Sequence[ManagedKey],
+) -> list[KeyIdentity]:
+    """For each behavior (name → its resolved key, or why it could not be resolved), the
+    account's name of its key: the key's label (``GET /api/v1/key``, asked with the key
+    itself) matched against the management list. One failed key never stops the others."""
+    gate = asyncio.Semaphore(_IDENTIFY_CONCURRENCY)
+
+    async def identify(behavior: str, key: SecretStr | str) -> KeyIdentity:
+        if isinstance(key, str):
+            return KeyIdentity(behavior, None, key)
+        try:
+            async with gate:
+                info = await client.key_info(key)
+        except OpenRouterError as exc:
+            return KeyIdentity(behavior, None, f"OpenRouter refused its key: {exc}")
+        name, why = name_by_label(info.label, managed)
+        return KeyIdentity(behavior, name, why or None)
+
+    return list(await asyncio.gather(*(identify(name, key) for name, key in sorted(owned.items()))))
+
+
 class FindingKind(StrEnum):
     NO_KEY_NAME = "no_key_name"
+    WRONG_KEY_NAME = "wrong_key_name"
     MISSING = "missing"
     DUPLICATE_NAME = "duplicate_name"
     SHARED = "shared"
@@ -110,6 +166,7 @@ class FindingKind(StrEnum):
 # error: the behavior cannot run, or its runs cannot be told apart; warn: the cap is weak.
 _SEVERITY: Final[Mapping[FindingKind, Literal["error", "warn"]]] = {
     FindingKind.NO_KEY_NAME: "warn",
+    FindingKind.WRONG_KEY_NAME: "error",
     FindingKind.MISSING: "error",
     FindingKind.DUPLICATE_NAME: "error",
     FindingKind.SHARED: "error",
@@ -134,15 +191,42 @@ class KeyFinding:
         return _SEVERITY[self.kind]
 
 
-def check_keys(behaviors: Sequence[Behavior], managed: Sequence[ManagedKey]) -> list[KeyFinding]:
-    """Where the behaviors' keys (by ``key_name``) disagree with the account's keys.
+def check_keys(
+    behaviors: Sequence[Behavior],
+    managed: Sequence[ManagedKey],
+    identities: Sequence[KeyIdentity] = (),
+) -> list[KeyFinding]:
+    """Where the behaviors' keys (by key name) disagree with the account's keys.
 
-    Per behavior: no ``key_name`` (broadcast cannot be attributed), a name missing from the
-    account, a disabled key, a key without an OpenRouter limit, a limit above the behavior's
-    budget for the same window, a limit that resets on another window than the budget.
+    A behavior's key name is its file's ``key_name``, else the one ``identities`` learned.
+    Per behavior: no key name (broadcast cannot be attributed), a ``key_name`` that is not
+    the name of the key the behavior uses, a name missing from the account, a disabled key,
+    a key without an OpenRouter limit, a limit above the behavior's budget for the same
+    window, a limit that resets on another window than the budget.
     Across behaviors: one key name used by several behaviors, one name held by several keys.
     Findings come sorted by behavior, then kind.
     """
+    identity = {i.behavior: i for i in identities}
+    findings: list[KeyFinding] = []
+    named: list[Behavior] = []
+    for behavior in behaviors:
+        known = identity.get(behavior.name)
+        if behavior.key_name is None:
+            if known is not None and known.name is not None:
+                behavior = behavior.model_copy(update={"key_name": known.name})
+        elif known is not None and known.name is not None and known.name != behavior.key_name:
+            findings.append(
+                KeyFinding(
+                    FindingKind.WRONG_KEY_NAME,
+                    (behavior.name,),
+                    behavior.key_name,
+                    f"{behavior.name}: key_name {behavior.key_name!r} in the file, but its key "
+                    f"is named {known.name!r} in the account: broadcast attributes its calls by "
+                    "the account's name; correct key_name (or remove it to have it learned)",
+                )
+            )
+        named.append(behavior)
+    behaviors = named
     by_name: dict[str, list[ManagedKey]] = defaultdict(list)
     for key in managed:
         by_name[key.name].append(key)
@@ -151,7 +235,6 @@ def check_keys(behaviors: Sequence[Behavior], managed: Sequence[ManagedKey]) -> 
         if behavior.key_name is not None:
             users[behavior.key_name].append(behavior.name)
 
-    findings: list[KeyFinding] = []
     for key_name, names in sorted(users.items()):
         if len(names) > 1:
             listed = ", ".join(sorted(names))
@@ -175,21 +258,23 @@ def check_keys(behaviors: Sequence[Behavior], managed: Sequence[ManagedKey]) -> 
                 )
             )
     for behavior in behaviors:
-        findings.extend(_check_behavior(behavior, by_name))
+        known = identity.get(behavior.name)
+        findings.extend(_check_behavior(behavior, by_name, known.problem if known else None))
     return sorted(findings, key=lambda f: (f.behaviors, list(FindingKind).index(f.kind)))
 
 
 def _check_behavior(
-    behavior: Behavior, by_name: Mapping[str, list[ManagedKey]]
+    behavior: Behavior, by_name: Mapping[str, list[ManagedKey]], unknown_why: str | None
 ) -> Iterable[KeyFinding]:
     name, key_name = behavior.name, behavior.key_name
     if key_name is None:
+        why = f" (not learned from its key: {unknown_why})" if unknown_why else ""
         yield KeyFinding(
             FindingKind.NO_KEY_NAME,
             (name,),
             None,
-            f"{name}: no key_name in the behavior file: broadcast events cannot be attributed "
-            "to it; write the key's name as OpenRouter shows it",
+            f"{name}: no key_name in the behavior file{why}: broadcast events cannot be "
+            "attributed to it by key; write the key's name as OpenRouter shows it",
         )
         return
     keys = by_name.get(key_name, [])

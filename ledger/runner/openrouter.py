@@ -187,6 +187,7 @@ class KeyInfo:
     usage_weekly: float | None
     usage_monthly: float | None
     is_free_tier: bool | None
+    label: str | None = None  # how the account lists the key (the management API shows it too)
 
     @property
     def has_credit(self) -> bool:
@@ -208,6 +209,7 @@ class KeyInfo:
             usage_weekly=_number(data.get("usage_weekly")),
             usage_monthly=_number(data.get("usage_monthly")),
             is_free_tier=free if isinstance(free, bool) else None,
+            label=label if isinstance(label := data.get("label"), str) and label else None,
         )
 
 

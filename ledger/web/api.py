@@ -126,6 +126,13 @@ def get_behavior(request: Request, name: BehaviorName, _op: OperatorDep) -> dict
             "description": definition.get("description", ""),
             "definition_hash": row.definition_hash,
             "problem": row.problem,
+            # The name broadcast attributes the behavior's key by: its file's, else learned.
+            "key_name": definition.get("key_name") or row.learned_key_name,
+            "key_name_source": (
+                "file"
+                if definition.get("key_name")
+                else ("learned" if row.learned_key_name else None)
+            ),
             "last_run": {
                 "id": row.last_run_id,
                 "at": row.last_run_at,

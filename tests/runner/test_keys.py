@@ -3,24 +3,36 @@ the pure comparison with the behaviors' files."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from pydantic import SecretStr
 
+from ledger.behaviors.registry import reconcile_directory
 from ledger.behaviors.schema import Behavior
+from ledger.db.session import Database
+from ledger.ingest.process import DbLookup
 from ledger.runner.keys import (
     FindingKind,
     KeyFinding,
+    KeyIdentity,
     ManagedKey,
     check_keys,
+    identify_keys,
     list_keys,
+    name_by_label,
     render_findings,
 )
 from ledger.runner.openrouter import OpenRouterCallError, OpenRouterClient
 from ledger.sim.openrouter import SimConfig, SimKey, run_in_background
+from ledger.transitions import lock_behavior
+from tests.conftest import T0, VALID_BEHAVIOR, write_behavior
+from tests.test_cli import ledger
 
 MANAGEMENT_KEY = "sk-or-v1-test-keys-management"
 SEO_KEY = "sk-or-v1-test-keys-seo-audit"
@@ -261,3 +273,111 @@ def test_findings_render_errors_first_one_line_each() -> None:
     assert [line.split(":")[0] for line in lines] == ["error", "warn"]
     assert lines[0].startswith("error: beta: key 'ledger/missing' is not in the OpenRouter")
     assert lines[1].startswith("warn: alpha: key 'ledger/alpha' has no OpenRouter credit limit")
+
+
+# --------------------------------------------------------------------------------------------
+# key names learned from the keys themselves
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_label_names_one_key_of_the_account() -> None:
+    managed = [
+        key("ledger/a", label="sk-or-v1-aaa...111"),
+        key("ledger/b", label="sk-or-v1-bbb...222"),
+        key("ledger/b2", label="sk-or-v1-bbb...222"),
+    ]
+    assert name_by_label("sk-or-v1-aaa...111", managed) == ("ledger/a", "")
+    assert name_by_label("sk-or-v1-zzz...999", managed)[0] is None
+    name, why = name_by_label("sk-or-v1-bbb...222", managed)
+    assert name is None and "2 keys of the account share its label" in why
+    assert name_by_label(None, managed)[0] is None
+
+
+def test_a_learned_name_is_checked_like_a_written_one() -> None:
+    behaviors = [behavior("seo-audit", None, {"usd": 5, "reset": "month"})]
+    managed = [key("ledger/seo-audit", limit=20.0, limit_reset="monthly")]
+    learned = [KeyIdentity("seo-audit", "ledger/seo-audit")]
+    # no longer "no key_name", but its key's limit is above the budget
+    assert kinds(check_keys(behaviors, managed, learned)) == [
+        (("seo-audit",), FindingKind.LIMIT_ABOVE_BUDGET)
+    ]
+    unknown = [KeyIdentity("seo-audit", None, "no key of the account has its label")]
+    (finding,) = check_keys(behaviors, managed, unknown)
+    assert finding.kind is FindingKind.NO_KEY_NAME
+    assert "not learned from its key: no key of the account has its label" in finding.message
+
+
+def test_a_key_name_that_names_another_key_is_an_error() -> None:
+    behaviors = [behavior("digest", "ledger/seo-audit")]
+    managed = [key("ledger/seo-audit", limit=1.0), key("ledger/digest", limit=1.0)]
+    findings = check_keys(behaviors, managed, [KeyIdentity("digest", "ledger/digest")])
+    assert kinds(findings)[0] == (("digest",), FindingKind.WRONG_KEY_NAME)
+    assert findings[0].severity == "error"
+    assert "named 'ledger/digest' in the account" in findings[0].message
+
+
+async def test_keys_identify_themselves_by_label_against_the_simulator(sim: str) -> None:
+    owned: dict[str, SecretStr | str] = {
+        "seo-audit": SecretStr(SEO_KEY),
+        "stranger": SecretStr("sk-or-v1-not-an-account-key"),
+        "unreadable": "its key cannot be read here: environment variable K is not set",
+    }
+    async with OpenRouterClient(base_url=sim) as client:
+        managed = await list_keys(client, SecretStr(MANAGEMENT_KEY))
+        found = {i.behavior: i for i in await identify_keys(client, owned, managed)}
+    assert found["seo-audit"] == KeyIdentity("seo-audit", "ledger/seo-audit")
+    assert found["stranger"].name is None
+    assert "OpenRouter refused its key" in (found["stranger"].problem or "")
+    assert "not-an-account-key" not in (found["stranger"].problem or "")
+    assert found["unreadable"] == KeyIdentity("unreadable", None, owned["unreadable"])  # type: ignore[arg-type]
+
+
+async def test_keys_check_learns_the_key_names_files_leave_out(
+    sim: str, db: Database, database_url: str, tmp_path: Path
+) -> None:
+    """As an operator runs it: ``seo-audit`` has no key_name, so the command learns it from the
+    account and broadcast attributes by it from then on; ``digest`` names the wrong key."""
+    folder = tmp_path / "behaviors"
+    seo = write_behavior(
+        folder,
+        "seo-audit",
+        VALID_BEHAVIOR.format(key_env="SEO_KEY", name="seo-audit").replace(
+            "key_name: seo-audit-key\n", ""
+        ),
+    )
+    write_behavior(
+        folder,
+        "digest",
+        VALID_BEHAVIOR.format(key_env="DIGEST_KEY", name="digest").replace(
+            "key_name: digest-key", "key_name: ledger/old"
+        ),
+    )
+    with db.transaction() as session:
+        reconcile_directory(session, folder, T0)
+    env = {
+        "LEDGER_DATABASE_URL": database_url,
+        "LEDGER_BEHAVIORS_DIR": str(folder),
+        "LEDGER_OPENROUTER_BASE_URL": sim,
+        "LEDGER_OPENROUTER_MANAGEMENT_KEY": "env:MGMT_KEY",
+        "MGMT_KEY": MANAGEMENT_KEY,
+        "SEO_KEY": SEO_KEY,
+        "DIGEST_KEY": "sk-or-v1-test-keys-digest",
+    }
+    result = await asyncio.to_thread(ledger, "keys", "check", cwd=tmp_path, env=env)
+    out = " ".join(result.stdout.split())
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "learned: seo-audit uses key 'ledger/seo-audit' (its file has no key_name)" in out
+    assert (
+        "error: digest: key_name 'ledger/old' in the file, but its key is named "
+        "'ledger/digest' in the account" in out
+    )
+    assert SEO_KEY not in result.stdout + result.stderr
+    lookup = DbLookup(db)
+    assert lookup.by_key_name("ledger/seo-audit") == "seo-audit"
+    assert lookup.by_key_name("ledger/old") == "digest"  # the file's, wrong or not
+
+    # Pointing the file at another key forgets what was learned from the old one.
+    seo.write_text(seo.read_text().replace("env:SEO_KEY", "env:OTHER_SEO_KEY"))
+    with db.transaction() as session:
+        reconcile_directory(session, folder, T0 + timedelta(minutes=1))
+        assert lock_behavior(session, name="seo-audit").learned_key_name is None
