@@ -19,8 +19,10 @@ Schemes
 ``stripe``: ``Stripe-Signature: t=<unix>,v1=<hex>[,v1=<hex>][,v0=…]``, the same construction
   (signed payload ``"<t>." + body``, 300 s tolerance; ``v0`` and other schemes are ignored).
 
-``github``: ``X-Hub-Signature-256: sha256=<hex HMAC-SHA256(secret, body)>``. No timestamp: replay
-  protection relies on the ``X-GitHub-Delivery`` id, which is the replay key.
+``github``: ``X-Hub-Signature-256: sha256=<hex HMAC-SHA256(secret, body)>``. No timestamp: the
+  replay key is the digest of the signed body. Not the ``X-GitHub-Delivery`` id: it is outside
+  the signature, so anyone holding one signed request could resend it under new ids (GitHub's
+  own redeliveries repeat the event's id and body alike, and are caught either way).
 
 A verified request carries a ``replay_key``; ``ReplayCache.seen`` tells whether it was already
 accepted. A replay of a request we already accepted is harmless to acknowledge: answer 2xx and
@@ -205,13 +207,9 @@ def verify_stripe(
     return _verify_timestamped(Scheme.STRIPE, STRIPE_HEADER, header, body, secrets, now, tolerance)
 
 
-def verify_github(
-    header: str | None, body: bytes, secrets: Sequence[Secret], *, delivery_id: str | None = None
-) -> VerifiedWebhook:
-    """Check an ``X-Hub-Signature-256`` header; the replay key is ``delivery_id`` when given.
-
-    Without a delivery id the replay key is the body digest (GitHub bodies are unique per event).
-    """
+def verify_github(header: str | None, body: bytes, secrets: Sequence[Secret]) -> VerifiedWebhook:
+    """Check an ``X-Hub-Signature-256`` header; the replay key is the signed body's digest
+    (GitHub bodies are unique per event; the delivery id header is not signed)."""
     _require_secrets(secrets, GITHUB_HEADER)
     if header is None or not header.strip():
         raise IngestError(f"missing {GITHUB_HEADER} header", status_code=401)
@@ -225,12 +223,7 @@ def verify_github(
         raise IngestError(
             f"{GITHUB_HEADER} does not match the body with any configured secret", status_code=401
         )
-    key = delivery_id.strip() if delivery_id and delivery_id.strip() else None
-    return VerifiedWebhook(
-        Scheme.GITHUB,
-        None,
-        f"delivery:{key}" if key else f"body:{hashlib.sha256(body).hexdigest()}",
-    )
+    return VerifiedWebhook(Scheme.GITHUB, None, f"body:{hashlib.sha256(body).hexdigest()}")
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
@@ -268,12 +261,7 @@ def verify_webhook(
             _header(headers, STRIPE_HEADER), body, secrets, now=now, tolerance=tolerance
         )
     else:
-        verified = verify_github(
-            _header(headers, GITHUB_HEADER),
-            body,
-            secrets,
-            delivery_id=_header(headers, GITHUB_DELIVERY_HEADER),
-        )
+        verified = verify_github(_header(headers, GITHUB_HEADER), body, secrets)
     if replay_cache is not None and replay_cache.seen(source, verified.replay_key):
         return VerifiedWebhook(verified.scheme, verified.timestamp, verified.replay_key, True)
     return verified

@@ -4,6 +4,7 @@ refusals, and the recorded ``webhook_event`` rows, on both databases."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -156,7 +157,7 @@ def test_body_over_the_limit_is_413_and_non_json_is_400(base: str, database_url:
     assert events(database_url) == []
 
 
-def test_github_event_is_named_with_its_action_and_deduplicated_by_delivery_id(
+def test_github_event_is_named_with_its_action_and_deduplicated_by_its_signed_body(
     base: str, database_url: str
 ) -> None:
     body = orjson.dumps({"action": "opened", "number": 7})
@@ -167,10 +168,17 @@ def test_github_event_is_named_with_its_action_and_deduplicated_by_delivery_id(
     }
     first = httpx.post(base + "/webhooks/github", content=body, headers=headers)
     redelivery = httpx.post(base + "/webhooks/github", content=body, headers=headers)
+    # a captured request resent under another (unsigned) delivery id is a replay too
+    resent = httpx.post(
+        base + "/webhooks/github",
+        content=body,
+        headers={**headers, "X-GitHub-Delivery": "00000000-0000-0000-0000-000000000000"},
+    )
     assert first.json() == {"status": "recorded", "event": "pull_request.opened"}
     assert redelivery.json()["status"] == "duplicate"
+    assert resent.json()["status"] == "duplicate"
     [row] = events(database_url)
-    assert row["replay_key"] == "delivery:72d3162e-cc78-11e3-81ab-4c9367dc0958"
+    assert row["replay_key"] == "body:" + hashlib.sha256(body).hexdigest()
     assert row["behavior"] is None
 
     forged = httpx.post(
