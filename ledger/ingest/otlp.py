@@ -39,6 +39,7 @@ from ledger.errors import IngestError
 
 __all__ = [
     "CONNECTION_TEST_SPAN_NAME",
+    "AcceptedSpans",
     "AttrValue",
     "Attributes",
     "Limits",
@@ -113,6 +114,26 @@ class SpanRecord:
     scope_name: str = ""
 
 
+class AcceptedSpans(list[SpanRecord]):
+    """The spans of a request the walker accepted, in request order, and why others were
+    rejected: a span whose own content is invalid (an id, a time, a status, an attribute) is
+    left out and named in ``rejections``; the request is answered with ``partialSuccess``.
+    A request whose every span is invalid is refused whole (400), as is one whose structure is.
+    """
+
+    __slots__ = ("rejections",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rejections: list[str] = []
+
+    def rejection_message(self, shown: int = 3) -> str:
+        """The ``partialSuccess.errorMessage``: how many were rejected and the first reasons."""
+        count = len(self.rejections)
+        more = f"; and {count - shown} more" if count > shown else ""
+        return f"{count} span(s) rejected: " + "; ".join(self.rejections[:shown]) + more
+
+
 class _Bad(Exception):
     """Internal: a refusal whose location is assembled on the way up (free when nothing fails)."""
 
@@ -126,10 +147,12 @@ class _Bad(Exception):
         self.where[:0] = where
         return self
 
-    def to_ingest_error(self) -> IngestError:
+    def text(self) -> str:
         place = ".".join(self.where)
-        text = f"{place}: {self.message}" if place else self.message
-        return IngestError(text, status_code=self.status_code)
+        return f"{place}: {self.message}" if place else self.message
+
+    def to_ingest_error(self) -> IngestError:
+        return IngestError(self.text(), status_code=self.status_code)
 
 
 # --------------------------------------------------------------------------- request framing
@@ -161,11 +184,14 @@ def decode_for_storage(
     return _walk(payload, protobuf, limits)
 
 
-def _walk(payload: bytes, protobuf: bool, limits: Limits) -> list[SpanRecord]:
+def _walk(payload: bytes, protobuf: bool, limits: Limits) -> AcceptedSpans:
     try:
-        return _decode_protobuf(payload, limits) if protobuf else _decode_json(payload, limits)
+        records = _decode_protobuf(payload, limits) if protobuf else _decode_json(payload, limits)
     except _Bad as bad:
         raise bad.to_ingest_error() from None
+    if records.rejections and not records:
+        raise IngestError(records.rejections[0], status_code=400)
+    return records
 
 
 def _unframe(
@@ -264,17 +290,17 @@ def _inflate(body: bytes, limit: int) -> bytes:
 # --------------------------------------------------------------------------- JSON
 
 
-def _decode_json(payload: bytes, limits: Limits) -> list[SpanRecord]:
+def _decode_json(payload: bytes, limits: Limits) -> AcceptedSpans:
     try:
         doc = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
         raise _Bad(f"malformed JSON: {exc}") from None
     if type(doc) is not dict:
         raise _Bad("an ExportTraceServiceRequest must be a JSON object")
-    records: list[SpanRecord] = []
+    records = AcceptedSpans()
     for i, rs in enumerate(_list(doc, "resourceSpans")):
         try:
-            _json_resource_spans(rs, records, limits)
+            _json_resource_spans(rs, records, limits, f"resourceSpans[{i}]")
         except _Bad as bad:
             raise bad.at(f"resourceSpans[{i}]") from None
     return records
@@ -295,7 +321,7 @@ def _obj(value: Any) -> dict[str, Any]:
     return value
 
 
-def _json_resource_spans(rs: Any, records: list[SpanRecord], limits: Limits) -> None:
+def _json_resource_spans(rs: Any, records: AcceptedSpans, limits: Limits, place: str) -> None:
     rs = _obj(rs)
     resource = rs.get("resource")
     resource_attrs: Attributes = {}
@@ -315,14 +341,18 @@ def _json_resource_spans(rs: Any, records: list[SpanRecord], limits: Limits) -> 
                 except _Bad as bad:
                     raise bad.at("scope") from None
             for k, span in enumerate(_list(ss, "spans")):
-                if len(records) >= limits.max_spans:
+                if len(records) + len(records.rejections) >= limits.max_spans:
                     raise _Bad(
                         f"more than {limits.max_spans} spans in one request", status_code=413
                     )
                 try:
                     records.append(_json_span(span, resource_attrs, scope_name, limits))
                 except _Bad as bad:
-                    raise bad.at(f"spans[{k}]") from None
+                    if bad.status_code != 400:  # a limit: the request is refused whole
+                        raise bad.at(f"spans[{k}]") from None
+                    records.rejections.append(
+                        bad.at(place, f"scopeSpans[{j}]", f"spans[{k}]").text()
+                    )
         except _Bad as bad:
             raise bad.at(f"scopeSpans[{j}]") from None
 
@@ -747,7 +777,7 @@ def _plain_value(value: _AnyValue) -> bool:
 # --------------------------------------------------------------------------- protobuf
 
 
-def _decode_protobuf(payload: bytes, limits: Limits) -> list[SpanRecord]:
+def _decode_protobuf(payload: bytes, limits: Limits) -> AcceptedSpans:
     try:
         request = ExportTraceServiceRequest.FromString(payload)
     except DecodeError as exc:
@@ -757,7 +787,7 @@ def _decode_protobuf(payload: bytes, limits: Limits) -> list[SpanRecord]:
         raise _Bad(
             f"{total} spans in one request; the limit is {limits.max_spans}", status_code=413
         )
-    records: list[SpanRecord] = []
+    records = AcceptedSpans()
     for i, rs in enumerate(request.resource_spans):
         try:
             resource_attrs = _pb_attributes(rs.resource.attributes, limits, "resource")
@@ -767,7 +797,10 @@ def _decode_protobuf(payload: bytes, limits: Limits) -> list[SpanRecord]:
                     try:
                         records.append(_pb_span(span, resource_attrs, scope_name, limits))
                     except _Bad as bad:
-                        raise bad.at(f"scopeSpans[{j}]", f"spans[{k}]") from None
+                        where = (f"scopeSpans[{j}]", f"spans[{k}]")
+                        if bad.status_code != 400:  # a limit: the request is refused whole
+                            raise bad.at(*where) from None
+                        records.rejections.append(bad.at(f"resourceSpans[{i}]", *where).text())
         except _Bad as bad:
             raise bad.at(f"resourceSpans[{i}]") from None
     return records

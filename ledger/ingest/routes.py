@@ -38,6 +38,7 @@ from ledger.config import Settings
 from ledger.db.session import Database
 from ledger.errors import ConfigError, IngestError
 from ledger.ingest.otlp import (
+    AcceptedSpans,
     Limits,
     decode_for_storage,
     encode_status_error,
@@ -316,6 +317,12 @@ async def _traces(ingest: Ingest, scope: Scope, receive: Receive) -> _Reply:
         await ingest.writer.write(spans, ingest.clock.now())
     except IngestError as exc:
         return _otlp_error(str(exc), exc.status_code, protobuf, exc.retry_after)
+    if isinstance(spans, AcceptedSpans) and spans.rejections:
+        # The valid spans are stored; the spec's partial success names what was left out.
+        message = spans.rejection_message()
+        log.warning("broadcast spans rejected", rejected=len(spans.rejections), detail=message)
+        body = encode_success(len(spans.rejections), message, protobuf=protobuf)
+        return _Reply(200, body, protobuf)
     return _SUCCESS[protobuf]
 
 

@@ -39,6 +39,7 @@ from opentelemetry.trace import StatusCode
 
 from ledger.errors import IngestError
 from ledger.ingest.otlp import (
+    AcceptedSpans,
     Limits,
     RawRequest,
     SpanRecord,
@@ -418,11 +419,12 @@ def test_truncated_or_corrupt_gzip_is_400() -> None:
             orjson.dumps(
                 {
                     "resourceSpans": [
-                        {"scopeSpans": [{}, {"spans": [*[VALID] * 3, {"traceId": "x"}]}]}
+                        {"scopeSpans": [{}, {"spans": [{"traceId": "x"}, {"traceId": "y"}]}]}
                     ]
                 }
             ),
-            "resourceSpans[0].scopeSpans[1].spans[3].traceId: not a 32-char hex string",
+            # every span invalid: refused whole, naming the first
+            "resourceSpans[0].scopeSpans[1].spans[0].traceId: not a 32-char hex string",
         ),
         (
             b'{"resourceSpans": [{"resource": {"attributes": [{"key": 1}]}}]}',
@@ -861,3 +863,35 @@ def test_connection_test_is_empty_or_one_named_span() -> None:
     assert is_connection_test([span])
     assert not is_connection_test(decode(BROADCAST))
     assert not is_connection_test([span, span])
+
+
+@pytest.mark.parametrize("protobuf", [False, True])
+def test_invalid_spans_are_left_out_and_named_the_valid_ones_accepted(protobuf: bool) -> None:
+    """The spec's partial success: spans whose own content is invalid are rejected, the rest
+    of the request is accepted; the rejections say where and why."""
+    if protobuf:
+        request = ExportTraceServiceRequest()
+        scope = request.resource_spans.add().scope_spans.add()
+        for trace_id in (bytes.fromhex(TRACE_ID), b"short", bytes.fromhex(TRACE_ID)):
+            span = scope.spans.add()
+            span.trace_id, span.span_id, span.name = trace_id, bytes.fromhex(SPAN_ID), "s"
+        spans = decode_request(request.SerializeToString(), PROTOBUF, None, Limits())
+    else:
+        body = orjson.dumps({"resourceSpans": [{"scopeSpans": [{"spans": FOURTH_SPAN_BAD}]}]})
+        spans = decode_request(body, JSON, None, Limits())
+    assert isinstance(spans, AcceptedSpans)
+    assert len(spans) == (2 if protobuf else 3)
+    bad = "spans[1].traceId: not 16 bytes" if protobuf else "spans[3].traceId: not a 32-char hex"
+    (rejection,) = spans.rejections
+    assert rejection.startswith(f"resourceSpans[0].scopeSpans[0].{bad}")
+    assert spans.rejection_message() == f"1 span(s) rejected: {rejection}"
+
+
+def test_a_limit_still_refuses_the_whole_request() -> None:
+    events = [{"name": "e", "timeUnixNano": "1"}] * 3
+    body = orjson.dumps(
+        {"resourceSpans": [{"scopeSpans": [{"spans": [VALID, {**VALID, "events": events}]}]}]}
+    )
+    err = refused(body, max_events=2)
+    assert err.status_code == 413
+    assert "resourceSpans[0].scopeSpans[0].spans[1].events: more than 2 events" in str(err)

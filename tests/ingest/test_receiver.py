@@ -497,6 +497,29 @@ def test_malformed_payloads_are_400_naming_the_problem(receiver: Start) -> None:
     assert b"malformed protobuf" in bad_protobuf.content  # google.rpc.Status field 2
 
 
+def test_invalid_spans_are_rejected_with_partial_success_and_the_rest_stored(
+    receiver: Start, database_url: str
+) -> None:
+    base = receiver()
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    spans = [
+        {"traceId": trace, "spanId": "00f067aa0ba902b7", "name": "kept"},
+        {"traceId": trace, "spanId": "nope", "name": "bad id"},
+        {"traceId": trace, "spanId": "00f067aa0ba902b8", "name": "kept too"},
+        {"traceId": trace, "spanId": "00f067aa0ba902b9", "startTimeUnixNano": "-1"},
+    ]
+    body = orjson.dumps({"resourceSpans": [{"scopeSpans": [{"spans": spans}]}]})
+    response = httpx.post(base + "/v1/traces", content=body, headers=JSON_HEADERS)
+    assert response.status_code == 200
+    partial = response.json()["partialSuccess"]
+    assert partial["rejectedSpans"] == "2"
+    assert partial["errorMessage"].startswith(
+        "2 span(s) rejected: resourceSpans[0].scopeSpans[0].spans[1].spanId: not a 16-char hex"
+    )
+    assert "spans[3].startTimeUnixNano" in partial["errorMessage"]
+    assert sorted(r["name"] for r in stored(database_url)) == ["kept", "kept too"]
+
+
 def test_get_is_405(receiver: Start) -> None:
     base = receiver()
     response = httpx.get(base + "/v1/traces")
