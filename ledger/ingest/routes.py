@@ -65,8 +65,13 @@ __all__ = [
 log = structlog.get_logger("ledger.ingest")
 
 # The OpenTelemetry Collector destination appends /v1/traces to whatever URL was pasted, so an
-# operator who pasted the full URL produces the doubled form.
-TRACES_PATHS: Final = ("/v1/traces", "/v1/traces/v1/traces")
+# operator who pasted the full URL produces the doubled form, and one who pasted the host with a
+# trailing slash the "//" form; a trailing slash is accepted too.
+TRACES_PATHS: Final = frozenset(
+    path + slash
+    for path in ("/v1/traces", "/v1/traces/v1/traces", "//v1/traces", "/v1/traces//v1/traces")
+    for slash in ("", "/")
+)
 
 _JSON_B: Final = b"application/json"
 _PROTOBUF_B: Final = b"application/x-protobuf"
@@ -341,16 +346,29 @@ class LedgerApp(FastAPI):
         scope["app"] = self
         ingest: Ingest | None = getattr(self.state, "ingest", None)
         if ingest is None:
-            reply = _otlp_error("the daemon is starting; retry", 503, False, retry_after=1.0)
+            reply = _otlp_error(
+                "the daemon is starting; retry", 503, _protobuf_requested(scope), retry_after=1.0
+            )
         else:
             try:
                 reply = await _traces(ingest, scope, receive)
             except Exception as exc:  # never a 500: the sender retries a 503
                 log.error("OTLP receiver failed", error=type(exc).__name__, exc_info=exc)
                 reply = _otlp_error(
-                    f"internal error ({type(exc).__name__}); retry", 503, False, retry_after=5.0
+                    f"internal error ({type(exc).__name__}); retry",
+                    503,
+                    _protobuf_requested(scope),
+                    retry_after=5.0,
                 )
         await reply.send(send)
+
+
+def _protobuf_requested(scope: Scope) -> bool:
+    """Whether the request is protobuf, so its error is too (the spec: the request's encoding)."""
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            return wants_protobuf(value.decode("latin-1"))
+    return False
 
 
 # --------------------------------------------------------------------------- POST /webhooks/…

@@ -234,6 +234,15 @@ def test_full_collector_url_pasted_as_destination_also_works(
     response = httpx.post(base + "/v1/traces/v1/traces", content=delivery(), headers=JSON_HEADERS)
     assert response.status_code == 200
     assert len(stored(database_url)) == 3
+    # the host pasted with a trailing slash (OpenRouter appends /v1/traces), or a trailing slash
+    forms = ["//v1/traces", "/v1/traces/", "/v1/traces/v1/traces/"]
+    for n, path in enumerate(forms):
+        sent = httpx.post(base + path, content=delivery(f"gen-{n}"), headers=JSON_HEADERS)
+        assert sent.status_code == 200, (path, sent.text)
+    assert len(stored(database_url)) == 3 * (1 + len(forms))
+    assert (
+        httpx.post(base + "/v1/trace", content=delivery(), headers=JSON_HEADERS).status_code == 404
+    )
 
 
 def test_redelivered_spans_are_stored_once(receiver: Start, database_url: str) -> None:
