@@ -378,6 +378,7 @@ _WEBHOOK_CODES: Final = {
     401: "unauthorized",
     404: "not_found",
     413: "too_large",
+    415: "unsupported_media_type",
     503: "unavailable",
 }
 
@@ -391,12 +392,21 @@ def _webhook_error(message: str, status: int, retry_after: float | None = None) 
     )
 
 
-def _payload(body: bytes) -> dict[str, Any]:
+def _payload(body: bytes, content_type: str | None) -> dict[str, Any]:
+    """The event's JSON. A body that is not JSON is 400, or 415 when its Content-Type says it
+    is something else (a JSON body under another type, as ``curl -d`` sends it, is accepted)."""
     if not body.strip():
         return {}
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        media = (content_type or "").split(";")[0].strip().lower()
+        if media and media != "application/json" and not media.endswith("+json"):
+            raise IngestError(
+                f"Content-Type {media} is not supported: send the event as application/json "
+                "(for GitHub, set the webhook's content type to application/json)",
+                status_code=415,
+            ) from None
         raise IngestError(f"the body is not valid JSON: {exc}") from None
     return value if isinstance(value, dict) else {"value": value}
 
@@ -436,6 +446,7 @@ router = APIRouter(tags=["ingest"])
         401: {"description": "Missing, wrong or expired signature."},
         404: {"description": "No webhook source of that name is configured."},
         413: {"description": "Body larger than the ingest limit."},
+        415: {"description": "A body that is not JSON, sent as another content type."},
         503: {"description": "The database is unavailable; retry."},
     },
 )
@@ -453,7 +464,7 @@ async def receive_webhook(source: str, request: Request) -> Response:
         verified = verify_webhook(
             config.scheme, source, request.headers, body, config.secrets, now=now.timestamp()
         )
-        payload = _payload(body)
+        payload = _payload(body, request.headers.get("content-type"))
         event = event_name(config.scheme, request.headers, payload)
         replay_key = _replay_key(config.scheme, verified.replay_key, payload)
         try:

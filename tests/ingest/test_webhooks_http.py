@@ -147,14 +147,34 @@ def test_unknown_source_is_404_in_the_api_error_shape(base: str) -> None:
     assert "nobody" in response.json()["error"]["message"]
 
 
-def test_body_over_the_limit_is_413_and_non_json_is_400(base: str, database_url: str) -> None:
+def test_body_over_the_limit_is_413_non_json_400_and_a_form_body_415(
+    base: str, database_url: str
+) -> None:
     too_big = generic(base, b"{" + b" " * 5000 + b"}")
     assert too_big.status_code == 413
     assert too_big.json()["error"]["code"] == "too_large"
     not_json = generic(base, b"deploy failed")
     assert not_json.status_code == 400
     assert "not valid JSON" in not_json.json()["error"]["message"]
-    assert events(database_url) == []
+    # JSON sent as curl -d sends it (form-encoded content type) is accepted
+    curl_style = orjson.dumps({"event": "cron.ping"})
+    accepted = generic(base, curl_style, **{"Content-Type": "application/x-www-form-urlencoded"})
+    assert accepted.json() == {"status": "recorded", "event": "cron.ping"}
+    # a GitHub webhook left on its form-encoded content type: 415, saying what to change
+    form = b"payload=%7B%22action%22%3A%22opened%22%7D"
+    github = httpx.post(
+        base + "/webhooks/github",
+        content=form,
+        headers={
+            "X-Hub-Signature-256": sign_github("gh-secret", form),
+            "X-GitHub-Event": "issues",
+            "Content-Type": "application/x-www-form-urlencoded",
+        },
+    )
+    assert github.status_code == 415
+    assert github.json()["error"]["code"] == "unsupported_media_type"
+    assert "set the webhook's content type to application/json" in github.json()["error"]["message"]
+    assert [e["event"] for e in events(database_url)] == ["cron.ping"]
 
 
 def test_github_event_is_named_with_its_action_and_deduplicated_by_its_signed_body(
