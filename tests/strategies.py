@@ -215,3 +215,52 @@ def policy_windows(
             window = after_decision(window, decision, obs.at)
             state = apply_decision(state, decision)
     return window
+
+
+# -- schedules ----------------------------------------------------------------------------------
+
+SCHEDULE_ZONES = ["UTC", "Europe/Paris", "America/New_York", "Australia/Lord_Howe", "Asia/Kolkata"]
+_DAY_NAMES = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"]
+_MONTH_NAMES = ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"]
+
+
+def _cron_field(lo: int, hi: int, names: list[str] | None = None) -> st.SearchStrategy[str]:
+    """One crontab field: ``*``, a value, a range, a step or a short list of them."""
+
+    def value(n: int) -> str:
+        return names[n - lo] if names and n - lo < len(names) and n % 3 == 0 else str(n)
+
+    single = st.integers(lo, hi).map(value)
+    ranged = st.tuples(st.integers(lo, hi), st.integers(lo, hi)).map(
+        lambda ab: f"{value(min(ab))}-{value(max(ab))}"
+    )
+    stepped = st.tuples(st.sampled_from(["*", f"{lo}-{hi}"]), st.integers(1, hi - lo + 1)).map(
+        lambda sn: f"{sn[0]}/{sn[1]}"
+    )
+    element = st.one_of(single, ranged, stepped)
+    listed = st.lists(st.one_of(single, ranged), min_size=2, max_size=3).map(",".join)
+    return st.one_of(st.just("*"), element, listed)
+
+
+def cron_expressions() -> st.SearchStrategy[str]:
+    """Crontab(5) expressions that fire at most a few times an hour (so a year of their slots
+    stays cheap), with hours weighted toward 0-3 h where daylight-saving changes happen."""
+    minute = st.one_of(
+        st.integers(0, 59).map(str),
+        st.sampled_from(["0,30", "*/20", "15-45/15", "5,50"]),
+    )
+    hour = st.one_of(
+        st.integers(0, 3).map(str), st.sampled_from(["1-3", "*/2"]), _cron_field(0, 23)
+    )
+    return st.tuples(
+        minute,
+        hour,
+        _cron_field(1, 31),
+        _cron_field(1, 12, _MONTH_NAMES),
+        _cron_field(0, 7, [*_DAY_NAMES, "SUN"]),
+    ).map(" ".join)
+
+
+def schedule_zones() -> st.SearchStrategy[str]:
+    """Time zones with and without daylight-saving time (a half-hour one, a half-hour offset)."""
+    return st.sampled_from(SCHEDULE_ZONES)

@@ -7,11 +7,10 @@ Unknown keys are errors everywhere (a typo must not pass silently).
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import CroniterBadCronError, CroniterBadDateError, CroniterNotAlphaError, croniter
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -22,13 +21,12 @@ from pydantic import (
 
 from ledger.gates import Tier
 from ledger.policy import DEFAULT_THRESHOLDS
+from ledger.schedule import Schedule, compile_schedule, parse_interval
 from ledger.secrets import is_reference, looks_like_literal_token, looks_like_secret
 
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 PRESET_SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
-INTERVAL_RE = re.compile(r"^\s*(\d+)\s*(s|m|h|d)\s*$")
 TIMEOUT_CLASSES: dict[str, float] = {"fast": 30.0, "reasoning": 120.0, "multi_agent": 600.0}
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 class _Strict(BaseModel):
@@ -52,14 +50,6 @@ SecretRef = Annotated[
     str,
     Field(description="A secret reference: env:NAME or file:PATH. Never the secret itself."),
 ]
-
-
-def parse_interval(text: str) -> timedelta | None:
-    """``15m`` → 15 minutes; None when ``text`` is not an interval."""
-    m = INTERVAL_RE.match(text)
-    if not m:
-        return None
-    return timedelta(seconds=int(m.group(1)) * _UNIT_SECONDS[m.group(2)])
 
 
 class Budget(_Strict):
@@ -326,23 +316,7 @@ class Behavior(_Strict):
     @field_validator("schedule")
     @classmethod
     def _schedule_fires(cls, value: str) -> str:
-        interval = parse_interval(value)
-        if interval is not None:
-            if interval < timedelta(seconds=10):
-                raise ValueError("an interval must be at least 10s")
-            return value
-        fields = value.split()
-        if len(fields) != 5:
-            raise ValueError(
-                "must be a 5-field cron expression (minute hour day month weekday) or an "
-                "interval like 15m, 6h, 1d"
-            )
-        try:
-            croniter(value, datetime(2026, 1, 1, tzinfo=UTC)).get_next(datetime)
-        except CroniterBadDateError:
-            raise ValueError("this cron expression never fires (e.g. 30 February)") from None
-        except (CroniterBadCronError, CroniterNotAlphaError, ValueError, KeyError) as exc:
-            raise ValueError(f"invalid cron expression: {exc}") from None
+        compile_schedule(value)  # a ScheduleError is a ValueError: pydantic reports it
         return value
 
     @model_validator(mode="after")
@@ -381,16 +355,14 @@ class Behavior(_Strict):
         assert ttl is not None  # noqa: S101 — validated above
         return ttl
 
+    @property
+    def slots(self) -> Schedule:
+        """The schedule as the one engine reads it (``ledger.schedule``)."""
+        return compile_schedule(self.schedule, self.timezone)
+
     def next_fire_after(self, after: datetime) -> datetime:
         """The first slot strictly after ``after`` (aware UTC in, aware UTC out)."""
-        interval = self.interval
-        if interval is not None:
-            epoch = datetime(2000, 1, 1, tzinfo=UTC)
-            steps = int((after - epoch) / interval) + 1
-            return epoch + steps * interval
-        local = after.astimezone(ZoneInfo(self.timezone))
-        nxt: datetime = croniter(self.schedule, local).get_next(datetime)
-        return nxt.astimezone(UTC)
+        return self.slots.next_after(after)
 
 
 def behavior_json_schema() -> dict[str, Any]:

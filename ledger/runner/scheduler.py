@@ -20,15 +20,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import structlog
 from apscheduler.executors.asyncio import AsyncIOExecutor
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
-from apscheduler.triggers.cron import CronTrigger
-from apscheduler.triggers.interval import IntervalTrigger
-from croniter import croniter
 from pydantic import ValidationError
 from sqlmodel import col, select
 
@@ -46,11 +42,11 @@ from ledger.runner.run import (
     claim_slots,
     finish_run,
 )
+from ledger.schedule import Schedule
 from ledger.transitions import PolicyContext
 
 log = structlog.get_logger("ledger.scheduler")
 
-INTERVAL_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 MAX_MISFIRE_GRACE = timedelta(hours=1)
 CLAIM_BATCH_WINDOW = 0.005  # seconds to gather claims due at the same instant
 # Claims are taken in chunks: the first runs of a big wave start while the next chunk is being
@@ -63,6 +59,7 @@ MAX_CONCURRENT_CALLS = 1024
 # Runs are claimed, budgeted, rendered and connected this long before their slot, and their
 # requests written together at the slot's instant (at most a quarter of a behavior's interval).
 DEFAULT_LEAD_SECONDS = 5.0
+_TICK = timedelta(microseconds=1)
 
 CallModel = Callable[[RunPlan], Awaitable[CallOutcome]]
 FD_RESERVE = 256  # open files kept for everything but model calls (ingest, database, logs)
@@ -115,46 +112,44 @@ def misfire_grace(behavior: Behavior) -> timedelta:
 
 def latest_slot(behavior: Behavior, now: datetime) -> datetime:
     """The most recent slot at or before ``now``."""
-    interval = behavior.interval
-    if interval is not None:
-        steps = int((now - INTERVAL_EPOCH) / interval)
-        return INTERVAL_EPOCH + steps * interval
-    local = (now + timedelta(microseconds=1)).astimezone(ZoneInfo(behavior.timezone))
-    prev: datetime = croniter(behavior.schedule, local).get_prev(datetime)
-    return prev.astimezone(UTC)
+    return behavior.slots.latest_at(now)
 
 
-def trigger_for(behavior: Behavior, lead: timedelta = timedelta(0)) -> Any:
+def trigger_for(behavior: Behavior, lead: timedelta = timedelta(0)) -> SlotTrigger:
     """The behavior's schedule as an APScheduler trigger, firing ``lead`` before each slot."""
-    interval = behavior.interval
-    if interval is not None:
-        inner: Any = IntervalTrigger(
-            seconds=interval.total_seconds(), start_date=INTERVAL_EPOCH, timezone=UTC
-        )
-    else:
-        inner = CronTrigger.from_crontab(behavior.schedule, timezone=ZoneInfo(behavior.timezone))
-    return LeadTrigger(inner, lead) if lead > timedelta(0) else inner
+    return SlotTrigger(behavior.slots, lead)
 
 
-class LeadTrigger(BaseTrigger):  # type: ignore[misc]  # APScheduler 3 ships no types
-    """Fires ``lead`` before each of ``inner``'s fire times (the slot), so the run is
-    prepared by the time its slot comes."""
+class SlotTrigger(BaseTrigger):  # type: ignore[misc]  # APScheduler 3 ships no types
+    """Fires ``lead`` before each slot of a schedule, so the run is prepared by the time its
+    slot comes. The slots are ``ledger.schedule``'s: the ones status shows and catch-up
+    claims (APScheduler's own cron trigger counts weekdays from Monday = 0)."""
 
-    __slots__ = ("inner", "lead")
+    __slots__ = ("lead", "schedule")
 
-    def __init__(self, inner: Any, lead: timedelta) -> None:
-        self.inner = inner
+    def __init__(self, schedule: Schedule, lead: timedelta = timedelta(0)) -> None:
+        self.schedule = schedule
         self.lead = lead
 
     def get_next_fire_time(
         self, previous_fire_time: datetime | None, now: datetime
     ) -> datetime | None:
-        previous = previous_fire_time + self.lead if previous_fire_time is not None else None
-        slot: datetime | None = self.inner.get_next_fire_time(previous, now + self.lead)
-        return slot - self.lead if slot is not None else None
+        # As APScheduler's triggers do: the first firing after the previous one (even if that
+        # is already past: the scheduler applies the misfire grace), else at or after ``now``.
+        start = now
+        if previous_fire_time is not None:
+            start = min(now, previous_fire_time + _TICK)
+            if start == previous_fire_time:
+                start += _TICK
+        return self.schedule.next_after(start + self.lead - _TICK) - self.lead
 
     def __str__(self) -> str:
-        return f"{self.inner} (fires {self.lead.total_seconds():g}s ahead)"
+        if self.lead:
+            return f"{self.schedule} (fires {self.lead.total_seconds():g}s ahead)"
+        return str(self.schedule)
+
+    def __repr__(self) -> str:
+        return f"<SlotTrigger {self}>"
 
 
 def claim_chunks(claims: list[SlotClaim], rng: random.Random) -> list[list[SlotClaim]]:

@@ -45,12 +45,8 @@ from ledger.runner.call import call_model
 from ledger.runner.lean_http import LeanTransport
 from ledger.runner.openrouter import KEEPALIVE_EXPIRY, MAX_CONNECTIONS, OpenRouterClient
 from ledger.runner.run import CallOutcome, RunPlan
-from ledger.runner.scheduler import (
-    DEFAULT_LEAD_SECONDS,
-    INTERVAL_EPOCH,
-    RunnerService,
-    calls_that_fit,
-)
+from ledger.runner.scheduler import DEFAULT_LEAD_SECONDS, RunnerService, calls_that_fit
+from ledger.schedule import INTERVAL_EPOCH
 from ledger.transitions import PolicyContext
 
 INTERVAL = 20  # seconds: every behavior's slots fall on the same instants (--interval)

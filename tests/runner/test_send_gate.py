@@ -26,7 +26,7 @@ from ledger.runner.call import call_model
 from ledger.runner.lean_http import LeanTransport
 from ledger.runner.openrouter import OpenRouterClient, build_chat_request
 from ledger.runner.run import RunPlan, SlotClaim, begin_runs, claim_slots
-from ledger.runner.scheduler import LeadTrigger, RunnerService, lead_for, trigger_for
+from ledger.runner.scheduler import RunnerService, SlotTrigger, lead_for, trigger_for
 from ledger.runner.send_gate import SendGate, SendGates
 from ledger.sim.openrouter import Preset, SimConfig, SimKey, run_in_background
 from ledger.transitions import PolicyContext, lock_behavior
@@ -115,7 +115,7 @@ def test_the_lead_trigger_fires_lead_before_every_slot() -> None:
     lead = timedelta(seconds=5)
     now = datetime(2026, 11, 25, 12, 2, tzinfo=UTC)
     every15 = trigger_for(behavior("15m"), lead)
-    assert isinstance(every15, LeadTrigger)
+    assert isinstance(every15, SlotTrigger)
     first = every15.get_next_fire_time(None, now)
     assert first == datetime(2026, 11, 25, 12, 14, 55, tzinfo=UTC)
     assert every15.get_next_fire_time(first, first) == datetime(
@@ -128,7 +128,9 @@ def test_the_lead_trigger_fires_lead_before_every_slot() -> None:
     daily = trigger_for(behavior("0 6 * * *", "Europe/Paris"), lead)
     fire = daily.get_next_fire_time(None, now)
     assert fire.astimezone(UTC) == datetime(2026, 11, 26, 4, 59, 55, tzinfo=UTC)
-    assert trigger_for(behavior("15m")).__class__.__name__ == "IntervalTrigger"  # no lead
+    assert trigger_for(behavior("15m")).get_next_fire_time(None, now) == datetime(  # no lead
+        2026, 11, 25, 12, 15, tzinfo=UTC
+    )
 
 
 def test_the_lead_is_at_most_a_quarter_of_the_interval() -> None:
