@@ -5,21 +5,25 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
+import httpx
 import pytest
 from sqlmodel import col, select
 
 from ledger.behaviors.registry import reconcile_directory
 from ledger.behaviors.schema import Behavior
 from ledger.clock import FakeClock
-from ledger.db.models import Run
+from ledger.db.models import BehaviorRow, Run
 from ledger.db.session import Database
 from ledger.runner.run import CallOutcome, RunPlan
 from ledger.runner.scheduler import RunnerService, latest_slot, misfire_grace
 from ledger.transitions import PolicyContext, lock_behavior
-from tests.conftest import VALID_BEHAVIOR, write_behavior
+from tests.conftest import VALID_BEHAVIOR, free_port, write_behavior
+from tests.daemon import Daemon, wait_until
 
 NOW = datetime(2026, 11, 25, 12, 2, tzinfo=UTC)
 
@@ -161,3 +165,58 @@ def test_replicas_cut_a_wave_into_the_same_sorted_chunks_and_take_them_in_their_
     assert sum(map(len, one)) == len(wave)
     # …taken in different orders, so neither replica takes the whole wave.
     assert [c[0].behavior_id for c in one] != [c[0].behavior_id for c in other]
+
+
+@pytest.mark.slow
+def test_serve_fires_a_schedule_naming_today_and_not_one_naming_tomorrow(
+    tmp_path: Path, start_daemon: Callable[..., Daemon]
+) -> None:
+    """A real ``ledger serve``: ``* * * * <today>`` fires within a minute, ``<tomorrow>``
+    does not, and the API's next run for each is the engine's."""
+    # A zone where it is about noon now, so "today" cannot end during the test.
+    utc_now = datetime.now(UTC)
+    offset = 12 - utc_now.hour  # Etc/GMT-3 is UTC+3
+    zone = f"Etc/GMT{-offset:+d}" if offset else "Etc/GMT"
+    local = utc_now.astimezone(ZoneInfo(zone))
+    today = local.isoweekday() % 7  # crontab: 0 = Sunday
+    folder = tmp_path / "behaviors"
+    for name, day in (("today", today), ("tomorrow", (today + 1) % 7)):
+        body = VALID_BEHAVIOR.format(key_env=f"K_{name.upper()}", name=name)
+        write_behavior(folder, name, body.replace("15m", f'"* * * * {day}"\ntimezone: {zone}'))
+    url = f"sqlite:///{tmp_path / 'cron.db'}"
+    daemon = start_daemon(
+        url,
+        {
+            "K_TODAY": "sk-or-v1-" + "1" * 64,
+            "K_TOMORROW": "sk-or-v1-" + "2" * 64,
+            "LEDGER_AUTH": "off",
+            "LEDGER_OPENROUTER_BASE_URL": f"http://127.0.0.1:{free_port()}",
+        },
+    )
+    db = Database.open(url)
+    try:
+
+        def scheduled(name: str) -> list[Run]:
+            with db.transaction() as session:
+                return list(
+                    session.exec(
+                        select(Run)
+                        .join(BehaviorRow, col(BehaviorRow.id) == col(Run.behavior_id))
+                        .where(col(BehaviorRow.name) == name, col(Run.trigger) == "schedule")
+                    )
+                )
+
+        listed = httpx.get(daemon.base_url + "/api/behaviors").json()["behaviors"]
+        next_run = {b["name"]: datetime.fromisoformat(b["next_run_at"]) for b in listed}
+        tomorrow_midnight = datetime.combine(
+            local.date() + timedelta(days=1), time(0), ZoneInfo(zone)
+        )
+        assert next_run["tomorrow"] == tomorrow_midnight
+        assert next_run["today"] - utc_now <= timedelta(minutes=1)
+        wait_until(lambda: bool(scheduled("today")), timeout=90, what="today's slot to fire")
+        (run,) = scheduled("today")[:1]
+        slot = run.scheduled_for.replace(tzinfo=UTC)
+        assert slot.second == 0 and slot.astimezone(ZoneInfo(zone)).date() == local.date()
+        assert scheduled("tomorrow") == []
+    finally:
+        db.close()
