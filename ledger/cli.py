@@ -275,9 +275,9 @@ NameArg = Annotated[str, typer.Argument(help="The behavior's name.")]
 
 
 def _policy_ctx(settings: Settings) -> Any:
-    from ledger.transitions import PolicyContext
+    from ledger.daemon import build_policy_context
 
-    return PolicyContext(global_overrides=settings.policy, mirror=settings.notion_token is not None)
+    return build_policy_context(settings)
 
 
 def _operator(

@@ -115,3 +115,86 @@ def test_bad_database_url_is_one_clear_line(tmp_path: Path) -> None:
         result.stderr.strip()
         == "error: unsupported database 'mysql': use sqlite:/// or postgresql://"
     )
+
+
+ALERTS_TOML = """\
+[alert_channels.ops]
+type = "log"
+"""
+
+
+def registered_at_b_with_a_pending_approval(tmp_path: Path, database_url: str) -> str:
+    """``alpha`` registered at B · human-in-the-loop, one run waiting for approval: its id."""
+    from ledger.behaviors.registry import reconcile_directory
+    from ledger.db.session import Database
+    from ledger.runner.run import CallOutcome, SlotClaim, begin_run, claim_slots, finish_run
+    from ledger.transitions import PolicyContext, lock_behavior
+    from tests.conftest import T0
+
+    write_behavior(tmp_path / "behaviors", "alpha")
+    db = Database.open(database_url, migrate=True)
+    try:
+        with db.transaction() as session:
+            reconcile_directory(session, tmp_path / "behaviors", T0)
+            row = lock_behavior(session, name="alpha")
+            row.tier = "B"
+            (run,) = claim_slots(session, [SlotClaim(row.id or 0, T0, "B")], T0)
+            plan = begin_run(session, run.id, now=T0, ctx=PolicyContext())
+        assert plan is not None
+        with db.transaction() as session:
+            finish_run(
+                session, plan, CallOutcome(output="hello", model="m"), now=T0, ctx=PolicyContext()
+            )
+        return run.id
+    finally:
+        db.close()
+
+
+def alert_channels_queued(database_url: str) -> list[tuple[str, str]]:
+    from sqlmodel import col, select
+
+    from ledger.db.models import OutboxRow
+    from ledger.db.session import Database
+
+    db = Database.open(database_url)
+    try:
+        with db.transaction() as session:
+            rows = session.exec(
+                select(OutboxRow)
+                .where(col(OutboxRow.kind).startswith("alert"))
+                .order_by(col(OutboxRow.id))
+            )
+            return [(r.payload["channel"], r.payload["alert"]["event"]) for r in rows]
+    finally:
+        db.close()
+
+
+def test_an_operators_demotion_alerts_the_channels_of_ledger_toml(
+    tmp_path: Path, database_url: str
+) -> None:
+    registered_at_b_with_a_pending_approval(tmp_path, database_url)
+    (tmp_path / "ledger.toml").write_text(ALERTS_TOML)
+    env = {"LEDGER_DATABASE_URL": database_url}
+    demoted = ledger("demote", "alpha", "--reason", "too noisy", cwd=tmp_path, env=env)
+    assert demoted.returncode == 0, demoted.stderr
+    paused = ledger("pause", "alpha", "--reason", "maintenance", cwd=tmp_path, env=env)
+    assert paused.returncode == 0, paused.stderr
+    assert alert_channels_queued(database_url) == [("ops", "demotion"), ("ops", "pause")]
+
+
+def test_approving_a_request_withdrawn_by_a_demotion_is_refused_with_the_reason(
+    tmp_path: Path, database_url: str
+) -> None:
+    run_id = registered_at_b_with_a_pending_approval(tmp_path, database_url)
+    env = {"LEDGER_DATABASE_URL": database_url}
+    demoted = ledger("demote", "alpha", "--reason", "too noisy", cwd=tmp_path, env=env)
+    assert demoted.returncode == 0, demoted.stderr
+    approved = ledger("approve", run_id, cwd=tmp_path, env=env)
+    assert approved.returncode == 2
+    assert approved.stderr.startswith(f"error: run {run_id}'s approval request was withdrawn (")
+    assert (
+        "because alpha was demoted from B · human-in-the-loop to A · proposal-only by cli:"
+        in approved.stderr
+    )
+    assert ": too noisy; its action will not run." in approved.stderr
+    assert "Traceback" not in approved.stderr

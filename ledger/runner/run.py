@@ -39,6 +39,8 @@ from ledger.transitions import (
     lock_behavior,
     notify,
     record_results,
+    takes_approvals,
+    withdraw_approvals,
 )
 
 DEFAULT_CALL_ESTIMATE_USD = 0.05
@@ -562,13 +564,15 @@ def finish_run(
             session,
             row,
             "auth_error",
-            f"{row.name} paused: OpenRouter refused its key ({outcome.error or 'auth'}); fix "
-            "the key and `ledger resume` it",
+            f"OpenRouter refused its key ({outcome.error or 'auth'}); fix the key and "
+            "`ledger resume` it",
             now,
             ctx,
             {"run_id": run.id},
         )
         session.add(row)
+    if run.disposition == "approval":  # demoted below B or paused while this run was out
+        _withdraw_if_not_waiting(session, row, now)
     return FinishedRun(run.id, run.status, run.disposition or "none", tuple(results), decision)
 
 
@@ -636,13 +640,39 @@ def _enqueue_action(
 # -- approvals ---------------------------------------------------------------------------------
 
 
-def _lock_approval(session: Session, run_id: str) -> Approval:
-    approval = session.exec(
-        select(Approval).where(col(Approval.run_id) == run_id).with_for_update()
-    ).first()
-    if approval is None:
+def _lock_approval(session: Session, run_id: str) -> tuple[Approval, BehaviorRow]:
+    """The request and its behavior, both locked: the behavior first, in the order a
+    demotion or pause (which withdraws pending requests) takes them."""
+    query = select(Approval).where(col(Approval.run_id) == run_id)
+    found = session.exec(query).first()
+    if found is None:
         raise NotFoundError(f"run {run_id} has no approval request (only tier-B runs ask)")
-    return approval
+    row = lock_behavior(session, id=found.behavior_id)
+    approval = session.exec(query.with_for_update().execution_options(populate_existing=True))
+    return approval.one(), row
+
+
+def _withdraw_if_not_waiting(session: Session, row: BehaviorRow, now: datetime) -> None:
+    """Withdraw the behavior's pending requests when it no longer takes approvals."""
+    if not takes_approvals(row):
+        state = "is paused" if row.paused else f"is at {Tier(row.tier).label}"
+        withdraw_approvals(session, row, actor="runner", why=f"{row.name} {state}", now=now)
+
+
+def _refuse_withdrawn(
+    session: Session, approval: Approval, row: BehaviorRow, now: datetime
+) -> None:
+    """Raise ConflictError when the request was withdrawn (or must be now: its behavior left
+    B · human-in-the-loop or was paused before withdrawals existed), saying why."""
+    if approval.status == "pending":
+        _withdraw_if_not_waiting(session, row, now)
+    if approval.status == "withdrawn":
+        when = f"{approval.decided_at:%Y-%m-%d %H:%M} UTC" if approval.decided_at else "earlier"
+        raise ConflictError(
+            f"run {approval.run_id}'s approval request was withdrawn ({when}) because "
+            f"{approval.reason}; its action will not run. A new run at "
+            f"{Tier.B.label} asks again"
+        )
 
 
 def approve(
@@ -656,8 +686,10 @@ def approve(
     reason: str = "approved",
 ) -> str:
     """Approve a pending request: its action is queued exactly once, bound to the payload the
-    operator saw (``payload_sha256``). Approving again is a no-op that says so."""
-    approval = _lock_approval(session, run_id)
+    operator saw (``payload_sha256``). Approving again is a no-op that says so; a request
+    withdrawn by a demotion below B or a pause is refused with the reason."""
+    approval, row = _lock_approval(session, run_id)
+    _refuse_withdrawn(session, approval, row, now)
     if approval.status == "approved":
         return f"run {run_id} was already approved by {approval.decided_by}; nothing to do"
     if approval.status != "pending":
@@ -684,7 +716,6 @@ def approve(
     approval.reason = reason
     session.add(approval)
     _enqueue_action(session, approval.behavior_id, dict(approval.payload), now)
-    row = lock_behavior(session, id=approval.behavior_id)
     append_entry(
         session,
         kind="approved",
@@ -706,7 +737,8 @@ def reject(
     """Reject a pending request: the action never runs; it counts as a ``human_rejected`` warn."""
     if not reason.strip():
         raise LedgerError("a reason is required to reject (--reason TEXT)")
-    approval = _lock_approval(session, run_id)
+    approval, row = _lock_approval(session, run_id)
+    _refuse_withdrawn(session, approval, row, now)
     if approval.status != "pending":
         raise ConflictError(f"run {run_id}'s approval request is already {approval.status}")
     approval.status = "rejected"
@@ -714,7 +746,6 @@ def reject(
     approval.decided_by = actor
     approval.reason = reason
     session.add(approval)
-    row = lock_behavior(session, id=approval.behavior_id)
     stored = record_results(
         session,
         row,

@@ -12,6 +12,7 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from ledger.budget import window_start
+from ledger.daemon import build_policy_context
 from ledger.db.models import (
     Approval,
     BehaviorRow,
@@ -40,8 +41,7 @@ def _state(request: Request) -> Any:
 
 
 def _ctx(request: Request) -> PolicyContext:
-    settings = _state(request).settings
-    return PolicyContext(global_overrides=settings.policy, mirror=settings.notion_token is not None)
+    return build_policy_context(_state(request).settings)
 
 
 def _now(request: Request) -> datetime:
@@ -342,7 +342,9 @@ def get_run(
 def list_approvals(
     request: Request,
     _op: OperatorDep,
-    status: Annotated[str, Query(pattern="^(pending|approved|rejected|expired)$")] = "pending",
+    status: Annotated[
+        str, Query(pattern="^(pending|approved|rejected|expired|withdrawn)$")
+    ] = "pending",
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> dict[str, Any]:
     """Approval requests (pending by default), oldest first, with the payload to review."""
