@@ -25,13 +25,14 @@ from ledger.behaviors.schema import Behavior
 from ledger.budget import window_start
 from ledger.db.bulk import DriverInsert, driver_insert
 from ledger.db.models import Approval, BehaviorRow, Run
-from ledger.errors import ConflictError, LedgerError, NotFoundError
+from ledger.errors import ConflictError, LedgerError, NotFoundError, SecretError
 from ledger.gates import Gate, GateResult, Outcome, Tier
 from ledger.journal import append_entry
 from ledger.outbox.actions import enqueue_action
 from ledger.policy import Observation
 from ledger.runner.catalog import ModelCatalog
 from ledger.runner.checks import CheckSpec, run_checks
+from ledger.secrets import resolve
 from ledger.spend import reserve, settle
 from ledger.transitions import (
     PolicyContext,
@@ -138,6 +139,33 @@ class ClaimedRun:
     id: str
     behavior_id: int
     scheduled_for: datetime
+
+
+# -- manual runs -------------------------------------------------------------------------------
+
+
+def check_manual_run(row: BehaviorRow, *, here: str, instead: str) -> None:
+    """Refuse a manual run (ConflictError) that must not start: its behavior is retired,
+    disabled or paused, or its key cannot be resolved ``here`` (where the run would start).
+    A key missing there is that environment's problem, not the behavior's conduct: nothing is
+    claimed, judged or paused. ``instead`` says where the run should be started."""
+    if row.retired:
+        raise ConflictError(f"{row.name} is retired (its file was removed); nothing was run")
+    if not row.enabled:
+        raise ConflictError(f"{row.name} is disabled in its file (enabled: false); nothing was run")
+    if row.paused:
+        raise ConflictError(
+            f"{row.name} is paused; nothing was run. Resume it first: "
+            f"`ledger resume {row.name} --reason TEXT`"
+        )
+    reference = str((row.definition or {}).get("api_key", ""))
+    try:
+        resolve(reference)
+    except SecretError as exc:
+        raise ConflictError(
+            f"{row.name}: its key cannot be resolved {here} ({exc}); nothing was run or "
+            f"recorded. {instead}"
+        ) from None
 
 
 # -- starting a run ----------------------------------------------------------------------------
