@@ -826,16 +826,25 @@ def _expire(session: Session, approval: Approval, now: datetime, ctx: PolicyCont
 
 
 def expire_approvals(session: Session, now: datetime, ctx: PolicyContext, limit: int = 100) -> int:
-    """Expire pending requests past their TTL (through the partial index on pending rows)."""
-    due = list(
-        session.exec(
+    """Expire pending requests past their TTL (through the partial index on pending rows).
+    Each behavior is locked before its request, in the order approving and withdrawing take
+    them (the opposite order could deadlock with an operator approving at that moment)."""
+    due = session.exec(
+        select(Approval.run_id, Approval.behavior_id)
+        .where(col(Approval.status) == "pending", col(Approval.expires_at) <= now)
+        .order_by(col(Approval.expires_at))
+        .limit(limit)
+    ).all()
+    expired = 0
+    for run_id, behavior_id in due:
+        lock_behavior(session, id=behavior_id)
+        approval = session.exec(
             select(Approval)
-            .where(col(Approval.status) == "pending", col(Approval.expires_at) <= now)
-            .order_by(col(Approval.expires_at))
-            .limit(limit)
+            .where(col(Approval.run_id) == run_id, col(Approval.status) == "pending")
             .with_for_update(skip_locked=True)
-        )
-    )
-    for approval in due:
-        _expire(session, approval, now, ctx)
-    return len(due)
+            .execution_options(populate_existing=True)
+        ).first()
+        if approval is not None:
+            _expire(session, approval, now, ctx)
+            expired += 1
+    return expired
