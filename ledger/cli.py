@@ -275,9 +275,9 @@ NameArg = Annotated[str, typer.Argument(help="The behavior's name.")]
 
 
 def _policy_ctx(settings: Settings) -> Any:
-    from ledger.transitions import PolicyContext
+    from ledger.daemon import build_policy_context
 
-    return PolicyContext(global_overrides=settings.policy, mirror=settings.notion_token is not None)
+    return build_policy_context(settings)
 
 
 def _operator(
@@ -467,58 +467,165 @@ def run_behavior(
     name: NameArg,
     config: ConfigOption = None,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Print the exact request (key masked); send nothing.")
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Read and validate the behavior's file and print the exact request (key "
+            "masked); send nothing. Works for a file no daemon has registered yet.",
+        ),
     ] = False,
+    via_daemon: Annotated[
+        bool,
+        typer.Option(
+            "--via-daemon",
+            help="Ask the running daemon to run it, in its own environment (its keys).",
+        ),
+    ] = False,
+    daemon_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="LEDGER_DAEMON_URL",
+            help="The daemon's URL for --via-daemon (default: http://HOST:PORT of the config).",
+        ),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="LEDGER_API_TOKEN",
+            help="An API token (api_tokens) for --via-daemon.",
+            show_default=False,
+        ),
+    ] = None,
+    wait: Annotated[
+        float, typer.Option(help="--via-daemon: seconds to wait for the run to finish.", min=0)
+    ] = 300.0,
 ) -> None:
-    """Run one behavior now, once, outside its schedule."""
+    """Run one behavior now, once, outside its schedule. Exits 0 only when the run succeeded
+    and its output passed its gates; 1 when it did not, or could not start here."""
+    from ledger.errors import ConflictError
+
+    settings = _settings(config)
+    if dry_run:
+        _print_dry_run(settings, name)
+        return
+    try:
+        if via_daemon:
+            run = _run_via_daemon(settings, name, daemon_url, token, wait)
+        else:
+            run = _run_here(settings, name)
+    except ConflictError as exc:  # it did not start: paused, key missing here, retired…
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(1) from None
+    if not _report_run(run):
+        raise typer.Exit(1)
+
+
+def _print_dry_run(settings: Settings, name: str) -> None:
+    """The request a run of ``name`` would send, from its file in the behaviors folder."""
+    from ledger.behaviors.load import load_directory
+    from ledger.errors import SecretError
+    from ledger.gates import Tier
+    from ledger.runner.openrouter import build_chat_request
+    from ledger.runner.run import render_prompt
+    from ledger.secrets import resolve
+
+    folder = settings.behaviors_dir
+    report = load_directory(folder)
+    found = [lb for lb in report.behaviors if lb.name == name]
+    if not found:
+        own = [p for p in report.problems if Path(p.path).stem == name]
+        for problem in own:
+            print(problem.render(), file=sys.stderr)
+        why = "its file is invalid" if own else f"no valid behavior file names it in {folder}"
+        print(f"error: {name}: {why}; nothing to show", file=sys.stderr)
+        raise typer.Exit(1)
+    lb = found[0]
+    registered = _registered_tier(settings, name)
+    tier = registered or Tier(lb.behavior.start_tier)
+    now = _now()
+    prompt = render_prompt(
+        lb.prompt_text,
+        lb.behavior.inputs,
+        {
+            "now": now.isoformat(timespec="seconds"),
+            "date": now.date().isoformat(),
+            "run_id": "run-DRYRUN",
+            "behavior": name,
+            "tier": tier.value,
+        },
+    )
+    body = build_chat_request(lb.behavior, tier, prompt, "run-DRYRUN")
+    try:
+        resolve(lb.behavior.api_key)
+        key_note = lb.behavior.api_key
+    except SecretError:
+        key_note = f"{lb.behavior.api_key}, not resolvable in this shell"
+    source = "its registered tier" if registered else "not registered yet: its start_tier"
+    print(f"# {lb.path}: {name} at {tier.label} ({source})")
+    print(f"POST {settings.openrouter_base_url}/api/v1/chat/completions")
+    print(f"Authorization: Bearer ******** ({key_note})")
+    print("HTTP-Referer: https://github.com/promotion-ledger")
+    print("X-Title: Promotion Ledger")
+    print("Content-Type: application/json")
+    print()
+    print(json.dumps(body, indent=2, ensure_ascii=False))
+
+
+def _registered_tier(settings: Settings, name: str) -> Any:
+    """The tier ``name`` is registered at, or None (no database yet, or not registered)."""
+    from sqlalchemy.engine import make_url
+    from sqlmodel import col, select
+
+    from ledger.db.models import BehaviorRow
+    from ledger.db.session import Database
+    from ledger.gates import Tier
+
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
+        return None  # a dry run creates no database file
+    try:
+        db = Database.open(settings.database_url)
+    except LedgerError:
+        return None
+    try:
+        with db.transaction() as session:
+            row = session.exec(select(BehaviorRow).where(col(BehaviorRow.name) == name)).first()
+            return Tier(row.tier) if row is not None and not row.retired else None
+    finally:
+        db.close()
+
+
+def _run_here(settings: Settings, name: str) -> dict[str, Any]:
+    """Reconcile the behaviors folder, then run ``name`` in this process (this shell's
+    environment holds its key). Returns the finished run as the API shows it."""
     import asyncio
 
     from sqlmodel import col, select
 
-    from ledger.behaviors.schema import Behavior
-    from ledger.db.models import BehaviorRow, GateResultRow, Run
+    from ledger.behaviors.load import check_resolved_keys, load_directory
+    from ledger.behaviors.registry import reconcile
+    from ledger.db.models import GateResultRow, Run
     from ledger.db.session import Database
     from ledger.errors import NotFoundError
-    from ledger.gates import Tier
     from ledger.runner.call import call_model
-    from ledger.runner.openrouter import OpenRouterClient, build_chat_request
-    from ledger.runner.run import render_prompt
+    from ledger.runner.openrouter import OpenRouterClient
+    from ledger.runner.run import check_manual_run
     from ledger.runner.scheduler import RunnerService
 
-    settings = _settings(config)
+    def check(row: Any) -> None:
+        check_manual_run(
+            row,
+            here="in this shell",
+            instead=f"Start it where the daemon runs, with the daemon's keys: `ledger run {name} "
+            "--via-daemon` (or set the variable in this shell).",
+        )
+
     db = Database.open(settings.database_url)
     try:
+        report = load_directory(settings.behaviors_dir)
+        check_resolved_keys(report)
         with db.transaction() as session:
-            row = session.exec(select(BehaviorRow).where(col(BehaviorRow.name) == name)).first()
-            if row is None:
-                raise NotFoundError(
-                    f"behavior {name!r} is not registered: start `ledger serve` (it registers "
-                    "the behaviors folder) or check `ledger status`"
-                )
-            behavior = Behavior.model_validate(row.definition)
-            tier, prompt_text = Tier(row.tier), row.prompt_text
-        if dry_run:
-            now = _now()
-            prompt = render_prompt(
-                prompt_text,
-                behavior.inputs,
-                {
-                    "now": now.isoformat(timespec="seconds"),
-                    "date": now.date().isoformat(),
-                    "run_id": "run-DRYRUN",
-                    "behavior": name,
-                    "tier": tier.value,
-                },
-            )
-            body = build_chat_request(behavior, tier, prompt, "run-DRYRUN")
-            print(f"POST {settings.openrouter_base_url}/api/v1/chat/completions")
-            print(f"Authorization: Bearer ******** ({behavior.api_key})")
-            print("HTTP-Referer: https://github.com/promotion-ledger")
-            print("X-Title: Promotion Ledger")
-            print("Content-Type: application/json")
-            print()
-            print(json.dumps(body, indent=2, ensure_ascii=False))
-            return
+            reconcile(session, report, settings.behaviors_dir, _now())
 
         async def go() -> str | None:
             client = OpenRouterClient(base_url=settings.openrouter_base_url)
@@ -526,27 +633,107 @@ def run_behavior(
                 service = RunnerService(
                     db, _clock(), lambda plan: call_model(client, plan), _policy_ctx(settings)
                 )
-                return await service.run_now(name)
+                return await service.run_now(name, check)
             finally:
                 await client.aclose()
 
         run_id = asyncio.run(go())
+        if run_id is None:
+            raise NotFoundError(
+                f"behavior {name!r} is not registered: no valid file names it in "
+                f"{settings.behaviors_dir} (see `ledger validate`)"
+            )
         with db.transaction() as session:
-            run = session.get(Run, run_id) if run_id else None
+            run = session.get(Run, run_id)
             if run is None:
                 raise LedgerError(f"{name}: the run could not be claimed")
-            print(
-                f"{run.id}: {run.status}, disposition {run.disposition or 'none'}"
-                + (f", error: {run.error}" if run.error else "")
-            )
-            for r in session.exec(select(GateResultRow).where(col(GateResultRow.run_id) == run.id)):
-                flag = "" if r.attributable else " (not attributable)"
-                print(f"  {r.gate}: {r.outcome}{flag}")
-            if run.output is not None:
-                print()
-                print(run.output)
+            results = session.exec(select(GateResultRow).where(col(GateResultRow.run_id) == run.id))
+            return {
+                "id": run.id,
+                "status": run.status,
+                "disposition": run.disposition,
+                "error": run.error,
+                "output": run.output,
+                "gate_results": [
+                    {"gate": r.gate, "outcome": r.outcome, "attributable": r.attributable}
+                    for r in results
+                ],
+            }
     finally:
         db.close()
+
+
+def _run_via_daemon(
+    settings: Settings, name: str, url: str | None, token: str | None, wait: float
+) -> dict[str, Any]:
+    """``POST /api/behaviors/{name}/run`` on the daemon, then poll ``GET /api/runs/{id}``
+    until the run has finished (at most ``wait`` seconds)."""
+    import time
+
+    import httpx
+
+    from ledger.errors import ConflictError
+
+    base = (url or _default_daemon_url(settings)).rstrip("/")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    deadline = time.monotonic() + wait
+    with httpx.Client(base_url=base, headers=headers, timeout=30.0) as client:
+        try:
+            answer = client.post(f"/api/behaviors/{name}/run", params={"wait": min(wait, 10.0)})
+            if answer.status_code == 202:  # still running: poll where the daemon says
+                poll = answer.json()["poll"]
+                while answer.status_code == 202 or _still_running(answer):
+                    if time.monotonic() >= deadline:
+                        raise ConflictError(
+                            f"{name}: the run is still running after {wait:g} s; its outcome "
+                            f"will be at {base}{poll}"
+                        )
+                    time.sleep(1.0)
+                    answer = client.get(poll)
+        except httpx.TransportError as exc:
+            raise LedgerError(
+                f"no daemon answers at {base} ({type(exc).__name__}): start `ledger serve`, "
+                "or give its address with --daemon-url / LEDGER_DAEMON_URL"
+            ) from None
+    body = answer.json()
+    if answer.status_code == 401:
+        raise LedgerError(
+            f"the daemon at {base} refused the token: pass an API token (api_tokens) with "
+            "--token or LEDGER_API_TOKEN"
+        )
+    if answer.status_code == 409:
+        raise ConflictError(body["error"]["message"])
+    if answer.status_code != 200:
+        message = body.get("error", {}).get("message", answer.text[:200])
+        raise LedgerError(f"the daemon at {base} answered {answer.status_code}: {message}")
+    run: dict[str, Any] = body.get("run", body)  # POST …/run, or GET /api/runs/{id}
+    return run
+
+
+def _still_running(answer: Any) -> bool:
+    return bool(answer.status_code == 200 and answer.json().get("status") in ("claimed", "running"))
+
+
+def _default_daemon_url(settings: Settings) -> str:
+    host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"  # noqa: S104
+    return f"http://{host}:{settings.port}"
+
+
+def _report_run(run: dict[str, Any]) -> bool:
+    """Print a finished run; True when it succeeded and its output passed its gates."""
+    disposition = run.get("disposition") or "none"
+    error = run.get("error")
+    print(
+        f"{run['id']}: {run['status']}, disposition {disposition}"
+        + (f", error: {error}" if error else "")
+    )
+    for r in run.get("gate_results", []):
+        flag = "" if r["attributable"] else " (not attributable)"
+        print(f"  {r['gate']}: {r['outcome']}{flag}")
+    if run.get("output") is not None:
+        print()
+        print(run["output"])
+    return bool(run["status"] == "succeeded" and disposition != "blocked")
 
 
 def _clock() -> Any:

@@ -422,7 +422,9 @@ class Decision:
     """What the policy decided. ``to`` is the tier after the decision (the proposed tier for
     ``propose``, which changes nothing until an operator accepts). ``pause`` asks the caller to
     pause the behavior. ``evidence`` holds the ids of the results it rests on (at most
-    ``MAX_EVIDENCE``, the most recent). ``override`` marks an operator's decision."""
+    ``MAX_EVIDENCE``, the most recent). ``override`` marks an operator's decision. ``cause`` is
+    the reason without its "demoted from … to …" predicate (what an alert's headline, which
+    states the change itself, adds after it); empty when the reason has no predicate."""
 
     kind: DecisionKind
     to: Tier
@@ -430,6 +432,7 @@ class Decision:
     reason: str
     evidence: tuple[EvidenceId, ...]
     override: bool = False
+    cause: str = ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -631,6 +634,7 @@ def _decide_on_fail(state: BehaviorState, fail: PendingFail, thresholds: Thresho
                 pause=True,
                 reason=f"stays at {Tier.A.label} and is paused: {cause}",
                 evidence=fail.result_ids,
+                cause=cause,
             )
         return _demotion(state.tier, Tier.A, cause, fail.result_ids, pause=True)
     cause = f"attributable fail at {gates}{_in_run(fail.run_id)}"
@@ -655,6 +659,7 @@ def _demotion(
         pause=pause,
         reason=f"demoted from {from_tier.label} to {to.label}{paused}: {cause}",
         evidence=evidence,
+        cause=cause,
     )
 
 
@@ -691,6 +696,7 @@ def _decide_promotion(
             reason=f"proposes promotion from {here} to {target.label}: {needs}; "
             "promotion: confirm waits for an operator",
             evidence=evidence,
+            cause=f"{needs}; promotion: confirm waits for an operator",
         )
     return Decision(
         kind="promote",
@@ -698,6 +704,7 @@ def _decide_promotion(
         pause=False,
         reason=f"promoted from {here} to {target.label}: {needs}",
         evidence=evidence,
+        cause=needs,
     )
 
 

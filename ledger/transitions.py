@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from sqlmodel import Session, col, select
 
-from ledger.db.models import BehaviorRow, GateResultRow, PromotionProposal
+from ledger.db.models import Approval, BehaviorRow, GateResultRow, PromotionProposal
 from ledger.errors import ConflictError, LedgerError, NotFoundError
 from ledger.gates import GateResult, Tier
 from ledger.journal import append_entry
@@ -158,6 +158,10 @@ def _apply_decision(
 ) -> tuple[int, ...]:
     entries: list[int] = []
     old = Tier(row.tier)
+    # An alert's headline states the change ("demoted from B to A", "by cli:ann"); its reason
+    # is what caused it, so the change is not said twice.
+    cause = decision.cause or decision.reason
+    by = {"operator": actor} if actor != POLICY_ACTOR else {}
     if decision.kind in ("promote", "demote") and decision.to != old:
         if decision.kind == "demote":
             _resolve_proposals(session, row, "withdrawn", actor, decision.reason[:200], now)
@@ -184,12 +188,22 @@ def _apply_decision(
             session,
             row,
             event,
-            decision.reason,
+            cause,
             now,
             ctx,
             entry.id or 0,
-            {"from": old.value, "to": decision.to.value, "evidence": list(decision.evidence)},
+            {
+                "from": old.value,
+                "to": decision.to.value,
+                "evidence": list(decision.evidence),
+                **by,
+                **({"paused": True} if decision.pause and not row.paused else {}),
+            },
         )
+        if not takes_approvals(row):
+            withdraw_approvals(
+                session, row, actor=actor, why=f"{row.name} was {decision.reason}", now=now
+            )
     if decision.pause and not row.paused:
         row.paused = True
         entry = append_entry(
@@ -207,12 +221,14 @@ def _apply_decision(
             session,
             row,
             "pause",
-            decision.reason,
+            cause,
             now,
             ctx,
             entry.id or 0,
-            {"evidence": list(decision.evidence)},
+            {"evidence": list(decision.evidence), **by},
         )
+        why = f"{row.name} was paused: {cause}"
+        withdraw_approvals(session, row, actor=actor, why=why, now=now)
     if decision.kind == "propose":
         pending = session.exec(
             select(PromotionProposal).where(
@@ -251,11 +267,11 @@ def _apply_decision(
                 session,
                 row,
                 "promotion_proposed",
-                decision.reason,
+                cause,
                 now,
                 ctx,
                 entry.id or 0,
-                {"proposal_id": proposal.id, "to": decision.to.value},
+                {"proposal_id": proposal.id, "from": old.value, "to": decision.to.value},
             )
     return tuple(entries)
 
@@ -357,14 +373,16 @@ def operator_action(
         "pause": ("paused", True),
         "resume": ("paused", False),
     }[verb]
-    if getattr(row, flag) == value:
-        raise ConflictError(
-            f"behavior {name!r} is already {verb.rstrip('e')}ed"
-            if verb != "pause"
-            else f"behavior {name!r} is already paused"
-        )
-    setattr(row, flag, value)
     kind = {"pin": "pinned", "unpin": "unpinned", "pause": "paused", "resume": "resumed"}[verb]
+    if getattr(row, flag) == value:
+        state = {
+            "pin": "is already pinned",
+            "unpin": "is not pinned",
+            "pause": "is already paused",
+            "resume": "is not paused",
+        }[verb]
+        raise ConflictError(f"behavior {name!r} {state}; nothing to do")
+    setattr(row, flag, value)
     entry = append_entry(
         session,
         kind=kind,
@@ -380,12 +398,14 @@ def operator_action(
             session,
             row,
             "pause",
-            f"paused by {actor}: {reason}",
+            reason,
             now,
             ctx,
             entry.id or 0,
             {"operator": actor},
         )
+        why = f"{row.name} was paused by {actor}: {reason}"
+        withdraw_approvals(session, row, actor=actor, why=why, now=now)
     row.updated_at = now
     session.add(row)
     session.flush()
@@ -426,10 +446,13 @@ def _operator_move(
             policy_says.kind in ("promote", "propose") and policy_says.to == target
         )
         override = not earned
-        why = f"promoted from {old.label} to {target.label} by {actor}: {reason}"
+        cause = reason
         if override:
-            why += " (override: the policy had not earned this promotion)"
-        decision = Decision("promote", target, False, why, policy_says.evidence, override)
+            cause += " (override: the policy had not earned this promotion)"
+        why = f"promoted from {old.label} to {target.label} by {actor}: {cause}"
+        decision = Decision(
+            "promote", target, False, why, policy_says.evidence, override, cause=cause
+        )
         _resolve_proposals(session, row, "accepted", actor, reason, now)
     else:
         target = to or (Tier.B if old is Tier.C else Tier.A)
@@ -442,6 +465,7 @@ def _operator_move(
             f"demoted from {old.label} to {target.label} by {actor}: {reason}",
             (),
             True,
+            cause=reason,
         )
     row.policy_window = after_decision(window_of(row), decision, now).to_json()
     _apply_decision(session, row, decision, now=now, ctx=ctx, actor=actor)
@@ -449,6 +473,48 @@ def _operator_move(
     session.add(row)
     session.flush()
     return decision.reason
+
+
+def takes_approvals(row: BehaviorRow) -> bool:
+    """Whether a tier-B approval request of ``row`` may still be decided: the behavior is at
+    B · human-in-the-loop or above, and not paused."""
+    return Tier(row.tier).rank >= Tier.B.rank and not row.paused
+
+
+def withdraw_approvals(
+    session: Session, row: BehaviorRow, *, actor: str, why: str, now: datetime
+) -> list[str]:
+    """Withdraw the (locked) behavior's pending approval requests, as a demotion below
+    B · human-in-the-loop or a pause does: their actions never run, and approving one later
+    is refused with ``why``. One ledger entry lists them. Returns their run ids."""
+    pending = list(
+        session.exec(
+            select(Approval)
+            .where(col(Approval.behavior_id) == row.id, col(Approval.status) == "pending")
+            .order_by(col(Approval.id))
+            .with_for_update()
+        )
+    )
+    for approval in pending:
+        approval.status = "withdrawn"
+        approval.decided_at = now
+        approval.decided_by = actor
+        approval.reason = why[:4000]
+        session.add(approval)
+    if pending:
+        run_ids = [a.run_id for a in pending]
+        append_entry(
+            session,
+            kind="approvals_withdrawn",
+            actor=actor,
+            reason=f"{len(run_ids)} pending approval request(s) withdrawn, their actions will "
+            f"not run: {why}",
+            now=now,
+            behavior_id=row.id,
+            behavior_name=row.name,
+            data={"run_ids": run_ids},
+        )
+    return [a.run_id for a in pending]
 
 
 def _resolve_proposals(

@@ -27,6 +27,22 @@ class Daemon:
         return self.log_path.read_text()
 
 
+def ledger(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m ledger ARGS`` as an operator runs it (JSON logs, 60 s at most)."""
+    full_env = {**os.environ, "LEDGER_LOG_FORMAT": "json", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "ledger", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def wait_until(check: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -3,29 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import write_behavior
+from tests.daemon import ledger
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def ledger(
-    *args: str, cwd: Path, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, "LEDGER_LOG_FORMAT": "json", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "ledger", *args],
-        cwd=cwd,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_validate_passes_on_the_shipped_examples(tmp_path: Path) -> None:
@@ -115,3 +99,205 @@ def test_bad_database_url_is_one_clear_line(tmp_path: Path) -> None:
         result.stderr.strip()
         == "error: unsupported database 'mysql': use sqlite:/// or postgresql://"
     )
+
+
+ALERTS_TOML = """\
+[alert_channels.ops]
+type = "log"
+"""
+
+
+def registered_at_b_with_a_pending_approval(tmp_path: Path, database_url: str) -> str:
+    """``alpha`` registered at B · human-in-the-loop, one run waiting for approval: its id."""
+    from ledger.behaviors.registry import reconcile_directory
+    from ledger.db.session import Database
+    from ledger.runner.run import CallOutcome, SlotClaim, begin_run, claim_slots, finish_run
+    from ledger.transitions import PolicyContext, lock_behavior
+    from tests.conftest import T0
+
+    write_behavior(tmp_path / "behaviors", "alpha")
+    db = Database.open(database_url, migrate=True)
+    try:
+        with db.transaction() as session:
+            reconcile_directory(session, tmp_path / "behaviors", T0)
+            row = lock_behavior(session, name="alpha")
+            row.tier = "B"
+            (run,) = claim_slots(session, [SlotClaim(row.id or 0, T0, "B")], T0)
+            plan = begin_run(session, run.id, now=T0, ctx=PolicyContext())
+        assert plan is not None
+        with db.transaction() as session:
+            finish_run(
+                session, plan, CallOutcome(output="hello", model="m"), now=T0, ctx=PolicyContext()
+            )
+        return run.id
+    finally:
+        db.close()
+
+
+def alert_channels_queued(database_url: str) -> list[tuple[str, str]]:
+    from sqlmodel import col, select
+
+    from ledger.db.models import OutboxRow
+    from ledger.db.session import Database
+
+    db = Database.open(database_url)
+    try:
+        with db.transaction() as session:
+            rows = session.exec(
+                select(OutboxRow)
+                .where(col(OutboxRow.kind).startswith("alert"))
+                .order_by(col(OutboxRow.id))
+            )
+            return [(r.payload["channel"], r.payload["alert"]["event"]) for r in rows]
+    finally:
+        db.close()
+
+
+def test_an_operators_demotion_alerts_the_channels_of_ledger_toml(
+    tmp_path: Path, database_url: str
+) -> None:
+    registered_at_b_with_a_pending_approval(tmp_path, database_url)
+    (tmp_path / "ledger.toml").write_text(ALERTS_TOML)
+    env = {"LEDGER_DATABASE_URL": database_url}
+    demoted = ledger("demote", "alpha", "--reason", "too noisy", cwd=tmp_path, env=env)
+    assert demoted.returncode == 0, demoted.stderr
+    paused = ledger("pause", "alpha", "--reason", "maintenance", cwd=tmp_path, env=env)
+    assert paused.returncode == 0, paused.stderr
+    assert alert_channels_queued(database_url) == [("ops", "demotion"), ("ops", "pause")]
+
+
+def test_approving_a_request_withdrawn_by_a_demotion_is_refused_with_the_reason(
+    tmp_path: Path, database_url: str
+) -> None:
+    run_id = registered_at_b_with_a_pending_approval(tmp_path, database_url)
+    env = {"LEDGER_DATABASE_URL": database_url}
+    demoted = ledger("demote", "alpha", "--reason", "too noisy", cwd=tmp_path, env=env)
+    assert demoted.returncode == 0, demoted.stderr
+    approved = ledger("approve", run_id, cwd=tmp_path, env=env)
+    assert approved.returncode == 2
+    assert approved.stderr.startswith(f"error: run {run_id}'s approval request was withdrawn (")
+    assert (
+        "because alpha was demoted from B · human-in-the-loop to A · proposal-only by cli:"
+        in approved.stderr
+    )
+    assert ": too noisy; its action will not run." in approved.stderr
+    assert "Traceback" not in approved.stderr
+
+
+def ledger_rows(database_url: str) -> dict[str, Any]:
+    """What the database holds about ``alpha``: runs, gate results, ledger entries, paused."""
+    from sqlmodel import select
+
+    from ledger.db.models import BehaviorRow, GateResultRow, LedgerEntry, Run
+    from ledger.db.session import Database
+
+    db = Database.open(database_url)
+    try:
+        with db.transaction() as session:
+            (row,) = session.exec(select(BehaviorRow)).all()
+            return {
+                "runs": len(session.exec(select(Run)).all()),
+                "results": len(session.exec(select(GateResultRow)).all()),
+                "entries": [e.kind for e in session.exec(select(LedgerEntry))],
+                "paused": row.paused,
+            }
+    finally:
+        db.close()
+
+
+def test_run_without_its_key_in_this_shell_exits_1_and_records_nothing(
+    tmp_path: Path, database_url: str
+) -> None:
+    """A new file, never registered: ``run`` reconciles the folder first, then refuses to
+    start a run whose key this shell does not have — no run, no gate result, no pause."""
+    write_behavior(tmp_path / "behaviors", "alpha")
+    env = {"LEDGER_DATABASE_URL": database_url, "LEDGER_BEHAVIORS_DIR": "behaviors"}
+    assert ledger("db", "upgrade", cwd=tmp_path, env=env).returncode == 0
+    ran = ledger("run", "alpha", cwd=tmp_path, env=env)
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    assert ran.stderr.startswith(
+        "error: alpha: its key cannot be resolved in this shell (secret reference "
+        "env:LEDGER_TEST_KEY_ALPHA: environment variable LEDGER_TEST_KEY_ALPHA is not set); "
+        "nothing was run or recorded. Start it where the daemon runs, with the daemon's keys: "
+        "`ledger run alpha --via-daemon`"
+    )
+    assert "Traceback" not in ran.stderr
+    assert ledger_rows(database_url) == {
+        "runs": 0,
+        "results": 0,
+        "entries": ["registered"],
+        "paused": False,
+    }
+
+
+def test_run_of_a_paused_behavior_says_so_and_exits_1(tmp_path: Path, database_url: str) -> None:
+    write_behavior(tmp_path / "behaviors", "alpha")
+    env = {
+        "LEDGER_DATABASE_URL": database_url,
+        "LEDGER_BEHAVIORS_DIR": "behaviors",
+        "LEDGER_TEST_KEY_ALPHA": "sk-or-v1-" + "5" * 40,
+    }
+    assert ledger("db", "upgrade", cwd=tmp_path, env=env).returncode == 0
+    # register it (a real run reconciles the folder first), pause it, then try to run it
+    registered = ledger("run", "alpha", cwd=tmp_path, env={**env, "LEDGER_TEST_KEY_ALPHA": ""})
+    assert registered.returncode == 1
+    paused = ledger("pause", "alpha", "--reason", "maintenance", cwd=tmp_path, env=env)
+    assert paused.returncode == 0, paused.stderr
+    ran = ledger("run", "alpha", cwd=tmp_path, env=env)
+    assert ran.returncode == 1
+    assert ran.stderr == (
+        "error: alpha is paused; nothing was run. Resume it first: "
+        "`ledger resume alpha --reason TEXT`\n"
+    )
+    assert ledger_rows(database_url)["runs"] == 0
+
+
+def test_a_run_that_fails_exits_1(tmp_path: Path, database_url: str) -> None:
+    """The key is here, OpenRouter is not (a closed port): a provider error, exit 1."""
+    write_behavior(tmp_path / "behaviors", "alpha")
+    env = {
+        "LEDGER_DATABASE_URL": database_url,
+        "LEDGER_BEHAVIORS_DIR": "behaviors",
+        "LEDGER_TEST_KEY_ALPHA": "sk-or-v1-" + "6" * 40,
+    }
+    assert ledger("db", "upgrade", cwd=tmp_path, env=env).returncode == 0
+    ran = ledger("run", "alpha", cwd=tmp_path, env=env)
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    first, gate = ran.stdout.splitlines()[:2]
+    assert first.startswith("run-") and ": failed, disposition none, error: " in first
+    assert gate == "  provider_error: fail (not attributable)"
+    assert ledger_rows(database_url)["paused"] is False
+
+
+def test_dry_run_reads_a_file_no_daemon_registered_and_masks_the_key(tmp_path: Path) -> None:
+    path = write_behavior(tmp_path / "behaviors", "alpha")
+    key = "sk-or-v1-" + "7" * 40
+    env = {"LEDGER_BEHAVIORS_DIR": "behaviors", "LEDGER_TEST_KEY_ALPHA": key}
+    ran = ledger("run", "alpha", "--dry-run", cwd=tmp_path, env=env)
+    assert ran.returncode == 0, ran.stderr
+    lines = ran.stdout.splitlines()
+    assert lines[:3] == [
+        f"# {path.relative_to(tmp_path)}: alpha at A · proposal-only (not registered yet: its "
+        "start_tier)",
+        "POST http://127.0.0.1:9/api/v1/chat/completions",
+        "Authorization: Bearer ******** (env:LEDGER_TEST_KEY_ALPHA)",
+    ]
+    body = json.loads(ran.stdout[ran.stdout.index("{") :])
+    assert body["model"] == "@preset/test-preset"
+    assert body["messages"][-1]["content"] == "Say hello to world"
+    assert key not in ran.stdout + ran.stderr
+    assert not (tmp_path / "ledger.db").exists()
+    without = ledger(
+        "run", "alpha", "--dry-run", cwd=tmp_path, env={**env, "LEDGER_TEST_KEY_ALPHA": ""}
+    )
+    assert "(env:LEDGER_TEST_KEY_ALPHA, not resolvable in this shell)" in without.stdout
+
+
+def test_dry_run_of_an_invalid_file_prints_its_problems_and_exits_1(tmp_path: Path) -> None:
+    write_behavior(tmp_path / "behaviors", "alpha", "schedule: 15m\nprest: x\n")
+    ran = ledger(
+        "run", "alpha", "--dry-run", cwd=tmp_path, env={"LEDGER_BEHAVIORS_DIR": "behaviors"}
+    )
+    assert ran.returncode == 1
+    assert "behaviors/alpha.yaml:2:1: prest: unknown field 'prest'" in ran.stderr
+    assert ran.stderr.strip().endswith("error: alpha: its file is invalid; nothing to show")

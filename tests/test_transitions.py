@@ -16,6 +16,7 @@ from ledger.errors import ConflictError, LedgerError
 from ledger.explain import explain
 from ledger.gates import Gate, GateResult, Outcome, Tier
 from ledger.journal import verify
+from ledger.outbox.alerts import alert_text
 from ledger.policy import (
     BehaviorState,
     Observation,
@@ -367,3 +368,72 @@ def test_concurrent_results_serialize_like_a_sequential_replay(
     assert final.policy_window == window.to_json()
     with db.transaction() as session:
         assert verify(session).ok
+
+
+def rendered_alerts(db: Database) -> list[str]:
+    """The text of every queued alert, as a channel would send it (without its time)."""
+    with db.transaction() as session:
+        rows = session.exec(
+            select(OutboxRow)
+            .where(col(OutboxRow.kind).startswith("alert"))
+            .order_by(col(OutboxRow.id))
+        ).all()
+        return [alert_text({**o.payload["alert"], "at": None}) for o in rows]
+
+
+def test_a_policy_demotion_alert_says_the_change_once_then_its_cause(
+    db: Database, tmp_path: Path
+) -> None:
+    register(db, tmp_path)
+    set_tier(db, "B")
+    run_result(db, "alpha", T0, "r1", Outcome.FAIL)
+    run_result(db, "alpha", T0 + timedelta(hours=3), "r2", Outcome.FAIL)
+    demoted, paused = rendered_alerts(db)
+    assert demoted.splitlines()[0] == (
+        "alpha demoted from B · human-in-the-loop to A · proposal-only: attributable fail at "
+        "gate output_check (run r1)"
+    )
+    assert paused.splitlines()[0].startswith(
+        "alpha paused: second attributable fail within 24 hours, at gate output_check (run r2)"
+    )
+    assert all(text.count("demoted from") <= 1 for text in (demoted, paused))
+
+
+def test_operator_demotion_and_pause_alerts_name_the_operator_once(
+    db: Database, tmp_path: Path
+) -> None:
+    register(db, tmp_path)
+    set_tier(db, "B")
+    with db.transaction() as session:
+        operator_action(
+            session, "alpha", "demote", reason="too noisy", actor="cli:ann", now=T0, ctx=CTX
+        )
+    with db.transaction() as session:
+        operator_action(
+            session, "alpha", "pause", reason="maintenance", actor="api:ops", now=T0, ctx=CTX
+        )
+    assert rendered_alerts(db) == [
+        "alpha demoted from B · human-in-the-loop to A · proposal-only by cli:ann: too noisy",
+        "alpha paused by api:ops: maintenance",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("verb", "state"),
+    [
+        ("pin", "is already pinned"),
+        ("unpin", "is not pinned"),
+        ("pause", "is already paused"),
+        ("resume", "is not paused"),
+    ],
+)
+def test_an_action_that_changes_nothing_says_the_state_in_plain_english(
+    db: Database, tmp_path: Path, verb: str, state: str
+) -> None:
+    register(db, tmp_path)
+    if verb in ("pin", "pause"):
+        with db.transaction() as session:
+            operator_action(session, "alpha", verb, reason="first", actor="t", now=T0, ctx=CTX)  # type: ignore[arg-type]
+    with db.transaction() as session, pytest.raises(ConflictError) as refused:
+        operator_action(session, "alpha", verb, reason="again", actor="t", now=T0, ctx=CTX)  # type: ignore[arg-type]
+    assert str(refused.value) == f"behavior 'alpha' {state}; nothing to do"

@@ -74,19 +74,24 @@ def _tier_label(value: Any) -> str:
 
 
 def alert_headline(alert: Mapping[str, Any]) -> str:
-    """One line: ``seo-audit demoted from C · autonomous to B · human-in-the-loop: <reason>``."""
+    """One line: ``seo-audit demoted from C · autonomous to B · human-in-the-loop: <reason>``.
+
+    The line states the change (and who made it, ``operator``); ``reason`` is its cause."""
     behavior = str(alert.get("behavior") or "a behavior")
     event = str(alert.get("event") or "alert")
     reason = str(alert.get("reason") or "").strip()
     tiers = f"from {_tier_label(alert.get('from'))} to {_tier_label(alert.get('to'))}"
+    by = f" by {alert['operator']}" if alert.get("operator") else ""
     if event == "demotion":
-        line = f"{behavior} demoted {tiers}"
+        line = f"{behavior} demoted {tiers}{by}" + (" and paused" if alert.get("paused") else "")
     elif event == "promotion":
-        line = f"{behavior} promoted {tiers}"
+        line = f"{behavior} promoted {tiers}{by}"
     elif event == "promotion_proposed":
         line = f"{behavior} is proposed for promotion {tiers} (an operator must confirm)"
-    elif event == "paused":
-        line = f"{behavior} paused"
+    elif event == "pause":
+        line = f"{behavior} paused{by}"
+    elif event == "auth_error":
+        line = f"{behavior} paused after an auth error"
     else:
         line = f"{behavior}: {event.replace('_', ' ')}"
     return f"{line}: {reason}" if reason else line

@@ -25,13 +25,14 @@ from ledger.behaviors.schema import Behavior
 from ledger.budget import window_start
 from ledger.db.bulk import DriverInsert, driver_insert
 from ledger.db.models import Approval, BehaviorRow, Run
-from ledger.errors import ConflictError, LedgerError, NotFoundError
+from ledger.errors import ConflictError, LedgerError, NotFoundError, SecretError
 from ledger.gates import Gate, GateResult, Outcome, Tier
 from ledger.journal import append_entry
 from ledger.outbox.actions import enqueue_action
 from ledger.policy import Observation
 from ledger.runner.catalog import ModelCatalog
 from ledger.runner.checks import CheckSpec, run_checks
+from ledger.secrets import resolve
 from ledger.spend import reserve, settle
 from ledger.transitions import (
     PolicyContext,
@@ -39,6 +40,8 @@ from ledger.transitions import (
     lock_behavior,
     notify,
     record_results,
+    takes_approvals,
+    withdraw_approvals,
 )
 
 DEFAULT_CALL_ESTIMATE_USD = 0.05
@@ -136,6 +139,33 @@ class ClaimedRun:
     id: str
     behavior_id: int
     scheduled_for: datetime
+
+
+# -- manual runs -------------------------------------------------------------------------------
+
+
+def check_manual_run(row: BehaviorRow, *, here: str, instead: str) -> None:
+    """Refuse a manual run (ConflictError) that must not start: its behavior is retired,
+    disabled or paused, or its key cannot be resolved ``here`` (where the run would start).
+    A key missing there is that environment's problem, not the behavior's conduct: nothing is
+    claimed, judged or paused. ``instead`` says where the run should be started."""
+    if row.retired:
+        raise ConflictError(f"{row.name} is retired (its file was removed); nothing was run")
+    if not row.enabled:
+        raise ConflictError(f"{row.name} is disabled in its file (enabled: false); nothing was run")
+    if row.paused:
+        raise ConflictError(
+            f"{row.name} is paused; nothing was run. Resume it first: "
+            f"`ledger resume {row.name} --reason TEXT`"
+        )
+    reference = str((row.definition or {}).get("api_key", ""))
+    try:
+        resolve(reference)
+    except SecretError as exc:
+        raise ConflictError(
+            f"{row.name}: its key cannot be resolved {here} ({exc}); nothing was run or "
+            f"recorded. {instead}"
+        ) from None
 
 
 # -- starting a run ----------------------------------------------------------------------------
@@ -562,13 +592,15 @@ def finish_run(
             session,
             row,
             "auth_error",
-            f"{row.name} paused: OpenRouter refused its key ({outcome.error or 'auth'}); fix "
-            "the key and `ledger resume` it",
+            f"OpenRouter refused its key ({outcome.error or 'auth'}); fix the key and "
+            "`ledger resume` it",
             now,
             ctx,
             {"run_id": run.id},
         )
         session.add(row)
+    if run.disposition == "approval":  # demoted below B or paused while this run was out
+        _withdraw_if_not_waiting(session, row, now)
     return FinishedRun(run.id, run.status, run.disposition or "none", tuple(results), decision)
 
 
@@ -636,13 +668,39 @@ def _enqueue_action(
 # -- approvals ---------------------------------------------------------------------------------
 
 
-def _lock_approval(session: Session, run_id: str) -> Approval:
-    approval = session.exec(
-        select(Approval).where(col(Approval.run_id) == run_id).with_for_update()
-    ).first()
-    if approval is None:
+def _lock_approval(session: Session, run_id: str) -> tuple[Approval, BehaviorRow]:
+    """The request and its behavior, both locked: the behavior first, in the order a
+    demotion or pause (which withdraws pending requests) takes them."""
+    query = select(Approval).where(col(Approval.run_id) == run_id)
+    found = session.exec(query).first()
+    if found is None:
         raise NotFoundError(f"run {run_id} has no approval request (only tier-B runs ask)")
-    return approval
+    row = lock_behavior(session, id=found.behavior_id)
+    approval = session.exec(query.with_for_update().execution_options(populate_existing=True))
+    return approval.one(), row
+
+
+def _withdraw_if_not_waiting(session: Session, row: BehaviorRow, now: datetime) -> None:
+    """Withdraw the behavior's pending requests when it no longer takes approvals."""
+    if not takes_approvals(row):
+        state = "is paused" if row.paused else f"is at {Tier(row.tier).label}"
+        withdraw_approvals(session, row, actor="runner", why=f"{row.name} {state}", now=now)
+
+
+def _refuse_withdrawn(
+    session: Session, approval: Approval, row: BehaviorRow, now: datetime
+) -> None:
+    """Raise ConflictError when the request was withdrawn (or must be now: its behavior left
+    B · human-in-the-loop or was paused before withdrawals existed), saying why."""
+    if approval.status == "pending":
+        _withdraw_if_not_waiting(session, row, now)
+    if approval.status == "withdrawn":
+        when = f"{approval.decided_at:%Y-%m-%d %H:%M} UTC" if approval.decided_at else "earlier"
+        raise ConflictError(
+            f"run {approval.run_id}'s approval request was withdrawn ({when}) because "
+            f"{approval.reason}; its action will not run. A new run at "
+            f"{Tier.B.label} asks again"
+        )
 
 
 def approve(
@@ -656,8 +714,10 @@ def approve(
     reason: str = "approved",
 ) -> str:
     """Approve a pending request: its action is queued exactly once, bound to the payload the
-    operator saw (``payload_sha256``). Approving again is a no-op that says so."""
-    approval = _lock_approval(session, run_id)
+    operator saw (``payload_sha256``). Approving again is a no-op that says so; a request
+    withdrawn by a demotion below B or a pause is refused with the reason."""
+    approval, row = _lock_approval(session, run_id)
+    _refuse_withdrawn(session, approval, row, now)
     if approval.status == "approved":
         return f"run {run_id} was already approved by {approval.decided_by}; nothing to do"
     if approval.status != "pending":
@@ -684,7 +744,6 @@ def approve(
     approval.reason = reason
     session.add(approval)
     _enqueue_action(session, approval.behavior_id, dict(approval.payload), now)
-    row = lock_behavior(session, id=approval.behavior_id)
     append_entry(
         session,
         kind="approved",
@@ -706,7 +765,8 @@ def reject(
     """Reject a pending request: the action never runs; it counts as a ``human_rejected`` warn."""
     if not reason.strip():
         raise LedgerError("a reason is required to reject (--reason TEXT)")
-    approval = _lock_approval(session, run_id)
+    approval, row = _lock_approval(session, run_id)
+    _refuse_withdrawn(session, approval, row, now)
     if approval.status != "pending":
         raise ConflictError(f"run {run_id}'s approval request is already {approval.status}")
     approval.status = "rejected"
@@ -714,7 +774,6 @@ def reject(
     approval.decided_by = actor
     approval.reason = reason
     session.add(approval)
-    row = lock_behavior(session, id=approval.behavior_id)
     stored = record_results(
         session,
         row,
@@ -767,16 +826,25 @@ def _expire(session: Session, approval: Approval, now: datetime, ctx: PolicyCont
 
 
 def expire_approvals(session: Session, now: datetime, ctx: PolicyContext, limit: int = 100) -> int:
-    """Expire pending requests past their TTL (through the partial index on pending rows)."""
-    due = list(
-        session.exec(
+    """Expire pending requests past their TTL (through the partial index on pending rows).
+    Each behavior is locked before its request, in the order approving and withdrawing take
+    them (the opposite order could deadlock with an operator approving at that moment)."""
+    due = session.exec(
+        select(Approval.run_id, Approval.behavior_id)
+        .where(col(Approval.status) == "pending", col(Approval.expires_at) <= now)
+        .order_by(col(Approval.expires_at))
+        .limit(limit)
+    ).all()
+    expired = 0
+    for run_id, behavior_id in due:
+        lock_behavior(session, id=behavior_id)
+        approval = session.exec(
             select(Approval)
-            .where(col(Approval.status) == "pending", col(Approval.expires_at) <= now)
-            .order_by(col(Approval.expires_at))
-            .limit(limit)
+            .where(col(Approval.run_id) == run_id, col(Approval.status) == "pending")
             .with_for_update(skip_locked=True)
-        )
-    )
-    for approval in due:
-        _expire(session, approval, now, ctx)
-    return len(due)
+            .execution_options(populate_existing=True)
+        ).first()
+        if approval is not None:
+            _expire(session, approval, now, ctx)
+            expired += 1
+    return expired

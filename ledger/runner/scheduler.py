@@ -152,6 +152,11 @@ class SlotTrigger(BaseTrigger):  # type: ignore[misc]  # APScheduler 3 ships no 
         return f"<SlotTrigger {self}>"
 
 
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("manual run failed", task=task.get_name(), exc_info=exc)
+
+
 def claim_chunks(claims: list[SlotClaim], rng: random.Random) -> list[list[SlotClaim]]:
     """A wave's claims in chunks of ``CLAIM_CHUNK``, each sorted by (behavior, slot), the
     chunks in random order.
@@ -305,24 +310,50 @@ class RunnerService:
             if now - slot <= misfire_grace(sb.behavior) and slot < now:
                 self._claims.put_nowait(SlotClaim(sb.id, slot, sb.tier, "catch_up"))
 
-    async def run_now(self, name: str) -> str | None:
+    async def run_now(
+        self, name: str, check: Callable[[BehaviorRow], None] | None = None
+    ) -> str | None:
         """Run a behavior once, now, outside its schedule; returns the run id."""
+        run_id = await asyncio.to_thread(self.claim_manual, name, check)
+        if run_id is not None:
+            await self.run_claimed(run_id)
+        return run_id
+
+    def claim_manual(
+        self, name: str, check: Callable[[BehaviorRow], None] | None = None
+    ) -> str | None:
+        """Claim a manual run of ``name`` now; None if it is not registered. ``check`` may
+        refuse it (by raising) in the same transaction, before anything is written."""
+        now = self.clock.now()
         with self.db.transaction() as session:
             row = session.exec(select(BehaviorRow).where(col(BehaviorRow.name) == name)).first()
             if row is None:
                 return None
-            runs = claim_slots(
-                session,
-                [SlotClaim(row.id or 0, self.clock.now(), row.tier, "manual")],
-                self.clock.now(),
-            )
-        if not runs:
-            return None
-        plans = await asyncio.to_thread(self._begin, [run.id for run in runs])
-        for plan in plans:
-            outcome = await self.call_model(plan)
+            if check is not None:
+                check(row)
+            runs = claim_slots(session, [SlotClaim(row.id or 0, now, row.tier, "manual")], now)
+        return runs[0].id if runs else None
+
+    async def run_claimed(self, run_id: str) -> None:
+        """Start, call and finish a claimed run (outside the scheduler's batches)."""
+        for plan in await asyncio.to_thread(self._begin, [run_id]):
+            outcome = await self._call_safely(plan)
             await asyncio.to_thread(self._finish_batch, [(plan, outcome, None)])
-        return runs[0].id
+
+    async def _call_safely(self, plan: RunPlan) -> CallOutcome:
+        try:
+            return await self.call_model(plan)
+        except Exception as exc:  # a bug in the call path must not lose the run
+            log.exception("model call crashed", run_id=plan.run_id)
+            return CallOutcome(error=f"internal error: {type(exc).__name__}")
+
+    def start_claimed(self, run_id: str) -> asyncio.Task[None]:
+        """``run_claimed`` as a task that ``stop`` waits for like the scheduled runs."""
+        task = asyncio.create_task(self.run_claimed(run_id), name=f"run-{run_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_failure)
+        return task
 
     def _begin(self, run_ids: list[str]) -> list[RunPlan]:
         with self.db.transaction() as session:
@@ -375,11 +406,7 @@ class RunnerService:
 
     async def _call(self, plan: RunPlan) -> None:
         async with self._slots:
-            try:
-                outcome = await self.call_model(plan)
-            except Exception as exc:  # a bug in the call path must not lose the run
-                log.exception("model call crashed", run_id=plan.run_id)
-                outcome = CallOutcome(error=f"internal error: {type(exc).__name__}")
+            outcome = await self._call_safely(plan)
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._finishes.put_nowait((plan, outcome, done))
         await done

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from ledger.budget import window_start
+from ledger.daemon import build_policy_context
 from ledger.db.models import (
     Approval,
     BehaviorRow,
@@ -24,7 +28,7 @@ from ledger.db.models import (
 from ledger.errors import NotFoundError
 from ledger.explain import explain
 from ledger.gates import Tier
-from ledger.runner.run import approve, reject
+from ledger.runner.run import approve, check_manual_run, reject
 from ledger.spend import cost_disagreement
 from ledger.status import collect_status
 from ledger.transitions import PolicyContext, decline_proposal, operator_action
@@ -40,8 +44,7 @@ def _state(request: Request) -> Any:
 
 
 def _ctx(request: Request) -> PolicyContext:
-    settings = _state(request).settings
-    return PolicyContext(global_overrides=settings.policy, mirror=settings.notion_token is not None)
+    return build_policy_context(_state(request).settings)
 
 
 def _now(request: Request) -> datetime:
@@ -202,6 +205,64 @@ def decline(
         }
 
 
+MANUAL_RUN_WAIT_SECONDS = 10.0
+
+
+@router.post(
+    "/behaviors/{name}/run",
+    responses={
+        202: {"description": "Still running: poll the run at ``poll`` (GET /api/runs/{id})."},
+        409: {"description": "Not started: paused, retired, or its key is not in the daemon."},
+    },
+)
+async def run_behavior(
+    request: Request,
+    name: BehaviorName,
+    _op: OperatorDep,
+    wait: Annotated[
+        float, Query(ge=0, le=60, description="Seconds to wait for the outcome.")
+    ] = MANUAL_RUN_WAIT_SECONDS,
+) -> JSONResponse:
+    """Run a behavior now, once, in the daemon (its environment holds the keys), after
+    reconciling the behaviors folder. Answers 200 with the finished run when it finishes
+    within ``wait`` seconds, else 202 with its id and where to poll. Nothing is run or
+    recorded when the behavior is paused, retired or disabled, or its key cannot be resolved
+    in the daemon's environment (409)."""
+    state = _state(request)
+    await state.reconcile_now()
+    runner = state.services.runner
+
+    def check(row: BehaviorRow) -> None:
+        check_manual_run(
+            row,
+            here="in the daemon's environment",
+            instead="Set it where `ledger serve` runs and restart the daemon (until then its "
+            "scheduled runs fail with auth_error and pause it).",
+        )
+
+    run_id = await asyncio.to_thread(runner.claim_manual, name, check)
+    if run_id is None:
+        raise NotFoundError(f"behavior {name!r} is not registered")
+    task = runner.start_claimed(run_id)
+    await asyncio.wait({task}, timeout=wait)
+    poll = f"/api/runs/{run_id}"
+    if not task.done():
+        return JSONResponse(
+            {"run_id": run_id, "status": "running", "poll": poll, "run": None},
+            status_code=202,
+            headers={"Location": poll},
+        )
+
+    def finished() -> dict[str, Any]:
+        with state.db.transaction() as session:
+            return _run_json(session, run_id)
+
+    run = await asyncio.to_thread(finished)
+    return JSONResponse(
+        jsonable_encoder({"run_id": run_id, "status": run["status"], "poll": poll, "run": run})
+    )
+
+
 class ActionBody(BaseModel):
     reason: str = Field(min_length=1, max_length=2000, description="Why (recorded).")
     to: Tier | None = Field(default=None, description="promote/demote: target tier.")
@@ -275,74 +336,80 @@ def get_run(
 ) -> dict[str, Any]:
     """One run: its slot, tier, preset, model, cost, output, disposition and gate results."""
     with _state(request).db.transaction() as session:
-        run = session.get(Run, run_id)
-        if run is None:
-            raise NotFoundError(f"run {run_id} does not exist")
-        results = session.exec(
-            select(GateResultRow)
-            .where(col(GateResultRow.run_id) == run_id)
-            .order_by(col(GateResultRow.id))
-        ).all()
-        approval = session.exec(select(Approval).where(col(Approval.run_id) == run_id)).first()
-        behavior = session.get(BehaviorRow, run.behavior_id)
-        broadcast_prompt, broadcast_completion = session.execute(
-            select(
-                func.sum(IngestedSpan.prompt_tokens), func.sum(IngestedSpan.completion_tokens)
-            ).where(col(IngestedSpan.run_id) == run_id)
-        ).one()
-        return {
-            "id": run.id,
-            "behavior": behavior.name if behavior else None,
-            "scheduled_for": run.scheduled_for,
-            "trigger": run.trigger,
-            "status": run.status,
-            **_tier(run.tier),
-            "preset": run.preset,
-            "model": run.model,
-            "generation_id": run.generation_id,
-            "via_fallback": run.via_fallback,
-            "cost_usd": run.cost_usd,
-            "broadcast_cost_usd": run.broadcast_cost_usd,
-            # The budget counts the larger figure; a disagreement is broadcast minus runner.
-            "counted_cost_usd": max(run.cost_usd or 0.0, run.broadcast_cost_usd or 0.0),
-            "cost_disagreement_usd": cost_disagreement(run.cost_usd, run.broadcast_cost_usd),
-            "prompt_tokens": run.prompt_tokens,
-            "completion_tokens": run.completion_tokens,
-            "broadcast_prompt_tokens": broadcast_prompt,
-            "broadcast_completion_tokens": broadcast_completion,
-            "output": run.output,
-            "disposition": run.disposition,
-            "error": run.error,
-            "gate_results": [
-                {
-                    "id": r.id,
-                    "gate": r.gate,
-                    "outcome": r.outcome,
-                    "attributable": r.attributable,
-                    "source": r.source,
-                    "evidence": r.evidence,
-                    "at": r.created_at,
-                }
-                for r in results
-            ],
-            "approval": None
-            if approval is None
-            else {
-                "status": approval.status,
-                "payload": approval.payload,
-                "payload_sha256": approval.payload_sha256,
-                "expires_at": approval.expires_at,
-                "decided_by": approval.decided_by,
-                "reason": approval.reason,
-            },
-        }
+        return _run_json(session, run_id)
+
+
+def _run_json(session: Session, run_id: str) -> dict[str, Any]:
+    run = session.get(Run, run_id)
+    if run is None:
+        raise NotFoundError(f"run {run_id} does not exist")
+    results = session.exec(
+        select(GateResultRow)
+        .where(col(GateResultRow.run_id) == run_id)
+        .order_by(col(GateResultRow.id))
+    ).all()
+    approval = session.exec(select(Approval).where(col(Approval.run_id) == run_id)).first()
+    behavior = session.get(BehaviorRow, run.behavior_id)
+    broadcast_prompt, broadcast_completion = session.execute(
+        select(
+            func.sum(IngestedSpan.prompt_tokens), func.sum(IngestedSpan.completion_tokens)
+        ).where(col(IngestedSpan.run_id) == run_id)
+    ).one()
+    return {
+        "id": run.id,
+        "behavior": behavior.name if behavior else None,
+        "scheduled_for": run.scheduled_for,
+        "trigger": run.trigger,
+        "status": run.status,
+        **_tier(run.tier),
+        "preset": run.preset,
+        "model": run.model,
+        "generation_id": run.generation_id,
+        "via_fallback": run.via_fallback,
+        "cost_usd": run.cost_usd,
+        "broadcast_cost_usd": run.broadcast_cost_usd,
+        # The budget counts the larger figure; a disagreement is broadcast minus runner.
+        "counted_cost_usd": max(run.cost_usd or 0.0, run.broadcast_cost_usd or 0.0),
+        "cost_disagreement_usd": cost_disagreement(run.cost_usd, run.broadcast_cost_usd),
+        "prompt_tokens": run.prompt_tokens,
+        "completion_tokens": run.completion_tokens,
+        "broadcast_prompt_tokens": broadcast_prompt,
+        "broadcast_completion_tokens": broadcast_completion,
+        "output": run.output,
+        "disposition": run.disposition,
+        "error": run.error,
+        "gate_results": [
+            {
+                "id": r.id,
+                "gate": r.gate,
+                "outcome": r.outcome,
+                "attributable": r.attributable,
+                "source": r.source,
+                "evidence": r.evidence,
+                "at": r.created_at,
+            }
+            for r in results
+        ],
+        "approval": None
+        if approval is None
+        else {
+            "status": approval.status,
+            "payload": approval.payload,
+            "payload_sha256": approval.payload_sha256,
+            "expires_at": approval.expires_at,
+            "decided_by": approval.decided_by,
+            "reason": approval.reason,
+        },
+    }
 
 
 @router.get("/approvals")
 def list_approvals(
     request: Request,
     _op: OperatorDep,
-    status: Annotated[str, Query(pattern="^(pending|approved|rejected|expired)$")] = "pending",
+    status: Annotated[
+        str, Query(pattern="^(pending|approved|rejected|expired|withdrawn)$")
+    ] = "pending",
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> dict[str, Any]:
     """Approval requests (pending by default), oldest first, with the payload to review."""

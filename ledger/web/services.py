@@ -14,6 +14,7 @@ import structlog
 
 from ledger.clock import Clock
 from ledger.config import Settings
+from ledger.daemon import build_policy_context
 from ledger.db.session import Database
 from ledger.heap import settle_heap
 from ledger.ingest.process import IngestProcessor
@@ -30,14 +31,6 @@ from ledger.web.alerting import AlertChannels, build_dispatcher, registry_defini
 log = structlog.get_logger("ledger.services")
 
 APPROVAL_SWEEP_SECONDS = 30.0
-
-
-def policy_context(settings: Settings) -> PolicyContext:
-    return PolicyContext(
-        global_overrides=settings.policy,
-        mirror=settings.notion_token is not None,
-        alert_channels=tuple(settings.alert_channels),
-    )
 
 
 @dataclass(slots=True)
@@ -78,7 +71,7 @@ async def open_services(
     scheduler: bool = True,
     ingest_busy: Callable[[], bool] | None = None,
 ) -> Services:
-    ctx = policy_context(settings)
+    ctx = build_policy_context(settings)
     in_flight = calls_that_fit(settings.runner_max_calls)
     if in_flight < settings.runner_max_calls:
         log.warning(

@@ -82,7 +82,7 @@ def test_a_demotion_reads_as_plain_english_with_tier_meanings() -> None:
             "(an operator must confirm)",
         ),
         (
-            {"event": "paused", "behavior": "digest", "reason": "second fail within 24 h"},
+            {"event": "pause", "behavior": "digest", "reason": "second fail within 24 h"},
             "digest paused: second fail within 24 h",
         ),
         (

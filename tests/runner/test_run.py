@@ -9,7 +9,7 @@ import pytest
 from sqlmodel import col, select
 
 from ledger.behaviors.registry import reconcile_directory
-from ledger.db.models import Approval, BehaviorRow, GateResultRow, OutboxRow, Run
+from ledger.db.models import Approval, BehaviorRow, GateResultRow, LedgerEntry, OutboxRow, Run
 from ledger.db.session import Database
 from ledger.errors import ConflictError
 from ledger.gates import Gate, GateResult, Outcome
@@ -26,7 +26,7 @@ from ledger.runner.run import (
     reject,
     render_prompt,
 )
-from ledger.transitions import PolicyContext, lock_behavior
+from ledger.transitions import PolicyContext, lock_behavior, operator_action
 from tests.conftest import T0, VALID_BEHAVIOR, write_behavior
 
 CTX = PolicyContext()
@@ -165,6 +165,74 @@ def test_rejection_is_a_human_rejected_warn(db: Database, tmp_path: Path) -> Non
         assert ("human_rejected", "warn") in gates
         with pytest.raises(ConflictError):
             approve(session, run_id, actor="a", now=T0, ctx=CTX)
+
+
+def test_a_demotion_below_b_withdraws_pending_approvals_and_approving_says_why(
+    db: Database, tmp_path: Path
+) -> None:
+    bid = setup(db, tmp_path, "B")
+    run_id, _ = run_once(db, bid, OK, tier="B")
+    with db.transaction() as session:
+        operator_action(
+            session, "alpha", "demote", reason="too noisy", actor="cli:ann", now=T0, ctx=CTX
+        )
+    with db.transaction() as session, pytest.raises(ConflictError) as refused:
+        approve(session, run_id, actor="cli:bob", now=T0, ctx=CTX)
+    assert str(refused.value) == (
+        f"run {run_id}'s approval request was withdrawn (2026-11-02 09:00 UTC) because alpha "
+        "was demoted from B · human-in-the-loop to A · proposal-only by cli:ann: too noisy; "
+        "its action will not run. A new run at B · human-in-the-loop asks again"
+    )
+    with db.transaction() as session, pytest.raises(ConflictError, match="was withdrawn"):
+        reject(session, run_id, actor="cli:bob", reason="late", now=T0, ctx=CTX)
+    assert [o for o in outbox(db) if o.kind.startswith("action.")] == []
+    with db.transaction() as session:
+        approval = session.exec(select(Approval)).one()
+        assert (approval.status, approval.decided_by) == ("withdrawn", "cli:ann")
+        entry = session.exec(
+            select(LedgerEntry).where(col(LedgerEntry.kind) == "approvals_withdrawn")
+        ).one()
+        assert entry.data == {"run_ids": [run_id]} and entry.actor == "cli:ann"
+
+
+def test_a_pause_withdraws_pending_approvals(db: Database, tmp_path: Path) -> None:
+    bid = setup(db, tmp_path, "B")
+    run_id, _ = run_once(db, bid, OK, tier="B")
+    with db.transaction() as session:
+        operator_action(
+            session, "alpha", "pause", reason="maintenance", actor="api:ops", now=T0, ctx=CTX
+        )
+    with db.transaction() as session, pytest.raises(ConflictError) as refused:
+        approve(session, run_id, actor="cli:bob", now=T0, ctx=CTX)
+    assert "because alpha was paused by api:ops: maintenance" in str(refused.value)
+    assert [o for o in outbox(db) if o.kind.startswith("action.")] == []
+
+
+def test_a_demotion_from_c_to_b_keeps_pending_approvals(db: Database, tmp_path: Path) -> None:
+    bid = setup(db, tmp_path, "B")
+    run_id, _ = run_once(db, bid, OK, tier="B")
+    with db.transaction() as session:
+        lock_behavior(session, name="alpha").tier = "C"
+    with db.transaction() as session:
+        operator_action(session, "alpha", "demote", reason="calm", actor="t", now=T0, ctx=CTX)
+    with db.transaction() as session:
+        assert "action is queued" in approve(session, run_id, actor="a", now=T0, ctx=CTX)
+
+
+def test_a_run_that_finishes_after_its_behavior_left_b_asks_nobody(
+    db: Database, tmp_path: Path
+) -> None:
+    bid = setup(db, tmp_path, "B")
+    with db.transaction() as session:
+        (run,) = claim_slots(session, [SlotClaim(bid, T0, "B")], T0)
+        plan = begin_run(session, run.id, now=T0, ctx=CTX)
+    assert plan is not None
+    with db.transaction() as session:
+        operator_action(session, "alpha", "demote", reason="noisy", actor="t", now=T0, ctx=CTX)
+    with db.transaction() as session:
+        finish_run(session, plan, OK, now=T0, ctx=CTX)
+    with db.transaction() as session, pytest.raises(ConflictError, match="alpha is at A"):
+        approve(session, run.id, actor="a", now=T0, ctx=CTX)
 
 
 def test_unanswered_approvals_expire_neutrally(db: Database, tmp_path: Path) -> None:
