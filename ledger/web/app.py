@@ -12,11 +12,15 @@ import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import structlog
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 
 from ledger import __version__
@@ -91,6 +95,50 @@ def get_state(request: Request) -> AppState:
     return state
 
 
+DOCS_URL = "/api/docs"
+DOCS_ASSETS_URL = "/api/docs/static"
+_DOCS_ASSETS = Path(str(resources.files("fastapi_offline") / "static"))
+
+
+def install_api_docs(app: FastAPI) -> None:
+    """``/api/docs``: Swagger UI whose script, style and icon the daemon serves itself (from
+    the fastapi-offline package), so the page works without internet; the OpenAPI document
+    declares the bearer token the ``/api`` routes need, so "Authorize" can send it."""
+    app.mount(DOCS_ASSETS_URL, StaticFiles(directory=_DOCS_ASSETS), name="api-docs-assets")
+
+    @app.get(DOCS_URL, include_in_schema=False)
+    async def api_docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - API",
+            swagger_js_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
+            swagger_ui_parameters={"persistAuthorization": True},
+        )
+
+    generate = app.openapi
+
+    def openapi_with_bearer() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An API token configured under [api_tokens] in ledger.toml "
+            "(see docs/api.md).",
+        }
+        for path, operations in schema.get("paths", {}).items():
+            if path.startswith("/api/"):
+                for operation in operations.values():
+                    operation["security"] = [{"bearer": []}]
+        return schema
+
+    app.openapi = openapi_with_bearer  # type: ignore[method-assign]  # FastAPI's documented hook
+
+
 def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -143,10 +191,11 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
         title="Promotion Ledger",
         version=__version__,
         lifespan=lifespan,
-        docs_url="/api/docs",
+        docs_url=None,  # served below from the daemon's own copy of Swagger UI
         redoc_url=None,
     )
     install_error_handlers(app)
+    install_api_docs(app)
     install_ingest_routes(app)  # POST /v1/traces, POST /webhooks/{source}
     app.include_router(api_router)
 
