@@ -25,7 +25,7 @@ from sqlalchemy import text
 
 from ledger import __version__
 from ledger.behaviors.load import check_resolved_keys, load_directory
-from ledger.behaviors.registry import ReconcileSummary, reconcile
+from ledger.behaviors.registry import ReconcileSummary, reconcile, registered_holders
 from ledger.behaviors.watch import rescan_periodically, watch_folder
 from ledger.clock import Clock, SystemClock
 from ledger.config import Settings
@@ -72,9 +72,15 @@ class AppState:
 
     def _reconcile_sync(self) -> ReconcileSummary:
         directory = self.settings.behaviors_dir
-        report = load_directory(directory)
+        # A file reusing what a registered behavior has is the one refused: read who has what.
+        with self.db.transaction() as session:
+            holders = registered_holders(session)
+        report = load_directory(directory, holders)
+        if report.folder_error and report.folder_error not in self._warned:
+            self._warned.add(report.folder_error)
+            log.warning(report.folder_error)
         # Each problem is logged once, not at every rescan.
-        for warning in check_resolved_keys(report):
+        for warning in check_resolved_keys(report, holders=holders):
             if warning not in self._warned:
                 self._warned.add(warning)
                 log.warning("behavior key not available", detail=warning)
