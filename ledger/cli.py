@@ -474,7 +474,7 @@ def serve(
     """Run the daemon: HTTP API + scheduler in one process, until SIGINT/SIGTERM."""
     import uvicorn
 
-    from ledger.web.app import create_app
+    from ledger.web.app import create_app, startup_problems
 
     class _Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
@@ -484,6 +484,12 @@ def serve(
             self._captured_signals.clear()
 
     settings = _settings(config, host=host, port=port)
+    # A configuration error is one line and exit 2 here, not a traceback from the lifespan.
+    problems = startup_problems(settings)
+    if problems:
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        raise typer.Exit(2)
     server = _Server(
         uvicorn.Config(
             create_app(settings),
