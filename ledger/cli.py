@@ -110,8 +110,20 @@ def validate(
     config: ConfigOption = None,
 ) -> None:
     """Check every behavior file; print each problem as path:line:col: field: message."""
-    folder = directory if directory is not None else load_settings(config).behaviors_dir
-    report = load_directory(folder)
+    database_url: str | None = None
+    try:
+        settings = load_settings(config)
+    except LedgerError:
+        if directory is None:
+            raise
+        folder = directory  # a folder given is checked even when the configuration is broken
+    else:
+        folder = directory if directory is not None else settings.behaviors_dir
+        database_url = settings.database_url
+    holders = _registered_holders(database_url) if database_url else {}
+    report = load_directory(folder, holders)
+    if report.folder_error:
+        raise LedgerError(report.folder_error)
     for problem in report.problems:
         print(problem.render())
     files = len(report.files_seen)
@@ -120,6 +132,32 @@ def validate(
         print(f"{len(report.problems)} problem(s) in {bad} of {files} file(s)", file=sys.stderr)
         raise typer.Exit(1)
     print(f"{files} behavior file(s) valid in {folder}")
+
+
+def _registered_holders(database_url: str) -> dict[tuple[str, str], str]:
+    """Who has each behavior name and key in the configured database, so ``validate`` refuses
+    the same file of two sharing a key as the daemon would; empty when there is no database
+    yet or it cannot be read (then the first file by name keeps it)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from ledger.behaviors.registry import registered_holders
+    from ledger.db.session import Database
+
+    try:
+        url = make_url(database_url)
+        if url.get_backend_name() == "sqlite" and not (
+            url.database and url.database != ":memory:" and Path(url.database).is_file()
+        ):
+            return {}  # never create a database file just to validate
+        db = Database.open(database_url)
+        try:
+            with db.transaction() as session:
+                return registered_holders(session)
+        finally:
+            db.close()
+    except (LedgerError, SQLAlchemyError, OSError, ValueError):
+        return {}
 
 
 @app.command()
@@ -436,7 +474,7 @@ def serve(
     """Run the daemon: HTTP API + scheduler in one process, until SIGINT/SIGTERM."""
     import uvicorn
 
-    from ledger.web.app import create_app
+    from ledger.web.app import create_app, startup_problems
 
     class _Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
@@ -446,6 +484,12 @@ def serve(
             self._captured_signals.clear()
 
     settings = _settings(config, host=host, port=port)
+    # A configuration error is one line and exit 2 here, not a traceback from the lifespan.
+    problems = startup_problems(settings)
+    if problems:
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        raise typer.Exit(2)
     server = _Server(
         uvicorn.Config(
             create_app(settings),

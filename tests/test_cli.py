@@ -37,6 +37,58 @@ def test_validate_prints_every_problem_and_exits_1(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_validate_reports_every_problem_of_every_file_in_one_run(tmp_path: Path) -> None:
+    """A bad schedule used to hide the missing input and the shared key until it was fixed."""
+    write_behavior(
+        tmp_path,
+        "audit",
+        'schedule: "0 6 * * 8"\npreset: p\napi_key: env:K\nprompt: "Review {site}"\n'
+        "timeout: slow\n",
+    )
+    write_behavior(tmp_path, "digest", "schedule: 1h\npreset: p\napi_key: env:K\nprompt: hi\n")
+    result = ledger("validate", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 1
+    fields = [line.split(": ")[1] for line in result.stdout.strip().splitlines()]
+    assert fields == ["schedule", "api_key", "prompt", "timeout"]
+    assert "already used by digest.yaml" in result.stdout
+    assert result.stderr.strip() == "4 problem(s) in 1 of 2 file(s)"
+
+
+def test_validate_of_a_missing_folder_is_one_line(tmp_path: Path) -> None:
+    result = ledger("validate", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr == (
+        "error: behaviors folder ./behaviors not found: create it or set LEDGER_BEHAVIORS_DIR\n"
+    )
+    assert not (tmp_path / "ledger.db").exists()  # validating never creates a database
+
+
+def test_validate_keeps_a_shared_key_with_the_behavior_registered_with_it(
+    tmp_path: Path, database_url: str
+) -> None:
+    body = "schedule: 1h\npreset: p\napi_key: env:K\nprompt: hi\n"
+    write_behavior(tmp_path / "behaviors", "z-old", body)
+    env = {"LEDGER_DATABASE_URL": database_url}
+    assert ledger("db", "upgrade", cwd=tmp_path, env=env).returncode == 0
+    from ledger.behaviors.registry import reconcile_directory
+    from ledger.db.session import Database
+    from tests.conftest import T0
+
+    db = Database.open(database_url)
+    with db.transaction() as session:
+        reconcile_directory(session, tmp_path / "behaviors", T0)
+    db.close()
+    write_behavior(tmp_path / "behaviors", "a-new", body)
+    result = ledger("validate", cwd=tmp_path, env=env)
+    assert result.returncode == 1
+    assert result.stdout.strip() == (
+        "behaviors/a-new.yaml:3:10: api_key: api_key reference 'env:K' is already used by "
+        "z-old.yaml, which keeps it (registered with it): one behavior = one key, so create an "
+        "OpenRouter key for it"
+    )
+
+
 def test_init_creates_starter_files_and_refuses_to_overwrite(tmp_path: Path) -> None:
     first = ledger("init", str(tmp_path), cwd=tmp_path)
     assert first.returncode == 0, first.stderr

@@ -59,10 +59,18 @@ def test_two_behaviors_resolving_to_the_same_key_are_refused(
     monkeypatch.setenv("LEDGER_TEST_KEY_TWO", PLANTED)
     report = load_directory(tmp_path)
     check_resolved_keys(report)
-    assert report.behaviors == []
-    assert [p.field for p in report.problems] == ["api_key", "api_key"]
-    assert "resolves to the same key as two" in report.problems[0].message
+    assert [lb.name for lb in report.behaviors] == ["one"]  # first by file name keeps it
+    assert [(p.path, p.field) for p in report.problems] == [(str(tmp_path / "two.yaml"), "api_key")]
+    assert (
+        "resolves to the same key as one (one.yaml), which keeps it" in report.problems[0].message
+    )
     assert PLANTED not in repr(report.problems)
+
+    registered = {("api_key", "env:LEDGER_TEST_KEY_TWO"): "two.yaml"}
+    report = load_directory(tmp_path, registered)
+    check_resolved_keys(report, holders=registered)
+    assert [lb.name for lb in report.behaviors] == ["two"]  # registered with it: keeps it
+    assert "same key as two (two.yaml), which keeps it (registered" in report.problems[0].message
 
 
 def test_log_pipeline_masks_resolved_secrets_and_key_shapes(
@@ -100,9 +108,10 @@ def test_planted_key_never_reaches_logs_db_or_export(
             "LEDGER_BROADCAST_TOKENS": PLANTED,
         },
     )
-    # The duplicate key is refused at start-up: neither behavior registers, and says why.
+    # The duplicate key is refused at start-up: the first file by name keeps it, the other
+    # does not register, and the log says why.
     wait_until(lambda: "resolves to the same key" in daemon.log(), what="the duplicate-key error")
-    assert names(database_url) == {}
+    assert names(database_url) == {"alpha": False}
     daemon.proc.send_signal(signal.SIGTERM)
     assert daemon.proc.wait(20) == 0
     assert PLANTED not in daemon.log()

@@ -10,7 +10,7 @@ import difflib
 import hashlib
 import re
 import string
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,11 +44,31 @@ class LoadedBehavior:
         return self.behavior.name
 
 
+Holders = Mapping[tuple[str, str], str]
+"""Who has each unique value today: ``(field, value)`` → the file name (``alpha.yaml``) of the
+registered behavior that has it (``registry.registered_holders``). A file that reuses a value
+its holder still has is the one refused."""
+
+UNIQUE_FIELDS = ("name", "api_key", "key_name")
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    """The unique values a file claims (valid or not), and where it writes them."""
+
+    path: Path
+    values: dict[str, str]
+    positions: dict[str, tuple[int, int]]
+    valid: bool
+
+
 @dataclass(slots=True)
 class LoadReport:
     behaviors: list[LoadedBehavior] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     files_seen: list[Path] = field(default_factory=list)
+    folder_error: str | None = None
+    """Set when the folder itself cannot be read (then there are no files and no problems)."""
 
     def problems_by_path(self) -> dict[str, list[Problem]]:
         out: dict[str, list[Problem]] = {}
@@ -68,70 +88,111 @@ def behavior_files(directory: Path) -> list[Path]:
     )
 
 
-def load_directory(directory: Path) -> LoadReport:
-    """Load every behavior file of ``directory`` and check the rules that span files."""
+def load_directory(directory: Path, holders: Holders | None = None) -> LoadReport:
+    """Load every behavior file of ``directory`` and check the rules that span files: every
+    problem of every file is reported in one pass. A value two files share (name, api_key,
+    key_name) stays with its registered holder (``holders``), else with the first file — valid
+    files before invalid ones, then by file name — and the other file is refused."""
     report = LoadReport()
     if not directory.is_dir():
-        report.problems.append(Problem(str(directory), 1, 1, "behaviors_dir", "folder not found"))
+        report.folder_error = _folder_error(directory)
         return report
+    claims: list[_Claim] = []
     for path in behavior_files(directory):
         report.files_seen.append(path)
-        loaded, problems = load_file(path)
+        loaded, problems, claim = _load(path)
         report.problems.extend(problems)
         if loaded is not None:
             report.behaviors.append(loaded)
-    _check_unique(report)
+        if claim is not None:
+            claims.append(claim)
+    _check_unique(report, claims, holders or {})
     return report
 
 
-def _check_unique(report: LoadReport) -> None:
-    """One name per behavior, one key per behavior, one key name per key: offending files are
-    reported (each names the other) and dropped from the valid set."""
-    bad: set[Path] = set()
-    for attr, what in (
-        ("name", "behavior name"),
-        ("api_key", "api_key reference (one behavior = one key)"),
-        ("key_name", "key_name (broadcast attribution needs unique key names)"),
-    ):
-        seen: dict[str, LoadedBehavior] = {}
-        for lb in report.behaviors:
-            value = getattr(lb.behavior, attr)
-            if value is None:
+def _folder_error(directory: Path) -> str:
+    shown = directory.as_posix()
+    if not directory.is_absolute() and not shown.startswith("."):
+        shown = f"./{shown}"
+    if directory.exists():
+        return (
+            f"behaviors folder {shown} is not a folder: point LEDGER_BEHAVIORS_DIR at the "
+            "folder of behavior files"
+        )
+    return f"behaviors folder {shown} not found: create it or set LEDGER_BEHAVIORS_DIR"
+
+
+_UNIQUE_RULES = (
+    ("name", "behavior name", "rename this behavior (name:, or the file name)"),
+    ("api_key", "api_key reference", "one behavior = one key, so create an OpenRouter key for it"),
+    ("key_name", "key_name", "each key has its own name: write the name of this behavior's key"),
+)
+
+
+def _check_unique(report: LoadReport, claims: list[_Claim], holders: Holders) -> None:
+    """One name per behavior, one key per behavior, one key name per key. Of the files sharing
+    a value, the keeper keeps running; each other file is refused, naming the keeper."""
+    refused: set[Path] = set()
+    for attr, what, fix in _UNIQUE_RULES:
+        groups: dict[str, list[_Claim]] = {}
+        for claim in claims:
+            value = claim.values.get(attr)
+            if value is not None:
+                groups.setdefault(value, []).append(claim)
+        for value, group in groups.items():
+            if len(group) < 2:
                 continue
-            other = seen.get(value)
-            if other is None:
-                seen[value] = lb
-                continue
-            for this, that in ((lb, other), (other, lb)):
-                line, col = this.positions.get(attr, (1, 1))
+            holder = holders.get((attr, value))
+            keeper, *others = sorted(
+                group, key=lambda c: (c.path.name != holder, not c.valid, c.path.name)
+            )
+            for other in others:
+                if keeper.path.name == holder:
+                    why = "registered with it"
+                elif keeper.valid and not other.valid:
+                    why = "a valid file goes before an invalid one"
+                else:
+                    why = "first by file name"
+                line, col = other.positions.get(attr, (1, 1))
                 report.problems.append(
                     Problem(
-                        str(this.path),
+                        str(other.path),
                         line,
                         col,
                         attr,
-                        f"{what} {value!r} is also used by {that.path.name}",
+                        f"{what} {value!r} is already used by {keeper.path.name}, which keeps "
+                        f"it ({why}): {fix}",
                     )
                 )
-                bad.add(this.path)
-    if bad:
-        report.behaviors = [lb for lb in report.behaviors if lb.path not in bad]
+                refused.add(other.path)
+    if refused:
+        report.behaviors = [lb for lb in report.behaviors if lb.path not in refused]
     report.problems.sort(key=lambda p: (p.path, p.line, p.column))
 
 
 def load_file(path: Path) -> tuple[LoadedBehavior | None, list[Problem]]:
     """Parse and validate one file. Returns the behavior or None, and every problem found."""
+    loaded, problems, _claim = _load(path)
+    return loaded, problems
+
+
+def _load(path: Path) -> tuple[LoadedBehavior | None, list[Problem], _Claim | None]:
+    """``load_file``, plus the unique values the file claims (None if it cannot be parsed)."""
     where = str(path)
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        return None, [Problem(where, 1, 1, "file", f"cannot read: {exc.strerror}")]
+        return None, [Problem(where, 1, 1, "file", f"cannot read: {exc.strerror}")], None
     if len(raw) > MAX_FILE_BYTES:
-        return None, [Problem(where, 1, 1, "file", "larger than 1 MB; is this a behavior file?")]
+        return (
+            None,
+            [Problem(where, 1, 1, "file", "larger than 1 MB; is this a behavior file?")],
+            None,
+        )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return None, [Problem(where, 1, 1, "file", f"not UTF-8 text (byte {exc.start})")]
+        return None, [Problem(where, 1, 1, "file", f"not UTF-8 text (byte {exc.start})")], None
     try:
         loader = _Loader(text)
         try:
@@ -143,24 +204,21 @@ def load_file(path: Path) -> tuple[LoadedBehavior | None, list[Problem]]:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         msg = " ".join(str(x) for x in (exc.context, exc.problem) if x) or "invalid YAML"
-        return None, [Problem(where, line, col, "yaml", f"invalid YAML: {msg}")]
+        return None, [Problem(where, line, col, "yaml", f"invalid YAML: {msg}")], None
     except (yaml.YAMLError, ValueError, TypeError) as exc:
-        return None, [Problem(where, 1, 1, "yaml", f"invalid YAML: {exc}")]
+        return None, [Problem(where, 1, 1, "yaml", f"invalid YAML: {exc}")], None
     if data is None or plain_doc is None:
-        return None, [
-            Problem(
-                where,
-                1,
-                1,
-                "file",
-                "empty file: a behavior needs at least schedule, preset, api_key and prompt",
-            )
-        ]
+        empty = "empty file: a behavior needs at least schedule, preset, api_key and prompt"
+        return None, [Problem(where, 1, 1, "file", empty)], None
     if not isinstance(data, MappingNode) or not isinstance(plain_doc, dict):
-        return None, [Problem(where, 1, 1, "file", "must be a mapping of fields (key: value)")]
+        return (
+            None,
+            [Problem(where, 1, 1, "file", "must be a mapping of fields (key: value)")],
+            None,
+        )
     duplicates = list(_duplicate_keys(where, data, ()))
     if duplicates:
-        return None, duplicates
+        return None, duplicates, None
 
     problems: list[Problem] = []
     plain: dict[str, Any] = {str(k): v for k, v in plain_doc.items()}
@@ -179,39 +237,36 @@ def load_file(path: Path) -> tuple[LoadedBehavior | None, list[Problem]]:
             )
         plain["name"] = stem
     problems.extend(_literal_secrets(where, data))
-    prompt_text = ""
+    # The prompt is checked whatever else is wrong, so one pass shows every problem.
+    prompt_text, prompt_problems = _prompt(path, data, plain)
+    problems.extend(prompt_problems)
+    behavior: Behavior | None = None
     try:
         behavior = Behavior.model_validate(plain)
     except ValidationError as exc:
         problems.extend(_validation_problems(where, data, exc))
-        return None, _dedupe(problems)
-    if behavior.prompt_file is not None:
-        prompt_path = (path.parent / behavior.prompt_file).resolve()
-        try:
-            prompt_text = prompt_path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            line, col = _position(data, ("prompt_file",), value=True)
-            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            problems.append(
-                Problem(where, line, col, "prompt_file", f"cannot read {prompt_path}: {reason}")
-            )
-    else:
-        prompt_text = behavior.prompt or ""
-    problems.extend(_prompt_variables(where, data, behavior, prompt_text))
-    if problems:
-        return None, _dedupe(problems)
-    positions = {
-        key: _position(data, (key,), value=True) for key in ("name", "api_key", "key_name")
-    }
+    positions = {key: _position(data, (key,), value=True) for key in UNIQUE_FIELDS}
     if _child(data, "name") is None:
         positions["name"] = (1, 1)
-    return LoadedBehavior(
+    claim = _Claim(
         path=path,
-        behavior=behavior,
-        prompt_text=prompt_text,
-        definition_hash=definition_hash(behavior, prompt_text),
+        values={k: v for k in UNIQUE_FIELDS if isinstance(v := plain.get(k), str)},
         positions=positions,
-    ), []
+        valid=behavior is not None and not problems,
+    )
+    if behavior is None or problems:
+        return None, _dedupe(problems), claim
+    return (
+        LoadedBehavior(
+            path=path,
+            behavior=behavior,
+            prompt_text=prompt_text,
+            definition_hash=definition_hash(behavior, prompt_text),
+            positions=positions,
+        ),
+        [],
+        claim,
+    )
 
 
 def definition_hash(behavior: Behavior, prompt_text: str) -> str:
@@ -223,10 +278,34 @@ def definition_hash(behavior: Behavior, prompt_text: str) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
+def _prompt(path: Path, data: MappingNode, plain: dict[str, Any]) -> tuple[str, list[Problem]]:
+    """The prompt's text (``prompt``, or ``prompt_file`` read relative to the behavior file)
+    and its problems: an unreadable file, a bad template, a ``{variable}`` with no input.
+    Works on the raw fields, so it runs even when other fields are invalid."""
+    where = str(path)
+    prompt, prompt_file = plain.get("prompt"), plain.get("prompt_file")
+    if isinstance(prompt_file, str) and prompt is None:
+        key = "prompt_file"
+        prompt_path = (path.parent / prompt_file).resolve()
+        try:
+            text = prompt_path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            line, col = _position(data, (key,), value=True)
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            return "", [Problem(where, line, col, key, f"cannot read {prompt_path}: {reason}")]
+    elif isinstance(prompt, str) and prompt_file is None:
+        key, text = "prompt", prompt
+    else:
+        return "", []  # neither or both: the schema says so
+    inputs = plain.get("inputs", {})
+    if not isinstance(inputs, dict):
+        return text, []  # the schema reports inputs itself
+    return text, _prompt_variables(where, data, key, text, {str(k) for k in inputs})
+
+
 def _prompt_variables(
-    where: str, data: MappingNode, behavior: Behavior, prompt_text: str
+    where: str, data: MappingNode, key: str, prompt_text: str, inputs: set[str]
 ) -> list[Problem]:
-    key = "prompt" if behavior.prompt is not None else "prompt_file"
     try:
         names = {
             fname.split(".")[0].split("[")[0]
@@ -244,9 +323,7 @@ def _prompt_variables(
                 f"invalid template: {exc} (write {{{{ and }}}} for literal braces)",
             )
         ]
-    missing = sorted(
-        n for n in names if n not in behavior.inputs and n not in BUILTIN_PROMPT_VARIABLES
-    )
+    missing = sorted(n for n in names if n not in inputs and n not in BUILTIN_PROMPT_VARIABLES)
     if not missing:
         return []
     line, col = _position(data, (key,), value=True)
@@ -440,16 +517,19 @@ _Loader.add_implicit_resolver(
 )
 
 
-def check_resolved_keys(report: LoadReport, base_dir: Path | None = None) -> list[str]:
-    """Resolve every valid behavior's key; two behaviors resolving to the same key value are
-    both invalid (one behavior = one key). Returns warnings for keys that cannot be resolved
-    yet (such a behavior stays registered and fails at run time with ``auth_error``)."""
+def check_resolved_keys(
+    report: LoadReport, base_dir: Path | None = None, holders: Holders | None = None
+) -> list[str]:
+    """Resolve every valid behavior's key; of two behaviors resolving to the same key value
+    (one behavior = one key) the one registered with its reference keeps it, else the first by
+    file name, and the other is refused. Returns warnings for keys that cannot be resolved yet
+    (such a behavior stays registered and fails at run time with ``auth_error``)."""
     from ledger.errors import SecretError
     from ledger.secrets import resolve
 
+    holders = holders or {}
     warnings: list[str] = []
-    by_value: dict[str, LoadedBehavior] = {}
-    bad: set[Path] = set()
+    by_value: dict[str, list[LoadedBehavior]] = {}
     for lb in report.behaviors:
         try:
             value = resolve(lb.behavior.api_key, base_dir=lb.path.parent).get_secret_value()
@@ -457,24 +537,32 @@ def check_resolved_keys(report: LoadReport, base_dir: Path | None = None) -> lis
             warnings.append(f"{lb.name}: {exc}")
             continue
         digest = hashlib.sha256(value.encode()).hexdigest()
-        other = by_value.get(digest)
-        if other is None:
-            by_value[digest] = lb
+        by_value.setdefault(digest, []).append(lb)
+    refused: set[Path] = set()
+    for group in by_value.values():
+        if len(group) < 2:
             continue
-        for this, that in ((lb, other), (other, lb)):
-            line, col = this.positions.get("api_key", (1, 1))
+
+        def registered(lb: LoadedBehavior) -> bool:
+            return holders.get(("api_key", lb.behavior.api_key)) == lb.path.name
+
+        keeper, *others = sorted(group, key=lambda lb: (not registered(lb), lb.path.name))
+        why = "registered with it" if registered(keeper) else "first by file name"
+        for other in others:
+            line, col = other.positions.get("api_key", (1, 1))
             report.problems.append(
                 Problem(
-                    str(this.path),
+                    str(other.path),
                     line,
                     col,
                     "api_key",
-                    f"resolves to the same key as {that.name} ({that.path.name}); one "
-                    "behavior = one key: create a key per behavior",
+                    f"resolves to the same key as {keeper.name} ({keeper.path.name}), which "
+                    f"keeps it ({why}): one behavior = one key, so create an OpenRouter key for "
+                    "this one",
                 )
             )
-            bad.add(this.path)
-    if bad:
-        report.behaviors = [lb for lb in report.behaviors if lb.path not in bad]
+            refused.add(other.path)
+    if refused:
+        report.behaviors = [lb for lb in report.behaviors if lb.path not in refused]
         report.problems.sort(key=lambda p: (p.path, p.line, p.column))
     return warnings

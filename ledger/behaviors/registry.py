@@ -13,9 +13,9 @@ from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import select, text
-from sqlmodel import Session
+from sqlmodel import Session, col
 
-from ledger.behaviors.load import LoadedBehavior, LoadReport, load_directory
+from ledger.behaviors.load import UNIQUE_FIELDS, LoadedBehavior, LoadReport, load_directory
 from ledger.db.models import BehaviorRow, FileProblem
 from ledger.gates import Tier
 from ledger.journal import append_entry
@@ -55,7 +55,28 @@ class ReconcileSummary:
 
 def reconcile_directory(session: Session, directory: Path, now: datetime) -> ReconcileSummary:
     """Load ``directory`` and reconcile it (inside the caller's transaction)."""
-    return reconcile(session, load_directory(directory), directory, now)
+    return reconcile(
+        session, load_directory(directory, registered_holders(session)), directory, now
+    )
+
+
+def registered_holders(session: Session) -> dict[tuple[str, str], str]:
+    """Which file each registered (not retired) behavior's unique values belong to: a new
+    file that reuses one of them is refused, and the behavior that has it keeps running."""
+    holders: dict[tuple[str, str], str] = {}
+    rows = session.execute(
+        select(
+            col(BehaviorRow.name), col(BehaviorRow.source_path), col(BehaviorRow.definition)
+        ).where(col(BehaviorRow.retired).is_(False))
+    )
+    for name, source_path, definition in rows:
+        file = Path(source_path).name
+        holders[("name", name)] = file
+        for attr in UNIQUE_FIELDS:
+            value = (definition or {}).get(attr)
+            if attr != "name" and isinstance(value, str):
+                holders[(attr, value)] = file
+    return holders
 
 
 def reconcile(

@@ -6,6 +6,7 @@ Unknown keys are errors everywhere (a typo must not pass silently).
 
 from __future__ import annotations
 
+import contextlib
 import re
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -299,12 +300,24 @@ class Behavior(_Strict):
             ) from None
         return value
 
-    @field_validator("timeout")
+    @field_validator("timeout", mode="before")
     @classmethod
-    def _timeout_positive(cls, value: str | float) -> str | float:
-        if isinstance(value, int | float) and not 0 < value <= 3600:
-            raise ValueError("must be between 0 and 3600 seconds")
-        return value
+    def _timeout_form(cls, value: object) -> object:
+        """One message listing every accepted form, whatever was written."""
+        if isinstance(value, str) and value in TIMEOUT_CLASSES:
+            return value
+        seconds: float | None = None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            seconds = float(value)
+        elif isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                seconds = float(value)
+        if seconds is not None and 0 < seconds <= 3600:
+            return value  # the field's own validation turns it into a number
+        raise ValueError(
+            f"{value!r} is not a timeout: write fast (30 s), reasoning (120 s), multi_agent "
+            "(600 s), or a number of seconds between 0 and 3600 (e.g. 45)"
+        )
 
     @field_validator("approval_ttl")
     @classmethod

@@ -5,11 +5,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ledger.errors import (
@@ -47,17 +49,11 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body("error", str(exc)), status_code=400)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        details = [
-            {
-                "field": ".".join(str(p) for p in err.get("loc", ()) if p != "body"),
-                "message": err.get("msg", "invalid"),
-            }
-            for err in exc.errors()
-        ]
-        return JSONResponse(
-            error_body("invalid_request", "the request is not valid", details), status_code=422
-        )
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [_detail(request, err) for err in exc.errors()]
+        body_level = [d for d in details if d["field"] == "body"]
+        message = body_level[0]["message"] if body_level else "the request is not valid"
+        return JSONResponse(error_body("invalid_request", message, details), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -77,3 +73,43 @@ def install_error_handlers(app: FastAPI) -> None:
             error_body("internal", "internal error; the daemon's log has the details"),
             status_code=500,
         )
+
+
+_SEND_JSON = "send it with Content-Type: application/json"
+
+
+def _detail(request: Request, err: Mapping[str, Any]) -> dict[str, str]:
+    """One validation error as ``{"field", "message"}``; a problem with the body as a whole
+    (none sent, not JSON, not an object) says so and shows the body the route expects."""
+    loc = tuple(err.get("loc", ()))
+    kind = err.get("type", "")
+    if loc[:1] == ("body",) and (len(loc) == 1 or kind == "json_invalid"):
+        example = _body_example(request)
+        if kind == "missing":
+            message = f"this request needs a JSON body, e.g. {example}: {_SEND_JSON}"
+        elif kind == "json_invalid":
+            reason = (err.get("ctx") or {}).get("error", "JSON decode error")
+            where = f" at character {loc[1]}" if len(loc) > 1 else ""
+            message = f"the body is not valid JSON ({reason}{where}); expected e.g. {example}"
+        elif isinstance(err.get("input"), bytes | str):
+            message = f"the body is not JSON: {_SEND_JSON}, e.g. {example}"
+        else:
+            message = f"the body must be a JSON object, e.g. {example}"
+        return {"field": "body", "message": message}
+    return {
+        "field": ".".join(str(p) for p in loc if p != "body"),
+        "message": err.get("msg", "invalid"),
+    }
+
+
+def _body_example(request: Request) -> str:
+    """The route's JSON body with its required fields, e.g. ``{"reason": "..."}``."""
+    route = request.scope.get("route")
+    field = getattr(route, "body_field", None)
+    model = getattr(getattr(field, "field_info", None), "annotation", None)
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return "{}"
+    required = [name for name, info in model.model_fields.items() if info.is_required()]
+    if not required:
+        return "{} (every field is optional)"
+    return "{" + ", ".join(f'"{name}": "..."' for name in required) + "}"

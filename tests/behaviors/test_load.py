@@ -153,18 +153,106 @@ def test_prompt_file_contents_feed_the_definition_hash(tmp_path: Path) -> None:
     assert first.definition_hash != second.definition_hash
 
 
-def test_duplicate_names_keys_and_key_names_name_each_other(tmp_path: Path) -> None:
+def test_a_shared_name_key_and_key_name_refuse_the_later_file_naming_the_first(
+    tmp_path: Path,
+) -> None:
+    """Fresh start (nothing registered): the first file by name keeps what it uses."""
     write_behavior(tmp_path, "one", BASE.replace("prompt", "name: same\nkey_name: k\nprompt"))
     write_behavior(tmp_path, "two", BASE.replace("prompt", "name: same\nkey_name: k\nprompt"))
     report = load_directory(tmp_path)
     rendered = [p.render().split("/")[-1] for p in report.problems]
-    assert "one.yaml:4:7: name: behavior name 'same' is also used by two.yaml" in rendered
-    assert "two.yaml:4:7: name: behavior name 'same' is also used by one.yaml" in rendered
-    assert any(
-        "api_key: api_key reference (one behavior = one key) 'env:KEY_B'" in r for r in rendered
+    assert rendered == [
+        "two.yaml:3:10: api_key: api_key reference 'env:KEY_B' is already used by one.yaml, "
+        "which keeps it (first by file name): one behavior = one key, so create an OpenRouter "
+        "key for it",
+        "two.yaml:4:7: name: behavior name 'same' is already used by one.yaml, which keeps it "
+        "(first by file name): rename this behavior (name:, or the file name)",
+        "two.yaml:5:11: key_name: key_name 'k' is already used by one.yaml, which keeps it "
+        "(first by file name): each key has its own name: write the name of this behavior's key",
+    ]
+    assert [lb.path.name for lb in report.behaviors] == ["one.yaml"]
+
+
+def test_the_registered_holder_of_a_key_keeps_it_and_the_new_file_is_refused(
+    tmp_path: Path,
+) -> None:
+    write_behavior(tmp_path, "a-new", BASE)
+    write_behavior(tmp_path, "z-old", BASE)
+    report = load_directory(tmp_path, holders={("api_key", "env:KEY_B"): "z-old.yaml"})
+    assert [lb.name for lb in report.behaviors] == ["z-old"]
+    assert [p.render().split("/")[-1] for p in report.problems] == [
+        "a-new.yaml:3:10: api_key: api_key reference 'env:KEY_B' is already used by "
+        "z-old.yaml, which keeps it (registered with it): one behavior = one key, so create an "
+        "OpenRouter key for it"
+    ]
+
+
+def test_a_valid_file_keeps_a_key_an_invalid_file_also_uses(tmp_path: Path) -> None:
+    write_behavior(tmp_path, "a-broken", BASE.replace("15m", "every day"))
+    write_behavior(tmp_path, "b-good", BASE)
+    report = load_directory(tmp_path)
+    assert [lb.name for lb in report.behaviors] == ["b-good"]
+    assert {(Path(p.path).name, p.field) for p in report.problems} == {
+        ("a-broken.yaml", "schedule"),
+        ("a-broken.yaml", "api_key"),
+    }
+    assert "(a valid file goes before an invalid one)" in report.problems[1].message
+
+
+def test_one_pass_reports_schedule_timeout_missing_input_and_shared_key_together(
+    tmp_path: Path,
+) -> None:
+    write_behavior(
+        tmp_path,
+        "audit",
+        'schedule: "0 6 * * 8"\npreset: p\napi_key: env:KEY_B\nprompt: "Review {site}"\n'
+        "timeout: slow\n",
     )
-    assert any("key_name: key_name" in r for r in rendered)
-    assert report.behaviors == []
+    write_behavior(tmp_path, "digest", BASE)
+    report = load_directory(tmp_path)
+    assert [(p.line, p.field) for p in report.problems] == [
+        (1, "schedule"),
+        (3, "api_key"),
+        (4, "prompt"),
+        (5, "timeout"),
+    ]
+    assert "uses {site} but inputs has no 'site'" in report.problems[2].message
+    assert [lb.name for lb in report.behaviors] == ["digest"]
+
+
+def test_prompt_file_and_inputs_are_checked_even_when_the_schema_fails(tmp_path: Path) -> None:
+    (tmp_path / "p.txt").write_text("Hello {who}")
+    assert problems_of(
+        tmp_path, "schedule: nope\npreset: p\napi_key: env:K\nprompt_file: p.txt\n"
+    ) == [
+        "1:11: schedule: must be a 5-field cron expression (minute hour day month weekday) or "
+        "an interval like 15m, 6h, 1d",
+        "4:14: prompt_file: uses {who} but inputs has no 'who' (built-ins: behavior, date, "
+        "now, run_id, tier)",
+    ]
+
+
+def test_timeout_error_lists_every_accepted_form(tmp_path: Path) -> None:
+    accepted = (
+        "write fast (30 s), reasoning (120 s), multi_agent (600 s), or a number of seconds "
+        "between 0 and 3600 (e.g. 45)"
+    )
+    assert problems_of(tmp_path, BASE + "timeout: slow\n") == [
+        f"5:10: timeout: 'slow' is not a timeout: {accepted}"
+    ]
+    assert problems_of(tmp_path, BASE + "timeout: 7200\n") == [
+        f"5:10: timeout: 7200 is not a timeout: {accepted}"
+    ]
+    loaded, _ = load_file(write_behavior(tmp_path, "ok", BASE + "timeout: 45\n"))
+    assert loaded is not None and loaded.behavior.timeout_seconds == 45.0
+
+
+def test_missing_folder_is_one_clear_line_not_a_file_problem(tmp_path: Path) -> None:
+    report = load_directory(tmp_path / "behaviors")
+    assert report.problems == [] and report.files_seen == []
+    assert report.folder_error == (
+        f"behaviors folder {tmp_path}/behaviors not found: create it or set LEDGER_BEHAVIORS_DIR"
+    )
 
 
 def test_every_problem_of_a_dozen_broken_files_is_reported(tmp_path: Path) -> None:

@@ -129,6 +129,31 @@ def test_invalid_new_file_is_reported_not_registered(db: Database, tmp_path: Pat
         assert session.execute(select(FileProblem)).first() is None
 
 
+def test_a_new_file_reusing_a_registered_key_is_refused_and_the_existing_keeps_running(
+    db: Database, tmp_path: Path
+) -> None:
+    """The new file sorts first by name, yet the behavior registered with the key keeps it."""
+    old = write_behavior(tmp_path, "z-old")
+    _sync(db, tmp_path)
+    key_line = next(line for line in old.read_text().splitlines() if line.startswith("api_key"))
+    new = write_behavior(
+        tmp_path, "a-new", old.read_text().replace("key_name: z-old-key", "key_name: a-key")
+    )
+    assert key_line in new.read_text()
+    summary = _sync(db, tmp_path, 1)
+    assert summary.registered == [] and summary.retired == []
+    assert summary.invalid == [str(new)]
+    row = _row(db, "z-old")
+    assert row.problem is None and not row.retired
+    with db.transaction() as session:
+        assert session.execute(select(BehaviorRow.name)).scalars().all() == ["z-old"]
+        problem = session.execute(select(FileProblem)).scalar_one()
+    assert problem.path == str(new)
+    assert "is already used by z-old.yaml, which keeps it (registered with it)" in (
+        problem.problems
+    )
+
+
 def test_lowering_max_tier_demotes_to_the_cap(db: Database, tmp_path: Path) -> None:
     path = write_behavior(tmp_path, "alpha")
     _sync(db, tmp_path)

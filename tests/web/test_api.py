@@ -67,6 +67,41 @@ def test_api_requires_a_token_and_answers_in_one_error_shape(api: httpx.Client) 
     assert api.get("/openapi.json").status_code == 200
 
 
+def test_a_request_without_its_json_body_is_told_so_with_the_body_expected(
+    api: httpx.Client,
+) -> None:
+    none = api.post("/api/behaviors/alpha/pause")
+    assert none.status_code == 422
+    error = none.json()["error"]
+    assert error["code"] == "invalid_request"
+    assert error["message"] == (
+        'this request needs a JSON body, e.g. {"reason": "..."}: '
+        "send it with Content-Type: application/json"
+    )
+    assert error["details"] == [{"field": "body", "message": error["message"]}]
+
+    form = api.post(
+        "/api/behaviors/alpha/pause",
+        content=b"reason=x",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert form.status_code == 422
+    assert form.json()["error"]["message"].startswith("the body is not JSON: send it with ")
+
+    broken = api.post(
+        "/api/approvals/run-x/reject",
+        content=b'{"reason": ',
+        headers={"Content-Type": "application/json"},
+    )
+    assert broken.status_code == 422
+    assert broken.json()["error"]["message"].startswith("the body is not valid JSON (")
+
+    listed = api.post("/api/behaviors/alpha/pause", json=["stop"])
+    assert listed.json()["error"]["message"] == (
+        'the body must be a JSON object, e.g. {"reason": "..."}'
+    )
+
+
 def test_behaviors_explain_actions_and_ledger(api: httpx.Client) -> None:
     listing = api.get("/api/behaviors").json()["behaviors"]
     assert [(b["name"], b["tier_label"]) for b in listing] == [("alpha", "A · proposal-only")]

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
-from tests.conftest import write_behavior
+from tests.conftest import free_port, write_behavior
 from tests.daemon import Daemon, names, wait_until
 
 
@@ -48,3 +52,84 @@ def test_sighup_rescans_the_folder(tmp_path: Path, start_daemon: Callable[..., D
     wait_until(lambda: "gamma" in names(url), what="SIGHUP to trigger a rescan")
     daemon.proc.send_signal(signal.SIGINT)
     assert daemon.proc.wait(20) == 0
+
+
+def _serve(tmp_path: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ledger", "serve", *args],
+        cwd=tmp_path,
+        env={**os.environ, "LEDGER_LOG_FORMAT": "json", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_auth_off_on_a_public_address_is_one_line_and_exit_2_before_the_server_starts(
+    tmp_path: Path,
+) -> None:
+    db_file = tmp_path / "never.db"
+    result = _serve(
+        tmp_path,
+        "--host",
+        "0.0.0.0",  # noqa: S104 — the address being refused
+        env={"LEDGER_AUTH": "off", "LEDGER_DATABASE_URL": f"sqlite:///{db_file}"},
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        "error: LEDGER_AUTH=off is only allowed when listening on loopback, not 0.0.0.0: "
+        "listen on 127.0.0.1 (--host), or leave auth on and configure [api_tokens] "
+        "(docs/api.md)\n"
+    )
+    assert "Started server process" not in result.stdout + result.stderr
+    assert not db_file.exists()
+
+
+def test_every_unresolvable_reference_is_reported_at_once_before_the_server_starts(
+    tmp_path: Path,
+) -> None:
+    result = _serve(
+        tmp_path,
+        env={
+            "LEDGER_DATABASE_URL": f"sqlite:///{tmp_path / 'l.db'}",
+            "LEDGER_API_TOKENS": '{"ops": "env:FIRSTHOUR_UNSET_OPS"}',
+            "LEDGER_WEBHOOK_SOURCES": '{"deploys": {"secrets": "env:FIRSTHOUR_UNSET_HOOK"}}',
+            "LEDGER_ALERT_CHANNELS": '{"ops": {"type": "slack"}}',
+        },
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "error: api_tokens: secret reference env:FIRSTHOUR_UNSET_OPS: environment variable "
+        "FIRSTHOUR_UNSET_OPS is not set",
+        "error: webhook_sources.deploys.secrets: secret reference env:FIRSTHOUR_UNSET_HOOK: "
+        "environment variable FIRSTHOUR_UNSET_HOOK is not set",
+        "error: alert_channels.ops: a slack channel needs a url (a reference: env:NAME)",
+    ]
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_a_port_in_use_or_an_unreachable_database_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = _serve(
+            tmp_path,
+            "--port",
+            str(port),
+            env={"LEDGER_DATABASE_URL": f"sqlite:///{tmp_path / 'l.db'}"},
+        )
+    assert busy.returncode == 2
+    assert busy.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}: ")
+    assert busy.stderr.count("\n") == 1
+
+    closed = free_port()
+    down = _serve(
+        tmp_path,
+        env={"LEDGER_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{closed}/nothing"},
+    )
+    assert down.returncode == 2
+    assert down.stderr.startswith("error: cannot upgrade the database: ")
+    assert down.stderr.count("\n") == 1
+    assert "Traceback" not in down.stdout + down.stderr
