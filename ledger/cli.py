@@ -94,7 +94,7 @@ def init(
         "."
     ),
 ) -> None:
-    """Create a starter ledger.toml and two example behaviors (never overwrites)."""
+    """Create a starter ledger.toml and the example behaviors (never overwrites)."""
     from ledger.starter import write_starter
 
     for path in write_starter(directory):
@@ -896,6 +896,10 @@ def sim_openrouter(
             dir_okay=False,
         ),
     ] = None,
+    broadcast_url: Annotated[
+        str | None,
+        typer.Option(help="Where to send the broadcast (default: the presets file's url)."),
+    ] = None,
 ) -> None:
     """Run the OpenRouter simulator (chat completions, keys, faults, broadcast)."""
     from importlib import resources
@@ -906,7 +910,8 @@ def sim_openrouter(
     configure_logging("auto", "info")
     source = presets or Path(str(resources.files("ledger") / "sim" / "presets.example.yaml"))
     try:
-        config = SimConfig.from_yaml(source)
+        overrides = {} if broadcast_url is None else {"broadcast_url": broadcast_url}
+        config = SimConfig.from_yaml(source, **overrides)
     except SimConfigError as exc:
         raise LedgerError(f"{source}: {exc}") from None
     print(f"OpenRouter simulator on http://{host}:{port} (presets from {source})")

@@ -1,4 +1,4 @@
-"""``ledger init``: a starter ledger.toml and two example behaviors, never overwriting."""
+"""``ledger init``: a starter ledger.toml and the example behaviors, never overwriting."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ STARTER_FILES = {
     "ledger.toml": "ledger.toml",
     "behaviors/seo-audit-weekly.yaml": "seo-audit-weekly.yaml",
     "behaviors/content-digest.yaml": "content-digest.yaml",
+    "behaviors/quick-digest.yaml": "quick-digest.yaml",
 }
 
 

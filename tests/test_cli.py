@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_validate_passes_on_the_shipped_examples(tmp_path: Path) -> None:
     result = ledger("validate", str(REPO / "behaviors"), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.strip().startswith("2 behavior file(s) valid")
+    assert result.stdout.strip().startswith("3 behavior file(s) valid")
 
 
 def test_validate_prints_every_problem_and_exits_1(tmp_path: Path) -> None:
@@ -139,9 +139,9 @@ def test_db_upgrade_status_verify_and_export(tmp_path: Path, database_url: str) 
     assert "seo-audit-weekly" in status.stdout and "A · proposal-only" in status.stdout
     assert "$0.0000 / $5.00 per month" in status.stdout
     verify = ledger("verify", cwd=tmp_path, env=env)
-    assert verify.returncode == 0 and "2 entries" in verify.stdout
+    assert verify.returncode == 0 and "3 entries" in verify.stdout
     export = ledger("export", "--format", "jsonl", cwd=tmp_path, env=env)
-    assert [json.loads(line)["kind"] for line in export.stdout.splitlines()] == ["registered"] * 2
+    assert [json.loads(line)["kind"] for line in export.stdout.splitlines()] == ["registered"] * 3
 
 
 def test_bad_database_url_is_one_clear_line(tmp_path: Path) -> None:

@@ -220,15 +220,16 @@ class KeyInfo:
 
 def build_chat_request(behavior: Behavior, tier: Tier, prompt: str, run_id: str) -> dict[str, Any]:
     """The chat completion body for one run of ``behavior`` at ``tier``: the tier's preset,
-    the behavior's output cap, and attribution that broadcast carries back (``user`` = the
-    behavior, ``session_id`` = the run, ``trace`` = behavior/run/tier/preset).
+    the behavior's output cap, attribution that broadcast carries back (``user`` = the
+    behavior, ``session_id`` = the run, ``trace`` = behavior/run/tier/preset), and, when the
+    behavior checks its output against a JSON Schema, ``response_format`` asking for it.
 
     Raises ``ValueError`` when ``run_id`` is longer than OpenRouter's session_id limit.
     """
     if len(run_id) > SESSION_ID_MAX:
         raise ValueError(f"run id is {len(run_id)} characters; session_id allows {SESSION_ID_MAX}")
     preset = behavior.preset_for(tier)
-    return {
+    body: dict[str, Any] = {
         "model": f"@preset/{preset}",
         "messages": [{"role": "user", "content": prompt}],
         "max_completion_tokens": behavior.max_output_tokens,
@@ -241,6 +242,14 @@ def build_chat_request(behavior: Behavior, tier: Tier, prompt: str, run_id: str)
             "preset": preset,
         },
     }
+    if behavior.checks.json_schema is not None:
+        # Not strict: OpenAI-style strict mode accepts only a subset of JSON Schema; the
+        # behavior's own json_schema check is what decides.
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": behavior.name, "schema": behavior.checks.json_schema},
+        }
+    return body
 
 
 def build_fallback_request(behavior: Behavior, prompt: str) -> dict[str, Any]:

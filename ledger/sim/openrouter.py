@@ -1,5 +1,6 @@
-"""A local stand-in for OpenRouter: chat completions, key inspection, the key management API,
-programmable faults and the observability broadcast, spoken in OpenRouter's wire formats.
+"""A local stand-in for OpenRouter: chat completions (in JSON when ``response_format`` asks for
+it), key inspection, the key management API, programmable faults and the observability
+broadcast, spoken in OpenRouter's wire formats.
 
 It imports nothing from the daemon: it is what the outside world looks like. Build it with
 ``create_app(SimConfig(...))``, start it with ``serve()`` (the CLI) or ``run_in_background()``
@@ -45,10 +46,13 @@ __all__ = [
     "SimKey",
     "build_broadcast",
     "create_app",
+    "json_answer",
     "limit_exceeded_message",
+    "read_response_format",
     "run_asgi_in_background",
     "run_in_background",
     "run_in_thread",
+    "schema_instance",
     "serve",
 ]
 
@@ -580,6 +584,88 @@ def generate_answer(seed: int, model: str, messages: Sequence[Mapping[str, Any]]
     ]
 
 
+_RESPONSE_FORMATS = ("text", "json_object", "json_schema")
+
+
+def read_response_format(raw: Any) -> JSON | None:
+    """The request's ``response_format`` when it asks for JSON (``json_object``, or
+    ``json_schema`` with ``json_schema: {name, schema, strict?}``), None for plain text.
+    Raises ``ValueError`` saying what is wrong with a malformed one."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping) or raw.get("type") not in _RESPONSE_FORMATS:
+        raise ValueError(f"response_format.type must be one of {', '.join(_RESPONSE_FORMATS)}")
+    if raw["type"] == "text":
+        return None
+    if raw["type"] == "json_object":
+        return {"type": "json_object"}
+    spec = raw.get("json_schema")
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
+        raise ValueError("response_format.json_schema must be an object with a name")
+    schema = spec.get("schema", {})
+    if not isinstance(schema, Mapping):
+        raise ValueError("response_format.json_schema.schema must be an object")
+    return {"type": "json_schema", "schema": dict(schema)}
+
+
+def json_answer(response_format: Mapping[str, Any], words: Sequence[str]) -> str:
+    """The answer as JSON text for a request that asked for JSON: an instance of the schema
+    (``json_schema``), else ``{"answer": "<the words>"}``. Strings are made of ``words``."""
+    if response_format.get("type") == "json_schema":
+        value = schema_instance(response_format.get("schema") or {}, _word_source(words))
+        return json.dumps(value)
+    return json.dumps({"answer": " ".join(words)})
+
+
+def _word_source(words: Sequence[str]) -> Iterator[str]:
+    pool = [w.strip(".").lower() for w in words] or ["answer"]
+    while True:
+        yield from pool
+
+
+def schema_instance(schema: Mapping[str, Any], words: Iterator[str]) -> Any:
+    """A value valid against the common subset of JSON Schema that output checks use (type,
+    properties, required, items, min/maxItems, min/maxLength, minimum/maximum, enum, const,
+    anyOf/oneOf/allOf's first branch). Pure; deterministic for a given ``words``."""
+    if "const" in schema:
+        return schema["const"]
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][0]
+    for combinator in ("anyOf", "oneOf", "allOf"):
+        branches = schema.get(combinator)
+        if isinstance(branches, list) and branches and isinstance(branches[0], Mapping):
+            return schema_instance({**schema, combinator: None, **branches[0]}, words)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind is None:
+        kind = "object" if "properties" in schema else "array" if "items" in schema else "string"
+    if kind == "object":
+        properties = schema.get("properties") or {}
+        names = [*properties, *(n for n in schema.get("required") or () if n not in properties)]
+        return {
+            str(n): schema_instance(properties.get(n) or {"type": "string"}, words) for n in names
+        }
+    if kind == "array":
+        count = max(int(schema.get("minItems", 0)), min(3, int(schema.get("maxItems", 3))))
+        items = schema.get("items")
+        item_schema = items if isinstance(items, Mapping) else {"type": "string"}
+        return [schema_instance(item_schema, words) for _ in range(count)]
+    if kind in ("integer", "number"):
+        low = schema.get("minimum", schema.get("exclusiveMinimum", 0))
+        value = max(1, math.ceil(low) + (1 if "exclusiveMinimum" in schema else 0))
+        high = schema.get("maximum")
+        return min(value, math.floor(high)) if isinstance(high, int | float) else value
+    if kind == "boolean":
+        return True
+    if kind == "null":
+        return None
+    text = " ".join(next(words) for _ in range(4))
+    while len(text) < int(schema.get("minLength", 0)):
+        text += " " + next(words)
+    return text[: int(schema["maxLength"])] if "maxLength" in schema else text
+
+
 # --------------------------------------------------------------------------------------------
 # Mutable state
 # --------------------------------------------------------------------------------------------
@@ -1012,6 +1098,7 @@ class _ChatRequest:
     user: str | None
     session_id: str | None
     trace: JSON
+    response_format: JSON | None  # set when the request asked for JSON
 
 
 @dataclass(frozen=True, slots=True)
@@ -1036,7 +1123,12 @@ def _parse_chat(request: Request, body: JSON, state: _State) -> _ChatRequest:
     if target.system_prompt and not any(m.get("role") == "system" for m in messages):
         messages = [{"role": "system", "content": target.system_prompt}, *messages]
     user, session_id, trace = _read_attribution(request, body)
-    return _ChatRequest(target, messages, _read_cap(body, target), user, session_id, trace)
+    try:
+        response_format = read_response_format(body.get("response_format"))
+    except ValueError as exc:
+        raise _ApiError(400, str(exc)) from exc
+    cap = _read_cap(body, target)
+    return _ChatRequest(target, messages, cap, user, session_id, trace, response_format)
 
 
 def _pick_refusal(
@@ -1091,6 +1183,8 @@ def _answer(
         answer = target.output
     else:
         answer = generate_answer(state.config.seed, model, chat.messages)
+        if chat.response_format is not None:
+            answer = json_answer(chat.response_format, answer)
     content, completion_tokens, finish_reason = _compose(answer, chat.cap)
     return _Answer(model, content, completion_tokens, finish_reason, None, broadcast)
 

@@ -195,6 +195,19 @@ def test_chat_request_uses_the_tier_preset_and_carries_attribution() -> None:
     assert build_chat_request(make_behavior(), Tier.B, "x", RUN_ID)["model"] == "@preset/seo-audit"
 
 
+def test_chat_request_asks_for_json_when_the_behavior_checks_a_json_schema() -> None:
+    schema = {"type": "object", "required": ["fixes"]}
+    behavior = make_behavior(checks={"json_schema": schema, "max_chars": 100})
+
+    body = build_chat_request(behavior, Tier.A, "Audit it.", RUN_ID)
+
+    assert body["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "seo-audit", "schema": schema},
+    }
+    assert "response_format" not in build_chat_request(make_behavior(), Tier.A, "x", RUN_ID)
+
+
 def test_chat_request_refuses_a_run_id_longer_than_session_id_allows() -> None:
     with pytest.raises(ValueError, match="session_id allows 256"):
         build_chat_request(make_behavior(), Tier.A, "x", "r" * 257)

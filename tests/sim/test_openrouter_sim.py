@@ -816,7 +816,7 @@ def test_example_presets_file_loads() -> None:
     assert {"seo-audit", "seo-audit-strict", "content-pipeline"} <= set(config.presets)
     assert config.presets["seo-audit"].fallback_models == (MINI,)
     assert config.management_key is not None
-    assert {k.name for k in config.keys} >= {"ledger/seo-audit-weekly", "ledger/broke"}
+    assert {k.name for k in config.keys} >= {"seo-audit-weekly", "broke"}
     assert config.faults[0].kind == "rate_limit"
     assert config.broadcast_url == "http://127.0.0.1:8600/v1/traces"
 
