@@ -196,7 +196,7 @@ def db_upgrade(
 def status(config: ConfigOption = None) -> None:
     """A table of every behavior: tier, state, last and next run, failures, spend."""
     from ledger.db.session import Database
-    from ledger.status import collect_status
+    from ledger.status import collect_status, collect_storage
 
     settings = _settings(config)
     db = Database.open(settings.database_url)
@@ -204,6 +204,7 @@ def status(config: ConfigOption = None) -> None:
     try:
         with db.transaction() as session:
             report = collect_status(session, now)
+            storage = collect_storage(session)
     finally:
         db.close()
     table = Table(title=f"Promotion Ledger — {len(report.behaviors)} behavior(s)")
@@ -255,14 +256,59 @@ def status(config: ConfigOption = None) -> None:
             "processor could not store them (see the log; they stay in ingest_delivery)[/yellow]",
             highlight=False,
         )
+    sizes = " · ".join(f"{t.table} {'~' if t.estimated else ''}{t.rows:,}" for t in storage.tables)
+    estimated = " (~: PostgreSQL's estimate)" if any(t.estimated for t in storage.tables) else ""
+    out.print(f"rows: {sizes}{estimated}", highlight=False)
+    if storage.last_prunes:
+        when = max(p.pruned_at for p in storage.last_prunes)
+        deleted = " · ".join(f"{p.table} {p.deleted:,}" for p in storage.last_prunes)
+        out.print(f"last prune: {_ago(now, when)}, rows deleted: {deleted}", highlight=False)
+    else:
+        every = _duration(settings.retention_interval_seconds)
+        out.print(
+            f"last prune: never (the daemon prunes at start-up, then every {every})",
+            highlight=False,
+        )
+
+
+@app.command()
+def prune(
+    config: ConfigOption = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count what would be deleted; delete nothing.")
+    ] = False,
+) -> None:
+    """Delete old broadcast spans, delivered outbox rows and webhook events now, as the daemon
+    does every LEDGER_RETENTION_INTERVAL_SECONDS (the LEDGER_RETENTION_* settings)."""
+    from ledger.db.session import Database
+    from ledger.retention import prune as prune_tables
+    from ledger.retention import targets_from_settings
+
+    settings = _settings(config)
+    targets = targets_from_settings(settings)
+    if not targets:
+        print("nothing to prune: every LEDGER_RETENTION_*_DAYS is 0 (keep forever)")
+        return
+    db = Database.open(settings.database_url)
+    try:
+        results = prune_tables(db, targets, _now(), settings.retention_batch_size, dry_run=dry_run)
+    finally:
+        db.close()
+    verb = "would delete" if dry_run else "deleted"
+    for r in results:
+        print(f"{r.target}: {verb} {r.deleted:,} row(s) older than {r.cutoff:%Y-%m-%d %H:%M} UTC")
 
 
 def _ago(now: datetime, then: datetime) -> str:
-    seconds = int((now - then).total_seconds())
+    return f"{_duration((now - then).total_seconds())} ago"
+
+
+def _duration(total_seconds: float) -> str:
+    seconds = int(total_seconds)
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
-            return f"{seconds // size}{unit} ago"
-    return f"{max(seconds, 0)}s ago"
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
 
 
 @app.command()

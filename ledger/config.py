@@ -17,6 +17,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from ledger.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = Path("ledger.toml")
+# Processed webhook events are the replay and retry guard; keep them at least this long.
+MIN_WEBHOOK_EVENT_DAYS = 7
 
 
 class WebhookSource(BaseModel):
@@ -107,6 +109,48 @@ class Settings(BaseSettings):
         description="API/dashboard tokens by name (the name is recorded as the actor): "
         "secret references or values.",
     )
+    retention_spans_days: int = Field(
+        default=30,
+        ge=0,
+        description="Delete broadcast spans (and deliveries set aside) older than this many "
+        "days; 0 keeps them forever.",
+    )
+    retention_outbox_days: int = Field(
+        default=7,
+        ge=0,
+        description="Delete outbox rows delivered more than this many days ago (pending and "
+        "dead rows are kept); 0 keeps them forever.",
+    )
+    retention_webhook_events_days: int = Field(
+        default=30,
+        ge=0,
+        description="Delete processed webhook events older than this many days, for sources "
+        "whose signature is timestamped (generic, stripe; GitHub's events are kept: they are "
+        "its only replay guard); at least 7 (Stripe retries an event for 3 days); 0 keeps them "
+        "forever.",
+    )
+    retention_interval_seconds: float = Field(
+        default=3600.0,
+        ge=60,
+        description="How often the daemon prunes (and once at start-up).",
+    )
+    retention_batch_size: int = Field(
+        default=1000,
+        ge=1,
+        le=10_000,
+        description="Rows deleted per transaction while pruning.",
+    )
+
+    @field_validator("retention_webhook_events_days")
+    @classmethod
+    def _replay_window(cls, value: int) -> int:
+        if 0 < value < MIN_WEBHOOK_EVENT_DAYS:
+            raise ValueError(
+                f"must be 0 (keep forever) or at least {MIN_WEBHOOK_EVENT_DAYS} days: a webhook "
+                "event is the guard against a retried or replayed request (Stripe retries for "
+                "3 days)"
+            )
+        return value
 
     @field_validator("openrouter_base_url", "notion_base_url")
     @classmethod

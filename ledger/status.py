@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from pydantic import ValidationError
-from sqlalchemy import func
+from sqlalchemy import func, text
 from sqlmodel import Session, col, select
 
 from ledger.behaviors.schema import Behavior
@@ -17,6 +17,7 @@ from ledger.db.models import (
     GateResultRow,
     IngestDelivery,
     IngestedSpan,
+    RetentionPrune,
     Run,
 )
 from ledger.gates import Tier
@@ -167,3 +168,61 @@ def _definition(row: BehaviorRow) -> Behavior | None:
         return Behavior.model_validate(row.definition)
     except ValidationError:
         return None
+
+
+# The tables that grow with use: the pruned ones first, then the history (never pruned).
+SIZED_TABLES: tuple[str, ...] = (
+    "ingested_span",
+    "ingest_delivery",
+    "outbox",
+    "webhook_event",
+    "ledger_entry",
+    "run",
+    "gate_result",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TableSize:
+    table: str
+    rows: int
+    estimated: bool  # PostgreSQL's planner estimate (pg_class.reltuples), not a count
+
+
+@dataclass(frozen=True, slots=True)
+class LastPrune:
+    table: str
+    pruned_at: datetime
+    cutoff: datetime
+    deleted: int
+
+
+@dataclass(frozen=True, slots=True)
+class StorageStatus:
+    """Rows per table (on PostgreSQL the planner's estimate, kept by autovacuum: a count of a
+    big table would read all of it; on SQLite an exact count) and the last prune of each pruned
+    table (``ledger.retention``)."""
+
+    tables: list[TableSize]
+    last_prunes: list[LastPrune]
+
+
+def collect_storage(session: Session) -> StorageStatus:
+    postgres = session.get_bind().dialect.name == "postgresql"
+    sizes: list[TableSize] = []
+    for name in SIZED_TABLES:
+        estimate = None
+        if postgres:
+            estimate = session.execute(
+                text("SELECT reltuples FROM pg_class WHERE oid = to_regclass(:name)"),
+                {"name": name},
+            ).scalar_one_or_none()
+        if estimate is not None and estimate >= 0:  # -1: never analyzed yet
+            sizes.append(TableSize(name, int(estimate), True))
+            continue
+        counted = session.execute(text(f'SELECT count(*) FROM "{name}"')).scalar_one()  # noqa: S608  # a constant name
+        sizes.append(TableSize(name, int(counted), False))
+    prunes = session.execute(select(RetentionPrune).order_by(col(RetentionPrune.target))).scalars()
+    return StorageStatus(
+        sizes, [LastPrune(p.target, p.pruned_at, p.cutoff, p.deleted) for p in prunes]
+    )

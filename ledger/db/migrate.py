@@ -11,17 +11,27 @@ from sqlalchemy.exc import OperationalError
 
 from ledger.errors import ConfigError
 
-ALEMBIC_DIR = Path(__file__).resolve().parent.parent.parent / "alembic"
+_PACKAGE = Path(__file__).resolve().parent.parent
+# The one set of migrations lives in the repository's top-level ``alembic/`` folder; a wheel
+# carries a copy of it as ``ledger/_migrations`` (setup.py maps it in).
+PACKAGED_DIR = _PACKAGE / "_migrations"
+CHECKOUT_DIR = _PACKAGE.parent / "alembic"
+
+
+def migrations_dir() -> Path:
+    """The migrations folder: the installed copy, else the checkout's. Raises ConfigError."""
+    for candidate in (PACKAGED_DIR, CHECKOUT_DIR):
+        if (candidate / "env.py").is_file() and (candidate / "versions").is_dir():
+            return candidate
+    raise ConfigError(
+        f"migrations not found (looked in {PACKAGED_DIR} and {CHECKOUT_DIR}): reinstall "
+        "promotion-ledger from its wheel or a checkout of the repository"
+    )
 
 
 def alembic_config(engine: Engine) -> Config:
-    if not (ALEMBIC_DIR / "env.py").is_file():
-        raise ConfigError(
-            f"migrations not found at {ALEMBIC_DIR}: install from a checkout of the repository "
-            "(pip install -e .)"
-        )
     cfg = Config()
-    cfg.set_main_option("script_location", str(ALEMBIC_DIR))
+    cfg.set_main_option("script_location", str(migrations_dir()))
     url = engine.url.render_as_string(hide_password=False)
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))  # configparser escaping
     return cfg

@@ -338,3 +338,15 @@ class PromotionProposal(SQLModel, table=True):
     decided_at: datetime | None = _ts(nullable=True)
     decided_by: str | None = Field(default=None, max_length=200)
     decision_reason: str | None = Field(default=None, max_length=4000)
+
+
+class RetentionPrune(SQLModel, table=True):
+    """The last prune of one table (``ledger.retention``): when it ran, the cutoff it used and
+    how many rows it deleted. One row per table, overwritten by each prune."""
+
+    __tablename__ = "retention_prune"
+
+    target: str = Field(primary_key=True, max_length=32)
+    pruned_at: datetime = _ts()
+    cutoff: datetime = _ts()
+    deleted: int = 0

@@ -1,10 +1,12 @@
 """The daemon's long-running services, opened and closed by the app's lifespan: the OpenRouter
-client, the scheduler and runner, the broadcast processor and the approval-expiry loop."""
+client, the scheduler and runner, the broadcast processor, the approval-expiry loop and the
+retention prune."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +22,7 @@ from ledger.heap import settle_heap
 from ledger.ingest.process import IngestProcessor
 from ledger.outbox.dispatcher import Dispatcher
 from ledger.outbox.urls import make_client
+from ledger.retention import Target, prune, targets_from_settings
 from ledger.runner.call import call_model
 from ledger.runner.catalog import REFRESH_SECONDS, ModelCatalog
 from ledger.runner.openrouter import OpenRouterClient
@@ -114,6 +117,13 @@ async def open_services(
     services.tasks.append(
         asyncio.create_task(_catalog_loop(catalog, services.stop), name="model-catalog")
     )
+    retention = targets_from_settings(settings)
+    if retention:
+        services.tasks.append(
+            asyncio.create_task(
+                _prune_loop(db, clock, retention, settings, services.stop), name="retention"
+            )
+        )
     return services
 
 
@@ -176,3 +186,36 @@ async def _expire_loop(db: Database, clock: Clock, ctx: PolicyContext, stop: asy
             log.exception("expiring approval requests failed; retrying")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=APPROVAL_SWEEP_SECONDS)
+
+
+# Between two batches of a prune, give other writers the database (SQLite's lock is the whole
+# file, and a waiting writer polls for it: back-to-back batches could starve the receiver).
+PRUNE_PAUSE_SECONDS = 0.05
+
+
+async def _prune_loop(
+    db: Database, clock: Clock, targets: list[Target], settings: Settings, stop: asyncio.Event
+) -> None:
+    """Prune old rows at start, then every ``retention_interval_seconds``."""
+
+    def between_batches() -> bool:
+        time.sleep(PRUNE_PAUSE_SECONDS)  # a pause, not a reading of the time
+        return not stop.is_set()
+
+    while not stop.is_set():
+        try:
+            results = await asyncio.to_thread(
+                prune,
+                db,
+                targets,
+                clock.now(),
+                settings.retention_batch_size,
+                between_batches=between_batches,
+            )
+            deleted = {r.target: r.deleted for r in results if r.deleted}
+            if deleted:
+                log.info("old rows pruned", **deleted)
+        except Exception:
+            log.exception("pruning old rows failed; retrying at the next interval")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=settings.retention_interval_seconds)
