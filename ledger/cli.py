@@ -178,6 +178,8 @@ def status(config: ConfigOption = None) -> None:
         spend = f"${s.spend_usd:.4f}"
         if s.budget_usd is not None:
             spend += f" / ${s.budget_usd:.2f} per {s.budget_reset}"
+        else:
+            spend += " this month (no budget)"
         table.add_row(
             s.name,
             s.tier.label,

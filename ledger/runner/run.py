@@ -346,9 +346,10 @@ def _plan(
         },
     )
     reserved = 0.0
-    window: datetime | None = None
+    # Spend is counted in a window even without a budget (the calendar month): only a budget
+    # reserves before the call.
+    window = window_start(behavior.budget.reset if behavior.budget else None, at)
     if behavior.budget is not None:
-        window = window_start(behavior.budget.reset, at, behavior.timezone)
         estimate = behavior.budget.per_call_estimate_usd
         if not estimate and catalog is not None:
             estimate = catalog.worst_case_usd(

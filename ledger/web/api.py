@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from ledger.budget import window_start
+from ledger.budget import DEFAULT_RESET, window_start
 from ledger.db.models import (
     Approval,
     BehaviorRow,
@@ -72,6 +72,7 @@ def list_behaviors(request: Request, _op: OperatorDep) -> dict[str, Any]:
                 "spend_usd": s.spend_usd,
                 "budget_usd": s.budget_usd,
                 "budget_reset": s.budget_reset,
+                "spend_window_start": s.spend_window_start,
                 "problem": s.problem,
                 "cost_disagreements_24h": s.cost_disagreements_24h,
             }
@@ -96,19 +97,19 @@ def get_behavior(request: Request, name: BehaviorName, _op: OperatorDep) -> dict
     with _state(request).db.transaction() as session:
         row = _behavior(session, name)
         definition = row.definition or {}
-        budget = definition.get("budget")
-        spend: dict[str, Any] = {"usd": 0.0, "reserved_usd": 0.0, "window_start": None}
-        if budget:
-            start = window_start(budget["reset"], now, definition.get("timezone", "UTC"))
-            window = session.get(BudgetWindow, (row.id, start))
-            spend = {
-                "usd": window.spent_usd if window else 0.0,
-                "reserved_usd": window.reserved_usd if window else 0.0,
-                "window_start": start,
-                "budget_usd": budget["usd"],
-                "reset": budget["reset"],
-                "broadcast": _broadcast_since(session, row.id or 0, start),
-            }
+        budget = definition.get("budget") or None
+        # Spend is counted with or without a budget: in the budget's window, else the
+        # calendar month (UTC); ``budget_usd`` is None when the behavior has no budget.
+        start = window_start(budget["reset"] if budget else None, now)
+        window = session.get(BudgetWindow, (row.id, start))
+        spend: dict[str, Any] = {
+            "usd": window.spent_usd if window else 0.0,
+            "reserved_usd": window.reserved_usd if window else 0.0,
+            "window_start": start,
+            "budget_usd": budget["usd"] if budget else None,
+            "reset": budget["reset"] if budget else DEFAULT_RESET,
+            "broadcast": _broadcast_since(session, row.id or 0, start),
+        }
         deliveries = session.exec(
             select(IngestedSpan)
             .where(col(IngestedSpan.behavior_id) == row.id)

@@ -268,3 +268,27 @@ def test_auth_error_pauses_and_alerts(db: Database, tmp_path: Path) -> None:
 
 def test_prompt_rendering_keeps_literal_braces() -> None:
     assert render_prompt("{a} {{x}} {date}", {"a": 1}, {"date": "2026-11-25"}) == "1 {x} 2026-11-25"
+
+
+NO_BUDGET = VALID_BEHAVIOR.format(key_env="K", name="alpha").split("budget:")[0]
+
+
+def test_a_behavior_without_a_budget_counts_its_runs_spend_in_the_month(
+    db: Database, tmp_path: Path
+) -> None:
+    from ledger.budget import window_start
+    from ledger.spend import spent_in_window
+    from ledger.status import collect_status
+
+    write_behavior(tmp_path, "alpha", NO_BUDGET)
+    with db.transaction() as session:
+        reconcile_directory(session, tmp_path, T0)
+        bid = lock_behavior(session, name="alpha").id or 0
+    run_once(db, bid, OK)
+    run_once(db, bid, OK, slot_minutes=15)
+    month = window_start("month", T0)
+    with db.transaction() as session:
+        assert spent_in_window(session, bid, month) == (pytest.approx(0.02), 0.0)
+        (status,) = collect_status(session, T0).behaviors
+    assert status.spend_usd == pytest.approx(0.02)
+    assert (status.budget_usd, status.spend_window_start) == (None, month)
