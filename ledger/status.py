@@ -43,6 +43,9 @@ class BehaviorStatus:
     cost_disagreements_24h: int = 0
     # Start (UTC) of the window ``spend_usd`` covers: the budget's, else the calendar month.
     spend_window_start: datetime | None = None
+    # Runs claimed in the last 24 hours that were left behind by a stopped daemon and closed
+    # as ``interrupted`` (not held against the behavior).
+    interrupted_24h: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +92,13 @@ def collect_status(session: Session, now: datetime) -> StatusReport:
     ):
         if cost_disagreement(runner, broadcast) is not None:
             disagreements[behavior_id] = disagreements.get(behavior_id, 0) + 1
+    interrupted: dict[int, int] = dict(
+        session.execute(
+            select(Run.behavior_id, func.count())
+            .where(col(Run.status) == "interrupted", col(Run.claimed_at) >= since)
+            .group_by(col(Run.behavior_id))
+        ).all()
+    )
     out: list[BehaviorStatus] = []
     for row in rows:
         behavior = _definition(row)
@@ -124,6 +134,7 @@ def collect_status(session: Session, now: datetime) -> StatusReport:
                 budget_usd=budget.usd if budget else None,
                 budget_reset=budget.reset if budget else None,
                 spend_window_start=start,
+                interrupted_24h=int(interrupted.get(row.id or 0, 0)),
                 problem=row.problem,
                 cost_disagreements_24h=disagreements.get(row.id or 0, 0),
             )

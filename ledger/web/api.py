@@ -73,6 +73,7 @@ def list_behaviors(request: Request, _op: OperatorDep) -> dict[str, Any]:
                 "budget_usd": s.budget_usd,
                 "budget_reset": s.budget_reset,
                 "spend_window_start": s.spend_window_start,
+                "interrupted_runs_24h": s.interrupted_24h,
                 "problem": s.problem,
                 "cost_disagreements_24h": s.cost_disagreements_24h,
             }

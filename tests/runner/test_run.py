@@ -292,3 +292,69 @@ def test_a_behavior_without_a_budget_counts_its_runs_spend_in_the_month(
         (status,) = collect_status(session, T0).behaviors
     assert status.spend_usd == pytest.approx(0.02)
     assert (status.budget_usd, status.spend_window_start) == (None, month)
+
+
+def _claim_and_begin(db: Database, bid: int, at=T0):  # type: ignore[no-untyped-def]
+    with db.transaction() as session:
+        (run,) = claim_slots(session, [SlotClaim(bid, at, "A")], at, timedelta(seconds=60))
+        plan = begin_run(session, run.id, now=at, ctx=CTX)
+    assert plan is not None
+    return plan
+
+
+def test_a_run_whose_lease_expired_is_interrupted_and_its_reservation_released(
+    db: Database, tmp_path: Path
+) -> None:
+    from ledger.runner.run import interrupt_expired_runs
+    from ledger.spend import spent_in_window
+    from ledger.status import collect_status
+
+    bid = setup(db, tmp_path)
+    plan = _claim_and_begin(db, bid)
+    assert plan.budget_window is not None
+    with db.transaction() as session:
+        assert spent_in_window(session, bid, plan.budget_window) == (0.0, 0.05)
+        assert interrupt_expired_runs(session, T0 + timedelta(seconds=59)) == []
+    with db.transaction() as session:
+        assert interrupt_expired_runs(session, T0 + timedelta(seconds=61)) == [plan.run_id]
+    with db.transaction() as session:
+        assert interrupt_expired_runs(session, T0 + timedelta(seconds=62)) == []  # once
+        run = session.get(Run, plan.run_id)
+        assert run is not None and (run.status, run.disposition) == ("interrupted", "none")
+        assert spent_in_window(session, bid, plan.budget_window) == (0.0, 0.0)
+        # Not the behavior's doing: no gate result, no ledger decision, tier unchanged.
+        assert session.exec(select(GateResultRow)).all() == []
+        (status,) = collect_status(session, T0 + timedelta(minutes=2)).behaviors
+        assert (status.interrupted_24h, status.tier.value, status.recent_failures) == (1, "A", 0)
+
+
+def test_a_renewed_lease_keeps_its_run_live(db: Database, tmp_path: Path) -> None:
+    from ledger.runner.run import interrupt_expired_runs, renew_leases
+
+    bid = setup(db, tmp_path)
+    plan = _claim_and_begin(db, bid)
+    with db.transaction() as session:
+        assert renew_leases(session, [plan.run_id], T0 + timedelta(seconds=110)) == 1
+    with db.transaction() as session:
+        assert interrupt_expired_runs(session, T0 + timedelta(seconds=100)) == []
+        run = session.get(Run, plan.run_id)
+        assert run is not None and run.status == "running"
+
+
+def test_a_run_finishing_after_it_was_interrupted_does_not_release_twice(
+    db: Database, tmp_path: Path
+) -> None:
+    from ledger.runner.run import interrupt_expired_runs
+    from ledger.spend import spent_in_window
+
+    bid = setup(db, tmp_path)
+    plan = _claim_and_begin(db, bid)
+    later = T0 + timedelta(minutes=2)
+    with db.transaction() as session:
+        interrupt_expired_runs(session, later)
+    with db.transaction() as session:
+        finish_run(session, plan, OK, now=later, ctx=CTX)
+    with db.transaction() as session:
+        assert plan.budget_window is not None
+        spent, reserved = spent_in_window(session, bid, plan.budget_window)
+        assert (spent, reserved) == (pytest.approx(0.01), 0.0)
