@@ -312,7 +312,12 @@ def get_run(
             "completion_tokens": run.completion_tokens,
             "broadcast_prompt_tokens": broadcast_prompt,
             "broadcast_completion_tokens": broadcast_completion,
+            # Stored masked: each finding of the sensitive-info detector is replaced by
+            # ``<kind: preview>``; ``output_findings`` gives kinds and positions in the
+            # original, ``output_sha256`` the original's digest.
             "output": run.output,
+            "output_sha256": run.output_sha256,
+            "output_findings": run.output_findings or [],
             "disposition": run.disposition,
             "error": run.error,
             "gate_results": [

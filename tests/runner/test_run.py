@@ -358,3 +358,53 @@ def test_a_run_finishing_after_it_was_interrupted_does_not_release_twice(
         assert plan.budget_window is not None
         spent, reserved = spent_in_window(session, bid, plan.budget_window)
         assert (spent, reserved) == (pytest.approx(0.01), 0.0)
+
+
+PLANTED = "sk-or-v1-" + "abad1dea" * 8
+LEAKY = CallOutcome(output=f"use {PLANTED} or write to jane.doe@example.com", model="m")
+
+
+def test_a_blocked_output_is_stored_masked_with_its_findings_and_digest(
+    db: Database, tmp_path: Path
+) -> None:
+    import hashlib
+
+    bid = setup(db, tmp_path, "A", "checks:\n  sensitive_info: block\n")
+    run_id, finished = run_once(db, bid, LEAKY)
+    assert finished is not None and finished.disposition == "blocked"
+    with db.transaction() as session:
+        run = session.get(Run, run_id)
+        assert run is not None and run.output is not None
+        assert PLANTED not in run.output and "abad1dea" not in run.output
+        assert run.output == (
+            "use <openrouter_key: sk-or-v1-…(73 chars)> or write to <email: j***@***.com>"
+        )
+        assert run.output_findings == [
+            {"kind": "openrouter_key", "start": 4, "end": 77},
+            {"kind": "email", "start": 90, "end": 110},
+        ]
+        original = LEAKY.output or ""
+        assert run.output_sha256 == hashlib.sha256(original.encode()).hexdigest()
+        evidence = [r.evidence for r in session.exec(select(GateResultRow))]
+        assert "abad1dea" not in repr(evidence)
+
+
+def test_warned_findings_are_masked_too_in_the_approval_and_the_action(
+    db: Database, tmp_path: Path
+) -> None:
+    bid = setup(db, tmp_path, "B")  # sensitive_info: warn (the default)
+    run_id, finished = run_once(db, bid, LEAKY, tier="B")
+    assert finished is not None and finished.disposition == "approval"
+    with db.transaction() as session:
+        approval = session.exec(select(Approval)).one()
+        run = session.get(Run, run_id)
+        assert run is not None
+        assert approval.payload["output"] == run.output and "abad1dea" not in run.output
+        # Bound to the answer as judged: its digest is part of the approved payload.
+        assert approval.payload["output_sha256"] == run.output_sha256
+        assert approval.payload_sha256 == payload_digest(approval.payload)
+    with db.transaction() as session:
+        approve(session, run_id, actor="op", now=T0, ctx=CTX)
+    (action,) = outbox(db)
+    assert action.payload["output"] == run.output
+    assert "abad1dea" not in repr(action.payload)

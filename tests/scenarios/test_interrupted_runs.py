@@ -2,7 +2,7 @@
 restart (or by another replica) once their lease expired, never while their owner renews it.
 
 The simulator holds every answer for minutes (a ``delay`` fault), so runs stay in flight; the
-daemons run with a 2-second lease (renewed every ~0.7 s, swept every second)."""
+daemons run with a 6-second lease (renewed every 2 s, swept every 3 s)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from tests.conftest import free_port
 from tests.daemon import Daemon, wait_until
 
 KEY = "sk-or-v1-leasetest" + "0" * 40
-LEASE = 2.0
+LEASE = 6.0
 BEHAVIOR = """\
 schedule: 10s
 preset: writer
@@ -100,7 +100,7 @@ def _start_runs_then_pause(daemon: Daemon, database_url: str) -> set[str]:
     return the ids of the runs in flight."""
     wait_until(
         lambda: any(r.status == "running" for r in _runs(database_url).values()),
-        timeout=40,
+        timeout=60,
         what="a run in flight",
     )
     paused = httpx.post(f"{daemon.base_url}/api/behaviors/alpha/pause", json={"reason": "test"})
@@ -156,6 +156,7 @@ def test_a_run_of_a_killed_daemon_is_interrupted_after_restart_and_its_reservati
     second = start_daemon(database_url, _env(sim))
     wait_until(
         lambda: {_runs(database_url)[i].status for i in in_flight} == {"interrupted"},
+        timeout=60,
         what="the killed daemon's runs to be closed as interrupted",
     )
     _assert_interrupted_and_not_held_against_alpha(database_url, in_flight)
@@ -181,7 +182,7 @@ def test_a_live_run_of_another_replica_is_not_swept(
     (tmp_path / "behaviors" / "alpha.yaml").write_text(BEHAVIOR)
     owner = start_daemon(database_url, _env(sim))
     in_flight = _start_runs_then_pause(owner, database_url)
-    other = start_daemon(database_url, _env(sim))  # a second replica, sweeping every second
+    other = start_daemon(database_url, _env(sim))  # a second replica, sweeping too
 
     # The owner renews its runs' leases: wait until each first lease has run out (and been
     # renewed), so any sweep from now on would close a run whose owner stopped renewing.
@@ -192,7 +193,7 @@ def test_a_live_run_of_another_replica_is_not_swept(
         assert {runs[i].status for i in in_flight} == {"running"}, "a live run was swept"
         return all(_lease(runs[i]) > first_leases[i] + timedelta(seconds=LEASE) for i in in_flight)
 
-    wait_until(renewed_past_first_lease, what="the owner to renew its runs' leases")
+    wait_until(renewed_past_first_lease, timeout=60, what="the owner to renew its runs' leases")
     # A run left behind by a third, crashed replica: the sweep closes it...
     now = datetime.now(UTC)
     db = Database.open(database_url)
@@ -214,6 +215,7 @@ def test_a_live_run_of_another_replica_is_not_swept(
         db.close()
     wait_until(
         lambda: _runs(database_url)["run-LEFTBEHIND"].status == "interrupted",
+        timeout=60,
         what="the sweep to close the run left behind",
     )
     # ...and leaves the owner's live runs alone.
@@ -224,6 +226,7 @@ def test_a_live_run_of_another_replica_is_not_swept(
     owner.proc.wait(10)
     wait_until(
         lambda: {_runs(database_url)[i].status for i in in_flight} == {"interrupted"},
+        timeout=60,
         what="the other replica to close the killed owner's runs",
     )
     _assert_interrupted_and_not_held_against_alpha(database_url, in_flight)
