@@ -1,25 +1,27 @@
-"""Budget windows: calendar day / week (Monday) / month in UTC like OpenRouter's, or never."""
+"""Spend windows: calendar day / week (Monday) / month in UTC, like OpenRouter's key limits, or
+never. Every behavior's spend is counted in one: its budget's ``reset``, else the calendar month.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from zoneinfo import ZoneInfo
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# The window a behavior without a budget counts its spend in.
+DEFAULT_RESET = "month"
 
 
-def window_start(reset: str, now: datetime, timezone: str = "UTC") -> datetime:
-    """Start (aware UTC) of the budget window that contains ``now``."""
-    local = now.astimezone(ZoneInfo(timezone))
-    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
+def window_start(reset: str | None, now: datetime) -> datetime:
+    """Start (aware UTC) of the spend window that contains ``now``: calendar windows begin at
+    midnight UTC whatever the behavior's schedule time zone; ``reset`` None is the month."""
+    reset = reset or DEFAULT_RESET
+    midnight = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     if reset == "day":
-        start = midnight
-    elif reset == "week":
-        start = midnight - timedelta(days=midnight.weekday())
-    elif reset == "month":
-        start = midnight.replace(day=1)
-    elif reset == "never":
+        return midnight
+    if reset == "week":
+        return midnight - timedelta(days=midnight.weekday())
+    if reset == "month":
+        return midnight.replace(day=1)
+    if reset == "never":
         return EPOCH
-    else:
-        raise ValueError(f"unknown budget reset {reset!r}")
-    return start.astimezone(UTC)
+    raise ValueError(f"unknown budget reset {reset!r}")

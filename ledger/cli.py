@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -217,6 +217,8 @@ def status(config: ConfigOption = None) -> None:
         spend = f"${s.spend_usd:.4f}"
         if s.budget_usd is not None:
             spend += f" / ${s.budget_usd:.2f} per {s.budget_reset}"
+        else:
+            spend += " this month (no budget)"
         table.add_row(
             s.name,
             s.tier.label,
@@ -232,6 +234,13 @@ def status(config: ConfigOption = None) -> None:
             out.print(
                 f"[yellow]{s.name}: its file is invalid; the last valid version keeps "
                 f"running:[/yellow]\n{s.problem}",
+                highlight=False,
+            )
+        if s.interrupted_24h:
+            out.print(
+                f"[yellow]{s.name}: {s.interrupted_24h} run(s) in 24h interrupted by a daemon "
+                "that stopped before they finished (reservations released; not held against "
+                "it)[/yellow]",
                 highlight=False,
             )
         if s.cost_disagreements_24h:
@@ -721,7 +730,11 @@ def _run_here(settings: Settings, name: str) -> dict[str, Any]:
             client = OpenRouterClient(base_url=settings.openrouter_base_url)
             try:
                 service = RunnerService(
-                    db, _clock(), lambda plan: call_model(client, plan), _policy_ctx(settings)
+                    db,
+                    _clock(),
+                    lambda plan: call_model(client, plan),
+                    _policy_ctx(settings),
+                    lease=timedelta(seconds=settings.runner_lease_seconds),
                 )
                 return await service.run_now(name, check)
             finally:

@@ -90,6 +90,14 @@ class Settings(BaseSettings):
         "request leaves at the slot (at most a quarter of the behavior's interval; 0: all of "
         "it at the slot).",
     )
+    runner_lease_seconds: float = Field(
+        default=60.0,
+        ge=1,
+        le=3600,
+        description="A run in flight holds a lease renewed every third of this; a run whose "
+        "lease expired (its daemon crashed or was killed) is closed as interrupted and its "
+        "budget reservation released, by any replica.",
+    )
     watch: bool = True
     allow_private_urls: bool = False
     policy: dict[str, Any] = Field(default_factory=dict)

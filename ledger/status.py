@@ -42,6 +42,11 @@ class BehaviorStatus:
     # Runs claimed in the last 24 hours whose broadcast cost differs from the runner's (the
     # budget counted the larger); ``GET /api/runs/{id}`` shows both figures.
     cost_disagreements_24h: int = 0
+    # Start (UTC) of the window ``spend_usd`` covers: the budget's, else the calendar month.
+    spend_window_start: datetime | None = None
+    # Runs claimed in the last 24 hours that were left behind by a stopped daemon and closed
+    # as ``interrupted`` (not held against the behavior).
+    interrupted_24h: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +93,13 @@ def collect_status(session: Session, now: datetime) -> StatusReport:
     ):
         if cost_disagreement(runner, broadcast) is not None:
             disagreements[behavior_id] = disagreements.get(behavior_id, 0) + 1
+    interrupted: dict[int, int] = dict(
+        session.execute(
+            select(Run.behavior_id, func.count())
+            .where(col(Run.status) == "interrupted", col(Run.claimed_at) >= since)
+            .group_by(col(Run.behavior_id))
+        ).all()
+    )
     out: list[BehaviorStatus] = []
     for row in rows:
         behavior = _definition(row)
@@ -105,13 +117,11 @@ def collect_status(session: Session, now: datetime) -> StatusReport:
         next_run = None
         if behavior and not (row.retired or row.paused or not row.enabled):
             next_run = behavior.next_fire_after(now)
-        spend = 0.0
         budget = behavior.budget if behavior else None
-        if budget is not None:
-            # The budget window's spend: the runner's and broadcast's figures reconciled, and
-            # spend seen only via broadcast, as the budget itself counts it.
-            start = window_start(budget.reset, now, behavior.timezone if behavior else "UTC")
-            spend, _reserved = spent_in_window(session, row.id or 0, start)
+        # The window's spend (the budget's window, else the calendar month in UTC): the
+        # runner's and broadcast's figures reconciled, and spend seen only via broadcast.
+        start = window_start(budget.reset if budget else None, now)
+        spend, _reserved = spent_in_window(session, row.id or 0, start)
         out.append(
             BehaviorStatus(
                 name=row.name,
@@ -124,6 +134,8 @@ def collect_status(session: Session, now: datetime) -> StatusReport:
                 spend_usd=spend,
                 budget_usd=budget.usd if budget else None,
                 budget_reset=budget.reset if budget else None,
+                spend_window_start=start,
+                interrupted_24h=int(interrupted.get(row.id or 0, 0)),
                 problem=row.problem,
                 cost_disagreements_24h=disagreements.get(row.id or 0, 0),
             )

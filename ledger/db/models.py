@@ -104,6 +104,9 @@ class FileProblem(SQLModel, table=True):
     detected_at: datetime = _ts()
 
 
+LIVE_RUN = "status IN ('claimed', 'running')"
+
+
 class Run(SQLModel, table=True):
     """One claimed slot of one behavior; the unique (behavior, slot) makes claims exclusive."""
 
@@ -111,6 +114,13 @@ class Run(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("behavior_id", "scheduled_for"),
         Index("ix_run_behavior_id_claimed_at", "behavior_id", "claimed_at"),
+        # The sweep for runs left behind by a crash reads live runs by lease only.
+        Index(
+            "ix_run_live_lease_until",
+            "lease_until",
+            postgresql_where=text(LIVE_RUN),
+            sqlite_where=text(LIVE_RUN),
+        ),
     )
 
     id: str = Field(primary_key=True, max_length=40)
@@ -131,9 +141,21 @@ class Run(SQLModel, table=True):
     broadcast_cost_usd: float | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    # The model's answer as stored: what the sensitive-info detector found is masked (never
+    # the value); ``output_findings`` lists each finding's kind and position in the original,
+    # ``output_sha256`` is the original's digest (what was judged).
     output: str | None = None
+    output_sha256: str | None = Field(default=None, max_length=64)
+    output_findings: list[dict[str, Any]] | None = Field(
+        default=None, sa_column=Column(JSON, nullable=True)
+    )
     disposition: str | None = Field(default=None, max_length=16)
     error: str | None = Field(default=None, max_length=4000)
+    # A live (claimed/running) run belongs to the process that renews its lease; one whose
+    # lease expired was left behind by a crash and is closed as ``interrupted``.
+    lease_until: datetime | None = _ts(nullable=True)
+    # The spend window its reservation was taken in (released there if it is interrupted).
+    reserved_window: datetime | None = _ts(nullable=True)
 
 
 class GateResultRow(SQLModel, table=True):

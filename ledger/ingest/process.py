@@ -604,13 +604,14 @@ def _count_spend(
         run.broadcast_cost_usd = (run.broadcast_cost_usd or 0.0) + cost
         delta = max(run.cost_usd or 0.0, run.broadcast_cost_usd) - previous
         session.add(run)
-    if not budget or delta <= 0:
+    if delta <= 0:
         return []
-    start = window_start(budget["reset"], now, definition.get("timezone", "UTC"))
+    # Counted with or without a budget (without one, in the calendar month).
+    start = window_start(budget["reset"] if budget else None, now)
     before, _reserved = spent_in_window(session, row.id or 0, start)
     settle(session, behavior_id=row.id or 0, window_start=start, reserved=0.0, spent=delta, now=now)
     after = before + delta
-    if before <= budget["usd"] < after:
+    if budget and before <= budget["usd"] < after:
         return [
             GateResult(
                 Gate.SPEND_CAP,

@@ -36,6 +36,7 @@ __all__ = [
     "Finding",
     "detect_sensitive",
     "looks_like_secret",
+    "mask_sensitive",
     "redact_sensitive",
     "run_checks",
 ]
@@ -585,9 +586,15 @@ def detect_sensitive(text: str) -> list[Finding]:
 
 def redact_sensitive(text: str) -> str:
     """``text`` with every finding replaced by its masked preview in angle brackets."""
+    return mask_sensitive(text)[0]
+
+
+def mask_sensitive(text: str) -> tuple[str, list[Finding]]:
+    """``text`` with every finding replaced by ``<kind: masked preview>``, and the findings
+    (kinds and positions in the original ``text``). Text without findings comes back as is."""
     findings = detect_sensitive(text)
     if not findings:
-        return text
+        return text, findings
     parts: list[str] = []
     position = 0
     for finding in findings:
@@ -595,7 +602,7 @@ def redact_sensitive(text: str) -> str:
         parts.append(f"<{finding.kind}: {finding.preview}>")
         position = finding.end
     parts.append(text[position:])
-    return "".join(parts)
+    return "".join(parts), findings
 
 
 def looks_like_secret(value: str) -> str | None:

@@ -13,25 +13,25 @@ import os
 import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, update
+from sqlalchemy import bindparam, text, update
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from ledger.behaviors.schema import Behavior
 from ledger.budget import window_start
 from ledger.db.bulk import DriverInsert, driver_insert
-from ledger.db.models import Approval, BehaviorRow, Run
+from ledger.db.models import LIVE_RUN, Approval, BehaviorRow, Run
 from ledger.errors import ConflictError, LedgerError, NotFoundError, SecretError
 from ledger.gates import Gate, GateResult, Outcome, Tier
 from ledger.journal import append_entry
 from ledger.outbox.actions import enqueue_action
 from ledger.policy import Observation
 from ledger.runner.catalog import ModelCatalog
-from ledger.runner.checks import CheckSpec, run_checks
+from ledger.runner.checks import CheckSpec, mask_sensitive, run_checks
 from ledger.secrets import resolve
 from ledger.spend import reserve, settle
 from ledger.transitions import (
@@ -45,6 +45,10 @@ from ledger.transitions import (
 )
 
 DEFAULT_CALL_ESTIMATE_USD = 0.05
+# A live run's lease: the process that owns it renews it (``renew_leases``) well before it
+# ends; a run whose lease expired was left behind by a crash (``interrupt_expired_runs``).
+DEFAULT_LEASE = timedelta(seconds=60)
+LIVE_STATUSES = ("claimed", "running")
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
@@ -68,13 +72,19 @@ class SlotClaim:
     trigger: str = "schedule"
 
 
-def claim_slots(session: Session, claims: Sequence[SlotClaim], now: datetime) -> list[ClaimedRun]:
+def claim_slots(
+    session: Session,
+    claims: Sequence[SlotClaim],
+    now: datetime,
+    lease: timedelta = DEFAULT_LEASE,
+) -> list[ClaimedRun]:
     """Claim many ``(behavior, slot)`` pairs in one round; return the runs this caller won.
 
     The unique constraint on ``(behavior_id, scheduled_for)`` makes each slot exclusive: a
     replica that loses the race gets nothing back for that slot and does nothing. The rows go
     in as one driver-level ``executemany`` (``ON CONFLICT DO NOTHING``); the runs that exist
-    afterwards under this caller's ids are the ones it won."""
+    afterwards under this caller's ids are the ones it won. Each run's lease lasts ``lease``
+    from ``now``: the caller renews it while the run is in flight (``renew_leases``)."""
     if not claims:
         return []
     conn = session.connection()
@@ -88,6 +98,7 @@ def claim_slots(session: Session, claims: Sequence[SlotClaim], now: datetime) ->
 
     rows = [(new_run_id(now), c.behavior_id, c.scheduled_for, c.tier, c.trigger) for c in claims]
     claimed_at = when(now)
+    lease_until = insert.converter("lease_until")(now + lease)
     insert.execute(
         conn,
         insert.params(
@@ -102,6 +113,7 @@ def claim_slots(session: Session, claims: Sequence[SlotClaim], now: datetime) ->
                     "status": "claimed",
                     "via_fallback": False,
                     "reserved_usd": 0.0,
+                    "lease_until": lease_until,
                 }
                 for run_id, behavior_id, slot, tier, trigger in rows
             ]
@@ -123,6 +135,7 @@ _CLAIM_COLUMNS = (
     "status",
     "via_fallback",
     "reserved_usd",
+    "lease_until",
 )
 
 
@@ -306,6 +319,7 @@ def begin_runs(
                     "tier": plan.tier.value,
                     "preset": plan.preset,
                     "reserved": plan.reserved_usd,
+                    "window": plan.budget_window,
                     "started": at,
                 }
             )
@@ -317,6 +331,7 @@ def begin_runs(
                 tier=bindparam("tier"),
                 preset=bindparam("preset"),
                 reserved_usd=bindparam("reserved"),
+                reserved_window=bindparam("window"),
                 started_at=bindparam("started"),
                 status="running",
             ),
@@ -376,9 +391,10 @@ def _plan(
         },
     )
     reserved = 0.0
-    window: datetime | None = None
+    # Spend is counted in a window even without a budget (the calendar month): only a budget
+    # reserves before the call.
+    window = window_start(behavior.budget.reset if behavior.budget else None, at)
     if behavior.budget is not None:
-        window = window_start(behavior.budget.reset, at, behavior.timezone)
         estimate = behavior.budget.per_call_estimate_usd
         if not estimate and catalog is not None:
             estimate = catalog.worst_case_usd(
@@ -446,6 +462,83 @@ def _refuse(
     _record(session, row, run, [result], now, ctx)
 
 
+# -- leases and runs left behind ---------------------------------------------------------------
+
+LEASE_BATCH = 500  # run ids per renewing UPDATE
+
+
+def renew_leases(session: Session, run_ids: Sequence[str], until: datetime) -> int:
+    """Extend the lease of this process's live runs to ``until``: one ``UPDATE`` per
+    ``LEASE_BATCH`` runs. Returns how many live runs were renewed (a finished or interrupted
+    run is left as it is)."""
+    table = Run.__table__  # type: ignore[attr-defined]
+    renewed = 0
+    ids = list(run_ids)
+    for i in range(0, len(ids), LEASE_BATCH):
+        result = session.execute(
+            update(table)
+            .where(table.c.id.in_(ids[i : i + LEASE_BATCH]), table.c.status.in_(LIVE_STATUSES))
+            .values(lease_until=until)
+        )
+        renewed += result.rowcount  # type: ignore[attr-defined]  # CursorResult
+    return renewed
+
+
+def interrupt_expired_runs(session: Session, now: datetime, limit: int = 200) -> list[str]:
+    """Close live runs whose lease expired before ``now`` — left behind by a process that
+    crashed, was killed or stopped before they finished — as ``interrupted``, and release
+    their budget reservation. Not the behavior's doing: no gate result, no tier change.
+
+    Each run is closed by a compare-and-set on its status and lease, so a run whose owner
+    renewed its lease meanwhile, or that another replica closed first, is left alone. Returns
+    the ids of the runs closed here (at most ``limit``; call again while it returns some)."""
+    table = Run.__table__  # type: ignore[attr-defined]
+    due = session.execute(
+        sa_select(
+            table.c.id,
+            table.c.behavior_id,
+            table.c.reserved_usd,
+            table.c.reserved_window,
+            table.c.lease_until,
+        )
+        .where(text(LIVE_RUN), table.c.lease_until < now)
+        .order_by(table.c.lease_until)
+        .limit(limit)
+    ).all()
+    closed: list[str] = []
+    for run_id, behavior_id, reserved, window, lease_until in due:
+        result = session.execute(
+            update(table)
+            .where(
+                table.c.id == run_id,
+                table.c.status.in_(LIVE_STATUSES),
+                table.c.lease_until < now,
+            )
+            .values(
+                status="interrupted",
+                finished_at=now,
+                disposition="none",
+                lease_until=None,
+                error="interrupted: the process running it stopped before it finished (its "
+                f"lease expired at {_aware(lease_until).isoformat(timespec='seconds')}); not "
+                "held against the behavior",
+            )
+        )
+        if not result.rowcount:  # type: ignore[attr-defined]  # renewed, or closed elsewhere
+            continue
+        if reserved and window is not None:
+            settle(
+                session,
+                behavior_id=behavior_id,
+                window_start=_aware(window),
+                reserved=reserved,
+                spent=0.0,
+                now=now,
+            )
+        closed.append(run_id)
+    return closed
+
+
 # -- finishing a run ---------------------------------------------------------------------------
 
 
@@ -497,13 +590,14 @@ def finish_run(
         raise NotFoundError(f"run {plan.run_id} does not exist")
     if plan.budget_window is not None:
         # The larger of the two figures counts, once: broadcast may have counted its own
-        # already (it then counts only what exceeds the runner's; see ingest.process).
+        # already (it then counts only what exceeds the runner's; see ingest.process). A run
+        # closed as interrupted meanwhile (its lease expired) had its reservation released.
         counted = run.broadcast_cost_usd or 0.0
         settle(
             session,
             behavior_id=plan.behavior_id,
             window_start=plan.budget_window,
-            reserved=plan.reserved_usd,
+            reserved=plan.reserved_usd if run.status in LIVE_STATUSES else 0.0,
             spent=max(outcome.cost_usd, counted) - counted,
             now=now,
         )
@@ -544,14 +638,23 @@ def finish_run(
     run.prompt_tokens = outcome.prompt_tokens
     run.completion_tokens = outcome.completion_tokens
     run.via_fallback = outcome.via_fallback
-    run.output = outcome.output
+    # Judged on the original; stored, approved and acted on masked (see ``mask_sensitive``).
+    output = None
+    if outcome.output is not None:
+        output, findings = mask_sensitive(outcome.output)
+        run.output_sha256 = hashlib.sha256(outcome.output.encode("utf-8")).hexdigest()
+        run.output_findings = [
+            {"kind": f.kind, "start": f.start, "end": f.end} for f in findings
+        ] or None
+    run.output = output
+    run.lease_until = None
     run.finished_at = now
     run.error = outcome.error
     run.status = "succeeded" if outcome.output is not None else "failed"
     blocked = any(r.attributable and r.outcome is Outcome.FAIL for r in results) or any(
         (r.evidence or {}).get("check") == "require_primary_model" for r in results
     )
-    if outcome.output is None:
+    if output is None:
         run.disposition = "none"
     elif blocked:
         run.disposition = "blocked"
@@ -559,7 +662,7 @@ def finish_run(
         run.disposition = "proposal"
     elif plan.tier is Tier.B:
         run.disposition = "approval"
-        payload = action_payload(plan, outcome.output)
+        payload = action_payload(plan, output, run.output_sha256)
         session.add(
             Approval(
                 run_id=run.id,
@@ -572,7 +675,8 @@ def finish_run(
         )
     else:
         run.disposition = "action"
-        _enqueue_action(session, plan.behavior_id, action_payload(plan, outcome.output), now)
+        payload = action_payload(plan, output, run.output_sha256)
+        _enqueue_action(session, plan.behavior_id, payload, now)
     session.add(run)
     decision = _record(session, row, run, results, now, ctx)
     if outcome.pause and not row.paused:
@@ -630,16 +734,21 @@ def _run_summary(run: Run, results: Sequence[GateResult]) -> str:
     return f"{run.status}: {worst.gate} {worst.outcome}"[:32]
 
 
-def action_payload(plan: RunPlan, output: str) -> dict[str, Any]:
-    """What the action will do: exactly what an approver sees and what is hashed."""
+def action_payload(plan: RunPlan, output: str, output_sha256: str | None = None) -> dict[str, Any]:
+    """What the action will do: exactly what an approver sees and what is hashed. ``output``
+    is the stored (masked) answer; ``output_sha256`` the digest of the answer as judged, so an
+    approval stays bound to it."""
     action = plan.behavior.action.model_dump(mode="json", exclude_none=True)
-    return {
+    payload = {
         "action": action,
         "behavior": plan.behavior.name,
         "run_id": plan.run_id,
         "tier": plan.tier.value,
         "output": output,
     }
+    if output_sha256 is not None:
+        payload["output_sha256"] = output_sha256
+    return payload
 
 
 def payload_digest(payload: Mapping[str, Any]) -> str:

@@ -34,6 +34,7 @@ from ledger.db.models import BehaviorRow
 from ledger.db.session import Database
 from ledger.runner.catalog import ModelCatalog
 from ledger.runner.run import (
+    DEFAULT_LEASE,
     CallOutcome,
     FinishedRun,
     RunPlan,
@@ -41,6 +42,7 @@ from ledger.runner.run import (
     begin_runs,
     claim_slots,
     finish_run,
+    renew_leases,
 )
 from ledger.schedule import Schedule
 from ledger.transitions import PolicyContext
@@ -194,8 +196,14 @@ class RunnerService:
         catalog: ModelCatalog | None = None,
         lead_seconds: float = DEFAULT_LEAD_SECONDS,
         rng: random.Random | None = None,
+        lease: timedelta = DEFAULT_LEASE,
     ) -> None:
         self.catalog = catalog
+        # Runs in flight here: their leases are renewed every third of ``lease``, in one
+        # UPDATE per batch (``renew_leases``); a crash stops the renewals.
+        self.lease = lease
+        self._live: set[str] = set()
+        self._leaser: asyncio.Task[None] | None = None
         # The order a wave's claim chunks are taken in; not a secret.
         self._rng = rng if rng is not None else random.Random()  # noqa: S311
         self.lead = timedelta(seconds=lead_seconds)
@@ -220,6 +228,7 @@ class RunnerService:
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         self._scheduler.start()
+        self._start_leaser()
         self._claimer = asyncio.create_task(self._claim_loop(), name="slot-claimer")
         self._finisher = asyncio.create_task(self._finish_loop(), name="run-finisher")
         await self.sync()
@@ -232,14 +241,46 @@ class RunnerService:
             self._claimer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._claimer
+        cut_short: list[str] = []
         if self._tasks:
             _done, pending = await asyncio.wait(self._tasks, timeout=timeout)
+            cut_short = sorted(self._live)
             for task in pending:
                 task.cancel()
         if self._finisher is not None:
             self._finisher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._finisher
+        if self._leaser is not None:
+            self._leaser.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._leaser
+        if cut_short:  # cut short by the stop timeout: give their leases up at once
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self._renew, cut_short, self.clock.now())
+
+    # -- leases -------------------------------------------------------------------------------
+    def _start_leaser(self) -> None:
+        if self._leaser is None or self._leaser.done():
+            self._leaser = asyncio.create_task(self._lease_loop(), name="run-leases")
+
+    async def _lease_loop(self) -> None:
+        """Renew the leases of the runs in flight here, every third of the lease."""
+        every = self.lease.total_seconds() / 3
+        while True:
+            await asyncio.sleep(every)
+            if not self._live:
+                continue
+            try:
+                await asyncio.to_thread(
+                    self._renew, list(self._live), self.clock.now() + self.lease
+                )
+            except Exception:  # the database is down: retried at the next beat
+                log.exception("renewing run leases failed", runs=len(self._live))
+
+    def _renew(self, run_ids: list[str], until: datetime) -> None:
+        with self.db.transaction() as session:
+            renew_leases(session, run_ids, until)
 
     # -- following the registry ---------------------------------------------------------------
     async def sync(self) -> None:
@@ -331,14 +372,21 @@ class RunnerService:
                 return None
             if check is not None:
                 check(row)
-            runs = claim_slots(session, [SlotClaim(row.id or 0, now, row.tier, "manual")], now)
+            runs = claim_slots(
+                session, [SlotClaim(row.id or 0, now, row.tier, "manual")], now, self.lease
+            )
         return runs[0].id if runs else None
 
     async def run_claimed(self, run_id: str) -> None:
         """Start, call and finish a claimed run (outside the scheduler's batches)."""
-        for plan in await asyncio.to_thread(self._begin, [run_id]):
-            outcome = await self._call_safely(plan)
-            await asyncio.to_thread(self._finish_batch, [(plan, outcome, None)])
+        self._start_leaser()
+        self._live.add(run_id)
+        try:
+            for plan in await asyncio.to_thread(self._begin, [run_id]):
+                outcome = await self._call_safely(plan)
+                await asyncio.to_thread(self._finish_batch, [(plan, outcome, None)])
+        finally:
+            self._live.discard(run_id)
 
     async def _call_safely(self, plan: RunPlan) -> CallOutcome:
         try:
@@ -392,7 +440,7 @@ class RunnerService:
         """Claim the slots and start the won runs in one short transaction."""
         now = self.clock.now()
         with self.db.transaction() as session:
-            won = [run.id for run in claim_slots(session, batch, now)]
+            won = [run.id for run in claim_slots(session, batch, now, self.lease)]
             if not won:
                 return []
             return begin_runs(
@@ -405,11 +453,15 @@ class RunnerService:
             )
 
     async def _call(self, plan: RunPlan) -> None:
-        async with self._slots:
-            outcome = await self._call_safely(plan)
-        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._finishes.put_nowait((plan, outcome, done))
-        await done
+        self._live.add(plan.run_id)
+        try:
+            async with self._slots:
+                outcome = await self._call_safely(plan)
+            done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._finishes.put_nowait((plan, outcome, done))
+            await done
+        finally:
+            self._live.discard(plan.run_id)
 
     async def _finish_loop(self) -> None:
         """Record finished runs in batches (one transaction, a savepoint per run)."""

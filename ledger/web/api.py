@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from ledger.budget import window_start
+from ledger.budget import DEFAULT_RESET, window_start
 from ledger.daemon import build_policy_context
 from ledger.db.models import (
     Approval,
@@ -75,6 +75,8 @@ def list_behaviors(request: Request, _op: OperatorDep) -> dict[str, Any]:
                 "spend_usd": s.spend_usd,
                 "budget_usd": s.budget_usd,
                 "budget_reset": s.budget_reset,
+                "spend_window_start": s.spend_window_start,
+                "interrupted_runs_24h": s.interrupted_24h,
                 "problem": s.problem,
                 "cost_disagreements_24h": s.cost_disagreements_24h,
             }
@@ -99,19 +101,19 @@ def get_behavior(request: Request, name: BehaviorName, _op: OperatorDep) -> dict
     with _state(request).db.transaction() as session:
         row = _behavior(session, name)
         definition = row.definition or {}
-        budget = definition.get("budget")
-        spend: dict[str, Any] = {"usd": 0.0, "reserved_usd": 0.0, "window_start": None}
-        if budget:
-            start = window_start(budget["reset"], now, definition.get("timezone", "UTC"))
-            window = session.get(BudgetWindow, (row.id, start))
-            spend = {
-                "usd": window.spent_usd if window else 0.0,
-                "reserved_usd": window.reserved_usd if window else 0.0,
-                "window_start": start,
-                "budget_usd": budget["usd"],
-                "reset": budget["reset"],
-                "broadcast": _broadcast_since(session, row.id or 0, start),
-            }
+        budget = definition.get("budget") or None
+        # Spend is counted with or without a budget: in the budget's window, else the
+        # calendar month (UTC); ``budget_usd`` is None when the behavior has no budget.
+        start = window_start(budget["reset"] if budget else None, now)
+        window = session.get(BudgetWindow, (row.id, start))
+        spend: dict[str, Any] = {
+            "usd": window.spent_usd if window else 0.0,
+            "reserved_usd": window.reserved_usd if window else 0.0,
+            "window_start": start,
+            "budget_usd": budget["usd"] if budget else None,
+            "reset": budget["reset"] if budget else DEFAULT_RESET,
+            "broadcast": _broadcast_since(session, row.id or 0, start),
+        }
         deliveries = session.exec(
             select(IngestedSpan)
             .where(col(IngestedSpan.behavior_id) == row.id)
@@ -375,7 +377,12 @@ def _run_json(session: Session, run_id: str) -> dict[str, Any]:
         "completion_tokens": run.completion_tokens,
         "broadcast_prompt_tokens": broadcast_prompt,
         "broadcast_completion_tokens": broadcast_completion,
+        # Stored masked: each finding of the sensitive-info detector is replaced by
+        # ``<kind: preview>``; ``output_findings`` gives kinds and positions in the
+        # original, ``output_sha256`` the original's digest.
         "output": run.output,
+        "output_sha256": run.output_sha256,
+        "output_findings": run.output_findings or [],
         "disposition": run.disposition,
         "error": run.error,
         "gate_results": [

@@ -9,6 +9,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -26,7 +27,7 @@ from ledger.retention import Target, prune, targets_from_settings
 from ledger.runner.call import call_model
 from ledger.runner.catalog import REFRESH_SECONDS, ModelCatalog
 from ledger.runner.openrouter import OpenRouterClient
-from ledger.runner.run import RunPlan, expire_approvals
+from ledger.runner.run import RunPlan, expire_approvals, interrupt_expired_runs
 from ledger.runner.scheduler import RunnerService, calls_that_fit
 from ledger.transitions import PolicyContext
 from ledger.web.alerting import AlertChannels, build_dispatcher, registry_definitions
@@ -97,6 +98,7 @@ async def open_services(
         max_concurrency=in_flight,
         catalog=catalog,
         lead_seconds=settings.runner_lead_seconds,
+        lease=timedelta(seconds=settings.runner_lease_seconds),
     )
     processor = IngestProcessor(
         db, clock, ctx, sources=settings.webhook_sources, ingest_busy=ingest_busy
@@ -124,6 +126,12 @@ async def open_services(
                 _prune_loop(db, clock, retention, settings, services.stop), name="retention"
             )
         )
+    services.tasks.append(
+        asyncio.create_task(
+            _interrupt_loop(db, clock, settings.runner_lease_seconds / 2, services.stop),
+            name="interrupted-runs",
+        )
+    )
     return services
 
 
@@ -219,3 +227,27 @@ async def _prune_loop(
             log.exception("pruning old rows failed; retrying at the next interval")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=settings.retention_interval_seconds)
+
+
+async def _interrupt_loop(db: Database, clock: Clock, every: float, stop: asyncio.Event) -> None:
+    """At start, then every half lease: close runs left behind by a crash as interrupted."""
+
+    def sweep() -> list[str]:
+        with db.transaction() as session:
+            return interrupt_expired_runs(session, clock.now())
+
+    while not stop.is_set():
+        try:
+            closed = await asyncio.to_thread(sweep)
+            if closed:
+                log.warning(
+                    "runs left behind by a stopped process closed as interrupted (reservations "
+                    "released; not held against their behaviors)",
+                    count=len(closed),
+                    run_ids=closed[:20],
+                )
+                continue  # more may be waiting
+        except Exception:
+            log.exception("closing interrupted runs failed; retrying")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=every)

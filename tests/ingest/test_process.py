@@ -455,3 +455,21 @@ def test_tokens_are_kept_per_generation_and_a_cost_disagreement_shows_in_status(
     assert "alpha: 1 run(s) in 24h whose broadcast cost differs from the runner's" in " ".join(
         result.stdout.split()
     )
+
+
+def test_broadcast_spend_of_a_behavior_without_a_budget_is_counted_in_the_month(
+    db: Database, tmp_path: Path
+) -> None:
+    from ledger.status import collect_status
+
+    body = VALID_BEHAVIOR.format(key_env="K_beta", name="beta").split("budget:")[0]
+    write_behavior(tmp_path, "beta", body)
+    with db.transaction() as session:
+        reconcile_directory(session, tmp_path, T0)
+    store(db, delivery(key_name="beta-key"))  # $0.2, outside the daemon
+    process_pending(db, DbLookup(db), T0, CTX)
+    assert spent(db, "beta") == 0.2
+    with db.transaction() as session:
+        (status,) = collect_status(session, T0).behaviors
+        assert session.exec(select(GateResultRow)).all() == []  # no budget: no spend_cap
+    assert status.spend_usd == pytest.approx(0.2)

@@ -336,3 +336,143 @@ def test_auth_error_pauses_and_alerts(db: Database, tmp_path: Path) -> None:
 
 def test_prompt_rendering_keeps_literal_braces() -> None:
     assert render_prompt("{a} {{x}} {date}", {"a": 1}, {"date": "2026-11-25"}) == "1 {x} 2026-11-25"
+
+
+NO_BUDGET = VALID_BEHAVIOR.format(key_env="K", name="alpha").split("budget:")[0]
+
+
+def test_a_behavior_without_a_budget_counts_its_runs_spend_in_the_month(
+    db: Database, tmp_path: Path
+) -> None:
+    from ledger.budget import window_start
+    from ledger.spend import spent_in_window
+    from ledger.status import collect_status
+
+    write_behavior(tmp_path, "alpha", NO_BUDGET)
+    with db.transaction() as session:
+        reconcile_directory(session, tmp_path, T0)
+        bid = lock_behavior(session, name="alpha").id or 0
+    run_once(db, bid, OK)
+    run_once(db, bid, OK, slot_minutes=15)
+    month = window_start("month", T0)
+    with db.transaction() as session:
+        assert spent_in_window(session, bid, month) == (pytest.approx(0.02), 0.0)
+        (status,) = collect_status(session, T0).behaviors
+    assert status.spend_usd == pytest.approx(0.02)
+    assert (status.budget_usd, status.spend_window_start) == (None, month)
+
+
+def _claim_and_begin(db: Database, bid: int, at=T0):  # type: ignore[no-untyped-def]
+    with db.transaction() as session:
+        (run,) = claim_slots(session, [SlotClaim(bid, at, "A")], at, timedelta(seconds=60))
+        plan = begin_run(session, run.id, now=at, ctx=CTX)
+    assert plan is not None
+    return plan
+
+
+def test_a_run_whose_lease_expired_is_interrupted_and_its_reservation_released(
+    db: Database, tmp_path: Path
+) -> None:
+    from ledger.runner.run import interrupt_expired_runs
+    from ledger.spend import spent_in_window
+    from ledger.status import collect_status
+
+    bid = setup(db, tmp_path)
+    plan = _claim_and_begin(db, bid)
+    assert plan.budget_window is not None
+    with db.transaction() as session:
+        assert spent_in_window(session, bid, plan.budget_window) == (0.0, 0.05)
+        assert interrupt_expired_runs(session, T0 + timedelta(seconds=59)) == []
+    with db.transaction() as session:
+        assert interrupt_expired_runs(session, T0 + timedelta(seconds=61)) == [plan.run_id]
+    with db.transaction() as session:
+        assert interrupt_expired_runs(session, T0 + timedelta(seconds=62)) == []  # once
+        run = session.get(Run, plan.run_id)
+        assert run is not None and (run.status, run.disposition) == ("interrupted", "none")
+        assert spent_in_window(session, bid, plan.budget_window) == (0.0, 0.0)
+        # Not the behavior's doing: no gate result, no ledger decision, tier unchanged.
+        assert session.exec(select(GateResultRow)).all() == []
+        (status,) = collect_status(session, T0 + timedelta(minutes=2)).behaviors
+        assert (status.interrupted_24h, status.tier.value, status.recent_failures) == (1, "A", 0)
+
+
+def test_a_renewed_lease_keeps_its_run_live(db: Database, tmp_path: Path) -> None:
+    from ledger.runner.run import interrupt_expired_runs, renew_leases
+
+    bid = setup(db, tmp_path)
+    plan = _claim_and_begin(db, bid)
+    with db.transaction() as session:
+        assert renew_leases(session, [plan.run_id], T0 + timedelta(seconds=110)) == 1
+    with db.transaction() as session:
+        assert interrupt_expired_runs(session, T0 + timedelta(seconds=100)) == []
+        run = session.get(Run, plan.run_id)
+        assert run is not None and run.status == "running"
+
+
+def test_a_run_finishing_after_it_was_interrupted_does_not_release_twice(
+    db: Database, tmp_path: Path
+) -> None:
+    from ledger.runner.run import interrupt_expired_runs
+    from ledger.spend import spent_in_window
+
+    bid = setup(db, tmp_path)
+    plan = _claim_and_begin(db, bid)
+    later = T0 + timedelta(minutes=2)
+    with db.transaction() as session:
+        interrupt_expired_runs(session, later)
+    with db.transaction() as session:
+        finish_run(session, plan, OK, now=later, ctx=CTX)
+    with db.transaction() as session:
+        assert plan.budget_window is not None
+        spent, reserved = spent_in_window(session, bid, plan.budget_window)
+        assert (spent, reserved) == (pytest.approx(0.01), 0.0)
+
+
+PLANTED = "sk-or-v1-" + "abad1dea" * 8
+LEAKY = CallOutcome(output=f"use {PLANTED} or write to jane.doe@example.com", model="m")
+
+
+def test_a_blocked_output_is_stored_masked_with_its_findings_and_digest(
+    db: Database, tmp_path: Path
+) -> None:
+    import hashlib
+
+    bid = setup(db, tmp_path, "A", "checks:\n  sensitive_info: block\n")
+    run_id, finished = run_once(db, bid, LEAKY)
+    assert finished is not None and finished.disposition == "blocked"
+    with db.transaction() as session:
+        run = session.get(Run, run_id)
+        assert run is not None and run.output is not None
+        assert PLANTED not in run.output and "abad1dea" not in run.output
+        assert run.output == (
+            "use <openrouter_key: sk-or-v1-…(73 chars)> or write to <email: j***@***.com>"
+        )
+        assert run.output_findings == [
+            {"kind": "openrouter_key", "start": 4, "end": 77},
+            {"kind": "email", "start": 90, "end": 110},
+        ]
+        original = LEAKY.output or ""
+        assert run.output_sha256 == hashlib.sha256(original.encode()).hexdigest()
+        evidence = [r.evidence for r in session.exec(select(GateResultRow))]
+        assert "abad1dea" not in repr(evidence)
+
+
+def test_warned_findings_are_masked_too_in_the_approval_and_the_action(
+    db: Database, tmp_path: Path
+) -> None:
+    bid = setup(db, tmp_path, "B")  # sensitive_info: warn (the default)
+    run_id, finished = run_once(db, bid, LEAKY, tier="B")
+    assert finished is not None and finished.disposition == "approval"
+    with db.transaction() as session:
+        approval = session.exec(select(Approval)).one()
+        run = session.get(Run, run_id)
+        assert run is not None
+        assert approval.payload["output"] == run.output and "abad1dea" not in run.output
+        # Bound to the answer as judged: its digest is part of the approved payload.
+        assert approval.payload["output_sha256"] == run.output_sha256
+        assert approval.payload_sha256 == payload_digest(approval.payload)
+    with db.transaction() as session:
+        approve(session, run_id, actor="op", now=T0, ctx=CTX)
+    (action,) = outbox(db)
+    assert action.payload["output"] == run.output
+    assert "abad1dea" not in repr(action.payload)
