@@ -3,7 +3,7 @@ closed as ``interrupted``), the spend window of its reservation, and the model's
 masked with its findings and the original's SHA-256; budget windows realigned on UTC midnight
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 Create Date: 2026-12-09 10:00:00
 
 Columns are added in place (nullable). Runs still ``claimed``/``running`` at upgrade get a
