@@ -232,7 +232,8 @@ def collect_storage(session: Session) -> StorageStatus:
         if estimate is not None and estimate >= 0:  # -1: never analyzed yet
             sizes.append(TableSize(name, int(estimate), True))
             continue
-        counted = session.execute(text(f'SELECT count(*) FROM "{name}"')).scalar_one()  # noqa: S608  # a constant name
+        count_rows = text(f'SELECT count(*) FROM "{name}"')  # noqa: S608  # one of SIZED_TABLES
+        counted = session.execute(count_rows).scalar_one()
         sizes.append(TableSize(name, int(counted), False))
     prunes = session.execute(select(RetentionPrune).order_by(col(RetentionPrune.target))).scalars()
     return StorageStatus(
