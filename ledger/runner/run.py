@@ -470,16 +470,18 @@ LEASE_BATCH = 500  # run ids per renewing UPDATE
 def renew_leases(session: Session, run_ids: Sequence[str], until: datetime) -> int:
     """Extend the lease of this process's live runs to ``until``: one ``UPDATE`` per
     ``LEASE_BATCH`` runs. Returns how many live runs were renewed (a finished or interrupted
-    run is left as it is)."""
+    run is left as it is). On PostgreSQL a run locked by a transaction finishing it is skipped
+    (``SKIP LOCKED``): waiting for it could deadlock with a batch of finishes."""
     table = Run.__table__  # type: ignore[attr-defined]
+    postgres = session.get_bind().dialect.name == "postgresql"
     renewed = 0
     ids = list(run_ids)
     for i in range(0, len(ids), LEASE_BATCH):
-        result = session.execute(
-            update(table)
-            .where(table.c.id.in_(ids[i : i + LEASE_BATCH]), table.c.status.in_(LIVE_STATUSES))
-            .values(lease_until=until)
-        )
+        live = table.c.id.in_(ids[i : i + LEASE_BATCH]), table.c.status.in_(LIVE_STATUSES)
+        if postgres:
+            unlocked = sa_select(table.c.id).where(*live).with_for_update(skip_locked=True)
+            live = (table.c.id.in_(unlocked.scalar_subquery()), live[1])
+        result = session.execute(update(table).where(*live).values(lease_until=until))
         renewed += result.rowcount  # type: ignore[attr-defined]  # CursorResult
     return renewed
 
