@@ -225,8 +225,8 @@ def test_prompt_file_and_inputs_are_checked_even_when_the_schema_fails(tmp_path:
     assert problems_of(
         tmp_path, "schedule: nope\npreset: p\napi_key: env:K\nprompt_file: p.txt\n"
     ) == [
-        "1:11: schedule: must be a 5-field cron expression (minute hour day month weekday) or "
-        "an interval like 15m, 6h, 1d",
+        "1:11: schedule: must be a 5-field cron expression (minute hour day-of-month month "
+        "day-of-week, e.g. '0 6 * * 1' for Mondays at 06:00) or an interval like 15m, 6h, 1d",
         "4:14: prompt_file: uses {who} but inputs has no 'who' (built-ins: behavior, date, "
         "now, run_id, tier)",
     ]
