@@ -32,7 +32,11 @@ prompt: hello
 def test_shipped_examples_are_valid() -> None:
     report = load_directory(REPO / "behaviors")
     assert report.problems == []
-    assert {b.name for b in report.behaviors} == {"seo-audit-weekly", "content-digest"}
+    assert {b.name for b in report.behaviors} == {
+        "seo-audit-weekly",
+        "content-digest",
+        "quick-digest",
+    }
 
 
 def test_minimal_file_gets_defaults_and_name_from_stem(tmp_path: Path) -> None:
