@@ -91,7 +91,9 @@ def wait_for_spans(daemon: Daemon, count: int, name: str = "alpha") -> dict[str,
         return len(seen["last_deliveries"]) >= count
 
     wait_until(applied, timeout=15, what=f"{count} spans applied to {name}")
-    return seen
+    # Read again: on PostgreSQL each statement of a read sees its own snapshot, so the read
+    # that first saw the spans may have read the spend before the last delivery committed.
+    return behavior(daemon, name)
 
 
 def status_output(tmp_path: Path, database_url: str) -> str:
