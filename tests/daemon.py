@@ -85,7 +85,7 @@ def daemon_starter(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
                 assert proc.poll() is None, log_path.read_text()
                 return False
 
-        wait_until(healthy, what="the daemon to answer /healthz")
+        wait_until(healthy, timeout=60, what="the daemon to answer /healthz")
         return Daemon(proc, base, log_path)
 
     yield start

@@ -77,43 +77,43 @@ def test_a_key_planted_in_a_model_answer_is_stored_shown_and_acted_on_masked(
                 "MASK_KEY_WARNER": KEYS["warner"],
             },
         )
-        api = httpx.Client(base_url=daemon.base_url, timeout=30)
-        promoted = api.post("/api/behaviors/warner/promote", json={"reason": "t", "to": "C"})
-        assert promoted.status_code == 200, promoted.text
+        with httpx.Client(base_url=daemon.base_url, timeout=30) as api:
+            promoted = api.post("/api/behaviors/warner/promote", json={"reason": "t", "to": "C"})
+            assert promoted.status_code == 200, promoted.text
 
-        def finished() -> dict[str, str]:
-            db = Database.open(database_url)
-            try:
-                with db.transaction() as session:
-                    runs = session.exec(select(Run).where(Run.status == "succeeded")).all()
-                    return {r.disposition or "": r.id for r in runs}
-            finally:
-                db.close()
+            def finished() -> dict[str, str]:
+                db = Database.open(database_url)
+                try:
+                    with db.transaction() as session:
+                        runs = session.exec(select(Run).where(Run.status == "succeeded")).all()
+                        return {r.disposition or "": r.id for r in runs}
+                finally:
+                    db.close()
 
-        wait_until(
-            lambda: {"blocked", "action"} <= set(finished()),
-            timeout=40,
-            what="a blocked run and an acted-on run",
-        )
-        for name in KEYS:
-            paused = api.post(f"/api/behaviors/{name}/pause", json={"reason": "done"})
-            assert paused.status_code in (200, 409), paused.text  # 409: fails paused it
-        # The warner's action (log) ran on the masked answer.
-        wait_until(lambda: "behavior output" in daemon.log(), what="the warner's action")
-        assert "<email: j***@***.com>" in daemon.log()
-        digest = hashlib.sha256(ANSWER.encode()).hexdigest()
-        for disposition in ("blocked", "action"):
-            run = api.get(f"/api/runs/{finished()[disposition]}")
-            assert run.status_code == 200
-            shown = run.json()
-            assert shown["output"] == (
-                "Deploy with <openrouter_key: sk-or-v1-…(73 chars)>; questions to "
-                "<email: j***@***.com>."
+            wait_until(
+                lambda: {"blocked", "action"} <= set(finished()),
+                timeout=40,
+                what="a blocked run and an acted-on run",
             )
-            assert [f["kind"] for f in shown["output_findings"]] == ["openrouter_key", "email"]
-            assert shown["output_sha256"] == digest
-            for needle in NEEDLES:
-                assert needle not in run.text, (disposition, needle)
+            for name in KEYS:
+                paused = api.post(f"/api/behaviors/{name}/pause", json={"reason": "done"})
+                assert paused.status_code in (200, 409), paused.text  # 409: fails paused it
+            # The warner's action (log) ran on the masked answer.
+            wait_until(lambda: "behavior output" in daemon.log(), what="the warner's action")
+            assert "<email: j***@***.com>" in daemon.log()
+            digest = hashlib.sha256(ANSWER.encode()).hexdigest()
+            for disposition in ("blocked", "action"):
+                run = api.get(f"/api/runs/{finished()[disposition]}")
+                assert run.status_code == 200
+                shown = run.json()
+                assert shown["output"] == (
+                    "Deploy with <openrouter_key: sk-or-v1-…(73 chars)>; questions to "
+                    "<email: j***@***.com>."
+                )
+                assert [f["kind"] for f in shown["output_findings"]] == ["openrouter_key", "email"]
+                assert shown["output_sha256"] == digest
+                for needle in NEEDLES:
+                    assert needle not in run.text, (disposition, needle)
         _scan(database_url)  # while the daemon runs: its writes are in the write-ahead log
         daemon.proc.send_signal(signal.SIGTERM)
         assert daemon.proc.wait(20) == 0
