@@ -977,6 +977,40 @@ def sim_openrouter(
     serve_sim(host, port, config)
 
 
+@sim_app.command("notion")
+def sim_notion(
+    port: Annotated[int, typer.Option(help="Port to listen on (loopback).")] = 8602,
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="YAML: token, root_page_id, root_page_title, seed, faults.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    root_page_id: Annotated[
+        str | None, typer.Option(help="Id of the workspace-level page to start from.")
+    ] = None,
+) -> None:
+    """Run the Notion simulator (API 2025-09-03; faults at POST /_sim/faults)."""
+    from dataclasses import replace
+
+    from ledger.sim.notion import NotionSimConfig, NotionSimConfigError
+    from ledger.sim.notion import serve as serve_sim
+
+    configure_logging("auto", "info")
+    try:
+        sim_config = NotionSimConfig() if config is None else NotionSimConfig.from_yaml(config)
+        if root_page_id is not None:
+            sim_config = replace(sim_config, root_page_id=root_page_id)
+    except NotionSimConfigError as exc:
+        raise LedgerError(f"notion simulator: {exc}") from None
+    print(f"Notion simulator on http://{host}:{port} (API under /v1)")
+    print(f"root page: {sim_config.root_page_id}")
+    serve_sim(host, port, sim_config)
+
+
 def main() -> None:
     """Console entry point: a LedgerError becomes one line on stderr and exit status 2."""
     try:

@@ -1,0 +1,78 @@
+"""Hosting a simulator (or any ASGI app) on a free loopback port for tests and demos: in the
+caller's event loop (``run_asgi_in_background``) or in a thread of its own
+(``run_asgi_in_thread``). Signal handlers stay the caller's."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Iterator
+
+import uvicorn
+from starlette.types import ASGIApp
+
+__all__ = ["run_asgi_in_background", "run_asgi_in_thread"]
+
+
+class _QuietServer(uvicorn.Server):
+    """A uvicorn server that leaves the process's signal handlers alone (tests own them)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _uvicorn_server(app: ASGIApp) -> _QuietServer:
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        ws="none",
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        timeout_keep_alive=300,
+        backlog=4096,
+    )
+    return _QuietServer(config)
+
+
+def _base_url(server: uvicorn.Server) -> str:
+    host, port = server.servers[0].sockets[0].getsockname()[:2]
+    return f"http://{host}:{port}"
+
+
+@contextlib.asynccontextmanager
+async def run_asgi_in_background(app: ASGIApp) -> AsyncIterator[str]:
+    """Serve any ASGI app on a free loopback port in this event loop; yields its base URL."""
+    server = _uvicorn_server(app)
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()  # re-raise the start-up failure
+                raise RuntimeError("the server stopped before it started")
+            await asyncio.sleep(0.01)
+        yield _base_url(server)
+    finally:
+        server.should_exit = True
+        await task
+
+
+@contextlib.contextmanager
+def run_asgi_in_thread(app: ASGIApp, name: str) -> Iterator[str]:
+    """Like ``run_asgi_in_background`` for synchronous code: the app is served by a thread of
+    its own, called ``name`` (e.g. "the Notion simulator"; a failed start says so)."""
+    server = _uvicorn_server(app)
+    thread = threading.Thread(target=server.run, name=name, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError(f"{name} failed to start")
+            thread.join(0.01)
+        yield _base_url(server)
+    finally:
+        server.should_exit = True
+        thread.join()
