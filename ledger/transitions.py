@@ -21,8 +21,7 @@ from ledger.db.models import Approval, BehaviorRow, GateResultRow, PromotionProp
 from ledger.errors import ConflictError, LedgerError, NotFoundError
 from ledger.gates import GateResult, Tier
 from ledger.journal import append_entry
-from ledger.outbox.alerts import enqueue_alert
-from ledger.outbox.dispatcher import enqueue
+from ledger.outbox.enqueue import KIND_MIRROR, enqueue, enqueue_alert
 from ledger.policy import (
     DEFAULT_THRESHOLDS,
     BehaviorState,
@@ -318,7 +317,7 @@ def notify(
     if ctx.mirror:
         enqueue(
             session,
-            kind="mirror",
+            kind=KIND_MIRROR,
             payload=alert,
             now=now,
             behavior_id=row.id,

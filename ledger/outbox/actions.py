@@ -9,107 +9,35 @@ so a rotated secret is picked up and no value ever reaches the database.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final
 
 import httpx
 import orjson
 import structlog
-from sqlmodel import Session
 
 from ledger.clock import Clock
-from ledger.db.models import OutboxRow
 from ledger.errors import SecretError
 from ledger.ingest.signatures import GENERIC_HEADER, sign_generic
-from ledger.outbox.dispatcher import DeliveryDeferred, DeliveryError, Handler, OutboxItem, enqueue
+from ledger.outbox.dispatcher import DeliveryDeferred, DeliveryError, Handler, OutboxItem
+from ledger.outbox.enqueue import KIND_LOG, KIND_NOTION_APPEND, KIND_NOTION_PAGE, KIND_WEBHOOK
 from ledger.outbox.urls import Resolver, post_json, system_resolver
 from ledger.secrets import is_reference, resolve
 
 __all__ = [
-    "ACTION_KINDS",
-    "KIND_LOG",
-    "KIND_NOTION_APPEND",
-    "KIND_NOTION_PAGE",
-    "KIND_WEBHOOK",
     "NOTION_NOT_CONFIGURED",
     "ActionDeliverer",
     "action_handlers",
-    "enqueue_action",
     "webhook_body",
 ]
 
 log = structlog.get_logger("ledger.actions")
 
-KIND_LOG: Final = "action.log"
-KIND_WEBHOOK: Final = "action.webhook"
-KIND_NOTION_PAGE: Final = "action.notion_page"
-KIND_NOTION_APPEND: Final = "action.notion_append"
-ACTION_KINDS: Final[Mapping[str, str]] = {
-    "log": KIND_LOG,
-    "webhook": KIND_WEBHOOK,
-    "notion_page": KIND_NOTION_PAGE,
-    "notion_append": KIND_NOTION_APPEND,
-}
-
 NOTION_NOT_CONFIGURED: Final = "Notion mirror not configured yet; the action waits in the outbox"
 NOTION_RETRY_AFTER: Final = timedelta(hours=6)
-
-
-def enqueue_action(
-    session: Session,
-    *,
-    action: str,
-    behavior: str,
-    run_id: str,
-    tier: str,
-    output: str,
-    now: datetime,
-    behavior_id: int | None = None,
-    options: Mapping[str, Any] | None = None,
-) -> OutboxRow | None:
-    """Queue ``action`` for a run's output in the caller's open transaction. One action of a
-    kind per run: queuing it again is a no-op that returns None.
-
-    ``options`` for ``webhook``: ``url`` (a secret reference, or a URL without credentials) and
-    ``secret`` (a secret reference, required). Raises ``ValueError`` for an unknown action and
-    ``SecretError`` when a secret is given as a value instead of a reference.
-    """
-    kind = ACTION_KINDS.get(action)
-    if kind is None:
-        raise ValueError(f"unknown action {action!r}: use one of {', '.join(ACTION_KINDS)}")
-    payload: dict[str, Any] = {
-        "behavior": behavior,
-        "run_id": run_id,
-        "tier": tier,
-        "output": output,
-        "payload_sha256": hashlib.sha256(output.encode("utf-8")).hexdigest(),
-        "at": now.isoformat(),
-    }
-    opts = dict(options or {})
-    if kind == KIND_WEBHOOK:
-        url, secret = str(opts.pop("url", "")), str(opts.pop("secret", ""))
-        if not url:
-            raise ValueError(f"{behavior}: the webhook action needs a url")
-        if not is_reference(secret):
-            raise SecretError(
-                f"{behavior}: the webhook action's secret must be a reference (env:NAME or "
-                "file:PATH), never a value"
-            )
-        payload["url"], payload["secret"] = url, secret
-    if opts:
-        payload["options"] = opts
-    return enqueue(
-        session,
-        kind=kind,
-        payload=payload,
-        now=now,
-        behavior_id=behavior_id,
-        dedup_key=f"{kind}:{run_id}",
-    )
 
 
 def webhook_body(payload: Mapping[str, Any]) -> bytes:

@@ -28,7 +28,7 @@ from ledger.db.models import LIVE_RUN, Approval, BehaviorRow, Run
 from ledger.errors import ConflictError, LedgerError, NotFoundError, SecretError
 from ledger.gates import Gate, GateResult, Outcome, Tier
 from ledger.journal import append_entry
-from ledger.outbox.actions import enqueue_action
+from ledger.outbox.enqueue import enqueue_action
 from ledger.policy import Observation
 from ledger.runner.catalog import ModelCatalog
 from ledger.runner.checks import CheckSpec, mask_sensitive, run_checks

@@ -20,10 +20,10 @@ from ledger.outbox.alerts import (
     alert_handlers,
     alert_headline,
     alert_text,
-    enqueue_alert,
     slack_message,
 )
-from ledger.outbox.dispatcher import KIND_ALERT, KIND_DEMOTION_ALERT, OutboxItem, dispatch_one
+from ledger.outbox.dispatcher import OutboxItem, dispatch_one
+from ledger.outbox.enqueue import KIND_ALERT, KIND_DEMOTION_ALERT, enqueue_alert
 from ledger.outbox.urls import make_client
 from tests.conftest import T0
 from tests.outbox import capture_server
