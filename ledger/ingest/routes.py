@@ -46,9 +46,9 @@ from ledger.ingest.otlp import (
     is_connection_test,
     wants_protobuf,
 )
-from ledger.ingest.signatures import Scheme, verify_webhook
 from ledger.ingest.store import SpanWriter, record_webhook_event
 from ledger.secrets import resolve_many
+from ledger.signatures import Scheme, verify_webhook
 from ledger.web.errors import error_body
 
 __all__ = [

@@ -21,11 +21,11 @@ import structlog
 
 from ledger.clock import Clock
 from ledger.errors import SecretError
-from ledger.ingest.signatures import GENERIC_HEADER, sign_generic
 from ledger.outbox.dispatcher import DeliveryDeferred, DeliveryError, Handler, OutboxItem
 from ledger.outbox.enqueue import KIND_LOG, KIND_NOTION_APPEND, KIND_NOTION_PAGE, KIND_WEBHOOK
 from ledger.outbox.urls import Resolver, post_json, system_resolver
 from ledger.secrets import is_reference, resolve
+from ledger.signatures import GENERIC_HEADER, sign_generic
 
 __all__ = [
     "NOTION_NOT_CONFIGURED",

@@ -25,10 +25,10 @@ from pydantic import SecretStr
 
 from ledger.clock import Clock
 from ledger.gates import Tier
-from ledger.ingest.signatures import GENERIC_HEADER, sign_generic
 from ledger.outbox.dispatcher import DeliveryError, Handler, OutboxItem
 from ledger.outbox.enqueue import KIND_ALERT, KIND_DEMOTION_ALERT
 from ledger.outbox.urls import Resolver, post_json, system_resolver
+from ledger.signatures import GENERIC_HEADER, sign_generic
 
 __all__ = [
     "AlertChannel",
@@ -181,7 +181,7 @@ class SlackChannel:
 @dataclass(frozen=True, slots=True)
 class SignedWebhookChannel:
     """POSTs ``{"event", "behavior", "text", "alert", "delivery"}`` signed with
-    ``X-Ledger-Signature`` (see ``ledger.ingest.signatures``). ``X-Ledger-Delivery`` carries
+    ``X-Ledger-Signature`` (see ``ledger.signatures``). ``X-Ledger-Delivery`` carries
     the outbox id: the same id means the same alert (receivers deduplicate on it)."""
 
     name: str

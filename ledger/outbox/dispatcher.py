@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from ledger.clock import Clock
 from ledger.db.models import OutboxRow
 from ledger.db.session import Database
 from ledger.errors import ConflictError, LedgerError, NotFoundError
+from ledger.http import backoff_delay
 from ledger.logging import mask_text
 from ledger.outbox.enqueue import (
     DEAD,
@@ -163,9 +163,9 @@ class RetryPolicy:
 
     def backoff(self, attempts: int, rng: random.Random) -> float:
         """Seconds to wait after the ``attempts``-th failed attempt (1-based)."""
-        exponent = min(max(attempts - 1, 0), 60)
-        delay = min(self.max_delay, self.base_delay * math.pow(2, exponent))
-        return delay / 2 + rng.uniform(0, delay / 2)
+        return backoff_delay(
+            attempts, base=self.base_delay, cap=self.max_delay, jitter=0.5, rng=rng
+        )
 
 
 def retry_decision(

@@ -20,6 +20,7 @@ from ledger.config import Settings
 from ledger.daemon import build_policy_context
 from ledger.db.session import Database
 from ledger.heap import settle_heap
+from ledger.http import backoff_delay
 from ledger.ingest.process import IngestProcessor
 from ledger.outbox.dispatcher import Dispatcher
 from ledger.outbox.urls import make_client
@@ -154,8 +155,7 @@ def catalog_retry_delay(failures: int) -> float:
     daemon logs a handful of warnings, not one a minute)."""
     if failures <= 0:
         return REFRESH_SECONDS
-    backoff: float = CATALOG_RETRY_SECONDS * 2.0 ** min(failures - 1, 16)
-    return min(REFRESH_SECONDS, backoff)
+    return backoff_delay(failures, base=CATALOG_RETRY_SECONDS, cap=REFRESH_SECONDS, jitter=0.0)
 
 
 async def _catalog_loop(catalog: ModelCatalog, stop: asyncio.Event) -> None:
