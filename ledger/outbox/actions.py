@@ -11,26 +11,37 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
 import httpx
 import orjson
 import structlog
+from sqlmodel import Session
 
 from ledger.clock import Clock
 from ledger.errors import SecretError
-from ledger.outbox.dispatcher import DeliveryDeferred, DeliveryError, Handler, OutboxItem
+from ledger.gates import Gate, GateResult, Outcome
+from ledger.outbox.dispatcher import (
+    DeadLetterHook,
+    DeliveryDeferred,
+    DeliveryError,
+    Handler,
+    OutboxItem,
+)
 from ledger.outbox.enqueue import KIND_LOG, KIND_NOTION_APPEND, KIND_NOTION_PAGE, KIND_WEBHOOK
 from ledger.outbox.urls import Resolver, post_json, system_resolver
+from ledger.policy import Observation
 from ledger.secrets import is_reference, resolve
 from ledger.signatures import GENERIC_HEADER, sign_generic
+from ledger.transitions import PolicyContext, apply_observation, lock_behavior, record_results
 
 __all__ = [
     "NOTION_NOT_CONFIGURED",
     "ActionDeliverer",
     "action_handlers",
+    "dead_letter_hook",
     "webhook_body",
 ]
 
@@ -121,3 +132,38 @@ def action_handlers(deliverer: ActionDeliverer) -> dict[str, Handler]:
         KIND_NOTION_PAGE: deliverer.deliver_notion,
         KIND_NOTION_APPEND: deliverer.deliver_notion,
     }
+
+
+def dead_letter_hook(ctx: PolicyContext, clock: Clock) -> DeadLetterHook:
+    """When an action's target rejected the content (a 4xx other than 408/429), the behavior
+    caused it: record an ``output_check`` warn for its run."""
+
+    def on_dead(session: Session, item: OutboxItem, error: DeliveryError) -> None:
+        if not error.attributable or not item.kind.startswith("action.") or not item.behavior_id:
+            return
+        now: datetime = clock.now()
+        row = lock_behavior(session, id=item.behavior_id)
+        run_id = item.payload.get("run_id")
+        stored = record_results(
+            session,
+            row,
+            [
+                GateResult(
+                    Gate.OUTPUT_CHECK,
+                    Outcome.WARN,
+                    True,
+                    {
+                        "check": "action_target",
+                        "reason": str(error)[:500],
+                        "status": error.status_code,
+                        "action": item.kind,
+                    },
+                )
+            ],
+            now=now,
+            source="outbox",
+            run_id=run_id if isinstance(run_id, str) else None,
+        )
+        apply_observation(session, row, Observation.result(now, stored[0]), now=now, ctx=ctx)
+
+    return on_dead
