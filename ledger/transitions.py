@@ -13,16 +13,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from sqlmodel import Session, col, select
 
 from ledger.db.models import Approval, BehaviorRow, GateResultRow, PromotionProposal
 from ledger.errors import ConflictError, LedgerError, NotFoundError
-from ledger.gates import GateResult, Tier
+from ledger.gates import Gate, GateResult, Outcome, Tier
 from ledger.journal import append_entry
-from ledger.outbox.alerts import enqueue_alert
-from ledger.outbox.dispatcher import enqueue
+from ledger.outbox.enqueue import KIND_MIRROR, enqueue, enqueue_alert
 from ledger.policy import (
     DEFAULT_THRESHOLDS,
     BehaviorState,
@@ -318,7 +318,7 @@ def notify(
     if ctx.mirror:
         enqueue(
             session,
-            kind="mirror",
+            kind=KIND_MIRROR,
             payload=alert,
             now=now,
             behavior_id=row.id,
@@ -562,3 +562,238 @@ def decline_proposal(session: Session, name: str, *, reason: str, actor: str, no
     session.add(row)
     session.flush()
     return f"declined the promotion of {name} to {Tier(declined[0].to_tier).label}"
+
+
+# -- runner events -----------------------------------------------------------------------------
+
+RUNNER_ACTOR = "runner"
+
+
+def pause_after_auth_error(
+    session: Session,
+    row: BehaviorRow,
+    *,
+    run_id: str,
+    error: str,
+    now: datetime,
+    ctx: PolicyContext,
+) -> None:
+    """Pause the (locked) behavior because OpenRouter refused its key: configuration, not
+    conduct, so no tier changes; a ledger entry and an ``auth_error`` alert say what to do."""
+    row.paused = True
+    append_entry(
+        session,
+        kind="paused",
+        actor=RUNNER_ACTOR,
+        reason=f"paused: OpenRouter refused the behavior's key ({error}); "
+        "fix the key and `ledger resume`",
+        now=now,
+        behavior_id=row.id,
+        behavior_name=row.name,
+        data={"run_id": run_id},
+    )
+    notify(
+        session,
+        row,
+        "auth_error",
+        f"OpenRouter refused its key ({error}); fix the key and `ledger resume` it",
+        now,
+        ctx,
+        {"run_id": run_id},
+    )
+    session.add(row)
+
+
+def record_approved(
+    session: Session,
+    row: BehaviorRow,
+    run_id: str,
+    *,
+    actor: str,
+    reason: str,
+    payload_sha256: str,
+    now: datetime,
+    ctx: PolicyContext,
+) -> None:
+    """An operator approved run ``run_id``'s request (the caller updated the request and
+    queued its action): the ledger entry, and the approval folded into the policy window."""
+    append_entry(
+        session,
+        kind="approved",
+        actor=actor,
+        reason=reason,
+        now=now,
+        behavior_id=row.id,
+        behavior_name=row.name,
+        data={"run_id": run_id, "payload_sha256": payload_sha256},
+    )
+    apply_observation(session, row, Observation.approval(now, run_id, "approved"), now=now, ctx=ctx)
+
+
+def record_rejected(
+    session: Session,
+    row: BehaviorRow,
+    run_id: str,
+    *,
+    actor: str,
+    reason: str,
+    now: datetime,
+    ctx: PolicyContext,
+) -> None:
+    """An operator rejected run ``run_id``'s request: a ``human_rejected`` warn, the ledger
+    entry, and the rejection folded into the policy window."""
+    stored = record_results(
+        session,
+        row,
+        [GateResult(Gate.HUMAN_REJECTED, Outcome.WARN, True, {"actor": actor, "reason": reason})],
+        now=now,
+        source="operator",
+        run_id=run_id,
+    )
+    append_entry(
+        session,
+        kind="rejected",
+        actor=actor,
+        reason=reason,
+        now=now,
+        behavior_id=row.id,
+        behavior_name=row.name,
+        data={"run_id": run_id},
+    )
+    apply_observation(
+        session,
+        row,
+        Observation.approval(
+            now, run_id, "rejected", tuple(r.result_id for r in stored if r.result_id)
+        ),
+        now=now,
+        ctx=ctx,
+    )
+
+
+def record_expired(
+    session: Session, row: BehaviorRow, run_id: str, *, now: datetime, ctx: PolicyContext
+) -> None:
+    """Run ``run_id``'s request expired unanswered: neutral for the policy, but recorded."""
+    append_entry(
+        session,
+        kind="approval_expired",
+        actor=RUNNER_ACTOR,
+        reason=f"approval request for run {run_id} expired unanswered "
+        "(neutral: it neither helps nor hurts the behavior)",
+        now=now,
+        behavior_id=row.id,
+        behavior_name=row.name,
+        data={"run_id": run_id},
+    )
+    apply_observation(session, row, Observation.approval(now, run_id, "expired"), now=now, ctx=ctx)
+
+
+# -- registry events ---------------------------------------------------------------------------
+
+REGISTRY_ACTOR = "registry"
+
+
+def record_registered(session: Session, row: BehaviorRow, *, path: Path, now: datetime) -> None:
+    """A new file registered ``row`` (added and flushed by the caller) at its start tier."""
+    tier = Tier(row.tier)
+    append_entry(
+        session,
+        kind="registered",
+        actor=REGISTRY_ACTOR,
+        reason=f"registered from {path.name} at {tier.label}",
+        now=now,
+        behavior_id=row.id,
+        behavior_name=row.name,
+        data={"definition_hash": row.definition_hash, "tier": tier.value, "path": str(path)},
+    )
+
+
+def restore_behavior(session: Session, row: BehaviorRow, *, path: Path, now: datetime) -> None:
+    """A retired behavior's file is back: restored at its old tier."""
+    row.retired = False
+    row.retired_at = None
+    append_entry(
+        session,
+        kind="restored",
+        actor=REGISTRY_ACTOR,
+        reason=f"{path.name} is back: restored at its old tier {Tier(row.tier).label}",
+        now=now,
+        behavior_id=row.id,
+        behavior_name=row.name,
+        data={"path": str(path), "tier": row.tier},
+    )
+
+
+def record_definition_change(
+    session: Session,
+    row: BehaviorRow,
+    *,
+    path: Path,
+    new_hash: str,
+    new_preset: Any,
+    now: datetime,
+) -> None:
+    """The behavior's file was edited (``row`` still holds the old definition): same tier,
+    but the promotion window restarts — a new definition must earn its record again."""
+    old_preset = (row.definition or {}).get("preset")
+    append_entry(
+        session,
+        kind="definition_changed",
+        actor=REGISTRY_ACTOR,
+        reason=(
+            f"{path.name} was edited"
+            + (f" (preset {old_preset} → {new_preset})" if old_preset != new_preset else "")
+            + f"; tier {Tier(row.tier).label} kept, the promotion window restarts"
+        ),
+        now=now,
+        behavior_id=row.id,
+        behavior_name=row.name,
+        data={
+            "old_hash": row.definition_hash,
+            "new_hash": new_hash,
+            "preset_changed": old_preset != new_preset,
+        },
+    )
+    window = PolicyWindow.from_json(row.policy_window or {})
+    row.policy_window = observe(
+        window, Observation.definition_changed(now, "definition changed")
+    ).to_json()
+
+
+def cap_at_max_tier(
+    session: Session, row: BehaviorRow, max_tier: Tier, *, path: Path, now: datetime
+) -> None:
+    """The file lowered ``max_tier`` below the behavior's tier: it moves down to the cap."""
+    old = Tier(row.tier)
+    row.tier = max_tier.value
+    append_entry(
+        session,
+        kind="demoted",
+        actor=REGISTRY_ACTOR,
+        reason=f"max_tier lowered to {max_tier.label} in {path.name}: moved from "
+        f"{old.label} to {max_tier.label}",
+        now=now,
+        behavior_id=row.id,
+        behavior_name=row.name,
+        data={"from": old.value, "to": max_tier.value, "cause": "max_tier"},
+    )
+
+
+def retire_behavior(session: Session, row: BehaviorRow, *, now: datetime) -> None:
+    """The behavior's file was removed: retired at its tier, history kept."""
+    row.retired = True
+    row.retired_at = now
+    row.updated_at = now
+    session.add(row)
+    append_entry(
+        session,
+        kind="retired",
+        actor=REGISTRY_ACTOR,
+        reason=f"{Path(row.source_path).name} was removed: retired at {Tier(row.tier).label}, "
+        "history kept",
+        now=now,
+        behavior_id=row.id,
+        behavior_name=row.name,
+        data={"path": row.source_path, "tier": row.tier},
+    )

@@ -19,6 +19,7 @@ from sqlmodel import SQLModel
 
 from ledger.clock import FakeClock
 from ledger.config import Settings, WebhookSource, load_settings
+from ledger.daemon import open_services
 from ledger.db.models import (
     IngestDelivery,
     IngestedSpan,
@@ -30,7 +31,6 @@ from ledger.db.session import Database
 from ledger.errors import ConfigError
 from ledger.retention import prune, prune_target, targets
 from ledger.status import collect_storage
-from ledger.web.services import open_services
 from tests.conftest import T0
 
 DAY = timedelta(days=1)

@@ -23,9 +23,9 @@ from sqlalchemy import inspect, text
 from ledger.behaviors.load import check_resolved_keys, load_directory
 from ledger.db.session import Database
 from ledger.errors import SecretError
-from ledger.ingest.signatures import sign_generic
 from ledger.logging import configure_logging
 from ledger.secrets import resolve
+from ledger.signatures import sign_generic
 from ledger.sim.openrouter import GenerationRecord, build_broadcast
 from tests.conftest import VALID_BEHAVIOR, write_behavior
 from tests.daemon import Daemon, names, wait_until

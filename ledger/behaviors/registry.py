@@ -18,10 +18,13 @@ from sqlmodel import Session, col
 from ledger.behaviors.load import UNIQUE_FIELDS, LoadedBehavior, LoadReport, load_directory
 from ledger.db.models import BehaviorRow, FileProblem
 from ledger.gates import Tier
-from ledger.journal import append_entry
-from ledger.policy import Observation, PolicyWindow, observe
-
-REGISTRY_ACTOR = "registry"
+from ledger.transitions import (
+    cap_at_max_tier,
+    record_definition_change,
+    record_registered,
+    restore_behavior,
+    retire_behavior,
+)
 
 
 @dataclass(slots=True)
@@ -132,7 +135,7 @@ def reconcile(
                 continue
             if row.source_path in invalid:
                 continue  # an invalid edit: the last valid version keeps running
-            _retire(session, row, now)
+            retire_behavior(session, row, now=now)
             summary.retired.append(row.name)
     session.flush()
     return summary
@@ -155,16 +158,7 @@ def _register(session: Session, lb: LoadedBehavior, now: datetime) -> BehaviorRo
     )
     session.add(row)
     session.flush()
-    append_entry(
-        session,
-        kind="registered",
-        actor=REGISTRY_ACTOR,
-        reason=f"registered from {lb.path.name} at {tier.label}",
-        now=now,
-        behavior_id=row.id,
-        behavior_name=row.name,
-        data={"definition_hash": lb.definition_hash, "tier": tier.value, "path": str(lb.path)},
-    )
+    record_registered(session, row, path=lb.path, now=now)
     return row
 
 
@@ -174,46 +168,19 @@ def _refresh(
     b = lb.behavior
     changed = False
     if row.retired:
-        row.retired = False
-        row.retired_at = None
-        append_entry(
-            session,
-            kind="restored",
-            actor=REGISTRY_ACTOR,
-            reason=f"{lb.path.name} is back: restored at its old tier {Tier(row.tier).label}",
-            now=now,
-            behavior_id=row.id,
-            behavior_name=row.name,
-            data={"path": str(lb.path), "tier": row.tier},
-        )
+        restore_behavior(session, row, path=lb.path, now=now)
         summary.restored.append(row.name)
         changed = True
     if row.definition_hash != lb.definition_hash:
-        old_preset = (row.definition or {}).get("preset")
-        new_preset = b.model_dump(mode="json")["preset"]
-        append_entry(
-            session,
-            kind="definition_changed",
-            actor=REGISTRY_ACTOR,
-            reason=(
-                f"{lb.path.name} was edited"
-                + (f" (preset {old_preset} → {new_preset})" if old_preset != new_preset else "")
-                + f"; tier {Tier(row.tier).label} kept, the promotion window restarts"
-            ),
-            now=now,
-            behavior_id=row.id,
-            behavior_name=row.name,
-            data={
-                "old_hash": row.definition_hash,
-                "new_hash": lb.definition_hash,
-                "preset_changed": old_preset != new_preset,
-            },
-        )
         # Same tier, but a new definition must earn its record again.
-        window = PolicyWindow.from_json(row.policy_window or {})
-        row.policy_window = observe(
-            window, Observation.definition_changed(now, "definition changed")
-        ).to_json()
+        record_definition_change(
+            session,
+            row,
+            path=lb.path,
+            new_hash=lb.definition_hash,
+            new_preset=b.model_dump(mode="json")["preset"],
+            now=now,
+        )
         row.definition_hash = lb.definition_hash
         new_definition = b.model_dump(mode="json")
         if (row.definition or {}).get("api_key") != new_definition.get("api_key"):
@@ -228,19 +195,7 @@ def _refresh(
         row.max_tier = b.max_tier.value
         changed = True
     if Tier(row.tier).rank > b.max_tier.rank:
-        old = Tier(row.tier)
-        row.tier = b.max_tier.value
-        append_entry(
-            session,
-            kind="demoted",
-            actor=REGISTRY_ACTOR,
-            reason=f"max_tier lowered to {b.max_tier.label} in {lb.path.name}: moved from "
-            f"{old.label} to {b.max_tier.label}",
-            now=now,
-            behavior_id=row.id,
-            behavior_name=row.name,
-            data={"from": old.value, "to": b.max_tier.value, "cause": "max_tier"},
-        )
+        cap_at_max_tier(session, row, b.max_tier, path=lb.path, now=now)
         summary.capped.append(row.name)
     if row.source_path != str(lb.path) or row.problem is not None:
         row.source_path = str(lb.path)
@@ -249,21 +204,3 @@ def _refresh(
     if changed:
         row.updated_at = now
         session.add(row)
-
-
-def _retire(session: Session, row: BehaviorRow, now: datetime) -> None:
-    row.retired = True
-    row.retired_at = now
-    row.updated_at = now
-    session.add(row)
-    append_entry(
-        session,
-        kind="retired",
-        actor=REGISTRY_ACTOR,
-        reason=f"{Path(row.source_path).name} was removed: retired at {Tier(row.tier).label}, "
-        "history kept",
-        now=now,
-        behavior_id=row.id,
-        behavior_name=row.name,
-        data={"path": row.source_path, "tier": row.tier},
-    )

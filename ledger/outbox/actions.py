@@ -9,7 +9,6 @@ so a rotated secret is picked up and no value ever reaches the database.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,94 +21,34 @@ import structlog
 from sqlmodel import Session
 
 from ledger.clock import Clock
-from ledger.db.models import OutboxRow
 from ledger.errors import SecretError
-from ledger.ingest.signatures import GENERIC_HEADER, sign_generic
-from ledger.outbox.dispatcher import DeliveryDeferred, DeliveryError, Handler, OutboxItem, enqueue
+from ledger.gates import Gate, GateResult, Outcome
+from ledger.outbox.dispatcher import (
+    DeadLetterHook,
+    DeliveryDeferred,
+    DeliveryError,
+    Handler,
+    OutboxItem,
+)
+from ledger.outbox.enqueue import KIND_LOG, KIND_NOTION_APPEND, KIND_NOTION_PAGE, KIND_WEBHOOK
 from ledger.outbox.urls import Resolver, post_json, system_resolver
+from ledger.policy import Observation
 from ledger.secrets import is_reference, resolve
+from ledger.signatures import GENERIC_HEADER, sign_generic
+from ledger.transitions import PolicyContext, apply_observation, lock_behavior, record_results
 
 __all__ = [
-    "ACTION_KINDS",
-    "KIND_LOG",
-    "KIND_NOTION_APPEND",
-    "KIND_NOTION_PAGE",
-    "KIND_WEBHOOK",
     "NOTION_NOT_CONFIGURED",
     "ActionDeliverer",
     "action_handlers",
-    "enqueue_action",
+    "dead_letter_hook",
     "webhook_body",
 ]
 
 log = structlog.get_logger("ledger.actions")
 
-KIND_LOG: Final = "action.log"
-KIND_WEBHOOK: Final = "action.webhook"
-KIND_NOTION_PAGE: Final = "action.notion_page"
-KIND_NOTION_APPEND: Final = "action.notion_append"
-ACTION_KINDS: Final[Mapping[str, str]] = {
-    "log": KIND_LOG,
-    "webhook": KIND_WEBHOOK,
-    "notion_page": KIND_NOTION_PAGE,
-    "notion_append": KIND_NOTION_APPEND,
-}
-
 NOTION_NOT_CONFIGURED: Final = "Notion mirror not configured yet; the action waits in the outbox"
 NOTION_RETRY_AFTER: Final = timedelta(hours=6)
-
-
-def enqueue_action(
-    session: Session,
-    *,
-    action: str,
-    behavior: str,
-    run_id: str,
-    tier: str,
-    output: str,
-    now: datetime,
-    behavior_id: int | None = None,
-    options: Mapping[str, Any] | None = None,
-) -> OutboxRow | None:
-    """Queue ``action`` for a run's output in the caller's open transaction. One action of a
-    kind per run: queuing it again is a no-op that returns None.
-
-    ``options`` for ``webhook``: ``url`` (a secret reference, or a URL without credentials) and
-    ``secret`` (a secret reference, required). Raises ``ValueError`` for an unknown action and
-    ``SecretError`` when a secret is given as a value instead of a reference.
-    """
-    kind = ACTION_KINDS.get(action)
-    if kind is None:
-        raise ValueError(f"unknown action {action!r}: use one of {', '.join(ACTION_KINDS)}")
-    payload: dict[str, Any] = {
-        "behavior": behavior,
-        "run_id": run_id,
-        "tier": tier,
-        "output": output,
-        "payload_sha256": hashlib.sha256(output.encode("utf-8")).hexdigest(),
-        "at": now.isoformat(),
-    }
-    opts = dict(options or {})
-    if kind == KIND_WEBHOOK:
-        url, secret = str(opts.pop("url", "")), str(opts.pop("secret", ""))
-        if not url:
-            raise ValueError(f"{behavior}: the webhook action needs a url")
-        if not is_reference(secret):
-            raise SecretError(
-                f"{behavior}: the webhook action's secret must be a reference (env:NAME or "
-                "file:PATH), never a value"
-            )
-        payload["url"], payload["secret"] = url, secret
-    if opts:
-        payload["options"] = opts
-    return enqueue(
-        session,
-        kind=kind,
-        payload=payload,
-        now=now,
-        behavior_id=behavior_id,
-        dedup_key=f"{kind}:{run_id}",
-    )
 
 
 def webhook_body(payload: Mapping[str, Any]) -> bytes:
@@ -193,3 +132,38 @@ def action_handlers(deliverer: ActionDeliverer) -> dict[str, Handler]:
         KIND_NOTION_PAGE: deliverer.deliver_notion,
         KIND_NOTION_APPEND: deliverer.deliver_notion,
     }
+
+
+def dead_letter_hook(ctx: PolicyContext, clock: Clock) -> DeadLetterHook:
+    """When an action's target rejected the content (a 4xx other than 408/429), the behavior
+    caused it: record an ``output_check`` warn for its run."""
+
+    def on_dead(session: Session, item: OutboxItem, error: DeliveryError) -> None:
+        if not error.attributable or not item.kind.startswith("action.") or not item.behavior_id:
+            return
+        now: datetime = clock.now()
+        row = lock_behavior(session, id=item.behavior_id)
+        run_id = item.payload.get("run_id")
+        stored = record_results(
+            session,
+            row,
+            [
+                GateResult(
+                    Gate.OUTPUT_CHECK,
+                    Outcome.WARN,
+                    True,
+                    {
+                        "check": "action_target",
+                        "reason": str(error)[:500],
+                        "status": error.status_code,
+                        "action": item.kind,
+                    },
+                )
+            ],
+            now=now,
+            source="outbox",
+            run_id=run_id if isinstance(run_id, str) else None,
+        )
+        apply_observation(session, row, Observation.result(now, stored[0]), now=now, ctx=ctx)
+
+    return on_dead

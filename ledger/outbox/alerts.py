@@ -6,57 +6,44 @@ An alert is a JSON mapping::
     {"event": "demotion", "behavior": "seo-audit", "from": "C", "to": "B",
      "reason": "...", "evidence": [...], "at": "2026-11-02T09:00:00+00:00"}
 
-``enqueue_alert`` writes one outbox row per channel (so a channel that is down delays only
-itself) with a dedup key per (channel, behavior, event, reason, time bucket): the same alert
-within one ``window`` is sent once. ``alert_handler`` delivers those rows.
+``enqueue_alert`` (the outbox write side, ``ledger.outbox.enqueue``) writes one outbox row per
+channel (so a channel that is down delays only itself) with a dedup key per (channel, behavior,
+event, reason, time bucket): the same alert within one ``window`` is sent once.
+``alert_handler`` delivers those rows.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import Any, Final, Protocol
 
 import httpx
 import orjson
 import structlog
 from pydantic import SecretStr
-from sqlmodel import Session
 
 from ledger.clock import Clock
-from ledger.db.models import OutboxRow
 from ledger.gates import Tier
-from ledger.ingest.signatures import GENERIC_HEADER, sign_generic
-from ledger.outbox.dispatcher import (
-    KIND_ALERT,
-    KIND_DEMOTION_ALERT,
-    DeliveryError,
-    Handler,
-    OutboxItem,
-    enqueue,
-)
+from ledger.outbox.dispatcher import DeliveryError, Handler, OutboxItem
+from ledger.outbox.enqueue import KIND_ALERT, KIND_DEMOTION_ALERT
 from ledger.outbox.urls import Resolver, post_json, system_resolver
+from ledger.signatures import GENERIC_HEADER, sign_generic
 
 __all__ = [
-    "DEFAULT_DEDUP_WINDOW",
     "AlertChannel",
     "LogChannel",
     "SignedWebhookChannel",
     "SlackChannel",
-    "alert_dedup_key",
     "alert_handler",
     "alert_handlers",
     "alert_headline",
     "alert_text",
-    "enqueue_alert",
     "slack_message",
 ]
 
 log = structlog.get_logger("ledger.alerts")
 
-DEFAULT_DEDUP_WINDOW: Final = timedelta(hours=1)
 _MAX_EVIDENCE_SHOWN: Final = 8
 _SLACK_TEXT_LIMIT: Final = 2900  # section text allows 3000 characters
 
@@ -156,57 +143,6 @@ def slack_message(alert: Mapping[str, Any]) -> dict[str, Any]:
     return {"text": _clip(alert_headline(alert)), "blocks": blocks}
 
 
-def alert_dedup_key(
-    channel: str, alert: Mapping[str, Any], now: datetime, window: timedelta
-) -> str:
-    """Same channel, behavior, event and reason in the same ``window``-long time bucket → the
-    same key (buckets are aligned to the epoch, so two alerts either side of a boundary are
-    both sent)."""
-    bucket = int(now.timestamp() // max(window.total_seconds(), 1.0))
-    identity = "\x1f".join(
-        [channel, str(alert.get("behavior")), str(alert.get("event")), str(alert.get("reason"))]
-    )
-    digest = hashlib.sha256(identity.encode("utf-8")).hexdigest()[:32]
-    event = str(alert.get("event"))[:40]
-    return f"alert:{event}:{digest}:{bucket}"
-
-
-# --------------------------------------------------------------------------------------------
-# Enqueue (in the caller's transaction)
-# --------------------------------------------------------------------------------------------
-
-
-def enqueue_alert(
-    session: Session,
-    alert: Mapping[str, Any],
-    *,
-    channels: Sequence[str],
-    now: datetime,
-    behavior_id: int | None = None,
-    window: timedelta = DEFAULT_DEDUP_WINDOW,
-) -> list[OutboxRow]:
-    """Queue ``alert`` for each channel name, in the caller's open transaction. Returns the new
-    rows; a channel that already has the same alert in this window gets none. Demotion alerts
-    get the ``alert.demotion`` kind, which the dispatcher claims before anything else."""
-    if not alert.get("event") or not alert.get("behavior"):
-        raise ValueError("an alert needs an event and a behavior")
-    body = {**alert, "at": alert.get("at") or now.isoformat()}
-    kind = KIND_DEMOTION_ALERT if alert["event"] == "demotion" else KIND_ALERT
-    rows: list[OutboxRow] = []
-    for channel in channels:
-        row = enqueue(
-            session,
-            kind=kind,
-            payload={"channel": channel, "behavior": body["behavior"], "alert": body},
-            now=now,
-            behavior_id=behavior_id,
-            dedup_key=alert_dedup_key(channel, body, now, window),
-        )
-        if row is not None:
-            rows.append(row)
-    return rows
-
-
 # --------------------------------------------------------------------------------------------
 # Channels
 # --------------------------------------------------------------------------------------------
@@ -245,7 +181,7 @@ class SlackChannel:
 @dataclass(frozen=True, slots=True)
 class SignedWebhookChannel:
     """POSTs ``{"event", "behavior", "text", "alert", "delivery"}`` signed with
-    ``X-Ledger-Signature`` (see ``ledger.ingest.signatures``). ``X-Ledger-Delivery`` carries
+    ``X-Ledger-Signature`` (see ``ledger.signatures``). ``X-Ledger-Delivery`` carries
     the outbox id: the same id means the same alert (receivers deduplicate on it)."""
 
     name: str

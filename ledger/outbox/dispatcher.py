@@ -2,7 +2,8 @@
 
 Steps are functions, the loop is thin (healthchecks' ``sendalerts`` model):
 
-- ``enqueue`` adds a row inside the caller's transaction (a duplicate ``dedup_key`` is a no-op);
+- ``enqueue`` (in ``ledger.outbox.enqueue``, the write side) adds a row inside the caller's
+  transaction (a duplicate ``dedup_key`` is a no-op);
 - ``claim_one`` takes the most urgent due row with a conditional ``UPDATE … WHERE status =
   'pending'`` checked by row count, recording the attempt and a lease *before* anything is sent
   (``FOR UPDATE SKIP LOCKED`` narrows the pick on PostgreSQL; SQLite serializes writers);
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -38,19 +38,25 @@ from typing import Any, Final
 import sqlalchemy as sa
 import structlog
 from sqlalchemy import case, update
-from sqlalchemy.dialects import postgresql as pg_dialect
-from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlmodel import Session, col, select
 
 from ledger.clock import Clock
 from ledger.db.models import OutboxRow
 from ledger.db.session import Database
 from ledger.errors import ConflictError, LedgerError, NotFoundError
+from ledger.http import backoff_delay
 from ledger.logging import mask_text
+from ledger.outbox.enqueue import (
+    DEAD,
+    DELIVERED,
+    IN_FLIGHT,
+    KIND_ALERT,
+    KIND_DEMOTION_ALERT,
+    PENDING,
+)
 
 __all__ = [
     "DEFAULT_RANK",
-    "KIND_DEMOTION_ALERT",
     "KIND_RANK",
     "DeadLetterHook",
     "DeliveryDeferred",
@@ -63,7 +69,6 @@ __all__ = [
     "count_by_status",
     "dead_letters",
     "dispatch_one",
-    "enqueue",
     "record_delivered",
     "record_failure",
     "requeue",
@@ -71,14 +76,6 @@ __all__ = [
 ]
 
 log = structlog.get_logger("ledger.outbox")
-
-PENDING: Final = "pending"
-IN_FLIGHT: Final = "in_flight"
-DELIVERED: Final = "delivered"
-DEAD: Final = "dead"
-
-KIND_DEMOTION_ALERT: Final = "alert.demotion"
-KIND_ALERT: Final = "alert"
 
 # Lower is claimed sooner among due rows. Kinds not listed get DEFAULT_RANK.
 KIND_RANK: Final[Mapping[str, int]] = {KIND_DEMOTION_ALERT: 0, KIND_ALERT: 1}
@@ -166,9 +163,9 @@ class RetryPolicy:
 
     def backoff(self, attempts: int, rng: random.Random) -> float:
         """Seconds to wait after the ``attempts``-th failed attempt (1-based)."""
-        exponent = min(max(attempts - 1, 0), 60)
-        delay = min(self.max_delay, self.base_delay * math.pow(2, exponent))
-        return delay / 2 + rng.uniform(0, delay / 2)
+        return backoff_delay(
+            attempts, base=self.base_delay, cap=self.max_delay, jitter=0.5, rng=rng
+        )
 
 
 def retry_decision(
@@ -189,45 +186,6 @@ def retry_decision(
 # --------------------------------------------------------------------------------------------
 # Steps (each runs inside the caller's transaction: add/flush/execute, never commit)
 # --------------------------------------------------------------------------------------------
-
-
-def enqueue(
-    session: Session,
-    *,
-    kind: str,
-    payload: dict[str, Any],
-    now: datetime,
-    behavior_id: int | None = None,
-    dedup_key: str | None = None,
-    not_before: datetime | None = None,
-) -> OutboxRow | None:
-    """Add an outbox row in the caller's open transaction (flushed, not committed).
-
-    Returns the row, or None when a row with the same ``dedup_key`` already exists (whatever its
-    status): the duplicate is dropped without error. ``payload`` must be JSON and must hold
-    secret *references*, never resolved values. ``not_before`` delays the first attempt.
-    """
-    values: dict[str, Any] = {
-        "kind": kind,
-        "behavior_id": behavior_id,
-        "dedup_key": dedup_key,
-        "payload": payload,
-        "status": PENDING,
-        "attempts": 0,
-        "next_attempt_at": not_before or now,
-        "created_at": now,
-    }
-    table = OutboxRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it on table classes
-    if session.get_bind().dialect.name == "postgresql":
-        pg_stmt = pg_dialect.insert(table).values(**values)
-        stmt: Any = pg_stmt.on_conflict_do_nothing(index_elements=["dedup_key"])
-    else:
-        lite_stmt = sqlite_dialect.insert(table).values(**values)
-        stmt = lite_stmt.on_conflict_do_nothing(index_elements=["dedup_key"])
-    new_id = session.execute(stmt.returning(table.c.id)).scalar_one_or_none()
-    if new_id is None:
-        return None
-    return session.get(OutboxRow, new_id)
 
 
 def _rank() -> Any:

@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 import httpx
 
 from ledger.errors import LedgerError
+from ledger.http import parse_retry_after
 from ledger.outbox.dispatcher import DeliveryError
-from ledger.runner.classify import parse_retry_after
 
 __all__ = [
     "CONTENT_REJECTIONS",

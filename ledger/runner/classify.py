@@ -30,12 +30,12 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
+from datetime import datetime
 from typing import Any
 
 from ledger.errors import OpenRouterError
 from ledger.gates import ATTRIBUTABLE, Gate, GateResult, Outcome
+from ledger.http import parse_retry_after
 from ledger.runner.checks import redact_sensitive
 
 __all__ = [
@@ -45,7 +45,6 @@ __all__ = [
     "classify_deadline",
     "classify_response",
     "classify_transport_error",
-    "parse_retry_after",
     "to_error",
 ]
 
@@ -389,27 +388,6 @@ def to_error(classification: Classification, message: str | None = None) -> Open
         retry_after=classification.retry_after,
         evidence=dict(classification.evidence),
     )
-
-
-def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value (delay-seconds or HTTP-date), never negative.
-
-    An HTTP-date needs ``now`` (aware); unparsable values, and dates without ``now``, give None.
-    """
-    if value is None:
-        return None
-    text = value.strip()
-    if re.fullmatch(r"\d{1,10}(?:\.\d{1,6})?", text):
-        return float(text)
-    if now is None:
-        return None
-    try:
-        when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - now).total_seconds())
 
 
 # --------------------------------------------------------------------------------------------

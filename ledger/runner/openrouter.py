@@ -29,6 +29,7 @@ from ledger.behaviors.schema import Behavior
 from ledger.clock import Clock, SystemClock
 from ledger.errors import OpenRouterError
 from ledger.gates import Gate, Tier
+from ledger.http import backoff_delay
 from ledger.runner.classify import (
     Classification,
     classify_200,
@@ -603,8 +604,9 @@ class OpenRouterClient:
         if failure.retry_after is not None:
             delay = failure.retry_after
         else:
-            ceiling = min(self._max_backoff, self._base_backoff * 2 ** (attempt - 1))
-            delay = self._rng.uniform(0.0, ceiling)
+            delay = backoff_delay(
+                attempt, base=self._base_backoff, cap=self._max_backoff, rng=self._rng
+            )
         if delay >= deadline - self._monotonic():
             return None
         return delay

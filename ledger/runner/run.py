@@ -27,8 +27,7 @@ from ledger.db.bulk import DriverInsert, driver_insert
 from ledger.db.models import LIVE_RUN, Approval, BehaviorRow, Run
 from ledger.errors import ConflictError, LedgerError, NotFoundError, SecretError
 from ledger.gates import Gate, GateResult, Outcome, Tier
-from ledger.journal import append_entry
-from ledger.outbox.actions import enqueue_action
+from ledger.outbox.enqueue import enqueue_action
 from ledger.policy import Observation
 from ledger.runner.catalog import ModelCatalog
 from ledger.runner.checks import CheckSpec, mask_sensitive, run_checks
@@ -38,7 +37,10 @@ from ledger.transitions import (
     PolicyContext,
     apply_observation,
     lock_behavior,
-    notify,
+    pause_after_auth_error,
+    record_approved,
+    record_expired,
+    record_rejected,
     record_results,
     takes_approvals,
     withdraw_approvals,
@@ -682,29 +684,9 @@ def finish_run(
     session.add(run)
     decision = _record(session, row, run, results, now, ctx)
     if outcome.pause and not row.paused:
-        row.paused = True
-        append_entry(
-            session,
-            kind="paused",
-            actor="runner",
-            reason=f"paused: OpenRouter refused the behavior's key ({outcome.error or 'auth'}); "
-            "fix the key and `ledger resume`",
-            now=now,
-            behavior_id=row.id,
-            behavior_name=row.name,
-            data={"run_id": run.id},
+        pause_after_auth_error(
+            session, row, run_id=run.id, error=outcome.error or "auth", now=now, ctx=ctx
         )
-        notify(
-            session,
-            row,
-            "auth_error",
-            f"OpenRouter refused its key ({outcome.error or 'auth'}); fix the key and "
-            "`ledger resume` it",
-            now,
-            ctx,
-            {"run_id": run.id},
-        )
-        session.add(row)
     if run.disposition == "approval":  # demoted below B or paused while this run was out
         _withdraw_if_not_waiting(session, row, now)
     return FinishedRun(run.id, run.status, run.disposition or "none", tuple(results), decision)
@@ -855,17 +837,9 @@ def approve(
     approval.reason = reason
     session.add(approval)
     _enqueue_action(session, approval.behavior_id, dict(approval.payload), now)
-    append_entry(
-        session,
-        kind="approved",
-        actor=actor,
-        reason=reason,
-        now=now,
-        behavior_id=row.id,
-        behavior_name=row.name,
-        data={"run_id": run_id, "payload_sha256": actual},
+    record_approved(
+        session, row, run_id, actor=actor, reason=reason, payload_sha256=actual, now=now, ctx=ctx
     )
-    apply_observation(session, row, Observation.approval(now, run_id, "approved"), now=now, ctx=ctx)
     kind = approval.payload["action"]["type"]
     return f"approved run {run_id} of {row.name}; its {kind} action is queued"
 
@@ -885,33 +859,7 @@ def reject(
     approval.decided_by = actor
     approval.reason = reason
     session.add(approval)
-    stored = record_results(
-        session,
-        row,
-        [GateResult(Gate.HUMAN_REJECTED, Outcome.WARN, True, {"actor": actor, "reason": reason})],
-        now=now,
-        source="operator",
-        run_id=run_id,
-    )
-    append_entry(
-        session,
-        kind="rejected",
-        actor=actor,
-        reason=reason,
-        now=now,
-        behavior_id=row.id,
-        behavior_name=row.name,
-        data={"run_id": run_id},
-    )
-    apply_observation(
-        session,
-        row,
-        Observation.approval(
-            now, run_id, "rejected", tuple(r.result_id for r in stored if r.result_id)
-        ),
-        now=now,
-        ctx=ctx,
-    )
+    record_rejected(session, row, run_id, actor=actor, reason=reason, now=now, ctx=ctx)
     return f"rejected run {run_id} of {row.name}: {reason}"
 
 
@@ -920,20 +868,7 @@ def _expire(session: Session, approval: Approval, now: datetime, ctx: PolicyCont
     approval.decided_at = now
     session.add(approval)
     row = lock_behavior(session, id=approval.behavior_id)
-    append_entry(
-        session,
-        kind="approval_expired",
-        actor="runner",
-        reason=f"approval request for run {approval.run_id} expired unanswered "
-        "(neutral: it neither helps nor hurts the behavior)",
-        now=now,
-        behavior_id=row.id,
-        behavior_name=row.name,
-        data={"run_id": approval.run_id},
-    )
-    apply_observation(
-        session, row, Observation.approval(now, approval.run_id, "expired"), now=now, ctx=ctx
-    )
+    record_expired(session, row, approval.run_id, now=now, ctx=ctx)
 
 
 def expire_approvals(session: Session, now: datetime, ctx: PolicyContext, limit: int = 100) -> int:

@@ -63,7 +63,7 @@ def is_loopback(host: str) -> bool:
 
 
 def require_operator(request: Request) -> Operator:
-    auth: TokenAuth = request.app.state.ledger.auth
+    auth: TokenAuth = request.app.state.auth
     operator = auth.authenticate(request.headers.get("authorization"))
     if operator is None:
         raise HTTPException(

@@ -32,7 +32,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from ledger.config import Settings
 from ledger.db.engine import make_engine
-from ledger.ingest.signatures import sign_generic
+from ledger.signatures import sign_generic
 from ledger.sim.openrouter import GenerationRecord, build_broadcast
 from ledger.web.app import create_app
 from tests.conftest import VALID_BEHAVIOR, write_behavior

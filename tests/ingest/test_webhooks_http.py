@@ -19,7 +19,7 @@ from ledger.clock import FakeClock
 from ledger.config import Settings
 from ledger.db.models import BehaviorRow, WebhookEvent
 from ledger.db.session import Database
-from ledger.ingest.signatures import sign_generic, sign_github
+from ledger.signatures import sign_generic, sign_github
 from ledger.web.app import create_app
 from tests.conftest import T0, write_behavior
 from tests.ingest.test_receiver import serve

@@ -14,18 +14,11 @@ from ledger.clock import FakeClock
 from ledger.db.models import OutboxRow
 from ledger.db.session import Database
 from ledger.errors import SecretError
-from ledger.ingest.signatures import GENERIC_HEADER, verify_generic
-from ledger.outbox.actions import (
-    KIND_NOTION_APPEND,
-    KIND_NOTION_PAGE,
-    KIND_WEBHOOK,
-    NOTION_NOT_CONFIGURED,
-    ActionDeliverer,
-    action_handlers,
-    enqueue_action,
-)
+from ledger.outbox.actions import NOTION_NOT_CONFIGURED, ActionDeliverer, action_handlers
 from ledger.outbox.dispatcher import DeliveryError, OutboxItem, dispatch_one
+from ledger.outbox.enqueue import KIND_NOTION_APPEND, KIND_NOTION_PAGE, KIND_WEBHOOK, enqueue_action
 from ledger.outbox.urls import make_client
+from ledger.signatures import GENERIC_HEADER, verify_generic
 from tests.conftest import T0
 from tests.outbox import Capture, capture_server
 

@@ -12,7 +12,6 @@ from structlog.testing import capture_logs
 from ledger.clock import FakeClock
 from ledger.db.models import OutboxRow
 from ledger.db.session import Database
-from ledger.ingest.signatures import GENERIC_HEADER, verify_generic
 from ledger.outbox.alerts import (
     LogChannel,
     SignedWebhookChannel,
@@ -20,11 +19,12 @@ from ledger.outbox.alerts import (
     alert_handlers,
     alert_headline,
     alert_text,
-    enqueue_alert,
     slack_message,
 )
-from ledger.outbox.dispatcher import KIND_ALERT, KIND_DEMOTION_ALERT, OutboxItem, dispatch_one
+from ledger.outbox.dispatcher import OutboxItem, dispatch_one
+from ledger.outbox.enqueue import KIND_ALERT, KIND_DEMOTION_ALERT, enqueue_alert
 from ledger.outbox.urls import make_client
+from ledger.signatures import GENERIC_HEADER, verify_generic
 from tests.conftest import T0
 from tests.outbox import capture_server
 

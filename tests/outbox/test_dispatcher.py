@@ -19,10 +19,8 @@ from ledger.clock import FakeClock
 from ledger.db.models import OutboxRow
 from ledger.db.session import Database
 from ledger.errors import ConflictError, NotFoundError
-from ledger.outbox.actions import ActionDeliverer, action_handlers, enqueue_action
+from ledger.outbox.actions import ActionDeliverer, action_handlers
 from ledger.outbox.dispatcher import (
-    KIND_ALERT,
-    KIND_DEMOTION_ALERT,
     DeliveryDeferred,
     DeliveryError,
     Dispatcher,
@@ -32,11 +30,11 @@ from ledger.outbox.dispatcher import (
     count_by_status,
     dead_letters,
     dispatch_one,
-    enqueue,
     record_delivered,
     requeue,
     retry_decision,
 )
+from ledger.outbox.enqueue import KIND_ALERT, KIND_DEMOTION_ALERT, enqueue, enqueue_action
 from ledger.outbox.urls import make_client
 from ledger.secrets import register_secret_value
 from tests.conftest import T0

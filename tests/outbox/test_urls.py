@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import httpx
 import pytest
 
+from ledger.http import parse_retry_after
 from ledger.outbox.dispatcher import DeliveryError
 from ledger.outbox.urls import (
     OutboundURLError,
@@ -17,7 +18,6 @@ from ledger.outbox.urls import (
     post_json,
     translate_http_error,
 )
-from ledger.runner.classify import parse_retry_after
 from tests.conftest import T0
 from tests.outbox import capture_server
 

@@ -64,8 +64,8 @@ async def test_refresh_fetches_the_catalog_from_the_simulator() -> None:
 
 
 def test_an_offline_catalog_backs_off_from_a_minute_to_the_hour() -> None:
+    from ledger.daemon import catalog_retry_delay
     from ledger.runner.catalog import REFRESH_SECONDS
-    from ledger.web.services import catalog_retry_delay
 
     assert catalog_retry_delay(0) == REFRESH_SECONDS  # working: hourly
     delays = [catalog_retry_delay(n) for n in range(1, 10)]

@@ -12,13 +12,13 @@ from hypothesis import strategies as st
 
 from ledger.errors import OpenRouterError
 from ledger.gates import ATTRIBUTABLE, Gate, Outcome
+from ledger.http import parse_retry_after
 from ledger.runner.classify import (
     Classification,
     classify_200,
     classify_deadline,
     classify_response,
     classify_transport_error,
-    parse_retry_after,
     to_error,
 )
 

@@ -16,8 +16,8 @@ from sqlmodel import col, select
 
 from ledger.db.models import Approval, OutboxRow, Run
 from ledger.db.session import Database
-from ledger.ingest.signatures import GENERIC_HEADER, verify_generic
-from ledger.outbox.actions import KIND_WEBHOOK
+from ledger.outbox.enqueue import KIND_WEBHOOK
+from ledger.signatures import GENERIC_HEADER, verify_generic
 from ledger.sim.openrouter import Preset, SimConfig, SimKey, run_in_background
 from tests.daemon import Daemon, wait_until
 from tests.outbox import Capture, capture_server

@@ -12,8 +12,8 @@ import httpx
 from starlette.routing import Mount, Route
 
 from ledger.config import Settings
-from ledger.ingest.routes import TRACES_PATHS
 from ledger.web.app import create_app
+from ledger.web.ingest_routes import TRACES_PATHS
 from tests.daemon import Daemon
 
 REPO = Path(__file__).resolve().parents[2]

@@ -13,14 +13,13 @@ Broadcast authentication: ``LEDGER_BROADCAST_TOKENS`` lists the accepted secrets
 while rotating); ``broadcast_header`` is ``authorization`` (``Authorization: Bearer <token>``) or
 the name of a header that carries the token as is. With no token configured every delivery is
 refused with 401 (and a warning in the log): the receiver never accepts unauthenticated data.
+The check itself (``ledger.ingest.receiver.BroadcastAuth``) and the span writer are built by
+the daemon (``ledger.daemon.open_ingest``) and reach the routes as ``app.state.ingest``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -33,33 +32,25 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from ledger.clock import Clock
-from ledger.config import Settings
-from ledger.db.session import Database
-from ledger.errors import ConfigError, IngestError
+from ledger.errors import IngestError
 from ledger.ingest.otlp import (
     AcceptedSpans,
-    Limits,
     decode_for_storage,
     encode_status_error,
     encode_success,
     is_connection_test,
     wants_protobuf,
 )
-from ledger.ingest.signatures import Scheme, verify_webhook
-from ledger.ingest.store import SpanWriter, record_webhook_event
-from ledger.secrets import resolve_many
+from ledger.ingest.receiver import Ingest
+from ledger.ingest.store import record_webhook_event
+from ledger.signatures import Scheme, verify_webhook
 from ledger.web.errors import error_body
 
 __all__ = [
     "TRACES_PATHS",
-    "BroadcastAuth",
-    "Ingest",
     "LedgerApp",
-    "WebhookSourceConfig",
     "event_name",
     "install_ingest_routes",
-    "open_ingest",
 ]
 
 log = structlog.get_logger("ledger.ingest")
@@ -76,118 +67,6 @@ TRACES_PATHS: Final = frozenset(
 _JSON_B: Final = b"application/json"
 _PROTOBUF_B: Final = b"application/x-protobuf"
 _OFFLOAD_DECODE_BYTES: Final = 256 * 1024  # decode bigger bodies off the event loop
-_UNCONFIGURED_LOG_EVERY_S: Final = 60.0
-
-
-class BroadcastAuth:
-    """The static-token check for broadcast deliveries (constant time, several tokens)."""
-
-    def __init__(self, tokens: list[str], header: str) -> None:
-        self._digests = [hashlib.sha256(t.encode("utf-8")).digest() for t in tokens]
-        self.header = header.strip().lower()
-        self.header_bytes = self.header.encode("latin-1")
-        self.bearer = self.header == "authorization"
-        self._last_unconfigured_log = -_UNCONFIGURED_LOG_EVERY_S
-
-    @property
-    def configured(self) -> bool:
-        return bool(self._digests)
-
-    def presented(self, value: str | None) -> str | None:
-        """The token in the configured header's ``value`` (None if absent or not Bearer)."""
-        if value is None:
-            return None
-        if self.bearer:
-            scheme, _, token = value.strip().partition(" ")
-            return token.strip() if scheme.lower() == "bearer" else None
-        return value.strip()
-
-    def check(self, value: str | None) -> str | None:
-        """None if the configured header's ``value`` carries a configured token, else why the
-        request is refused."""
-        if not self._digests:
-            now = time.monotonic()
-            if now - self._last_unconfigured_log >= _UNCONFIGURED_LOG_EVERY_S:
-                self._last_unconfigured_log = now
-                log.warning(
-                    "broadcast delivery refused: no broadcast token is configured "
-                    "(set LEDGER_BROADCAST_TOKENS)"
-                )
-            return "broadcast ingestion is not configured on this daemon (no token)"
-        token = self.presented(value)
-        if not token:
-            where = "Authorization: Bearer <token>" if self.bearer else f"the {self.header} header"
-            return f"missing broadcast token: send it as {where}"
-        digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
-        matched = False
-        for expected in self._digests:  # no early exit: the time does not tell which matched
-            matched |= hmac.compare_digest(digest, expected)
-        return None if matched else "the broadcast token is not valid"
-
-
-@dataclass(frozen=True, slots=True)
-class WebhookSourceConfig:
-    """A configured webhook source with its secrets resolved."""
-
-    name: str
-    scheme: Scheme
-    secrets: tuple[str, ...]
-    behavior: str | None
-
-
-@dataclass(slots=True)
-class Ingest:
-    """Ingestion's resources, created in the app's lifespan by ``open_ingest``."""
-
-    db: Database
-    clock: Clock
-    writer: SpanWriter
-    auth: BroadcastAuth
-    limits: Limits
-    sources: dict[str, WebhookSourceConfig] = field(default_factory=dict)
-
-    async def close(self) -> None:
-        """Commit what is queued, then stop the writer."""
-        await self.writer.close()
-
-
-_SCHEMES: Final = {"generic": Scheme.LEDGER, "github": Scheme.GITHUB, "stripe": Scheme.STRIPE}
-
-
-async def open_ingest(
-    settings: Settings, db: Database, clock: Clock, *, writer: SpanWriter | None = None
-) -> Ingest:
-    """Resolve tokens and webhook secrets, start the span writer. Raises ConfigError/SecretError
-    when a configured reference cannot be resolved."""
-    raw_tokens = settings.broadcast_tokens.get_secret_value() if settings.broadcast_tokens else ""
-    tokens = [s.get_secret_value() for s in resolve_many(raw_tokens)]
-    auth = BroadcastAuth(tokens, settings.broadcast_header)
-    if not tokens:
-        log.warning(
-            "broadcast ingestion is off: LEDGER_BROADCAST_TOKENS is not set, "
-            "so POST /v1/traces answers 401"
-        )
-    sources: dict[str, WebhookSourceConfig] = {}
-    for name, source in settings.webhook_sources.items():
-        secrets = tuple(
-            s.get_secret_value() for s in resolve_many(source.secrets.get_secret_value())
-        )
-        if not secrets:
-            raise ConfigError(f"webhook_sources.{name}.secrets: no signing secret is configured")
-        sources[name] = WebhookSourceConfig(name, _SCHEMES[source.scheme], secrets, source.behavior)
-    span_writer = writer or SpanWriter(db.engine)
-    span_writer.start()
-    return Ingest(
-        db=db,
-        clock=clock,
-        writer=span_writer,
-        auth=auth,
-        limits=Limits(
-            max_body_bytes=settings.ingest_max_body_bytes,
-            max_inflated_bytes=settings.ingest_max_inflated_bytes,
-        ),
-        sources=sources,
-    )
 
 
 def _ingest(request: Request) -> Ingest:

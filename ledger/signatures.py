@@ -1,4 +1,6 @@
-"""Signed-webhook verification: pure HMAC checks for ``POST /webhooks/{source}``.
+"""HMAC signing and verification, pure: the checks behind ``POST /webhooks/{source}`` and the
+signature our own outbound webhooks (actions, alert channels) carry. A base module: ingest and
+the outbox both use it.
 
 Every check compares in constant time (``hmac.compare_digest``), accepts several secrets at once
 (rotation: configure the new secret next to the old one, then drop the old), and takes the time

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger.errors import ConfigError, IngestError
-from ledger.ingest.signatures import (
+from ledger.signatures import (
     ReplayCache,
     Scheme,
     sign_generic,
