@@ -39,7 +39,6 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError, StatementError
 from sqlmodel import Session, col, select
 
-from ledger.budget import window_start
 from ledger.clock import Clock
 from ledger.config import WebhookSource
 from ledger.db.bulk import DriverInsert, driver_insert
@@ -63,7 +62,7 @@ from ledger.ingest.store import (
     span_name,
 )
 from ledger.policy import Observation
-from ledger.spend import settle, spent_in_window
+from ledger.spend import settle, spent_in_window, window_start
 from ledger.transitions import PolicyContext, apply_observation, lock_behavior, record_results
 
 log = structlog.get_logger("ledger.ingest")
