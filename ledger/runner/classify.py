@@ -36,7 +36,7 @@ from typing import Any
 
 from ledger.errors import OpenRouterError
 from ledger.gates import ATTRIBUTABLE, Gate, GateResult, Outcome
-from ledger.runner.checks import redact_sensitive
+from ledger.sensitive import redact_sensitive
 
 __all__ = [
     "SENSITIVE_LABELS",

@@ -30,8 +30,9 @@ from ledger.journal import append_entry
 from ledger.outbox.actions import enqueue_action
 from ledger.policy import Observation
 from ledger.runner.catalog import ModelCatalog
-from ledger.runner.checks import CheckSpec, mask_sensitive, run_checks
+from ledger.runner.checks import CheckSpec, run_checks
 from ledger.secrets import resolve
+from ledger.sensitive import mask_sensitive
 from ledger.spend import reserve, settle, window_start
 from ledger.transitions import (
     PolicyContext,
