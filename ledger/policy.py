@@ -24,11 +24,16 @@ The rules (DESIGN.md, Policy), with every number a ``Thresholds`` field:
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal, TypeVar
+
+import orjson
+from pydantic import AfterValidator, AwareDatetime, NonNegativeInt, TypeAdapter, ValidationError
+from pydantic_core import ErrorDetails
 
 from ledger.gates import Gate, GateResult, Outcome, Tier
 
@@ -64,6 +69,8 @@ ObservationKind = Literal["run", "result", "approval", "definition_changed"]
 ApprovalOutcome = Literal["approved", "rejected", "expired"]
 PromotionMode = Literal["auto", "confirm"]
 Verdict = Literal["clean", "warn", "fail"]
+# A datetime as a stored window holds it: timezone-aware, read back in UTC.
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(lambda value: value.astimezone(UTC))]
 
 # Bounds that keep a PolicyWindow small whatever the history: ids kept per window list (the most
 # recent), ids kept per run, and the largest warn window a behavior may configure.
@@ -275,33 +282,10 @@ class RunVerdict:
     """One judged run in the warn window. ``gates``/``result_ids`` name what warned or failed."""
 
     run_id: str | None
-    at: datetime
+    at: UtcDatetime
     verdict: Verdict
     gates: tuple[str, ...] = ()
     result_ids: tuple[EvidenceId, ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "at": self.at.isoformat(),
-            "verdict": self.verdict,
-            "gates": list(self.gates),
-            "result_ids": list(self.result_ids),
-        }
-
-    @classmethod
-    def from_json(cls, data: Any) -> RunVerdict:
-        obj = _mapping(data, "recent_runs[]")
-        verdict = obj.get("verdict")
-        if verdict not in _SEVERITY:
-            raise ValueError(f"policy window: recent_runs[].verdict is invalid: {verdict!r}")
-        return cls(
-            run_id=_opt_str(obj, "run_id"),
-            at=_req_datetime(obj, "at"),
-            verdict=verdict,
-            gates=_str_tuple(obj, "gates"),
-            result_ids=_id_tuple(obj, "result_ids"),
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,35 +293,15 @@ class PendingFail:
     """An attributable fail incident no decision has acted on yet. ``previous_at`` is set when
     another fail happened within ``second_fail_hours`` of it: the incident then pauses."""
 
-    at: datetime
+    at: UtcDatetime
     gates: tuple[str, ...]
     run_id: str | None
     result_ids: tuple[EvidenceId, ...]
-    previous_at: datetime | None = None
+    previous_at: UtcDatetime | None = None
 
     @property
     def is_repeat(self) -> bool:
         return self.previous_at is not None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "at": self.at.isoformat(),
-            "gates": list(self.gates),
-            "run_id": self.run_id,
-            "result_ids": list(self.result_ids),
-            "previous_at": _iso(self.previous_at),
-        }
-
-    @classmethod
-    def from_json(cls, data: Any) -> PendingFail:
-        obj = _mapping(data, "pending_fail")
-        return cls(
-            at=_req_datetime(obj, "at"),
-            gates=_str_tuple(obj, "gates"),
-            run_id=_opt_str(obj, "run_id"),
-            result_ids=_id_tuple(obj, "result_ids"),
-            previous_at=_opt_datetime(obj, "previous_at"),
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,66 +315,39 @@ class PolicyWindow:
     ``last_demotion_at`` the cooldown. Datetimes are UTC.
     """
 
-    window_started_at: datetime | None = None
-    clean_runs: int = 0
-    first_clean_at: datetime | None = None
-    last_clean_at: datetime | None = None
+    window_started_at: UtcDatetime | None = None
+    clean_runs: NonNegativeInt = 0
+    first_clean_at: UtcDatetime | None = None
+    last_clean_at: UtcDatetime | None = None
     clean_evidence: tuple[EvidenceId, ...] = ()
-    approved: int = 0
-    rejected: int = 0
+    approved: NonNegativeInt = 0
+    rejected: NonNegativeInt = 0
     approval_evidence: tuple[EvidenceId, ...] = ()
     recent_runs: tuple[RunVerdict, ...] = ()
-    last_fail_at: datetime | None = None
+    last_fail_at: UtcDatetime | None = None
     last_fail_run_id: str | None = None
     pending_fail: PendingFail | None = None
-    last_demotion_at: datetime | None = None
+    last_demotion_at: UtcDatetime | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A plain JSON-able dict (str, int, list, dict, None only)."""
-        return {
-            "version": WINDOW_FORMAT_VERSION,
-            "window_started_at": _iso(self.window_started_at),
-            "clean_runs": self.clean_runs,
-            "first_clean_at": _iso(self.first_clean_at),
-            "last_clean_at": _iso(self.last_clean_at),
-            "clean_evidence": list(self.clean_evidence),
-            "approved": self.approved,
-            "rejected": self.rejected,
-            "approval_evidence": list(self.approval_evidence),
-            "recent_runs": [v.to_json() for v in self.recent_runs],
-            "last_fail_at": _iso(self.last_fail_at),
-            "last_fail_run_id": self.last_fail_run_id,
-            "pending_fail": None if self.pending_fail is None else self.pending_fail.to_json(),
-            "last_demotion_at": _iso(self.last_demotion_at),
-        }
+        return {"version": WINDOW_FORMAT_VERSION, **_WINDOW.dump_python(self, mode="json")}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> PolicyWindow:
-        """The inverse of ``to_json``; raises ``ValueError`` naming the field that is wrong.
+        """The inverse of ``to_json``; raises ``ValueError`` naming each field that is wrong.
         Missing fields take their defaults (an empty dict is a fresh window)."""
-        obj = _mapping(data, "policy window")
-        version = obj.get("version", WINDOW_FORMAT_VERSION)
-        if version != WINDOW_FORMAT_VERSION:
-            raise ValueError(f"policy window: unsupported format version {version!r}")
-        recent = obj.get("recent_runs", [])
-        if not isinstance(recent, list):
-            raise ValueError("policy window: recent_runs must be a list")
-        pending = obj.get("pending_fail")
-        return cls(
-            window_started_at=_opt_datetime(obj, "window_started_at"),
-            clean_runs=_count(obj, "clean_runs"),
-            first_clean_at=_opt_datetime(obj, "first_clean_at"),
-            last_clean_at=_opt_datetime(obj, "last_clean_at"),
-            clean_evidence=_id_tuple(obj, "clean_evidence"),
-            approved=_count(obj, "approved"),
-            rejected=_count(obj, "rejected"),
-            approval_evidence=_id_tuple(obj, "approval_evidence"),
-            recent_runs=tuple(RunVerdict.from_json(v) for v in recent),
-            last_fail_at=_opt_datetime(obj, "last_fail_at"),
-            last_fail_run_id=_opt_str(obj, "last_fail_run_id"),
-            pending_fail=None if pending is None else PendingFail.from_json(pending),
-            last_demotion_at=_opt_datetime(obj, "last_demotion_at"),
-        )
+        if isinstance(data, Mapping):
+            version = data.get("version", WINDOW_FORMAT_VERSION)
+            if version != WINDOW_FORMAT_VERSION:
+                raise ValueError(f"policy window: unsupported format version {version!r}")
+        try:
+            # JSON mode: strict types with ISO datetimes, as the window is stored.
+            return _WINDOW.validate_json(orjson.dumps(data), strict=True)
+        except orjson.JSONEncodeError as exc:
+            raise ValueError(f"policy window: not JSON data ({exc})") from None
+        except ValidationError as exc:
+            raise ValueError(_window_problems(exc)) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -1004,65 +941,54 @@ def _percent(rate: float) -> str:
     return f"{tenths // 10}%" if tenths % 10 == 0 else f"{tenths / 10:.1f}%"
 
 
-# JSON field readers: each raises ValueError naming the field.
+# Reading a stored window: pydantic checks it against the dataclasses' own annotations; its
+# errors are worded here, one per wrong field.
+
+_WINDOW: Final = TypeAdapter(PolicyWindow)
+_ID_LISTS: Final = frozenset({"clean_evidence", "approval_evidence", "result_ids"})
+_UNION_TAGS: Final = frozenset({"int", "str"})  # pydantic names the member of ``EvidenceId`` tried
 
 
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
+def _window_problems(exc: ValidationError) -> str:
+    problems = dict.fromkeys(_window_problem(error) for error in exc.errors(include_url=False))
+    return "policy window: " + "; ".join(problems)
 
 
-def _mapping(data: Any, where: str) -> Mapping[str, Any]:
-    if not isinstance(data, Mapping):
-        raise ValueError(f"policy window: {where} must be an object, got {type(data).__name__}")
-    return data
-
-
-def _parse_datetime(raw: Any, key: str) -> datetime:
-    if not isinstance(raw, str):
-        raise ValueError(f"policy window: {key} must be an ISO datetime string, got {raw!r}")
-    try:
-        value = datetime.fromisoformat(raw)
-    except ValueError as exc:
-        raise ValueError(f"policy window: {key} is not an ISO datetime: {raw!r}") from exc
-    if value.utcoffset() is None:
-        raise ValueError(f"policy window: {key} has no timezone: {raw!r}")
-    return value.astimezone(UTC)
-
-
-def _req_datetime(obj: Mapping[str, Any], key: str) -> datetime:
-    return _parse_datetime(obj.get(key), key)
-
-
-def _opt_datetime(obj: Mapping[str, Any], key: str) -> datetime | None:
-    raw = obj.get(key)
-    return None if raw is None else _parse_datetime(raw, key)
-
-
-def _opt_str(obj: Mapping[str, Any], key: str) -> str | None:
-    raw = obj.get(key)
-    if raw is not None and not isinstance(raw, str):
-        raise ValueError(f"policy window: {key} must be a string or null, got {raw!r}")
-    return raw
-
-
-def _count(obj: Mapping[str, Any], key: str) -> int:
-    raw = obj.get(key, 0)
-    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
-        raise ValueError(f"policy window: {key} must be a whole number >= 0, got {raw!r}")
-    return raw
-
-
-def _str_tuple(obj: Mapping[str, Any], key: str) -> tuple[str, ...]:
-    raw = obj.get(key, [])
-    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
-        raise ValueError(f"policy window: {key} must be a list of strings, got {raw!r}")
-    return tuple(raw)
-
-
-def _id_tuple(obj: Mapping[str, Any], key: str) -> tuple[EvidenceId, ...]:
-    raw = obj.get(key, [])
-    if not isinstance(raw, list) or not all(
-        isinstance(x, int | str) and not isinstance(x, bool) for x in raw
-    ):
-        raise ValueError(f"policy window: {key} must be a list of result ids, got {raw!r}")
-    return tuple(raw)
+def _window_problem(error: ErrorDetails) -> str:
+    """One error as ``place what, got value (item n)``; list items are ``name[]``."""
+    place, field, items = "", "", []
+    for part in error["loc"]:
+        if isinstance(part, int):
+            place += "[]"
+            items.append(str(part))
+        elif part not in _UNION_TAGS:
+            place += f".{part}" if place else part
+            field = part
+    kind = error["type"]
+    if not place:
+        return f"the window must be an object, got {type(error['input']).__name__}"
+    if field in _ID_LISTS:
+        place = place[: place.rindex(field) + len(field)]
+        what = "must be a list of result ids (whole numbers or strings)"
+    elif kind == "missing":
+        return f"{place} is missing" + (f" (item {', '.join(items)})" if items else "")
+    elif kind == "timezone_aware":
+        what = "has no timezone"
+    elif kind == "datetime_type":
+        what = "must be an ISO datetime string"
+    elif kind.startswith("datetime"):
+        what = "is not an ISO datetime"
+    elif kind == "literal_error":
+        what = f"is invalid (expected {error.get('ctx', {}).get('expected', '')})"
+    elif kind == "dataclass_type":
+        what = "must be an object"
+    elif kind in ("int_type", "greater_than_equal"):
+        what = "must be a whole number >= 0"
+    elif kind == "tuple_type":
+        what = "must be a list"
+    elif kind == "string_type":
+        what = "must be a string or null"
+    else:
+        what = f"is invalid ({error['msg']})"
+    where = f" (item {', '.join(items)})" if items else ""
+    return f"{place} {what}, got {reprlib.repr(error['input'])}{where}"

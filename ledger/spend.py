@@ -1,14 +1,17 @@
-"""Budget reservations: reserve a call's worst case before calling, settle to its real cost.
+"""Spend: the windows it is counted in, budget reservations, and what was spent.
 
-Each reservation is one compare-and-set ``UPDATE … WHERE reserved + spent + x <= budget``,
-checked by row count: concurrent runs (and fan-out calls) can never overshoot a budget together,
-on SQLite and PostgreSQL alike, without a read-then-write race. Runs inside the caller's
-transaction (adds and executes, never commits).
+Windows are calendar day / week (Monday) / month in UTC, like OpenRouter's key limits, or never;
+every behavior's spend is counted in one: its budget's ``reset``, else the calendar month.
+A call reserves its worst case before calling and settles to its real cost: each reservation is
+one compare-and-set ``UPDATE … WHERE reserved + spent + x <= budget``, checked by row count:
+concurrent runs (and fan-out calls) can never overshoot a budget together, on SQLite and
+PostgreSQL alike, without a read-then-write race. Runs inside the caller's transaction (adds
+and executes, never commits).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -16,6 +19,26 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col
 
 from ledger.db.models import BudgetWindow
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# The window a behavior without a budget counts its spend in.
+DEFAULT_RESET = "month"
+
+
+def window_start(reset: str | None, now: datetime) -> datetime:
+    """Start (aware UTC) of the spend window that contains ``now``: calendar windows begin at
+    midnight UTC whatever the behavior's schedule time zone; ``reset`` None is the month."""
+    reset = reset or DEFAULT_RESET
+    midnight = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    if reset == "day":
+        return midnight
+    if reset == "week":
+        return midnight - timedelta(days=midnight.weekday())
+    if reset == "month":
+        return midnight.replace(day=1)
+    if reset == "never":
+        return EPOCH
+    raise ValueError(f"unknown budget reset {reset!r}")
 
 
 def _ensure_window(session: Session, behavior_id: int, start: datetime, now: datetime) -> None:

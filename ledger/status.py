@@ -10,7 +10,6 @@ from sqlalchemy import func, text
 from sqlmodel import Session, col, select
 
 from ledger.behaviors.schema import Behavior
-from ledger.budget import window_start
 from ledger.db.models import (
     BehaviorRow,
     FileProblem,
@@ -21,7 +20,7 @@ from ledger.db.models import (
     Run,
 )
 from ledger.gates import Tier
-from ledger.spend import cost_disagreement, spent_in_window
+from ledger.spend import cost_disagreement, spent_in_window, window_start
 
 FAILURE_LOOKBACK = timedelta(hours=24)
 

@@ -4,7 +4,8 @@ hot path.
 The receiver only stores each delivery (``ingest_delivery``); this processor takes them oldest
 first, groups each one's spans by trace, extracts generations, attributes each to a behavior,
 and, in one transaction per delivery, stores its spans in ``ingested_span`` (marked with their
-attribution), applies the effects and deletes the delivery. The effects go through the same
+attribution; the prompt and completion text masked, see ``content``), applies the effects and
+deletes the delivery. The effects go through the same
 transitions the runner uses:
 
 - cost counts toward the behavior's budget window (for a daemon run: the larger of the runner's
@@ -39,7 +40,6 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError, StatementError
 from sqlmodel import Session, col, select
 
-from ledger.budget import window_start
 from ledger.clock import Clock
 from ledger.config import WebhookSource
 from ledger.db.bulk import DriverInsert, driver_insert
@@ -54,6 +54,7 @@ from ledger.db.models import (
 from ledger.db.session import Database
 from ledger.gates import Gate, GateResult, Outcome
 from ledger.ingest.attribution import Attribution, Generation, attribute, extract_generations
+from ledger.ingest.content import mask_span_content
 from ledger.ingest.otlp import SpanRecord, spans_from_stored_request
 from ledger.ingest.store import (
     SOURCE_BROADCAST,
@@ -63,7 +64,7 @@ from ledger.ingest.store import (
     span_name,
 )
 from ledger.policy import Observation
-from ledger.spend import settle, spent_in_window
+from ledger.spend import settle, spent_in_window, window_start
 from ledger.transitions import PolicyContext, apply_observation, lock_behavior, record_results
 
 log = structlog.get_logger("ledger.ingest")
@@ -353,6 +354,7 @@ def _read(db: Database, delivery_id: int, received_at: datetime, text: str) -> _
             if key in seen:
                 continue  # a span repeated within the delivery counts once
             seen.add(key)
+            entry[3] = mask_span_content(entry[3])  # stored without the keys in its text
             kept.append(entry)
             by_trace[entry[0]].append((entry, record))
         entries = kept

@@ -36,7 +36,7 @@ from typing import Any
 from ledger.errors import OpenRouterError
 from ledger.gates import ATTRIBUTABLE, Gate, GateResult, Outcome
 from ledger.http import parse_retry_after
-from ledger.runner.checks import redact_sensitive
+from ledger.sensitive import redact_sensitive
 
 __all__ = [
     "SENSITIVE_LABELS",

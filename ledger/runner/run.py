@@ -22,7 +22,6 @@ from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from ledger.behaviors.schema import Behavior
-from ledger.budget import window_start
 from ledger.db.bulk import DriverInsert, driver_insert
 from ledger.db.models import LIVE_RUN, Approval, BehaviorRow, Run
 from ledger.errors import ConflictError, LedgerError, NotFoundError, SecretError
@@ -30,9 +29,10 @@ from ledger.gates import Gate, GateResult, Outcome, Tier
 from ledger.outbox.enqueue import enqueue_action
 from ledger.policy import Observation
 from ledger.runner.catalog import ModelCatalog
-from ledger.runner.checks import CheckSpec, mask_sensitive, run_checks
+from ledger.runner.checks import CheckSpec, run_checks
 from ledger.secrets import resolve
-from ledger.spend import reserve, settle
+from ledger.sensitive import mask_sensitive
+from ledger.spend import reserve, settle, window_start
 from ledger.transitions import (
     PolicyContext,
     apply_observation,

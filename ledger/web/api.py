@@ -14,7 +14,6 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from ledger.budget import DEFAULT_RESET, window_start
 from ledger.daemon import build_policy_context
 from ledger.db.models import (
     Approval,
@@ -29,7 +28,7 @@ from ledger.errors import NotFoundError
 from ledger.explain import explain
 from ledger.gates import Tier
 from ledger.runner.run import approve, check_manual_run, reject
-from ledger.spend import cost_disagreement
+from ledger.spend import DEFAULT_RESET, cost_disagreement, window_start
 from ledger.status import collect_status
 from ledger.transitions import PolicyContext, decline_proposal, operator_action
 from ledger.web.auth import OperatorDep

@@ -11,15 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger.gates import Gate, GateResult, Outcome
-from ledger.runner.checks import (
+from ledger.runner.checks import CheckSpec, run_checks
+from ledger.sensitive import (
     KIND_LABELS,
     SECRET_KINDS,
-    CheckSpec,
     Finding,
     detect_sensitive,
     looks_like_secret,
     redact_sensitive,
-    run_checks,
 )
 
 OPENROUTER_KEY = "sk-or-v1-" + "d3adb33f" * 8

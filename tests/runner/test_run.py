@@ -344,8 +344,7 @@ NO_BUDGET = VALID_BEHAVIOR.format(key_env="K", name="alpha").split("budget:")[0]
 def test_a_behavior_without_a_budget_counts_its_runs_spend_in_the_month(
     db: Database, tmp_path: Path
 ) -> None:
-    from ledger.budget import window_start
-    from ledger.spend import spent_in_window
+    from ledger.spend import spent_in_window, window_start
     from ledger.status import collect_status
 
     write_behavior(tmp_path, "alpha", NO_BUDGET)

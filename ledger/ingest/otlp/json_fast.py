@@ -1,0 +1,172 @@
+"""OTLP/JSON decoding, the fast path: the common delivery validated by msgspec at C speed and
+kept as its own text (a ``RawRequest``); anything unusual is left to the walker."""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from ledger.ingest.otlp.json_walk import (
+    HEX_DIGITS,
+    INT64_MAX,
+    INT64_MIN,
+    STATUS_NAMES,
+    UINT64_MAX,
+    as_int,
+)
+from ledger.ingest.otlp.model import Limits, RawRequest
+
+# The common delivery (every id hex, every attribute a plain value) is validated by msgspec into
+# the typed structs below — C speed, no per-key Python — and stored as it came: a ``RawRequest``
+# is the request's own JSON text, which the processor later turns into ``SpanRecord``s with the
+# walker (``json_walk.spans_from_stored_request``). Whatever the fast path is not sure of (a type
+# mismatch, a base64 id, a nested or exotic value, any limit) goes through the walker instead,
+# which either accepts it or raises the located error: the walker stays the one definition of
+# what is valid.
+
+
+class _KeyValue(msgspec.Struct, omit_defaults=True):
+    key: str
+    value: _AnyValue | None = None
+
+
+class _ArrayValue(msgspec.Struct, omit_defaults=True):
+    values: list[_AnyValue] = []
+
+
+class _KvList(msgspec.Struct, omit_defaults=True):
+    values: list[_KeyValue] = []
+
+
+class _AnyValue(msgspec.Struct):
+    # UNSET, not None: a key present with null is the walker's case (it reads presence).
+    stringValue: str | UnsetType = UNSET
+    intValue: int | str | UnsetType = UNSET
+    doubleValue: float | str | UnsetType = UNSET
+    boolValue: bool | UnsetType = UNSET
+    arrayValue: _ArrayValue | UnsetType = UNSET
+    kvlistValue: _KvList | UnsetType = UNSET
+    bytesValue: str | UnsetType = UNSET
+
+
+class _Status(msgspec.Struct, omit_defaults=True):
+    code: int | str = 0
+    message: str = ""
+
+
+class _Event(msgspec.Struct, omit_defaults=True):
+    name: str = ""
+    timeUnixNano: int | str = 0
+    attributes: list[_KeyValue] = []
+
+
+class _Span(msgspec.Struct, omit_defaults=True):
+    traceId: str
+    spanId: str
+    parentSpanId: str = ""
+    name: str = ""
+    kind: int = 0
+    startTimeUnixNano: int | str = 0
+    endTimeUnixNano: int | str = 0
+    attributes: list[_KeyValue] = []
+    events: list[_Event] = []
+    status: _Status | None = None
+
+
+class _Scope(msgspec.Struct):
+    name: str = ""
+
+
+class _ScopeSpans(msgspec.Struct):
+    scope: _Scope | None = None
+    spans: list[_Span] = []
+
+
+class _Resource(msgspec.Struct):
+    attributes: list[_KeyValue] = []
+
+
+class _ResourceSpans(msgspec.Struct):
+    resource: _Resource | None = None
+    scopeSpans: list[_ScopeSpans] = []
+
+
+class _Request(msgspec.Struct):
+    resourceSpans: list[_ResourceSpans] = []
+
+
+_REQUEST_DECODER: Final = msgspec.json.Decoder(_Request)
+_SURROGATE_ESCAPE: Final = re.compile(rb"\\u[dD]")  # one pass; ``in`` twice costs 4x
+
+
+def fast_json(payload: bytes, limits: Limits) -> RawRequest | None:
+    """A common-case JSON request, validated, or None when the walker must decide."""
+    if limits.max_depth < 1 or _SURROGATE_ESCAPE.search(payload) is not None:
+        return None  # a \\uD8xx escape may be a lone surrogate, which the walker refuses
+    try:
+        text = payload.decode()  # msgspec does not check the UTF-8 of the unknown keys it skips
+        request = _REQUEST_DECODER.decode(payload)
+    except Exception:  # any refusal (syntax, types, encoding): the walker words the error
+        return None
+    names: list[str] = []
+    hexdigits = HEX_DIGITS
+    for rs in request.resourceSpans:
+        if rs.resource is not None and not _plain_attributes(rs.resource.attributes, limits):
+            return None
+        for ss in rs.scopeSpans:
+            for span in ss.spans:
+                trace_id, span_id, parent = span.traceId, span.spanId, span.parentSpanId
+                if (
+                    len(names) >= limits.max_spans
+                    or len(trace_id) != 32
+                    or len(span_id) != 16
+                    or not hexdigits.issuperset(trace_id)
+                    or not hexdigits.issuperset(span_id)
+                    or (parent and (len(parent) != 16 or not hexdigits.issuperset(parent)))
+                    or not INT64_MIN <= span.kind <= UINT64_MAX  # the walker reads it by orjson
+                    or not _fast_uint64(span.startTimeUnixNano)
+                    or not _fast_uint64(span.endTimeUnixNano)
+                    or not _plain_attributes(span.attributes, limits)
+                    or len(span.events) > limits.max_events
+                ):
+                    return None
+                status = span.status
+                if status is not None and not (
+                    status.code in (0, 1, 2) or status.code in STATUS_NAMES
+                ):
+                    return None
+                for event in span.events:
+                    if not _fast_uint64(event.timeUnixNano) or not _plain_attributes(
+                        event.attributes, limits
+                    ):
+                        return None
+                names.append(span.name)
+    return RawRequest(text, names)
+
+
+def _fast_uint64(value: int | str) -> bool:
+    if type(value) is int:
+        return 0 <= value <= UINT64_MAX
+    return as_int(value, 0, UINT64_MAX) is not None
+
+
+def _plain_attributes(items: list[_KeyValue], limits: Limits) -> bool:
+    if len(items) > limits.max_attributes:
+        return False
+    for kv in items:
+        value = kv.value
+        if value is not None and value.stringValue is UNSET and not _plain_value(value):
+            return False
+    return True
+
+
+def _plain_value(value: _AnyValue) -> bool:
+    """A non-string AnyValue the walker accepts as is: a number in range, a boolean, or none."""
+    if value.intValue is not UNSET:
+        return as_int(value.intValue, INT64_MIN, INT64_MAX) is not None
+    if value.doubleValue is not UNSET:
+        return type(value.doubleValue) is float
+    return value.arrayValue is UNSET and value.kvlistValue is UNSET and value.bytesValue is UNSET
