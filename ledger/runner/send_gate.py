@@ -5,8 +5,9 @@ request bytes, a connection). Each prepared request then waits at the slot's ``S
 ``LeanTransport`` hands the gate its connection and bytes (``hold``), and one event-loop
 callback at the instant writes every held request, so a thousand requests leave within a few
 milliseconds of the slot instead of one after another. A transport that cannot hand over its
-bytes waits for the gate to open instead (``wait``), which sends at the instant too, only
-less tightly together.
+bytes waits for the gate to open instead (``wait``) and sends one request after another from
+the instant on (aiohttp's transport: 1,000 in 1.1-1.5 s; the measurements are in
+``ledger.runner.lean_http``).
 """
 
 from __future__ import annotations

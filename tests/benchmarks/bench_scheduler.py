@@ -1,7 +1,8 @@
 """Benchmark: 1,000 behaviors due at the same instant, against the OpenRouter simulator.
 
 Run on demand:  python -m tests.benchmarks.bench_scheduler [--n 1000] [--pg URL] [--memory 10000]
-                [--lead 5 --lead 0]
+                [--lead 5 --lead 0] [--transport lean --transport httpx --transport aiohttp]
+                [--rounds 3]
 
 Reports, for every run of the measured slots (a cold and a warm connection pool), three moments
 relative to the slot time: the request written to its socket (the dispatch lag: the request
@@ -11,6 +12,14 @@ APScheduler alone firing the same number of empty jobs in the same run (its floo
 ``--lead`` (seconds a run is prepared before its slot; 0 = everything at the slot, as before
 preparation existed); and the peak memory (RSS) of ``ledger serve`` with --memory behaviors
 registered.
+
+``--transport`` picks the HTTP transport under the OpenRouter client: ``lean`` (the daemon's
+own, which writes a held request at its slot's instant), ``httpx`` (httpcore's pool) or
+``aiohttp`` (the ``httpx-aiohttp`` transport); the last two wait at the slot's gate and send
+then, as the client does for any transport that cannot hold requests. With several transports
+and ``--rounds``, each round runs every transport once, the order rotating round by round (the
+machine is shared: paired, alternating rounds), and a table of medians and min-max per
+transport and pool closes the report.
 """
 
 from __future__ import annotations
@@ -30,10 +39,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import aiohttp
 import httpx
 import uvloop
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
+from httpx_aiohttp import AiohttpTransport
 from sqlmodel import col, func, select
 
 from ledger.behaviors.registry import reconcile_directory
@@ -74,6 +85,42 @@ class SentAt(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+TRANSPORTS = ("lean", "httpx", "aiohttp")
+
+
+def limits() -> httpx.Limits:
+    return httpx.Limits(
+        max_connections=MAX_CALLS,
+        max_keepalive_connections=MAX_CALLS,
+        keepalive_expiry=KEEPALIVE_EXPIRY,
+    )
+
+
+def timed_transport(kind: str, sink: dict[str, float]) -> httpx.AsyncBaseTransport:
+    """The transport ``kind`` as the daemon would build it, reporting when each request's body
+    was written to its socket into ``sink`` (by run id)."""
+    if kind == "lean":
+        return SentAt(LeanTransport(MAX_CALLS, KEEPALIVE_EXPIRY), sink)
+    if kind == "httpx":  # what httpx.AsyncClient(limits=...) builds for itself
+        return SentAt(httpx.AsyncHTTPTransport(limits=limits(), http2=False), sink)
+
+    async def chunk_sent(
+        _session: object, _ctx: object, params: aiohttp.TraceRequestChunkSentParams
+    ) -> None:
+        # Called just before aiohttp writes the body (with the headers, for a small one).
+        match = re.search(rb'"session_id":\s*"([^"]+)"', params.chunk)
+        if match:
+            sink[match.group(1).decode()] = time.time()
+
+    def session() -> aiohttp.ClientSession:  # AiohttpTransport's own, plus the trace
+        traced = aiohttp.TraceConfig()
+        traced.on_request_chunk_sent.append(chunk_sent)
+        connector = aiohttp.TCPConnector(limit=MAX_CALLS, keepalive_timeout=KEEPALIVE_EXPIRY)
+        return aiohttp.ClientSession(connector=connector, trace_configs=[traced])
+
+    return AiohttpTransport(limits=limits(), client=session)
 
 
 class GCPauses:
@@ -158,7 +205,7 @@ def write_behaviors(folder: Path, n: int, env: dict[str, str]) -> Path:
     return presets
 
 
-async def ledger_lags(url: str, n: int, lead: float) -> tuple[list[Wave], str]:
+async def ledger_lags(url: str, n: int, lead: float, kind: str) -> tuple[list[Wave], str]:
     tmp = Path(tempfile.mkdtemp())
     env: dict[str, str] = {}
     presets = write_behaviors(tmp / "behaviors", n, env)
@@ -191,12 +238,9 @@ async def ledger_lags(url: str, n: int, lead: float) -> tuple[list[Wave], str]:
         with db.transaction() as session:
             reconcile_directory(session, tmp / "behaviors", datetime.now(UTC))
         wire: dict[str, float] = {}
-        # The production transport (new_http_client), with the socket-write hook around it.
-        http = httpx.AsyncClient(
-            transport=SentAt(LeanTransport(MAX_CALLS, KEEPALIVE_EXPIRY), wire),
-            follow_redirects=False,
-        )
-        client = OpenRouterClient(base_url=base, http=http, transport_holds_sends=True)
+        # The transport (new_http_client's for lean), with the socket-write hook around it.
+        http = httpx.AsyncClient(transport=timed_transport(kind, wire), follow_redirects=False)
+        client = OpenRouterClient(base_url=base, http=http, transport_holds_sends=kind == "lean")
         sent: dict[str, float] = {}
 
         async def timed_call(plan: RunPlan) -> CallOutcome:
@@ -319,6 +363,28 @@ def serve_memory(n: int) -> float:
         proc.wait(30)
 
 
+def print_table(
+    table: dict[tuple[str, float, str, str], list[tuple[float, float, bool]]], n: int
+) -> None:
+    """Dispatch lag per transport over the rounds: median [min-max] of each round's p50 and
+    p99, and how many rounds' waves were not wholly prepared before their slot (the previous
+    wave still busy: those runs were prepared late, whatever the transport)."""
+    print(f"\ndispatch lag, n={n}, ms: median [min-max] over rounds")
+    print(
+        f"{'database':10s} {'lead':>5s} {'pool':9s} {'transport':9s} {'p50':>20s} {'p99':>20s}"
+        "  late"
+    )
+    for (label, lead, pool, kind), rounds in sorted(table.items()):
+        cells = []
+        for values in (sorted(r[0] for r in rounds), sorted(r[1] for r in rounds)):
+            cells.append(
+                f"{statistics.median(values):6.0f} [{values[0]:.0f}-{values[-1]:.0f}]".rjust(20)
+            )
+        late = sum(1 for r in rounds if lead > 0 and not r[2])
+        where = f"{label:10s} {lead:4g}s {pool:9s} {kind:9s}"
+        print(f"{where} {cells[0]} {cells[1]}  {late}/{len(rounds)}", flush=True)
+
+
 def main() -> None:
     global INTERVAL, MAX_CALLS
     parser = argparse.ArgumentParser()
@@ -333,8 +399,18 @@ def main() -> None:
     )
     parser.add_argument("--interval", type=int, default=INTERVAL, help="the behaviors' interval")
     parser.add_argument("--max-calls", type=int, default=MAX_CALLS, help="calls in flight")
+    parser.add_argument(
+        "--transport",
+        choices=TRANSPORTS,
+        action="append",
+        help="the HTTP transport under the client (repeat to compare; default lean)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="rounds of every transport, order rotating"
+    )
     args = parser.parse_args()
     leads = args.lead or [DEFAULT_LEAD_SECONDS, 0.0]
+    kinds = args.transport or ["lean"]
     INTERVAL, MAX_CALLS = args.interval, calls_that_fit(args.max_calls)
     floor = uvloop.run(apscheduler_floor(args.n))
     print(
@@ -346,30 +422,44 @@ def main() -> None:
     if args.pg:
         targets.append(("postgresql", args.pg))
     floor99 = pct(floor, 0.99) * 1000
-    for label, url in targets:
-        for lead in leads:
-            database = url if label != "sqlite" else f"sqlite:///{Path(tempfile.mkdtemp())}/b.db"
-            waves, gc_summary = uvloop.run(ledger_lags(database, args.n, lead))
-            for name, wave in zip(("cold pool", "warm pool"), waves, strict=True):
-                tag = f"ledger {label:10s} n={args.n} lead={lead:g}s {name}"
-                if not wave.on_wire:
-                    print(f"{tag}: no runs", flush=True)
-                    continue
-                w50, w99 = statistics.median(wave.on_wire) * 1000, pct(wave.on_wire, 0.99) * 1000
-                h50, h99 = statistics.median(wave.lags) * 1000, pct(wave.lags, 0.99) * 1000
-                r50, r99 = (
-                    statistics.median(wave.received) * 1000,
-                    pct(wave.received, 0.99) * 1000,
-                )
-                print(
-                    f"{tag}: dispatch lag (slot -> request written to its socket) "
-                    f"p50={w50:7.1f} ms p99={w99:7.1f} ms (x{w99 / floor99:.2f} of APScheduler's "
-                    f"p99); handed to the client p50={h50:.0f} ms p99={h99:.0f} ms; at the "
-                    f"simulator p50={r50:.0f} ms p99={r99:.0f} ms; {wave.done} runs done, "
-                    f"{wave.rate:.0f} runs/s",
-                    flush=True,
-                )
-            print(f"  garbage collector pauses during both waves: {gc_summary}", flush=True)
+    # (database, lead, pool, transport) -> (p50, p99 of the dispatch lag in ms, whether every
+    # run of the wave was handed to the client before its slot) per round
+    table: dict[tuple[str, float, str, str], list[tuple[float, float, bool]]] = {}
+    for round_ in range(args.rounds):
+        order = kinds[round_ % len(kinds) :] + kinds[: round_ % len(kinds)]
+        print(f"round {round_ + 1}/{args.rounds}: {', '.join(order)}", flush=True)
+        for label, url in targets:
+            for lead in leads:
+                for kind in order:
+                    database = (
+                        url if label != "sqlite" else f"sqlite:///{Path(tempfile.mkdtemp())}/b.db"
+                    )
+                    waves, gc_summary = uvloop.run(ledger_lags(database, args.n, lead, kind))
+                    for name, wave in zip(("cold pool", "warm pool"), waves, strict=True):
+                        tag = f"ledger {label:10s} n={args.n} lead={lead:g}s {kind:7s} {name}"
+                        if not wave.on_wire:
+                            print(f"{tag}: no runs", flush=True)
+                            continue
+                        w50 = statistics.median(wave.on_wire) * 1000
+                        w99 = pct(wave.on_wire, 0.99) * 1000
+                        ahead = lead > 0 and max(wave.lags, default=0.0) < 0
+                        row = (w50, w99, ahead)
+                        table.setdefault((label, lead, name, kind), []).append(row)
+                        h50, h99 = statistics.median(wave.lags) * 1000, pct(wave.lags, 0.99) * 1000
+                        r50 = statistics.median(wave.received) * 1000
+                        r99 = pct(wave.received, 0.99) * 1000
+                        print(
+                            f"{tag}: dispatch lag (slot -> request written to its socket) "
+                            f"p50={w50:7.1f} ms p99={w99:7.1f} ms (x{w99 / floor99:.2f} of "
+                            f"APScheduler's p99; {len(wave.on_wire)} written); handed to the "
+                            f"client p50={h50:.0f} ms p99={h99:.0f} ms; at the simulator "
+                            f"p50={r50:.0f} ms p99={r99:.0f} ms; {wave.done} runs done, "
+                            f"{wave.rate:.0f} runs/s",
+                            flush=True,
+                        )
+                    print(f"  garbage collector pauses during both waves: {gc_summary}", flush=True)
+    if args.rounds > 1 or len(kinds) > 1:
+        print_table(table, args.n)
     if args.memory:
         rss = serve_memory(args.memory)
         print(f"ledger serve with {args.memory} behaviors: peak RSS {rss:.0f} MiB", flush=True)
