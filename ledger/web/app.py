@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -75,6 +76,17 @@ class AppState:
                 await self.services.registry_changed()
             return summary
 
+    async def rescan_on_signal(self) -> None:
+        """SIGHUP: reconcile the folder now and say what it found, "no changes" included."""
+        summary = await self.reconcile_now()
+        names = {k: v for k, v in dataclasses.asdict(summary).items() if v}
+        log.info(
+            "SIGHUP: behaviors folder rescanned",
+            found=summary.describe(),
+            behaviors_dir=str(self.settings.behaviors_dir),
+            **names,
+        )
+
     def _reconcile_sync(self) -> ReconcileSummary:
         directory = self.settings.behaviors_dir
         # A file reusing what a registered behavior has is the one refused: read who has what.
@@ -85,7 +97,9 @@ class AppState:
             self._warned.add(report.folder_error)
             log.warning(report.folder_error)
         # Each problem is logged once, not at every rescan.
-        for warning in check_resolved_keys(report, holders=holders):
+        missing_keys = check_resolved_keys(report, holders=holders)
+        for name, why in missing_keys.items():
+            warning = f"{name}: {why}"
             if warning not in self._warned:
                 self._warned.add(warning)
                 log.warning("behavior key not available", detail=warning)
@@ -95,7 +109,7 @@ class AppState:
                 self._warned.add(line)
                 log.warning("invalid behavior file", problem=line)
         with self.db.transaction() as session:
-            summary = reconcile(session, report, directory, self.clock.now())
+            summary = reconcile(session, report, directory, self.clock.now(), missing_keys)
         if summary.changed:
             log.info("behaviors reconciled", summary=summary.describe())
         return summary
@@ -264,7 +278,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(
                 signal.SIGHUP,
-                lambda: state.tasks.append(asyncio.create_task(state.reconcile_now())),
+                lambda: state.tasks.append(asyncio.create_task(state.rescan_on_signal())),
             )
         log.info("ledger started", version=__version__, behaviors_dir=str(settings.behaviors_dir))
         try:
