@@ -993,8 +993,8 @@ def _report_run(run: dict[str, Any], *, full: bool = False) -> bool:
     )
     if full:
         print(f"  behavior: {run.get('behavior')} · tier {run['tier_label']} · {run['trigger']}")
-        model = run.get("model") or "no answer"
-        via = f" via preset {run['preset']}" if run.get("preset") else ""
+        model = run.get("model") or "— (no answer)"
+        via = f" · preset {run['preset']}" if run.get("preset") else ""
         fallback = " (a fallback model)" if run.get("via_fallback") else ""
         print(f"  model: {model}{via}{fallback}")
         cost = run.get("cost_usd")

@@ -114,7 +114,7 @@ def test_status_approvals_and_show_tell_an_operator_what_waits_for_them(
     assert show.returncode == 0, show.stderr
     assert show.stdout.startswith(f"{run_id}: succeeded, disposition approval\n")
     assert "  behavior: alpha · tier B · human-in-the-loop · schedule" in show.stdout
-    assert "  model: m via preset test-preset" in show.stdout
+    assert "  model: m · preset test-preset" in show.stdout
     assert "  output_check: pass — no checks configured" in show.stdout
     assert "  sensitive_info: pass — nothing sensitive found" in show.stdout
     assert f"  approval: pending, expires 2026-11-03 09:00:00 UTC, payload sha256 {digest}" in (
