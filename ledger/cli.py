@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,16 +57,39 @@ def _settings(config: Path | None, **overrides: Any) -> Settings:
 
 
 @contextmanager
-def _transaction(settings: Settings) -> Iterator[Session]:
-    """One transaction on the configured database (which must be at the current schema)."""
+def _transaction(settings: Settings, *, read_only: bool = False) -> Iterator[Session]:
+    """One transaction on the configured database (which must be at the current schema).
+    ``read_only`` commands never create a database file: a missing one is a LedgerError
+    saying how to create it."""
     from ledger.db.session import Database
 
+    if read_only:
+        _require_database_file(settings.database_url)
     db = Database.open(settings.database_url)
     try:
         with db.transaction() as session:
             yield session
     finally:
         db.close()
+
+
+def _require_database_file(database_url: str) -> None:
+    """Raise LedgerError when ``database_url`` is a SQLite file that does not exist (opening
+    it would create an empty one)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(database_url)
+    except ArgumentError:
+        return  # Database.open says what is wrong with it
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return
+    if not Path(url.database or "").is_file():
+        raise LedgerError(
+            f"no database at {url.database} yet: start `ledger serve` (it creates the database "
+            "and registers the behaviors folder), or run `ledger db upgrade` to create it empty"
+        )
 
 
 def _now() -> datetime:
@@ -86,6 +110,10 @@ def _root(
     if version:
         print(f"promotion-ledger {__version__}")
         raise typer.Exit(0)
+    # Results go to stdout, logs to stderr, for every command: until a command configures
+    # logging from its settings, a log line must not fall back to structlog's stdout printer.
+    fmt = os.environ.get("LEDGER_LOG_FORMAT")
+    configure_logging("json" if fmt == "json" else "console" if fmt == "console" else "auto")
 
 
 @app.command()
@@ -193,87 +221,131 @@ def db_upgrade(
 
 
 @app.command()
-def status(config: ConfigOption = None) -> None:
-    """A table of every behavior: tier, state, last and next run, failures, spend."""
-    from ledger.db.session import Database
-    from ledger.status import collect_status, collect_storage
+def status(
+    config: ConfigOption = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print what GET /api/status answers.")
+    ] = False,
+) -> None:
+    """Every behavior at a glance (tier, state, last and next run, failures, spend), then what
+    needs an operator: missing keys, approvals, invalid files, the outbox, broadcast."""
+    from ledger.status import status_document
 
     settings = _settings(config)
-    db = Database.open(settings.database_url)
-    now = _now()
-    try:
-        with db.transaction() as session:
-            report = collect_status(session, now)
-            storage = collect_storage(session)
-    finally:
-        db.close()
-    table = Table(title=f"Promotion Ledger — {len(report.behaviors)} behavior(s)")
+    with _transaction(settings, read_only=True) as session:
+        doc = status_document(session, _now(), settings.retention_interval_seconds)
+    if as_json:
+        print(json.dumps(doc, indent=2))
+        return
+    _print_status(doc, settings)
+
+
+def _print_status(doc: dict[str, Any], settings: Settings) -> None:
+    now = datetime.fromisoformat(doc["generated_at"])
+    behaviors = doc["behaviors"]
+    table = Table(title=f"Promotion Ledger — {len(behaviors)} behavior(s)")
     for col in ("behavior", "tier", "state", "last run", "next run", "fails/warns 24h", "spend"):
         table.add_column(col)
-    for s in report.behaviors:
+    for b in behaviors:
         last = "never"
-        if s.last_run_at is not None:
-            last = f"{_ago(now, s.last_run_at)} · {s.last_run_status or '?'}"
-        spend = f"${s.spend_usd:.4f}"
-        if s.budget_usd is not None:
-            spend += f" / ${s.budget_usd:.2f} per {s.budget_reset}"
+        if b["last_run_at"] is not None:
+            when = datetime.fromisoformat(b["last_run_at"])
+            last = f"{_ago(now, when)} · {b['last_run_status'] or '?'}"
+        spend = f"${b['spend_usd']:.4f}"
+        if b["budget_usd"] is not None:
+            spend += f" / ${b['budget_usd']:.2f} per {b['budget_reset']}"
         else:
             spend += " this month (no budget)"
+        next_run = "—"
+        if b["next_run_at"] is not None:
+            seconds = b["interval_seconds"] is not None and b["interval_seconds"] < 60
+            fmt = "%Y-%m-%d %H:%M:%S UTC" if seconds else "%Y-%m-%d %H:%M UTC"
+            next_run = datetime.fromisoformat(b["next_run_at"]).strftime(fmt)
+        state = b["state"]
         table.add_row(
-            s.name,
-            s.tier.label,
-            ", ".join(s.flags) or "active",
+            b["name"],
+            b["tier_label"],
+            state if state == "active" else f"[yellow]{state}[/yellow]",
             last,
-            s.next_run_at.strftime("%Y-%m-%d %H:%M UTC") if s.next_run_at else "—",
-            str(s.recent_failures),
+            next_run,
+            str(b["recent_failures"]),
             spend,
         )
-    out.print(table)
-    for s in report.behaviors:
-        if s.problem:
-            out.print(
-                f"[yellow]{s.name}: its file is invalid; the last valid version keeps "
-                f"running:[/yellow]\n{s.problem}",
-                highlight=False,
-            )
-        if s.interrupted_24h:
-            out.print(
-                f"[yellow]{s.name}: {s.interrupted_24h} run(s) in 24h interrupted by a daemon "
-                "that stopped before they finished (reservations released; not held against "
-                "it)[/yellow]",
-                highlight=False,
-            )
-        if s.cost_disagreements_24h:
-            out.print(
-                f"[yellow]{s.name}: {s.cost_disagreements_24h} run(s) in 24h whose broadcast cost "
-                "differs from the runner's; the budget counted the larger (both figures: GET "
-                "/api/runs/{id})[/yellow]",
-                highlight=False,
-            )
-    for fp in report.file_problems:
-        out.print(f"[yellow]invalid file, not registered:[/yellow]\n{fp.problems}", highlight=False)
-    ingest = report.ingest
-    last = _ago(now, ingest.last_received_at) if ingest.last_received_at else "never"
-    out.print(
-        f"broadcast: last delivery {last} · {ingest.waiting_deliveries} waiting to be processed "
-        f"· {ingest.unattributed_spans_24h} unattributed span(s) in 24h",
-        highlight=False,
-    )
-    if ingest.set_aside_deliveries:
+    if behaviors:
+        out.print(table)
+    else:
         out.print(
-            f"[yellow]broadcast: {ingest.set_aside_deliveries} delivery(ies) set aside: the "
-            "processor could not store them (see the log; they stay in ingest_delivery)[/yellow]",
+            f"No behaviors registered yet. Start the daemon — `ledger serve` — and it registers "
+            f"every valid file in {settings.behaviors_dir} (check them first with "
+            "`ledger validate`; `ledger init` writes examples).",
             highlight=False,
         )
-    sizes = " · ".join(f"{t.table} {'~' if t.estimated else ''}{t.rows:,}" for t in storage.tables)
-    estimated = " (~: PostgreSQL's estimate)" if any(t.estimated for t in storage.tables) else ""
+
+    def warn(text: str) -> None:
+        out.print(f"[yellow]{text}[/yellow]", highlight=False)
+
+    for b in behaviors:
+        name = b["name"]
+        if b["key_problem"]:
+            warn(
+                f"{name}: its key cannot be resolved where the daemon runs ({b['key_problem']}): "
+                "set it in the daemon's environment and restart it; until then its runs fail "
+                "with auth_error and pause it"
+            )
+        if b["problem"]:
+            warn(f"{name}: its file is invalid; the last valid version keeps running:")
+            out.print(b["problem"], highlight=False)
+        if b["interrupted_runs_24h"]:
+            warn(
+                f"{name}: {b['interrupted_runs_24h']} run(s) in 24h interrupted by a daemon that "
+                "stopped before they finished (reservations released; not held against it)"
+            )
+        if b["cost_disagreements_24h"]:
+            warn(
+                f"{name}: {b['cost_disagreements_24h']} run(s) in 24h whose broadcast cost "
+                "differs from the runner's; the budget counted the larger (both figures: "
+                "`ledger show RUN`)"
+            )
+    if doc["pending_approvals"]:
+        warn(
+            f"{doc['pending_approvals']} approval request(s) pending: `ledger approvals` lists "
+            "them, `ledger approve RUN` / `ledger reject RUN --reason TEXT` decides"
+        )
+    for fp in doc["invalid_files"]:
+        warn("invalid file, not registered:")
+        out.print(fp["problems"], highlight=False)
+    outbox = doc["outbox"]
+    dead = f" · [yellow]{outbox['dead']} dead-lettered[/yellow] (`ledger outbox`)"
+    out.print(
+        f"outbox: {outbox['queued']} queued"
+        + (dead if outbox["dead"] else " · none dead-lettered"),
+        highlight=False,
+    )
+    ingest = doc["ingest"]
+    last_at = ingest["last_received_at"]
+    last = _ago(now, datetime.fromisoformat(last_at)) if last_at else "never"
+    out.print(
+        f"broadcast: last delivery {last} · {ingest['waiting_deliveries']} waiting to be "
+        f"processed · {ingest['unattributed_spans_24h']} unattributed span(s) in 24h",
+        highlight=False,
+    )
+    if ingest["set_aside_deliveries"]:
+        warn(
+            f"broadcast: {ingest['set_aside_deliveries']} delivery(ies) set aside: the "
+            "processor could not store them (see the log; they stay in ingest_delivery)"
+        )
+    storage = doc["storage"]
+    tables = storage["tables"]
+    sizes = " · ".join(f"{t['table']} {'~' if t['estimated'] else ''}{t['rows']:,}" for t in tables)
+    estimated = " (~: PostgreSQL's estimate)" if any(t["estimated"] for t in tables) else ""
     out.print(f"rows: {sizes}{estimated}", highlight=False)
-    if storage.last_prunes:
-        when = max(p.pruned_at for p in storage.last_prunes)
-        deleted = " · ".join(f"{p.table} {p.deleted:,}" for p in storage.last_prunes)
+    prunes = storage["last_prunes"]
+    if prunes:
+        when = max(datetime.fromisoformat(p["pruned_at"]) for p in prunes)
+        deleted = " · ".join(f"{p['table']} {p['deleted']:,}" for p in prunes)
         out.print(f"last prune: {_ago(now, when)}, rows deleted: {deleted}", highlight=False)
     else:
-        every = _duration(settings.retention_interval_seconds)
+        every = _duration(storage["prune_interval_seconds"])
         out.print(
             f"last prune: never (the daemon prunes at start-up, then every {every})",
             highlight=False,
@@ -321,17 +393,38 @@ def _duration(total_seconds: float) -> str:
 
 
 @app.command()
-def verify(config: ConfigOption = None) -> None:
+def verify(
+    config: ConfigOption = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file",
+            "-f",
+            help="Verify a file written by `ledger export` instead of the database.",
+            dir_okay=False,
+        ),
+    ] = None,
+) -> None:
     """Walk the ledger's hash chain; report the first broken entry (exit 1)."""
     from ledger.journal import verify as verify_chain
+    from ledger.journal import verify_exported
 
-    settings = _settings(config)
-    with _transaction(settings) as session:
-        result = verify_chain(session)
+    if file is not None:
+        try:
+            with file.open("rb") as lines:
+                result = verify_exported(lines)
+        except OSError as exc:
+            raise LedgerError(f"cannot read {file}: {exc.strerror}") from None
+        where = str(file)
+    else:
+        settings = _settings(config)
+        with _transaction(settings, read_only=True) as session:
+            result = verify_chain(session)
+        where = "ledger"
     if not result.ok:
-        print(f"ledger BROKEN at entry {result.broken_entry_id}: {result.problem}")
+        print(f"{where} BROKEN at entry {result.broken_entry_id}: {result.problem}")
         raise typer.Exit(1)
-    print(f"ledger intact: {result.entries} entries, hash chain verified")
+    print(f"{where} intact: {result.entries} entries, hash chain verified")
 
 
 @app.command()
@@ -349,6 +442,7 @@ def export(
     if fmt != "jsonl":
         raise LedgerError(f"unknown export format {fmt!r}: use jsonl")
     settings = _settings(config)
+    _require_database_file(settings.database_url)
     db = Database.open(settings.database_url)
     sink = output.open("wb") if output else sys.stdout.buffer
     try:
@@ -505,6 +599,87 @@ def reject_run(
         )
 
 
+@app.command("approvals")
+def list_approvals(
+    config: ConfigOption = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print what GET /api/approvals answers.")
+    ] = False,
+) -> None:
+    """Tier-B approval requests waiting for a decision, oldest first: run id, behavior, age,
+    expiry, the start of the output and the payload's hash (for `ledger approve`)."""
+    from ledger.runs import approval_requests
+
+    settings = _settings(config)
+    with _transaction(settings, read_only=True) as session:
+        requests = approval_requests(session, "pending", limit=500)
+    if as_json:
+        print(json.dumps({"approvals": requests}, indent=2, default=_iso))
+        return
+    if not requests:
+        print("no approval requests pending")
+        return
+    now = _now()
+    for a in requests:
+        expires = a["expires_at"]
+        left = f"expires in {_duration((expires - now).total_seconds())}"
+        print(
+            f"{a['run_id']}  {a['behavior']}  requested {_ago(now, a['requested_at'])} · "
+            f"{left} ({expires:%Y-%m-%d %H:%M} UTC)"
+        )
+        output = (a["output"] or "").splitlines() or ["(no output)"]
+        for line in output[:OUTPUT_PREVIEW_LINES]:
+            print(f"  │ {line[:160]}")
+        if len(output) > OUTPUT_PREVIEW_LINES:
+            print(
+                f"  │ … {len(output) - OUTPUT_PREVIEW_LINES} more line(s): "
+                f"`ledger show {a['run_id']}`"
+            )
+        print(f"  payload sha256 {a['payload_sha256']}")
+        print(
+            f"  ledger approve {a['run_id']} --payload-sha256 {a['payload_sha256']}   |   "
+            f"ledger reject {a['run_id']} --reason TEXT"
+        )
+    print(f"{len(requests)} pending")
+
+
+OUTPUT_PREVIEW_LINES = 5
+
+
+def _iso(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+@app.command("show")
+def show_run(
+    run_id: Annotated[str, typer.Argument(help="The run's id (run-…).")],
+    config: ConfigOption = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print what GET /api/runs/{id} answers.")
+    ] = False,
+) -> None:
+    """One run: status, tier, disposition, model, cost, duration, each gate with its reason,
+    the output (masked as stored) and the request it sent (no key)."""
+    from ledger.runs import run_json, run_request
+
+    settings = _settings(config)
+    with _transaction(settings, read_only=True) as session:
+        run = run_json(session, run_id)
+        request = None if as_json else run_request(session, run_id)
+    if as_json:
+        print(json.dumps(run, indent=2, default=_iso))
+        return
+    _report_run(run, full=True)
+    print()
+    if request is None:
+        print("request: cannot be rebuilt (the behavior's stored definition is unreadable)")
+    else:
+        print("request (rebuilt from the behavior's current definition; the key is never stored):")
+        print(json.dumps(request, indent=2, ensure_ascii=False))
+
+
 @app.command()
 def explain(
     name: NameArg,
@@ -515,7 +690,7 @@ def explain(
     from ledger.explain import explain as explain_behavior
 
     settings = _settings(config)
-    with _transaction(settings) as session:
+    with _transaction(settings, read_only=True) as session:
         result = explain_behavior(session, name, _now(), _policy_ctx(settings))
     print(json.dumps(result.as_json(), indent=2) if as_json else result.render())
 
@@ -699,17 +874,15 @@ def _run_here(settings: Settings, name: str) -> dict[str, Any]:
     environment holds its key). Returns the finished run as the API shows it."""
     import asyncio
 
-    from sqlmodel import col, select
-
     from ledger.behaviors.load import check_resolved_keys, load_directory
     from ledger.behaviors.registry import reconcile
-    from ledger.db.models import GateResultRow, Run
     from ledger.db.session import Database
     from ledger.errors import NotFoundError
     from ledger.runner.call import call_model
     from ledger.runner.openrouter import OpenRouterClient
     from ledger.runner.run import check_manual_run
     from ledger.runner.scheduler import RunnerService
+    from ledger.runs import run_json
 
     def check(row: Any) -> None:
         check_manual_run(
@@ -747,21 +920,7 @@ def _run_here(settings: Settings, name: str) -> dict[str, Any]:
                 f"{settings.behaviors_dir} (see `ledger validate`)"
             )
         with db.transaction() as session:
-            run = session.get(Run, run_id)
-            if run is None:
-                raise LedgerError(f"{name}: the run could not be claimed")
-            results = session.exec(select(GateResultRow).where(col(GateResultRow.run_id) == run.id))
-            return {
-                "id": run.id,
-                "status": run.status,
-                "disposition": run.disposition,
-                "error": run.error,
-                "output": run.output,
-                "gate_results": [
-                    {"gate": r.gate, "outcome": r.outcome, "attributable": r.attributable}
-                    for r in results
-                ],
-            }
+            return run_json(session, run_id)
     finally:
         db.close()
 
@@ -822,21 +981,58 @@ def _default_daemon_url(settings: Settings) -> str:
     return f"http://{host}:{settings.port}"
 
 
-def _report_run(run: dict[str, Any]) -> bool:
-    """Print a finished run; True when it succeeded and its output passed its gates."""
+def _report_run(run: dict[str, Any], *, full: bool = False) -> bool:
+    """Print a finished run (as ``ledger.runs.run_json`` or the API gives it): its outcome,
+    each gate with its reason, and its output; ``full`` adds tier, model, cost, duration and
+    the approval request. True when it succeeded and its output passed its gates."""
     disposition = run.get("disposition") or "none"
     error = run.get("error")
     print(
         f"{run['id']}: {run['status']}, disposition {disposition}"
         + (f", error: {error}" if error else "")
     )
+    if full:
+        print(f"  behavior: {run.get('behavior')} · tier {run['tier_label']} · {run['trigger']}")
+        model = run.get("model") or "— (no answer)"
+        via = f" · preset {run['preset']}" if run.get("preset") else ""
+        fallback = " (a fallback model)" if run.get("via_fallback") else ""
+        print(f"  model: {model}{via}{fallback}")
+        cost = run.get("cost_usd")
+        broadcast = run.get("broadcast_cost_usd")
+        line = f"  cost: {'—' if cost is None else f'${cost:.6f}'}"
+        if broadcast is not None:
+            line += (
+                f" (broadcast reported ${broadcast:.6f}; counted ${run['counted_cost_usd']:.6f})"
+            )
+        print(line)
+        took = run.get("duration_seconds")
+        print(
+            f"  slot: {_when(run['scheduled_for'])}"
+            + ("" if took is None else f" · took {took:.1f} s")
+        )
     for r in run.get("gate_results", []):
         flag = "" if r["attributable"] else " (not attributable)"
-        print(f"  {r['gate']}: {r['outcome']}{flag}")
+        reason = f" — {r['reason']}" if r.get("reason") else ""
+        print(f"  {r['gate']}: {r['outcome']}{flag}{reason}")
+    approval = run.get("approval")
+    if full and approval:
+        print(
+            f"  approval: {approval['status']}, expires {_when(approval['expires_at'])}, "
+            f"payload sha256 {approval['payload_sha256']}"
+            + (f", decided by {approval['decided_by']}" if approval.get("decided_by") else "")
+        )
     if run.get("output") is not None:
         print()
+        if full:
+            print("output (as stored: sensitive findings masked):")
         print(run["output"])
     return bool(run["status"] == "succeeded" and disposition != "blocked")
+
+
+def _when(value: Any) -> str:
+    """A time from run_json (a datetime) or the API (an ISO string), in UTC to the second."""
+    at = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return "—" if at is None else f"{at:%Y-%m-%d %H:%M:%S} UTC"
 
 
 def _clock() -> Any:

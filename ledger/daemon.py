@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -117,6 +118,17 @@ class Daemon:
                 await self.services.registry_changed()
             return summary
 
+    async def rescan_on_signal(self) -> None:
+        """SIGHUP: reconcile the folder now and say what it found, "no changes" included."""
+        summary = await self.reconcile_now()
+        names = {k: v for k, v in dataclasses.asdict(summary).items() if v}
+        log.info(
+            "SIGHUP: behaviors folder rescanned",
+            found=summary.describe(),
+            behaviors_dir=str(self.settings.behaviors_dir),
+            **names,
+        )
+
     def _reconcile_sync(self) -> ReconcileSummary:
         directory = self.settings.behaviors_dir
         # A file reusing what a registered behavior has is the one refused: read who has what.
@@ -127,7 +139,9 @@ class Daemon:
             self._warned.add(report.folder_error)
             log.warning(report.folder_error)
         # Each problem is logged once, not at every rescan.
-        for warning in check_resolved_keys(report, holders=holders):
+        missing_keys = check_resolved_keys(report, holders=holders)
+        for name, why in missing_keys.items():
+            warning = f"{name}: {why}"
             if warning not in self._warned:
                 self._warned.add(warning)
                 log.warning("behavior key not available", detail=warning)
@@ -137,7 +151,7 @@ class Daemon:
                 self._warned.add(line)
                 log.warning("invalid behavior file", problem=line)
         with self.db.transaction() as session:
-            summary = reconcile(session, report, directory, self.clock.now())
+            summary = reconcile(session, report, directory, self.clock.now(), missing_keys)
         if summary.changed:
             log.info("behaviors reconciled", summary=summary.describe())
         return summary
@@ -172,7 +186,7 @@ async def open_daemon(settings: Settings, clock: Clock) -> Daemon:
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
         loop.add_signal_handler(
             signal.SIGHUP,
-            lambda: daemon.tasks.append(asyncio.create_task(daemon.reconcile_now())),
+            lambda: daemon.tasks.append(asyncio.create_task(daemon.rescan_on_signal())),
         )
     log.info("ledger started", version=__version__, behaviors_dir=str(settings.behaviors_dir))
     return daemon

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from sqlmodel import Session, col, select
 
-from ledger.db.models import BehaviorRow, LedgerEntry, PromotionProposal
+from ledger.db.models import BehaviorRow, GateResultRow, LedgerEntry, PromotionProposal
 from ledger.errors import NotFoundError
 from ledger.gates import Tier
 from ledger.policy import progress
@@ -28,6 +28,25 @@ STORY_KINDS = (
     "restored",
 )
 MAX_STORY = 50
+MAX_CITED_RUNS = 5  # per step in the text; the JSON lists every cited result
+
+
+@dataclass(frozen=True, slots=True)
+class Cited:
+    """A gate result a decision rests on, as an operator finds it: when, which run, which gate."""
+
+    at: datetime
+    run_id: str | None
+    gate: str
+    outcome: str
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "at": self.at.isoformat(),
+            "run_id": self.run_id,
+            "gate": self.gate,
+            "outcome": self.outcome,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +56,24 @@ class StoryStep:
     actor: str
     reason: str
     entry_id: int
-    evidence: tuple[int | str, ...]
+    evidence: tuple[Cited, ...]
+
+    def cites(self, name: str) -> str:
+        """`` (evidence: run run-01… at 06:00 UTC: output_check warn; …)``, or nothing."""
+        if not self.evidence:
+            return ""
+        by_run: dict[str | None, list[Cited]] = {}
+        for cited in self.evidence:
+            by_run.setdefault(cited.run_id, []).append(cited)
+        parts = []
+        for run_id, results in list(by_run.items())[:MAX_CITED_RUNS]:
+            gates = ", ".join(f"{c.gate} {c.outcome}" for c in results)
+            where = f"run {run_id}" if run_id else "a broadcast/webhook result"
+            parts.append(f"{where} at {results[0].at:%Y-%m-%d %H:%M} UTC: {gates}")
+        more = len(by_run) - MAX_CITED_RUNS
+        if more > 0:
+            parts.append(f"{more} more run(s): `ledger explain {name} --json`")
+        return f" (evidence: {'; '.join(parts)})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +90,7 @@ class Explanation:
         lines = [f"{self.name} is at {self.tier.label}{flags}.", "", "How it got here:"]
         for step in self.story:
             who = "" if step.actor in ("policy", "registry") else f" [{step.actor}]"
-            cites = (
-                f" (evidence: results {', '.join(map(str, step.evidence))})"
-                if step.evidence
-                else ""
-            )
+            cites = step.cites(self.name)
             lines.append(f"  {step.at:%Y-%m-%d %H:%M} UTC — {step.reason}{who}{cites}")
         if not self.story:
             lines.append("  (no history yet)")
@@ -85,7 +117,7 @@ class Explanation:
                     "actor": s.actor,
                     "reason": s.reason,
                     "entry_id": s.entry_id,
-                    "evidence": list(s.evidence),
+                    "evidence": [c.as_json() for c in s.evidence],
                 }
                 for s in self.story
             ],
@@ -106,6 +138,11 @@ def explain(session: Session, name: str, now: datetime, ctx: PolicyContext) -> E
             .limit(MAX_STORY)
         )
     )
+    ids_of = {
+        e.id: [i for i in (e.data or {}).get("evidence") or () if isinstance(i, int)]
+        for e in entries
+    }
+    cited = _cited(session, {i for ids in ids_of.values() for i in ids})
     story = tuple(
         StoryStep(
             at=e.created_at,
@@ -113,7 +150,7 @@ def explain(session: Session, name: str, now: datetime, ctx: PolicyContext) -> E
             actor=e.actor,
             reason=e.reason,
             entry_id=e.id or 0,
-            evidence=tuple((e.data or {}).get("evidence") or ()),
+            evidence=tuple(cited[i] for i in ids_of[e.id] if i in cited),
         )
         for e in reversed(entries)
     )
@@ -138,3 +175,11 @@ def explain(session: Session, name: str, now: datetime, ctx: PolicyContext) -> E
     if row.retired:
         next_steps = "Retired: restore its file to bring it back at its old tier."
     return Explanation(row.name, Tier(row.tier), flags, story, next_steps, pending)
+
+
+def _cited(session: Session, ids: set[int]) -> dict[int, Cited]:
+    """The gate results with ``ids`` (those pruned or never stored are left out)."""
+    if not ids:
+        return {}
+    rows = session.exec(select(GateResultRow).where(col(GateResultRow.id).in_(sorted(ids))))
+    return {r.id or 0: Cited(r.created_at, r.run_id, r.gate, r.outcome) for r in rows}

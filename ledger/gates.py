@@ -65,6 +65,10 @@ class Tier(StrEnum):
     def rank(self) -> int:
         return "ABC".index(self.value)
 
+    def as_json(self) -> dict[str, str]:
+        """The tier as the API shows it: letter, label and meaning."""
+        return {"tier": self.value, "tier_label": self.label, "tier_meaning": self.meaning}
+
 
 TIER_MEANING: dict[Tier, str] = {
     Tier.A: "proposal-only",

@@ -9,7 +9,7 @@ serializes writers), which keeps appends O(1) and the chain linear under concurr
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -159,3 +159,54 @@ def export_jsonl(session: Session) -> Iterator[bytes]:
         record["prev_hash"] = entry.prev_hash
         record["hash"] = entry.hash
         yield orjson.dumps(record, option=orjson.OPT_SORT_KEYS) + b"\n"
+
+
+def verify_exported(lines: Iterable[bytes]) -> VerifyResult:
+    """Walk the chain of an ``export_jsonl`` file (one entry per line, from entry 1): the same
+    checks as ``verify`` without the database. A line that is not an exported entry is a
+    broken chain at that line (``broken_entry_id`` is then the line number)."""
+    prev_hash = GENESIS_HASH
+    expected_id = 1
+    count = 0
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = orjson.loads(line)
+            stored_prev, stored_hash = record.pop("prev_hash"), record.pop("hash")
+            entry_id, kind = record["id"], record["kind"]
+            if not isinstance(stored_hash, str):
+                raise TypeError(stored_hash)
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+            return VerifyResult(
+                False, count, number, f"line {number} is not a ledger entry exported as jsonl"
+            )
+        count += 1
+        if entry_id != expected_id:
+            return VerifyResult(
+                False,
+                count,
+                entry_id,
+                f"entry {expected_id} is missing (line {number} holds entry {entry_id}): "
+                "entries were deleted or renumbered",
+            )
+        if stored_prev != prev_hash:
+            return VerifyResult(
+                False,
+                count,
+                entry_id,
+                f"entry {entry_id} (line {number}) does not link to the entry before it: the "
+                "chain was reordered or an entry was removed",
+            )
+        body = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+        if hashlib.sha256(prev_hash.encode("ascii") + body).hexdigest() != stored_hash:
+            return VerifyResult(
+                False,
+                count,
+                entry_id,
+                f"entry {entry_id} ({kind}, line {number}) was edited after it was written: "
+                "its content no longer matches its hash",
+            )
+        prev_hash = stored_hash
+        expected_id += 1
+    return VerifyResult(True, count)

@@ -1,9 +1,11 @@
-"""What ``ledger status`` (and later the dashboard) shows for each behavior. Read-only."""
+"""What ``ledger status``, ``GET /api/status`` (and later the dashboard) show: each behavior's
+state and problems, approvals waiting, the outbox, broadcast ingestion and storage. Read-only."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import func, text
@@ -11,11 +13,13 @@ from sqlmodel import Session, col, select
 
 from ledger.behaviors.schema import Behavior
 from ledger.db.models import (
+    Approval,
     BehaviorRow,
     FileProblem,
     GateResultRow,
     IngestDelivery,
     IngestedSpan,
+    OutboxRow,
     RetentionPrune,
     Run,
 )
@@ -46,6 +50,22 @@ class BehaviorStatus:
     # Runs claimed in the last 24 hours that were left behind by a stopped daemon and closed
     # as ``interrupted`` (not held against the behavior).
     interrupted_24h: int = 0
+    # Why its key cannot be resolved in the daemon's environment (recorded by the daemon).
+    key_problem: str | None = None
+    pending_approvals: int = 0
+    # The schedule's interval when it is one (None for cron): under a minute, the next run is
+    # shown to the second.
+    interval_seconds: float | None = None
+
+    @property
+    def state(self) -> str:
+        """``active``, or what keeps it from being: its flags, a missing key, approvals."""
+        parts = list(self.flags)
+        if self.key_problem:
+            parts.append("key missing")
+        if self.pending_approvals:
+            parts.append(f"{self.pending_approvals} awaiting approval")
+        return ", ".join(parts) or "active"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +81,24 @@ class IngestStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class OutboxStatus:
+    """Work written after state changes: rows waiting (or being) delivered, and dead letters
+    (retries exhausted; ``ledger outbox`` lists them)."""
+
+    queued: int
+    dead: int
+
+
+@dataclass(frozen=True, slots=True)
 class StatusReport:
     behaviors: list[BehaviorStatus]
     file_problems: list[FileProblem]
     ingest: IngestStatus
+    outbox: OutboxStatus = OutboxStatus(0, 0)
+
+    @property
+    def pending_approvals(self) -> int:
+        return sum(b.pending_approvals for b in self.behaviors)
 
 
 def collect_status(session: Session, now: datetime) -> StatusReport:
@@ -99,6 +133,13 @@ def collect_status(session: Session, now: datetime) -> StatusReport:
             .group_by(col(Run.behavior_id))
         ).all()
     )
+    pending: dict[int, int] = dict(
+        session.execute(
+            select(Approval.behavior_id, func.count())
+            .where(col(Approval.status) == "pending")  # the partial index on pending requests
+            .group_by(col(Approval.behavior_id))
+        ).all()
+    )
     out: list[BehaviorStatus] = []
     for row in rows:
         behavior = _definition(row)
@@ -121,6 +162,7 @@ def collect_status(session: Session, now: datetime) -> StatusReport:
         # runner's and broadcast's figures reconciled, and spend seen only via broadcast.
         start = window_start(budget.reset if budget else None, now)
         spend, _reserved = spent_in_window(session, row.id or 0, start)
+        interval = behavior.interval if behavior else None
         out.append(
             BehaviorStatus(
                 name=row.name,
@@ -137,10 +179,27 @@ def collect_status(session: Session, now: datetime) -> StatusReport:
                 interrupted_24h=int(interrupted.get(row.id or 0, 0)),
                 problem=row.problem,
                 cost_disagreements_24h=disagreements.get(row.id or 0, 0),
+                key_problem=None if row.retired else row.key_problem,
+                pending_approvals=int(pending.get(row.id or 0, 0)),
+                interval_seconds=interval.total_seconds() if interval else None,
             )
         )
     problems = session.execute(select(FileProblem).order_by(col(FileProblem.path))).scalars().all()
-    return StatusReport(out, list(problems), _ingest_status(session, since))
+    return StatusReport(
+        out, list(problems), _ingest_status(session, since), _outbox_status(session)
+    )
+
+
+def _outbox_status(session: Session) -> OutboxStatus:
+    by_status: dict[str, int] = dict(
+        session.execute(
+            select(OutboxRow.status, func.count())
+            .where(col(OutboxRow.status).in_(("pending", "in_flight", "dead")))
+            .group_by(col(OutboxRow.status))
+        ).all()
+    )
+    queued = by_status.get("pending", 0) + by_status.get("in_flight", 0)
+    return OutboxStatus(queued=int(queued), dead=int(by_status.get("dead", 0)))
 
 
 def _ingest_status(session: Session, since: datetime) -> IngestStatus:
@@ -238,3 +297,62 @@ def collect_storage(session: Session) -> StorageStatus:
     return StorageStatus(
         sizes, [LastPrune(p.target, p.pruned_at, p.cutoff, p.deleted) for p in prunes]
     )
+
+
+def status_document(
+    session: Session, now: datetime, retention_interval_seconds: float
+) -> dict[str, Any]:
+    """The summary ``ledger status`` prints, as JSON-ready values (times as ISO 8601 strings):
+    what ``GET /api/status`` answers and ``ledger status --json`` prints."""
+    report = collect_status(session, now)
+    storage = collect_storage(session)
+    document: dict[str, Any] = _jsonable(
+        {
+            "generated_at": now,
+            "behaviors": [
+                {
+                    "name": b.name,
+                    **b.tier.as_json(),
+                    "state": b.state,
+                    "flags": list(b.flags),
+                    "key_problem": b.key_problem,
+                    "problem": b.problem,
+                    "pending_approvals": b.pending_approvals,
+                    "last_run_at": b.last_run_at,
+                    "last_run_status": b.last_run_status,
+                    "next_run_at": b.next_run_at,
+                    "interval_seconds": b.interval_seconds,
+                    "recent_failures": b.recent_failures,
+                    "interrupted_runs_24h": b.interrupted_24h,
+                    "cost_disagreements_24h": b.cost_disagreements_24h,
+                    "spend_usd": b.spend_usd,
+                    "spend_window_start": b.spend_window_start,
+                    "budget_usd": b.budget_usd,
+                    "budget_reset": b.budget_reset,
+                }
+                for b in report.behaviors
+            ],
+            "pending_approvals": report.pending_approvals,
+            "outbox": asdict(report.outbox),
+            "invalid_files": [
+                {"path": p.path, "problems": p.problems} for p in report.file_problems
+            ],
+            "ingest": asdict(report.ingest),
+            "storage": {
+                "tables": [asdict(t) for t in storage.tables],
+                "last_prunes": [asdict(p) for p in storage.last_prunes],
+                "prune_interval_seconds": retention_interval_seconds,
+            },
+        }
+    )
+    return document
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value

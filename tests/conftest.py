@@ -113,3 +113,29 @@ def write_behavior(folder: Path, name: str, body: str | None = None) -> Path:
     key_env = "LEDGER_TEST_KEY_" + name.upper().replace("-", "_")
     path.write_text(body if body is not None else VALID_BEHAVIOR.format(key_env=key_env, name=name))
     return path
+
+
+def registered_at_b_with_a_pending_approval(tmp_path: Path, database_url: str) -> str:
+    """``alpha`` registered at B · human-in-the-loop, one run waiting for approval: its id."""
+    from ledger.behaviors.registry import reconcile_directory
+    from ledger.db.session import Database
+    from ledger.runner.run import CallOutcome, SlotClaim, begin_run, claim_slots, finish_run
+    from ledger.transitions import PolicyContext, lock_behavior
+
+    write_behavior(tmp_path / "behaviors", "alpha")
+    db = Database.open(database_url, migrate=True)
+    try:
+        with db.transaction() as session:
+            reconcile_directory(session, tmp_path / "behaviors", T0)
+            row = lock_behavior(session, name="alpha")
+            row.tier = "B"
+            (run,) = claim_slots(session, [SlotClaim(row.id or 0, T0, "B")], T0)
+            plan = begin_run(session, run.id, now=T0, ctx=PolicyContext())
+        assert plan is not None
+        with db.transaction() as session:
+            finish_run(
+                session, plan, CallOutcome(output="hello", model="m"), now=T0, ctx=PolicyContext()
+            )
+        return run.id
+    finally:
+        db.close()

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import write_behavior
+from tests.conftest import registered_at_b_with_a_pending_approval, write_behavior
 from tests.daemon import ledger
 
 REPO = Path(__file__).resolve().parents[1]
@@ -159,33 +159,6 @@ type = "log"
 """
 
 
-def registered_at_b_with_a_pending_approval(tmp_path: Path, database_url: str) -> str:
-    """``alpha`` registered at B · human-in-the-loop, one run waiting for approval: its id."""
-    from ledger.behaviors.registry import reconcile_directory
-    from ledger.db.session import Database
-    from ledger.runner.run import CallOutcome, SlotClaim, begin_run, claim_slots, finish_run
-    from ledger.transitions import PolicyContext, lock_behavior
-    from tests.conftest import T0
-
-    write_behavior(tmp_path / "behaviors", "alpha")
-    db = Database.open(database_url, migrate=True)
-    try:
-        with db.transaction() as session:
-            reconcile_directory(session, tmp_path / "behaviors", T0)
-            row = lock_behavior(session, name="alpha")
-            row.tier = "B"
-            (run,) = claim_slots(session, [SlotClaim(row.id or 0, T0, "B")], T0)
-            plan = begin_run(session, run.id, now=T0, ctx=PolicyContext())
-        assert plan is not None
-        with db.transaction() as session:
-            finish_run(
-                session, plan, CallOutcome(output="hello", model="m"), now=T0, ctx=PolicyContext()
-            )
-        return run.id
-    finally:
-        db.close()
-
-
 def alert_channels_queued(database_url: str) -> list[tuple[str, str]]:
     from sqlmodel import col, select
 
@@ -317,7 +290,12 @@ def test_a_run_that_fails_exits_1(tmp_path: Path, database_url: str) -> None:
     assert ran.returncode == 1, ran.stdout + ran.stderr
     first, gate = ran.stdout.splitlines()[:2]
     assert first.startswith("run-") and ": failed, disposition none, error: " in first
-    assert gate == "  provider_error: fail (not attributable)"
+    # each gate with its reason, not just its outcome
+    assert gate.startswith("  provider_error: fail (not attributable) — "), gate
+    assert "the connection to OpenRouter failed" in gate, gate
+    # Not a terminal: results on stdout, the JSON log lines on stderr only.
+    assert not [line for line in ran.stdout.splitlines() if line.startswith("{")], ran.stdout
+    assert '"event": "openrouter.call_failed"' in ran.stderr
     assert ledger_rows(database_url)["paused"] is False
 
 

@@ -300,6 +300,15 @@ def test_explain_tells_the_story_of_a_to_b_to_c_to_b(db: Database, tmp_path: Pat
         "demoted from C · autonomous to B · human-in-the-loop: "
         "attributable fail at gate sensitive_info" in story
     )
+    # Evidence is cited as runs an operator can look up (`ledger show RUN`), not row ids.
+    failed_at = f"{t:%Y-%m-%d %H:%M}"
+    assert f"(evidence: run c0 at {failed_at} UTC: sensitive_info fail)" in story
+    assert "run a0 at " in story and "evidence: results" not in story
+    with db.transaction() as session:
+        steps = explain(session, "alpha", t + timedelta(hours=1), CTX).as_json()["story"]
+    assert steps[-1]["evidence"] == [
+        {"at": t.isoformat(), "run_id": "c0", "gate": "sensitive_info", "outcome": "fail"}
+    ]
     assert "Promotion:" in text and "Demotion:" in text
     with db.transaction() as session:
         assert verify(session).ok

@@ -519,22 +519,23 @@ _Loader.add_implicit_resolver(
 
 def check_resolved_keys(
     report: LoadReport, base_dir: Path | None = None, holders: Holders | None = None
-) -> list[str]:
+) -> dict[str, str]:
     """Resolve every valid behavior's key; of two behaviors resolving to the same key value
     (one behavior = one key) the one registered with its reference keeps it, else the first by
-    file name, and the other is refused. Returns warnings for keys that cannot be resolved yet
-    (such a behavior stays registered and fails at run time with ``auth_error``)."""
+    file name, and the other is refused. Returns, by behavior name, why each key that cannot
+    be resolved yet cannot be (such a behavior stays registered and fails at run time with
+    ``auth_error``)."""
     from ledger.errors import SecretError
     from ledger.secrets import resolve
 
     holders = holders or {}
-    warnings: list[str] = []
+    missing: dict[str, str] = {}
     by_value: dict[str, list[LoadedBehavior]] = {}
     for lb in report.behaviors:
         try:
             value = resolve(lb.behavior.api_key, base_dir=lb.path.parent).get_secret_value()
         except SecretError as exc:
-            warnings.append(f"{lb.name}: {exc}")
+            missing[lb.name] = str(exc)
             continue
         digest = hashlib.sha256(value.encode()).hexdigest()
         by_value.setdefault(digest, []).append(lb)
@@ -565,4 +566,4 @@ def check_resolved_keys(
     if refused:
         report.behaviors = [lb for lb in report.behaviors if lb.path not in refused]
         report.problems.sort(key=lambda p: (p.path, p.line, p.column))
-    return warnings
+    return missing

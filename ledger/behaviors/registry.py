@@ -83,9 +83,17 @@ def registered_holders(session: Session) -> dict[tuple[str, str], str]:
 
 
 def reconcile(
-    session: Session, report: LoadReport, directory: Path, now: datetime
+    session: Session,
+    report: LoadReport,
+    directory: Path,
+    now: datetime,
+    key_problems: dict[str, str] | None = None,
 ) -> ReconcileSummary:
     """Apply a folder's load report to the database. Adds and flushes; the caller commits.
+
+    ``key_problems`` (the daemon's: behavior name → why its key cannot be resolved in the
+    daemon's environment) is recorded on each valid behavior, and cleared for the others;
+    None (a CLI command, in another environment) leaves what the daemon recorded.
 
     Replicas sharing one PostgreSQL reconcile one at a time (a transaction-scoped advisory
     lock); SQLite already has a single writer."""
@@ -104,6 +112,12 @@ def reconcile(
             summary.registered.append(lb.name)
         else:
             _refresh(session, row, lb, now, summary)
+        if key_problems is not None:
+            registered = rows[lb.name]
+            problem = key_problems.get(lb.name)
+            if registered.key_problem != problem:
+                registered.key_problem = problem
+                session.add(registered)
 
     known_paths = {str(p) for p in report.files_seen}
     for path, problems in invalid.items():

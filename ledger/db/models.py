@@ -92,6 +92,9 @@ class BehaviorRow(SQLModel, table=True):
     # The account's name of the behavior's key, learned by ``ledger keys check`` (its file's
     # ``key_name`` wins); cleared when the file points ``api_key`` elsewhere.
     learned_key_name: str | None = Field(default=None, max_length=200)
+    # Why the behavior's key cannot be resolved in the daemon's environment (its runs would
+    # fail with auth_error); set by the daemon's reconcile, None when it resolves.
+    key_problem: str | None = Field(default=None, max_length=1000)
 
 
 class FileProblem(SQLModel, table=True):

@@ -16,20 +16,18 @@ from sqlmodel import Session, col, select
 
 from ledger.daemon import build_policy_context
 from ledger.db.models import (
-    Approval,
     BehaviorRow,
     BudgetWindow,
-    GateResultRow,
     IngestedSpan,
     LedgerEntry,
-    Run,
 )
 from ledger.errors import NotFoundError
 from ledger.explain import explain
 from ledger.gates import Tier
 from ledger.runner.run import approve, check_manual_run, reject
-from ledger.spend import DEFAULT_RESET, cost_disagreement, window_start
-from ledger.status import collect_status
+from ledger.runs import approval_requests, run_json
+from ledger.spend import DEFAULT_RESET, window_start
+from ledger.status import collect_status, status_document
 from ledger.transitions import PolicyContext, decline_proposal, operator_action
 from ledger.web.auth import OperatorDep
 
@@ -52,8 +50,18 @@ def _now(request: Request) -> datetime:
 
 
 def _tier(tier: str) -> dict[str, str]:
-    t = Tier(tier)
-    return {"tier": t.value, "tier_label": t.label, "tier_meaning": t.meaning}
+    return Tier(tier).as_json()
+
+
+@router.get("/status")
+def get_status(request: Request, _op: OperatorDep) -> dict[str, Any]:
+    """What ``ledger status`` prints, as ``ledger status --json`` prints it: every behavior
+    with its state and problems, pending approvals, the outbox, broadcast ingestion, invalid
+    files, table sizes and the last prune."""
+    with _state(request).db.transaction() as session:
+        return status_document(
+            session, _now(request), _state(request).settings.retention_interval_seconds
+        )
 
 
 @router.get("/behaviors")
@@ -256,7 +264,7 @@ async def run_behavior(
 
     def finished() -> dict[str, Any]:
         with state.db.transaction() as session:
-            return _run_json(session, run_id)
+            return run_json(session, run_id)
 
     run = await asyncio.to_thread(finished)
     return JSONResponse(
@@ -337,76 +345,7 @@ def get_run(
 ) -> dict[str, Any]:
     """One run: its slot, tier, preset, model, cost, output, disposition and gate results."""
     with _state(request).db.transaction() as session:
-        return _run_json(session, run_id)
-
-
-def _run_json(session: Session, run_id: str) -> dict[str, Any]:
-    run = session.get(Run, run_id)
-    if run is None:
-        raise NotFoundError(f"run {run_id} does not exist")
-    results = session.exec(
-        select(GateResultRow)
-        .where(col(GateResultRow.run_id) == run_id)
-        .order_by(col(GateResultRow.id))
-    ).all()
-    approval = session.exec(select(Approval).where(col(Approval.run_id) == run_id)).first()
-    behavior = session.get(BehaviorRow, run.behavior_id)
-    broadcast_prompt, broadcast_completion = session.execute(
-        select(
-            func.sum(IngestedSpan.prompt_tokens), func.sum(IngestedSpan.completion_tokens)
-        ).where(col(IngestedSpan.run_id) == run_id)
-    ).one()
-    return {
-        "id": run.id,
-        "behavior": behavior.name if behavior else None,
-        "scheduled_for": run.scheduled_for,
-        "trigger": run.trigger,
-        "status": run.status,
-        **_tier(run.tier),
-        "preset": run.preset,
-        "model": run.model,
-        "generation_id": run.generation_id,
-        "via_fallback": run.via_fallback,
-        "cost_usd": run.cost_usd,
-        "broadcast_cost_usd": run.broadcast_cost_usd,
-        # The budget counts the larger figure; a disagreement is broadcast minus runner.
-        "counted_cost_usd": max(run.cost_usd or 0.0, run.broadcast_cost_usd or 0.0),
-        "cost_disagreement_usd": cost_disagreement(run.cost_usd, run.broadcast_cost_usd),
-        "prompt_tokens": run.prompt_tokens,
-        "completion_tokens": run.completion_tokens,
-        "broadcast_prompt_tokens": broadcast_prompt,
-        "broadcast_completion_tokens": broadcast_completion,
-        # Stored masked: each finding of the sensitive-info detector is replaced by
-        # ``<kind: preview>``; ``output_findings`` gives kinds and positions in the
-        # original, ``output_sha256`` the original's digest.
-        "output": run.output,
-        "output_sha256": run.output_sha256,
-        "output_findings": run.output_findings or [],
-        "disposition": run.disposition,
-        "error": run.error,
-        "gate_results": [
-            {
-                "id": r.id,
-                "gate": r.gate,
-                "outcome": r.outcome,
-                "attributable": r.attributable,
-                "source": r.source,
-                "evidence": r.evidence,
-                "at": r.created_at,
-            }
-            for r in results
-        ],
-        "approval": None
-        if approval is None
-        else {
-            "status": approval.status,
-            "payload": approval.payload,
-            "payload_sha256": approval.payload_sha256,
-            "expires_at": approval.expires_at,
-            "decided_by": approval.decided_by,
-            "reason": approval.reason,
-        },
-    }
+        return run_json(session, run_id)
 
 
 @router.get("/approvals")
@@ -418,29 +357,10 @@ def list_approvals(
     ] = "pending",
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> dict[str, Any]:
-    """Approval requests (pending by default), oldest first, with the payload to review."""
+    """Approval requests (pending by default), oldest first, with the run's output (masked as
+    stored), the payload to review and its hash."""
     with _state(request).db.transaction() as session:
-        rows = session.exec(
-            select(Approval, BehaviorRow.name)
-            .join(BehaviorRow, col(BehaviorRow.id) == col(Approval.behavior_id))
-            .where(col(Approval.status) == status)
-            .order_by(col(Approval.requested_at))
-            .limit(limit)
-        ).all()
-        return {
-            "approvals": [
-                {
-                    "run_id": a.run_id,
-                    "behavior": name,
-                    "status": a.status,
-                    "requested_at": a.requested_at,
-                    "expires_at": a.expires_at,
-                    "payload": a.payload,
-                    "payload_sha256": a.payload_sha256,
-                }
-                for a, name in rows
-            ]
-        }
+        return {"approvals": approval_requests(session, status, limit)}
 
 
 class ApproveBody(BaseModel):

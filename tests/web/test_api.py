@@ -10,8 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ledger.db.models import IngestedSpan, Run
+from ledger.db.models import GateResultRow, IngestedSpan, Run
 from ledger.db.session import Database
+from ledger.status import status_document
 from ledger.transitions import lock_behavior
 from tests.conftest import VALID_BEHAVIOR, free_port, write_behavior
 from tests.daemon import Daemon
@@ -191,3 +192,70 @@ def test_a_run_shows_both_cost_figures_and_their_disagreement(
     }
     (span,) = one["last_deliveries"]
     assert (span["cost_usd"], span["prompt_tokens"], span["completion_tokens"]) == (0.25, 1200, 300)
+
+
+def test_status_is_the_summary_ledger_status_prints_and_names_a_key_the_daemon_lacks(
+    api: httpx.Client, database_url: str
+) -> None:
+    """alpha's key (env:API_TEST_KEY) is not in the daemon's environment: its state is not
+    ``active``. The answer is the one document ``ledger status --json`` prints."""
+    doc = api.get("/api/status")
+    assert doc.status_code == 200, doc.text
+    body = doc.json()
+    (alpha,) = body["behaviors"]
+    assert alpha["state"] == "key missing"
+    assert "API_TEST_KEY" in alpha["key_problem"]
+    assert (alpha["tier_label"], alpha["pending_approvals"]) == ("A · proposal-only", 0)
+    assert body["outbox"] == {"queued": 0, "dead": 0}
+    db = Database.open(database_url)
+    try:
+        with db.transaction() as session:
+            expected = status_document(
+                session,
+                datetime.fromisoformat(body["generated_at"]),
+                body["storage"]["prune_interval_seconds"],
+            )
+    finally:
+        db.close()
+    # The storage section may change under a retention prune running beside the request.
+    assert {k: v for k, v in body.items() if k != "storage"} == {
+        k: v for k, v in expected.items() if k != "storage"
+    }
+
+
+def test_a_runs_gate_results_carry_their_reason(api: httpx.Client, database_url: str) -> None:
+    now = datetime.now(UTC)
+    db = Database.open(database_url)
+    try:
+        with db.transaction() as session:
+            alpha = lock_behavior(session, name="alpha").id or 0
+            session.add(
+                Run(
+                    id="run-01REASONS",
+                    behavior_id=alpha,
+                    scheduled_for=now,
+                    claimed_at=now,
+                    tier="A",
+                    status="succeeded",
+                )
+            )
+            session.flush()
+            session.add(
+                GateResultRow(
+                    behavior_id=alpha,
+                    run_id="run-01REASONS",
+                    gate="output_check",
+                    outcome="warn",
+                    attributable=True,
+                    evidence={
+                        "check": "max_chars",
+                        "reason": "output is 900 characters, over the limit of 500",
+                    },
+                    created_at=now,
+                )
+            )
+    finally:
+        db.close()
+    (result,) = api.get("/api/runs/run-01REASONS").json()["gate_results"]
+    assert (result["gate"], result["outcome"]) == ("output_check", "warn")
+    assert result["reason"] == "output is 900 characters, over the limit of 500"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -50,6 +51,18 @@ def test_sighup_rescans_the_folder(tmp_path: Path, start_daemon: Callable[..., D
     assert "gamma" not in names(url)
     daemon.proc.send_signal(signal.SIGHUP)
     wait_until(lambda: "gamma" in names(url), what="SIGHUP to trigger a rescan")
+
+    def logged(found: str) -> Callable[[], bool]:
+        return lambda: any(
+            entry.get("event") == "SIGHUP: behaviors folder rescanned" and entry["found"] == found
+            for entry in (json.loads(line) for line in daemon.log().splitlines() if line[:1] == "{")
+        )
+
+    # What the rescan found is logged, names included, and so is finding nothing.
+    wait_until(logged("1 registered"), what="the rescan to be logged")
+    assert '"registered": ["gamma"]' in daemon.log()
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_until(logged("no changes"), what="a rescan that found nothing to be logged")
     daemon.proc.send_signal(signal.SIGINT)
     assert daemon.proc.wait(20) == 0
 
