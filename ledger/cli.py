@@ -166,18 +166,13 @@ def _registered_holders(database_url: str) -> dict[tuple[str, str], str]:
     """Who has each behavior name and key in the configured database, so ``validate`` refuses
     the same file of two sharing a key as the daemon would; empty when there is no database
     yet or it cannot be read (then the first file by name keeps it)."""
-    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
     from ledger.behaviors.registry import registered_holders
     from ledger.db.session import Database
 
     try:
-        url = make_url(database_url)
-        if url.get_backend_name() == "sqlite" and not (
-            url.database and url.database != ":memory:" and Path(url.database).is_file()
-        ):
-            return {}  # never create a database file just to validate
+        _require_database_file(database_url)  # never create a database file just to validate
         db = Database.open(database_url)
         try:
             with db.transaction() as session:
@@ -847,17 +842,14 @@ def _print_dry_run(settings: Settings, name: str) -> None:
 
 def _registered_tier(settings: Settings, name: str) -> Any:
     """The tier ``name`` is registered at, or None (no database yet, or not registered)."""
-    from sqlalchemy.engine import make_url
     from sqlmodel import col, select
 
     from ledger.db.models import BehaviorRow
     from ledger.db.session import Database
     from ledger.gates import Tier
 
-    url = make_url(settings.database_url)
-    if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
-        return None  # a dry run creates no database file
     try:
+        _require_database_file(settings.database_url)  # a dry run creates no database file
         db = Database.open(settings.database_url)
     except LedgerError:
         return None
