@@ -114,6 +114,7 @@ def test_a_key_planted_in_a_model_answer_is_stored_shown_and_acted_on_masked(
             assert shown["output_sha256"] == digest
             for needle in NEEDLES:
                 assert needle not in run.text, (disposition, needle)
+        api.close()  # an unclosed client's socket is a ResourceWarning in a later test
         _scan(database_url)  # while the daemon runs: its writes are in the write-ahead log
         daemon.proc.send_signal(signal.SIGTERM)
         assert daemon.proc.wait(20) == 0
