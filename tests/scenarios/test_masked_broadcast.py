@@ -103,24 +103,24 @@ def test_a_key_planted_in_a_broadcast_completion_is_stored_masked_and_nowhere_in
             "MASKED_ALPHA_KEY": "sk-or-v1-" + "a1" * 32,
         },
     )
-    api = httpx.Client(base_url=daemon.base_url, timeout=10)
-    for nested in (False, True):
-        sent = api.post("/v1/traces", content=_delivery(nested), headers=HEADERS)
-        assert sent.status_code == 200, sent.text
+    with httpx.Client(base_url=daemon.base_url, timeout=10) as api:
+        for nested in (False, True):
+            sent = api.post("/v1/traces", content=_delivery(nested), headers=HEADERS)
+            assert sent.status_code == 200, sent.text
 
-    def alpha() -> httpx.Response:
-        response = api.get("/api/behaviors/alpha")
-        assert response.status_code == 200, response.text
-        return response
+        def alpha() -> httpx.Response:
+            response = api.get("/api/behaviors/alpha")
+            assert response.status_code == 200, response.text
+            return response
 
-    def applied() -> bool:
-        waiting = api.get("/api/behaviors").json()["ingest"]["waiting_deliveries"]
-        return len(alpha().json()["last_deliveries"]) >= 6 and waiting == 0
+        def applied() -> bool:
+            waiting = api.get("/api/behaviors").json()["ingest"]["waiting_deliveries"]
+            return len(alpha().json()["last_deliveries"]) >= 6 and waiting == 0
 
-    wait_until(applied, timeout=20, what="both deliveries applied to alpha")
-    shown = alpha().text
-    rows = _tables(database_url)
-    roots = _root_attributes(database_url)
+        wait_until(applied, timeout=20, what="both deliveries applied to alpha")
+        shown = alpha().text
+        rows = _tables(database_url)
+        roots = _root_attributes(database_url)
     daemon.proc.send_signal(signal.SIGTERM)
     assert daemon.proc.wait(20) == 0
 
