@@ -84,7 +84,7 @@ class WebhookSourceConfig:
 
 @dataclass(slots=True)
 class Ingest:
-    """Ingestion's resources, created in the app's lifespan by ``open_ingest``."""
+    """Ingestion's resources, built by the daemon (``ledger.daemon.open_ingest``)."""
 
     db: Database
     clock: Clock
