@@ -206,13 +206,16 @@ def test_serve_fires_a_schedule_naming_today_and_not_one_naming_tomorrow(
                     )
                 )
 
+        asked = datetime.now(UTC)
         listed = httpx.get(daemon.base_url + "/api/behaviors").json()["behaviors"]
+        answered = datetime.now(UTC)
         next_run = {b["name"]: datetime.fromisoformat(b["next_run_at"]) for b in listed}
         tomorrow_midnight = datetime.combine(
             local.date() + timedelta(days=1), time(0), ZoneInfo(zone)
         )
         assert next_run["tomorrow"] == tomorrow_midnight
-        assert next_run["today"] - utc_now <= timedelta(minutes=1)
+        # The next minute from when the daemon answered (a loaded machine may answer slowly).
+        assert asked < next_run["today"] <= answered + timedelta(minutes=1)
         wait_until(lambda: bool(scheduled("today")), timeout=90, what="today's slot to fire")
         (run,) = scheduled("today")[:1]
         slot = run.scheduled_for.replace(tzinfo=UTC)
