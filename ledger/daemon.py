@@ -40,7 +40,7 @@ from ledger.http import backoff_delay
 from ledger.ingest.otlp import Limits
 from ledger.ingest.process import IngestProcessor
 from ledger.ingest.receiver import BroadcastAuth, Ingest, WebhookSourceConfig
-from ledger.ingest.store import SpanWriter
+from ledger.ingest.writer import SpanWriter
 from ledger.outbox.actions import ActionDeliverer, action_handlers, dead_letter_hook
 from ledger.outbox.alerts import (
     AlertChannel,

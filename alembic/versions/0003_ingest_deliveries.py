@@ -111,7 +111,7 @@ def downgrade() -> None:
     # Deliveries not processed yet go back to unprocessed span rows, as 0002 stored them (those
     # set aside, which the processor could not read, are dropped with the table).
     from ledger.ingest.otlp import spans_from_stored_request
-    from ledger.ingest.store import span_data
+    from ledger.ingest.writer import span_data
 
     bind = op.get_bind()
     for received_at, spans in bind.execute(

@@ -2,7 +2,7 @@
 stored: every key, token or piece of personal data the sensitive-info detector finds in it is
 replaced by its masked preview, as the runner does with a run's output.
 
-The processor applies it to each span's stored ``data`` (``store.span_data``'s JSON form, whose
+The processor applies it to each span's stored ``data`` (``writer.span_data``'s JSON form, whose
 strings are the attribute strings), never the receiver: detection costs far more than storing.
 """
 
@@ -49,10 +49,10 @@ def is_content_key(key: str) -> bool:
 
 
 def mask_span_content(data: dict[str, Any]) -> dict[str, Any]:
-    """``data`` (a span as ``store.span_data`` stores it) with the sensitive values in its
+    """``data`` (a span as ``writer.span_data`` stores it) with the sensitive values in its
     content attributes masked. Returns ``data`` itself when nothing was found (the common case:
     no copy), else a copy; never changes ``data``."""
-    if "otlp" in data:  # a span an earlier version stored as it came (``store.span_from_data``)
+    if "otlp" in data:  # a span an earlier version stored as it came (``writer.span_from_data``)
         return _mask_otlp_span(data)
     masked = dict(data)
     attributes = data.get("attributes")

@@ -56,7 +56,7 @@ from ledger.gates import Gate, GateResult, Outcome
 from ledger.ingest.attribution import Attribution, Generation, attribute, extract_generations
 from ledger.ingest.content import mask_span_content
 from ledger.ingest.otlp import SpanRecord, spans_from_stored_request
-from ledger.ingest.store import (
+from ledger.ingest.writer import (
     SOURCE_BROADCAST,
     is_bad_data,
     span_data,

@@ -16,7 +16,7 @@ import structlog
 from ledger.clock import Clock
 from ledger.db.session import Database
 from ledger.ingest.otlp import Limits
-from ledger.ingest.store import SpanWriter
+from ledger.ingest.writer import SpanWriter
 from ledger.signatures import Scheme
 
 __all__ = ["BroadcastAuth", "Ingest", "WebhookSourceConfig"]

@@ -2,7 +2,7 @@
 deadline, the key's self-inspection, and the one-shot transport fallback.
 
 Every failure leaves this module as an ``OpenRouterCallError`` that carries the
-``Classification`` (``ledger.runner.classify``) deciding how it counts; foreign exceptions
+``Classification`` (``ledger.runner.call_errors``) deciding how it counts; foreign exceptions
 (httpx, invalid JSON, the deadline's own timeout) are translated in one place,
 ``translate_exception``, with ``raise … from exc``. Keys stay ``SecretStr`` until the
 ``Authorization`` header is built and are never logged; log lines name the endpoint, not URLs.
@@ -30,7 +30,7 @@ from ledger.clock import Clock, SystemClock
 from ledger.errors import OpenRouterError
 from ledger.gates import Gate, Tier
 from ledger.http import backoff_delay
-from ledger.runner.classify import (
+from ledger.runner.call_errors import (
     Classification,
     classify_200,
     classify_deadline,
@@ -114,7 +114,7 @@ class OpenRouterCallError(OpenRouterError):
 
     The plain ``OpenRouterError`` attributes (``gate``, ``attributable``, ``permanent``,
     ``retry_after``, ``status_code``, ``evidence``) come from the classification via
-    ``classify.to_error``, so the two never disagree.
+    ``call_errors.to_error``, so the two never disagree.
     """
 
     def __init__(self, classification: Classification, *, attempts: int, context: str) -> None:

@@ -42,7 +42,7 @@ from ledger.ingest.otlp import (
     wants_protobuf,
 )
 from ledger.ingest.receiver import Ingest
-from ledger.ingest.store import record_webhook_event
+from ledger.ingest.writer import record_webhook_event
 from ledger.signatures import Scheme, verify_webhook
 from ledger.web.errors import error_body
 

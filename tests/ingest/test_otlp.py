@@ -51,7 +51,7 @@ from ledger.ingest.otlp import (
     spans_from_stored_request,
     wants_protobuf,
 )
-from ledger.ingest.store import delivery_text, span_from_data
+from ledger.ingest.writer import delivery_text, span_from_data
 
 JSON = "application/json"
 PROTOBUF = "application/x-protobuf"

@@ -24,7 +24,7 @@ from ledger.db.models import (
 from ledger.db.session import Database
 from ledger.ingest.otlp import Limits, RawRequest, decode_for_storage, decode_request
 from ledger.ingest.process import DbLookup, process_pending
-from ledger.ingest.store import delivery_text, span_data
+from ledger.ingest.writer import delivery_text, span_data
 from ledger.runner.run import CallOutcome, SlotClaim, begin_run, claim_slots, finish_run
 from ledger.sim.openrouter import GenerationRecord, build_broadcast
 from ledger.transitions import PolicyContext, lock_behavior

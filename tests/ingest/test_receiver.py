@@ -47,7 +47,7 @@ from ledger.ingest.otlp import (
     spans_from_stored_request,
 )
 from ledger.ingest.process import DbLookup, process_pending
-from ledger.ingest.store import SpanWriter, span_data, span_from_data
+from ledger.ingest.writer import SpanWriter, span_data, span_from_data
 from ledger.sim.openrouter import GenerationRecord, build_broadcast
 from ledger.transitions import PolicyContext
 from ledger.web.app import create_app

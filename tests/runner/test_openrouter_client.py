@@ -22,7 +22,7 @@ from pydantic import SecretStr
 
 from ledger.behaviors.schema import Behavior
 from ledger.gates import Gate, Outcome, Tier
-from ledger.runner.classify import Classification, classify_response, classify_transport_error
+from ledger.runner.call_errors import Classification, classify_response, classify_transport_error
 from ledger.runner.lean_http import LeanTransport
 from ledger.runner.openrouter import (
     FOREIGN_ERRORS,

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from ledger.errors import OpenRouterError
 from ledger.gates import ATTRIBUTABLE, Gate, Outcome
 from ledger.http import parse_retry_after
-from ledger.runner.classify import (
+from ledger.runner.call_errors import (
     Classification,
     classify_200,
     classify_deadline,
