@@ -29,7 +29,7 @@ from ledger.runs import approval_requests, run_json
 from ledger.spend import DEFAULT_RESET, window_start
 from ledger.status import collect_status, status_document
 from ledger.transitions import PolicyContext, decline_proposal, operator_action
-from ledger.web.auth import OperatorDep
+from ledger.web.auth import OperatorDep, ViewerDep
 
 router = APIRouter(prefix="/api", tags=["api"])
 
@@ -54,7 +54,7 @@ def _tier(tier: str) -> dict[str, str]:
 
 
 @router.get("/status")
-def get_status(request: Request, _op: OperatorDep) -> dict[str, Any]:
+def get_status(request: Request, _op: ViewerDep) -> dict[str, Any]:
     """What ``ledger status`` prints, as ``ledger status --json`` prints it: every behavior
     with its state and problems, pending approvals, the outbox, broadcast ingestion, invalid
     files, table sizes and the last prune."""
@@ -65,7 +65,7 @@ def get_status(request: Request, _op: OperatorDep) -> dict[str, Any]:
 
 
 @router.get("/behaviors")
-def list_behaviors(request: Request, _op: OperatorDep) -> dict[str, Any]:
+def list_behaviors(request: Request, _op: ViewerDep) -> dict[str, Any]:
     """Every registered behavior with its tier, state, runs and spend."""
     with _state(request).db.transaction() as session:
         report = collect_status(session, _now(request))
@@ -102,7 +102,7 @@ def _behavior(session: Session, name: str) -> BehaviorRow:
 
 
 @router.get("/behaviors/{name}")
-def get_behavior(request: Request, name: BehaviorName, _op: OperatorDep) -> dict[str, Any]:
+def get_behavior(request: Request, name: BehaviorName, _op: ViewerDep) -> dict[str, Any]:
     """One behavior: tier, spend in the current budget window (unrounded), last deliveries."""
     now = _now(request)
     with _state(request).db.transaction() as session:
@@ -191,7 +191,7 @@ def _broadcast_since(session: Session, behavior_id: int, start: datetime) -> dic
 
 
 @router.get("/behaviors/{name}/explain")
-def explain_behavior(request: Request, name: BehaviorName, _op: OperatorDep) -> dict[str, Any]:
+def explain_behavior(request: Request, name: BehaviorName, _op: ViewerDep) -> dict[str, Any]:
     """Why the behavior is at its tier (the chain of decisions) and what it needs next."""
     with _state(request).db.transaction() as session:
         return explain(session, name, _now(request), _ctx(request)).as_json()
@@ -309,7 +309,7 @@ def act(
 @router.get("/ledger")
 def ledger_entries(
     request: Request,
-    _op: OperatorDep,
+    _op: ViewerDep,
     behavior: Annotated[str | None, Query(max_length=63)] = None,
     after_id: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -341,7 +341,7 @@ def ledger_entries(
 
 @router.get("/runs/{run_id}")
 def get_run(
-    request: Request, run_id: Annotated[str, Path(max_length=40)], _op: OperatorDep
+    request: Request, run_id: Annotated[str, Path(max_length=40)], _op: ViewerDep
 ) -> dict[str, Any]:
     """One run: its slot, tier, preset, model, cost, output, disposition and gate results."""
     with _state(request).db.transaction() as session:
@@ -351,7 +351,7 @@ def get_run(
 @router.get("/approvals")
 def list_approvals(
     request: Request,
-    _op: OperatorDep,
+    _op: ViewerDep,
     status: Annotated[
         str, Query(pattern="^(pending|approved|rejected|expired|withdrawn)$")
     ] = "pending",

@@ -1,4 +1,9 @@
-"""API authentication: named bearer tokens (``api_tokens``), compared in constant time.
+"""API authentication: named bearer tokens (``api_tokens``), compared in constant time, and
+the roles that say what a caller may do (viewer < operator < admin).
+
+Routes declare the least role they need with ``ViewerDep`` (reads), ``OperatorDep`` (actions on
+behaviors and approvals) or ``AdminDep`` (managing tokens). Tokens from ``[api_tokens]`` act with
+the operator role.
 
 ``LEDGER_AUTH=off`` disables it, and is refused unless the daemon listens on loopback only.
 """
@@ -7,8 +12,9 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Final, Literal
 
 from fastapi import Depends, HTTPException, Request
 
@@ -16,12 +22,20 @@ from ledger.config import Settings
 from ledger.errors import ConfigError
 from ledger.secrets import is_reference, register_secret_value, resolve
 
+Role = Literal["viewer", "operator", "admin"]
+ROLE_RANK: Final[dict[str, int]] = {"viewer": 0, "operator": 1, "admin": 2}
+CONFIG_TOKEN_ROLE: Final[Role] = "operator"  # noqa: S105 (a role name, not a secret)
+
 
 @dataclass(frozen=True, slots=True)
 class Operator:
-    """Who is calling: recorded as the actor of every operator action."""
+    """Who is calling: recorded as the actor of every operator action, with their role."""
 
     name: str
+    role: Role = CONFIG_TOKEN_ROLE
+
+    def may(self, role: Role) -> bool:
+        return ROLE_RANK[self.role] >= ROLE_RANK[role]
 
 
 class TokenAuth:
@@ -42,7 +56,7 @@ class TokenAuth:
 
     def authenticate(self, header: str | None) -> Operator | None:
         if not self.enabled:
-            return Operator("anonymous (auth off)")
+            return Operator("anonymous (auth off)", "admin")
         if not header or not header.lower().startswith("bearer "):
             return None
         given = header[7:].strip().encode()
@@ -62,7 +76,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def require_operator(request: Request) -> Operator:
+def authenticated(request: Request) -> Operator:
     auth: TokenAuth = request.app.state.auth
     operator = auth.authenticate(request.headers.get("authorization"))
     if operator is None:
@@ -75,4 +89,24 @@ def require_operator(request: Request) -> Operator:
     return operator
 
 
+def require_role(role: Role) -> Callable[[Request], Operator]:
+    """A dependency that admits callers whose role is ``role`` or higher (403 otherwise)."""
+
+    def dependency(request: Request) -> Operator:
+        caller = authenticated(request)
+        if not caller.may(role):
+            raise HTTPException(
+                status_code=403,
+                detail=f"{caller.name} has the {caller.role} role; this needs {role}",
+            )
+        return caller
+
+    dependency.__name__ = f"require_{role}"
+    return dependency
+
+
+require_operator = require_role("operator")
+
+ViewerDep = Annotated[Operator, Depends(require_role("viewer"))]
 OperatorDep = Annotated[Operator, Depends(require_operator)]
+AdminDep = Annotated[Operator, Depends(require_role("admin"))]
