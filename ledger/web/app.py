@@ -6,6 +6,9 @@ services) and closes it on shutdown.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import re
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -14,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -32,6 +36,10 @@ from ledger.web.api import router as api_router
 from ledger.web.auth import TokenAuth, is_loopback
 from ledger.web.errors import install_error_handlers
 from ledger.web.ingest_routes import LedgerApp, install_ingest_routes
+from ledger.web.security import CONTENT_SECURITY_POLICY, SecurityHeaders
+from ledger.web.token_routes import router as token_router
+
+log = structlog.get_logger("ledger.web")
 
 
 def get_state(request: Request) -> Daemon:
@@ -53,14 +61,16 @@ def install_api_docs(app: FastAPI) -> None:
     @app.get(DOCS_URL, include_in_schema=False)
     async def api_docs(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
-        return get_swagger_ui_html(
+        page = get_swagger_ui_html(
             openapi_url=f"{root}{app.openapi_url}",
             title=f"{app.title} - API",
             swagger_js_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
             swagger_css_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui.css",
             swagger_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
-            swagger_ui_parameters={"persistAuthorization": True},
+            swagger_ui_parameters={"persistAuthorization": True, "validatorUrl": None},
         )
+        page.headers["content-security-policy"] = docs_page_policy(bytes(page.body))
+        return page
 
     generate = app.openapi
 
@@ -81,6 +91,21 @@ def install_api_docs(app: FastAPI) -> None:
         return schema
 
     app.openapi = openapi_with_bearer  # type: ignore[method-assign]  # FastAPI's documented hook
+
+
+_INLINE_SCRIPT = re.compile(rb"<script>(.*?)</script>", re.DOTALL)
+
+
+def docs_page_policy(page: bytes) -> str:
+    """The Swagger UI page's Content-Security-Policy: the app's, plus its one inline script
+    (which starts Swagger UI) allowed by its hash, and inline styles (Swagger UI sets some)."""
+    hashes = " ".join(
+        "'sha256-" + base64.b64encode(hashlib.sha256(m.group(1)).digest()).decode() + "'"
+        for m in _INLINE_SCRIPT.finditer(page)
+    )
+    return CONTENT_SECURITY_POLICY.replace(
+        "script-src 'self'", f"script-src 'self' {hashes}"
+    ).replace("style-src 'self'", "style-src 'self' 'unsafe-inline'")
 
 
 def startup_problems(settings: Settings, *, database: bool = True) -> list[str]:
@@ -168,8 +193,15 @@ def _check_port_free(host: str, port: int) -> None:
 def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.auth = TokenAuth(settings)
+        app.state.auth = auth = TokenAuth(settings)
+        if not auth.enabled:
+            log.warning(
+                "LEDGER_AUTH=off: every request is served without a token, as admin; "
+                "use it only on a machine nobody else can reach",
+                host=settings.host,
+            )
         daemon = await open_daemon(settings, clock or SystemClock())
+        auth.use_database(daemon.db, daemon.clock)
         app.state.ledger = daemon
         app.state.ingest = daemon.ingest
         try:
@@ -184,10 +216,13 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
         docs_url=None,  # served below from the daemon's own copy of Swagger UI
         redoc_url=None,
     )
+    app.state.auth_disabled = settings.auth == "off"  # the dashboard shows a banner
+    app.add_middleware(SecurityHeaders)
     install_error_handlers(app)
     install_api_docs(app)
     install_ingest_routes(app)  # POST /v1/traces, POST /webhooks/{source}
     app.include_router(api_router)
+    app.include_router(token_router)  # /api/tokens (admins)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
