@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from ledger import __version__
@@ -31,9 +30,12 @@ from ledger.config import AlertChannelConfig, Settings, mask_url_password
 from ledger.daemon import Daemon, close_daemon, open_daemon
 from ledger.db.session import Database
 from ledger.errors import ConfigError, LedgerError
+from ledger.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ledger.metrics import outbox_overdue_seconds
+from ledger.metrics import render as render_metrics
 from ledger.secrets import is_reference, resolve, resolve_many
 from ledger.web.api import router as api_router
-from ledger.web.auth import TokenAuth, is_loopback
+from ledger.web.auth import TokenAuth, is_loopback, require_role
 from ledger.web.errors import install_error_handlers
 from ledger.web.ingest_routes import LedgerApp, install_ingest_routes
 from ledger.web.security import CONTENT_SECURITY_POLICY, SecurityHeaders
@@ -229,21 +231,56 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
         """Liveness: the process answers."""
         return {"status": "ok", "version": __version__}
 
-    @app.get("/readyz", tags=["health"])
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        responses={503: {"description": "Not ready: `reason` says what is wrong."}},
+    )
     async def readyz(request: Request) -> JSONResponse:
-        """Readiness: the database answers."""
+        """Readiness: the database answers, the scheduler is running and the outbox is not
+        stalled (no pending row has been due for ``outbox_stall_seconds``)."""
         state = get_state(request)
 
-        def ping() -> None:
-            with state.db.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
+        def overdue() -> float:
+            with state.db.transaction() as session:
+                return outbox_overdue_seconds(session, state.clock.now())
 
         try:
-            await asyncio.to_thread(ping)
+            overdue_seconds = await asyncio.to_thread(overdue)
         except Exception as exc:  # any driver failure means "not ready", with the reason
             return JSONResponse(
                 {"status": "unavailable", "reason": type(exc).__name__}, status_code=503
             )
+        problems: list[str] = []
+        services = state.services
+        runner_problem = services.runner.problem() if services else "the services are not open"
+        if runner_problem is not None:
+            problems.append(runner_problem)
+        if overdue_seconds > settings.outbox_stall_seconds:
+            problems.append(
+                f"the outbox is stalled: a delivery has been due for {overdue_seconds:.0f} s "
+                f"(limit {settings.outbox_stall_seconds:.0f} s, LEDGER_OUTBOX_STALL_SECONDS)"
+            )
+        if problems:
+            return JSONResponse(
+                {"status": "unavailable", "reason": "; ".join(problems)}, status_code=503
+            )
         return JSONResponse({"status": "ready"})
+
+    metrics_dependencies = [] if settings.metrics_public else [Depends(require_role("viewer"))]
+
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        dependencies=metrics_dependencies,
+        response_class=PlainTextResponse,
+        responses={200: {"content": {METRICS_CONTENT_TYPE: {}}, "description": "Metrics."}},
+    )
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics (text format): this process's counters and histograms, and
+        gauges read from the database. Needs a viewer token unless ``metrics_public``."""
+        state = get_state(request)
+        body = await asyncio.to_thread(render_metrics, state.db, state.clock.now())
+        return Response(body, media_type=METRICS_CONTENT_TYPE)
 
     return app
