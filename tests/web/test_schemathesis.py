@@ -105,3 +105,4 @@ def test_an_id_beyond_64_bits_is_a_validation_error_not_a_server_error(
             assert answer.status_code == 422, answer.text
             assert answer.json()["error"]["details"][0]["field"] == "query.after_id"
         assert http.get("/api/ledger", params={"after_id": 2**63 - 1}).status_code == 200
+    assert "LEDGER_AUTH=off: every request is served without a token" in daemon.log()
