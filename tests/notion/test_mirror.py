@@ -14,17 +14,16 @@ from sqlmodel import col, select
 
 from ledger.behaviors.registry import reconcile_directory
 from ledger.clock import FakeClock
-from ledger.db.models import BehaviorRow, LedgerEntry, NotionPage, OutboxRow
+from ledger.db.models import NotionPage, OutboxRow
 from ledger.db.session import Database
-from ledger.gates import Tier
 from ledger.notion.mirror import Mirror
-from ledger.notion.props import format_date
-from ledger.notion.render import behavior_key, entry_key
+from ledger.notion.render import behavior_key
 from ledger.notion.schema import init_workspace
 from ledger.notion.store import load_workspace, save_workspace
 from ledger.outbox.enqueue import KIND_MIRROR
 from ledger.transitions import PolicyContext, operator_action
 from tests.conftest import T0, write_behavior
+from tests.notion.checks import compare_with_ledger
 from tests.notion.conftest import ROOT, NotionSim, drain, make_mirror
 
 
@@ -41,33 +40,6 @@ def _register(db: Database, folder: Path, names: list[str], now: Any) -> None:
         write_behavior(folder, name)
     with db.transaction() as session:
         reconcile_directory(session, folder, now)
-
-
-def compare_with_ledger(db: Database, sim: NotionSim) -> None:
-    """Row by row: every behavior and ledger entry has exactly one Notion row saying what
-    the database says."""
-    with db.transaction() as session:
-        ws = load_workspace(session)
-        assert ws is not None
-        behaviors = list(session.exec(select(BehaviorRow)))
-        entries = list(session.exec(select(LedgerEntry).order_by(col(LedgerEntry.id))))
-    by_key = sim.rows_by_key(ws.behaviors_data_source_id, "behaviors")
-    assert sorted(by_key) == sorted(behavior_key(b.name) for b in behaviors)
-    for b in behaviors:
-        (row,) = by_key[behavior_key(b.name)]
-        assert row["Tier"] == Tier(b.tier).label
-        assert row["Pinned"] is b.pinned
-        assert row["Status"] == ("paused" if b.paused else "active")
-    ledger_rows = sim.rows_by_key(ws.ledger_data_source_id, "ledger")
-    assert sorted(ledger_rows) == sorted(entry_key(e.id or 0) for e in entries)
-    for e in entries:
-        (row,) = ledger_rows[entry_key(e.id or 0)]
-        assert row["Entry hash"] == e.hash
-        assert row["Kind"] == e.kind
-        assert row["Reason"] == e.reason
-        assert row["Actor"] == e.actor
-        assert row["At"] == format_date(e.created_at)
-        assert len(row["Behavior"]) == 1
 
 
 async def test_init_creates_the_three_databases_then_adopts_them(
