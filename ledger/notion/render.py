@@ -37,8 +37,9 @@ __all__ = [
 ]
 
 FAILURE_WINDOW: Final = timedelta(hours=24)
-# Approvals: a person sets Decision and Reason while the request is pending.
-HUMAN_WHILE_PENDING: Final = frozenset({"Decision", "Reason"})
+# Approvals: until the request is approved or rejected, a person sets Decision and Reason and
+# the approval poller answers in Result; the mirror leaves the three alone.
+HUMAN_WHILE_PENDING: Final = frozenset({"Decision", "Reason", "Result"})
 
 
 def behavior_key(name: str) -> str:
@@ -157,8 +158,8 @@ def render_approval(approval: Approval, behavior: str, output: str | None) -> Ro
         "Expires": format_date(approval.expires_at),
         "Key": approval_key(approval.run_id),
     }
-    # Undecided (pending, withdrawn, expired): Decision and Reason are the person's; the
-    # approval poller answers a decision in Result and sets Decision back.
+    # Undecided (pending, withdrawn, expired): Decision and Reason are the person's, Result the
+    # approval poller's (it answers a decision there and sets Decision back).
     human = frozenset() if decided else HUMAN_WHILE_PENDING
     return RowSpec(
         approval_key(approval.run_id),
