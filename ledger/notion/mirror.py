@@ -255,7 +255,8 @@ class Mirror:
             ).first()
             if ws is None:
                 return 0
-            keys: dict[str, int | None] = {}
+            # Key → (behavior id, dedup key): re-reading an event queues nothing twice.
+            keys: dict[str, tuple[int | None, str]] = {}
             entries = list(
                 session.exec(
                     select(LedgerEntry)
@@ -265,11 +266,12 @@ class Mirror:
                 )
             )
             for entry in entries:
-                keys[entry_key(entry.id or 0)] = entry.behavior_id
+                owner, tag = entry.behavior_id, f"e{entry.id}"
+                keys[entry_key(entry.id or 0)] = (owner, tag)
                 if entry.behavior_name:
-                    keys[behavior_key(entry.behavior_name)] = entry.behavior_id
+                    keys[behavior_key(entry.behavior_name)] = (owner, tag)
                 for run_id in _approval_runs(entry):
-                    keys[approval_key(run_id)] = entry.behavior_id
+                    keys[approval_key(run_id)] = (owner, tag)
             if entries:
                 ws.entry_cursor = entries[-1].id or ws.entry_cursor
             if self.event_log_page:
@@ -284,13 +286,13 @@ class Mirror:
                 )
             )
             for approval_id, run_id, behavior_id, name in approvals:
-                keys[approval_key(run_id)] = behavior_id
-                keys[behavior_key(name)] = behavior_id
+                keys[approval_key(run_id)] = (behavior_id, f"a{approval_id}")
+                keys[behavior_key(name)] = (behavior_id, f"a{approval_id}")
                 ws.approval_cursor = max(ws.approval_cursor, approval_id or 0)
             ws.run_cursor = self._feed_by_time(
                 session,
                 keys,
-                select(Run.finished_at, BehaviorRow.id, BehaviorRow.name)
+                select(Run.finished_at, Run.id, BehaviorRow.id, BehaviorRow.name)
                 .join(BehaviorRow, col(BehaviorRow.id) == col(Run.behavior_id))
                 .where(col(Run.finished_at).is_not(None)),
                 col(Run.finished_at),
@@ -300,14 +302,18 @@ class Mirror:
             ws.behavior_cursor = self._feed_by_time(
                 session,
                 keys,
-                select(BehaviorRow.updated_at, BehaviorRow.id, BehaviorRow.name),
+                select(
+                    BehaviorRow.updated_at, BehaviorRow.updated_at, BehaviorRow.id, BehaviorRow.name
+                ),
                 col(BehaviorRow.updated_at),
                 ws.behavior_cursor,
                 limit,
             )
             # Behaviors after their ledger rows: a ledger row makes its behavior's row first.
-            for key, owner in sorted(keys.items(), key=_order):
-                enqueue_mirror(session, key=key, now=now, behavior_id=owner)
+            for key, (owner, tag) in sorted(keys.items(), key=_order):
+                enqueue_mirror(
+                    session, key=key, now=now, behavior_id=owner, dedup_key=f"mirror:{key}:{tag}"
+                )
             session.add(ws)
             return len(keys)
 
@@ -351,7 +357,7 @@ class Mirror:
     @staticmethod
     def _feed_by_time(
         session: Session,
-        keys: dict[str, int | None],
+        keys: dict[str, tuple[int | None, str]],
         query: Any,
         stamp: Any,
         cursor: datetime | None,
@@ -359,11 +365,11 @@ class Mirror:
     ) -> datetime | None:
         if cursor is not None:
             query = query.where(stamp > cursor - FEED_OVERLAP)
-        rows = list(session.exec(query.order_by(stamp).limit(limit)))
+        rows = list(session.exec(query.order_by(stamp).limit(limit * 10)))
         newest = cursor
-        for at, behavior_id, name in rows:
-            if cursor is None or at > cursor:
-                keys[behavior_key(name)] = behavior_id
+        for at, ident, behavior_id, name in rows:
+            tag = ident.isoformat() if isinstance(ident, datetime) else ident
+            keys.setdefault(behavior_key(name), (behavior_id, f"t{tag}"))
             newest = at if newest is None or at > newest else newest
         return newest
 
@@ -440,6 +446,6 @@ def _approval_runs(entry: LedgerEntry) -> Iterable[str]:
         yield from (r for r in data.get("run_ids") or () if isinstance(r, str))
 
 
-def _order(item: tuple[str, int | None]) -> tuple[int, str]:
+def _order(item: tuple[str, tuple[int | None, str]]) -> tuple[int, str]:
     key = item[0]
     return ({"entry": 0, "approval": 1, "behavior": 2}.get(key.split(":")[0], 3), key)
