@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 __all__ = ["TokenBucket"]
 
+_EPSILON = 1e-9
+
 
 @dataclass(slots=True)
 class TokenBucket:
@@ -47,8 +49,8 @@ class TokenBucket:
         if now < self._paused_until:
             return self._paused_until - now
         self._refill(now)
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        if self._tokens >= 1.0 - _EPSILON:  # rounding must never leave a caller waiting forever
+            self._tokens = max(0.0, self._tokens - 1.0)
             return 0.0
         return (1.0 - self._tokens) / self.rate
 
