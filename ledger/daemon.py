@@ -77,6 +77,7 @@ log = structlog.get_logger("ledger.daemon")
 
 APPROVAL_SWEEP_SECONDS = 30.0
 MIRROR_RETRY_SECONDS = 6 * 3600.0
+NOTION_SYNC_SECONDS = 6 * 3600.0  # a full compare with Notion (first one after this long)
 
 
 def build_policy_context(settings: Settings) -> PolicyContext:
@@ -348,7 +349,8 @@ async def open_services(
     if notion is not None:
         services.tasks.append(
             asyncio.create_task(
-                notion.mirror.run(services.stop, dispatcher.wake), name="notion-mirror-feed"
+                notion.mirror.run(services.stop, dispatcher.wake, sync_every=NOTION_SYNC_SECONDS),
+                name="notion-mirror-feed",
             )
         )
         services.tasks.append(

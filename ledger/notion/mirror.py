@@ -373,8 +373,18 @@ class Mirror:
             newest = at if newest is None or at > newest else newest
         return newest
 
-    async def run(self, stop: asyncio.Event, wake: Any = None, every: float = 2.0) -> None:
-        """Feed the outbox every ``every`` seconds until ``stop``."""
+    async def run(
+        self,
+        stop: asyncio.Event,
+        wake: Any = None,
+        every: float = 2.0,
+        sync_every: float | None = None,
+    ) -> None:
+        """Feed the outbox every ``every`` seconds until ``stop``; with ``sync_every``, also
+        compare every row with Notion that often (what changes with time alone — failures
+        leaving the window, the next promotion drawing near — and hand edits)."""
+        loop = asyncio.get_running_loop()
+        next_sync = loop.time() + (sync_every or 0.0)
         while not stop.is_set():
             try:
                 queued = await asyncio.to_thread(self.feed)
@@ -382,6 +392,14 @@ class Mirror:
                     wake()
                 if queued >= FEED_BATCH:
                     continue
+                if sync_every and loop.time() >= next_sync:
+                    next_sync = loop.time() + sync_every
+                    report = await self.sync()
+                    log.info("Notion mirror synced", summary=report.describe())
+            except DeliveryDeferred:
+                pass  # not set up yet
+            except NotionError as exc:
+                log.warning("Notion mirror sync failed; retrying later", error=str(exc))
             except Exception:
                 log.exception("feeding the Notion mirror failed; retrying")
             with contextlib.suppress(TimeoutError):

@@ -185,3 +185,43 @@ async def test_notion_actions_resolve_the_database_and_batch_appends(
         if r["method"] == "PATCH" and r["path"].endswith(ROOT + "/children")
     ]
     assert len(appends) == 3  # 251 blocks, 100 at a time
+
+
+async def test_each_verified_webhook_event_appends_one_line_to_the_event_log(
+    settings: Settings, notion_sim: NotionSim, db: Database
+) -> None:
+    from ledger.db.models import WebhookEvent
+
+    clock = FakeClock(T0)
+    with db.transaction() as session:
+        session.add(
+            WebhookEvent(
+                source="github",
+                event="push",
+                replay_key="delivery-1",
+                payload={"ref": "refs/heads/main", "hook": {"secret": "abc"}},
+                received_at=T0,
+            )
+        )
+    api = open_api(settings)
+    mirror = Mirror(db, api, clock, CTX, event_log_page=ROOT)
+    handlers = {KIND_MIRROR: mirror.handle, **NotionDeliverer(mirror, ROOT).handlers()}
+    try:
+        ids = await init_workspace(api, ROOT)
+        with db.transaction() as session:
+            save_workspace(session, ids, T0)
+        await asyncio.to_thread(mirror.feed)
+        await asyncio.to_thread(mirror.feed)  # read again: nothing new, nothing twice
+        await drain(db, handlers, clock)
+    finally:
+        await api.aclose()
+    workspace = notion_sim.workspace
+    lines = [
+        workspace.blocks[b]["paragraph"]["rich_text"][0]["plain_text"]
+        for b in workspace.children[ROOT]
+        if workspace.blocks[b]["type"] == "paragraph"
+    ]
+    assert lines == [
+        '🔔 2026-11-02T09:00:00.000Z [github:push] {"ref":"refs/heads/main",'
+        '"hook":{"secret":"********"}}'
+    ]
