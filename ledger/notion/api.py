@@ -80,7 +80,8 @@ class NotionApi:
             timeout_ms=timeout_ms,
             retry=False,
             logger=_logger,
-            log_level=logging.WARNING,
+            # Its per-request warnings would repeat ours: every failure reaches the caller.
+            log_level=logging.ERROR,
         )
         self.requests = 0  # sent so far (for tests and `ledger notion sync`)
 
