@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlmodel import col, select
 
-from ledger.db.models import BehaviorRow, LedgerEntry
+from ledger.db.models import Approval, BehaviorRow, LedgerEntry
 from ledger.db.session import Database
 from ledger.gates import Tier
 from ledger.notion.props import format_date
@@ -22,6 +22,7 @@ def compare_with_ledger(db: Database, sim: NotionSim) -> None:
         assert ws is not None
         behaviors = list(session.exec(select(BehaviorRow)))
         entries = list(session.exec(select(LedgerEntry).order_by(col(LedgerEntry.id))))
+        approvals = list(session.exec(select(Approval)))
     by_key = sim.rows_by_key(ws.behaviors_data_source_id, "behaviors")
     assert sorted(by_key) == sorted(behavior_key(b.name) for b in behaviors)
     for b in behaviors:
@@ -29,6 +30,8 @@ def compare_with_ledger(db: Database, sim: NotionSim) -> None:
         assert row["Tier"] == Tier(b.tier).label
         assert row["Pinned"] is b.pinned
         assert row["Status"] == ("paused" if b.paused else "active")
+        assert row["Last run"] == format_date(b.last_run_at)
+        assert row["Last result"] == b.last_run_status
     ledger_rows = sim.rows_by_key(ws.ledger_data_source_id, "ledger")
     assert sorted(ledger_rows) == sorted(entry_key(e.id or 0) for e in entries)
     for e in entries:
@@ -39,6 +42,11 @@ def compare_with_ledger(db: Database, sim: NotionSim) -> None:
         assert row["Actor"] == e.actor
         assert row["At"] == format_date(e.created_at)
         assert len(row["Behavior"]) == 1
+    approval_rows = sim.rows_by_key(ws.approvals_data_source_id, "approvals")
+    assert sorted(approval_rows) == sorted(f"approval:{a.run_id}" for a in approvals)
+    for a in approvals:
+        (row,) = approval_rows[f"approval:{a.run_id}"]
+        assert (row["Status"], row["Payload hash"]) == (a.status, a.payload_sha256)
 
 
 def max_in_window(times: list[float], window: float) -> int:

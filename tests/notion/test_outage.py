@@ -104,4 +104,8 @@ async def test_a_compressed_outage_loses_nothing_and_stays_within_the_rate(
         await asyncio.gather(feeder, return_exceptions=True)
         await api.aclose()
     times = [r["time"] for r in notion_sim.requests()]
+    print(
+        f"\noutage run: {len(times)} Notion requests over {max(times) - min(times):.1f} s, "
+        f"statuses {sorted(set(statuses))}, busiest 10 s window: {max_in_window(times, 10.0)}"
+    )
     assert max_in_window(times, 10.0) <= 30
