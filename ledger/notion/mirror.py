@@ -62,6 +62,7 @@ FEED_BATCH: Final = 500
 # stamp is still seen if it is within this overlap (re-queued rows are no-ops when unchanged).
 FEED_OVERLAP: Final = timedelta(seconds=60)
 NOT_INITIALIZED_RETRY: Final = 600.0
+GONE: Final = frozenset({400, 404})  # updating a page deleted (404) or archived (400)
 _APPROVAL_KINDS: Final = frozenset({"approved", "rejected", "approval_expired"})
 
 
@@ -143,6 +144,12 @@ class Mirror:
                 session.expunge(page)
             return spec, page
 
+    def _forget(self, key: str) -> None:
+        with self.db.transaction() as session:
+            page = session.get(NotionPage, key)
+            if page is not None:
+                session.delete(page)
+
     def _record(
         self, key: str, page_id: str, props: dict[str, Any], content: int | None = None
     ) -> None:
@@ -183,14 +190,20 @@ class Mirror:
             values = await self._with_relation(ws, spec)
             schema = spec.table.properties
             desired = plain(schema, values)
-            if page is None:
-                existing = await self._lookup(ws, spec)
-                if existing is None:
-                    return await self._create(ws, spec, values, desired)
-                page_id, current = str(existing["id"]), read_properties(schema, existing)
-            else:
-                page_id, current = page.page_id, dict(page.properties)
-            return await self._update(spec, page_id, desired, current)
+            if page is not None:
+                try:
+                    return await self._update(spec, page.page_id, desired, dict(page.properties))
+                except NotionError as exc:
+                    if exc.status_code not in GONE:
+                        raise
+                    # Deleted or archived in Notion: find the row by its Key, or write it anew.
+                    log.warning("a mirrored Notion page is gone", key=key, error=str(exc))
+                    await asyncio.to_thread(self._forget, key)
+            existing = await self._lookup(ws, spec)
+            if existing is None:
+                return await self._create(ws, spec, values, desired)
+            current = read_properties(schema, existing)
+            return await self._update(spec, str(existing["id"]), desired, current)
 
     async def _with_relation(self, ws: NotionWorkspace, spec: RowSpec) -> dict[str, Any]:
         values = dict(spec.values)

@@ -122,6 +122,35 @@ async def test_a_crash_between_create_and_record_makes_no_duplicate(
         await mirror.api.aclose()
 
 
+async def test_a_row_deleted_in_notion_is_written_anew(
+    db: Database, notion_sim: NotionSim, tmp_path: Path
+) -> None:
+    clock = FakeClock(T0)
+    _register(db, tmp_path / "behaviors", ["alpha"], T0)
+    mirror = await _setup(db, notion_sim, clock)
+    try:
+        await mirror.apply(behavior_key("alpha"))
+        with db.transaction() as session:
+            page = session.get(NotionPage, behavior_key("alpha"))
+            assert page is not None
+            gone = page.page_id
+        del notion_sim.workspace.pages[gone]
+        with db.transaction() as session:
+            operator_action(
+                session, "alpha", "pin", reason="hold", actor="cli:ann", now=T0, ctx=PolicyContext()
+            )
+        assert await mirror.apply(behavior_key("alpha")) >= 1
+        with db.transaction() as session:
+            ws = load_workspace(session)
+            assert ws is not None
+        (row,) = notion_sim.rows_by_key(ws.behaviors_data_source_id, "behaviors")[
+            behavior_key("alpha")
+        ]
+        assert row["Pinned"] is True
+    finally:
+        await mirror.api.aclose()
+
+
 async def test_a_refusal_by_notion_is_a_dead_letter_with_its_message(
     db: Database, notion_sim: NotionSim, tmp_path: Path
 ) -> None:
