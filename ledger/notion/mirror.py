@@ -192,7 +192,9 @@ class Mirror:
             desired = plain(schema, values)
             if page is not None:
                 try:
-                    return await self._update(spec, page.page_id, desired, dict(page.properties))
+                    return await self._update(
+                        spec, page.page_id, desired, dict(page.properties), recorded=True
+                    )
                 except NotionError as exc:
                     if exc.status_code not in GONE:
                         raise
@@ -245,9 +247,19 @@ class Mirror:
         return self.api.requests - before
 
     async def _update(
-        self, spec: RowSpec, page_id: str, desired: dict[str, Any], current: dict[str, Any]
+        self,
+        spec: RowSpec,
+        page_id: str,
+        desired: dict[str, Any],
+        current: dict[str, Any],
+        *,
+        recorded: bool = False,
     ) -> int:
+        """Send the properties that differ from ``current`` (what the page has: as recorded
+        here when ``recorded``, else as just read from Notion) and record the result."""
         delta = changed(desired, current, skip=spec.human)
+        if not delta and recorded:
+            return 0
         if delta:
             await self.api.update_page(page_id, write_properties(spec.table.properties, delta))
         merged = {**current, **delta}
