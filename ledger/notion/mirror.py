@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable, Mapping
+import hashlib
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
 
+import sqlalchemy as sa
 import structlog
 from sqlmodel import Session, col, select
 
@@ -62,6 +64,8 @@ FEED_BATCH: Final = 500
 # stamp is still seen if it is within this overlap (re-queued rows are no-ops when unchanged).
 FEED_OVERLAP: Final = timedelta(seconds=60)
 NOT_INITIALIZED_RETRY: Final = 600.0
+# Creating a row, per Key, across the Mirror instances of this process (SQLite).
+_LOCAL_CREATE_LOCKS: dict[tuple[int, str], asyncio.Lock] = {}
 GONE: Final = frozenset({400, 404})  # updating a page deleted (404) or archived (400)
 _APPROVAL_KINDS: Final = frozenset({"approved", "rejected", "approval_expired"})
 
@@ -201,11 +205,43 @@ class Mirror:
                     # Deleted or archived in Notion: find the row by its Key, or write it anew.
                     log.warning("a mirrored Notion page is gone", key=key, error=str(exc))
                     await asyncio.to_thread(self._forget, key)
-            existing = await self._lookup(ws, spec)
-            if existing is None:
-                return await self._create(ws, spec, values, desired)
-            current = read_properties(schema, existing)
-            return await self._update(spec, str(existing["id"]), desired, current)
+            async with self._creating(key):
+                # Another replica may have written the row while we waited for the lock.
+                _spec, page = await asyncio.to_thread(self._render, key)
+                if page is not None:
+                    return await self._update(
+                        spec, page.page_id, desired, dict(page.properties), recorded=True
+                    )
+                existing = await self._lookup(ws, spec)
+                if existing is None:
+                    return await self._create(ws, spec, values, desired)
+                current = read_properties(schema, existing)
+                return await self._update(spec, str(existing["id"]), desired, current)
+
+    @contextlib.asynccontextmanager
+    async def _creating(self, key: str) -> AsyncIterator[None]:
+        """Held while looking a row up and creating it, so that two replicas never both
+        create it: a PostgreSQL advisory lock (released if the process dies), or a lock of this
+        process on SQLite (one process writes a SQLite database)."""
+        if self.db.engine.dialect.name != "postgresql":
+            lock_key = (id(asyncio.get_running_loop()), key)
+            async with _LOCAL_CREATE_LOCKS.setdefault(lock_key, asyncio.Lock()):
+                yield
+            return
+        ident = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
+        conn = await asyncio.to_thread(self.db.engine.connect)
+        try:
+            await asyncio.to_thread(
+                conn.execute, sa.text("SELECT pg_advisory_lock(:k)"), {"k": ident}
+            )
+            try:
+                yield
+            finally:
+                await asyncio.to_thread(
+                    conn.execute, sa.text("SELECT pg_advisory_unlock(:k)"), {"k": ident}
+                )
+        finally:
+            await asyncio.to_thread(conn.close)
 
     async def _with_relation(self, ws: NotionWorkspace, spec: RowSpec) -> dict[str, Any]:
         values = dict(spec.values)
@@ -461,8 +497,11 @@ class Mirror:
                 if found is None:
                     if _page is not None and _page.updated_at >= started:
                         continue  # written during this sync (as the relation of a row)
-                    await self._create(ws, spec, values, desired)
-                    created += 1
+                    async with self._creating(key):
+                        _spec, _page = await asyncio.to_thread(self._render, key)
+                        if _page is None:  # nobody wrote it meanwhile
+                            await self._create(ws, spec, values, desired)
+                            created += 1
                     continue
                 current = read_properties(spec.table.properties, found)
                 updated += await self._update(spec, str(found["id"]), desired, current)

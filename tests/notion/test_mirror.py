@@ -17,7 +17,7 @@ from ledger.clock import FakeClock
 from ledger.db.models import NotionPage, OutboxRow
 from ledger.db.session import Database
 from ledger.notion.mirror import Mirror
-from ledger.notion.render import behavior_key
+from ledger.notion.render import behavior_key, entry_key
 from ledger.notion.schema import init_workspace
 from ledger.notion.store import load_workspace, save_workspace
 from ledger.outbox.enqueue import KIND_MIRROR
@@ -182,3 +182,31 @@ def test_rich_text_over_2000_characters_is_split(size: int) -> None:
     written = write_value("rich_text", "x" * size)
     assert all(len(p["text"]["content"]) <= 2000 for p in written["rich_text"])
     assert read_value("rich_text", written) == "x" * size
+
+
+async def test_two_replicas_writing_the_same_new_row_create_it_once(
+    db: Database, notion_sim: NotionSim, tmp_path: Path
+) -> None:
+    clock = FakeClock(T0)
+    _register(db, tmp_path / "behaviors", ["alpha"], T0)
+    first = await _setup(db, notion_sim, clock)
+    second = make_mirror(db, notion_sim, clock)  # its own client, limiter and locks
+    # Slow creates: while one replica creates a row, the other looks it up (and finds none).
+    notion_sim.fault(kind="slow", method="POST", path="/pages", seconds=0.5, times=4)
+    try:
+        await asyncio.gather(
+            first.apply(entry_key(1)),
+            second.apply(behavior_key("alpha")),
+            second.apply(entry_key(1)),
+            first.apply(behavior_key("alpha")),
+        )
+        with db.transaction() as session:
+            ws = load_workspace(session)
+            assert ws is not None
+        behaviors = notion_sim.rows_by_key(ws.behaviors_data_source_id, "behaviors")
+        ledger_rows = notion_sim.rows_by_key(ws.ledger_data_source_id, "ledger")
+        assert len(behaviors[behavior_key("alpha")]) == 1
+        assert len(ledger_rows[entry_key(1)]) == 1
+    finally:
+        await first.api.aclose()
+        await second.api.aclose()
