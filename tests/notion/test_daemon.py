@@ -22,9 +22,8 @@ def _created_rows(sim: NotionSim) -> int:
 
 
 def test_no_duplicate_rows_after_sigkills_during_the_drain(
-    tmp_path: Path, start_daemon: Any, notion_sim: NotionSim
+    tmp_path: Path, start_daemon: Any, notion_sim: NotionSim, database_url: str
 ) -> None:
-    database_url = f"sqlite:///{tmp_path / 'ledger.db'}"
     env = {
         "LEDGER_DATABASE_URL": database_url,
         "LEDGER_NOTION_TOKEN": f"env:{TOKEN_ENV}",
