@@ -73,6 +73,27 @@ class Settings(BaseSettings):
     broadcast_tokens: SecretStr | None = None
     notion_token: SecretStr | None = None
     notion_base_url: str = "https://api.notion.com"
+    notion_dashboard_url: str | None = Field(
+        default=None,
+        description="Public base URL of the dashboard, for the Dashboard link of each "
+        "behavior's Notion row (e.g. https://ledger.example.com); none: no link.",
+    )
+    notion_event_log_page: str | None = Field(
+        default=None,
+        description="Notion page id to append one line to per verified signed-webhook event "
+        "and per tier change (the event log); none: no event log.",
+    )
+    notion_poll_seconds: float = Field(
+        default=15.0,
+        ge=1,
+        description="How often the daemon reads the Notion Approvals database for decisions.",
+    )
+    notion_requests_per_second: float = Field(
+        default=3.0,
+        gt=0,
+        le=3.0,
+        description="Average Notion requests per second (one limiter for the whole process).",
+    )
     auth: Literal["on", "off"] = "on"
     rescan_seconds: float = Field(default=60.0, gt=0)
     runner_max_calls: int = Field(

@@ -18,13 +18,13 @@ import signal
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 import httpx
 import structlog
 from pydantic import SecretStr
-from sqlmodel import select
+from sqlmodel import Session, select
 
 from ledger import __version__
 from ledger.behaviors.load import check_resolved_keys, load_directory
@@ -42,6 +42,11 @@ from ledger.ingest.process import IngestProcessor
 from ledger.ingest.receiver import BroadcastAuth, Ingest, WebhookSourceConfig
 from ledger.ingest.writer import SpanWriter
 from ledger.metrics import install_event_counters, observe_dispatch
+from ledger.notion.api import NotionApi
+from ledger.notion.approvals import ApprovalPoller, Decide
+from ledger.notion.deliver import NotionDeliverer
+from ledger.notion.mirror import Mirror
+from ledger.notion.setup import open_api
 from ledger.outbox.actions import ActionDeliverer, action_handlers, dead_letter_hook
 from ledger.outbox.alerts import (
     AlertChannel,
@@ -57,7 +62,13 @@ from ledger.retention import Target, prune, targets_from_settings
 from ledger.runner.call import call_model
 from ledger.runner.catalog import REFRESH_SECONDS, ModelCatalog
 from ledger.runner.openrouter import OpenRouterClient
-from ledger.runner.run import RunPlan, expire_approvals, interrupt_expired_runs
+from ledger.runner.run import (
+    RunPlan,
+    approve,
+    expire_approvals,
+    interrupt_expired_runs,
+    reject,
+)
 from ledger.runner.scheduler import RunnerService, calls_that_fit
 from ledger.secrets import is_reference, resolve, resolve_many
 from ledger.signatures import Scheme
@@ -67,6 +78,7 @@ log = structlog.get_logger("ledger.daemon")
 
 APPROVAL_SWEEP_SECONDS = 30.0
 MIRROR_RETRY_SECONDS = 6 * 3600.0
+NOTION_SYNC_SECONDS = 6 * 3600.0  # a full compare with Notion (first one after this long)
 
 
 def build_policy_context(settings: Settings) -> PolicyContext:
@@ -269,6 +281,7 @@ class Services:
     channels: AlertChannels
     outbound: httpx.AsyncClient
     db: Database
+    notion: NotionParts | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
@@ -286,6 +299,8 @@ class Services:
         await self.runner.stop()
         await finish_or_cancel(self.tasks)
         await self.dispatcher.stop()
+        if self.notion is not None:
+            await self.notion.api.aclose()
         await self.openrouter.aclose()
         await self.outbound.aclose()
 
@@ -329,9 +344,23 @@ async def open_services(
     outbound = make_client()
     channels = AlertChannels(settings, outbound, clock)
     channels.refresh(await asyncio.to_thread(registry_definitions, db))
-    dispatcher = build_dispatcher(settings, db, clock, ctx, outbound, channels)
-    services = Services(client, runner, processor, dispatcher, channels, outbound, db)
+    notion = build_notion(settings, db, clock, ctx)
+    dispatcher = build_dispatcher(settings, db, clock, ctx, outbound, channels, notion)
+    services = Services(client, runner, processor, dispatcher, channels, outbound, db, notion)
     dispatcher.start()
+    if notion is not None:
+        services.tasks.append(
+            asyncio.create_task(
+                notion.mirror.run(services.stop, dispatcher.wake, sync_every=NOTION_SYNC_SECONDS),
+                name="notion-mirror-feed",
+            )
+        )
+        services.tasks.append(
+            asyncio.create_task(
+                notion.poller.run(services.stop, settings.notion_poll_seconds),
+                name="notion-approvals",
+            )
+        )
     if scheduler:
         await runner.start()
     settle_heap()  # start-up's objects (registry, jobs) out of every later collection
@@ -559,9 +588,67 @@ class AlertChannels(dict[str, AlertChannel]):
 
 async def _mirror_later(item: OutboxItem) -> None:
     raise DeliveryDeferred(
-        "Notion mirror not built yet; the update waits in the outbox",
+        "Notion is not configured (LEDGER_NOTION_TOKEN); the update waits in the outbox",
         retry_after=MIRROR_RETRY_SECONDS,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class NotionParts:
+    """The Notion side, on one client and one rate limiter: the mirror (and its feeder), the
+    deliverer of actions and event-log lines, and the approvals poller."""
+
+    api: NotionApi
+    mirror: Mirror
+    deliverer: NotionDeliverer
+    poller: ApprovalPoller
+
+
+def notion_decide(ctx: PolicyContext) -> Decide:
+    """A decision made in Notion, applied by the code the CLI and the API use."""
+
+    def decide(
+        session: Session,
+        run_id: str,
+        verdict: str,
+        actor: str,
+        reason: str,
+        payload_sha256: str | None,
+        now: datetime,
+    ) -> str:
+        if verdict == "approve":
+            return approve(
+                session,
+                run_id,
+                actor=actor,
+                now=now,
+                ctx=ctx,
+                payload_sha256=payload_sha256,
+                reason=reason or "approved in Notion",
+            )
+        return reject(session, run_id, actor=actor, reason=reason, now=now, ctx=ctx)
+
+    return decide
+
+
+def build_notion(
+    settings: Settings, db: Database, clock: Clock, ctx: PolicyContext
+) -> NotionParts | None:
+    """The Notion parts when ``LEDGER_NOTION_TOKEN`` is set (None otherwise)."""
+    if settings.notion_token is None:
+        return None
+    api = open_api(settings)
+    mirror = Mirror(
+        db,
+        api,
+        clock,
+        ctx,
+        dashboard_url=settings.notion_dashboard_url,
+        event_log_page=settings.notion_event_log_page,
+    )
+    deliverer = NotionDeliverer(mirror, settings.notion_event_log_page)
+    poller = ApprovalPoller(db, api, clock, notion_decide(ctx), mirror)
+    return NotionParts(api, mirror, deliverer, poller)
 
 
 def build_dispatcher(
@@ -571,6 +658,7 @@ def build_dispatcher(
     ctx: PolicyContext,
     client: httpx.AsyncClient,
     channels: AlertChannels,
+    notion: NotionParts | None = None,
 ) -> Dispatcher:
     handlers: dict[str, Handler] = {
         **alert_handlers(channels),
@@ -584,6 +672,9 @@ def build_dispatcher(
         ),
         KIND_MIRROR: _mirror_later,
     }
+    if notion is not None:
+        handlers.update(notion.deliverer.handlers())
+        handlers[KIND_MIRROR] = notion.mirror.handle
     handlers = {kind: _timed(handler, clock) for kind, handler in handlers.items()}
     return Dispatcher(db, handlers, clock, on_dead=dead_letter_hook(ctx, clock))
 

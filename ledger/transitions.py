@@ -22,7 +22,7 @@ from ledger.db.models import Approval, BehaviorRow, GateResultRow, PromotionProp
 from ledger.errors import ConflictError, LedgerError, NotFoundError
 from ledger.gates import Gate, GateResult, Outcome, Tier
 from ledger.journal import append_entry
-from ledger.outbox.enqueue import KIND_MIRROR, enqueue, enqueue_alert
+from ledger.outbox.enqueue import enqueue_alert, enqueue_mirror, mirror_row_key
 from ledger.policy import (
     DEFAULT_THRESHOLDS,
     BehaviorState,
@@ -299,8 +299,8 @@ def notify(
     extra: Mapping[str, Any],
 ) -> None:
     """Outbox rows for what must follow this change: an alert when the behavior's file asks
-    for this event (demotions, pauses and auth errors by default), and a mirror update when
-    Notion is on."""
+    for this event (demotions, pauses and auth errors by default), and row-shaped mirror work
+    for the behavior's Notion row when Notion is on."""
     alerts = (row.definition or {}).get("alerts") or {}
     wanted = alerts.get("on") or list(DEFAULT_ALERT_EVENTS)
     alert = {
@@ -315,11 +315,10 @@ def notify(
         enqueue_alert(
             session, alert, channels=alert_channels_for(row, ctx), now=now, behavior_id=row.id
         )
-    if ctx.mirror:
-        enqueue(
+    if ctx.mirror:  # the behavior's Notion row (the mirror's feeder adds the ledger rows)
+        enqueue_mirror(
             session,
-            kind=KIND_MIRROR,
-            payload=alert,
+            key=mirror_row_key("behavior", row.name),
             now=now,
             behavior_id=row.id,
             dedup_key=f"mirror:{row.name}:{event}:{alert.get('entry_id', now.isoformat())}",

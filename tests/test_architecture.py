@@ -3,7 +3,7 @@ functions included): imports point down, never up or sideways.
 
     edge      cli, web/
     daemon    daemon.py
-    services  runner/, ingest/, behaviors/, outbox/ dispatchers and channels
+    services  runner/, ingest/, behaviors/, notion/, outbox/ dispatchers and channels
     apply     transitions.py, journal.py, outbox/enqueue.py (the outbox's write side)
     core      policy.py, gates.py
     base      db/, config, errors, logging, secrets, signatures, http, clock
@@ -167,3 +167,11 @@ def test_the_daemon_is_wired_only_in_daemon_py_and_below_the_edge() -> None:
     """Only the edge (the web app's lifespan, the CLI) opens the daemon or uses its wiring."""
     users = {i.module for i in IMPORTS if i.target == "ledger.daemon"}
     assert {u for u in users if not _in(u, *EDGE)} == set()
+
+
+def test_the_notion_mirror_imports_neither_the_runner_nor_ingest() -> None:
+    """Approving from Notion reaches the runner's approval code through the daemon's wiring."""
+    violations = _violations(
+        lambda m: _in(m, "ledger.notion"), lambda t: _in(t, "ledger.runner", "ledger.ingest")
+    )
+    assert _report(violations) == []

@@ -20,6 +20,7 @@ from sqlmodel import Session
 from ledger import __version__
 from ledger.behaviors.load import load_directory
 from ledger.behaviors.schema import behavior_json_schema
+from ledger.cli.notion import notion_app
 from ledger.config import Settings, load_settings
 from ledger.errors import LedgerError
 from ledger.logging import configure_logging
@@ -36,6 +37,7 @@ sim_app = typer.Typer(
     help="Local simulators of the outside services (for tests and demos).", no_args_is_help=True
 )
 app.add_typer(sim_app, name="sim")
+app.add_typer(notion_app, name="notion")
 
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 

@@ -393,3 +393,43 @@ class ApiToken(SQLModel, table=True):
     created_by: str = Field(max_length=200)
     last_used_at: datetime | None = _ts(nullable=True)
     revoked_at: datetime | None = _ts(nullable=True)
+
+
+class NotionWorkspace(SQLModel, table=True):
+    """The Notion mirror's databases (one row, id 1): created or adopted by ``ledger notion
+    init`` under ``parent_page_id``, with each database's data source (rows are created with a
+    ``data_source_id`` parent). ``*_cursor`` columns are how far the mirror's feeder has read
+    the ledger, approvals, webhook events, runs and behaviors (it queues work past them)."""
+
+    __tablename__ = "notion_workspace"
+
+    id: int = Field(default=1, primary_key=True)
+    parent_page_id: str = Field(max_length=64)
+    behaviors_database_id: str = Field(max_length=64)
+    behaviors_data_source_id: str = Field(max_length=64)
+    ledger_database_id: str = Field(max_length=64)
+    ledger_data_source_id: str = Field(max_length=64)
+    approvals_database_id: str = Field(max_length=64)
+    approvals_data_source_id: str = Field(max_length=64)
+    entry_cursor: int = 0
+    approval_cursor: int = 0
+    event_cursor: int = 0
+    run_cursor: datetime | None = _ts(nullable=True)
+    behavior_cursor: datetime | None = _ts(nullable=True)
+    created_at: datetime = _ts()
+    last_sync_at: datetime | None = _ts(nullable=True)
+    last_poll_at: datetime | None = _ts(nullable=True)
+
+
+class NotionPage(SQLModel, table=True):
+    """A Notion row the mirror created or adopted, by its stable ``key`` (also the row's Key
+    property: ``behavior:NAME``, ``entry:ID``, ``approval:RUN``): its page id and the
+    properties last written (normalized), so an update sends only what changed."""
+
+    __tablename__ = "notion_page"
+
+    key: str = Field(primary_key=True, max_length=200)
+    page_id: str = Field(max_length=64)
+    properties: dict[str, Any] = _json()
+    content_chars: int = 0
+    updated_at: datetime = _ts()

@@ -2,7 +2,8 @@
 through the outbox so that a target being down delays it and never loses it.
 
 Actions: ``log`` (a log line with the output), ``webhook`` (a signed JSON POST), and
-``notion_page`` / ``notion_append`` (kept pending until the Notion mirror can carry them). The
+``notion_page`` / ``notion_append`` (delivered by ``ledger.notion.deliver`` when Notion is
+configured; kept pending here until it is). The
 row holds secret *references* (``env:NAME``, ``file:PATH``); they are resolved at delivery time,
 so a rotated secret is picked up and no value ever reaches the database.
 """
@@ -47,7 +48,9 @@ __all__ = [
 
 log = structlog.get_logger("ledger.actions")
 
-NOTION_NOT_CONFIGURED: Final = "Notion mirror not configured yet; the action waits in the outbox"
+NOTION_NOT_CONFIGURED: Final = (
+    "Notion is not configured (LEDGER_NOTION_TOKEN); the action waits in the outbox"
+)
 NOTION_RETRY_AFTER: Final = timedelta(hours=6)
 
 

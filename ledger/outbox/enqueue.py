@@ -4,7 +4,8 @@ nothing else of the outbox; the dispatcher and the channels that deliver the row
 
 - ``enqueue`` adds a row (a duplicate ``dedup_key`` is a no-op);
 - kinds: ``alert`` / ``alert.demotion`` (one row per channel, deduplicated per time bucket by
-  ``alert_dedup_key``), ``mirror`` (the Notion mirror), ``action.*`` (a behavior's action);
+  ``alert_dedup_key``), ``mirror`` (row-shaped Notion work: "bring the row with this Key up to
+  date", see ``enqueue_mirror``), ``action.*`` (a behavior's action);
 - ``enqueue_alert`` and ``enqueue_action`` build those rows' payloads and dedup keys.
 
 Payloads are JSON and hold secret *references*, never resolved values.
@@ -43,6 +44,8 @@ __all__ = [
     "enqueue",
     "enqueue_action",
     "enqueue_alert",
+    "enqueue_mirror",
+    "mirror_row_key",
 ]
 
 PENDING: Final = "pending"
@@ -213,4 +216,36 @@ def enqueue_action(
         now=now,
         behavior_id=behavior_id,
         dedup_key=f"{kind}:{run_id}",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The Notion mirror
+# --------------------------------------------------------------------------------------------
+
+
+def mirror_row_key(table: str, ident: object) -> str:
+    """The stable Key of a mirrored Notion row: ``behavior:NAME``, ``entry:ID``,
+    ``approval:RUN``."""
+    return f"{table}:{ident}"
+
+
+def enqueue_mirror(
+    session: Session,
+    *,
+    key: str,
+    now: datetime,
+    behavior_id: int | None = None,
+    dedup_key: str | None = None,
+) -> OutboxRow | None:
+    """Queue row-shaped mirror work in the caller's open transaction: "the Notion row ``key``
+    must say what the database says now". The mirror renders the row when it delivers, so
+    the newest state always wins, whatever order the work is delivered in."""
+    return enqueue(
+        session,
+        kind=KIND_MIRROR,
+        payload={"key": key},
+        now=now,
+        behavior_id=behavior_id,
+        dedup_key=dedup_key,
     )

@@ -1,0 +1,170 @@
+"""``ledger notion``: set up the Notion mirror (``init``), see how it is doing (``status``) and
+compare every row with Notion (``sync``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ledger.config import Settings
+
+notion_app = typer.Typer(
+    help="The Notion mirror: set up its databases, check on it, resync it.",
+    no_args_is_help=True,
+)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="ledger.toml to read.", dir_okay=False),
+]
+
+
+def _settings(config: Path | None) -> Settings:
+    from ledger.cli import _settings as load
+
+    return load(config)
+
+
+def _open_db(settings: Settings) -> Any:
+    from ledger.db.session import Database
+
+    return Database.open(settings.database_url)
+
+
+@notion_app.command("init")
+def init(
+    parent: Annotated[
+        str,
+        typer.Option(
+            "--parent",
+            help="The Notion page to hold the databases (its id, from the page's link); share "
+            "it with the integration first.",
+        ),
+    ],
+    config: ConfigOption = None,
+) -> None:
+    """Create the Behaviors, Ledger and Approvals databases under a page, or adopt them if
+    they are already there; the daemon then mirrors every row into them."""
+    from ledger.notion.schema import init_workspace
+    from ledger.notion.setup import open_api
+    from ledger.notion.store import save_workspace
+
+    settings = _settings(config)
+    db = _open_db(settings)
+    try:
+
+        async def run() -> Any:
+            api = open_api(settings)
+            try:
+                return await init_workspace(api, parent)
+            finally:
+                await api.aclose()
+
+        ids = asyncio.run(run())
+        from datetime import UTC, datetime
+
+        with db.transaction() as session:
+            save_workspace(session, ids, datetime.now(UTC))
+    finally:
+        db.close()
+    for table in ("behaviors", "ledger", "approvals"):
+        how = "adopted" if table.capitalize() in ids.adopted else "created"
+        print(
+            f"{table.capitalize():10} {how}: database {ids.databases[table]}, "
+            f"data source {ids.data_sources[table]}"
+        )
+    print("The daemon mirrors every row from now on (`ledger notion status` to follow it).")
+
+
+@notion_app.command("status")
+def status(
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The databases' ids, the Notion work queued, dead letters and the last sync."""
+    from ledger.notion.store import dead_notion_rows, load_workspace, notion_queue
+
+    settings = _settings(config)
+    db = _open_db(settings)
+    try:
+        with db.transaction() as session:
+            ws = load_workspace(session)
+            queue = notion_queue(session)
+            dead = [
+                {"id": r.id, "kind": r.kind, "error": r.last_error}
+                for r in dead_notion_rows(session)
+            ]
+            doc: dict[str, Any] = {
+                "configured": ws is not None,
+                "token": "set" if settings.notion_token is not None else "not set",
+                "base_url": settings.notion_base_url,
+                "databases": None
+                if ws is None
+                else {
+                    t: {
+                        "database_id": getattr(ws, f"{t}_database_id"),
+                        "data_source_id": getattr(ws, f"{t}_data_source_id"),
+                    }
+                    for t in ("behaviors", "ledger", "approvals")
+                },
+                "parent_page_id": ws.parent_page_id if ws else None,
+                "queued": queue.get("pending", 0) + queue.get("in_flight", 0),
+                "dead": queue.get("dead", 0),
+                "dead_letters": dead,
+                "last_sync_at": ws.last_sync_at.isoformat() if ws and ws.last_sync_at else None,
+                "last_poll_at": ws.last_poll_at.isoformat() if ws and ws.last_poll_at else None,
+                "ledger_entries_fed": ws.entry_cursor if ws else 0,
+            }
+    finally:
+        db.close()
+    if as_json:
+        print(json.dumps(doc, indent=2))
+        return
+    if ws is None:
+        print("Notion mirror: not set up (run `ledger notion init --parent PAGE_ID`).")
+        return
+    print(f"Notion mirror under page {doc['parent_page_id']} ({doc['base_url']})")
+    for table, ids in (doc["databases"] or {}).items():
+        print(f"  {table:10} database {ids['database_id']}  data source {ids['data_source_id']}")
+    print(f"  queued: {doc['queued']}   dead letters: {doc['dead']}")
+    last_sync, last_poll = doc["last_sync_at"] or "never", doc["last_poll_at"] or "never"
+    print(f"  last sync: {last_sync}   last poll: {last_poll}")
+    for row in dead:
+        print(f"  dead #{row['id']} {row['kind']}: {row['error']}")
+
+
+@notion_app.command("sync")
+def sync(config: ConfigOption = None) -> None:
+    """Compare every row with Notion and write only what differs (missing rows are created;
+    rows already up to date cost no write)."""
+    from ledger.clock import SystemClock
+    from ledger.daemon import build_policy_context
+    from ledger.notion.mirror import Mirror
+    from ledger.notion.setup import open_api
+
+    settings = _settings(config)
+    db = _open_db(settings)
+    try:
+
+        async def run() -> Any:
+            api = open_api(settings)
+            try:
+                mirror = Mirror(
+                    db,
+                    api,
+                    SystemClock(),
+                    build_policy_context(settings),
+                    dashboard_url=settings.notion_dashboard_url,
+                )
+                return await mirror.sync()
+            finally:
+                await api.aclose()
+
+        report = asyncio.run(run())
+    finally:
+        db.close()
+    print(report.describe())
