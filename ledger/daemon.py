@@ -44,10 +44,14 @@ from ledger.ingest.writer import SpanWriter
 from ledger.outbox.actions import ActionDeliverer, action_handlers, dead_letter_hook
 from ledger.outbox.alerts import (
     AlertChannel,
+    ChannelDeps,
+    ChannelFactory,
+    ChannelSpec,
     LogChannel,
-    SignedWebhookChannel,
-    SlackChannel,
     alert_handlers,
+    build_channel,
+    chain_dead_letter_hooks,
+    dead_letter_alert_hook,
 )
 from ledger.outbox.dispatcher import DeliveryDeferred, Dispatcher, Handler, OutboxItem
 from ledger.outbox.enqueue import KIND_MIRROR
@@ -58,14 +62,21 @@ from ledger.runner.catalog import REFRESH_SECONDS, ModelCatalog
 from ledger.runner.openrouter import OpenRouterClient
 from ledger.runner.run import RunPlan, expire_approvals, interrupt_expired_runs
 from ledger.runner.scheduler import RunnerService, calls_that_fit
-from ledger.secrets import is_reference, resolve, resolve_many
+from ledger.secrets import resolve_many
 from ledger.signatures import Scheme
-from ledger.transitions import PolicyContext, behavior_channel_name
+from ledger.transitions import PolicyContext, behavior_channel_name, end_expired_silences
 
 log = structlog.get_logger("ledger.daemon")
 
 APPROVAL_SWEEP_SECONDS = 30.0
 MIRROR_RETRY_SECONDS = 6 * 3600.0
+SILENCE_SWEEP_SECONDS = 15.0
+
+# Constructors for alert channel types built outside ``ledger.outbox.alerts`` — the lead plugs
+# the Notion comment channel in here: ``{"notion": notion_comment_channel}`` (a
+# ``ChannelFactory``: ``(ChannelSpec, ChannelDeps) -> AlertChannel``; ``spec.mention`` holds
+# the user ids to @mention). Without one, ``type = "notion"`` is valid and its alerts wait.
+ALERT_CHANNEL_TYPES: Final[dict[str, ChannelFactory]] = {}
 
 
 def build_policy_context(settings: Settings) -> PolicyContext:
@@ -75,6 +86,11 @@ def build_policy_context(settings: Settings) -> PolicyContext:
         global_overrides=settings.policy,
         mirror=settings.notion_token is not None,
         alert_channels=tuple(settings.alert_channels),
+        channel_events={
+            name: tuple(cfg.events) for name, cfg in settings.alert_channels.items() if cfg.events
+        },
+        alert_window=timedelta(minutes=settings.alert_dedup_minutes),
+        provider_error_runs=settings.alert_provider_error_runs,
     )
 
 
@@ -340,6 +356,9 @@ async def open_services(
     services.tasks.append(
         asyncio.create_task(_catalog_loop(catalog, services.stop), name="model-catalog")
     )
+    services.tasks.append(
+        asyncio.create_task(_silence_loop(db, clock, ctx, services.stop), name="silences")
+    )
     retention = targets_from_settings(settings)
     if retention:
         services.tasks.append(
@@ -416,6 +435,26 @@ async def _expire_loop(db: Database, clock: Clock, ctx: PolicyContext, stop: asy
             await asyncio.wait_for(stop.wait(), timeout=APPROVAL_SWEEP_SECONDS)
 
 
+async def _silence_loop(
+    db: Database, clock: Clock, ctx: PolicyContext, stop: asyncio.Event
+) -> None:
+    """End silences whose time is up, with the summary of what they muted."""
+
+    def sweep() -> list[int]:
+        with db.transaction() as session:
+            return end_expired_silences(session, clock.now(), ctx)
+
+    while not stop.is_set():
+        try:
+            ended = await asyncio.to_thread(sweep)
+            if ended:
+                log.info("silences ended", silence_ids=ended)
+        except Exception:
+            log.exception("ending silences failed; retrying")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=SILENCE_SWEEP_SECONDS)
+
+
 # Between two batches of a prune, give other writers the database (SQLite's lock is the whole
 # file, and a waiting writer polls for it: back-to-back batches could starve the receiver).
 PRUNE_PAUSE_SECONDS = 0.05
@@ -478,32 +517,31 @@ async def _interrupt_loop(db: Database, clock: Clock, every: float, stop: asynci
 # --------------------------------------------------------------------------------------------
 
 
-def _secret(value: str | None) -> SecretStr | None:
-    if value is None:
-        return None
-    return resolve(value) if is_reference(value) else SecretStr(value)
+def channel_spec(name: str, fields: Mapping[str, Any]) -> ChannelSpec:
+    """A channel's configuration (a ``[alert_channels.NAME]`` table as dumped, secrets as their
+    references, or a behavior file's channel) as a ``ChannelSpec``."""
 
+    def text(key: str) -> str | None:
+        value = fields.get(key)
+        if isinstance(value, SecretStr):
+            return value.get_secret_value()
+        return None if value is None else str(value)
 
-def build_channel(
-    name: str,
-    kind: str,
-    url: str | None,
-    secret: str | None,
-    client: httpx.AsyncClient,
-    clock: Clock,
-    allow_private: bool,
-) -> AlertChannel:
-    if kind == "log":
-        return LogChannel(name)
-    resolved_url = _secret(url)
-    if resolved_url is None:
-        raise LedgerError(f"alert channel {name}: {kind} needs a url")
-    if kind == "slack":
-        return SlackChannel(name, resolved_url, client, allow_private)
-    resolved_secret = _secret(secret)
-    if resolved_secret is None:
-        raise LedgerError(f"alert channel {name}: a webhook channel needs a signing secret")
-    return SignedWebhookChannel(name, resolved_url, resolved_secret, client, clock, allow_private)
+    return ChannelSpec(
+        name=name,
+        type=str(fields["type"]),
+        url=text("url"),
+        secret=text("secret"),
+        mention=tuple(fields.get("mention") or ()),
+        host=text("host"),
+        port=fields.get("port"),
+        security=str(fields.get("security") or "starttls"),
+        username=text("username"),
+        password=text("password"),
+        sender=text("sender"),
+        to=tuple(fields.get("to") or ()),
+        timeout=float(fields.get("timeout") or 10.0),
+    )
 
 
 class AlertChannels(dict[str, AlertChannel]):
@@ -514,22 +552,20 @@ class AlertChannels(dict[str, AlertChannel]):
     registry reconcile. Secret references are resolved when a channel is built, never
     stored."""
 
-    def __init__(self, settings: Settings, client: httpx.AsyncClient, clock: Clock) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client: httpx.AsyncClient,
+        clock: Clock,
+        types: Mapping[str, ChannelFactory] | None = None,
+    ) -> None:
         super().__init__()
-        self.client = client
-        self.clock = clock
-        self.allow_private = settings.allow_private_urls
+        self.deps = ChannelDeps(client, clock, settings.allow_private_urls, settings.public_url)
+        self.types = dict(ALERT_CHANNEL_TYPES if types is None else types)
         self["log"] = LogChannel("log")
         for name, cfg in settings.alert_channels.items():
-            self[name] = build_channel(
-                name,
-                cfg.type,
-                cfg.url.get_secret_value() if cfg.url else None,
-                cfg.secret.get_secret_value() if cfg.secret else None,
-                client,
-                clock,
-                self.allow_private,
-            )
+            fields = {k: getattr(cfg, k) for k in type(cfg).model_fields}
+            self[name] = build_channel(channel_spec(name, fields), self.deps, self.types)
 
     def refresh(self, rows: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
         """Rebuild the behavior-owned channels from the registry's definitions."""
@@ -540,15 +576,7 @@ class AlertChannels(dict[str, AlertChannel]):
             for index, channel in enumerate(channels):
                 name = behavior_channel_name(behavior, index)
                 try:
-                    self[name] = build_channel(
-                        name,
-                        channel["type"],
-                        channel.get("url"),
-                        channel.get("secret"),
-                        self.client,
-                        self.clock,
-                        self.allow_private,
-                    )
+                    self[name] = build_channel(channel_spec(name, channel), self.deps, self.types)
                 except LedgerError as exc:
                     log.warning(
                         "alert channel unavailable", behavior=behavior, channel=name, error=str(exc)
@@ -582,7 +610,10 @@ def build_dispatcher(
         ),
         KIND_MIRROR: _mirror_later,
     }
-    return Dispatcher(db, handlers, clock, on_dead=dead_letter_hook(ctx, clock))
+    on_dead = chain_dead_letter_hooks(
+        dead_letter_hook(ctx, clock), dead_letter_alert_hook(ctx, clock)
+    )
+    return Dispatcher(db, handlers, clock, on_dead=on_dead)
 
 
 def registry_definitions(db: Database) -> list[tuple[str, Mapping[str, Any]]]:
