@@ -54,9 +54,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_silence")),
     )
-    op.create_index(
-        "ix_silence_ended_at_ends_at", "silence", ["ended_at", "ends_at"], unique=False
-    )
+    op.create_index("ix_silence_ended_at_ends_at", "silence", ["ended_at", "ends_at"], unique=False)
 
 
 def downgrade() -> None:

@@ -1206,3 +1206,9 @@ def main() -> None:
     except LedgerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+from ledger.cli.outbox import outbox_app, silence_app  # noqa: E402 — uses the helpers above
+
+app.add_typer(outbox_app, name="outbox")
+app.add_typer(silence_app, name="silence")

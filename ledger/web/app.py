@@ -28,6 +28,7 @@ from ledger.daemon import Daemon, close_daemon, open_daemon
 from ledger.db.session import Database
 from ledger.errors import ConfigError, LedgerError
 from ledger.secrets import is_reference, resolve, resolve_many
+from ledger.web.alerting_api import router as alerting_router
 from ledger.web.api import router as api_router
 from ledger.web.auth import TokenAuth, is_loopback
 from ledger.web.errors import install_error_handlers
@@ -188,6 +189,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     install_api_docs(app)
     install_ingest_routes(app)  # POST /v1/traces, POST /webhooks/{source}
     app.include_router(api_router)
+    app.include_router(alerting_router)  # /api/outbox, /api/silences
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
