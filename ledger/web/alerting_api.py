@@ -8,9 +8,10 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
-from pydantic import BaseModel, Field, model_validator
+from pydantic import AliasChoices, BaseModel, Field
 
 from ledger.daemon import build_policy_context
+from ledger.errors import LedgerError
 from ledger.outbox.manage import (
     discard,
     list_outbox,
@@ -103,23 +104,20 @@ class SilenceBody(BaseModel):
     )
     all: bool = Field(default=False, description="every behavior.")
     duration: str = Field(
-        alias="for", min_length=2, max_length=20, description="How long: 2h, 30m, 1h30m, 1d."
+        validation_alias=AliasChoices("for", "duration"),
+        min_length=2,
+        max_length=20,
+        description="How long (``for`` or ``duration``): 2h, 30m, 1h30m, 1d.",
     )
     reason: str = Field(min_length=1, max_length=2000)
-
-    model_config = {"populate_by_name": True}
-
-    @model_validator(mode="after")
-    def _one_scope(self) -> SilenceBody:
-        if (self.behavior is None) == (not self.all):
-            raise ValueError("name one behavior or set all to true (not both)")
-        return self
 
 
 @router.post("/silences", status_code=201)
 def create_silence(request: Request, body: SilenceBody, op: OperatorDep) -> dict[str, Any]:
     """Mute a behavior's alerts (or every behavior's) for a while: gates, tiers and the ledger
     carry on; the silence is a ledger entry, and so is its end with a summary."""
+    if (body.behavior is None) == (not body.all):
+        raise LedgerError('name one behavior ("behavior": NAME) or set "all": true, not both')
     now = _now(request)
     with _state(request).db.transaction() as session:
         view = silence(
