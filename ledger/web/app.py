@@ -126,13 +126,13 @@ def _some_secret(raw: str) -> None:
 
 
 def _check_channel(channel: AlertChannelConfig) -> None:
-    if channel.type == "log":
+    if channel.type in ("log", "notion"):
         return
-    if channel.url is None:
+    if channel.type in ("slack", "webhook") and channel.url is None:
         raise ConfigError(f"a {channel.type} channel needs a url (a reference: env:NAME)")
     if channel.type == "webhook" and channel.secret is None:
         raise ConfigError("a webhook channel needs a signing secret (a reference: env:NAME)")
-    for value in (channel.url, channel.secret):
+    for value in (channel.url, channel.secret, channel.password):
         if value is not None and is_reference(value.get_secret_value()):
             resolve(value.get_secret_value())
 
