@@ -1011,21 +1011,32 @@ def note_dead_letter(
         f"`ledger outbox retry {outbox_id}` once the cause is fixed, or "
         f"`ledger outbox discard {outbox_id} --reason TEXT`"
     )
-    extra = {"outbox_id": outbox_id, "kind": kind}
     row = session.get(BehaviorRow, behavior_id) if behavior_id is not None else None
     if row is not None:
-        notify(session, row, "dead_letter", reason, now, ctx, extra)
-        return True
-    channels = [n for n in ctx.alert_channels if "dead_letter" in ctx.channel_events.get(n, ())]
+        channels = alert_channels_for(row, ctx, "dead_letter")
+    else:
+        names = [n for n in ctx.alert_channels if "dead_letter" in ctx.channel_events.get(n, ())]
+        channels = [*names, "log"] if names else []
     alert = {
         "event": "dead_letter",
-        "behavior": str(payload.get("behavior") or "outbox")[:63],
+        "behavior": row.name if row is not None else str(payload.get("behavior") or "outbox")[:63],
         "reason": reason,
         "at": now.isoformat(),
-        **extra,
+        "outbox_id": outbox_id,
+        "kind": kind,
     }
-    enqueue_alert(session, alert, channels=[*channels, "log"], now=now, window=ctx.alert_window)
-    return True
+    # Straight to the alert channels, never through ``notify``: a mirror row about a dead
+    # mirror row could die in turn, and so on.
+    if channels:
+        enqueue_alert(
+            session,
+            alert,
+            channels=channels,
+            now=now,
+            behavior_id=behavior_id if row is not None else None,
+            window=ctx.alert_window,
+        )
+    return bool(channels)
 
 
 # -- the outbox, by an operator ---------------------------------------------------------------
@@ -1215,7 +1226,14 @@ def end_silence(
             "silence_id": silence_id,
             "muted": dict(silence.muted or {}),
         }
-        enqueue_alert(session, alert, channels=channels, now=now, behavior_id=silence.behavior_id)
+        enqueue_alert(
+            session,
+            alert,
+            channels=channels,
+            now=now,
+            behavior_id=silence.behavior_id,
+            window=ctx.alert_window,
+        )
     session.flush()
     return silence
 

@@ -310,7 +310,9 @@ def _print_status(doc: dict[str, Any], settings: Settings) -> None:
         warn("invalid file, not registered:")
         out.print(fp["problems"], highlight=False)
     outbox = doc["outbox"]
-    dead = f" · [yellow]{outbox['dead']} dead-lettered[/yellow] (`ledger outbox`)"
+    dead = (
+        f" · [yellow]{outbox['dead']} dead-lettered[/yellow] (`ledger outbox list --status dead`)"
+    )
     out.print(
         f"outbox: {outbox['queued']} queued"
         + (dead if outbox["dead"] else " · none dead-lettered"),

@@ -22,7 +22,6 @@ import sqlalchemy as sa
 from sqlalchemy import update
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
-from sqlalchemy.orm import object_session
 from sqlmodel import Session, col, select
 
 from ledger.db.models import AlertWindow, OutboxRow, Silence
@@ -142,14 +141,13 @@ def active_silences(session: Session, behavior: str, now: datetime) -> list[Sile
     return list(session.exec(stmt.order_by(col(Silence.id)).with_for_update()).all())
 
 
-def _mute(silences: Sequence[Silence], event: str) -> None:
+def _mute(session: Session, silences: Sequence[Silence], event: str) -> None:
+    """Count an alert the silences held back (for the summary when they end)."""
     for silence in silences:
         muted = dict(silence.muted or {})
         muted[event] = int(muted.get(event, 0)) + 1
         silence.muted = muted  # a new dict: the JSON column sees the change
-        session = object_session(silence)
-        if session is not None:
-            session.add(silence)
+        session.add(silence)
 
 
 def _window_row(session: Session, channel: str, behavior: str, event: str) -> AlertWindow:
@@ -282,7 +280,7 @@ def enqueue_alert(
     body = {**alert, "at": alert.get("at") or now.isoformat()}
     silences = active_silences(session, str(body["behavior"]), now)
     if silences:
-        _mute(silences, str(body["event"]))
+        _mute(session, silences, str(body["event"]))
         return []
     kind = KIND_DEMOTION_ALERT if alert["event"] == "demotion" else KIND_ALERT
     rows: list[OutboxRow] = []

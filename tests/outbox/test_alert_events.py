@@ -324,6 +324,30 @@ def test_a_dead_letter_without_a_behavior_goes_to_the_channels_that_ask(db: Data
     assert alert_rows(db)[0].payload["alert"]["behavior"] == "outbox"
 
 
+def test_a_dead_mirror_row_alerts_without_queuing_another_mirror_row(
+    db: Database, tmp_path: Path
+) -> None:
+    register(db, tmp_path)
+    ctx = PolicyContext(
+        mirror=True, alert_channels=("ops",), channel_events={"ops": ("dead_letter",)}
+    )
+    with db.transaction() as session:
+        alpha = lock_behavior(session, name="alpha")
+        note_dead_letter(
+            session,
+            outbox_id=5,
+            kind="mirror",
+            behavior_id=alpha.id,
+            payload={"event": "demotion"},
+            error="400 validation_error",
+            now=T0,
+            ctx=ctx,
+        )
+        kinds = [r.kind for r in session.exec(select(OutboxRow))]
+    assert kinds == ["alert", "alert"]  # ops and the log; no mirror row that could die in turn
+    assert routed(db) == [("ops", "dead_letter"), ("log", "dead_letter")]
+
+
 def test_a_silence_mutes_alerts_while_tiers_and_the_ledger_carry_on(
     db: Database, tmp_path: Path
 ) -> None:
