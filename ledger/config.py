@@ -18,7 +18,6 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
-    model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -95,20 +94,6 @@ class AlertChannelConfig(BaseModel):
     sender: str | None = Field(default=None, description="email: the From address.")
     to: list[str] = Field(default_factory=list, description="email: the recipients.")
     timeout: float = Field(default=10.0, gt=0, le=120, description="email: seconds per try.")
-
-    @model_validator(mode="after")
-    def _complete(self) -> AlertChannelConfig:
-        if self.type in ("slack", "webhook") and self.url is None:
-            raise ValueError(f'a {self.type} channel needs url = "env:NAME"')
-        if self.type == "webhook" and self.secret is None:
-            raise ValueError('a webhook channel needs secret = "env:NAME" (the signing key)')
-        if self.type == "email":
-            missing = [n for n in ("host", "sender") if getattr(self, n) is None]
-            if not self.to:
-                missing.append("to")
-            if missing:
-                raise ValueError(f"an email channel needs {', '.join(missing)}")
-        return self
 
 
 class Settings(BaseSettings):

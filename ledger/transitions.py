@@ -1062,19 +1062,8 @@ def retry_outbox_row(session: Session, row_id: int, *, actor: str, now: datetime
         )
     was = row.status
     row.status, row.attempts, row.next_attempt_at = PENDING, 0, now
-    session.add(row)
-    append_entry(
-        session,
-        kind="outbox_retried",
-        actor=actor,
-        reason=f"outbox row {row_id} ({row.kind}) queued again after being {was}",
-        now=now,
-        behavior_id=row.behavior_id,
-        behavior_name=_behavior_name(session, row.behavior_id),
-        data={"outbox_id": row_id, "kind": row.kind, "was": was},
-    )
-    session.flush()
-    return row
+    why = f"outbox row {row_id} ({row.kind}) queued again after being {was}"
+    return _record_outbox_change(session, row, "outbox_retried", actor, why, was, now)
 
 
 def discard_outbox_row(
@@ -1093,26 +1082,34 @@ def discard_outbox_row(
     was = row.status
     row.status = DISCARDED
     row.last_error = f"discarded by {actor}: {reason}"[:4000]
+    why = f"outbox row {row_id} ({row.kind}, {was}) discarded: {reason}"
+    return _record_outbox_change(session, row, "outbox_discarded", actor, why, was, now)
+
+
+def _record_outbox_change(
+    session: Session,
+    row: OutboxRow,
+    kind: str,
+    actor: str,
+    reason: str,
+    was: str,
+    now: datetime,
+) -> OutboxRow:
+    """Store an operator's change to an outbox row and its ledger entry."""
     session.add(row)
+    behavior = session.get(BehaviorRow, row.behavior_id) if row.behavior_id is not None else None
     append_entry(
         session,
-        kind="outbox_discarded",
+        kind=kind,
         actor=actor,
-        reason=f"outbox row {row_id} ({row.kind}, {was}) discarded: {reason}",
+        reason=reason,
         now=now,
         behavior_id=row.behavior_id,
-        behavior_name=_behavior_name(session, row.behavior_id),
-        data={"outbox_id": row_id, "kind": row.kind, "was": was},
+        behavior_name=behavior.name if behavior is not None else None,
+        data={"outbox_id": row.id, "kind": row.kind, "was": was},
     )
     session.flush()
     return row
-
-
-def _behavior_name(session: Session, behavior_id: int | None) -> str | None:
-    if behavior_id is None:
-        return None
-    row = session.get(BehaviorRow, behavior_id)
-    return None if row is None else row.name
 
 
 # -- silences ---------------------------------------------------------------------------------

@@ -60,22 +60,34 @@ def test_every_channel_type_is_configured_in_ledger_toml(
 @pytest.mark.parametrize(
     ("table", "message"),
     [
-        ('type = "email"\nhost = "smtp.example.com"', "an email channel needs sender, to"),
-        ('type = "slack"', 'a slack channel needs url = "env:NAME"'),
-        ('type = "webhook"\nurl = "env:X"', "a webhook channel needs secret"),
         ('type = "log"\nevents = ["demotoin"]', "events.0: Input should be 'demotion'"),
         ('type = "pager"', "type: Input should be 'slack', 'webhook', 'email', 'notion' or 'log'"),
     ],
 )
-def test_an_incomplete_channel_says_what_is_missing_and_where(
-    tmp_path: Path, table: str, message: str
-) -> None:
+def test_an_invalid_channel_says_what_and_where(tmp_path: Path, table: str, message: str) -> None:
     cfg = tmp_path / "ledger.toml"
     cfg.write_text(f"[alert_channels.ops]\n{table}\n")
     with pytest.raises(ConfigError) as caught:
         load_settings(cfg)
     assert str(caught.value).startswith(f"{cfg}: invalid configuration: alert_channels.ops")
     assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("table", "problem"),
+    [
+        ('type = "email"\nhost = "smtp.example.com"', "an email channel needs sender, to"),
+        ('type = "slack"', "a slack channel needs a url (a reference: env:NAME)"),
+        ('type = "webhook"\nurl = "env:X"', "a webhook channel needs a signing secret"),
+    ],
+)
+def test_an_incomplete_channel_is_reported_by_the_start_up_check(
+    tmp_path: Path, table: str, problem: str
+) -> None:
+    cfg = tmp_path / "ledger.toml"
+    cfg.write_text(f"[alert_channels.ops]\n{table}\n")
+    (line,) = startup_problems(load_settings(cfg, database_url="sqlite://"), database=False)
+    assert line.startswith(f"alert_channels.ops: {problem}")
 
 
 def test_an_email_password_reference_that_does_not_resolve_stops_the_start(

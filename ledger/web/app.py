@@ -128,6 +128,12 @@ def _some_secret(raw: str) -> None:
 def _check_channel(channel: AlertChannelConfig) -> None:
     if channel.type in ("log", "notion"):
         return
+    if channel.type == "email":
+        missing = [n for n in ("host", "sender") if getattr(channel, n) is None]
+        if not channel.to:
+            missing.append("to")
+        if missing:
+            raise ConfigError(f"an email channel needs {', '.join(missing)}")
     if channel.type in ("slack", "webhook") and channel.url is None:
         raise ConfigError(f"a {channel.type} channel needs a url (a reference: env:NAME)")
     if channel.type == "webhook" and channel.secret is None:
