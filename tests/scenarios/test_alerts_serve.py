@@ -2,7 +2,8 @@
 OpenRouter simulator, which answers with a planted key (an injected ``sensitive_output``
 fault); their output check blocks it, they are demoted, and the alert reaches a local
 Slack-compatible receiver and a signed webhook receiver within seconds (the median is
-measured) — with blocks that show the tier change, and without the planted key."""
+measured) — with blocks that show the tier change, and without the planted key. When one earns
+its tier back, the Slack channel (which heard the demotion and asks for recoveries) hears it."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ allow_private_urls = true
 [alert_channels.chat]
 type = "slack"
 url = "env:ALERTS_SLACK_URL"
+events = ["demotion", "pause", "auth_error", "recovery"]
 
 [alert_channels.hook]
 type = "webhook"
@@ -118,6 +120,20 @@ def test_a_demotion_reaches_slack_in_seconds_with_blocks_and_no_secret(
             )
             for name in NAMES:
                 api.post(f"/api/behaviors/{name}/pause", json={"reason": "test over"})
+            # An operator gives bot-0 its tier back: the channel that heard the demotion and
+            # asks for recoveries hears it; the webhook (default events) does not.
+            promoted = api.post(
+                "/api/behaviors/bot-0/promote", json={"reason": "fixed the prompt", "to": "C"}
+            )
+            assert promoted.status_code == 200, promoted.text
+            wait_until(
+                lambda: any(
+                    r.json()["text"].startswith("bot-0 recovered: promoted from ")
+                    for r in capture.to("slack")
+                ),
+                timeout=30,
+                what="the recovery at the Slack receiver",
+            )
         demoted_at = _demotions(database_url)
     slack = capture.to("slack")
     received = {}
@@ -144,6 +160,7 @@ def test_a_demotion_reaches_slack_in_seconds_with_blocks_and_no_secret(
         for b in first["blocks"]
     )
     assert first["text"].startswith("bot-0 demoted from C · autonomous to B · human-in-the-loop")
+    assert not any(r.json()["event"] == "recovery" for r in capture.to("hook"))
     for request in capture.to("hook"):
         verify_generic(
             request.headers[GENERIC_HEADER.lower()], request.body, [SECRET], now=request.at
