@@ -11,7 +11,14 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ledger.errors import ConfigError
@@ -40,18 +47,53 @@ class WebhookSource(BaseModel):
     warn_events: list[str] = Field(default_factory=list)
 
 
+AlertEventName = Literal[
+    "demotion",
+    "pause",
+    "auth_error",
+    "promotion",
+    "promotion_proposed",
+    "recovery",
+    "provider_error",
+    "spend",
+    "dead_letter",
+]
+
+
 class AlertChannelConfig(BaseModel):
-    """One alert channel (``[alert_channels.NAME]`` in ledger.toml)."""
+    """One alert channel (``[alert_channels.NAME]`` in ledger.toml): ``slack`` (a
+    Slack-compatible incoming webhook), ``webhook`` (signed JSON), ``email`` (SMTP), ``notion``
+    (a comment on the behavior's Notion row) or ``log``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    type: Literal["slack", "webhook", "log"]
+    type: Literal["slack", "webhook", "email", "notion", "log"]
     url: SecretStr | None = Field(
         default=None, description="slack/webhook: the URL — a secret reference (env:NAME)."
     )
     secret: SecretStr | None = Field(
         default=None, description="webhook: the HMAC signing secret (a reference)."
     )
+    events: list[AlertEventName] | None = Field(
+        default=None,
+        description="The events this channel hears; default: the behavior's alerts.on "
+        "(demotion, pause, auth_error).",
+    )
+    mention: list[str] = Field(
+        default_factory=list, description="notion: user ids to @mention in the comment."
+    )
+    host: str | None = Field(default=None, description="email: the SMTP server.")
+    port: int | None = Field(default=None, ge=1, le=65535, description="email: default 587.")
+    security: Literal["starttls", "tls", "none"] = Field(
+        default="starttls", description="email: STARTTLS (587), implicit TLS (465) or none."
+    )
+    username: str | None = Field(default=None, description="email: SMTP login.")
+    password: SecretStr | None = Field(
+        default=None, description="email: SMTP password (a reference)."
+    )
+    sender: str | None = Field(default=None, description="email: the From address.")
+    to: list[str] = Field(default_factory=list, description="email: the recipients.")
+    timeout: float = Field(default=10.0, gt=0, le=120, description="email: seconds per try.")
 
 
 class Settings(BaseSettings):
@@ -73,11 +115,6 @@ class Settings(BaseSettings):
     broadcast_tokens: SecretStr | None = None
     notion_token: SecretStr | None = None
     notion_base_url: str = "https://api.notion.com"
-    notion_dashboard_url: str | None = Field(
-        default=None,
-        description="Public base URL of the dashboard, for the Dashboard link of each "
-        "behavior's Notion row (e.g. https://ledger.example.com); none: no link.",
-    )
     notion_event_log_page: str | None = Field(
         default=None,
         description="Notion page id to append one line to per verified signed-webhook event "
@@ -132,6 +169,25 @@ class Settings(BaseSettings):
     alert_channels: dict[str, AlertChannelConfig] = Field(
         default_factory=dict,
         description="Where alerts go when a behavior's file names no channels of its own.",
+    )
+    alert_dedup_minutes: float = Field(
+        default=15.0,
+        gt=0,
+        le=24 * 60,
+        description="Repeats of one behavior's event within this many minutes fold into one "
+        "alert with a count (the first is sent at once, the rest when the window ends).",
+    )
+    alert_provider_error_runs: int = Field(
+        default=3,
+        ge=1,
+        le=1000,
+        description="This many runs in a row failing with provider errors is persistent: "
+        "a provider_error alert (for channels that take it).",
+    )
+    public_url: str | None = Field(
+        default=None,
+        description="The dashboard's public base URL (https://ledger.example.com): alerts link "
+        "to the behavior's page there.",
     )
     api_tokens: dict[str, SecretStr] = Field(
         default_factory=dict,
@@ -192,6 +248,15 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL, e.g. https://ledger.example.com")
+        return value.rstrip("/")
+
     @field_validator("openrouter_base_url", "notion_base_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
@@ -207,11 +272,12 @@ class Settings(BaseSettings):
             elif name == "alert_channels":
                 out[name] = {
                     k: {
-                        "type": v.type,
-                        "url": mask_secret_setting(v.url.get_secret_value()) if v.url else None,
-                        "secret": mask_secret_setting(v.secret.get_secret_value())
-                        if v.secret
-                        else None,
+                        **v.model_dump(exclude={"url", "secret", "password"}, exclude_none=True),
+                        **{
+                            field: mask_secret_setting(secret.get_secret_value())
+                            for field in ("url", "secret", "password")
+                            if (secret := getattr(v, field)) is not None
+                        },
                     }
                     for k, v in value.items()
                 }

@@ -44,16 +44,20 @@ from ledger.ingest.writer import SpanWriter
 from ledger.metrics import install_event_counters, observe_dispatch
 from ledger.notion.api import NotionApi
 from ledger.notion.approvals import ApprovalPoller, Decide
-from ledger.notion.deliver import NotionDeliverer
+from ledger.notion.deliver import NotionCommentChannel, NotionDeliverer
 from ledger.notion.mirror import Mirror
 from ledger.notion.setup import open_api
 from ledger.outbox.actions import ActionDeliverer, action_handlers, dead_letter_hook
 from ledger.outbox.alerts import (
     AlertChannel,
+    ChannelDeps,
+    ChannelFactory,
+    ChannelSpec,
     LogChannel,
-    SignedWebhookChannel,
-    SlackChannel,
     alert_handlers,
+    build_channel,
+    chain_dead_letter_hooks,
+    dead_letter_alert_hook,
 )
 from ledger.outbox.dispatcher import DeliveryDeferred, Dispatcher, Handler, OutboxItem
 from ledger.outbox.enqueue import KIND_MIRROR
@@ -70,15 +74,22 @@ from ledger.runner.run import (
     reject,
 )
 from ledger.runner.scheduler import RunnerService, calls_that_fit
-from ledger.secrets import is_reference, resolve, resolve_many
+from ledger.secrets import resolve_many
 from ledger.signatures import Scheme
-from ledger.transitions import PolicyContext, behavior_channel_name
+from ledger.transitions import PolicyContext, behavior_channel_name, end_expired_silences
 
 log = structlog.get_logger("ledger.daemon")
 
 APPROVAL_SWEEP_SECONDS = 30.0
 MIRROR_RETRY_SECONDS = 6 * 3600.0
 NOTION_SYNC_SECONDS = 6 * 3600.0  # a full compare with Notion (first one after this long)
+SILENCE_SWEEP_SECONDS = 15.0
+
+# Constructors for alert channel types built outside ``ledger.outbox.alerts`` — the lead plugs
+# the Notion comment channel in here: ``{"notion": notion_comment_channel}`` (a
+# ``ChannelFactory``: ``(ChannelSpec, ChannelDeps) -> AlertChannel``; ``spec.mention`` holds
+# the user ids to @mention). Without one, ``type = "notion"`` is valid and its alerts wait.
+ALERT_CHANNEL_TYPES: Final[dict[str, ChannelFactory]] = {}
 
 
 def build_policy_context(settings: Settings) -> PolicyContext:
@@ -88,6 +99,11 @@ def build_policy_context(settings: Settings) -> PolicyContext:
         global_overrides=settings.policy,
         mirror=settings.notion_token is not None,
         alert_channels=tuple(settings.alert_channels),
+        channel_events={
+            name: tuple(cfg.events) for name, cfg in settings.alert_channels.items() if cfg.events
+        },
+        alert_window=timedelta(minutes=settings.alert_dedup_minutes),
+        provider_error_runs=settings.alert_provider_error_runs,
     )
 
 
@@ -342,9 +358,9 @@ async def open_services(
         db, clock, ctx, sources=settings.webhook_sources, ingest_busy=ingest_busy
     )
     outbound = make_client()
-    channels = AlertChannels(settings, outbound, clock)
-    channels.refresh(await asyncio.to_thread(registry_definitions, db))
     notion = build_notion(settings, db, clock, ctx)
+    channels = AlertChannels(settings, outbound, clock, alert_channel_types(notion))
+    channels.refresh(await asyncio.to_thread(registry_definitions, db))
     dispatcher = build_dispatcher(settings, db, clock, ctx, outbound, channels, notion)
     services = Services(client, runner, processor, dispatcher, channels, outbound, db, notion)
     dispatcher.start()
@@ -370,6 +386,9 @@ async def open_services(
     )
     services.tasks.append(
         asyncio.create_task(_catalog_loop(catalog, services.stop), name="model-catalog")
+    )
+    services.tasks.append(
+        asyncio.create_task(_silence_loop(db, clock, ctx, services.stop), name="silences")
     )
     retention = targets_from_settings(settings)
     if retention:
@@ -447,6 +466,26 @@ async def _expire_loop(db: Database, clock: Clock, ctx: PolicyContext, stop: asy
             await asyncio.wait_for(stop.wait(), timeout=APPROVAL_SWEEP_SECONDS)
 
 
+async def _silence_loop(
+    db: Database, clock: Clock, ctx: PolicyContext, stop: asyncio.Event
+) -> None:
+    """End silences whose time is up, with the summary of what they muted."""
+
+    def sweep() -> list[int]:
+        with db.transaction() as session:
+            return end_expired_silences(session, clock.now(), ctx)
+
+    while not stop.is_set():
+        try:
+            ended = await asyncio.to_thread(sweep)
+            if ended:
+                log.info("silences ended", silence_ids=ended)
+        except Exception:
+            log.exception("ending silences failed; retrying")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=SILENCE_SWEEP_SECONDS)
+
+
 # Between two batches of a prune, give other writers the database (SQLite's lock is the whole
 # file, and a waiting writer polls for it: back-to-back batches could starve the receiver).
 PRUNE_PAUSE_SECONDS = 0.05
@@ -509,32 +548,31 @@ async def _interrupt_loop(db: Database, clock: Clock, every: float, stop: asynci
 # --------------------------------------------------------------------------------------------
 
 
-def _secret(value: str | None) -> SecretStr | None:
-    if value is None:
-        return None
-    return resolve(value) if is_reference(value) else SecretStr(value)
+def channel_spec(name: str, fields: Mapping[str, Any]) -> ChannelSpec:
+    """A channel's configuration (a ``[alert_channels.NAME]`` table as dumped, secrets as their
+    references, or a behavior file's channel) as a ``ChannelSpec``."""
 
+    def text(key: str) -> str | None:
+        value = fields.get(key)
+        if isinstance(value, SecretStr):
+            return value.get_secret_value()
+        return None if value is None else str(value)
 
-def build_channel(
-    name: str,
-    kind: str,
-    url: str | None,
-    secret: str | None,
-    client: httpx.AsyncClient,
-    clock: Clock,
-    allow_private: bool,
-) -> AlertChannel:
-    if kind == "log":
-        return LogChannel(name)
-    resolved_url = _secret(url)
-    if resolved_url is None:
-        raise LedgerError(f"alert channel {name}: {kind} needs a url")
-    if kind == "slack":
-        return SlackChannel(name, resolved_url, client, allow_private)
-    resolved_secret = _secret(secret)
-    if resolved_secret is None:
-        raise LedgerError(f"alert channel {name}: a webhook channel needs a signing secret")
-    return SignedWebhookChannel(name, resolved_url, resolved_secret, client, clock, allow_private)
+    return ChannelSpec(
+        name=name,
+        type=str(fields["type"]),
+        url=text("url"),
+        secret=text("secret"),
+        mention=tuple(fields.get("mention") or ()),
+        host=text("host"),
+        port=fields.get("port"),
+        security=str(fields.get("security") or "starttls"),
+        username=text("username"),
+        password=text("password"),
+        sender=text("sender"),
+        to=tuple(fields.get("to") or ()),
+        timeout=float(fields.get("timeout") or 10.0),
+    )
 
 
 class AlertChannels(dict[str, AlertChannel]):
@@ -545,22 +583,20 @@ class AlertChannels(dict[str, AlertChannel]):
     registry reconcile. Secret references are resolved when a channel is built, never
     stored."""
 
-    def __init__(self, settings: Settings, client: httpx.AsyncClient, clock: Clock) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client: httpx.AsyncClient,
+        clock: Clock,
+        types: Mapping[str, ChannelFactory] | None = None,
+    ) -> None:
         super().__init__()
-        self.client = client
-        self.clock = clock
-        self.allow_private = settings.allow_private_urls
+        self.deps = ChannelDeps(client, clock, settings.allow_private_urls, settings.public_url)
+        self.types = dict(ALERT_CHANNEL_TYPES if types is None else types)
         self["log"] = LogChannel("log")
         for name, cfg in settings.alert_channels.items():
-            self[name] = build_channel(
-                name,
-                cfg.type,
-                cfg.url.get_secret_value() if cfg.url else None,
-                cfg.secret.get_secret_value() if cfg.secret else None,
-                client,
-                clock,
-                self.allow_private,
-            )
+            fields = {k: getattr(cfg, k) for k in type(cfg).model_fields}
+            self[name] = build_channel(channel_spec(name, fields), self.deps, self.types)
 
     def refresh(self, rows: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
         """Rebuild the behavior-owned channels from the registry's definitions."""
@@ -571,15 +607,7 @@ class AlertChannels(dict[str, AlertChannel]):
             for index, channel in enumerate(channels):
                 name = behavior_channel_name(behavior, index)
                 try:
-                    self[name] = build_channel(
-                        name,
-                        channel["type"],
-                        channel.get("url"),
-                        channel.get("secret"),
-                        self.client,
-                        self.clock,
-                        self.allow_private,
-                    )
+                    self[name] = build_channel(channel_spec(name, channel), self.deps, self.types)
                 except LedgerError as exc:
                     log.warning(
                         "alert channel unavailable", behavior=behavior, channel=name, error=str(exc)
@@ -602,6 +630,20 @@ class NotionParts:
     mirror: Mirror
     deliverer: NotionDeliverer
     poller: ApprovalPoller
+
+
+def alert_channel_types(notion: NotionParts | None) -> dict[str, ChannelFactory]:
+    """The channel types built outside ``ledger.outbox.alerts``: the Notion comment channel
+    when Notion is configured (without it, ``type = "notion"`` alerts wait in the outbox)."""
+    types = dict(ALERT_CHANNEL_TYPES)
+    if notion is not None:
+        mirror = notion.mirror
+
+        def notion_comment(spec: ChannelSpec, deps: ChannelDeps) -> AlertChannel:
+            return NotionCommentChannel(spec.name, mirror, mentions=spec.mention)
+
+        types.setdefault("notion", notion_comment)
+    return types
 
 
 def notion_decide(ctx: PolicyContext) -> Decide:
@@ -643,7 +685,7 @@ def build_notion(
         api,
         clock,
         ctx,
-        dashboard_url=settings.notion_dashboard_url,
+        dashboard_url=settings.public_url,
         event_log_page=settings.notion_event_log_page,
     )
     deliverer = NotionDeliverer(mirror, settings.notion_event_log_page)
@@ -676,7 +718,10 @@ def build_dispatcher(
         handlers.update(notion.deliverer.handlers())
         handlers[KIND_MIRROR] = notion.mirror.handle
     handlers = {kind: _timed(handler, clock) for kind, handler in handlers.items()}
-    return Dispatcher(db, handlers, clock, on_dead=dead_letter_hook(ctx, clock))
+    on_dead = chain_dead_letter_hooks(
+        dead_letter_hook(ctx, clock), dead_letter_alert_hook(ctx, clock)
+    )
+    return Dispatcher(db, handlers, clock, on_dead=on_dead)
 
 
 def _timed(handler: Handler, clock: Clock) -> Handler:

@@ -83,7 +83,7 @@ class IngestStatus:
 @dataclass(frozen=True, slots=True)
 class OutboxStatus:
     """Work written after state changes: rows waiting (or being) delivered, and dead letters
-    (retries exhausted; ``ledger outbox`` lists them)."""
+    (retries exhausted; ``ledger outbox list --status dead`` lists them)."""
 
     queued: int
     dead: int

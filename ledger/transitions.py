@@ -12,17 +12,37 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 from sqlmodel import Session, col, select
 
-from ledger.db.models import Approval, BehaviorRow, GateResultRow, PromotionProposal
+from ledger.db.models import (
+    Approval,
+    BehaviorRow,
+    GateResultRow,
+    LedgerEntry,
+    OutboxRow,
+    PromotionProposal,
+    Run,
+    Silence,
+)
 from ledger.errors import ConflictError, LedgerError, NotFoundError
 from ledger.gates import Gate, GateResult, Outcome, Tier
 from ledger.journal import append_entry
-from ledger.outbox.enqueue import enqueue_alert, enqueue_mirror, mirror_row_key
+from ledger.outbox.enqueue import (
+    DEAD,
+    DEFAULT_DEDUP_WINDOW,
+    DISCARDED,
+    KIND_ALERT,
+    KIND_DEMOTION_ALERT,
+    PENDING,
+    alerted_channels,
+    enqueue_alert,
+    enqueue_mirror,
+    mirror_row_key,
+)
 from ledger.policy import (
     DEFAULT_THRESHOLDS,
     BehaviorState,
@@ -37,6 +57,18 @@ from ledger.policy import (
 
 POLICY_ACTOR = "policy"
 DEFAULT_ALERT_EVENTS = ("demotion", "pause", "auth_error")
+# Every event a channel (``events = [...]``) or a behavior file (``alerts.on``) may ask for.
+ALERT_EVENTS = (
+    *DEFAULT_ALERT_EVENTS,
+    "promotion",
+    "promotion_proposed",
+    "recovery",
+    "provider_error",
+    "spend",
+    "dead_letter",
+)
+DEFAULT_PROVIDER_ERROR_RUNS = 3
+SPEND_ALERT_FRACTION = 0.8
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +79,12 @@ class PolicyContext:
     global_overrides: Mapping[str, Any] = field(default_factory=dict)
     mirror: bool = False
     alert_channels: tuple[str, ...] = ()
+    # The events each global channel asked for (``events = [...]``); absent: the behavior's.
+    channel_events: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Repeats of a behavior's event within this window fold into one alert with a count.
+    alert_window: timedelta = DEFAULT_DEDUP_WINDOW
+    # This many runs in a row failing with provider_error is "persistent" (an alert).
+    provider_error_runs: int = DEFAULT_PROVIDER_ERROR_RUNS
 
 
 def thresholds_for(row: BehaviorRow, ctx: PolicyContext) -> Thresholds:
@@ -165,6 +203,7 @@ def _apply_decision(
     if decision.kind in ("promote", "demote") and decision.to != old:
         if decision.kind == "demote":
             _resolve_proposals(session, row, "withdrawn", actor, decision.reason[:200], now)
+        recovered = _recovers(session, row, decision.to) if decision.kind == "promote" else None
         row.tier = decision.to.value
         kind = "promoted" if decision.kind == "promote" else "demoted"
         entry = append_entry(
@@ -200,6 +239,17 @@ def _apply_decision(
                 **({"paused": True} if decision.pause and not row.paused else {}),
             },
         )
+        if recovered is not None:
+            _notify(
+                session,
+                row,
+                "recovery",
+                f"back at {decision.to.label} after its demotion from {recovered.label} ({cause})",
+                now,
+                ctx,
+                entry.id or 0,
+                {"from": old.value, "to": decision.to.value, **by},
+            )
         if not takes_approvals(row):
             withdraw_approvals(
                 session, row, actor=actor, why=f"{row.name} was {decision.reason}", now=now
@@ -276,13 +326,27 @@ def _apply_decision(
     return tuple(entries)
 
 
-def alert_channels_for(row: BehaviorRow, ctx: PolicyContext) -> list[str]:
+def alert_channels_for(row: BehaviorRow, ctx: PolicyContext, event: str | None = None) -> list[str]:
     """The channel names an alert about ``row`` goes to: the behavior file's own channels if it
-    names any, else every globally configured channel, else the log."""
-    own = ((row.definition or {}).get("alerts") or {}).get("channels") or []
+    names any, else every globally configured channel — each only if it takes ``event`` (its
+    own ``events``, else the behavior's ``alerts.on``, else demotion, pause and auth_error) —
+    and the log, which hears every event some channel or the behavior asks for."""
+    alerts = (row.definition or {}).get("alerts") or {}
+    wanted = tuple(alerts.get("on") or DEFAULT_ALERT_EVENTS)
+    own = alerts.get("channels") or []
     if own:
-        return [behavior_channel_name(row.name, i) for i in range(len(own))]
-    return list(ctx.alert_channels) or ["log"]
+        routes = [
+            (behavior_channel_name(row.name, i), tuple((c or {}).get("events") or wanted))
+            for i, c in enumerate(own)
+        ]
+    else:
+        routes = [(n, tuple(ctx.channel_events.get(n) or wanted)) for n in ctx.alert_channels]
+    if event is None:
+        return [n for n, _ in routes] or ["log"]
+    names = [n for n, events in routes if event in events]
+    if "log" not in names and (names or event in wanted):
+        names.append("log")
+    return names
 
 
 def behavior_channel_name(behavior: str, index: int) -> str:
@@ -298,11 +362,9 @@ def notify(
     ctx: PolicyContext,
     extra: Mapping[str, Any],
 ) -> None:
-    """Outbox rows for what must follow this change: an alert when the behavior's file asks
-    for this event (demotions, pauses and auth errors by default), and row-shaped mirror work
-    for the behavior's Notion row when Notion is on."""
-    alerts = (row.definition or {}).get("alerts") or {}
-    wanted = alerts.get("on") or list(DEFAULT_ALERT_EVENTS)
+    """Outbox rows for what must follow this change: an alert to the channels that take this
+    event (demotions, pauses and auth errors by default; see ``alert_channels_for``), and
+    row-shaped mirror work for the behavior's Notion row when Notion is on."""
     alert = {
         "event": event,
         "behavior": row.name,
@@ -311,9 +373,13 @@ def notify(
         "at": now.isoformat(),
         **extra,
     }
-    if event in wanted or event == "promotion_proposed":
+    channels = alert_channels_for(row, ctx, event)
+    if event == "recovery":  # only the channels that heard the demotion hear the recovery
+        heard = set(alerted_channels(session, row.name, "demotion"))
+        channels = [c for c in channels if c in heard]
+    if channels:
         enqueue_alert(
-            session, alert, channels=alert_channels_for(row, ctx), now=now, behavior_id=row.id
+            session, alert, channels=channels, now=now, behavior_id=row.id, window=ctx.alert_window
         )
     if ctx.mirror:  # the behavior's Notion row (the mirror's feeder adds the ledger rows)
         enqueue_mirror(
@@ -796,3 +862,391 @@ def retire_behavior(session: Session, row: BehaviorRow, *, now: datetime) -> Non
         behavior_name=row.name,
         data={"path": row.source_path, "tier": row.tier},
     )
+
+
+# -- alerts: recovery, persistent provider errors, spend, dead letters ---------------------------
+
+
+def _recovers(session: Session, row: BehaviorRow, to: Tier) -> Tier | None:
+    """The tier ``row`` was last demoted from, if promoting it to ``to`` earns that tier back
+    for the first time since (a recovery); else None."""
+    last_demotion = session.exec(
+        select(LedgerEntry)
+        .where(col(LedgerEntry.behavior_id) == row.id, col(LedgerEntry.kind) == "demoted")
+        .order_by(col(LedgerEntry.id).desc())
+        .limit(1)
+    ).first()
+    if last_demotion is None:
+        return None
+    try:
+        was = Tier(str((last_demotion.data or {}).get("from")))
+    except ValueError:
+        return None
+    if to.rank < was.rank:
+        return None
+    since = session.exec(
+        select(LedgerEntry.data).where(
+            col(LedgerEntry.behavior_id) == row.id,
+            col(LedgerEntry.kind) == "promoted",
+            col(LedgerEntry.id) > (last_demotion.id or 0),
+        )
+    ).all()
+    for data in since:
+        if Tier(str((data or {}).get("to", "A"))).rank >= was.rank:
+            return None  # it recovered already
+    return was
+
+
+def note_provider_errors(
+    session: Session,
+    row: BehaviorRow,
+    *,
+    run_id: str,
+    results: Sequence[GateResult],
+    now: datetime,
+    ctx: PolicyContext,
+) -> bool:
+    """After run ``run_id`` of the (locked) behavior finished: when it is the
+    ``ctx.provider_error_runs``-th run in a row that failed with ``provider_error``, a
+    ``provider_error`` alert (persistent: not the behavior's fault, no tier change, but someone
+    should look). One alert per streak. Returns whether it alerted."""
+    if not any(r.gate is Gate.PROVIDER_ERROR for r in results):
+        return False
+    needed = max(1, ctx.provider_error_runs)
+    recent = list(
+        session.exec(
+            select(Run.id)
+            .where(col(Run.behavior_id) == row.id, col(Run.finished_at).is_not(None))
+            .order_by(col(Run.finished_at).desc(), col(Run.id).desc())
+            .limit(needed + 1)
+        ).all()
+    )
+    if run_id not in recent:
+        recent = [run_id, *recent][: needed + 1]
+    failing = set(
+        session.exec(
+            select(GateResultRow.run_id).where(
+                col(GateResultRow.behavior_id) == row.id,
+                col(GateResultRow.gate) == str(Gate.PROVIDER_ERROR),
+                col(GateResultRow.run_id).in_(recent),
+            )
+        ).all()
+    )
+    streak = 0
+    for rid in recent:
+        if rid not in failing:
+            break
+        streak += 1
+    if streak != needed:
+        return False
+    errors = [r for r in results if r.gate is Gate.PROVIDER_ERROR]
+    detail = str((errors[0].evidence or {}).get("reason") or errors[0].evidence or "")[:300]
+    notify(
+        session,
+        row,
+        "provider_error",
+        f"{needed} runs in a row failed with provider errors (not its fault: no tier change)"
+        + (f"; latest: {detail}" if detail else ""),
+        now,
+        ctx,
+        {"run_id": run_id, "runs": recent[:needed]},
+    )
+    return True
+
+
+def note_spend(
+    session: Session,
+    row: BehaviorRow,
+    *,
+    before: float,
+    after: float,
+    now: datetime,
+    ctx: PolicyContext,
+) -> bool:
+    """The (locked) behavior's spend in its budget window went from ``before`` to ``after``
+    dollars: a ``spend`` alert when that crossed 80 % of its budget (once per window: spend
+    only grows inside one). Returns whether it alerted."""
+    budget = (row.definition or {}).get("budget") or {}
+    usd = budget.get("usd")
+    if not usd:
+        return False
+    line = SPEND_ALERT_FRACTION * float(usd)
+    if not before < line <= after:
+        return False
+    reset = budget.get("reset") or "month"
+    notify(
+        session,
+        row,
+        "spend",
+        f"spent {after:.2f} of its {float(usd):.2f} USD {reset} budget "
+        f"({after / float(usd):.0%}); runs are refused once it is used up",
+        now,
+        ctx,
+        {"spent_usd": round(after, 6), "budget_usd": float(usd), "reset": reset},
+    )
+    return True
+
+
+def note_dead_letter(
+    session: Session,
+    *,
+    outbox_id: int,
+    kind: str,
+    behavior_id: int | None,
+    payload: Mapping[str, Any],
+    error: str,
+    now: datetime,
+    ctx: PolicyContext,
+) -> bool:
+    """Outbox row ``outbox_id`` went dead: a ``dead_letter`` alert to the channels that take it
+    — never for an alert that is itself about a dead letter (no loops). Returns whether it
+    alerted."""
+    if kind in (KIND_ALERT, KIND_DEMOTION_ALERT):
+        inner = payload.get("alert")
+        if isinstance(inner, Mapping) and inner.get("event") == "dead_letter":
+            return False
+    reason = (
+        f"outbox row {outbox_id} ({kind}) will not be retried: {error[:500]}; "
+        f"`ledger outbox retry {outbox_id}` once the cause is fixed, or "
+        f"`ledger outbox discard {outbox_id} --reason TEXT`"
+    )
+    row = session.get(BehaviorRow, behavior_id) if behavior_id is not None else None
+    if row is not None:
+        channels = alert_channels_for(row, ctx, "dead_letter")
+    else:
+        names = [n for n in ctx.alert_channels if "dead_letter" in ctx.channel_events.get(n, ())]
+        channels = [*names, "log"] if names else []
+    alert = {
+        "event": "dead_letter",
+        "behavior": row.name if row is not None else str(payload.get("behavior") or "outbox")[:63],
+        "reason": reason,
+        "at": now.isoformat(),
+        "outbox_id": outbox_id,
+        "kind": kind,
+    }
+    # Straight to the alert channels, never through ``notify``: a mirror row about a dead
+    # mirror row could die in turn, and so on.
+    if channels:
+        enqueue_alert(
+            session,
+            alert,
+            channels=channels,
+            now=now,
+            behavior_id=behavior_id if row is not None else None,
+            window=ctx.alert_window,
+        )
+    return bool(channels)
+
+
+# -- the outbox, by an operator ---------------------------------------------------------------
+
+
+def _outbox_row(session: Session, row_id: int) -> OutboxRow:
+    row = session.exec(
+        select(OutboxRow).where(col(OutboxRow.id) == row_id).with_for_update()
+    ).first()
+    if row is None:
+        raise NotFoundError(f"outbox row {row_id} does not exist (see `ledger outbox list`)")
+    return row
+
+
+def retry_outbox_row(session: Session, row_id: int, *, actor: str, now: datetime) -> OutboxRow:
+    """Give a dead (or discarded) outbox row a fresh start: attempts reset, due now; a ledger
+    entry records who. Raises NotFoundError, or ConflictError if the row is not dead."""
+    row = _outbox_row(session, row_id)
+    if row.status not in (DEAD, DISCARDED):
+        raise ConflictError(
+            f"outbox row {row_id} is {row.status}, not dead: nothing to retry"
+            + (" (it is already waiting for delivery)" if row.status == PENDING else "")
+        )
+    was = row.status
+    row.status, row.attempts, row.next_attempt_at = PENDING, 0, now
+    why = f"outbox row {row_id} ({row.kind}) queued again after being {was}"
+    return _record_outbox_change(session, row, "outbox_retried", actor, why, was, now)
+
+
+def discard_outbox_row(
+    session: Session, row_id: int, *, actor: str, reason: str, now: datetime
+) -> OutboxRow:
+    """Give up on a dead or pending outbox row: it is kept as ``discarded`` with who and why,
+    never delivered; a ledger entry records it. Raises NotFoundError, or ConflictError for a
+    row delivered, in flight or already discarded."""
+    if not reason.strip():
+        raise LedgerError("a reason is required to discard an outbox row (--reason TEXT)")
+    row = _outbox_row(session, row_id)
+    if row.status not in (DEAD, PENDING):
+        raise ConflictError(
+            f"outbox row {row_id} is {row.status}: only dead or pending rows can be discarded"
+        )
+    was = row.status
+    row.status = DISCARDED
+    row.last_error = f"discarded by {actor}: {reason}"[:4000]
+    why = f"outbox row {row_id} ({row.kind}, {was}) discarded: {reason}"
+    return _record_outbox_change(session, row, "outbox_discarded", actor, why, was, now)
+
+
+def _record_outbox_change(
+    session: Session,
+    row: OutboxRow,
+    kind: str,
+    actor: str,
+    reason: str,
+    was: str,
+    now: datetime,
+) -> OutboxRow:
+    """Store an operator's change to an outbox row and its ledger entry."""
+    session.add(row)
+    behavior = session.get(BehaviorRow, row.behavior_id) if row.behavior_id is not None else None
+    append_entry(
+        session,
+        kind=kind,
+        actor=actor,
+        reason=reason,
+        now=now,
+        behavior_id=row.behavior_id,
+        behavior_name=behavior.name if behavior is not None else None,
+        data={"outbox_id": row.id, "kind": row.kind, "was": was},
+    )
+    session.flush()
+    return row
+
+
+# -- silences ---------------------------------------------------------------------------------
+
+SILENCE_ACTOR = "silence"
+MAX_SILENCE = timedelta(days=90)
+ALL_BEHAVIORS = "all behaviors"
+
+
+def start_silence(
+    session: Session,
+    *,
+    behavior: str | None,
+    duration: timedelta,
+    reason: str,
+    actor: str,
+    now: datetime,
+) -> Silence:
+    """Mute ``behavior``'s alerts (every behavior's when None) for ``duration``: gates, tiers
+    and the ledger carry on; the alerts are counted, not sent. A ledger entry records it."""
+    if not reason.strip():
+        raise LedgerError("a reason is required for a silence (--reason TEXT)")
+    if duration <= timedelta(0) or duration > MAX_SILENCE:
+        raise LedgerError(
+            f"a silence lasts more than 0 and at most {MAX_SILENCE.days} days (--for 2h)"
+        )
+    row = lock_behavior(session, name=behavior) if behavior is not None else None
+    silence = Silence(
+        behavior_id=row.id if row else None,
+        behavior_name=row.name if row else None,
+        reason=reason[:4000],
+        created_by=actor[:200],
+        starts_at=now,
+        ends_at=now + duration,
+        muted={},
+    )
+    session.add(silence)
+    session.flush()
+    append_entry(
+        session,
+        kind="silenced",
+        actor=actor,
+        reason=f"alerts of {row.name if row else ALL_BEHAVIORS} silenced until "
+        f"{silence.ends_at.isoformat()}: {reason}",
+        now=now,
+        behavior_id=silence.behavior_id,
+        behavior_name=silence.behavior_name,
+        data={"silence_id": silence.id, "ends_at": silence.ends_at.isoformat()},
+    )
+    return silence
+
+
+def muted_summary(muted: Mapping[str, Any]) -> str:
+    """``3 demotion alerts, 1 pause alert`` (or ``nothing``)."""
+    parts = [
+        f"{n} {event.replace('_', ' ')} alert{'s' if int(n) != 1 else ''}"
+        for event, n in sorted(muted.items())
+        if int(n) > 0
+    ]
+    return ", ".join(parts) or "nothing"
+
+
+def end_silence(
+    session: Session,
+    silence_id: int,
+    *,
+    actor: str,
+    now: datetime,
+    ctx: PolicyContext,
+) -> Silence:
+    """End a silence now (an operator) or at its end time (``actor`` ``silence``): a ledger
+    entry summarises what it muted, and when it muted anything the channels that would have
+    heard it get that summary. Raises NotFoundError, or ConflictError if it already ended."""
+    silence = session.exec(
+        select(Silence).where(col(Silence.id) == silence_id).with_for_update()
+    ).first()
+    if silence is None:
+        raise NotFoundError(f"silence {silence_id} does not exist (see `ledger silence list`)")
+    if silence.ended_at is not None:
+        raise ConflictError(f"silence {silence_id} already ended at {silence.ended_at}")
+    silence.ended_at = min(now, silence.ends_at)
+    silence.ended_by = actor[:200]
+    session.add(silence)
+    summary = muted_summary(silence.muted or {})
+    who = silence.behavior_name or ALL_BEHAVIORS
+    how = "ended by " + actor if actor != SILENCE_ACTOR else "expired"
+    append_entry(
+        session,
+        kind="silence_ended",
+        actor=actor,
+        reason=f"silence {silence_id} of {who} {how}; muted while it lasted: {summary}",
+        now=now,
+        behavior_id=silence.behavior_id,
+        behavior_name=silence.behavior_name,
+        data={"silence_id": silence_id, "muted": dict(silence.muted or {})},
+    )
+    muted_events = [e for e, n in (silence.muted or {}).items() if int(n) > 0]
+    if muted_events:
+        row = session.get(BehaviorRow, silence.behavior_id) if silence.behavior_id else None
+        if row is not None:
+            channels = list(
+                dict.fromkeys(c for e in muted_events for c in alert_channels_for(row, ctx, e))
+            )
+        else:
+            channels = [*ctx.alert_channels, "log"]
+        alert = {
+            "event": "silence_ended",
+            "behavior": who,
+            "reason": f"muted while it lasted ({silence.reason}): {summary}",
+            "at": now.isoformat(),
+            "silence_id": silence_id,
+            "muted": dict(silence.muted or {}),
+        }
+        enqueue_alert(
+            session,
+            alert,
+            channels=channels,
+            now=now,
+            behavior_id=silence.behavior_id,
+            window=ctx.alert_window,
+        )
+    session.flush()
+    return silence
+
+
+def end_expired_silences(
+    session: Session, now: datetime, ctx: PolicyContext, limit: int = 100
+) -> list[int]:
+    """End the silences whose time is up (with their summaries). Returns their ids."""
+    due = session.exec(
+        select(Silence.id)
+        .where(col(Silence.ended_at).is_(None), col(Silence.ends_at) <= now)
+        .order_by(col(Silence.ends_at))
+        .limit(limit)
+    ).all()
+    ended = []
+    for silence_id in due:
+        if silence_id is not None:
+            end_silence(session, silence_id, actor=SILENCE_ACTOR, now=now, ctx=ctx)
+            ended.append(silence_id)
+    return ended

@@ -188,7 +188,13 @@ def test_an_operators_demotion_alerts_the_channels_of_ledger_toml(
     assert demoted.returncode == 0, demoted.stderr
     paused = ledger("pause", "alpha", "--reason", "maintenance", cwd=tmp_path, env=env)
     assert paused.returncode == 0, paused.stderr
-    assert alert_channels_queued(database_url) == [("ops", "demotion"), ("ops", "pause")]
+    # Every alert also goes to the log channel.
+    assert alert_channels_queued(database_url) == [
+        ("ops", "demotion"),
+        ("log", "demotion"),
+        ("ops", "pause"),
+        ("log", "pause"),
+    ]
 
 
 def test_approving_a_request_withdrawn_by_a_demotion_is_refused_with_the_reason(

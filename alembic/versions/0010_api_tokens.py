@@ -17,7 +17,7 @@ from alembic import op
 from ledger.db.models import UTCDateTime
 
 revision: str = "0010"
-down_revision: str | None = "0008"
+down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

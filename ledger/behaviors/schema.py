@@ -177,10 +177,29 @@ class PolicyOverrides(_Strict):
         return self
 
 
+AlertEvent = Literal[
+    "demotion",
+    "promotion",
+    "promotion_proposed",
+    "recovery",
+    "pause",
+    "provider_error",
+    "auth_error",
+    "spend",
+    "dead_letter",
+]
+
+
 class AlertChannel(_Strict):
     type: Literal["slack", "webhook", "notion", "log"]
     url: str | None = Field(default=None, description="slack/webhook: a secret reference or URL.")
     secret: SecretRef | None = None
+    events: list[AlertEvent] | None = Field(
+        default=None, description="The events this channel hears (default: alerts.on)."
+    )
+    mention: list[str] = Field(
+        default_factory=list, description="notion: user ids to @mention in the comment."
+    )
 
     @field_validator("url")
     @classmethod
@@ -194,9 +213,6 @@ class AlertChannel(_Strict):
                 "environment variable and write env:NAME here"
             )
         return value
-
-
-AlertEvent = Literal["demotion", "promotion", "pause", "provider_error", "auth_error"]
 
 
 def _default_alert_events() -> list[AlertEvent]:

@@ -312,7 +312,9 @@ def _print_status(doc: dict[str, Any], settings: Settings) -> None:
         warn("invalid file, not registered:")
         out.print(fp["problems"], highlight=False)
     outbox = doc["outbox"]
-    dead = f" · [yellow]{outbox['dead']} dead-lettered[/yellow] (`ledger outbox`)"
+    dead = (
+        f" · [yellow]{outbox['dead']} dead-lettered[/yellow] (`ledger outbox list --status dead`)"
+    )
     out.print(
         f"outbox: {outbox['queued']} queued"
         + (dead if outbox["dead"] else " · none dead-lettered"),
@@ -1213,3 +1215,9 @@ def main() -> None:
     except LedgerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+from ledger.cli.outbox import outbox_app, silence_app  # noqa: E402 — uses the helpers above
+
+app.add_typer(outbox_app, name="outbox")
+app.add_typer(silence_app, name="silence")

@@ -158,7 +158,7 @@ def sync(config: ConfigOption = None) -> None:
                     api,
                     SystemClock(),
                     build_policy_context(settings),
-                    dashboard_url=settings.notion_dashboard_url,
+                    dashboard_url=settings.public_url,
                 )
                 return await mirror.sync()
             finally:

@@ -433,3 +433,42 @@ class NotionPage(SQLModel, table=True):
     properties: dict[str, Any] = _json()
     content_chars: int = 0
     updated_at: datetime = _ts()
+
+
+class AlertWindow(SQLModel, table=True):
+    """Alert dedup state: per (channel, behavior, event), the window that began with the last
+    alert sent at once. Repeats inside it fold into one follow-up outbox row (``followup_id``,
+    sent when the window ends with ``count``). A row also says that the channel heard the event
+    about the behavior (a recovery goes to the channels that heard the demotion)."""
+
+    __tablename__ = "alert_window"
+    __table_args__ = (UniqueConstraint("channel", "behavior", "event"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    channel: str = Field(max_length=200)
+    behavior: str = Field(max_length=63)
+    event: str = Field(max_length=40)
+    started_at: datetime = _ts()
+    ends_at: datetime = _ts()
+    count: int = 1
+    followup_id: int | None = None
+
+
+class Silence(SQLModel, table=True):
+    """An operator's silence: a behavior's alerts (all behaviors' when ``behavior_name`` is
+    null) are muted from ``starts_at`` until ``ends_at`` or until ended early (``ended_at``).
+    ``muted`` counts what was held back, by event, for the summary when it ends."""
+
+    __tablename__ = "silence"
+    __table_args__ = (Index("ix_silence_ended_at_ends_at", "ended_at", "ends_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    behavior_id: int | None = Field(default=None, foreign_key="behavior.id")
+    behavior_name: str | None = Field(default=None, max_length=63)
+    reason: str = Field(max_length=4000)
+    created_by: str = Field(max_length=200)
+    starts_at: datetime = _ts()
+    ends_at: datetime = _ts()
+    ended_at: datetime | None = _ts(nullable=True)
+    ended_by: str | None = Field(default=None, max_length=200)
+    muted: dict[str, Any] = _json()

@@ -65,7 +65,13 @@ from ledger.ingest.writer import (
 )
 from ledger.policy import Observation
 from ledger.spend import settle, spent_in_window, window_start
-from ledger.transitions import PolicyContext, apply_observation, lock_behavior, record_results
+from ledger.transitions import (
+    PolicyContext,
+    apply_observation,
+    lock_behavior,
+    note_spend,
+    record_results,
+)
 
 log = structlog.get_logger("ledger.ingest")
 
@@ -547,7 +553,7 @@ def _apply(
     run = session.get(Run, attribution.run_id) if attribution.run_id else None
     results: list[GateResult] = []
     if gen.cost is not None:
-        results.extend(_count_spend(session, row, run, float(gen.cost), now))
+        results.extend(_count_spend(session, row, run, float(gen.cost), now, ctx))
     already: set[str] = set()
     if run is not None:
         already = {
@@ -596,7 +602,12 @@ def _apply(
 
 
 def _count_spend(
-    session: Session, row: BehaviorRow, run: Run | None, cost: float, now: datetime
+    session: Session,
+    row: BehaviorRow,
+    run: Run | None,
+    cost: float,
+    now: datetime,
+    ctx: PolicyContext,
 ) -> list[GateResult]:
     definition = row.definition or {}
     budget = definition.get("budget")
@@ -613,6 +624,7 @@ def _count_spend(
     before, _reserved = spent_in_window(session, row.id or 0, start)
     settle(session, behavior_id=row.id or 0, window_start=start, reserved=0.0, spent=delta, now=now)
     after = before + delta
+    note_spend(session, row, before=before, after=after, now=now, ctx=ctx)
     if budget and before <= budget["usd"] < after:
         return [
             GateResult(

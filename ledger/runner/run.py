@@ -32,11 +32,13 @@ from ledger.runner.catalog import ModelCatalog
 from ledger.runner.checks import CheckSpec, run_checks
 from ledger.secrets import resolve
 from ledger.sensitive import mask_sensitive
-from ledger.spend import reserve, settle, window_start
+from ledger.spend import reserve, settle, spent_in_window, window_start
 from ledger.transitions import (
     PolicyContext,
     apply_observation,
     lock_behavior,
+    note_provider_errors,
+    note_spend,
     pause_after_auth_error,
     record_approved,
     record_expired,
@@ -597,14 +599,17 @@ def finish_run(
         # already (it then counts only what exceeds the runner's; see ingest.process). A run
         # closed as interrupted meanwhile (its lease expired) had its reservation released.
         counted = run.broadcast_cost_usd or 0.0
+        spent = max(outcome.cost_usd, counted) - counted
+        before, _reserved = spent_in_window(session, plan.behavior_id, plan.budget_window)
         settle(
             session,
             behavior_id=plan.behavior_id,
             window_start=plan.budget_window,
             reserved=plan.reserved_usd if run.status in LIVE_STATUSES else 0.0,
-            spent=max(outcome.cost_usd, counted) - counted,
+            spent=spent,
             now=now,
         )
+        note_spend(session, row, before=before, after=before + spent, now=now, ctx=ctx)
     results: list[GateResult] = [r for r in outcome.failures]
     if outcome.output is not None:
         b = plan.behavior
@@ -683,6 +688,7 @@ def finish_run(
         _enqueue_action(session, plan.behavior_id, payload, now)
     session.add(run)
     decision = _record(session, row, run, results, now, ctx)
+    note_provider_errors(session, row, run_id=run.id, results=results, now=now, ctx=ctx)
     if outcome.pause and not row.paused:
         pause_after_auth_error(
             session, row, run_id=run.id, error=outcome.error or "auth", now=now, ctx=ctx

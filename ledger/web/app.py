@@ -34,6 +34,7 @@ from ledger.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ledger.metrics import outbox_overdue_seconds
 from ledger.metrics import render as render_metrics
 from ledger.secrets import is_reference, resolve, resolve_many
+from ledger.web.alerting_api import router as alerting_router
 from ledger.web.api import router as api_router
 from ledger.web.auth import TokenAuth, is_loopback, require_role
 from ledger.web.errors import install_error_handlers
@@ -152,13 +153,19 @@ def _some_secret(raw: str) -> None:
 
 
 def _check_channel(channel: AlertChannelConfig) -> None:
-    if channel.type == "log":
+    if channel.type in ("log", "notion"):
         return
-    if channel.url is None:
+    if channel.type == "email":
+        missing = [n for n in ("host", "sender") if getattr(channel, n) is None]
+        if not channel.to:
+            missing.append("to")
+        if missing:
+            raise ConfigError(f"an email channel needs {', '.join(missing)}")
+    if channel.type in ("slack", "webhook") and channel.url is None:
         raise ConfigError(f"a {channel.type} channel needs a url (a reference: env:NAME)")
     if channel.type == "webhook" and channel.secret is None:
         raise ConfigError("a webhook channel needs a signing secret (a reference: env:NAME)")
-    for value in (channel.url, channel.secret):
+    for value in (channel.url, channel.secret, channel.password):
         if value is not None and is_reference(value.get_secret_value()):
             resolve(value.get_secret_value())
 
@@ -225,6 +232,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     install_ingest_routes(app)  # POST /v1/traces, POST /webhooks/{source}
     app.include_router(api_router)
     app.include_router(token_router)  # /api/tokens (admins)
+    app.include_router(alerting_router)  # /api/outbox, /api/silences
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

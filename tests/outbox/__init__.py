@@ -5,6 +5,7 @@ scripted (``Capture.answer``), 200 otherwise."""
 from __future__ import annotations
 
 import contextlib
+import time
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ class Captured:
     path: str
     headers: dict[str, str]
     body: bytes
+    at: float = 0.0  # when it arrived (time.time())
 
     def json(self) -> Any:
         return orjson.loads(self.body)
@@ -52,7 +54,7 @@ class Capture:
 
     async def _endpoint(self, request: Request) -> Response:
         body = await request.body()
-        self.requests.append(Captured(request.url.path, dict(request.headers), body))
+        self.requests.append(Captured(request.url.path, dict(request.headers), body, time.time()))
         script = self._script.get(request.url.path)
         status, headers = script.popleft() if script else (200, {})
         return Response(b"{}", status_code=status, headers=headers, media_type="application/json")

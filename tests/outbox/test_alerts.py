@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import orjson
 import pytest
 from pydantic import SecretStr
+from sqlmodel import col, select
 from structlog.testing import capture_logs
 
 from ledger.clock import FakeClock
@@ -87,7 +89,7 @@ def test_a_demotion_reads_as_plain_english_with_tier_meanings() -> None:
         ),
         (
             {"event": "provider_error", "behavior": "digest", "reason": "5 failures in a row"},
-            "digest: provider error: 5 failures in a row",
+            "digest failing with provider errors: 5 failures in a row",
         ),
     ],
 )
@@ -104,33 +106,101 @@ def test_long_evidence_is_shortened() -> None:
 
 def test_the_slack_message_has_fallback_text_and_escaped_blocks() -> None:
     alert = {**DEMOTION, "reason": "output matched <script> & more"}
-    message = slack_message(alert)
+    message = slack_message(alert, "https://ledger.example.com/")
     assert message["text"] == alert_headline(alert)
-    assert [block["type"] for block in message["blocks"]] == ["section", "section", "context"]
-    headline = message["blocks"][0]["text"]
-    assert headline["type"] == "mrkdwn"
-    assert headline["text"].endswith("output matched &lt;script&gt; &amp; more")
-    assert "C · autonomous to B · human-in-the-loop" in headline["text"]
-    assert message["blocks"][1]["text"]["text"] == (
-        "*Evidence*\n• gate guardrail_block, outcome fail, run r-41"
-    )
-    assert message["blocks"][2]["elements"] == [
-        {"type": "mrkdwn", "text": "At 2026-11-02T09:00:00+00:00"}
+    assert [block["type"] for block in message["blocks"]] == [
+        "header",
+        "section",
+        "section",
+        "section",
+        "section",
+        "context",
     ]
+    header, who, reason, evidence, link, context = message["blocks"]
+    assert header["text"] == {"type": "plain_text", "text": "seo-audit demoted"}
+    assert who["fields"] == [
+        {"type": "mrkdwn", "text": "*Behavior*\nseo-audit"},
+        {"type": "mrkdwn", "text": "*Tier*\nC · autonomous → B · human-in-the-loop"},
+    ]
+    assert reason["text"]["text"] == "*Reason*\noutput matched &lt;script&gt; &amp; more"
+    assert evidence["text"]["text"] == "*Evidence*\n• gate guardrail_block, outcome fail, run r-41"
+    assert link["text"]["text"] == (
+        "<https://ledger.example.com/behaviors/seo-audit|Open seo-audit in the dashboard>"
+    )
+    assert context["elements"] == [{"type": "mrkdwn", "text": "At 2026-11-02T09:00:00+00:00"}]
 
 
-def test_the_same_alert_within_the_window_is_queued_once_per_channel(db: Database) -> None:
-    first = queue(db, DEMOTION, ["slack", "log"])
-    assert len(first) == 2
-    assert queue(db, DEMOTION, ["slack", "log"], now=T0 + timedelta(minutes=59)) == []
-    # A new reason, or a new window, is a new alert.
-    assert len(queue(db, {**DEMOTION, "reason": "another"}, ["slack"])) == 1
-    assert len(queue(db, DEMOTION, ["slack"], now=T0 + timedelta(hours=1))) == 1
+def test_without_a_public_url_the_slack_message_has_no_dashboard_link() -> None:
+    message = slack_message(DEMOTION)
+    assert "dashboard" not in orjson.dumps(message).decode()
+
+
+def test_a_folded_alert_says_how_often_it_happened() -> None:
+    folded = {**DEMOTION, "count": 4, "window_seconds": 900, "first_at": "2026-11-02T08:50:00"}
+    assert alert_headline(folded) == (
+        "seo-audit demoted 4 times in 15 min; latest from C · autonomous to "
+        "B · human-in-the-loop: guardrail_block failed on run r-41"
+    )
+    message = slack_message(folded)
+    assert message["blocks"][0]["text"]["text"] == "seo-audit demoted 4 times in 15 min"
+    assert message["blocks"][-1]["elements"][0]["text"] == (
+        "4 times in 15 min, first at 2026-11-02T08:50:00"
+    )
+
+
+def _rows(db: Database) -> list[OutboxRow]:
     with db.transaction() as session:
-        rows = session.get(OutboxRow, first[0])
-        assert rows is not None
-        assert rows.kind == KIND_DEMOTION_ALERT
-        assert rows.payload == {"channel": "slack", "behavior": "seo-audit", "alert": DEMOTION}
+        return list(session.exec(select(OutboxRow).order_by(col(OutboxRow.id))).all())
+
+
+def test_the_first_alert_goes_at_once_and_repeats_fold_into_one_follow_up(db: Database) -> None:
+    window = timedelta(minutes=15)
+    first = queue(db, DEMOTION, ["slack", "log"], window=window)
+    assert len(first) == 2
+    # Repeats within the window, with other reasons and run ids: one follow-up per channel.
+    follow = queue(
+        db,
+        {**DEMOTION, "reason": "r-42"},
+        ["slack", "log"],
+        window=window,
+        now=T0 + timedelta(minutes=1),
+    )
+    assert len(follow) == 2
+    for minute in (2, 3):
+        assert (
+            queue(
+                db,
+                {**DEMOTION, "reason": f"r-4{minute + 1}"},
+                ["slack", "log"],
+                window=window,
+                now=T0 + timedelta(minutes=minute),
+            )
+            == []
+        )
+    rows = [r for r in _rows(db) if r.payload["channel"] == "slack"]
+    assert len(rows) == 2
+    sent, pending = rows
+    assert sent.payload == {"channel": "slack", "behavior": "seo-audit", "alert": DEMOTION}
+    assert sent.next_attempt_at == T0
+    assert pending.next_attempt_at == T0 + window  # sent when the window ends
+    assert pending.kind == KIND_DEMOTION_ALERT
+    alert = pending.payload["alert"]
+    assert (alert["count"], alert["reason"], alert["window_seconds"]) == (4, "r-44", 900)
+    assert alert["first_at"] == T0.isoformat()
+    # After the window: a new window, sent at once.
+    again = queue(db, DEMOTION, ["slack"], window=window, now=T0 + timedelta(minutes=16))
+    assert len(again) == 1
+    with db.transaction() as session:
+        row = session.get(OutboxRow, again[0])
+        assert row is not None and row.next_attempt_at == T0 + timedelta(minutes=16)
+        assert "count" not in row.payload["alert"]
+
+
+def test_other_events_and_behaviors_do_not_fold_together(db: Database) -> None:
+    queue(db, DEMOTION, ["slack"])
+    assert len(queue(db, {**DEMOTION, "behavior": "digest"}, ["slack"])) == 1
+    assert len(queue(db, {**DEMOTION, "event": "pause"}, ["slack"])) == 1
+    assert len(queue(db, DEMOTION, ["other"])) == 1
 
 
 def test_only_demotions_get_the_demotion_kind(db: Database) -> None:

@@ -146,7 +146,12 @@ async def test_a_manual_run_in_the_daemon_uses_its_key_and_approvals_end_with_a_
         return [(r.payload["channel"], r.payload["alert"]["event"]) for r in rows]
 
     # The operator's demotion and pause went to ledger.toml's channel, not only the log.
-    assert database(database_url, alerts) == [("ops", "demotion"), ("ops", "pause")]
+    assert database(database_url, alerts) == [
+        ("ops", "demotion"),
+        ("log", "demotion"),
+        ("ops", "pause"),
+        ("log", "pause"),
+    ]  # every alert is also written to the log
     assert database(database_url, lambda s: len(s.exec(select(Run)).all())) == 3
 
 
