@@ -99,7 +99,7 @@ async def drain(
     timeout: float = 60.0,
     until: Callable[[], bool] | None = None,
 ) -> None:
-    """Deliver outbox rows until none is due and none is waiting for a retry."""
+    """Deliver outbox rows of the handled kinds until none is due or waiting for a retry."""
     from sqlmodel import col, select
 
     from ledger.db.models import OutboxRow
@@ -108,7 +108,12 @@ async def drain(
         with db.transaction() as session:
             return len(
                 session.exec(
-                    select(OutboxRow.id).where(col(OutboxRow.status).in_(("pending", "in_flight")))
+                    select(OutboxRow.id).where(
+                        col(OutboxRow.status).in_(("pending", "in_flight")),
+                        # only the kinds this drain delivers: alerts (and their dedup
+                        # follow-ups, due when their window ends) are not the mirror's work
+                        col(OutboxRow.kind).in_(list(handlers)),
+                    )
                 ).all()
             )
 
