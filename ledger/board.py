@@ -61,12 +61,14 @@ __all__ = [
     "SpendWindow",
     "TierCount",
     "behavior_detail",
+    "behavior_filters",
     "board",
     "decode_cursor",
     "encode_cursor",
     "ledger_entries",
     "list_proposals",
     "runs",
+    "tier_counts",
     "unattributed_spans",
 ]
 
@@ -389,10 +391,23 @@ def _status_condition(status: str) -> ColumnElement[bool]:
     return conditions[status]
 
 
-def _filters(status: str | None, text: str | None) -> list[ColumnElement[bool]]:
-    where: list[ColumnElement[bool]] = [
-        _status_condition(status) if status else col(BehaviorRow.retired).is_(False)
-    ]
+def behavior_filters(
+    *,
+    tier: Tier | str | None = None,
+    status: str | None = None,
+    text: str | None = None,
+    hide_retired: bool = True,
+) -> list[ColumnElement[bool]]:
+    """SQL conditions on ``behavior`` for the board's and the API's filters: ``status`` one of
+    ``BEHAVIOR_STATUSES`` (without one, retired behaviors are left out if ``hide_retired``),
+    ``text`` in the name or description (case-insensitive). Raises ``InvalidRequestError``."""
+    where: list[ColumnElement[bool]] = []
+    if status:
+        where.append(_status_condition(status))
+    elif hide_retired:
+        where.append(col(BehaviorRow.retired).is_(False))
+    if tier is not None:
+        where.append(col(BehaviorRow.tier) == Tier(tier).value)
     if text:
         needle = text.lower()
         description = col(BehaviorRow.definition)["description"].as_string()
@@ -403,6 +418,26 @@ def _filters(status: str | None, text: str | None) -> list[ColumnElement[bool]]:
             )
         )
     return where
+
+
+def tier_counts(session: Session, where: Sequence[ColumnElement[bool]]) -> list[TierCount]:
+    """Behaviors per tier matching ``where`` (every tier listed, zeros included)."""
+    counts = dict(
+        session.execute(
+            select(col(BehaviorRow.tier), func.count())
+            .where(*where)
+            .group_by(col(BehaviorRow.tier))
+        ).all()
+    )
+    return [
+        TierCount(
+            tier=t.value,
+            tier_label=t.label,
+            tier_meaning=TIER_MEANING[t],
+            count=int(counts.get(t.value, 0)),
+        )
+        for t in Tier
+    ]
 
 
 def board(
@@ -422,17 +457,9 @@ def board(
     Raises ``InvalidRequestError`` for a bad filter or cursor."""
     ctx = ctx or PolicyContext()
     limit = max(1, min(limit, MAX_LIMIT))
-    where = _filters(status, text)
-    counts = dict(
-        session.execute(
-            select(col(BehaviorRow.tier), func.count())
-            .where(*where)
-            .group_by(col(BehaviorRow.tier))
-        ).all()
-    )
-    query = select(BehaviorRow).where(*where)
-    if tier is not None:
-        query = query.where(col(BehaviorRow.tier) == Tier(tier).value)
+    where = behavior_filters(status=status, text=text)
+    counts = tier_counts(session, where)
+    query = select(BehaviorRow).where(*where, *behavior_filters(tier=tier, hide_retired=False))
     if cursor is not None:
         (after,) = decode_cursor(cursor, (str,), "board")
         query = query.where(col(BehaviorRow.name) > after)
@@ -444,16 +471,8 @@ def board(
         generated_at=now,
         cards=cards,
         next_cursor=encode_cursor(rows[-1].name) if more else None,
-        counts=[
-            TierCount(
-                tier=t.value,
-                tier_label=t.label,
-                tier_meaning=TIER_MEANING[t],
-                count=int(counts.get(t.value, 0)),
-            )
-            for t in Tier
-        ],
-        total=int(sum(counts.values())),
+        counts=counts,
+        total=sum(c.count for c in counts),
         demotions_24h=recent_demotions(session, now=now),
     )
 

@@ -32,6 +32,7 @@ from ledger.web.api import router as api_router
 from ledger.web.auth import TokenAuth, is_loopback
 from ledger.web.errors import install_error_handlers
 from ledger.web.ingest_routes import LedgerApp, install_ingest_routes
+from ledger.web.read_routes import router as read_router
 
 
 def get_state(request: Request) -> Daemon:
@@ -188,6 +189,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     install_api_docs(app)
     install_ingest_routes(app)  # POST /v1/traces, POST /webhooks/{source}
     app.include_router(api_router)
+    app.include_router(read_router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
