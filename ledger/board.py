@@ -429,6 +429,10 @@ def tier_counts(session: Session, where: Sequence[ColumnElement[bool]]) -> list[
             .group_by(col(BehaviorRow.tier))
         ).all()
     )
+    return _counts(counts)
+
+
+def _counts(counts: dict[str, int]) -> list[TierCount]:
     return [
         TierCount(
             tier=t.value,
@@ -458,11 +462,25 @@ def board(
     ctx = ctx or PolicyContext()
     limit = max(1, min(limit, MAX_LIMIT))
     where = behavior_filters(status=status, text=text)
-    counts = tier_counts(session, where)
-    query = select(BehaviorRow).where(*where, *behavior_filters(tier=tier, hide_retired=False))
-    if cursor is not None:
-        (after,) = decode_cursor(cursor, (str,), "board")
-        query = query.where(col(BehaviorRow.name) > after)
+    after = decode_cursor(cursor, (str,), "board")[0] if cursor is not None else None
+    query = select(BehaviorRow)
+    if text:
+        # Matching text reads every definition: once, for the counts and the page together.
+        found = session.execute(select(col(BehaviorRow.name), col(BehaviorRow.tier)).where(*where))
+        matches = sorted(found.all())
+        counts = _counts({t: sum(1 for _, m in matches if m == t) for t in "ABC"})
+        wanted = Tier(tier).value if tier is not None else None
+        names = [
+            n
+            for n, t in matches
+            if (wanted is None or t == wanted) and (after is None or n > after)
+        ]
+        query = query.where(col(BehaviorRow.name).in_(names[: limit + 1]))
+    else:
+        counts = tier_counts(session, where)
+        query = query.where(*where, *behavior_filters(tier=tier, hide_retired=False))
+        if after is not None:
+            query = query.where(col(BehaviorRow.name) > after)
     rows = list(session.execute(query.order_by(col(BehaviorRow.name)).limit(limit + 1)).scalars())
     more = len(rows) > limit
     rows = rows[:limit]

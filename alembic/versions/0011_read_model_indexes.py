@@ -34,7 +34,10 @@ def upgrade() -> None:
         postgresql_where=_PROBLEM_PG,
         sqlite_where=_PROBLEM_SQLITE,
     )
-    op.create_index("ix_run_claimed_at", "run", ["claimed_at"])
+    # Covering: the last 24 hours' cost disagreements are read from the index alone.
+    op.create_index(
+        "ix_run_claimed_at", "run", ["claimed_at", "behavior_id", "cost_usd", "broadcast_cost_usd"]
+    )
     op.create_index("ix_budget_window_window_start", "budget_window", ["window_start"])
     op.create_index("ix_ledger_entry_kind_created_at", "ledger_entry", ["kind", "created_at"])
 

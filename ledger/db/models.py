@@ -117,7 +117,8 @@ class Run(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("behavior_id", "scheduled_for"),
         Index("ix_run_behavior_id_claimed_at", "behavior_id", "claimed_at"),
-        Index("ix_run_claimed_at", "claimed_at"),  # ``ledger status``: the last 24 hours
+        # ``ledger status``: the last 24 hours, costs included (read from the index alone).
+        Index("ix_run_claimed_at", "claimed_at", "behavior_id", "cost_usd", "broadcast_cost_usd"),
         # The sweep for runs left behind by a crash reads live runs by lease only.
         Index(
             "ix_run_live_lease_until",
