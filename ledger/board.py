@@ -44,6 +44,7 @@ __all__ = [
     "BEHAVIOR_STATUSES",
     "DEFAULT_LIMIT",
     "MAX_LIMIT",
+    "MAX_ROW_ID",
     "BehaviorDetail",
     "Board",
     "Card",
@@ -72,6 +73,9 @@ __all__ = [
     "unattributed_spans",
 ]
 
+# The largest id a row can have on both databases (PostgreSQL's INTEGER): larger ids in a
+# request match nothing, and are never sent to the database (which would refuse them).
+MAX_ROW_ID: Final = 2**31 - 1
 DEFAULT_LIMIT: Final = 50
 MAX_LIMIT: Final = 500
 FAILURE_LOOKBACK: Final = timedelta(hours=24)
@@ -123,7 +127,7 @@ def decode_cursor(cursor: str, shape: Sequence[type], what: str) -> list[Any]:
     for value, kind in zip(key, shape, strict=True):
         if isinstance(value, bool) or not isinstance(value, kind):
             raise bad
-        if isinstance(value, int) and not 0 <= value < 2**63:
+        if isinstance(value, int) and not 0 <= value <= MAX_ROW_ID:
             raise bad
     return key
 
@@ -958,7 +962,11 @@ def ledger_entries(
     if until is not None:
         query = query.where(col(LedgerEntry.created_at) < until)
     if before_id is not None:
-        query = query.where(col(LedgerEntry.id) < before_id).order_by(col(LedgerEntry.id).desc())
+        if before_id <= MAX_ROW_ID:  # every id is below a larger one
+            query = query.where(col(LedgerEntry.id) < before_id)
+        query = query.order_by(col(LedgerEntry.id).desc())
+    elif after_id >= MAX_ROW_ID:
+        return EntryPage(entries=[], next_cursor=None)  # no id is larger
     else:
         query = query.where(col(LedgerEntry.id) > after_id).order_by(col(LedgerEntry.id))
     found = list(session.execute(query.limit(limit + 1)).scalars())

@@ -13,6 +13,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 from ledger.board import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
+    MAX_ROW_ID,
     Board,
     ProposalView,
     RunPage,
@@ -42,7 +43,7 @@ Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 StatusFilter = Literal[
     "active", "paused", "pinned", "disabled", "retired", "invalid_file", "missing_key"
 ]
-ProposalId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+ProposalId = Annotated[int, Path(ge=1, le=MAX_ROW_ID)]
 
 
 def _state(request: Request) -> Any:
