@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, case, func, text
@@ -214,11 +215,11 @@ def collect_status(
         # The window's spend (the budget's window, else the calendar month in UTC): the
         # runner's and broadcast's figures reconciled, and spend seen only via broadcast.
         start = starts[reset if has_budget else None]
-        interval = parse_interval(schedule) if schedule else None
+        interval = _interval(schedule) if schedule else None
         out.append(
             BehaviorStatus(
                 name=name,
-                tier=Tier(tier),
+                tier=_TIERS[tier],
                 flags=flags,
                 last_run_at=last_run_at,
                 last_run_status=last_run_status,
@@ -276,6 +277,10 @@ def _count_by_behavior(
     if page is not None:
         query = query.where(col(behavior_id).in_(page))
     return dict(Counter(session.execute(query).scalars()))
+
+
+_TIERS: dict[str, Tier] = {tier.value: tier for tier in Tier}
+_interval = lru_cache(maxsize=1024)(parse_interval)  # thousands of behaviors, a few schedules
 
 
 def _schedule(schedule: str | None, timezone: str | None) -> Schedule | None:

@@ -376,15 +376,31 @@ def seed(url: str, n_behaviors: int, n_runs: int, now: datetime) -> None:
 # --------------------------------------------------------------------------- measuring
 
 
-def timed(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
-    """(median, best) seconds of ``repeat`` calls after one warm-up call."""
+def timed(fn: Callable[[], object], repeat: int) -> tuple[float, float, float]:
+    """(median, best) wall seconds of ``repeat`` calls after one warm-up call, and the median
+    CPU seconds they took in this process and its children (on a shared, loaded machine the
+    wall time mostly measures the wait for a core; PostgreSQL's own work is not in it)."""
     fn()
     samples = []
+    cpu = []
     for _ in range(repeat):
+        before = os.times()
         start = time.perf_counter()
         fn()
         samples.append(time.perf_counter() - start)
-    return statistics.median(samples), min(samples)
+        after = os.times()
+        cpu.append(sum(after[:4]) - sum(before[:4]))
+    return statistics.median(samples), min(samples), statistics.median(cpu)
+
+
+def machine_speed() -> float:
+    """Microseconds per ``datetime.isoformat()``: the same on every idle machine of a kind, so
+    a large value says the timings beside it were taken on a crowded one."""
+    stamp = datetime.now(UTC)
+    start = time.perf_counter()
+    for _ in range(100_000):
+        stamp.isoformat()
+    return (time.perf_counter() - start) * 10
 
 
 def baseline_status_module() -> ModuleType | None:
@@ -446,17 +462,17 @@ def measure(
         target: float,
         base: Callable[[], object] | None = None,
     ) -> None:
-        median, best = timed(fn, args.repeat)
+        median, best, cpu = timed(fn, args.repeat)
         base_median = None
         if base is not None:
-            base_median, _ = timed(base, max(1, min(args.repeat, 2)))
+            base_median, _, _ = timed(base, max(1, min(args.repeat, 2)))
         rows.append((label, median, best, target, base_median))
         extra = (
             f"  (before: {base_median * 1000:,.0f} ms, {base_median / median:,.0f}x)"
             if base_median
             else ""
         )
-        timing = f"{median * 1000:8.1f} ms median, {best * 1000:8.1f} best"
+        timing = f"{median * 1000:8.1f} ms median, {best * 1000:8.1f} best, {cpu * 1000:7.1f} CPU"
         print(f"  {label:<44} {timing}  (target {target * 1000:.0f} ms){extra}", flush=True)
 
     add(
@@ -598,6 +614,8 @@ def run_backend(name: str, url: str, args: argparse.Namespace) -> None:
         seed(url, args.behaviors, args.runs, now)
     else:
         print("  reusing the seeded database (--keep)")
+    speed = machine_speed()
+    print(f"  machine: {speed:.2f} µs per datetime.isoformat() (lower = a less crowded machine)")
     rows = measure(name, url, args, now)
     slow = [label for label, median, _b, target, _base in rows if target and median > target]
     print(f"  {name}: {'all within target' if not slow else 'over target: ' + ', '.join(slow)}")
