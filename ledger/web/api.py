@@ -183,7 +183,7 @@ def get_behavior(
     _op: ViewerDep,
     runs_cursor: Cursor = None,
     runs_limit: Annotated[int, Query(ge=1, le=500)] = 20,
-) -> dict[str, Any]:
+) -> Response:
     """One behavior: tier, spend in the current budget window (unrounded), last deliveries;
     its card with structured promotion progress, runs (a page: ``runs_cursor``) with gate
     results, tier history with reasons and actors, spend per window, progress in words."""
@@ -214,46 +214,49 @@ def get_behavior(
             .order_by(col(IngestedSpan.received_at).desc())
             .limit(10)
         ).all()
-        return {
-            **dict(detail),
-            "name": row.name,
-            **_tier(row.tier),
-            "max_tier": row.max_tier,
-            "paused": row.paused,
-            "pinned": row.pinned,
-            "retired": row.retired,
-            "enabled": row.enabled,
-            "description": definition.get("description", ""),
-            "definition_hash": row.definition_hash,
-            "problem": row.problem,
-            # The name broadcast attributes the behavior's key by: its file's, else learned.
-            "key_name": definition.get("key_name") or row.learned_key_name,
-            "key_name_source": (
-                "file"
-                if definition.get("key_name")
-                else ("learned" if row.learned_key_name else None)
-            ),
-            "last_run": {
-                "id": row.last_run_id,
-                "at": row.last_run_at,
-                "status": row.last_run_status,
-            },
-            "spend": spend,
-            "last_deliveries": [
-                {
-                    "trace_id": d.trace_id,
-                    "span_id": d.span_id,
-                    "name": d.name,
-                    "received_at": d.received_at,
-                    "run_id": d.run_id,
-                    "attribution": d.attribution,
-                    "cost_usd": d.cost_usd,
-                    "prompt_tokens": d.prompt_tokens,
-                    "completion_tokens": d.completion_tokens,
-                }
-                for d in deliveries
-            ],
-        }
+        answer = BehaviorResponse.model_validate(
+            {
+                **dict(detail),
+                "name": row.name,
+                **_tier(row.tier),
+                "max_tier": row.max_tier,
+                "paused": row.paused,
+                "pinned": row.pinned,
+                "retired": row.retired,
+                "enabled": row.enabled,
+                "description": definition.get("description", ""),
+                "definition_hash": row.definition_hash,
+                "problem": row.problem,
+                # The name broadcast attributes the behavior's key by: its file's, else learned.
+                "key_name": definition.get("key_name") or row.learned_key_name,
+                "key_name_source": (
+                    "file"
+                    if definition.get("key_name")
+                    else ("learned" if row.learned_key_name else None)
+                ),
+                "last_run": {
+                    "id": row.last_run_id,
+                    "at": row.last_run_at,
+                    "status": row.last_run_status,
+                },
+                "spend": spend,
+                "last_deliveries": [
+                    {
+                        "trace_id": d.trace_id,
+                        "span_id": d.span_id,
+                        "name": d.name,
+                        "received_at": d.received_at,
+                        "run_id": d.run_id,
+                        "attribution": d.attribution,
+                        "cost_usd": d.cost_usd,
+                        "prompt_tokens": d.prompt_tokens,
+                        "completion_tokens": d.completion_tokens,
+                    }
+                    for d in deliveries
+                ],
+            }
+        )
+    return Response(answer.model_dump_json(), media_type="application/json")
 
 
 def _broadcast_since(session: Session, behavior_id: int, start: datetime) -> dict[str, Any]:

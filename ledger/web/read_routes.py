@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import Response
 from pydantic import AwareDatetime, BaseModel, Field
 
 from ledger.board import (
@@ -64,14 +65,14 @@ def get_board(
     text: Annotated[str | None, Query(max_length=100)] = None,
     cursor: Cursor = None,
     limit: Limit = DEFAULT_LIMIT,
-) -> Board:
+) -> Response:
     """The tier board: a page of behavior cards (sorted by name; retired ones only under
     ``status=retired``) with last run, failures in the policy's window, spend against budget
     and structured promotion progress; the count per tier under the same filters; and the
     demotions of the last 24 hours."""
     ctx = build_policy_context(_state(request).settings)
     with _state(request).db.transaction() as session:
-        return board(
+        page = board(
             session,
             now=_now(request),
             tier=tier,
@@ -81,6 +82,13 @@ def get_board(
             limit=limit,
             ctx=ctx,
         )
+    return _json(page)
+
+
+def _json(model: BaseModel) -> Response:
+    """``model`` as JSON, without FastAPI validating it once more against the route's
+    ``response_model`` (it is an instance of it: the model only documents the answer)."""
+    return Response(model.model_dump_json(), media_type="application/json")
 
 
 @router.get("/behaviors/{name}/runs", response_model=RunPage)
@@ -94,12 +102,12 @@ def list_runs(
     since: AwareDatetime | None = None,
     cursor: Cursor = None,
     limit: Limit = DEFAULT_LIMIT,
-) -> RunPage:
+) -> Response:
     """A behavior's runs, newest first, each with its gate results and their reasons.
     ``gate`` (and ``outcome``) keep runs with such a gate result; ``since`` runs claimed at or
     after an ISO 8601 time with its offset."""
     with _state(request).db.transaction() as session:
-        return runs(
+        page = runs(
             session,
             name,
             status=status,
@@ -109,6 +117,7 @@ def list_runs(
             cursor=cursor,
             limit=limit,
         )
+    return _json(page)
 
 
 class ProposalList(BaseModel):
@@ -177,10 +186,11 @@ def get_unattributed(
     since: AwareDatetime | None = None,
     cursor: Cursor = None,
     limit: Limit = DEFAULT_LIMIT,
-) -> SpanPage:
+) -> Response:
     """Broadcast deliveries (spans) no behavior claimed, newest first: what ``ledger status``
     counts as unattributed, with the attributes they came with (masked as stored)."""
     with _state(request).db.transaction() as session:
-        return unattributed_spans(
+        page = unattributed_spans(
             session, attribution=attribution, since=since, cursor=cursor, limit=limit
         )
+    return _json(page)
