@@ -97,6 +97,8 @@ def test_the_board_filters_by_tier_status_and_text_and_counts_each_tier(db: Data
         assert cards["eta"].status == "disabled" and cards["gamma"].flags.pinned
         with pytest.raises(InvalidRequestError, match="unknown status 'sleeping'"):
             board(s, now=T0, status="sleeping")
+        with pytest.raises(InvalidRequestError, match="unknown tier 'D'"):
+            board(s, now=T0, tier="D")
 
 
 def test_a_card_shows_last_run_failures_spend_and_the_progress_explain_gives(
