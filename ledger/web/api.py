@@ -40,7 +40,14 @@ from ledger.spend import DEFAULT_RESET, window_start
 from ledger.status import behavior_json, collect_status, status_document
 from ledger.transitions import PolicyContext, decline_proposal, operator_action
 from ledger.web.auth import OperatorDep, ViewerDep
-from ledger.web.read_routes import BehaviorName, Cursor, StatusFilter
+from ledger.web.read_routes import (
+    WORD,
+    BehaviorName,
+    Cursor,
+    SearchText,
+    StatusFilter,
+    word,
+)
 from ledger.web.status_models import BehaviorList, StatusDocument
 
 router = APIRouter(prefix="/api", tags=["api"])
@@ -83,7 +90,7 @@ def list_behaviors(
     _op: ViewerDep,
     tier: Tier | None = None,
     status: StatusFilter | None = None,
-    text: Annotated[str | None, Query(max_length=100)] = None,
+    text: SearchText = None,
     cursor: Cursor = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Response:
@@ -415,8 +422,10 @@ EntryId = Annotated[int, Query(ge=0, le=2**63 - 1)]
 def get_ledger_entries(
     request: Request,
     _op: ViewerDep,
-    behavior: Annotated[str | None, Query(max_length=63)] = None,
-    kind: Annotated[list[str] | None, Query(max_length=20)] = None,
+    behavior: Annotated[str | None, word(63)] = None,
+    kind: Annotated[
+        list[Annotated[str, Field(max_length=32, pattern=WORD)]] | None, Query(max_length=20)
+    ] = None,
     since: AwareDatetime | None = None,
     until: AwareDatetime | None = None,
     after_id: EntryId = 0,

@@ -45,6 +45,21 @@ StatusFilter = Literal[
     "active", "paused", "pinned", "disabled", "retired", "invalid_file", "missing_key"
 ]
 ProposalId = Annotated[int, Path(ge=1, le=MAX_ROW_ID)]
+# Free text and names in queries: no control characters (PostgreSQL refuses NUL in text).
+SearchText = Annotated[
+    str | None,
+    Query(
+        max_length=100,
+        pattern=r"^[^\x00-\x1f\x7f]*$",
+        description="Part of a behavior's name or description, in any case.",
+    ),
+]
+WORD = r"^[a-z0-9_-]+$"  # behavior names, gates, kinds, statuses
+
+
+def word(max_length: int) -> Any:
+    """A query parameter that is a name: lowercase letters, digits, ``-`` and ``_``."""
+    return Query(max_length=max_length, pattern=WORD)
 
 
 def _state(request: Request) -> Any:
@@ -62,7 +77,7 @@ def get_board(
     _op: ViewerDep,
     tier: Tier | None = None,
     status: StatusFilter | None = None,
-    text: Annotated[str | None, Query(max_length=100)] = None,
+    text: SearchText = None,
     cursor: Cursor = None,
     limit: Limit = DEFAULT_LIMIT,
 ) -> Response:
@@ -96,8 +111,8 @@ def list_runs(
     request: Request,
     name: BehaviorName,
     _op: ViewerDep,
-    status: Annotated[str | None, Query(max_length=16)] = None,
-    gate: Annotated[str | None, Query(max_length=32)] = None,
+    status: Annotated[str | None, word(16)] = None,
+    gate: Annotated[str | None, word(32)] = None,
     outcome: Literal["pass", "warn", "fail"] | None = None,
     since: AwareDatetime | None = None,
     cursor: Cursor = None,
@@ -129,7 +144,7 @@ def get_proposals(
     request: Request,
     _op: ViewerDep,
     status: Literal["pending", "accepted", "declined", "withdrawn"] = "pending",
-    behavior: Annotated[str | None, Query(max_length=63)] = None,
+    behavior: Annotated[str | None, word(63)] = None,
 ) -> ProposalList:
     """Promotion proposals of ``promotion: confirm`` behaviors (pending by default), newest
     first."""
