@@ -27,8 +27,8 @@ from ledger.gates import Gate, GateResult, Outcome
 from ledger.policy import Observation, PolicyWindow, observe
 from ledger.proposals import accept_proposal, decline_proposal_by_id
 from ledger.transitions import PolicyContext, operator_action
+from tests.board_rows import behavior_row, run_row, span_row
 from tests.conftest import T0
-from tests.factories import behavior_row, run_row, span_row
 
 CTX = PolicyContext()
 

@@ -17,9 +17,9 @@ from ledger.db.models import PromotionProposal
 from ledger.db.session import Database
 from ledger.transitions import lock_behavior
 from ledger.web.status_models import BehaviorList, StatusDocument
+from tests.board_rows import run_row, span_row
 from tests.conftest import T0, VALID_BEHAVIOR, free_port, write_behavior
 from tests.daemon import Daemon
-from tests.factories import run_row, span_row
 
 TOKEN = "read-token-" + "5" * 24
 NAMES = ("alpha", "beta", "gamma")
