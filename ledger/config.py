@@ -117,6 +117,17 @@ class Settings(BaseSettings):
         description="API/dashboard tokens by name (the name is recorded as the actor): "
         "secret references or values.",
     )
+    metrics_public: bool = Field(
+        default=False,
+        description="Serve /metrics without a token (a scraper on a trusted network); by "
+        "default it needs a token with the viewer role or higher.",
+    )
+    outbox_stall_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="/readyz answers 503 when a pending outbox row has been due this long "
+        "(no dispatcher is making progress).",
+    )
     retention_spans_days: int = Field(
         default=30,
         ge=0,

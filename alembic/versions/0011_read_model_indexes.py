@@ -3,7 +3,7 @@ millions of runs: attributable failures by time (a partial index), runs by claim
 windows by start, ledger entries by kind and time
 
 Revision ID: 0011
-Revises: 0007
+Revises: 0010
 Create Date: 2026-12-12 10:00:00
 
 Indexes only; nothing is rewritten. On a big PostgreSQL database, build them beforehand with
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0011"
-down_revision: str | None = "0007"
+down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
