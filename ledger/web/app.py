@@ -39,6 +39,7 @@ from ledger.web.api import router as api_router
 from ledger.web.auth import TokenAuth, is_loopback, require_role
 from ledger.web.errors import install_error_handlers
 from ledger.web.ingest_routes import LedgerApp, install_ingest_routes
+from ledger.web.read_routes import router as read_router
 from ledger.web.security import CONTENT_SECURITY_POLICY, SecurityHeaders
 from ledger.web.token_routes import router as token_router
 
@@ -231,6 +232,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     install_api_docs(app)
     install_ingest_routes(app)  # POST /v1/traces, POST /webhooks/{source}
     app.include_router(api_router)
+    app.include_router(read_router)
     app.include_router(token_router)  # /api/tokens (admins)
     app.include_router(alerting_router)  # /api/outbox, /api/silences
 
