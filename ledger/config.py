@@ -117,6 +117,11 @@ class Settings(BaseSettings):
         description="API/dashboard tokens by name (the name is recorded as the actor): "
         "secret references or values.",
     )
+    session_secret: SecretStr | None = Field(
+        default=None,
+        description="Signs the dashboard's session cookies (a reference such as env:NAME; at "
+        "least 32 characters). Unset: a random one per start, so logins end on restart.",
+    )
     retention_spans_days: int = Field(
         default=30,
         ge=0,

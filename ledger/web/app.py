@@ -30,8 +30,11 @@ from ledger.errors import ConfigError, LedgerError
 from ledger.secrets import is_reference, resolve, resolve_many
 from ledger.web.api import router as api_router
 from ledger.web.auth import TokenAuth, is_loopback
+from ledger.web.dashboard import install_dashboard
+from ledger.web.dashboard.feed import ChangeFeed, database_fingerprint
 from ledger.web.errors import install_error_handlers
 from ledger.web.ingest_routes import LedgerApp, install_ingest_routes
+from ledger.web.sessions import LoginRateLimit, SessionSigner, session_secret
 
 
 def get_state(request: Request) -> Daemon:
@@ -172,9 +175,13 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
         daemon = await open_daemon(settings, clock or SystemClock())
         app.state.ledger = daemon
         app.state.ingest = daemon.ingest
+        app.state.sessions = SessionSigner(session_secret(settings))
+        app.state.login_limit = LoginRateLimit()
+        app.state.dashboard_feed = ChangeFeed(database_fingerprint(daemon))
         try:
             yield
         finally:
+            await app.state.dashboard_feed.close()
             await close_daemon(daemon)
 
     app = LedgerApp(
@@ -188,6 +195,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     install_api_docs(app)
     install_ingest_routes(app)  # POST /v1/traces, POST /webhooks/{source}
     app.include_router(api_router)
+    install_dashboard(app)  # /, /login, /behaviors/..., /approvals, /ledger, /static/dashboard
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

@@ -1,0 +1,473 @@
+"""The dashboard's pages and forms: login/logout, the tier board (with its live fragment and
+event stream), a behavior's page and actions, the approvals queue and the ledger log.
+
+Every form posts a CSRF token bound to the browser's session; every action goes through the
+same service functions as the JSON API (``operator_action``, ``approve``, ``reject``,
+``decline_proposal``), with the session's name recorded as the actor."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote, urlparse
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from starlette.datastructures import FormData
+
+from ledger.daemon import build_policy_context
+from ledger.errors import LedgerError, NotFoundError
+from ledger.gates import Tier
+from ledger.journal import verify
+from ledger.runner.run import approve, reject
+from ledger.transitions import decline_proposal, operator_action
+from ledger.web.auth import Operator, TokenAuth
+from ledger.web.dashboard import views
+from ledger.web.dashboard.charts import spend_chart
+from ledger.web.dashboard.feed import ChangeFeed
+from ledger.web.dashboard.render import templates
+from ledger.web.sessions import (
+    CSRF_FIELD,
+    FLASH_COOKIE,
+    LOGIN_COOKIE,
+    LOGIN_NONCE_SECONDS,
+    SESSION_COOKIE,
+    SESSION_SECONDS,
+    LoginRateLimit,
+    SessionSigner,
+    clear_cookie,
+    set_cookie,
+)
+
+router = APIRouter(include_in_schema=False)
+
+VERBS = ("promote", "demote", "pin", "unpin", "pause", "resume")
+MAX_REASON = 2000
+
+
+class LoginRequired(Exception):
+    def __init__(self, next_path: str) -> None:
+        self.next_path = next_path
+
+
+@dataclass(frozen=True, slots=True)
+class Viewer:
+    """Who is looking, the CSRF token their forms carry, and whether auth is off."""
+
+    operator: Operator
+    csrf: str
+    auth_off: bool
+    new_nonce: str | None = None  # set as the login cookie when the browser had none
+
+    @property
+    def may_act(self) -> bool:
+        return self.operator.may("operator")
+
+
+def _signer(request: Request) -> SessionSigner:
+    signer: SessionSigner = request.app.state.sessions
+    return signer
+
+
+def _state(request: Request) -> Any:
+    return request.app.state.ledger
+
+
+def _now(request: Request) -> datetime:
+    now: datetime = _state(request).clock.now()
+    return now
+
+
+def viewer(request: Request) -> Viewer:
+    """The logged-in browser (or, with LEDGER_AUTH=off, anyone on loopback); else a redirect
+    to the login form."""
+    auth: TokenAuth = request.app.state.auth
+    signer = _signer(request)
+    if not auth.enabled:
+        nonce = request.cookies.get(LOGIN_COOKIE)
+        fresh = None if nonce and len(nonce) < 100 else secrets.token_urlsafe(18)
+        binding = fresh or nonce or ""
+        return Viewer(
+            Operator("anonymous (auth off)", "admin"), signer.csrf_token(binding), True, fresh
+        )
+    session = signer.read(request.cookies.get(SESSION_COOKIE))
+    if session is None:
+        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        raise LoginRequired(path)
+    return Viewer(session.operator, signer.csrf_token(session.sid), False)
+
+
+def _csrf_binding(request: Request) -> str | None:
+    auth: TokenAuth = request.app.state.auth
+    if not auth.enabled:
+        return request.cookies.get(LOGIN_COOKIE)
+    session = _signer(request).read(request.cookies.get(SESSION_COOKIE))
+    return session.sid if session else None
+
+
+async def _form(request: Request) -> FormData:
+    return await request.form(max_files=0, max_fields=20, max_part_size=64 * 1024)
+
+
+def _page(
+    request: Request, name: str, who: Viewer | None, status_code: int = 200, **context: Any
+) -> HTMLResponse:
+    flash = _signer(request).unseal("flash", request.cookies.get(FLASH_COOKIE))
+    response = templates.TemplateResponse(
+        request,
+        name,
+        {"who": who, "flash": flash, "csrf_field": CSRF_FIELD, **context},
+        status_code=status_code,
+    )
+    if flash is not None:
+        clear_cookie(response, request, FLASH_COOKIE)
+    if who is not None and who.new_nonce:
+        set_cookie(response, request, LOGIN_COOKIE, who.new_nonce, LOGIN_NONCE_SECONDS * 24)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _back(request: Request, to: str, message: str, ok: bool) -> RedirectResponse:
+    """Post/redirect/get with a one-time message (a signed cookie, shown once)."""
+    response = RedirectResponse(to, status_code=303)
+    sealed = _signer(request).seal("flash", {"message": message[:600], "ok": ok})
+    set_cookie(response, request, FLASH_COOKIE, sealed, 60)
+    return response
+
+
+async def _checked_form(request: Request, who: Viewer, need_operator: bool = True) -> FormData:
+    """The form, once its CSRF token matches and the viewer may act; raises ``_Refused``."""
+    form = await _form(request)
+    given = form.get(CSRF_FIELD)
+    if not _signer(request).csrf_ok(
+        _csrf_binding(request), given if isinstance(given, str) else None
+    ):
+        raise _Refused(
+            403,
+            "The form expired or did not come from this dashboard; reload the page and try again.",
+        )
+    if need_operator and not who.may_act:
+        raise _Refused(
+            403, f"{who.operator.name} has the {who.operator.role} role: acting needs operator."
+        )
+    return form
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+
+
+def _reason(form: FormData) -> str:
+    raw = form.get("reason")
+    reason = raw.strip() if isinstance(raw, str) else ""
+    if not reason:
+        raise _Refused(400, "Give a reason: it is recorded in the ledger with your name.")
+    if len(reason) > MAX_REASON:
+        raise _Refused(400, f"The reason is too long ({len(reason)} characters; at most 2000).")
+    return reason
+
+
+def _safe_next(raw: str | None) -> str:
+    """Only a path on this site (never ``//host`` or a scheme): no open redirect."""
+    if not raw or not raw.startswith("/") or raw.startswith("//") or "\\" in raw:
+        return "/"
+    parsed = urlparse(raw)
+    return "/" if parsed.scheme or parsed.netloc else raw
+
+
+# -- login --------------------------------------------------------------------------------
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+@router.get("/login", response_class=HTMLResponse)
+async def login_form(request: Request, next: str = "/") -> HTMLResponse:
+    auth: TokenAuth = request.app.state.auth
+    if not auth.enabled:
+        return RedirectResponse(_safe_next(next), status_code=303)  # type: ignore[return-value]
+    nonce = secrets.token_urlsafe(18)
+    response = _page(
+        request,
+        "login.html",
+        None,
+        next=_safe_next(next),
+        login_csrf=_signer(request).csrf_token("login|" + nonce),
+    )
+    set_cookie(response, request, LOGIN_COOKIE, nonce, LOGIN_NONCE_SECONDS)
+    return response
+
+
+@router.post("/login", response_class=HTMLResponse)
+async def login(request: Request) -> Response:
+    auth: TokenAuth = request.app.state.auth
+    limiter: LoginRateLimit = request.app.state.login_limit
+    form = await _form(request)
+    next_path = _safe_next(str(form.get("next") or "/"))
+    signer = _signer(request)
+
+    def again(message: str, status: int, headers: dict[str, str] | None = None) -> Response:
+        nonce = secrets.token_urlsafe(18)
+        response = _page(
+            request,
+            "login.html",
+            None,
+            status_code=status,
+            next=next_path,
+            error=message,
+            login_csrf=signer.csrf_token("login|" + nonce),
+        )
+        set_cookie(response, request, LOGIN_COOKIE, nonce, LOGIN_NONCE_SECONDS)
+        response.headers.update(headers or {})
+        return response
+
+    client = _client(request)
+    wait = limiter.retry_after(client)
+    if wait is not None:
+        return again(
+            f"Too many failed logins from {client}: try again in {wait} seconds.",
+            429,
+            {"Retry-After": str(wait)},
+        )
+    nonce = request.cookies.get(LOGIN_COOKIE)
+    given_csrf = form.get(CSRF_FIELD)
+    if not nonce or not signer.csrf_ok(
+        "login|" + nonce, given_csrf if isinstance(given_csrf, str) else None
+    ):
+        return again("The login form expired; paste your token again.", 403)
+    raw = form.get("token")
+    token = raw.strip() if isinstance(raw, str) else ""
+    operator = auth.authenticate(f"Bearer {token}") if token and len(token) <= 4096 else None
+    if operator is None:
+        limiter.failed(client)
+        return again("That token is not valid (check it with whoever runs the daemon).", 401)
+    limiter.succeeded(client)
+    cookie, _session = signer.issue(operator)
+    response = RedirectResponse(next_path, status_code=303)
+    set_cookie(response, request, SESSION_COOKIE, cookie, SESSION_SECONDS)
+    clear_cookie(response, request, LOGIN_COOKIE)
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request) -> Response:
+    form = await _form(request)
+    given = form.get(CSRF_FIELD)
+    if not _signer(request).csrf_ok(
+        _csrf_binding(request), given if isinstance(given, str) else None
+    ):
+        return RedirectResponse("/", status_code=303)
+    response = RedirectResponse("/login", status_code=303)
+    clear_cookie(response, request, SESSION_COOKIE)
+    return response
+
+
+# -- the tier board -----------------------------------------------------------------------
+
+
+def _board(request: Request, q: str) -> views.Board:
+    state = _state(request)
+    with state.db.transaction() as session:
+        return views.board(session, _now(request), build_policy_context(state.settings), q[:200])
+
+
+@router.get("/", response_class=HTMLResponse)
+async def board_page(request: Request, q: str = "") -> HTMLResponse:
+    who = viewer(request)
+    board = await asyncio.to_thread(_board, request, q)
+    return _page(request, "board.html", who, board=board, tiers=list(Tier))
+
+
+@router.get("/fragments/board", response_class=HTMLResponse)
+async def board_fragment(request: Request, q: str = "") -> HTMLResponse:
+    who = viewer(request)
+    board = await asyncio.to_thread(_board, request, q)
+    return _page(request, "_board.html", who, board=board, tiers=list(Tier))
+
+
+@router.get("/events/board")
+async def board_events(request: Request) -> StreamingResponse:
+    viewer(request)
+    feed: ChangeFeed = request.app.state.dashboard_feed
+
+    async def events() -> AsyncIterator[bytes]:
+        yield b"retry: 1000\n\n"
+        async for version in feed.stream():
+            if await request.is_disconnected():
+                return
+            yield f"event: changed\ndata: {version}\n\n".encode()
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+# -- a behavior ---------------------------------------------------------------------------
+
+
+@router.get("/behaviors/{name}", response_class=HTMLResponse)
+async def behavior_page(request: Request, name: str) -> HTMLResponse:
+    who = viewer(request)
+    state = _state(request)
+
+    def load() -> tuple[views.BehaviorPage, Any]:
+        from ledger.explain import explain
+
+        ctx = build_policy_context(state.settings)
+        with state.db.transaction() as session:
+            page = views.behavior_page(session, name, _now(request), ctx)
+            explanation = explain(session, name, _now(request), ctx)
+            return page, explanation
+
+    try:
+        page, explanation = await asyncio.to_thread(load)
+    except NotFoundError as exc:
+        return _page(request, "error.html", who, status_code=404, message=str(exc))
+    return _page(
+        request,
+        "behavior.html",
+        who,
+        page=page,
+        explanation=explanation,
+        chart=spend_chart(page.spend_points),
+        tiers=list(Tier),
+        verbs=VERBS,
+    )
+
+
+@router.post("/behaviors/{name}/action")
+async def behavior_action(request: Request, name: str) -> Response:
+    who = viewer(request)
+    here = f"/behaviors/{quote(name)}"
+    try:
+        form = await _checked_form(request, who)
+        verb = form.get("verb")
+        if verb not in (*VERBS, "decline"):
+            raise _Refused(400, f"Unknown action {verb!r}.")
+        reason = _reason(form)
+        raw_to = form.get("to") or None
+        to = Tier(raw_to) if isinstance(raw_to, str) and raw_to in ("A", "B", "C") else None
+    except _Refused as refused:
+        return _refused(request, who, refused, here)
+    state = _state(request)
+
+    def act() -> str:
+        with state.db.transaction() as session:
+            if verb == "decline":
+                return decline_proposal(
+                    session, name, reason=reason, actor=who.operator.name, now=_now(request)
+                )
+            return operator_action(
+                session,
+                name,
+                str(verb),  # type: ignore[arg-type]  # checked against VERBS above
+                reason=reason,
+                actor=who.operator.name,
+                now=_now(request),
+                ctx=build_policy_context(state.settings),
+                to=to,
+            )
+
+    try:
+        message = await asyncio.to_thread(act)
+    except LedgerError as exc:
+        return _back(request, here, str(exc), ok=False)
+    return _back(request, here, message, ok=True)
+
+
+def _refused(request: Request, who: Viewer, refused: _Refused, back: str) -> Response:
+    if refused.status == 400:
+        return _back(request, back, refused.message, ok=False)
+    return _page(request, "error.html", who, status_code=refused.status, message=refused.message)
+
+
+# -- approvals ----------------------------------------------------------------------------
+
+
+@router.get("/approvals", response_class=HTMLResponse)
+async def approvals_page(request: Request) -> HTMLResponse:
+    who = viewer(request)
+    state = _state(request)
+
+    def load() -> dict[str, Any]:
+        with state.db.transaction() as session:
+            return views.approvals(session)
+
+    data = await asyncio.to_thread(load)
+    return _page(request, "approvals.html", who, **data)
+
+
+@router.post("/approvals/{run_id}/{decision}")
+async def decide_approval(request: Request, run_id: str, decision: str) -> Response:
+    who = viewer(request)
+    back = "/approvals"
+    try:
+        if decision not in ("approve", "reject"):
+            raise _Refused(404, f"Unknown decision {decision!r}.")
+        form = await _checked_form(request, who)
+        reason = _reason(form) if decision == "reject" else str(form.get("reason") or "approved")
+        digest = form.get("payload_sha256")
+        payload_sha256 = digest if isinstance(digest, str) and len(digest) == 64 else None
+    except _Refused as refused:
+        return _refused(request, who, refused, back)
+    state = _state(request)
+
+    def decide() -> str:
+        ctx = build_policy_context(state.settings)
+        with state.db.transaction() as session:
+            if decision == "approve":
+                return approve(
+                    session,
+                    run_id,
+                    actor=who.operator.name,
+                    now=_now(request),
+                    ctx=ctx,
+                    payload_sha256=payload_sha256,
+                    reason=reason.strip()[:MAX_REASON] or "approved",
+                )
+            return reject(
+                session, run_id, actor=who.operator.name, reason=reason, now=_now(request), ctx=ctx
+            )
+
+    try:
+        message = await asyncio.to_thread(decide)
+    except LedgerError as exc:
+        return _back(request, back, str(exc), ok=False)
+    return _back(request, back, message, ok=True)
+
+
+# -- ledger and events --------------------------------------------------------------------
+
+
+@router.get("/ledger", response_class=HTMLResponse)
+async def ledger_page(
+    request: Request, behavior: str = "", kind: str = "", before_id: str = ""
+) -> HTMLResponse:
+    who = viewer(request)
+    state = _state(request)
+    before = int(before_id) if before_id.isdigit() and len(before_id) < 19 else None
+    log_filter = views.LogFilter(behavior=behavior[:63], kind=kind[:32], before_id=before)
+
+    def load() -> dict[str, Any]:
+        with state.db.transaction() as session:
+            entries = views.ledger_log(session, log_filter)
+            return {
+                "entries": entries,
+                "kinds": views.ledger_kinds(session),
+                "webhooks": views.webhook_events(session, log_filter.behavior),
+                "unattributed": views.unattributed_spans(session),
+                "verify": verify(session),
+                "older": entries[-1].id if len(entries) == log_filter.limit else None,
+            }
+
+    data = await asyncio.to_thread(load)
+    return _page(request, "ledger.html", who, filter=log_filter, **data)
