@@ -48,6 +48,11 @@ class NotFoundError(LedgerError):
     """A named thing (behavior, run, approval) does not exist."""
 
 
+class InvalidRequestError(LedgerError):
+    """A request's value this daemon cannot use (a filter, a pagination cursor it never gave
+    out); the message names it and what to send instead."""
+
+
 class ConflictError(LedgerError):
     """The request conflicts with the current state (e.g. an approval already decided)."""
 

@@ -53,6 +53,7 @@ __all__ = [
     "PendingFail",
     "PolicyWindow",
     "PromotionMode",
+    "PromotionProgress",
     "RunVerdict",
     "Thresholds",
     "after_decision",
@@ -60,6 +61,7 @@ __all__ = [
     "decide",
     "observe",
     "progress",
+    "promotion_progress",
     "replay",
 ]
 
@@ -780,6 +782,105 @@ def progress(
     return (
         f"Promotion: {_promotion_progress(state, window, now, thresholds)}\n"
         f"Demotion: {_demotion_progress(state, window, now, thresholds)}"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PromotionProgress:
+    """Where a behavior stands toward its next promotion, as data (``progress`` says it in
+    words from the same rules).
+
+    ``next_tier`` is None when no promotion can come (at C, at its max_tier, above it).
+    ``count``/``needed`` are clean runs (toward B) or approved runs (toward C); ``days`` /
+    ``days_needed`` the span of the clean runs (toward B) or the days since the last
+    attributable fail (toward C, None when there was none). ``eligible`` is whether the next
+    decision promotes (or, with ``promotion: confirm``, proposes). ``eligible_from`` is the
+    earliest instant a time rule allows it (the cooldown's end; for C the end of the fail-free
+    days), None when no time rule is pending. ``blocked_by`` names what stands in the way:
+    ``highest_tier``, ``max_tier``, ``pinned``, ``paused``, ``cooldown``, ``clean_runs``,
+    ``days``, ``approved_runs``, ``approval_rate``, ``recent_fail``."""
+
+    next_tier: Tier | None
+    eligible: bool
+    count: int
+    needed: int
+    days: float | None
+    days_needed: int | None
+    approval_rate: float | None
+    approval_rate_needed: float | None
+    eligible_from: datetime | None
+    blocked_by: tuple[str, ...]
+    mode: PromotionMode
+
+
+def promotion_progress(
+    state: BehaviorState,
+    window: PolicyWindow,
+    now: datetime,
+    thresholds: Thresholds = DEFAULT_THRESHOLDS,
+) -> PromotionProgress:
+    """The next promotion's progress as data; agrees with ``decide`` (``eligible`` iff it would
+    promote or propose, when no safety rule acts first) and with ``progress``'s words."""
+    _require_aware(now, "now")
+    now = now.astimezone(UTC)
+    blocked: list[str] = []
+    if state.tier is Tier.C:
+        blocked.append("highest_tier")
+    elif state.tier.rank >= state.max_tier.rank:
+        blocked.append("max_tier")
+    target = None if blocked else _next_tier(state.tier)
+    if state.pinned:
+        blocked.append("pinned")
+    if state.paused:
+        blocked.append("paused")
+    eligible_from = None
+    cooldown_end = _cooldown_end(window, thresholds)
+    if cooldown_end is not None and now < cooldown_end:
+        blocked.append("cooldown")
+        eligible_from = cooldown_end
+    rate: float | None = None
+    rate_needed: float | None = None
+    if state.tier is Tier.A:
+        count, needed = window.clean_runs, thresholds.promote_b_min_clean_runs
+        span = _clean_span(window)
+        days: float | None = math.floor(span.total_seconds() / 8640) / 10
+        days_needed: int | None = thresholds.promote_b_min_days
+        if count < needed:
+            blocked.append("clean_runs")
+        if span < timedelta(days=thresholds.promote_b_min_days):
+            blocked.append("days")
+    else:
+        count, needed = window.approved, thresholds.promote_c_min_approved
+        total = window.approved + window.rejected
+        rate = window.approved / total if total else None
+        rate_needed = thresholds.promote_c_min_approval_rate
+        days_needed = thresholds.promote_c_clean_days
+        required = Fraction(str(rate_needed))
+        last_fail = window.last_fail_at
+        days = None
+        if last_fail is not None:
+            days = math.floor((now - last_fail).total_seconds() / 8640) / 10
+        if state.tier is Tier.B:
+            if count < needed:
+                blocked.append("approved_runs")
+            if not (total > 0 and Fraction(window.approved, total) >= required):
+                blocked.append("approval_rate")
+            clean_days = timedelta(days=thresholds.promote_c_clean_days)
+            if last_fail is not None and now - last_fail < clean_days:
+                blocked.append("recent_fail")
+                eligible_from = max(eligible_from or now, last_fail + clean_days)
+    return PromotionProgress(
+        next_tier=target,
+        eligible=target is not None and not blocked,
+        count=count,
+        needed=needed,
+        days=days,
+        days_needed=days_needed,
+        approval_rate=rate,
+        approval_rate_needed=rate_needed,
+        eligible_from=eligible_from,
+        blocked_by=tuple(blocked),
+        mode=state.promotion_mode,
     )
 
 

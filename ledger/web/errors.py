@@ -19,6 +19,7 @@ from ledger.errors import (
     ConfigError,
     ConflictError,
     IngestError,
+    InvalidRequestError,
     LedgerError,
     NotFoundError,
 )
@@ -33,6 +34,7 @@ def error_body(
 _STATUS: list[tuple[type[LedgerError], int, str]] = [
     (NotFoundError, 404, "not_found"),
     (ConflictError, 409, "conflict"),
+    (InvalidRequestError, 422, "invalid_request"),
     (BehaviorFileError, 422, "invalid_behavior"),
     (ConfigError, 503, "configuration"),
 ]
