@@ -17,12 +17,16 @@ from urllib.parse import quote, urlparse
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from sqlalchemy import func
+from sqlmodel import select
 from starlette.datastructures import FormData
 
+from ledger import board as read
 from ledger.daemon import build_policy_context
-from ledger.errors import LedgerError, NotFoundError
+from ledger.db.models import LedgerEntry
+from ledger.errors import InvalidRequestError, LedgerError, NotFoundError
 from ledger.gates import Tier
-from ledger.journal import verify
+from ledger.journal import VerifyResult, verify
 from ledger.runner.run import approve, reject
 from ledger.transitions import decline_proposal, operator_action
 from ledger.web.auth import Operator, TokenAuth
@@ -272,24 +276,32 @@ async def logout(request: Request) -> Response:
 # -- the tier board -----------------------------------------------------------------------
 
 
-def _board(request: Request, q: str) -> views.Board:
+def _board(request: Request, q: str) -> views.BoardPage:
     state = _state(request)
+    cursors = {t.value: request.query_params.get(f"after_{t.value}", "")[:200] for t in Tier}
     with state.db.transaction() as session:
-        return views.board(session, _now(request), build_policy_context(state.settings), q[:200])
+        return views.board(
+            session, _now(request), build_policy_context(state.settings), q[:200], cursors
+        )
+
+
+async def _board_response(request: Request, template: str, q: str) -> HTMLResponse:
+    who = viewer(request)
+    try:
+        board = await asyncio.to_thread(_board, request, q)
+    except InvalidRequestError as exc:
+        return _page(request, "error.html", who, status_code=400, message=str(exc))
+    return _page(request, template, who, board=board, badges=views.badges)
 
 
 @router.get("/", response_class=HTMLResponse)
 async def board_page(request: Request, q: str = "") -> HTMLResponse:
-    who = viewer(request)
-    board = await asyncio.to_thread(_board, request, q)
-    return _page(request, "board.html", who, board=board, tiers=list(Tier))
+    return await _board_response(request, "board.html", q)
 
 
 @router.get("/fragments/board", response_class=HTMLResponse)
 async def board_fragment(request: Request, q: str = "") -> HTMLResponse:
-    who = viewer(request)
-    board = await asyncio.to_thread(_board, request, q)
-    return _page(request, "_board.html", who, board=board, tiers=list(Tier))
+    return await _board_response(request, "_board.html", q)
 
 
 @router.get("/events/board")
@@ -315,29 +327,29 @@ async def board_events(request: Request) -> StreamingResponse:
 
 
 @router.get("/behaviors/{name}", response_class=HTMLResponse)
-async def behavior_page(request: Request, name: str) -> HTMLResponse:
+async def behavior_page(request: Request, name: str, runs: str = "") -> HTMLResponse:
     who = viewer(request)
     state = _state(request)
 
-    def load() -> tuple[views.BehaviorPage, Any]:
-        from ledger.explain import explain
-
+    def load() -> views.BehaviorPage:
         ctx = build_policy_context(state.settings)
         with state.db.transaction() as session:
-            page = views.behavior_page(session, name, _now(request), ctx)
-            explanation = explain(session, name, _now(request), ctx)
-            return page, explanation
+            return views.behavior_page(session, name[:63], _now(request), ctx, runs[:200] or None)
 
     try:
-        page, explanation = await asyncio.to_thread(load)
+        page = await asyncio.to_thread(load)
     except NotFoundError as exc:
         return _page(request, "error.html", who, status_code=404, message=str(exc))
+    except InvalidRequestError as exc:
+        return _page(request, "error.html", who, status_code=400, message=str(exc))
     return _page(
         request,
         "behavior.html",
         who,
         page=page,
-        explanation=explanation,
+        d=page.detail,
+        card=page.detail.card,
+        badges=views.badges,
         chart=spend_chart(page.spend_points),
         tiers=list(Tier),
         verbs=VERBS,
@@ -448,26 +460,57 @@ async def decide_approval(request: Request, run_id: str, decision: str) -> Respo
 # -- ledger and events --------------------------------------------------------------------
 
 
+VERIFY_ON_VIEW_MAX_ENTRIES = 50_000  # above: verified when asked (a walk of the whole chain)
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    result: VerifyResult
+    at: datetime
+    head_id: int
+
+
 @router.get("/ledger", response_class=HTMLResponse)
 async def ledger_page(
-    request: Request, behavior: str = "", kind: str = "", before_id: str = ""
+    request: Request,
+    behavior: str = "",
+    kind: str = "",
+    before_id: str = "",
+    verify_now: str = "",
 ) -> HTMLResponse:
+    """The ledger newest first (filters: behavior, kind; ``before_id`` pages back), the
+    chain's verification (remembered until the chain grows; a long chain is walked when asked),
+    signed webhook events and unattributed broadcast spans."""
     who = viewer(request)
     state = _state(request)
     before = int(before_id) if before_id.isdigit() and len(before_id) < 19 else None
-    log_filter = views.LogFilter(behavior=behavior[:63], kind=kind[:32], before_id=before)
+    behavior, kind = behavior.strip()[:63], kind.strip()[:32]
 
     def load() -> dict[str, Any]:
         with state.db.transaction() as session:
-            entries = views.ledger_log(session, log_filter)
+            page = read.ledger_entries(
+                session,
+                behavior=behavior or None,
+                kinds=[kind] if kind else [],
+                before_id=before if before is not None else 2**62,
+                limit=100,
+            )
+            head = session.execute(select(func.max(LedgerEntry.id))).scalar_one() or 0
+            known: Verified | None = getattr(request.app.state, "ledger_verified", None)
+            if known is None or known.head_id != head:
+                known = None
+                if verify_now or head <= VERIFY_ON_VIEW_MAX_ENTRIES:
+                    known = Verified(verify(session), _now(request), head)
+                    request.app.state.ledger_verified = known
             return {
-                "entries": entries,
-                "kinds": views.ledger_kinds(session),
-                "webhooks": views.webhook_events(session, log_filter.behavior),
-                "unattributed": views.unattributed_spans(session),
-                "verify": verify(session),
-                "older": entries[-1].id if len(entries) == log_filter.limit else None,
+                "entries": page.entries,
+                "older": page.next_cursor,
+                "kinds": views.LEDGER_KINDS,
+                "webhooks": views.webhook_events(session, behavior),
+                "unattributed": read.unattributed_spans(session, limit=50).spans,
+                "verified": known,
+                "head_id": head,
             }
 
     data = await asyncio.to_thread(load)
-    return _page(request, "ledger.html", who, filter=log_filter, **data)
+    return _page(request, "ledger.html", who, behavior=behavior, kind=kind, **data)
