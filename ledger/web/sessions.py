@@ -14,6 +14,7 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import secrets
 import time
 from collections import deque
@@ -165,7 +166,7 @@ class LoginRateLimit:
         failures = self._recent(client, now)
         if len(failures) < self.attempts:
             return None
-        return max(1, int(failures[0] + self.window - now) + 1)
+        return max(1, math.ceil(failures[0] + self.window - now))
 
     def failed(self, client: str, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now

@@ -177,6 +177,12 @@ def _reason(form: FormData) -> str:
     return reason
 
 
+def _clean(text: str, limit: int) -> str:
+    """A query string's text as the database can take it: no NUL or control characters
+    (PostgreSQL refuses NUL in text), trimmed and bounded."""
+    return "".join(ch for ch in text if ch.isprintable()).strip()[:limit]
+
+
 def _safe_next(raw: str | None) -> str:
     """Only a path on this site (never ``//host`` or a scheme): no open redirect."""
     if not raw or not raw.startswith("/") or raw.startswith("//") or "\\" in raw:
@@ -278,10 +284,10 @@ async def logout(request: Request) -> Response:
 
 def _board(request: Request, q: str) -> views.BoardPage:
     state = _state(request)
-    cursors = {t.value: request.query_params.get(f"after_{t.value}", "")[:200] for t in Tier}
+    cursors = {t.value: _clean(request.query_params.get(f"after_{t.value}", ""), 200) for t in Tier}
     with state.db.transaction() as session:
         return views.board(
-            session, _now(request), build_policy_context(state.settings), q[:200], cursors
+            session, _now(request), build_policy_context(state.settings), _clean(q, 200), cursors
         )
 
 
@@ -334,7 +340,9 @@ async def behavior_page(request: Request, name: str, runs: str = "") -> HTMLResp
     def load() -> views.BehaviorPage:
         ctx = build_policy_context(state.settings)
         with state.db.transaction() as session:
-            return views.behavior_page(session, name[:63], _now(request), ctx, runs[:200] or None)
+            return views.behavior_page(
+                session, _clean(name, 63), _now(request), ctx, _clean(runs, 200) or None
+            )
 
     try:
         page = await asyncio.to_thread(load)
@@ -460,6 +468,7 @@ async def decide_approval(request: Request, run_id: str, decision: str) -> Respo
 # -- ledger and events --------------------------------------------------------------------
 
 
+MAX_ENTRY_ID = 2**31 - 1
 VERIFY_ON_VIEW_MAX_ENTRIES = 50_000  # above: verified when asked (a walk of the whole chain)
 
 
@@ -483,8 +492,11 @@ async def ledger_page(
     signed webhook events and unattributed broadcast spans."""
     who = viewer(request)
     state = _state(request)
-    before = int(before_id) if before_id.isdigit() and len(before_id) < 19 else None
-    behavior, kind = behavior.strip()[:63], kind.strip()[:32]
+    # Ids are 32-bit on PostgreSQL (INTEGER): a larger one would be an error there.
+    before = int(before_id) if before_id.isdigit() and len(before_id) <= 10 else None
+    before = before if before is not None and before <= MAX_ENTRY_ID else None
+    behavior = _clean(behavior, 63)
+    kind = kind if kind in views.LEDGER_KINDS else ""
 
     def load() -> dict[str, Any]:
         with state.db.transaction() as session:
@@ -492,7 +504,7 @@ async def ledger_page(
                 session,
                 behavior=behavior or None,
                 kinds=[kind] if kind else [],
-                before_id=before if before is not None else 2**62,
+                before_id=before if before is not None else MAX_ENTRY_ID,
                 limit=100,
             )
             head = session.execute(select(func.max(LedgerEntry.id))).scalar_one() or 0
