@@ -122,6 +122,17 @@ class Settings(BaseSettings):
         description="Signs the dashboard's session cookies (a reference such as env:NAME; at "
         "least 32 characters). Unset: a random one per start, so logins end on restart.",
     )
+    metrics_public: bool = Field(
+        default=False,
+        description="Serve /metrics without a token (a scraper on a trusted network); by "
+        "default it needs a token with the viewer role or higher.",
+    )
+    outbox_stall_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="/readyz answers 503 when a pending outbox row has been due this long "
+        "(no dispatcher is making progress).",
+    )
     retention_spans_days: int = Field(
         default=30,
         ge=0,

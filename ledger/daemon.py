@@ -41,6 +41,7 @@ from ledger.ingest.otlp import Limits
 from ledger.ingest.process import IngestProcessor
 from ledger.ingest.receiver import BroadcastAuth, Ingest, WebhookSourceConfig
 from ledger.ingest.writer import SpanWriter
+from ledger.metrics import install_event_counters, observe_dispatch
 from ledger.outbox.actions import ActionDeliverer, action_handlers, dead_letter_hook
 from ledger.outbox.alerts import (
     AlertChannel,
@@ -161,6 +162,7 @@ async def open_daemon(settings: Settings, clock: Clock) -> Daemon:
     """Open the database (upgrading it), start ingestion, reconcile the behaviors folder, then
     start the services and keep the folder reconciled (watcher, periodic rescan, SIGHUP)."""
     db = await asyncio.to_thread(Database.open, settings.database_url, migrate=True)
+    install_event_counters()  # /metrics: runs, gate results, tier changes (ledger.metrics)
     daemon = Daemon(settings=settings, db=db, clock=clock)
     # Ingestion: broadcast tokens, webhook secrets and the group-commit span writer.
     daemon.ingest = await open_ingest(settings, db, clock)
@@ -582,7 +584,18 @@ def build_dispatcher(
         ),
         KIND_MIRROR: _mirror_later,
     }
+    handlers = {kind: _timed(handler, clock) for kind, handler in handlers.items()}
     return Dispatcher(db, handlers, clock, on_dead=dead_letter_hook(ctx, clock))
+
+
+def _timed(handler: Handler, clock: Clock) -> Handler:
+    """``handler``, observing each delivery's lag (creation to delivery) for /metrics."""
+
+    async def deliver(item: OutboxItem) -> None:
+        await handler(item)
+        observe_dispatch(item.kind, item.created_at, clock.now())
+
+    return deliver
 
 
 def registry_definitions(db: Database) -> list[tuple[str, Mapping[str, Any]]]:

@@ -1199,6 +1199,11 @@ def sim_notion(
     serve_sim(host, port, sim_config)
 
 
+from ledger.cli.tokens import app as tokens_app  # noqa: E402  (it imports the helpers above)
+
+app.add_typer(tokens_app, name="token")
+
+
 def main() -> None:
     """Console entry point: a LedgerError becomes one line on stderr and exit status 2."""
     try:

@@ -375,3 +375,21 @@ class RetentionPrune(SQLModel, table=True):
     pruned_at: datetime = _ts()
     cutoff: datetime = _ts()
     deleted: int = 0
+
+
+class ApiToken(SQLModel, table=True):
+    """A named API/dashboard token (``ledger token create``): only its SHA-256 digest is
+    stored (``ledger.tokens`` says why that suffices), with its role and when it was last used
+    (updated at most once a minute). A revoked token keeps its row, so its name stays in the
+    record of who did what."""
+
+    __tablename__ = "api_token"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=63, unique=True)
+    role: str = Field(max_length=16)
+    token_sha256: str = Field(max_length=64, unique=True)
+    created_at: datetime = _ts()
+    created_by: str = Field(max_length=200)
+    last_used_at: datetime | None = _ts(nullable=True)
+    revoked_at: datetime | None = _ts(nullable=True)

@@ -330,6 +330,15 @@ class RunnerService:
                 out[row.name] = ScheduledBehavior(row.id or 0, row.name, row.tier, behavior, lead)
         return out
 
+    def problem(self) -> str | None:
+        """Why this runner cannot run behaviors (for /readyz), or None when it can."""
+        if not self._scheduler.running:
+            return "the scheduler is not running"
+        for task, what in ((self._claimer, "slot claimer"), (self._finisher, "run finisher")):
+            if task is None or task.done():
+                return f"the runner's {what} has stopped"
+        return None
+
     @property
     def job_count(self) -> int:
         return len(self._scheduler.get_jobs())

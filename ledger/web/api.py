@@ -33,6 +33,7 @@ from ledger.web.auth import OperatorDep, ViewerDep
 
 router = APIRouter(prefix="/api", tags=["api"])
 
+MAX_ID = 2**63 - 1  # a database id is a signed 64-bit integer: a larger one is a 422, not a 500
 BehaviorName = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
 
 
@@ -311,7 +312,7 @@ def ledger_entries(
     request: Request,
     _op: ViewerDep,
     behavior: Annotated[str | None, Query(max_length=63)] = None,
-    after_id: Annotated[int, Query(ge=0)] = 0,
+    after_id: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     """Ledger entries in order, with their hashes (page with ``after_id``)."""

@@ -6,6 +6,9 @@ services) and closes it on shutdown.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import re
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -14,11 +17,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+import structlog
+from fastapi import Depends, FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from ledger import __version__
@@ -27,14 +30,21 @@ from ledger.config import AlertChannelConfig, Settings, mask_url_password
 from ledger.daemon import Daemon, close_daemon, open_daemon
 from ledger.db.session import Database
 from ledger.errors import ConfigError, LedgerError
+from ledger.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ledger.metrics import outbox_overdue_seconds
+from ledger.metrics import render as render_metrics
 from ledger.secrets import is_reference, resolve, resolve_many
 from ledger.web.api import router as api_router
-from ledger.web.auth import TokenAuth, is_loopback
+from ledger.web.auth import TokenAuth, is_loopback, require_role
 from ledger.web.dashboard import install_dashboard
 from ledger.web.dashboard.feed import ChangeFeed, database_fingerprint
 from ledger.web.errors import install_error_handlers
 from ledger.web.ingest_routes import LedgerApp, install_ingest_routes
+from ledger.web.security import CONTENT_SECURITY_POLICY, SecurityHeaders
 from ledger.web.sessions import LoginRateLimit, SessionSigner, session_secret
+from ledger.web.token_routes import router as token_router
+
+log = structlog.get_logger("ledger.web")
 
 
 def get_state(request: Request) -> Daemon:
@@ -56,14 +66,16 @@ def install_api_docs(app: FastAPI) -> None:
     @app.get(DOCS_URL, include_in_schema=False)
     async def api_docs(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
-        return get_swagger_ui_html(
+        page = get_swagger_ui_html(
             openapi_url=f"{root}{app.openapi_url}",
             title=f"{app.title} - API",
             swagger_js_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
             swagger_css_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui.css",
             swagger_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
-            swagger_ui_parameters={"persistAuthorization": True},
+            swagger_ui_parameters={"persistAuthorization": True, "validatorUrl": None},
         )
+        page.headers["content-security-policy"] = docs_page_policy(bytes(page.body))
+        return page
 
     generate = app.openapi
 
@@ -84,6 +96,21 @@ def install_api_docs(app: FastAPI) -> None:
         return schema
 
     app.openapi = openapi_with_bearer  # type: ignore[method-assign]  # FastAPI's documented hook
+
+
+_INLINE_SCRIPT = re.compile(rb"<script>(.*?)</script>", re.DOTALL)
+
+
+def docs_page_policy(page: bytes) -> str:
+    """The Swagger UI page's Content-Security-Policy: the app's, plus its one inline script
+    (which starts Swagger UI) allowed by its hash, and inline styles (Swagger UI sets some)."""
+    hashes = " ".join(
+        "'sha256-" + base64.b64encode(hashlib.sha256(m.group(1)).digest()).decode() + "'"
+        for m in _INLINE_SCRIPT.finditer(page)
+    )
+    return CONTENT_SECURITY_POLICY.replace(
+        "script-src 'self'", f"script-src 'self' {hashes}"
+    ).replace("style-src 'self'", "style-src 'self' 'unsafe-inline'")
 
 
 def startup_problems(settings: Settings, *, database: bool = True) -> list[str]:
@@ -171,8 +198,15 @@ def _check_port_free(host: str, port: int) -> None:
 def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.auth = TokenAuth(settings)
+        app.state.auth = auth = TokenAuth(settings)
+        if not auth.enabled:
+            log.warning(
+                "LEDGER_AUTH=off: every request is served without a token, as admin; "
+                "use it only on a machine nobody else can reach",
+                host=settings.host,
+            )
         daemon = await open_daemon(settings, clock or SystemClock())
+        auth.use_database(daemon.db, daemon.clock)
         app.state.ledger = daemon
         app.state.ingest = daemon.ingest
         app.state.sessions = SessionSigner(session_secret(settings))
@@ -191,10 +225,13 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
         docs_url=None,  # served below from the daemon's own copy of Swagger UI
         redoc_url=None,
     )
+    app.state.auth_disabled = settings.auth == "off"  # the dashboard shows a banner
+    app.add_middleware(SecurityHeaders)
     install_error_handlers(app)
     install_api_docs(app)
     install_ingest_routes(app)  # POST /v1/traces, POST /webhooks/{source}
     app.include_router(api_router)
+    app.include_router(token_router)  # /api/tokens (admins)
     install_dashboard(app)  # /, /login, /behaviors/..., /approvals, /ledger, /static/dashboard
 
     @app.get("/healthz", tags=["health"])
@@ -202,21 +239,56 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
         """Liveness: the process answers."""
         return {"status": "ok", "version": __version__}
 
-    @app.get("/readyz", tags=["health"])
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        responses={503: {"description": "Not ready: `reason` says what is wrong."}},
+    )
     async def readyz(request: Request) -> JSONResponse:
-        """Readiness: the database answers."""
+        """Readiness: the database answers, the scheduler is running and the outbox is not
+        stalled (no pending row has been due for ``outbox_stall_seconds``)."""
         state = get_state(request)
 
-        def ping() -> None:
-            with state.db.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
+        def overdue() -> float:
+            with state.db.transaction() as session:
+                return outbox_overdue_seconds(session, state.clock.now())
 
         try:
-            await asyncio.to_thread(ping)
+            overdue_seconds = await asyncio.to_thread(overdue)
         except Exception as exc:  # any driver failure means "not ready", with the reason
             return JSONResponse(
                 {"status": "unavailable", "reason": type(exc).__name__}, status_code=503
             )
+        problems: list[str] = []
+        services = state.services
+        runner_problem = services.runner.problem() if services else "the services are not open"
+        if runner_problem is not None:
+            problems.append(runner_problem)
+        if overdue_seconds > settings.outbox_stall_seconds:
+            problems.append(
+                f"the outbox is stalled: a delivery has been due for {overdue_seconds:.0f} s "
+                f"(limit {settings.outbox_stall_seconds:.0f} s, LEDGER_OUTBOX_STALL_SECONDS)"
+            )
+        if problems:
+            return JSONResponse(
+                {"status": "unavailable", "reason": "; ".join(problems)}, status_code=503
+            )
         return JSONResponse({"status": "ready"})
+
+    metrics_dependencies = [] if settings.metrics_public else [Depends(require_role("viewer"))]
+
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        dependencies=metrics_dependencies,
+        response_class=PlainTextResponse,
+        responses={200: {"content": {METRICS_CONTENT_TYPE: {}}, "description": "Metrics."}},
+    )
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics (text format): this process's counters and histograms, and
+        gauges read from the database. Needs a viewer token unless ``metrics_public``."""
+        state = get_state(request)
+        body = await asyncio.to_thread(render_metrics, state.db, state.clock.now())
+        return Response(body, media_type=METRICS_CONTENT_TYPE)
 
     return app

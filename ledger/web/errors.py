@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ledger.errors import (
@@ -64,6 +65,16 @@ def install_error_handlers(app: FastAPI) -> None:
         )
         return JSONResponse(
             error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(OverflowError)
+    @app.exception_handler(DataError)
+    async def _out_of_range(_request: Request, exc: Exception) -> JSONResponse:
+        # A number the database cannot hold (beyond 64 bits) that a route did not bound: the
+        # request's fault, not the daemon's (each route bounds its numbers; this is the net).
+        return JSONResponse(
+            error_body("invalid_request", "a value in the request is out of range"),
+            status_code=422,
         )
 
     @app.exception_handler(Exception)

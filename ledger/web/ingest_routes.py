@@ -43,6 +43,7 @@ from ledger.ingest.otlp import (
 )
 from ledger.ingest.receiver import Ingest
 from ledger.ingest.writer import record_webhook_event
+from ledger.metrics import count_broadcast_delivery
 from ledger.signatures import Scheme, verify_webhook
 from ledger.web.errors import error_body
 
@@ -239,6 +240,7 @@ class LedgerApp(FastAPI):
                     _protobuf_requested(scope),
                     retry_after=5.0,
                 )
+        count_broadcast_delivery(reply.status)
         await reply.send(send)
 
 

@@ -52,6 +52,9 @@ class BrowserSession:
     operator: Operator
     sid: str
     expires_at: float
+    # For a named token (``ledger token create``): its SHA-256, so revoking the token (or
+    # changing its role) ends or changes the session at the next page.
+    token_sha256: str | None = None
 
 
 class SessionSigner:
@@ -88,11 +91,15 @@ class SessionSigner:
 
     # -- sessions ------------------------------------------------------------------------
 
-    def issue(self, operator: Operator, now: float | None = None) -> tuple[str, BrowserSession]:
-        expires = (now if now is not None else time.time()) + SESSION_SECONDS
+    def issue(
+        self, operator: Operator, now: float | None = None, token_sha256: str | None = None
+    ) -> tuple[str, BrowserSession]:
+        expires = int((now if now is not None else time.time()) + SESSION_SECONDS)
         sid = secrets.token_urlsafe(18)
-        session = BrowserSession(operator, sid, expires)
-        data = {"n": operator.name, "r": operator.role, "s": sid, "e": int(expires)}
+        session = BrowserSession(operator, sid, float(expires), token_sha256)
+        data: dict[str, object] = {"n": operator.name, "r": operator.role, "s": sid, "e": expires}
+        if token_sha256 is not None:
+            data["h"] = token_sha256
         return self.seal("session", data), session
 
     def read(self, value: str | None, now: float | None = None) -> BrowserSession | None:
@@ -104,8 +111,14 @@ class SessionSigner:
             return None
         if role not in ROLE_RANK or expires <= (now if now is not None else time.time()):
             return None
+        digest = data.get("h")
         valid_role: Role = role  # type: ignore[assignment]  # checked against ROLE_RANK above
-        return BrowserSession(Operator(name, valid_role), sid, float(expires))
+        return BrowserSession(
+            Operator(name, valid_role),
+            sid,
+            float(expires),
+            digest if isinstance(digest, str) else None,
+        )
 
     # -- CSRF ----------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from playwright import sync_api as playwright_sync
 from playwright.sync_api import expect
 
 from tests.conftest import free_port, write_behavior
-from tests.daemon import Daemon, daemon_starter, wait_until
+from tests.daemon import Daemon, daemon_starter, ledger, wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -81,6 +81,16 @@ class Stack:
     daemon: Daemon
     sim_url: str
     api: httpx.Client
+    folder: Path
+    database_url: str
+
+    def token(self, *args: str) -> str:
+        """``ledger token ARGS`` against the daemon's database: its output."""
+        done = ledger(
+            "token", *args, cwd=self.folder, env={"LEDGER_DATABASE_URL": self.database_url}
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
 
     @property
     def url(self) -> str:
@@ -131,11 +141,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "DASH_OPS_TOKEN": TOKEN,
             **{f"DASH_KEY_{name.upper()}": key for name, key in KEYS.items()},
         }
-        daemon = start(f"sqlite:///{tmp / 'ledger.db'}", env)
+        database_url = f"sqlite:///{tmp / 'ledger.db'}"
+        daemon = start(database_url, env)
         with httpx.Client(
             base_url=daemon.base_url, timeout=60, headers={"Authorization": f"Bearer {TOKEN}"}
         ) as api:
-            yield Stack(daemon, sim_url, api)
+            yield Stack(daemon, sim_url, api, tmp, database_url)
     finally:
         next(starter, None)
         sim.kill()
@@ -200,6 +211,15 @@ def shot(page: Any, name: str) -> None:
 
 def column(page: Any, tier: str) -> Any:
     return page.locator(f"section.column[data-tier='{tier}']")
+
+
+@pytest.fixture
+def context(browser: Any, stack: Stack) -> Iterator[Any]:
+    context = browser.new_context(base_url=stack.url)
+    try:
+        yield context
+    finally:
+        context.close()
 
 
 def test_login_is_required_and_a_wrong_token_is_refused(browser: Any, stack: Stack) -> None:
@@ -365,3 +385,35 @@ def test_the_ledger_page_shows_the_verified_chain_and_filters(page: Watched) -> 
     p.goto("/ledger")
     shot(p, "ledger")
     assert page.dialogs == [] and page.errors == []
+
+
+def test_a_viewer_reads_but_cannot_approve_and_a_revoked_token_ends_the_session(
+    context: Any, stack: Stack
+) -> None:
+    run = stack.run("queued")
+    created = stack.token("create", "auditor", "--role", "viewer")
+    token = next(line for line in created.split() if line.startswith("ldg_"))
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    login(page, token)
+    expect(page.locator(".who")).to_contain_text("token:auditor · viewer")
+    page.goto("/approvals")
+    item = page.locator(f"#approval-{run['id']}")
+    expect(item).to_contain_text("approving needs operator")
+    expect(item.get_by_role("button", name="Approve")).to_have_count(0)
+    # Posting the form anyway (with the viewer's own CSRF token) is refused, nothing changes.
+    page.goto("/")
+    csrf = page.locator("input[name=csrf_token]").first.get_attribute("value")
+    refused = page.request.post(
+        f"/approvals/{run['id']}/approve", form={"csrf_token": csrf}, max_redirects=0
+    )
+    assert refused.status == 403
+    assert "has the viewer role" in refused.text()
+    pending = stack.api.get("/api/approvals").json()["approvals"]
+    assert run["id"] in {a["run_id"] for a in pending}
+    page.goto("/behaviors/queued")
+    expect(page.get_by_text("actions need operator")).to_be_visible()
+    expect(page.get_by_role("button", name="Pause")).to_have_count(0)
+    stack.token("revoke", "auditor")
+    page.goto("/approvals")
+    expect(page).to_have_url(re.compile(r"/login\?next=/approvals$"))

@@ -18,18 +18,19 @@ from urllib.parse import quote, urlparse
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from sqlalchemy import func
-from sqlmodel import select
+from sqlmodel import col, select
 from starlette.datastructures import FormData
 
 from ledger import board as read
 from ledger.daemon import build_policy_context
-from ledger.db.models import LedgerEntry
+from ledger.db.models import ApiToken, LedgerEntry
 from ledger.errors import InvalidRequestError, LedgerError, NotFoundError
 from ledger.gates import Tier
 from ledger.journal import VerifyResult, verify
 from ledger.runner.run import approve, reject
+from ledger.tokens import digest
 from ledger.transitions import decline_proposal, operator_action
-from ledger.web.auth import Operator, TokenAuth
+from ledger.web.auth import ROLE_RANK, Operator, TokenAuth, authenticate_token
 from ledger.web.dashboard import views
 from ledger.web.dashboard.charts import spend_chart
 from ledger.web.dashboard.feed import ChangeFeed
@@ -86,9 +87,10 @@ def _now(request: Request) -> datetime:
     return now
 
 
-def viewer(request: Request) -> Viewer:
+async def viewer(request: Request) -> Viewer:
     """The logged-in browser (or, with LEDGER_AUTH=off, anyone on loopback); else a redirect
-    to the login form."""
+    to the login form. A session made with a named token lasts only while the token does (and
+    takes its current role)."""
     auth: TokenAuth = request.app.state.auth
     signer = _signer(request)
     if not auth.enabled:
@@ -99,10 +101,24 @@ def viewer(request: Request) -> Viewer:
             Operator("anonymous (auth off)", "admin"), signer.csrf_token(binding), True, fresh
         )
     session = signer.read(request.cookies.get(SESSION_COOKIE))
-    if session is None:
+    operator = session.operator if session is not None else None
+    if session is not None and session.token_sha256 is not None:
+        operator = await asyncio.to_thread(_named_token, request, session.token_sha256)
+    if session is None or operator is None:
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         raise LoginRequired(path)
-    return Viewer(session.operator, signer.csrf_token(session.sid), False)
+    return Viewer(operator, signer.csrf_token(session.sid), False)
+
+
+def _named_token(request: Request, token_sha256: str) -> Operator | None:
+    """The named token with this digest as it is now, or None once revoked."""
+    with _state(request).db.transaction() as session:
+        row = session.execute(
+            select(ApiToken).where(col(ApiToken.token_sha256) == token_sha256)
+        ).scalar_one_or_none()
+        if row is None or row.revoked_at is not None or row.role not in ROLE_RANK:
+            return None
+        return Operator(f"token:{row.name}", row.role)
 
 
 def _csrf_binding(request: Request) -> str | None:
@@ -217,7 +233,6 @@ async def login_form(request: Request, next: str = "/") -> HTMLResponse:
 
 @router.post("/login", response_class=HTMLResponse)
 async def login(request: Request) -> Response:
-    auth: TokenAuth = request.app.state.auth
     limiter: LoginRateLimit = request.app.state.login_limit
     form = await _form(request)
     next_path = _safe_next(str(form.get("next") or "/"))
@@ -254,12 +269,17 @@ async def login(request: Request) -> Response:
         return again("The login form expired; paste your token again.", 403)
     raw = form.get("token")
     token = raw.strip() if isinstance(raw, str) else ""
-    operator = auth.authenticate(f"Bearer {token}") if token and len(token) <= 4096 else None
+    operator = (
+        await asyncio.to_thread(authenticate_token, request, token)
+        if token and len(token) <= 4096
+        else None
+    )
     if operator is None:
         limiter.failed(client)
         return again("That token is not valid (check it with whoever runs the daemon).", 401)
     limiter.succeeded(client)
-    cookie, _session = signer.issue(operator)
+    named = digest(token) if operator.name.startswith("token:") else None
+    cookie, _session = signer.issue(operator, token_sha256=named)
     response = RedirectResponse(next_path, status_code=303)
     set_cookie(response, request, SESSION_COOKIE, cookie, SESSION_SECONDS)
     clear_cookie(response, request, LOGIN_COOKIE)
@@ -292,7 +312,7 @@ def _board(request: Request, q: str) -> views.BoardPage:
 
 
 async def _board_response(request: Request, template: str, q: str) -> HTMLResponse:
-    who = viewer(request)
+    who = await viewer(request)
     try:
         board = await asyncio.to_thread(_board, request, q)
     except InvalidRequestError as exc:
@@ -312,7 +332,7 @@ async def board_fragment(request: Request, q: str = "") -> HTMLResponse:
 
 @router.get("/events/board")
 async def board_events(request: Request) -> StreamingResponse:
-    viewer(request)
+    await viewer(request)
     feed: ChangeFeed = request.app.state.dashboard_feed
 
     async def events() -> AsyncIterator[bytes]:
@@ -334,7 +354,7 @@ async def board_events(request: Request) -> StreamingResponse:
 
 @router.get("/behaviors/{name}", response_class=HTMLResponse)
 async def behavior_page(request: Request, name: str, runs: str = "") -> HTMLResponse:
-    who = viewer(request)
+    who = await viewer(request)
     state = _state(request)
 
     def load() -> views.BehaviorPage:
@@ -366,7 +386,7 @@ async def behavior_page(request: Request, name: str, runs: str = "") -> HTMLResp
 
 @router.post("/behaviors/{name}/action")
 async def behavior_action(request: Request, name: str) -> Response:
-    who = viewer(request)
+    who = await viewer(request)
     here = f"/behaviors/{quote(name)}"
     try:
         form = await _checked_form(request, who)
@@ -415,7 +435,7 @@ def _refused(request: Request, who: Viewer, refused: _Refused, back: str) -> Res
 
 @router.get("/approvals", response_class=HTMLResponse)
 async def approvals_page(request: Request) -> HTMLResponse:
-    who = viewer(request)
+    who = await viewer(request)
     state = _state(request)
 
     def load() -> dict[str, Any]:
@@ -428,7 +448,7 @@ async def approvals_page(request: Request) -> HTMLResponse:
 
 @router.post("/approvals/{run_id}/{decision}")
 async def decide_approval(request: Request, run_id: str, decision: str) -> Response:
-    who = viewer(request)
+    who = await viewer(request)
     back = "/approvals"
     try:
         if decision not in ("approve", "reject"):
@@ -490,7 +510,7 @@ async def ledger_page(
     """The ledger newest first (filters: behavior, kind; ``before_id`` pages back), the
     chain's verification (remembered until the chain grows; a long chain is walked when asked),
     signed webhook events and unattributed broadcast spans."""
-    who = viewer(request)
+    who = await viewer(request)
     state = _state(request)
     # Ids are 32-bit on PostgreSQL (INTEGER): a larger one would be an error there.
     before = int(before_id) if before_id.isdigit() and len(before_id) <= 10 else None

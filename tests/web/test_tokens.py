@@ -1,0 +1,209 @@
+"""Named tokens with roles against a real ``ledger serve``: viewers read, operators act, admins
+manage tokens; tokens are stored hashed, revoked ones stop at once; ``[api_tokens]`` keep
+working as operators; ingestion never accepts API credentials; every answer carries the
+security headers."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from ledger.db.session import Database
+from ledger.tokens import create_token
+from tests.conftest import T0, VALID_BEHAVIOR, free_port, write_behavior
+from tests.daemon import Daemon, ledger
+
+CONFIG_TOKEN = "cfg-token-" + "5" * 24
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def served(
+    tmp_path: Path, database_url: str, start_daemon: Callable[..., Daemon]
+) -> tuple[Daemon, str]:
+    """A daemon with one behavior, a config token and a named admin token (made with the
+    CLI): the daemon and the admin token."""
+    body = VALID_BEHAVIOR.format(key_env="TOKENS_TEST_KEY", name="alpha").replace(
+        "schedule: 15m", 'schedule: "0 0 1 1 *"'
+    )
+    write_behavior(tmp_path / "behaviors", "alpha", body)
+    db = Database.open(database_url, migrate=True)
+    try:
+        with db.transaction() as session:
+            admin_token, _ = create_token(session, "boss", "admin", actor="test", now=T0)
+    finally:
+        db.close()
+    daemon = start_daemon(
+        database_url,
+        {
+            "LEDGER_API_TOKENS": '{"ops": "env:OPS_TOKEN"}',
+            "OPS_TOKEN": CONFIG_TOKEN,
+            "LEDGER_BROADCAST_TOKENS": "broadcast-secret-" + "1" * 20,
+            "LEDGER_WEBHOOK_SOURCES": '{"gh": {"scheme": "github", "secrets": "env:GH_SECRET"}}',
+            "GH_SECRET": "gh-secret-" + "2" * 20,
+            "LEDGER_OPENROUTER_BASE_URL": f"http://127.0.0.1:{free_port()}",
+        },
+    )
+    return daemon, admin_token
+
+
+def test_viewers_read_operators_act_admins_manage_tokens(served: tuple[Daemon, str]) -> None:
+    daemon, admin = served
+    with httpx.Client(base_url=daemon.base_url, timeout=30) as http:
+        made = http.post(
+            "/api/tokens", json={"name": "wall", "role": "viewer"}, headers=_bearer(admin)
+        )
+        assert made.status_code == 201, made.text
+        viewer = made.json()["token"]
+        assert made.json()["role"] == "viewer" and made.json()["created_by"] == "token:boss"
+
+        assert http.get("/api/behaviors", headers=_bearer(viewer)).status_code == 200
+        refused = http.post(
+            "/api/behaviors/alpha/pin", json={"reason": "x"}, headers=_bearer(viewer)
+        )
+        assert refused.status_code == 403
+        assert refused.json()["error"]["message"] == (
+            "token:wall has the viewer role; this needs operator"
+        )
+        assert http.get("/api/tokens", headers=_bearer(viewer)).status_code == 403
+
+        # [api_tokens] keep working, with the operator role: they act, but manage no tokens.
+        pinned = http.post(
+            "/api/behaviors/alpha/pin", json={"reason": "launch"}, headers=_bearer(CONFIG_TOKEN)
+        )
+        assert pinned.status_code == 200, pinned.text
+        assert http.get("/api/tokens", headers=_bearer(CONFIG_TOKEN)).status_code == 403
+        made_op = http.post(
+            "/api/tokens", json={"name": "ci", "role": "operator"}, headers=_bearer(admin)
+        )
+        operator = made_op.json()["token"]
+        resumed = http.post(
+            "/api/behaviors/alpha/unpin", json={"reason": "done"}, headers=_bearer(operator)
+        )
+        assert resumed.status_code == 200, resumed.text
+        entries = http.get("/api/ledger", headers=_bearer(viewer)).json()["entries"]
+        assert [e["actor"] for e in entries if e["kind"].endswith("pinned")][-2:] == [
+            "api:ops",
+            "token:ci",
+        ]
+
+        listed = http.get("/api/tokens", headers=_bearer(admin)).json()["tokens"]
+        assert [(t["name"], t["role"], t["active"]) for t in listed] == [
+            ("boss", "admin", True),
+            ("ci", "operator", True),
+            ("wall", "viewer", True),
+        ]
+        assert all(t["last_used_at"] is not None for t in listed)
+        assert "token" not in listed[0]
+        clash = http.post(
+            "/api/tokens", json={"name": "wall", "role": "admin"}, headers=_bearer(admin)
+        )
+        assert clash.status_code == 409
+        bad = http.post(
+            "/api/tokens", json={"name": "Wall!", "role": "root"}, headers=_bearer(admin)
+        )
+        assert bad.status_code == 422
+        assert {d["field"] for d in bad.json()["error"]["details"]} == {"name", "role"}
+
+
+def test_a_revoked_token_stops_working_at_once(served: tuple[Daemon, str]) -> None:
+    daemon, admin = served
+    with httpx.Client(base_url=daemon.base_url, timeout=30) as http:
+        viewer = http.post(
+            "/api/tokens", json={"name": "temp", "role": "viewer"}, headers=_bearer(admin)
+        ).json()["token"]
+        assert http.get("/api/status", headers=_bearer(viewer)).status_code == 200
+        revoked = http.delete("/api/tokens/temp", headers=_bearer(admin))
+        assert revoked.status_code == 200 and revoked.json()["active"] is False
+        gone = http.get("/api/status", headers=_bearer(viewer))
+        assert gone.status_code == 401
+        assert http.delete("/api/tokens/temp", headers=_bearer(admin)).status_code == 409
+        assert http.delete("/api/tokens/nobody", headers=_bearer(admin)).status_code == 404
+
+
+def test_tokens_are_stored_only_as_their_digest(
+    served: tuple[Daemon, str], database_url: str, tmp_path: Path
+) -> None:
+    daemon, admin = served
+    with httpx.Client(base_url=daemon.base_url, timeout=30) as http:
+        viewer = http.post(
+            "/api/tokens", json={"name": "wall", "role": "viewer"}, headers=_bearer(admin)
+        ).json()["token"]
+    db = Database.open(database_url)
+    try:
+        with db.engine.connect() as conn:
+            rows = [tuple(r) for r in conn.execute(sa.text("SELECT * FROM api_token"))]
+    finally:
+        db.close()
+    stored = repr(rows)
+    for token in (admin, viewer):
+        assert token not in stored
+        assert hashlib.sha256(token.encode()).hexdigest() in stored
+    if database_url.startswith("sqlite:"):
+        raw = b"".join(p.read_bytes() for p in tmp_path.glob("ledger.db*"))
+        assert admin.encode() not in raw and viewer.encode() not in raw
+        assert hashlib.sha256(viewer.encode()).hexdigest().encode() in raw
+
+
+def test_ingestion_never_accepts_api_credentials(served: tuple[Daemon, str]) -> None:
+    daemon, admin = served
+    with httpx.Client(base_url=daemon.base_url, timeout=30) as http:
+        for token in (admin, CONFIG_TOKEN):
+            traces = http.post("/v1/traces", json={"resourceSpans": []}, headers=_bearer(token))
+            assert traces.status_code == 401
+            hook = http.post(
+                "/webhooks/gh",
+                json={"action": "opened"},
+                headers={**_bearer(token), "X-GitHub-Event": "pull_request"},
+            )
+            assert hook.status_code == 401
+
+
+def test_every_answer_carries_the_security_headers(served: tuple[Daemon, str]) -> None:
+    daemon, admin = served
+    with httpx.Client(base_url=daemon.base_url, timeout=30) as http:
+        answers = [
+            http.get("/healthz"),
+            http.get("/api/behaviors", headers=_bearer(admin)),
+            http.get("/api/behaviors"),  # 401
+            http.get("/nowhere"),  # 404
+            http.get("/openapi.json"),
+            http.get("/api/docs/static/swagger-ui.css"),
+        ]
+        for answer in answers:
+            csp = answer.headers["content-security-policy"]
+            assert "default-src 'self'" in csp and "script-src 'self';" in csp, answer.url
+            assert "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
+            assert answer.headers["x-content-type-options"] == "nosniff"
+            assert answer.headers["referrer-policy"] == "same-origin"
+            assert "strict-transport-security" not in answer.headers  # plain HTTP
+        docs = http.get("/api/docs")
+        policy = docs.headers["content-security-policy"]
+        assert "script-src 'self' 'sha256-" in policy and "frame-ancestors 'none'" in policy
+
+
+def test_the_cli_creates_lists_and_revokes_tokens(tmp_path: Path, database_url: str) -> None:
+    env = {"LEDGER_DATABASE_URL": database_url}
+    assert ledger("db", "upgrade", cwd=tmp_path, env=env).returncode == 0
+    created = ledger("token", "create", "wall", "--role", "viewer", cwd=tmp_path, env=env)
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    assert token.startswith("ldg_") and len(token) > 40
+    assert "shown only now" in created.stderr
+    listed = ledger("token", "list", "--json", cwd=tmp_path, env=env)
+    assert token not in listed.stdout
+    assert '"role": "viewer"' in listed.stdout and '"revoked_at": null' in listed.stdout
+    again = ledger("token", "create", "wall", "--role", "admin", cwd=tmp_path, env=env)
+    assert again.returncode == 2 and "revoke it first" in again.stderr
+    revoked = ledger("token", "revoke", "wall", cwd=tmp_path, env=env)
+    assert revoked.returncode == 0 and "revoked" in revoked.stdout
+    bad_role = ledger("token", "create", "x", "--role", "root", cwd=tmp_path, env=env)
+    assert bad_role.returncode != 0 and "root" in bad_role.stderr
