@@ -108,8 +108,10 @@ def _run_status_set(target: Run, value: Any, oldvalue: Any, _initiator: Any) -> 
 
     def count() -> None:
         RUNS.labels(value).inc()
-        if target.started_at is not None and target.finished_at is not None:
-            RUN_DURATION.observe(max(0.0, (target.finished_at - target.started_at).total_seconds()))
+        # Read what is loaded, never a lazy load: no SQL may run while a commit finishes.
+        started, finished = (target.__dict__.get(k) for k in ("started_at", "finished_at"))
+        if isinstance(started, datetime) and isinstance(finished, datetime):
+            RUN_DURATION.observe(max(0.0, (finished - started).total_seconds()))
 
     after_commit(object_session(target), count)
 

@@ -132,7 +132,7 @@ def authenticated(request: Request) -> Operator:
         raise HTTPException(
             status_code=401,
             detail="missing or invalid API token: send Authorization: Bearer <token> "
-            "(tokens are configured in api_tokens)",
+            "(ledger token create NAME --role ..., or [api_tokens] in ledger.toml)",
             headers={"WWW-Authenticate": "Bearer"},
         )
     return operator

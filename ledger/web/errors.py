@@ -69,9 +69,17 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(OverflowError)
     @app.exception_handler(DataError)
-    async def _out_of_range(_request: Request, exc: Exception) -> JSONResponse:
-        # A number the database cannot hold (beyond 64 bits) that a route did not bound: the
-        # request's fault, not the daemon's (each route bounds its numbers; this is the net).
+    async def _out_of_range(request: Request, exc: Exception) -> JSONResponse:
+        # A value the database cannot hold (a number beyond 64 bits, a string too long) that a
+        # route did not bound: the request's fault, not the daemon's. Each route bounds its
+        # parameters; this is the net, logged so the missing bound gets fixed.
+        import structlog
+
+        structlog.get_logger("ledger.web").warning(
+            "a request value the database cannot hold reached it; bound it in the route",
+            path=request.url.path,
+            error=type(exc).__name__,
+        )
         return JSONResponse(
             error_body("invalid_request", "a value in the request is out of range"),
             status_code=422,

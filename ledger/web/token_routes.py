@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from ledger.db.session import Database
 from ledger.tokens import NAME_PATTERN, TokenRole, create_token, list_tokens, revoke_token
@@ -36,6 +36,8 @@ class TokenList(BaseModel):
 
 
 class TokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     name: str = Field(pattern=NAME_PATTERN, description="Recorded as the actor: token:NAME.")
     role: TokenRole = Field(description="viewer: reads; operator: acts; admin: manages tokens.")
 

@@ -15,9 +15,13 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
+from sqlmodel import col, select
 
+from ledger.config import Settings
+from ledger.db.models import LedgerEntry
 from ledger.db.session import Database
 from ledger.tokens import create_token
+from ledger.web.app import create_app
 from tests.conftest import T0, VALID_BEHAVIOR, free_port, write_behavior
 from tests.daemon import Daemon
 
@@ -105,3 +109,29 @@ def test_an_id_beyond_64_bits_is_a_validation_error_not_a_server_error(
             assert answer.status_code == 422, answer.text
             assert answer.json()["error"]["details"][0]["field"] == "query.after_id"
         assert http.get("/api/ledger", params={"after_id": 2**63 - 1}).status_code == 200
+    assert "LEDGER_AUTH=off: every request is served without a token" in daemon.log()
+
+
+async def test_a_number_the_database_cannot_hold_is_a_422_wherever_it_slips_through(
+    tmp_path: Path, sqlite_db: Database
+) -> None:
+    """The net under every route: a parameter a route forgot to bound is still the caller's
+    error (422, the API's error shape), not a 500."""
+    app = create_app(Settings(database_url="sqlite://", behaviors_dir=tmp_path))
+
+    @app.get("/probe")
+    def probe(n: int) -> dict[str, int]:
+        with sqlite_db.transaction() as session:
+            rows = session.exec(select(LedgerEntry).where(col(LedgerEntry.id) > n)).all()
+        return {"rows": len(rows)}
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://ledger.test") as http:
+        assert (await http.get("/probe", params={"n": 5})).json() == {"rows": 0}
+        answer = await http.get("/probe", params={"n": 2**64})
+        assert answer.status_code == 422
+        assert answer.json()["error"] == {
+            "code": "invalid_request",
+            "message": "a value in the request is out of range",
+            "details": [],
+        }

@@ -5,7 +5,10 @@ security headers."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import hashlib
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,8 +16,11 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from ledger.config import Settings
 from ledger.db.session import Database
-from ledger.tokens import create_token
+from ledger.tokens import create_token, revoke_token
+from ledger.web.app import create_app
+from ledger.web.auth import Operator, authenticate_token
 from tests.conftest import T0, VALID_BEHAVIOR, free_port, write_behavior
 from tests.daemon import Daemon, ledger
 
@@ -185,9 +191,13 @@ def test_every_answer_carries_the_security_headers(served: tuple[Daemon, str]) -
             assert answer.headers["x-content-type-options"] == "nosniff"
             assert answer.headers["referrer-policy"] == "same-origin"
             assert "strict-transport-security" not in answer.headers  # plain HTTP
+        # The API docs page runs one inline script (it starts Swagger UI): allowed by its hash.
         docs = http.get("/api/docs")
         policy = docs.headers["content-security-policy"]
-        assert "script-src 'self' 'sha256-" in policy and "frame-ancestors 'none'" in policy
+        (inline,) = re.findall(r"<script>(.*?)</script>", docs.text, flags=re.DOTALL)
+        digest = base64.b64encode(hashlib.sha256(inline.encode()).digest()).decode()
+        assert f"script-src 'self' 'sha256-{digest}';" in policy
+        assert "frame-ancestors 'none'" in policy and "'unsafe-eval'" not in policy
 
 
 def test_the_cli_creates_lists_and_revokes_tokens(tmp_path: Path, database_url: str) -> None:
@@ -207,3 +217,51 @@ def test_the_cli_creates_lists_and_revokes_tokens(tmp_path: Path, database_url: 
     assert revoked.returncode == 0 and "revoked" in revoked.stdout
     bad_role = ledger("token", "create", "x", "--role", "root", cwd=tmp_path, env=env)
     assert bad_role.returncode != 0 and "root" in bad_role.stderr
+
+
+async def test_the_dashboard_login_check_and_hsts_behind_tls(tmp_path: Path) -> None:
+    """``authenticate_token`` (what the dashboard's login form calls) knows named and
+    configured tokens and forgets a revoked one; HSTS is sent only over TLS."""
+    database_url = f"sqlite:///{tmp_path / 'login.db'}"
+    (tmp_path / "behaviors").mkdir()
+    settings = Settings(
+        database_url=database_url,
+        behaviors_dir=tmp_path / "behaviors",
+        watch=False,
+        api_tokens={"ops": CONFIG_TOKEN},
+    )
+    app = create_app(settings)
+    assert app.state.auth_disabled is False
+    async with app.router.lifespan_context(app):
+        db = app.state.ledger.db
+
+        def make() -> str:
+            with db.transaction() as session:
+                return create_token(session, "screen", "viewer", actor="test", now=T0)[0]
+
+        token = await asyncio.to_thread(make)
+        found = await asyncio.to_thread(authenticate_token, app, token)
+        assert found == Operator("token:screen", "viewer")
+        configured = await asyncio.to_thread(authenticate_token, app, CONFIG_TOKEN)
+        assert configured == Operator("api:ops", "operator")
+        assert await asyncio.to_thread(authenticate_token, app, "ldg_" + "x" * 43) is None
+        assert await asyncio.to_thread(authenticate_token, app, "") is None
+
+        def revoke() -> None:
+            with db.transaction() as session:
+                revoke_token(session, "screen", now=T0)
+
+        await asyncio.to_thread(revoke)
+        assert await asyncio.to_thread(authenticate_token, app, token) is None
+
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="https://ledger.test") as tls:
+            answer = await tls.get("/healthz")
+            assert answer.headers["strict-transport-security"] == "max-age=31536000"
+        async with httpx.AsyncClient(transport=transport, base_url="http://ledger.test") as plain:
+            assert "strict-transport-security" not in (await plain.get("/healthz")).headers
+
+
+def test_auth_off_is_flagged_for_the_dashboard(tmp_path: Path) -> None:
+    settings = Settings(database_url="sqlite://", behaviors_dir=tmp_path, auth="off")
+    assert create_app(settings).state.auth_disabled is True
