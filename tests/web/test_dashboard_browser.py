@@ -40,7 +40,10 @@ ARTIFACTS = Path(
     os.environ.get("LEDGER_TEST_ARTIFACTS", Path(__file__).parents[2] / "test-artifacts")
 )
 TOKEN = "dash-ops-" + "5" * 30
-KEYS = {name: f"sk-or-v1-dash{name}" + "0" * 40 for name in ("guard", "queue", "xss")}
+KEYS = {
+    name: f"sk-or-v1-dash{name}" + "0" * 40
+    for name in ("guard", "queue", "xss", "report", "steady")
+}
 XSS_OUTPUT = (
     "# Weekly digest\\n\\n**Bold** finding. <script>alert('output')</script> "
     "<img src=x onerror=alert('img-output')> [click](javascript:alert('link'))"
@@ -53,6 +56,8 @@ presets:
 keys:
   - {{key: {KEYS["guard"]}, name: guard}}
   - {{key: {KEYS["queue"]}, name: queue}}
+  - {{key: {KEYS["report"]}, name: report}}
+  - {{key: {KEYS["steady"]}, name: steady}}
   - key: {KEYS["xss"]}
     name: xss
     output: "{XSS_OUTPUT}"
@@ -112,6 +117,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     write_behavior(tmp / "behaviors", "guarded", behavior("guard", "Summarises the news."))
     write_behavior(tmp / "behaviors", "queued", behavior("queue", "Drafts replies.", "B"))
     write_behavior(tmp / "behaviors", "hostile", behavior("xss", XSS_DESCRIPTION, "B"))
+    write_behavior(tmp / "behaviors", "weekly-report", behavior("report", "SEO weekly report."))
+    write_behavior(tmp / "behaviors", "steady-digest", behavior("steady", "Daily changelog."))
     sim_port = free_port()
     with (tmp / "sim.log").open("w") as out:
         sim = subprocess.Popen(
@@ -146,7 +153,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         with httpx.Client(
             base_url=daemon.base_url, timeout=60, headers={"Authorization": f"Bearer {TOKEN}"}
         ) as api:
-            yield Stack(daemon, sim_url, api, tmp, database_url)
+            stack = Stack(daemon, sim_url, api, tmp, database_url)
+            # A board with something in each column: runs toward B, one behavior trusted at C.
+            for _ in range(3):
+                stack.run("weekly-report")
+            promoted = api.post(
+                "/api/behaviors/steady-digest/promote", json={"reason": "proven", "to": "C"}
+            )
+            assert promoted.status_code == 200, promoted.text
+            stack.run("steady-digest")
+            yield stack
     finally:
         next(starter, None)
         sim.kill()
@@ -250,8 +266,10 @@ def test_the_tier_board_shows_three_columns_with_counts_and_cards(
     expect(column(p, "A").locator("#card-guarded")).to_be_visible()
     expect(column(p, "B").locator("#card-queued")).to_be_visible()
     expect(column(p, "B").locator(".count")).to_have_text("2")
+    expect(column(p, "C").locator("#card-steady-digest")).to_contain_text("succeeded")
+    expect(column(p, "A").locator("#card-weekly-report")).to_contain_text("3 of 10 clean runs")
     expect(column(p, "A").locator("#card-guarded")).to_contain_text("0 of 10 clean runs")
-    expect(p.locator("#board .summary")).to_contain_text("3 behaviors")
+    expect(p.locator("#board .summary")).to_contain_text("5 behaviors")
     expect(p.locator("#live")).to_have_text("Live")
     # The filter box narrows the board (as you type, and as a plain GET form).
     p.get_by_label("Filter behaviors").fill("drafts")
@@ -294,7 +312,7 @@ def test_an_approved_run_is_executed_and_a_rejected_one_is_not(page: Watched, st
     assert page.dialogs == [] and page.errors == []
 
 
-def test_a_guardrail_fault_moves_the_card_from_c_to_b_live_with_the_reason(
+def test_a_guardrail_fault_moves_the_card_from_c_to_b_live_and_the_pages_tell_why(
     page: Watched, stack: Stack
 ) -> None:
     promoted = stack.api.post(
@@ -321,13 +339,11 @@ def test_a_guardrail_fault_moves_the_card_from_c_to_b_live_with_the_reason(
     expect(p.locator("#demotions")).to_contain_text("guarded")
     assert p.evaluate("window.__sameDocument") is True
     shot(p, "board")
-    assert page.dialogs == [] and page.errors == []
+    p.emulate_media(color_scheme="dark")
+    shot(p, "board-dark")
+    p.emulate_media(color_scheme="light")
 
-
-def test_operator_actions_on_the_behavior_page_are_recorded_with_the_reason(
-    page: Watched, stack: Stack
-) -> None:
-    p = page.page
+    # The behavior page tells the story, and an operator acts on it with a reason.
     p.goto("/behaviors/guarded")
     expect(p.locator("#tier")).to_contain_text("B · human-in-the-loop")
     expect(p.locator("#timeline")).to_contain_text("demoted")
@@ -347,6 +363,18 @@ def test_operator_actions_on_the_behavior_page_are_recorded_with_the_reason(
     p.get_by_role("button", name="Resume").click()
     expect(p.locator("#flash")).to_contain_text("Give a reason")
     expect(p.locator(".badge-paused")).to_be_visible()
+
+    # The ledger page: the chain verified, the demotion found by its filters.
+    p.goto("/ledger")
+    expect(p.locator("#verify")).to_contain_text("Chain verified")
+    p.get_by_label("Behavior").fill("guarded")
+    p.get_by_label("Kind").select_option("demoted")
+    p.get_by_role("button", name="Filter").click()
+    rows = p.locator("table.entries tbody tr")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("prompt_injection")
+    p.goto("/ledger")
+    shot(p, "ledger")
     assert page.dialogs == [] and page.errors == []
 
 
@@ -370,21 +398,6 @@ def test_script_in_a_description_or_a_model_output_never_executes(
     assert p.locator("script:not([src])").count() == 0
     assert page.dialogs == []
     assert page.errors == []
-
-
-def test_the_ledger_page_shows_the_verified_chain_and_filters(page: Watched) -> None:
-    p = page.page
-    p.goto("/ledger")
-    expect(p.locator("#verify")).to_contain_text("Chain verified")
-    p.get_by_label("Behavior").fill("guarded")
-    p.get_by_label("Kind").select_option("demoted")
-    p.get_by_role("button", name="Filter").click()
-    rows = p.locator("table.entries tbody tr")
-    expect(rows).to_have_count(1)
-    expect(rows.first).to_contain_text("prompt_injection")
-    p.goto("/ledger")
-    shot(p, "ledger")
-    assert page.dialogs == [] and page.errors == []
 
 
 def test_a_viewer_reads_but_cannot_approve_and_a_revoked_token_ends_the_session(

@@ -99,3 +99,5 @@ def test_the_spend_chart_scales_bars_to_the_largest_day() -> None:
     assert chart.max_label == "$1.0000" and chart.first_label == "Dec 01"
     assert "largest day $1.0000" in chart.summary
     assert spend_chart([]) is None
+    flat = spend_chart([(days[0], 0.0)])
+    assert flat is not None and flat.max_label == "$0.0000" and flat.bars[0].height == 0.5

@@ -33,7 +33,8 @@ def spend_chart(
     """Daily spend as bars scaled to the largest day; None when there is nothing to draw."""
     if not points:
         return None
-    top = max(usd for _, usd in points) or 1.0
+    largest = max(usd for _, usd in points)
+    top = largest or 1.0  # all zero: flat stubs on the axis
     pad_left, pad_bottom, pad_top = 48.0, 20.0, 8.0
     plot_w = width - pad_left - 4
     plot_h = height - pad_bottom - pad_top
@@ -56,8 +57,8 @@ def spend_chart(
         width=width,
         height=height,
         bars=bars,
-        max_label=f"${top:.4f}",
+        max_label=f"${largest:.4f}",
         first_label=f"{points[0][0]:%b %d}",
         last_label=f"{points[-1][0]:%b %d}",
-        summary=f"${total:.4f} over {len(points)} day(s) with runs; the largest day ${top:.4f}",
+        summary=f"${total:.4f} over {len(points)} day(s) with runs; the largest day ${largest:.4f}",
     )

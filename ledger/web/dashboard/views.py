@@ -152,11 +152,21 @@ class BehaviorPage:
     definition_yaml: str
 
 
+def _set_fields(value: Any) -> Any:
+    """The definition as its file would say it: fields left unset (None, empty) omitted."""
+    if isinstance(value, dict):
+        kept = {k: _set_fields(v) for k, v in value.items()}
+        return {k: v for k, v in kept.items() if v not in (None, {}, [])}
+    if isinstance(value, list):
+        return [_set_fields(v) for v in value]
+    return value
+
+
 def _yaml(definition: dict[str, Any]) -> str:
     yaml = YAML()
     yaml.default_flow_style = False
     out = io.StringIO()
-    yaml.dump(definition, out)
+    yaml.dump(_set_fields(definition), out)
     return out.getvalue()
 
 
