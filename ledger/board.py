@@ -44,6 +44,7 @@ __all__ = [
     "BEHAVIOR_STATUSES",
     "DEFAULT_LIMIT",
     "MAX_LIMIT",
+    "MAX_ROW_ID",
     "BehaviorDetail",
     "Board",
     "Card",
@@ -61,15 +62,20 @@ __all__ = [
     "SpendWindow",
     "TierCount",
     "behavior_detail",
+    "behavior_filters",
     "board",
     "decode_cursor",
     "encode_cursor",
     "ledger_entries",
     "list_proposals",
     "runs",
+    "tier_counts",
     "unattributed_spans",
 ]
 
+# The largest id a row can have on both databases (PostgreSQL's INTEGER): larger ids in a
+# request match nothing, and are never sent to the database (which would refuse them).
+MAX_ROW_ID: Final = 2**31 - 1
 DEFAULT_LIMIT: Final = 50
 MAX_LIMIT: Final = 500
 FAILURE_LOOKBACK: Final = timedelta(hours=24)
@@ -121,7 +127,7 @@ def decode_cursor(cursor: str, shape: Sequence[type], what: str) -> list[Any]:
     for value, kind in zip(key, shape, strict=True):
         if isinstance(value, bool) or not isinstance(value, kind):
             raise bad
-        if isinstance(value, int) and not 0 <= value < 2**63:
+        if isinstance(value, int) and not 0 <= value <= MAX_ROW_ID:
             raise bad
     return key
 
@@ -389,10 +395,23 @@ def _status_condition(status: str) -> ColumnElement[bool]:
     return conditions[status]
 
 
-def _filters(status: str | None, text: str | None) -> list[ColumnElement[bool]]:
-    where: list[ColumnElement[bool]] = [
-        _status_condition(status) if status else col(BehaviorRow.retired).is_(False)
-    ]
+def behavior_filters(
+    *,
+    tier: Tier | str | None = None,
+    status: str | None = None,
+    text: str | None = None,
+    hide_retired: bool = True,
+) -> list[ColumnElement[bool]]:
+    """SQL conditions on ``behavior`` for the board's and the API's filters: ``status`` one of
+    ``BEHAVIOR_STATUSES`` (without one, retired behaviors are left out if ``hide_retired``),
+    ``text`` in the name or description (case-insensitive). Raises ``InvalidRequestError``."""
+    where: list[ColumnElement[bool]] = []
+    if status:
+        where.append(_status_condition(status))
+    elif hide_retired:
+        where.append(col(BehaviorRow.retired).is_(False))
+    if tier is not None:
+        where.append(col(BehaviorRow.tier) == Tier(tier).value)
     if text:
         needle = text.lower()
         description = col(BehaviorRow.definition)["description"].as_string()
@@ -403,6 +422,30 @@ def _filters(status: str | None, text: str | None) -> list[ColumnElement[bool]]:
             )
         )
     return where
+
+
+def tier_counts(session: Session, where: Sequence[ColumnElement[bool]]) -> list[TierCount]:
+    """Behaviors per tier matching ``where`` (every tier listed, zeros included)."""
+    counts = dict(
+        session.execute(
+            select(col(BehaviorRow.tier), func.count())
+            .where(*where)
+            .group_by(col(BehaviorRow.tier))
+        ).all()
+    )
+    return _counts(counts)
+
+
+def _counts(counts: dict[str, int]) -> list[TierCount]:
+    return [
+        TierCount(
+            tier=t.value,
+            tier_label=t.label,
+            tier_meaning=TIER_MEANING[t],
+            count=int(counts.get(t.value, 0)),
+        )
+        for t in Tier
+    ]
 
 
 def board(
@@ -422,20 +465,26 @@ def board(
     Raises ``InvalidRequestError`` for a bad filter or cursor."""
     ctx = ctx or PolicyContext()
     limit = max(1, min(limit, MAX_LIMIT))
-    where = _filters(status, text)
-    counts = dict(
-        session.execute(
-            select(col(BehaviorRow.tier), func.count())
-            .where(*where)
-            .group_by(col(BehaviorRow.tier))
-        ).all()
-    )
-    query = select(BehaviorRow).where(*where)
-    if tier is not None:
-        query = query.where(col(BehaviorRow.tier) == Tier(tier).value)
-    if cursor is not None:
-        (after,) = decode_cursor(cursor, (str,), "board")
-        query = query.where(col(BehaviorRow.name) > after)
+    where = behavior_filters(status=status, text=text)
+    after = decode_cursor(cursor, (str,), "board")[0] if cursor is not None else None
+    query = select(BehaviorRow)
+    if text:
+        # Matching text reads every definition: once, for the counts and the page together.
+        found = session.execute(select(col(BehaviorRow.name), col(BehaviorRow.tier)).where(*where))
+        matches = sorted(found.all())
+        counts = _counts({t: sum(1 for _, m in matches if m == t) for t in "ABC"})
+        wanted = Tier(tier).value if tier is not None else None
+        names = [
+            n
+            for n, t in matches
+            if (wanted is None or t == wanted) and (after is None or n > after)
+        ]
+        query = query.where(col(BehaviorRow.name).in_(names[: limit + 1]))
+    else:
+        counts = tier_counts(session, where)
+        query = query.where(*where, *behavior_filters(tier=tier, hide_retired=False))
+        if after is not None:
+            query = query.where(col(BehaviorRow.name) > after)
     rows = list(session.execute(query.order_by(col(BehaviorRow.name)).limit(limit + 1)).scalars())
     more = len(rows) > limit
     rows = rows[:limit]
@@ -444,16 +493,8 @@ def board(
         generated_at=now,
         cards=cards,
         next_cursor=encode_cursor(rows[-1].name) if more else None,
-        counts=[
-            TierCount(
-                tier=t.value,
-                tier_label=t.label,
-                tier_meaning=TIER_MEANING[t],
-                count=int(counts.get(t.value, 0)),
-            )
-            for t in Tier
-        ],
-        total=int(sum(counts.values())),
+        counts=counts,
+        total=sum(c.count for c in counts),
         demotions_24h=recent_demotions(session, now=now),
     )
 
@@ -921,7 +962,11 @@ def ledger_entries(
     if until is not None:
         query = query.where(col(LedgerEntry.created_at) < until)
     if before_id is not None:
-        query = query.where(col(LedgerEntry.id) < before_id).order_by(col(LedgerEntry.id).desc())
+        if before_id <= MAX_ROW_ID:  # every id is below a larger one
+            query = query.where(col(LedgerEntry.id) < before_id)
+        query = query.order_by(col(LedgerEntry.id).desc())
+    elif after_id >= MAX_ROW_ID:
+        return EntryPage(entries=[], next_cursor=None)  # no id is larger
     else:
         query = query.where(col(LedgerEntry.id) > after_id).order_by(col(LedgerEntry.id))
     found = list(session.execute(query.limit(limit + 1)).scalars())

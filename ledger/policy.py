@@ -811,6 +811,7 @@ class PromotionProgress:
     eligible_from: datetime | None
     blocked_by: tuple[str, ...]
     mode: PromotionMode
+    cooldown_until: datetime | None = None
 
 
 def promotion_progress(
@@ -833,11 +834,11 @@ def promotion_progress(
         blocked.append("pinned")
     if state.paused:
         blocked.append("paused")
-    eligible_from = None
+    eligible_from = cooldown_until = None
     cooldown_end = _cooldown_end(window, thresholds)
     if cooldown_end is not None and now < cooldown_end:
         blocked.append("cooldown")
-        eligible_from = cooldown_end
+        eligible_from = cooldown_until = cooldown_end
     rate: float | None = None
     rate_needed: float | None = None
     if state.tier is Tier.A:
@@ -845,9 +846,9 @@ def promotion_progress(
         span = _clean_span(window)
         days: float | None = math.floor(span.total_seconds() / 8640) / 10
         days_needed: int | None = thresholds.promote_b_min_days
-        if count < needed:
+        if target is not None and count < needed:
             blocked.append("clean_runs")
-        if span < timedelta(days=thresholds.promote_b_min_days):
+        if target is not None and span < timedelta(days=thresholds.promote_b_min_days):
             blocked.append("days")
     else:
         count, needed = window.approved, thresholds.promote_c_min_approved
@@ -860,7 +861,7 @@ def promotion_progress(
         days = None
         if last_fail is not None:
             days = math.floor((now - last_fail).total_seconds() / 8640) / 10
-        if state.tier is Tier.B:
+        if target is not None:
             if count < needed:
                 blocked.append("approved_runs")
             if not (total > 0 and Fraction(window.approved, total) >= required):
@@ -881,6 +882,7 @@ def promotion_progress(
         eligible_from=eligible_from,
         blocked_by=tuple(blocked),
         mode=state.promotion_mode,
+        cooldown_until=cooldown_until,
     )
 
 

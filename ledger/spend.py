@@ -112,8 +112,8 @@ def spent_in_window(
 
 
 # Two cost figures for one run that differ by less than this are the same figure, rounded.
-_SAME_ABS_USD = 0.000001
-_SAME_RELATIVE = 0.01
+SAME_ABS_USD = 0.000001
+SAME_RELATIVE = 0.01
 
 
 def cost_disagreement(runner_usd: float | None, broadcast_usd: float | None) -> float | None:
@@ -122,6 +122,6 @@ def cost_disagreement(runner_usd: float | None, broadcast_usd: float | None) -> 
     if runner_usd is None or broadcast_usd is None:
         return None
     difference = broadcast_usd - runner_usd
-    if abs(difference) <= max(_SAME_ABS_USD, _SAME_RELATIVE * max(runner_usd, broadcast_usd)):
+    if abs(difference) <= max(SAME_ABS_USD, SAME_RELATIVE * max(runner_usd, broadcast_usd)):
         return None
     return difference

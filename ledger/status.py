@@ -3,18 +3,21 @@ state and problems, approvals waiting, the outbox, broadcast ingestion and stora
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
-from pydantic import ValidationError
-from sqlalchemy import func, text
+from sqlalchemy import ColumnElement, and_, case, func, text
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
-from ledger.behaviors.schema import Behavior
 from ledger.db.models import (
     Approval,
     BehaviorRow,
+    BudgetWindow,
     FileProblem,
     GateResultRow,
     IngestDelivery,
@@ -24,7 +27,8 @@ from ledger.db.models import (
     Run,
 )
 from ledger.gates import Tier
-from ledger.spend import cost_disagreement, spent_in_window, window_start
+from ledger.schedule import Schedule, ScheduleError, compile_schedule, parse_interval
+from ledger.spend import SAME_ABS_USD, SAME_RELATIVE, window_start
 
 FAILURE_LOOKBACK = timedelta(hours=24)
 
@@ -101,86 +105,135 @@ class StatusReport:
         return sum(b.pending_approvals for b in self.behaviors)
 
 
-def collect_status(session: Session, now: datetime) -> StatusReport:
-    rows = session.execute(select(BehaviorRow).order_by(col(BehaviorRow.name))).scalars().all()
+def collect_status(
+    session: Session,
+    now: datetime,
+    *,
+    where: Sequence[ColumnElement[bool]] = (),
+    after: str | None = None,
+    limit: int | None = None,
+) -> StatusReport:
+    """Every behavior's status (those matching ``where``, by name after ``after``, at most
+    ``limit``), from set-based queries: one per fact for all of them, never one per behavior,
+    and no definition validated (the registry stored only valid ones)."""
+    b = BehaviorRow
+    definition = col(b.definition)
+    query = sa_select(
+        col(b.id),
+        col(b.name),
+        col(b.tier),
+        col(b.paused),
+        col(b.pinned),
+        col(b.retired),
+        col(b.enabled),
+        col(b.problem),
+        col(b.key_problem),
+        col(b.last_run_at),
+        col(b.last_run_status),
+        definition["schedule"].as_string(),
+        definition["timezone"].as_string(),
+        definition[("budget", "usd")].as_float(),
+        definition[("budget", "reset")].as_string(),
+    ).where(*where)
+    if after is not None:
+        query = query.where(col(b.name) > after)
+    query = query.order_by(col(b.name))
+    if limit is not None:
+        query = query.limit(limit)
+    rows = session.execute(query).all()
+    # A page names its behaviors; the whole list needs no IN over thousands of ids.
+    page = [row[0] for row in rows] if (where or after is not None or limit is not None) else None
     since = now - FAILURE_LOOKBACK
-    failures: dict[int, int] = dict(
-        session.execute(
-            select(GateResultRow.behavior_id, func.count())
-            .where(
-                col(GateResultRow.created_at) >= since,
-                col(GateResultRow.attributable).is_(True),
-                col(GateResultRow.outcome) != "pass",
-            )
-            .group_by(col(GateResultRow.behavior_id))
-        ).all()
+    failures = _count_by_behavior(
+        session,
+        GateResultRow.behavior_id,
+        page,
+        col(GateResultRow.created_at) >= since,
+        ATTRIBUTABLE_PROBLEM,
     )
-    disagreements: dict[int, int] = {}
-    for behavior_id, runner, broadcast in session.execute(
-        select(Run.behavior_id, Run.cost_usd, Run.broadcast_cost_usd).where(
-            col(Run.behavior_id).in_([row.id for row in rows]),  # (behavior_id, claimed_at)
-            col(Run.claimed_at) >= since,
-            col(Run.cost_usd).is_not(None),
-            col(Run.broadcast_cost_usd).is_not(None),
-        )
-    ):
-        if cost_disagreement(runner, broadcast) is not None:
-            disagreements[behavior_id] = disagreements.get(behavior_id, 0) + 1
-    interrupted: dict[int, int] = dict(
-        session.execute(
-            select(Run.behavior_id, func.count())
-            .where(col(Run.status) == "interrupted", col(Run.claimed_at) >= since)
-            .group_by(col(Run.behavior_id))
-        ).all()
+    disagreements = _count_by_behavior(
+        session, Run.behavior_id, page, col(Run.claimed_at) >= since, _COSTS_DISAGREE
     )
-    pending: dict[int, int] = dict(
-        session.execute(
-            select(Approval.behavior_id, func.count())
-            .where(col(Approval.status) == "pending")  # the partial index on pending requests
-            .group_by(col(Approval.behavior_id))
-        ).all()
+    interrupted = _count_by_behavior(
+        session,
+        Run.behavior_id,
+        page,
+        col(Run.status) == "interrupted",
+        col(Run.claimed_at) >= since,
     )
+    pending = _count_by_behavior(
+        session,
+        Approval.behavior_id,
+        page,
+        col(Approval.status) == "pending",  # the partial index on pending requests
+    )
+    starts = {reset: window_start(reset, now) for reset in BUDGET_RESETS}
+    spent: dict[tuple[int, datetime], float] = {}
+    windows = sa_select(
+        col(BudgetWindow.behavior_id), col(BudgetWindow.window_start), col(BudgetWindow.spent_usd)
+    )
+    windows = windows.where(col(BudgetWindow.window_start).in_(sorted(set(starts.values()))))
+    if page is not None:
+        windows = windows.where(col(BudgetWindow.behavior_id).in_(page))
+    for behavior_id, start, usd in session.execute(windows):
+        spent[(behavior_id, start)] = usd
     out: list[BehaviorStatus] = []
-    for row in rows:
-        behavior = _definition(row)
+    for (
+        row_id,
+        name,
+        tier,
+        paused,
+        pinned,
+        retired,
+        enabled,
+        problem,
+        key_problem,
+        last_run_at,
+        last_run_status,
+        schedule,
+        timezone,
+        budget_usd,
+        budget_reset,
+    ) in rows:
         flags = tuple(
             flag
             for flag, on in (
-                ("retired", row.retired),
-                ("paused", row.paused),
-                ("pinned", row.pinned),
-                ("disabled", not row.enabled),
-                ("invalid file", row.problem is not None),
+                ("retired", retired),
+                ("paused", paused),
+                ("pinned", pinned),
+                ("disabled", not enabled),
+                ("invalid file", problem is not None),
             )
             if on
         )
+        slots = _schedule(schedule, timezone)
         next_run = None
-        if behavior and not (row.retired or row.paused or not row.enabled):
-            next_run = behavior.next_fire_after(now)
-        budget = behavior.budget if behavior else None
+        if slots is not None and not (retired or paused or not enabled):
+            next_run = slots.next_after(now)
+        reset = budget_reset if budget_reset in starts else None
+        has_budget = budget_usd is not None
         # The window's spend (the budget's window, else the calendar month in UTC): the
         # runner's and broadcast's figures reconciled, and spend seen only via broadcast.
-        start = window_start(budget.reset if budget else None, now)
-        spend, _reserved = spent_in_window(session, row.id or 0, start)
-        interval = behavior.interval if behavior else None
+        start = starts[reset if has_budget else None]
+        interval = _interval(schedule) if schedule else None
         out.append(
             BehaviorStatus(
-                name=row.name,
-                tier=Tier(row.tier),
+                name=name,
+                tier=_TIERS[tier],
                 flags=flags,
-                last_run_at=row.last_run_at,
-                last_run_status=row.last_run_status,
+                last_run_at=last_run_at,
+                last_run_status=last_run_status,
                 next_run_at=next_run,
-                recent_failures=int(failures.get(row.id, 0)),
-                spend_usd=spend,
-                budget_usd=budget.usd if budget else None,
-                budget_reset=budget.reset if budget else None,
+                recent_failures=failures.get(row_id, 0),
+                spend_usd=spent.get((row_id, start), 0.0),
+                budget_usd=float(budget_usd) if has_budget else None,
+                budget_reset=reset if has_budget else None,
                 spend_window_start=start,
-                interrupted_24h=int(interrupted.get(row.id or 0, 0)),
-                problem=row.problem,
-                cost_disagreements_24h=disagreements.get(row.id or 0, 0),
-                key_problem=None if row.retired else row.key_problem,
-                pending_approvals=int(pending.get(row.id or 0, 0)),
+                interrupted_24h=interrupted.get(row_id, 0),
+                problem=problem,
+                cost_disagreements_24h=disagreements.get(row_id, 0),
+                key_problem=None if retired else key_problem,
+                pending_approvals=pending.get(row_id, 0),
                 interval_seconds=interval.total_seconds() if interval else None,
             )
         )
@@ -188,6 +241,56 @@ def collect_status(session: Session, now: datetime) -> StatusReport:
     return StatusReport(
         out, list(problems), _ingest_status(session, since), _outbox_status(session)
     )
+
+
+BUDGET_RESETS: tuple[str | None, ...] = (None, "day", "week", "month", "never")
+# An attributable result that did not pass: what the partial index on gate_result holds.
+ATTRIBUTABLE_PROBLEM = and_(
+    col(GateResultRow.attributable) == True,  # noqa: E712  # matches the partial index
+    col(GateResultRow.outcome) != "pass",
+)
+# ``spend.cost_disagreement`` in SQL: both figures, differing by more than rounding.
+_DIFFERENCE = func.abs(col(Run.broadcast_cost_usd) - col(Run.cost_usd))
+_COSTS_DISAGREE = and_(
+    col(Run.cost_usd).is_not(None),
+    col(Run.broadcast_cost_usd).is_not(None),
+    _DIFFERENCE > SAME_ABS_USD,
+    SAME_RELATIVE
+    * case(
+        (col(Run.cost_usd) > col(Run.broadcast_cost_usd), col(Run.cost_usd)),
+        else_=col(Run.broadcast_cost_usd),
+    )
+    < _DIFFERENCE,
+)
+
+
+def _count_by_behavior(
+    session: Session,
+    behavior_id: Any,
+    page: list[int] | None,
+    *conditions: ColumnElement[bool],
+) -> dict[int, int]:
+    """Rows matching ``conditions`` per behavior. Counted here rather than with GROUP BY:
+    grouping tempts SQLite (without statistics) to walk the whole (behavior_id, …) index in
+    order instead of the small time-range index the conditions fit."""
+    query = sa_select(behavior_id).where(*conditions)
+    if page is not None:
+        query = query.where(col(behavior_id).in_(page))
+    return dict(Counter(session.execute(query).scalars()))
+
+
+_TIERS: dict[str, Tier] = {tier.value: tier for tier in Tier}
+_interval = lru_cache(maxsize=1024)(parse_interval)  # thousands of behaviors, a few schedules
+
+
+def _schedule(schedule: str | None, timezone: str | None) -> Schedule | None:
+    """The stored schedule as the one engine reads it; None if it cannot be read."""
+    if not schedule:
+        return None
+    try:
+        return compile_schedule(schedule, timezone or "UTC")
+    except (ScheduleError, ValueError, KeyError):
+        return None
 
 
 def _outbox_status(session: Session) -> OutboxStatus:
@@ -231,13 +334,6 @@ def _ingest_status(session: Session, since: datetime) -> IngestStatus:
         unattributed_spans_24h=int(unattributed),
         last_received_at=last,
     )
-
-
-def _definition(row: BehaviorRow) -> Behavior | None:
-    try:
-        return Behavior.model_validate(row.definition)
-    except ValidationError:
-        return None
 
 
 # The tables that grow with use: the pruned ones first, then the history (never pruned).
@@ -299,6 +395,34 @@ def collect_storage(session: Session) -> StorageStatus:
     )
 
 
+_TIER_JSON: dict[str, dict[str, str]] = {tier: tier.as_json() for tier in Tier}
+
+
+def behavior_json(b: BehaviorStatus) -> dict[str, Any]:
+    """One behavior as ``GET /api/status`` and ``GET /api/behaviors`` show it (times as ISO
+    8601 strings)."""
+    return {
+        "name": b.name,
+        **_TIER_JSON[b.tier],
+        "state": b.state,
+        "flags": list(b.flags),
+        "key_problem": b.key_problem,
+        "problem": b.problem,
+        "pending_approvals": b.pending_approvals,
+        "last_run_at": _iso(b.last_run_at),
+        "last_run_status": b.last_run_status,
+        "next_run_at": _iso(b.next_run_at),
+        "interval_seconds": b.interval_seconds,
+        "recent_failures": b.recent_failures,
+        "interrupted_runs_24h": b.interrupted_24h,
+        "cost_disagreements_24h": b.cost_disagreements_24h,
+        "spend_usd": b.spend_usd,
+        "spend_window_start": _iso(b.spend_window_start),
+        "budget_usd": b.budget_usd,
+        "budget_reset": b.budget_reset,
+    }
+
+
 def status_document(
     session: Session, now: datetime, retention_interval_seconds: float
 ) -> dict[str, Any]:
@@ -306,46 +430,25 @@ def status_document(
     what ``GET /api/status`` answers and ``ledger status --json`` prints."""
     report = collect_status(session, now)
     storage = collect_storage(session)
-    document: dict[str, Any] = _jsonable(
-        {
-            "generated_at": now,
-            "behaviors": [
-                {
-                    "name": b.name,
-                    **b.tier.as_json(),
-                    "state": b.state,
-                    "flags": list(b.flags),
-                    "key_problem": b.key_problem,
-                    "problem": b.problem,
-                    "pending_approvals": b.pending_approvals,
-                    "last_run_at": b.last_run_at,
-                    "last_run_status": b.last_run_status,
-                    "next_run_at": b.next_run_at,
-                    "interval_seconds": b.interval_seconds,
-                    "recent_failures": b.recent_failures,
-                    "interrupted_runs_24h": b.interrupted_24h,
-                    "cost_disagreements_24h": b.cost_disagreements_24h,
-                    "spend_usd": b.spend_usd,
-                    "spend_window_start": b.spend_window_start,
-                    "budget_usd": b.budget_usd,
-                    "budget_reset": b.budget_reset,
-                }
-                for b in report.behaviors
-            ],
-            "pending_approvals": report.pending_approvals,
-            "outbox": asdict(report.outbox),
-            "invalid_files": [
-                {"path": p.path, "problems": p.problems} for p in report.file_problems
-            ],
-            "ingest": asdict(report.ingest),
-            "storage": {
+    return {
+        "generated_at": now.isoformat(),
+        "behaviors": [behavior_json(b) for b in report.behaviors],
+        "pending_approvals": report.pending_approvals,
+        "outbox": asdict(report.outbox),
+        "invalid_files": [{"path": p.path, "problems": p.problems} for p in report.file_problems],
+        "ingest": _jsonable(asdict(report.ingest)),
+        "storage": _jsonable(
+            {
                 "tables": [asdict(t) for t in storage.tables],
                 "last_prunes": [asdict(p) for p in storage.last_prunes],
                 "prune_interval_seconds": retention_interval_seconds,
-            },
-        }
-    )
-    return document
+            }
+        ),
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
 
 
 def _jsonable(value: Any) -> Any:

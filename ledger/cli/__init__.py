@@ -215,30 +215,77 @@ def db_upgrade(
         engine.dispose()
 
 
+STATUS_ROWS = 50  # behaviors in the table without --all
+
+
 @app.command()
 def status(
     config: ConfigOption = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print what GET /api/status answers.")
     ] = False,
+    show_all: Annotated[
+        bool,
+        typer.Option(
+            "--all",
+            help=f"List every behavior (by default, over {STATUS_ROWS}: those needing "
+            "attention first).",
+        ),
+    ] = False,
 ) -> None:
     """Every behavior at a glance (tier, state, last and next run, failures, spend), then what
     needs an operator: missing keys, approvals, invalid files, the outbox, broadcast."""
+    import orjson
+
+    from ledger.heap import settle_heap
     from ledger.status import status_document
 
+    settle_heap()  # thousands of behaviors: the imports' objects out of every collection
     settings = _settings(config)
     with _transaction(settings, read_only=True) as session:
         doc = status_document(session, _now(), settings.retention_interval_seconds)
     if as_json:
-        print(json.dumps(doc, indent=2))
+        sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
         return
-    _print_status(doc, settings)
+    _print_status(doc, settings, show_all=show_all)
 
 
-def _print_status(doc: dict[str, Any], settings: Settings) -> None:
+def _needs_attention(b: dict[str, Any]) -> bool:
+    return bool(
+        b["state"] != "active"
+        or b["problem"]
+        or b["recent_failures"]
+        or b["interrupted_runs_24h"]
+        or b["cost_disagreements_24h"]
+    )
+
+
+def _print_status(doc: dict[str, Any], settings: Settings, *, show_all: bool = False) -> None:
     now = datetime.fromisoformat(doc["generated_at"])
-    behaviors = doc["behaviors"]
-    table = Table(title=f"Promotion Ledger — {len(behaviors)} behavior(s)")
+    everyone = doc["behaviors"]
+    behaviors = everyone
+    title = f"Promotion Ledger — {len(everyone)} behavior(s)"
+    if not show_all and len(everyone) > STATUS_ROWS:
+        # Thousands of rows are not a glance: those needing attention first, then a summary.
+        attention = [b for b in everyone if _needs_attention(b)]
+        rest = [b for b in everyone if not _needs_attention(b)]
+        behaviors = (attention + rest)[:STATUS_ROWS]
+        title = (
+            f"Promotion Ledger — {len(behaviors)} of {len(everyone):,} behaviors "
+            f"({len(attention):,} needing attention, listed first; --all lists every one)"
+        )
+        tiers: dict[str, int] = {}
+        states: dict[str, int] = {}
+        for b in everyone:
+            tiers[b["tier_label"]] = tiers.get(b["tier_label"], 0) + 1
+            state = "active" if b["state"] == "active" else "not active"
+            states[state] = states.get(state, 0) + 1
+        out.print(
+            " · ".join(f"{label}: {count:,}" for label, count in sorted(tiers.items()))
+            + f" — {states.get('active', 0):,} active, {states.get('not active', 0):,} not",
+            highlight=False,
+        )
+    table = Table(title=title)
     for col in ("behavior", "tier", "state", "last run", "next run", "fails/warns 24h", "spend"):
         table.add_column(col)
     for b in behaviors:
@@ -301,6 +348,11 @@ def _print_status(doc: dict[str, Any], settings: Settings) -> None:
                 "differs from the runner's; the budget counted the larger (both figures: "
                 "`ledger show RUN`)"
             )
+    hidden = sum(1 for b in everyone if _needs_attention(b)) - sum(
+        1 for b in behaviors if _needs_attention(b)
+    )
+    if hidden > 0:
+        warn(f"{hidden:,} more behavior(s) need attention: `ledger status --all` lists them")
     if doc["pending_approvals"]:
         warn(
             f"{doc['pending_approvals']} approval request(s) pending: `ledger approvals` lists "

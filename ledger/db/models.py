@@ -117,6 +117,8 @@ class Run(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("behavior_id", "scheduled_for"),
         Index("ix_run_behavior_id_claimed_at", "behavior_id", "claimed_at"),
+        # ``ledger status``: the last 24 hours, costs included (read from the index alone).
+        Index("ix_run_claimed_at", "claimed_at", "behavior_id", "cost_usd", "broadcast_cost_usd"),
         # The sweep for runs left behind by a crash reads live runs by lease only.
         Index(
             "ix_run_live_lease_until",
@@ -163,7 +165,17 @@ class Run(SQLModel, table=True):
 
 class GateResultRow(SQLModel, table=True):
     __tablename__ = "gate_result"
-    __table_args__ = (Index("ix_gate_result_behavior_id_created_at", "behavior_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_gate_result_behavior_id_created_at", "behavior_id", "created_at"),
+        # Attributable failures by time (``ledger status``, the board's 24 hours): small.
+        Index(
+            "ix_gate_result_problem_created_at",
+            "created_at",
+            "behavior_id",
+            postgresql_where=text("attributable AND outcome <> 'pass'"),
+            sqlite_where=text("attributable = 1 AND outcome <> 'pass'"),
+        ),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     behavior_id: int = Field(foreign_key="behavior.id")
@@ -190,7 +202,10 @@ class LedgerEntry(SQLModel, table=True):
     """Append-only and hash-chained: ``hash = sha256(prev_hash + canonical_json(entry))``."""
 
     __tablename__ = "ledger_entry"
-    __table_args__ = (Index("ix_ledger_entry_behavior_id_id", "behavior_id", "id"),)
+    __table_args__ = (
+        Index("ix_ledger_entry_behavior_id_id", "behavior_id", "id"),
+        Index("ix_ledger_entry_kind_created_at", "kind", "created_at"),  # demotions in 24 h
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     behavior_id: int | None = Field(default=None, foreign_key="behavior.id")
@@ -338,6 +353,7 @@ class BudgetWindow(SQLModel, table=True):
     concurrent runs can never overshoot a budget together."""
 
     __tablename__ = "budget_window"
+    __table_args__ = (Index("ix_budget_window_window_start", "window_start"),)
 
     behavior_id: int = Field(foreign_key="behavior.id", primary_key=True)
     window_start: datetime = Field(sa_column=Column(UTCDateTime(), primary_key=True))

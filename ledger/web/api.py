@@ -7,19 +7,29 @@ import dataclasses
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
+import orjson
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from fastapi.responses import JSONResponse, Response
+from pydantic import AwareDatetime, BaseModel, Field
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
+from ledger.board import (
+    BehaviorDetail,
+    EntryView,
+    behavior_detail,
+    behavior_filters,
+    decode_cursor,
+    encode_cursor,
+    ledger_entries,
+    tier_counts,
+)
 from ledger.daemon import build_policy_context
 from ledger.db.models import (
     BehaviorRow,
     BudgetWindow,
     IngestedSpan,
-    LedgerEntry,
 )
 from ledger.errors import NotFoundError
 from ledger.explain import explain
@@ -27,14 +37,13 @@ from ledger.gates import Tier
 from ledger.runner.run import approve, check_manual_run, reject
 from ledger.runs import approval_requests, run_json
 from ledger.spend import DEFAULT_RESET, window_start
-from ledger.status import collect_status, status_document
+from ledger.status import behavior_json, collect_status, status_document
 from ledger.transitions import PolicyContext, decline_proposal, operator_action
 from ledger.web.auth import OperatorDep, ViewerDep
+from ledger.web.read_routes import BehaviorName, Cursor, StatusFilter
+from ledger.web.status_models import BehaviorList, StatusDocument
 
 router = APIRouter(prefix="/api", tags=["api"])
-
-MAX_ID = 2**63 - 1  # a database id is a signed 64-bit integer: a larger one is a 422, not a 500
-BehaviorName = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
 
 
 def _state(request: Request) -> Any:
@@ -54,45 +63,54 @@ def _tier(tier: str) -> dict[str, str]:
     return Tier(tier).as_json()
 
 
-@router.get("/status")
-def get_status(request: Request, _op: ViewerDep) -> dict[str, Any]:
+@router.get("/status", response_model=StatusDocument)
+def get_status(request: Request, _op: ViewerDep) -> Response:
     """What ``ledger status`` prints, as ``ledger status --json`` prints it: every behavior
     with its state and problems, pending approvals, the outbox, broadcast ingestion, invalid
     files, table sizes and the last prune."""
     with _state(request).db.transaction() as session:
-        return status_document(
+        document = status_document(
             session, _now(request), _state(request).settings.retention_interval_seconds
         )
+    # Sent as built (already JSON-ready): validating 10,000 behaviors again would cost more
+    # than collecting them.
+    return Response(orjson.dumps(document), media_type="application/json")
 
 
-@router.get("/behaviors")
-def list_behaviors(request: Request, _op: ViewerDep) -> dict[str, Any]:
-    """Every registered behavior with its tier, state, runs and spend."""
+@router.get("/behaviors", response_model=BehaviorList)
+def list_behaviors(
+    request: Request,
+    _op: ViewerDep,
+    tier: Tier | None = None,
+    status: StatusFilter | None = None,
+    text: Annotated[str | None, Query(max_length=100)] = None,
+    cursor: Cursor = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> Response:
+    """Registered behaviors (retired ones too, unless a ``status`` says otherwise), by name,
+    a page at a time (``next_cursor``), with tier, state, runs and spend; the count per tier
+    under the same filters; invalid files and broadcast ingestion."""
+    where = behavior_filters(status=status, text=text, hide_retired=False)
+    after = decode_cursor(cursor, (str,), "behaviors")[0] if cursor else None
     with _state(request).db.transaction() as session:
-        report = collect_status(session, _now(request))
-    return {
-        "behaviors": [
-            {
-                "name": s.name,
-                **_tier(s.tier.value),
-                "flags": list(s.flags),
-                "last_run_at": s.last_run_at,
-                "last_run_status": s.last_run_status,
-                "next_run_at": s.next_run_at,
-                "recent_failures": s.recent_failures,
-                "spend_usd": s.spend_usd,
-                "budget_usd": s.budget_usd,
-                "budget_reset": s.budget_reset,
-                "spend_window_start": s.spend_window_start,
-                "interrupted_runs_24h": s.interrupted_24h,
-                "problem": s.problem,
-                "cost_disagreements_24h": s.cost_disagreements_24h,
-            }
-            for s in report.behaviors
-        ],
+        counts = tier_counts(session, where)
+        report = collect_status(
+            session,
+            _now(request),
+            where=[*where, *behavior_filters(tier=tier, hide_retired=False)],
+            after=after,
+            limit=limit + 1,
+        )
+    page = report.behaviors[:limit]
+    more = len(report.behaviors) > limit
+    document = {
+        "behaviors": [behavior_json(b) for b in page],
+        "next_cursor": encode_cursor(page[-1].name) if more else None,
+        "counts": [{"tier": c.tier, "tier_label": c.tier_label, "count": c.count} for c in counts],
         "invalid_files": [{"path": p.path, "problems": p.problems} for p in report.file_problems],
-        "ingest": dataclasses.asdict(report.ingest),
+        "ingest": jsonable_encoder(dataclasses.asdict(report.ingest)),
     }
+    return Response(orjson.dumps(document), media_type="application/json")
 
 
 def _behavior(session: Session, name: str) -> BehaviorRow:
@@ -102,12 +120,80 @@ def _behavior(session: Session, name: str) -> BehaviorRow:
     return row
 
 
-@router.get("/behaviors/{name}")
-def get_behavior(request: Request, name: BehaviorName, _op: ViewerDep) -> dict[str, Any]:
-    """One behavior: tier, spend in the current budget window (unrounded), last deliveries."""
+class LastRunRef(BaseModel):
+    id: str | None
+    at: datetime | None
+    status: str | None
+
+
+class BroadcastTotals(BaseModel):
+    generations: int
+    cost_usd: float
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class CurrentSpend(BaseModel):
+    usd: float
+    reserved_usd: float
+    window_start: datetime
+    budget_usd: float | None
+    reset: str
+    broadcast: BroadcastTotals
+
+
+class Delivery(BaseModel):
+    trace_id: str
+    span_id: str
+    name: str
+    received_at: datetime
+    run_id: str | None
+    attribution: str | None
+    cost_usd: float | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+
+class BehaviorResponse(BehaviorDetail):
+    """A behavior's page (``BehaviorDetail``: card with structured progress, definition, runs,
+    tier history, spend per window, progress in words) and its summary fields."""
+
+    name: str
+    tier: str
+    tier_label: str
+    tier_meaning: str
+    max_tier: str
+    paused: bool
+    pinned: bool
+    retired: bool
+    enabled: bool
+    description: str
+    problem: str | None
+    key_name: str | None
+    key_name_source: Literal["file", "learned"] | None
+    last_run: LastRunRef
+    spend: CurrentSpend
+    last_deliveries: list[Delivery]
+
+
+@router.get("/behaviors/{name}", response_model=BehaviorResponse)
+def get_behavior(
+    request: Request,
+    name: BehaviorName,
+    _op: ViewerDep,
+    runs_cursor: Cursor = None,
+    runs_limit: Annotated[int, Query(ge=1, le=500)] = 20,
+) -> dict[str, Any]:
+    """One behavior: tier, spend in the current budget window (unrounded), last deliveries;
+    its card with structured promotion progress, runs (a page: ``runs_cursor``) with gate
+    results, tier history with reasons and actors, spend per window, progress in words."""
     now = _now(request)
+    ctx = _ctx(request)
     with _state(request).db.transaction() as session:
         row = _behavior(session, name)
+        detail = behavior_detail(
+            session, name, now=now, runs_cursor=runs_cursor, runs_limit=runs_limit, ctx=ctx
+        )
         definition = row.definition or {}
         budget = definition.get("budget") or None
         # Spend is counted with or without a budget: in the budget's window, else the
@@ -129,6 +215,7 @@ def get_behavior(request: Request, name: BehaviorName, _op: ViewerDep) -> dict[s
             .limit(10)
         ).all()
         return {
+            **dict(detail),
             "name": row.name,
             **_tier(row.tier),
             "max_tier": row.max_tier,
@@ -307,37 +394,48 @@ def act(
         }
 
 
-@router.get("/ledger")
-def ledger_entries(
+class EntryList(BaseModel):
+    entries: list[EntryView]
+    next_after_id: int = Field(
+        description="Oldest-first paging: the id to pass as after_id for the next page."
+    )
+    next_cursor: str | None = Field(
+        description="The id to pass on (after_id, or before_id when paging newest first); "
+        "None on the last page."
+    )
+
+
+EntryId = Annotated[int, Query(ge=0, le=2**63 - 1)]
+
+
+@router.get("/ledger", response_model=EntryList)
+def get_ledger_entries(
     request: Request,
     _op: ViewerDep,
     behavior: Annotated[str | None, Query(max_length=63)] = None,
-    after_id: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+    kind: Annotated[list[str] | None, Query(max_length=20)] = None,
+    since: AwareDatetime | None = None,
+    until: AwareDatetime | None = None,
+    after_id: EntryId = 0,
+    before_id: EntryId | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> dict[str, Any]:
-    """Ledger entries in order, with their hashes (page with ``after_id``)."""
+) -> EntryList:
+    """Ledger entries with their hashes: oldest first after ``after_id``, or newest first
+    before ``before_id``; filtered by behavior, ``kind`` (repeatable) and time (``since``
+    inclusive, ``until`` exclusive, ISO 8601 with an offset)."""
     with _state(request).db.transaction() as session:
-        query = select(LedgerEntry).where(col(LedgerEntry.id) > after_id)
-        if behavior is not None:
-            query = query.where(col(LedgerEntry.behavior_name) == behavior)
-        rows = session.exec(query.order_by(col(LedgerEntry.id)).limit(limit)).all()
-        return {
-            "entries": [
-                {
-                    "id": e.id,
-                    "at": e.created_at,
-                    "behavior": e.behavior_name,
-                    "kind": e.kind,
-                    "actor": e.actor,
-                    "reason": e.reason,
-                    "data": e.data,
-                    "prev_hash": e.prev_hash,
-                    "hash": e.hash,
-                }
-                for e in rows
-            ],
-            "next_after_id": rows[-1].id if rows else after_id,
-        }
+        page = ledger_entries(
+            session,
+            behavior=behavior,
+            kinds=kind or (),
+            since=since,
+            until=until,
+            after_id=after_id,
+            before_id=before_id,
+            limit=limit,
+        )
+    last = page.entries[-1].id if page.entries and before_id is None else after_id
+    return EntryList(entries=page.entries, next_after_id=last, next_cursor=page.next_cursor)
 
 
 @router.get("/runs/{run_id}")

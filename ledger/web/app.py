@@ -40,6 +40,7 @@ from ledger.web.dashboard import install_dashboard
 from ledger.web.dashboard.feed import ChangeFeed, database_fingerprint
 from ledger.web.errors import install_error_handlers
 from ledger.web.ingest_routes import LedgerApp, install_ingest_routes
+from ledger.web.read_routes import router as read_router
 from ledger.web.security import CONTENT_SECURITY_POLICY, SecurityHeaders
 from ledger.web.sessions import LoginRateLimit, SessionSigner, session_secret
 from ledger.web.token_routes import router as token_router
@@ -232,6 +233,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     install_ingest_routes(app)  # POST /v1/traces, POST /webhooks/{source}
     app.include_router(api_router)
     app.include_router(token_router)  # /api/tokens (admins)
+    app.include_router(read_router)
     install_dashboard(app)  # /, /login, /behaviors/..., /approvals, /ledger, /static/dashboard
 
     @app.get("/healthz", tags=["health"])

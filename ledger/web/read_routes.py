@@ -1,0 +1,186 @@
+"""The read model's JSON routes under ``/api``: the tier board, a behavior's runs, promotion
+proposals (list, accept, decline) and unattributed broadcast deliveries. Each answers a typed
+model of ``ledger.board``; pages carry an opaque ``next_cursor``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Query, Request
+from pydantic import AwareDatetime, BaseModel, Field
+
+from ledger.board import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    MAX_ROW_ID,
+    Board,
+    ProposalView,
+    RunPage,
+    SpanPage,
+    board,
+    list_proposals,
+    runs,
+    unattributed_spans,
+)
+from ledger.daemon import build_policy_context
+from ledger.gates import Tier
+from ledger.proposals import accept_proposal, decline_proposal_by_id
+from ledger.web.auth import OperatorDep, ViewerDep
+
+router = APIRouter(prefix="/api", tags=["api"])
+
+BehaviorName = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+Cursor = Annotated[
+    str | None,
+    Query(
+        max_length=200,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="The next_cursor of the previous page.",
+    ),
+]
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
+StatusFilter = Literal[
+    "active", "paused", "pinned", "disabled", "retired", "invalid_file", "missing_key"
+]
+ProposalId = Annotated[int, Path(ge=1, le=MAX_ROW_ID)]
+
+
+def _state(request: Request) -> Any:
+    return request.app.state.ledger
+
+
+def _now(request: Request) -> datetime:
+    now: datetime = _state(request).clock.now()
+    return now
+
+
+@router.get("/board", response_model=Board)
+def get_board(
+    request: Request,
+    _op: ViewerDep,
+    tier: Tier | None = None,
+    status: StatusFilter | None = None,
+    text: Annotated[str | None, Query(max_length=100)] = None,
+    cursor: Cursor = None,
+    limit: Limit = DEFAULT_LIMIT,
+) -> Board:
+    """The tier board: a page of behavior cards (sorted by name; retired ones only under
+    ``status=retired``) with last run, failures in the policy's window, spend against budget
+    and structured promotion progress; the count per tier under the same filters; and the
+    demotions of the last 24 hours."""
+    ctx = build_policy_context(_state(request).settings)
+    with _state(request).db.transaction() as session:
+        return board(
+            session,
+            now=_now(request),
+            tier=tier,
+            status=status,
+            text=text,
+            cursor=cursor,
+            limit=limit,
+            ctx=ctx,
+        )
+
+
+@router.get("/behaviors/{name}/runs", response_model=RunPage)
+def list_runs(
+    request: Request,
+    name: BehaviorName,
+    _op: ViewerDep,
+    status: Annotated[str | None, Query(max_length=16)] = None,
+    gate: Annotated[str | None, Query(max_length=32)] = None,
+    outcome: Literal["pass", "warn", "fail"] | None = None,
+    since: AwareDatetime | None = None,
+    cursor: Cursor = None,
+    limit: Limit = DEFAULT_LIMIT,
+) -> RunPage:
+    """A behavior's runs, newest first, each with its gate results and their reasons.
+    ``gate`` (and ``outcome``) keep runs with such a gate result; ``since`` runs claimed at or
+    after an ISO 8601 time with its offset."""
+    with _state(request).db.transaction() as session:
+        return runs(
+            session,
+            name,
+            status=status,
+            gate=gate,
+            outcome=outcome,
+            since=since,
+            cursor=cursor,
+            limit=limit,
+        )
+
+
+class ProposalList(BaseModel):
+    proposals: list[ProposalView]
+
+
+@router.get("/proposals", response_model=ProposalList)
+def get_proposals(
+    request: Request,
+    _op: ViewerDep,
+    status: Literal["pending", "accepted", "declined", "withdrawn"] = "pending",
+    behavior: Annotated[str | None, Query(max_length=63)] = None,
+) -> ProposalList:
+    """Promotion proposals of ``promotion: confirm`` behaviors (pending by default), newest
+    first."""
+    with _state(request).db.transaction() as session:
+        return ProposalList(
+            proposals=list_proposals(session, status=status, behavior=behavior),
+        )
+
+
+class ReasonBody(BaseModel):
+    reason: str = Field(min_length=1, max_length=2000, description="Why (recorded).")
+
+
+class Message(BaseModel):
+    message: str
+
+
+@router.post("/proposals/{proposal_id}/accept", response_model=Message)
+def accept(request: Request, proposal_id: ProposalId, body: ReasonBody, op: OperatorDep) -> Message:
+    """Accept a pending proposal: the behavior is promoted to the proposed tier, recorded with
+    the caller as the actor. 409 when it was decided already or the behavior moved since."""
+    ctx = build_policy_context(_state(request).settings)
+    with _state(request).db.transaction() as session:
+        return Message(
+            message=accept_proposal(
+                session,
+                proposal_id,
+                reason=body.reason,
+                actor=op.name,
+                now=_now(request),
+                ctx=ctx,
+            )
+        )
+
+
+@router.post("/proposals/{proposal_id}/decline", response_model=Message)
+def decline(
+    request: Request, proposal_id: ProposalId, body: ReasonBody, op: OperatorDep
+) -> Message:
+    """Decline a pending proposal: the behavior stays and must earn a fresh one."""
+    with _state(request).db.transaction() as session:
+        return Message(
+            message=decline_proposal_by_id(
+                session, proposal_id, reason=body.reason, actor=op.name, now=_now(request)
+            )
+        )
+
+
+@router.get("/broadcast/unattributed", response_model=SpanPage)
+def get_unattributed(
+    request: Request,
+    _op: ViewerDep,
+    attribution: Literal["unattributed", "no_generation", "invalid", "error"] | None = None,
+    since: AwareDatetime | None = None,
+    cursor: Cursor = None,
+    limit: Limit = DEFAULT_LIMIT,
+) -> SpanPage:
+    """Broadcast deliveries (spans) no behavior claimed, newest first: what ``ledger status``
+    counts as unattributed, with the attributes they came with (masked as stored)."""
+    with _state(request).db.transaction() as session:
+        return unattributed_spans(
+            session, attribution=attribution, since=since, cursor=cursor, limit=limit
+        )
