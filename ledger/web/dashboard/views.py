@@ -78,7 +78,7 @@ class BoardPage:
 
     columns: list[Column]
     demotions: list[read.Demotion]
-    demoted_reason: dict[str, str]
+    demoted_reason: dict[str, str]  # a card still at the tier a recent demotion put it
     total: int
     query: str
     cursors: dict[str, str]
@@ -125,8 +125,11 @@ def board(
         for tier, p in zip(Tier, pages, strict=True)
     ]
     demoted: dict[str, str] = {}
-    for d in first.demotions_24h:
-        demoted.setdefault(d.behavior or "", d.reason)
+    current = {card.name: card.tier for column in columns for card in column.cards}
+    for d in first.demotions_24h:  # newest first: a card shows its latest demotion's reason
+        name = d.behavior or ""
+        if name not in demoted and current.get(name) == d.to_tier:
+            demoted[name] = d.reason
     pending = session.execute(
         select(func.count()).where(col(Approval.status) == "pending")
     ).scalar_one()
