@@ -1,6 +1,6 @@
 """Benchmark: the dashboard's pages as a browser gets them (HTML rendered, in-process ASGI) with
 10,000 behaviors and 1,000,000 runs, on SQLite and PostgreSQL — the tier board (three columns
-of 100 cards), the board filtered, the live fragment, a behavior's page, the approvals queue and
+of 50 cards), the board filtered, the live fragment, a behavior's page, the approvals queue and
 the ledger page.
 
 Run on demand:  python -m tests.benchmarks.bench_dashboard [--behaviors 10000]
@@ -105,7 +105,7 @@ def measure(url: str, args: argparse.Namespace, now: datetime) -> list[str]:
             slow.append(label)
 
     def columns(session: Any, text: str | None = None) -> object:
-        return [board(session, now=now, tier=t, text=text, limit=100, ctx=ctx) for t in Tier]
+        return [board(session, now=now, tier=t, text=text, limit=50, ctx=ctx) for t in Tier]
 
     add("GET / (tier board)", get("/"), read(columns))
     add("GET /?q=number 4242", get("/?q=number%204242"), read(lambda s: columns(s, "number 4242")))

@@ -27,7 +27,7 @@ from ledger.outbox.enqueue import ACTION_KINDS
 from ledger.runs import approval_requests, gate_reason
 from ledger.transitions import PolicyContext
 
-COLUMN_LIMIT = 100
+COLUMN_LIMIT = 50  # cards per column and page (the read model's page size)
 LEDGER_KINDS = (
     "approval_expired",
     "approvals_withdrawn",
