@@ -285,6 +285,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
         dependencies=metrics_dependencies,
         response_class=PlainTextResponse,
         responses={200: {"content": {METRICS_CONTENT_TYPE: {}}, "description": "Metrics."}},
+        openapi_extra=None if settings.metrics_public else {"security": [{"bearer": []}]},
     )
     async def metrics(request: Request) -> Response:
         """Prometheus metrics (text format): this process's counters and histograms, and

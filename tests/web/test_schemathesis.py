@@ -33,9 +33,9 @@ SEED = 18
 def test_no_operation_answers_a_server_error(
     mode: GenerationMode,
     tmp_path: Path,
+    database_url: str,
     start_daemon: Callable[..., Daemon],
 ) -> None:
-    database_url = f"sqlite:///{tmp_path / 'fuzz.db'}"
     body = VALID_BEHAVIOR.format(key_env="FUZZ_KEY", name="alpha").replace(
         "schedule: 15m", 'schedule: "0 0 1 1 *"'
     )
