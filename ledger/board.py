@@ -411,7 +411,7 @@ def behavior_filters(
     elif hide_retired:
         where.append(col(BehaviorRow.retired).is_(False))
     if tier is not None:
-        where.append(col(BehaviorRow.tier) == Tier(tier).value)
+        where.append(col(BehaviorRow.tier) == _tier(tier).value)
     if text:
         needle = text.lower()
         description = col(BehaviorRow.definition)["description"].as_string()
@@ -422,6 +422,13 @@ def behavior_filters(
             )
         )
     return where
+
+
+def _tier(tier: Tier | str) -> Tier:
+    try:
+        return Tier(tier)
+    except ValueError:
+        raise InvalidRequestError(f"unknown tier {tier!r}; one of: A, B, C") from None
 
 
 def tier_counts(session: Session, where: Sequence[ColumnElement[bool]]) -> list[TierCount]:
@@ -473,7 +480,7 @@ def board(
         found = session.execute(select(col(BehaviorRow.name), col(BehaviorRow.tier)).where(*where))
         matches = sorted(found.all())
         counts = _counts({t: sum(1 for _, m in matches if m == t) for t in "ABC"})
-        wanted = Tier(tier).value if tier is not None else None
+        wanted = _tier(tier).value if tier is not None else None
         names = [
             n
             for n, t in matches

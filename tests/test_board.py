@@ -27,8 +27,8 @@ from ledger.gates import Gate, GateResult, Outcome
 from ledger.policy import Observation, PolicyWindow, observe
 from ledger.proposals import accept_proposal, decline_proposal_by_id
 from ledger.transitions import PolicyContext, operator_action
+from tests.board_rows import behavior_row, run_row, span_row
 from tests.conftest import T0
-from tests.factories import behavior_row, run_row, span_row
 
 CTX = PolicyContext()
 
@@ -97,6 +97,8 @@ def test_the_board_filters_by_tier_status_and_text_and_counts_each_tier(db: Data
         assert cards["eta"].status == "disabled" and cards["gamma"].flags.pinned
         with pytest.raises(InvalidRequestError, match="unknown status 'sleeping'"):
             board(s, now=T0, status="sleeping")
+        with pytest.raises(InvalidRequestError, match="unknown tier 'D'"):
+            board(s, now=T0, tier="D")
 
 
 def test_a_card_shows_last_run_failures_spend_and_the_progress_explain_gives(

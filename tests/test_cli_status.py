@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 from ledger.db.session import Database
+from tests.board_rows import behavior_row
 from tests.conftest import T0
 from tests.daemon import ledger
-from tests.factories import behavior_row
 
 
 def test_status_over_fifty_behaviors_lists_those_needing_attention_first(

@@ -40,7 +40,14 @@ from ledger.spend import DEFAULT_RESET, window_start
 from ledger.status import behavior_json, collect_status, status_document
 from ledger.transitions import PolicyContext, decline_proposal, operator_action
 from ledger.web.auth import OperatorDep, ViewerDep
-from ledger.web.read_routes import BehaviorName, Cursor, StatusFilter
+from ledger.web.read_routes import (
+    WORD,
+    BehaviorName,
+    Cursor,
+    SearchText,
+    StatusFilter,
+    word,
+)
 from ledger.web.status_models import BehaviorList, StatusDocument
 
 router = APIRouter(prefix="/api", tags=["api"])
@@ -83,7 +90,7 @@ def list_behaviors(
     _op: ViewerDep,
     tier: Tier | None = None,
     status: StatusFilter | None = None,
-    text: Annotated[str | None, Query(max_length=100)] = None,
+    text: SearchText = None,
     cursor: Cursor = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Response:
@@ -183,7 +190,7 @@ def get_behavior(
     _op: ViewerDep,
     runs_cursor: Cursor = None,
     runs_limit: Annotated[int, Query(ge=1, le=500)] = 20,
-) -> dict[str, Any]:
+) -> Response:
     """One behavior: tier, spend in the current budget window (unrounded), last deliveries;
     its card with structured promotion progress, runs (a page: ``runs_cursor``) with gate
     results, tier history with reasons and actors, spend per window, progress in words."""
@@ -214,46 +221,49 @@ def get_behavior(
             .order_by(col(IngestedSpan.received_at).desc())
             .limit(10)
         ).all()
-        return {
-            **dict(detail),
-            "name": row.name,
-            **_tier(row.tier),
-            "max_tier": row.max_tier,
-            "paused": row.paused,
-            "pinned": row.pinned,
-            "retired": row.retired,
-            "enabled": row.enabled,
-            "description": definition.get("description", ""),
-            "definition_hash": row.definition_hash,
-            "problem": row.problem,
-            # The name broadcast attributes the behavior's key by: its file's, else learned.
-            "key_name": definition.get("key_name") or row.learned_key_name,
-            "key_name_source": (
-                "file"
-                if definition.get("key_name")
-                else ("learned" if row.learned_key_name else None)
-            ),
-            "last_run": {
-                "id": row.last_run_id,
-                "at": row.last_run_at,
-                "status": row.last_run_status,
-            },
-            "spend": spend,
-            "last_deliveries": [
-                {
-                    "trace_id": d.trace_id,
-                    "span_id": d.span_id,
-                    "name": d.name,
-                    "received_at": d.received_at,
-                    "run_id": d.run_id,
-                    "attribution": d.attribution,
-                    "cost_usd": d.cost_usd,
-                    "prompt_tokens": d.prompt_tokens,
-                    "completion_tokens": d.completion_tokens,
-                }
-                for d in deliveries
-            ],
-        }
+        answer = BehaviorResponse.model_validate(
+            {
+                **dict(detail),
+                "name": row.name,
+                **_tier(row.tier),
+                "max_tier": row.max_tier,
+                "paused": row.paused,
+                "pinned": row.pinned,
+                "retired": row.retired,
+                "enabled": row.enabled,
+                "description": definition.get("description", ""),
+                "definition_hash": row.definition_hash,
+                "problem": row.problem,
+                # The name broadcast attributes the behavior's key by: its file's, else learned.
+                "key_name": definition.get("key_name") or row.learned_key_name,
+                "key_name_source": (
+                    "file"
+                    if definition.get("key_name")
+                    else ("learned" if row.learned_key_name else None)
+                ),
+                "last_run": {
+                    "id": row.last_run_id,
+                    "at": row.last_run_at,
+                    "status": row.last_run_status,
+                },
+                "spend": spend,
+                "last_deliveries": [
+                    {
+                        "trace_id": d.trace_id,
+                        "span_id": d.span_id,
+                        "name": d.name,
+                        "received_at": d.received_at,
+                        "run_id": d.run_id,
+                        "attribution": d.attribution,
+                        "cost_usd": d.cost_usd,
+                        "prompt_tokens": d.prompt_tokens,
+                        "completion_tokens": d.completion_tokens,
+                    }
+                    for d in deliveries
+                ],
+            }
+        )
+    return Response(answer.model_dump_json(), media_type="application/json")
 
 
 def _broadcast_since(session: Session, behavior_id: int, start: datetime) -> dict[str, Any]:
@@ -412,8 +422,10 @@ EntryId = Annotated[int, Query(ge=0, le=2**63 - 1)]
 def get_ledger_entries(
     request: Request,
     _op: ViewerDep,
-    behavior: Annotated[str | None, Query(max_length=63)] = None,
-    kind: Annotated[list[str] | None, Query(max_length=20)] = None,
+    behavior: Annotated[str | None, word(63)] = None,
+    kind: Annotated[
+        list[Annotated[str, Field(max_length=32, pattern=WORD)]] | None, Query(max_length=20)
+    ] = None,
     since: AwareDatetime | None = None,
     until: AwareDatetime | None = None,
     after_id: EntryId = 0,

@@ -232,8 +232,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     install_api_docs(app)
     install_ingest_routes(app)  # POST /v1/traces, POST /webhooks/{source}
     app.include_router(api_router)
-    app.include_router(token_router)  # /api/tokens (admins)
     app.include_router(read_router)
+    app.include_router(token_router)  # /api/tokens (admins)
     install_dashboard(app)  # /, /login, /behaviors/..., /approvals, /ledger, /static/dashboard
 
     @app.get("/healthz", tags=["health"])

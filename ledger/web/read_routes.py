@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import Response
 from pydantic import AwareDatetime, BaseModel, Field
 
 from ledger.board import (
@@ -44,6 +45,21 @@ StatusFilter = Literal[
     "active", "paused", "pinned", "disabled", "retired", "invalid_file", "missing_key"
 ]
 ProposalId = Annotated[int, Path(ge=1, le=MAX_ROW_ID)]
+# Free text and names in queries: no control characters (PostgreSQL refuses NUL in text).
+SearchText = Annotated[
+    str | None,
+    Query(
+        max_length=100,
+        pattern=r"^[^\x00-\x1f\x7f]*$",
+        description="Part of a behavior's name or description, in any case.",
+    ),
+]
+WORD = r"^[a-z0-9_-]+$"  # behavior names, gates, kinds, statuses
+
+
+def word(max_length: int) -> Any:
+    """A query parameter that is a name: lowercase letters, digits, ``-`` and ``_``."""
+    return Query(max_length=max_length, pattern=WORD)
 
 
 def _state(request: Request) -> Any:
@@ -61,17 +77,17 @@ def get_board(
     _op: ViewerDep,
     tier: Tier | None = None,
     status: StatusFilter | None = None,
-    text: Annotated[str | None, Query(max_length=100)] = None,
+    text: SearchText = None,
     cursor: Cursor = None,
     limit: Limit = DEFAULT_LIMIT,
-) -> Board:
+) -> Response:
     """The tier board: a page of behavior cards (sorted by name; retired ones only under
     ``status=retired``) with last run, failures in the policy's window, spend against budget
     and structured promotion progress; the count per tier under the same filters; and the
     demotions of the last 24 hours."""
     ctx = build_policy_context(_state(request).settings)
     with _state(request).db.transaction() as session:
-        return board(
+        page = board(
             session,
             now=_now(request),
             tier=tier,
@@ -81,6 +97,13 @@ def get_board(
             limit=limit,
             ctx=ctx,
         )
+    return _json(page)
+
+
+def _json(model: BaseModel) -> Response:
+    """``model`` as JSON, without FastAPI validating it once more against the route's
+    ``response_model`` (it is an instance of it: the model only documents the answer)."""
+    return Response(model.model_dump_json(), media_type="application/json")
 
 
 @router.get("/behaviors/{name}/runs", response_model=RunPage)
@@ -88,18 +111,18 @@ def list_runs(
     request: Request,
     name: BehaviorName,
     _op: ViewerDep,
-    status: Annotated[str | None, Query(max_length=16)] = None,
-    gate: Annotated[str | None, Query(max_length=32)] = None,
+    status: Annotated[str | None, word(16)] = None,
+    gate: Annotated[str | None, word(32)] = None,
     outcome: Literal["pass", "warn", "fail"] | None = None,
     since: AwareDatetime | None = None,
     cursor: Cursor = None,
     limit: Limit = DEFAULT_LIMIT,
-) -> RunPage:
+) -> Response:
     """A behavior's runs, newest first, each with its gate results and their reasons.
     ``gate`` (and ``outcome``) keep runs with such a gate result; ``since`` runs claimed at or
     after an ISO 8601 time with its offset."""
     with _state(request).db.transaction() as session:
-        return runs(
+        page = runs(
             session,
             name,
             status=status,
@@ -109,6 +132,7 @@ def list_runs(
             cursor=cursor,
             limit=limit,
         )
+    return _json(page)
 
 
 class ProposalList(BaseModel):
@@ -120,7 +144,7 @@ def get_proposals(
     request: Request,
     _op: ViewerDep,
     status: Literal["pending", "accepted", "declined", "withdrawn"] = "pending",
-    behavior: Annotated[str | None, Query(max_length=63)] = None,
+    behavior: Annotated[str | None, word(63)] = None,
 ) -> ProposalList:
     """Promotion proposals of ``promotion: confirm`` behaviors (pending by default), newest
     first."""
@@ -177,10 +201,11 @@ def get_unattributed(
     since: AwareDatetime | None = None,
     cursor: Cursor = None,
     limit: Limit = DEFAULT_LIMIT,
-) -> SpanPage:
+) -> Response:
     """Broadcast deliveries (spans) no behavior claimed, newest first: what ``ledger status``
     counts as unattributed, with the attributes they came with (masked as stored)."""
     with _state(request).db.transaction() as session:
-        return unattributed_spans(
+        page = unattributed_spans(
             session, attribution=attribution, since=since, cursor=cursor, limit=limit
         )
+    return _json(page)

@@ -17,9 +17,9 @@ from ledger.db.models import PromotionProposal
 from ledger.db.session import Database
 from ledger.transitions import lock_behavior
 from ledger.web.status_models import BehaviorList, StatusDocument
+from tests.board_rows import run_row, span_row
 from tests.conftest import T0, VALID_BEHAVIOR, free_port, write_behavior
 from tests.daemon import Daemon
-from tests.factories import run_row, span_row
 
 TOKEN = "read-token-" + "5" * 24
 NAMES = ("alpha", "beta", "gamma")
@@ -74,6 +74,15 @@ def test_ids_and_cursors_out_of_range_are_422_never_500(api: httpx.Client) -> No
             _invalid(api.get(path, params={"cursor": cursor}))
     _invalid(api.get("/api/behaviors/alpha", params={"runs_cursor": "WyJ4Il0"}))
     _invalid(api.get("/api/behaviors", params={"status": "sleeping"}))
+    for path, params in (  # PostgreSQL refuses NUL in text: refused here first
+        ("/api/behaviors", {"text": "al\x00pha"}),
+        ("/api/board", {"text": "\x00"}),
+        ("/api/ledger", {"behavior": "al\x00pha"}),
+        ("/api/ledger", {"kind": ["promoted", "pro\x00moted"]}),
+        ("/api/behaviors/alpha/runs", {"gate": "output\x00check"}),
+        ("/api/proposals", {"behavior": "\x00"}),
+    ):
+        _invalid(api.get(path, params=params))
     _invalid(api.get("/api/behaviors/alpha/runs", params={"since": "2026-11-02T09:00:00"}))
 
 
