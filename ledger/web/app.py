@@ -135,6 +135,7 @@ def startup_problems(settings: Settings, *, database: bool = True) -> list[str]:
         )
     else:
         attempt("api_tokens", lambda: TokenAuth(settings))
+    attempt("session_secret", lambda: session_secret(settings))
     if settings.broadcast_tokens is not None:
         raw = settings.broadcast_tokens.get_secret_value()
         attempt("LEDGER_BROADCAST_TOKENS", lambda: resolve_many(raw))

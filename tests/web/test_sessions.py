@@ -11,6 +11,7 @@ from pydantic import SecretStr
 
 from ledger.config import Settings
 from ledger.errors import ConfigError
+from ledger.web.app import startup_problems
 from ledger.web.auth import Operator
 from ledger.web.dashboard.charts import spend_chart
 from ledger.web.dashboard.render import markdown
@@ -74,6 +75,24 @@ def test_a_short_session_secret_is_refused_and_a_reference_is_resolved(
     assert session_secret(
         Settings(**base, session_secret=SecretStr("env:DASH_SESSION_SECRET"))
     ) == (b"s" * 40)
+
+
+def test_a_bad_session_secret_stops_the_start_with_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("DASH_NO_SUCH_SECRET", raising=False)
+    base = {"database_url": "sqlite://", "behaviors_dir": Path("b")}
+    short = startup_problems(Settings(**base, session_secret=SecretStr("short")), database=False)
+    missing = startup_problems(
+        Settings(**base, session_secret=SecretStr("env:DASH_NO_SUCH_SECRET")), database=False
+    )
+    assert [p for p in short if p.startswith("session_secret:")] == [
+        "session_secret: session_secret is 5 characters; use at least 32 (e.g. "
+        "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+    ]
+    assert any(p.startswith("session_secret:") and "DASH_NO_SUCH_SECRET" in p for p in missing), (
+        missing
+    )
 
 
 def test_markdown_renders_formatting_but_shows_html_as_text() -> None:
