@@ -42,7 +42,12 @@ from ledger.web.errors import install_error_handlers
 from ledger.web.ingest_routes import LedgerApp, install_ingest_routes
 from ledger.web.read_routes import router as read_router
 from ledger.web.security import CONTENT_SECURITY_POLICY, SecurityHeaders
-from ledger.web.sessions import LoginRateLimit, SessionSigner, session_secret
+from ledger.web.sessions import (
+    LoginRateLimit,
+    SessionSigner,
+    config_token_digests,
+    session_secret,
+)
 from ledger.web.token_routes import router as token_router
 
 log = structlog.get_logger("ledger.web")
@@ -212,6 +217,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
         app.state.ledger = daemon
         app.state.ingest = daemon.ingest
         app.state.sessions = SessionSigner(session_secret(settings))
+        app.state.config_token_digests = config_token_digests(settings)
         app.state.login_limit = LoginRateLimit()
         app.state.dashboard_feed = ChangeFeed(database_fingerprint(daemon))
         try:

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ledger.config import Settings
-from ledger.errors import ConfigError
+from ledger.errors import ConfigError, LedgerError
 from ledger.secrets import is_reference, register_secret_value, resolve
 from ledger.web.auth import ROLE_RANK, Operator, Role
 
@@ -52,8 +52,8 @@ class BrowserSession:
     operator: Operator
     sid: str
     expires_at: float
-    # For a named token (``ledger token create``): its SHA-256, so revoking the token (or
-    # changing its role) ends or changes the session at the next page.
+    # The SHA-256 of the token logged in with: a named token's session ends when it is revoked
+    # (and takes its current role); a configured token's when its value or name changes.
     token_sha256: str | None = None
 
 
@@ -212,3 +212,19 @@ def session_secret(settings: Settings) -> bytes | None:
         )
     register_secret_value(value)
     return value.encode()
+
+
+def config_token_digests(settings: Settings) -> dict[str, str]:
+    """``api:NAME`` → SHA-256 of each ``[api_tokens]`` value, as the daemon resolved them at
+    start: a session made with one lasts while the same value is configured under that name."""
+    digests: dict[str, str] = {}
+    for name, raw in settings.api_tokens.items():
+        value = raw.get_secret_value()
+        try:
+            token = resolve(value).get_secret_value() if is_reference(value) else value
+        except LedgerError:
+            continue  # startup_problems refuses to start without it
+        digests[f"api:{name}"] = hashlib.sha256(
+            token.encode("utf-8", "surrogateescape")
+        ).hexdigest()
+    return digests

@@ -250,3 +250,34 @@ def test_with_auth_off_every_page_warns_and_forms_still_need_csrf(
         assert done.status_code == 303
         page = client.get("/behaviors/alpha").text
         assert "alpha pinned at A · proposal-only by anonymous (auth off): x" in page
+
+
+def test_a_session_survives_a_restart_with_the_session_secret_but_not_a_changed_token(
+    tmp_path: Path, database_url: str, start_daemon: Callable[..., Daemon]
+) -> None:
+    write_behavior(tmp_path / "behaviors", "alpha")
+    env = {
+        "LEDGER_API_TOKENS": '{"ops": "env:DASH_OPS_TOKEN"}',
+        "DASH_OPS_TOKEN": TOKEN,
+        "LEDGER_SESSION_SECRET": "env:DASH_SESSION_SECRET",
+        "DASH_SESSION_SECRET": "s" * 40,
+    }
+    first = start_daemon(database_url, env)
+    with httpx.Client(base_url=first.base_url, timeout=30) as client:
+        assert login(client).status_code == 303
+        cookie = client.cookies["ledger_session"]
+    first.proc.terminate()
+    first.proc.wait(30)
+
+    same = start_daemon(database_url, env)
+    with httpx.Client(base_url=same.base_url, timeout=30) as client:
+        client.cookies.set("ledger_session", cookie)
+        assert client.get("/").status_code == 200  # the same secret reads the same session
+    same.proc.terminate()
+    same.proc.wait(30)
+
+    rotated = start_daemon(database_url, {**env, "DASH_OPS_TOKEN": "rotated-" + "9" * 30})
+    with httpx.Client(base_url=rotated.base_url, timeout=30) as client:
+        client.cookies.set("ledger_session", cookie)
+        answer = client.get("/")
+        assert answer.status_code == 303 and answer.headers["location"] == "/login?next=/"

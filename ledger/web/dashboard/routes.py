@@ -8,6 +8,7 @@ same service functions as the JSON API (``operator_action``, ``approve``, ``reje
 from __future__ import annotations
 
 import asyncio
+import hmac
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -102,8 +103,15 @@ async def viewer(request: Request) -> Viewer:
         )
     session = signer.read(request.cookies.get(SESSION_COOKIE))
     operator = session.operator if session is not None else None
-    if session is not None and session.token_sha256 is not None:
-        operator = await asyncio.to_thread(_named_token, request, session.token_sha256)
+    if session is not None and operator is not None:
+        configured: dict[str, str] = request.app.state.config_token_digests
+        if operator.name in configured:
+            if not hmac.compare_digest(configured[operator.name], session.token_sha256 or ""):
+                operator = None  # the token under that name changed (or the session predates it)
+        elif session.token_sha256 is not None:
+            operator = await asyncio.to_thread(_named_token, request, session.token_sha256)
+        else:
+            operator = None
     if session is None or operator is None:
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         raise LoginRequired(path)
@@ -278,8 +286,7 @@ async def login(request: Request) -> Response:
         limiter.failed(client)
         return again("That token is not valid (check it with whoever runs the daemon).", 401)
     limiter.succeeded(client)
-    named = digest(token) if operator.name.startswith("token:") else None
-    cookie, _session = signer.issue(operator, token_sha256=named)
+    cookie, _session = signer.issue(operator, token_sha256=digest(token))
     response = RedirectResponse(next_path, status_code=303)
     set_cookie(response, request, SESSION_COOKIE, cookie, SESSION_SECONDS)
     clear_cookie(response, request, LOGIN_COOKIE)
