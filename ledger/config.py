@@ -194,6 +194,11 @@ class Settings(BaseSettings):
         description="API/dashboard tokens by name (the name is recorded as the actor): "
         "secret references or values.",
     )
+    session_secret: SecretStr | None = Field(
+        default=None,
+        description="Signs the dashboard's session cookies (a reference such as env:NAME; at "
+        "least 32 characters). Unset: a random one per start, so logins end on restart.",
+    )
     metrics_public: bool = Field(
         default=False,
         description="Serve /metrics without a token (a scraper on a trusted network); by "

@@ -1,5 +1,6 @@
-"""An installed wheel carries its migrations: build it, install it in a fresh virtual
-environment, and run ``ledger db upgrade`` and ``ledger serve`` far from the checkout."""
+"""An installed wheel carries its migrations and the dashboard's templates and assets: build
+it, install it in a fresh virtual environment, and run ``ledger db upgrade`` and ``ledger
+serve`` far from the checkout."""
 
 from __future__ import annotations
 
@@ -99,6 +100,12 @@ def test_wheel_installed_in_a_fresh_venv_upgrades_the_database_and_serves(
                 return False
 
         wait_until(healthy, timeout=60, what="the installed daemon to answer /healthz")
+        # The dashboard's templates and assets are package data of the wheel.
+        login = httpx.get(f"http://127.0.0.1:{port}/login", timeout=10)
+        assert login.status_code == 200 and "API token" in login.text, login.text
+        for asset in ("app.css", "app.js", "favicon.svg"):
+            served = httpx.get(f"http://127.0.0.1:{port}/static/dashboard/{asset}", timeout=10)
+            assert served.status_code == 200, asset
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, log.read_text()
     finally:

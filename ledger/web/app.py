@@ -37,10 +37,18 @@ from ledger.secrets import is_reference, resolve, resolve_many
 from ledger.web.alerting_api import router as alerting_router
 from ledger.web.api import router as api_router
 from ledger.web.auth import TokenAuth, is_loopback, require_role
+from ledger.web.dashboard import install_dashboard
+from ledger.web.dashboard.feed import ChangeFeed, database_fingerprint
 from ledger.web.errors import install_error_handlers
 from ledger.web.ingest_routes import LedgerApp, install_ingest_routes
 from ledger.web.read_routes import router as read_router
 from ledger.web.security import CONTENT_SECURITY_POLICY, SecurityHeaders
+from ledger.web.sessions import (
+    LoginRateLimit,
+    SessionSigner,
+    config_token_digests,
+    session_secret,
+)
 from ledger.web.token_routes import router as token_router
 
 log = structlog.get_logger("ledger.web")
@@ -133,6 +141,7 @@ def startup_problems(settings: Settings, *, database: bool = True) -> list[str]:
         )
     else:
         attempt("api_tokens", lambda: TokenAuth(settings))
+    attempt("session_secret", lambda: session_secret(settings))
     if settings.broadcast_tokens is not None:
         raw = settings.broadcast_tokens.get_secret_value()
         attempt("LEDGER_BROADCAST_TOKENS", lambda: resolve_many(raw))
@@ -214,9 +223,14 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
         auth.use_database(daemon.db, daemon.clock)
         app.state.ledger = daemon
         app.state.ingest = daemon.ingest
+        app.state.sessions = SessionSigner(session_secret(settings))
+        app.state.config_token_digests = config_token_digests(settings)
+        app.state.login_limit = LoginRateLimit()
+        app.state.dashboard_feed = ChangeFeed(database_fingerprint(daemon))
         try:
             yield
         finally:
+            await app.state.dashboard_feed.close()
             await close_daemon(daemon)
 
     app = LedgerApp(
@@ -235,6 +249,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     app.include_router(read_router)
     app.include_router(token_router)  # /api/tokens (admins)
     app.include_router(alerting_router)  # /api/outbox, /api/silences
+    install_dashboard(app)  # /, /login, /behaviors/..., /approvals, /ledger, /static/dashboard
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

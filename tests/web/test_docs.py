@@ -30,8 +30,14 @@ def _registered_routes() -> set[tuple[str, str]]:
         for path, operations in app.openapi()["paths"].items()
         for method in operations
     }
-    for route in app.routes:
-        if isinstance(route, Mount):
+    pending = list(app.routes)
+    while pending:
+        route = pending.pop()
+        # FastAPI >= 0.120 wraps an included router (its routes keep their full paths).
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            pending.extend(included.routes)
+        elif isinstance(route, Mount):
             routes.add(("GET", route.path + "/{file}"))
         elif isinstance(route, Route):
             routes |= {(m, route.path) for m in route.methods or () if m != "HEAD"}

@@ -1,0 +1,103 @@
+"""The dashboard's change feed: one poller per daemon reads a cheap fingerprint of what the
+board shows (the newest ledger entry, the newest run, approvals pending, behaviors registered)
+about every second while someone watches, and wakes the server-sent event streams when it
+changes. Browsers then fetch the board fragment again."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
+from ledger.db.models import Approval, BehaviorRow, LedgerEntry
+
+POLL_SECONDS = 1.0
+STREAM_SECONDS = 25.0  # a stream ends after this (the browser reconnects): shutdown never waits
+
+
+def fingerprint(session: Session) -> str:
+    last_entry = session.execute(select(func.max(LedgerEntry.id))).scalar_one()
+    last_run = session.execute(select(func.max(BehaviorRow.last_run_at))).scalar_one()
+    behaviors = session.execute(select(func.count()).select_from(BehaviorRow)).scalar_one()
+    pending = session.execute(
+        select(func.count()).where(col(Approval.status) == "pending")
+    ).scalar_one()
+    return f"{last_entry or 0}-{last_run.timestamp() if last_run else 0}-{behaviors}-{pending}"
+
+
+class ChangeFeed:
+    """Shared by every stream: polls only while at least one stream listens."""
+
+    def __init__(self, read: Callable[[], str], poll_seconds: float = POLL_SECONDS) -> None:
+        self._read = read
+        self._poll = poll_seconds
+        self._listeners = 0
+        self._changed = asyncio.Condition()
+        self.version = ""
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def _run(self) -> None:
+        while self._listeners > 0 and not self._closed:
+            try:
+                version = await asyncio.to_thread(self._read)
+            except Exception:
+                version = self.version
+            if version != self.version:
+                self.version = version
+                async with self._changed:
+                    self._changed.notify_all()
+            await asyncio.sleep(self._poll)
+        self._task = None
+
+    async def stream(self, stream_seconds: float = STREAM_SECONDS) -> AsyncIterator[str]:
+        """Yields the version now, then each new one, for ``stream_seconds`` at most."""
+        self._listeners += 1
+        if self._task is None and not self._closed:
+            self.version = await asyncio.to_thread(self._read)
+            self._task = asyncio.create_task(self._run(), name="dashboard-change-feed")
+        try:
+            yield self.version
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + stream_seconds
+            seen = self.version
+            while not self._closed:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return
+                await self._wait_for_change(seen, remaining)
+                if self.version != seen:
+                    seen = self.version
+                    yield seen
+        finally:
+            self._listeners -= 1
+
+    async def _wait_for_change(self, seen: str, timeout: float) -> None:
+        async with self._changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._changed.wait_for(lambda: self.version != seen or self._closed),
+                    timeout,
+                )
+
+    async def close(self) -> None:
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        async with self._changed:
+            self._changed.notify_all()
+
+
+def database_fingerprint(state: Any) -> Callable[[], str]:
+    def read() -> str:
+        with state.db.transaction() as session:
+            return fingerprint(session)
+
+    return read
