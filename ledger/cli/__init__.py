@@ -20,6 +20,7 @@ from sqlmodel import Session
 from ledger import __version__
 from ledger.behaviors.load import load_directory
 from ledger.behaviors.schema import behavior_json_schema
+from ledger.cli.multi import canvas_app
 from ledger.config import Settings, load_settings
 from ledger.errors import LedgerError
 from ledger.logging import configure_logging
@@ -154,6 +155,8 @@ def validate(
         raise LedgerError(report.folder_error)
     for problem in report.problems:
         print(problem.render())
+    for warning in report.warnings:
+        print(f"warning: {warning.render()}")
     files = len(report.files_seen)
     if report.problems:
         bad = len(report.problems_by_path())
@@ -667,6 +670,11 @@ def show_run(
         print(json.dumps(run, indent=2, default=_iso))
         return
     _report_run(run, full=True)
+    if run.get("calls"):
+        from ledger.cli.multi import print_calls
+
+        print_calls(run)
+        return
     print()
     if request is None:
         print("request: cannot be rebuilt (the behavior's stored definition is unreadable)")
@@ -1035,6 +1043,7 @@ def _clock() -> Any:
 
 keys_app = typer.Typer(help="OpenRouter API keys of the behaviors.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+app.add_typer(canvas_app, name="canvas")
 
 
 @keys_app.command("check")
