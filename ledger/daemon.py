@@ -309,7 +309,7 @@ async def open_services(
     client = OpenRouterClient(base_url=settings.openrouter_base_url, max_connections=in_flight)
 
     catalog = ModelCatalog(settings.openrouter_base_url)
-    multi = MultiModelRunner(db, clock, client, catalog)
+    multi = MultiModelRunner(db, clock, client, catalog, mirror=ctx.mirror)
 
     async def call(plan: RunPlan) -> Any:
         if plan.behavior.kind != "single":

@@ -102,11 +102,18 @@ def new_client(sim_url: str) -> OpenRouterClient:
 
 
 async def run_now(
-    db: Database, sim_url: str, name: str, catalog: ModelCatalog | None = None
+    db: Database,
+    sim_url: str,
+    name: str,
+    catalog: ModelCatalog | None = None,
+    *,
+    mirror: bool = False,
 ) -> str:
     client = new_client(sim_url)
     try:
-        multi = MultiModelRunner(db, SystemClock(), client, catalog, base_url=sim_url)
+        multi = MultiModelRunner(
+            db, SystemClock(), client, catalog, base_url=sim_url, mirror=mirror
+        )
         service = RunnerService(db, SystemClock(), multi.run, PolicyContext())
         run_id = await service.run_now(name)
     finally:
@@ -246,6 +253,25 @@ async def test_a_model_failing_persistently_is_skipped_and_listed_until_reenable
         assert skip_list(session, "canvas") == {}
     fourth = snapshot(db, await run_now(db, canvas_url, "canvas"))
     assert {c["model"]: c["status"] for c in fourth["calls"]}[gone] == "failed"
+
+
+async def test_with_notion_on_each_recorded_call_is_queued_for_the_mirror_as_a_row(
+    db: Database, tmp_path: Path, canvas_url: str
+) -> None:
+    models = [CANVAS_MODELS[0], CANVAS_MODELS[3]]  # one answers, one is unknown (404)
+    register(db, tmp_path, "canvas", canvas_behavior(models))
+    run_id = await run_now(db, canvas_url, "canvas", mirror=True)
+    with db.transaction() as session:
+        rows = session.exec(select(OutboxRow).where(OutboxRow.kind == "mirror")).all()
+        payloads = sorted((r.payload for r in rows), key=lambda p: p["slot"])
+        keys = {r.dedup_key for r in rows}
+    assert [(p["event"], p["model"], p["status"], p["reason"]) for p in payloads] == [
+        ("run_call", models[0], "answered", None),
+        ("run_call", models[1], "failed", "unknown_model"),
+    ]
+    assert all(p["run_id"] == run_id and p["behavior"] == "canvas" for p in payloads)
+    assert payloads[0]["output"] and payloads[0]["cost_usd"] > 0
+    assert keys == {f"mirror:run_call:{run_id}:0:0", f"mirror:run_call:{run_id}:0:1"}
 
 
 async def test_an_adopted_run_keeps_its_answers_and_asks_only_what_is_left(
