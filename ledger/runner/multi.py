@@ -19,7 +19,9 @@ C · autonomous it becomes an approval request, recorded as a downgrade.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import difflib
+import functools
 import hashlib
 import json
 import re
@@ -751,6 +753,65 @@ def build_slot_request(
 # -- the runner ---------------------------------------------------------------------------------
 
 
+BATCH_MAX: Final = 100  # database steps per batched transaction
+
+
+class _Batches:
+    """Database steps submitted close together (a canvas's reservations and records) run in
+    one transaction, each in a savepoint of its own: a wide canvas does not queue hundreds of
+    transactions in front of its slowest model. A step that fails fails alone."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._queue: asyncio.Queue[tuple[Callable[..., Any], tuple[Any, ...], Any]] = (
+            asyncio.Queue()
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(session, *args)`` in the next batch; its result (or its exception)."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((fn, args, future))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._loop(), name="run-call-batches")
+        return await future
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _loop(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while not self._queue.empty() and len(batch) < BATCH_MAX:
+                batch.append(self._queue.get_nowait())
+            try:
+                results = await asyncio.to_thread(self._apply, batch)
+            except Exception as exc:  # the database is down: every step of the batch fails
+                results = [exc] * len(batch)
+            for (_fn, _args, future), result in zip(batch, results, strict=True):
+                if future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+
+    def _apply(self, batch: list[tuple[Callable[..., Any], tuple[Any, ...], Any]]) -> list[Any]:
+        out: list[Any] = []
+        with self.db.transaction() as session:
+            for fn, args, _future in batch:
+                try:
+                    with session.begin_nested():
+                        out.append(fn(session, *args))
+                except Exception as exc:
+                    log.exception("a multi-model run's database step failed")
+                    out.append(exc)
+        return out
+
+
 @dataclass(slots=True)
 class _RunState:
     """What one multi-model run learned while it went (in memory, for its outcome)."""
@@ -761,6 +822,7 @@ class _RunState:
     pause: bool = False
     peak: int = 0
     in_flight: int = 0
+    batches: _Batches | None = None
 
 
 class MultiModelRunner:
@@ -874,16 +936,22 @@ class MultiModelRunner:
         finally:
             state.in_flight -= 1
         now = self.clock.now()
-        await self._db(
-            record_call,
-            plan,
-            record.key,
-            result,
-            now,
-            track_health=track_health,
-            skip_after=skip_after,
-            mirror=self.mirror,
-        )
+        if state.batches is not None:
+            step = functools.partial(
+                record_call, track_health=track_health, skip_after=skip_after, mirror=self.mirror
+            )
+            await state.batches.run(step, plan, record.key, result, now)
+        else:
+            await self._db(
+                record_call,
+                plan,
+                record.key,
+                result,
+                now,
+                track_health=track_health,
+                skip_after=skip_after,
+                mirror=self.mirror,
+            )
         return result
 
     def _refusal(self, plan: RunPlan, amount: float, what: str) -> GateResult:
@@ -961,7 +1029,8 @@ class MultiModelRunner:
                     return
                 estimate = self._estimate(plan, record.model_asked, plan.prompt)
                 now = self.clock.now()
-                ok = await self._db(reserve_calls, plan, {record.key: estimate}, now)
+                assert state.batches is not None  # noqa: S101 — set for the canvas below
+                ok = await state.batches.run(reserve_calls, plan, {record.key: estimate}, now)
                 if not ok:
                     state.refused = self._refusal(
                         plan, estimate, f"the call to {record.model_asked}"
@@ -977,7 +1046,11 @@ class MultiModelRunner:
                     skip_after=canvas.skip_after_failures,
                 )
 
-        await asyncio.gather(*(one(r) for r in pending))
+        state.batches = _Batches(self.db)
+        try:
+            await asyncio.gather(*(one(r) for r in pending))
+        finally:
+            await state.batches.close()
         if state.key_failure is not None or state.refused is not None:
             why = "budget" if state.refused is not None else "key"
             now = self.clock.now()
