@@ -822,7 +822,8 @@ class _RunState:
     pause: bool = False
     peak: int = 0
     in_flight: int = 0
-    batches: _Batches | None = None
+    batches: _Batches | None = None  # the records of a canvas's calls
+    reservations: _Batches | None = None  # its reservations (never queued behind records)
 
 
 class MultiModelRunner:
@@ -1029,8 +1030,8 @@ class MultiModelRunner:
                     return
                 estimate = self._estimate(plan, record.model_asked, plan.prompt)
                 now = self.clock.now()
-                assert state.batches is not None  # noqa: S101 — set for the canvas below
-                ok = await state.batches.run(reserve_calls, plan, {record.key: estimate}, now)
+                assert state.reservations is not None  # noqa: S101 — set for the canvas below
+                ok = await state.reservations.run(reserve_calls, plan, {record.key: estimate}, now)
                 if not ok:
                     state.refused = self._refusal(
                         plan, estimate, f"the call to {record.model_asked}"
@@ -1046,11 +1047,12 @@ class MultiModelRunner:
                     skip_after=canvas.skip_after_failures,
                 )
 
-        state.batches = _Batches(self.db)
+        state.batches, state.reservations = _Batches(self.db), _Batches(self.db)
         try:
             await asyncio.gather(*(one(r) for r in pending))
         finally:
             await state.batches.close()
+            await state.reservations.close()
         if state.key_failure is not None or state.refused is not None:
             why = "budget" if state.refused is not None else "key"
             now = self.clock.now()
