@@ -134,3 +134,19 @@ def test_ledger_validate_rejects_a_one_model_roundtable(tmp_path: Path) -> None:
     )
     assert done.returncode == 1
     assert "roundtable.panel: a roundtable needs at least 2 panel models" in done.stdout
+
+
+def test_the_readme_examples_of_both_kinds_are_valid(tmp_path: Path) -> None:
+    import re
+
+    readme = (Path(__file__).resolve().parents[2] / "behaviors" / "README.md").read_text()
+    section = readme.split("## Multi-model behaviors", 1)[1]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, re.DOTALL)
+    assert len(blocks) == 2
+    kinds = []
+    for i, block in enumerate(blocks):
+        loaded, problems = load_file(write_behavior(tmp_path, f"readme-{i}", block))
+        assert problems == [], [p.render() for p in problems]
+        assert loaded is not None and loaded.warnings == ()
+        kinds.append(loaded.behavior.kind)
+    assert kinds == ["roundtable", "broad_canvas"]

@@ -200,18 +200,29 @@ def main() -> None:
             wall, peak, run_id = asyncio.run(canvas_once(db, url, folder, name))
             after = rss_mb()
             with db.transaction() as session:
-                statuses = [
-                    s
-                    for (s,) in session.execute(
-                        select(RunCall.status).where(col(RunCall.run_id) == run_id)
+                rows = session.execute(
+                    select(RunCall.status, RunCall.started_at, RunCall.finished_at).where(
+                        col(RunCall.run_id) == run_id
                     )
-                ]
+                ).all()
+                statuses = [status for status, _s, _f in rows]
+                first = min(started for _st, started, _f in rows if started is not None)
+                last = max(finished for _st, _s, finished in rows if finished is not None)
+                slowest_call = max(
+                    (f - s_).total_seconds() for _st, s_, f in rows if s_ is not None and f
+                )
             answered = statuses.count("answered")
             print(
                 f"concurrency {level:>4}: wall {wall:6.2f} s = {wall / slowest:5.2f} x slowest, "
                 f"{wall / total:5.3f} x sum, {wall / bare:5.2f} x bare gather; "
                 f"peak concurrency {peak}; answered {answered}/{len(statuses)}; "
                 f"peak RSS {after:.0f} MB (+{after - before:.0f} MB)"
+            )
+            span = (last - first).total_seconds()
+            print(
+                f"{'':18}first call started to last recorded {span:.2f} s; the longest call "
+                f"(reserved to recorded) {slowest_call:.2f} s; before and after the calls "
+                f"{wall - span:.2f} s"
             )
         db.close()
     finally:
