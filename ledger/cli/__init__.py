@@ -879,6 +879,7 @@ def _run_here(settings: Settings, name: str) -> dict[str, Any]:
     from ledger.db.session import Database
     from ledger.errors import NotFoundError
     from ledger.runner.call import call_model
+    from ledger.runner.multi import MultiModelRunner
     from ledger.runner.openrouter import OpenRouterClient
     from ledger.runner.run import check_manual_run
     from ledger.runner.scheduler import RunnerService
@@ -901,11 +902,18 @@ def _run_here(settings: Settings, name: str) -> dict[str, Any]:
 
         async def go() -> str | None:
             client = OpenRouterClient(base_url=settings.openrouter_base_url)
+            multi = MultiModelRunner(db, _clock(), client, base_url=settings.openrouter_base_url)
+
+            async def call(plan: Any) -> Any:
+                if plan.behavior.kind != "single":
+                    return await multi.run(plan)
+                return await call_model(client, plan)
+
             try:
                 service = RunnerService(
                     db,
                     _clock(),
-                    lambda plan: call_model(client, plan),
+                    call,
                     _policy_ctx(settings),
                     lease=timedelta(seconds=settings.runner_lease_seconds),
                 )

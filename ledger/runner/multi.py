@@ -278,6 +278,31 @@ def reserve_calls(
     return True
 
 
+def release_calls(session: Session, plan: RunPlan, now: datetime, why: str) -> None:
+    """Give back the reservations of a run's calls in flight and mark them failed (the run
+    stops without them: a crash of the runner itself)."""
+    held = session.exec(
+        select(RunCall).where(col(RunCall.run_id) == plan.run_id, col(RunCall.status) == "calling")
+    ).all()
+    released = sum(c.reserved_usd for c in held)
+    if released and plan.budget_window is not None:
+        settle(
+            session,
+            behavior_id=plan.behavior_id,
+            window_start=plan.budget_window,
+            reserved=released,
+            spent=0.0,
+            now=now,
+        )
+    for call in held:
+        call.status = "failed"
+        call.reason = "internal_error"
+        call.error = why[:2000]
+        call.reserved_usd = 0.0
+        call.finished_at = now
+        session.add(call)
+
+
 def close_calls(
     session: Session,
     run_id: str,
@@ -858,9 +883,18 @@ class MultiModelRunner:
         except SecretError as exc:
             result = GateResult(Gate.AUTH_ERROR, Outcome.FAIL, False, {"reason": str(exc)})
             return CallOutcome(failures=(result,), pause=True, error=str(exc), settled=True)
-        if plan.behavior.kind == "roundtable":
-            return await self._roundtable(plan, key)
-        return await self._canvas(plan, key)
+        try:
+            if plan.behavior.kind == "roundtable":
+                return await self._roundtable(plan, key)
+            return await self._canvas(plan, key)
+        except Exception as exc:  # a bug must not leave reservations held by this run
+            log.exception(
+                "multi-model run crashed", behavior=plan.behavior.name, run_id=plan.run_id
+            )
+            await self._db(release_calls, plan, self.clock.now(), f"internal error: {exc!r}")
+            return CallOutcome(
+                error=f"internal error: {type(exc).__name__}", settled=True, summary=None
+            )
 
     # -- shared steps -----------------------------------------------------------------------
 

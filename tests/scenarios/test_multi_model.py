@@ -4,6 +4,8 @@ a roundtable at each tier, and a roundtable stopped by its budget before round 2
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import random
 from collections import Counter
@@ -486,3 +488,59 @@ async def test_a_roundtable_whose_round_2_could_break_the_budget_stops_before_ca
 def test_run_calls_is_empty_for_a_single_run(db: Database) -> None:
     with db.transaction() as session:
         assert run_calls(session, "run-NONE") == []
+
+
+async def test_a_roundtable_cut_off_in_round_2_resumes_without_asking_round_1_again(
+    db: Database, tmp_path: Path
+) -> None:
+    register(db, tmp_path, "table", ROUNDTABLE, tier="B")
+    config = roundtable_sim("high")
+    config.models = {m: ModelInfo(output_price=0.0, latency=(0.4, 0.4)) for m in PANEL}
+    with db.transaction() as session:
+        bid = lock_behavior(session, name="table").id or 0
+        (claimed,) = claim_slots(session, [SlotClaim(bid, T0, "B")], T0, timedelta(seconds=5))
+        plan = begin_run(session, claimed.id, now=T0, ctx=PolicyContext())
+    assert plan is not None
+    async with run_in_background(config) as url:
+        client = new_client(url)
+        try:
+            multi = MultiModelRunner(db, SystemClock(), client, base_url=url)
+            first = asyncio.create_task(multi.run(plan))
+
+            def round_2_in_flight() -> bool:
+                calls = {c.key: c.status for c in _load(db, plan.run_id)}
+                return all(calls.get((1, i)) == "answered" for i in range(3)) and any(
+                    calls.get((2, i)) == "calling" for i in range(3)
+                )
+
+            while not round_2_in_flight():
+                assert not first.done()
+                await asyncio.sleep(0.02)
+            first.cancel()  # the process dies with round 2 in flight
+            with contextlib.suppress(asyncio.CancelledError):
+                await first
+            round1 = {c.model_asked: c.output for c in _load(db, plan.run_id) if c.round == 1}
+            later = T0 + timedelta(minutes=1)
+            with db.transaction() as session:
+                assert adopt_expired_runs(session, later, timedelta(seconds=60)) == [plan.run_id]
+                resumed = resume_plan(session, plan.run_id, later)
+            assert resumed is not None
+            outcome = await multi.run(resumed)
+        finally:
+            await client.aclose()
+        sent = await chat_calls(url)
+    calls = _load(db, plan.run_id)
+    assert [(c.round, c.status) for c in calls] == [
+        *[(1, "answered")] * 3,
+        *[(2, "answered")] * 3,
+        (3, "answered"),
+    ]
+    assert {c.model_asked: c.output for c in calls if c.round == 1} == round1
+    asked = Counter((c["body"]["trace"]["round"], c["body"]["model"]) for c in sent)
+    assert all(asked[(1, m)] == 1 for m in PANEL)  # round 1 kept, never asked again
+    assert sum(asked[(2, m)] for m in PANEL) == 3 + sum(
+        1 for c in calls if c.round == 2 and c.attempts == 2
+    )
+    assert asked[(3, "@preset/synth")] == 1
+    assert outcome.summary is not None and outcome.summary["confidence"] == "high"
+    assert _reserved(db) == pytest.approx(0.0)
