@@ -669,12 +669,13 @@ def show_run(
     if as_json:
         print(json.dumps(run, indent=2, default=_iso))
         return
-    _report_run(run, full=True)
-    if run.get("calls"):
+    if run.get("calls"):  # a multi-model run: its answers are shown call by call
         from ledger.cli.multi import print_calls
 
+        _report_run({**run, "output": None}, full=True)
         print_calls(run)
         return
+    _report_run(run, full=True)
     print()
     if request is None:
         print("request: cannot be rebuilt (the behavior's stored definition is unreadable)")

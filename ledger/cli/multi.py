@@ -41,6 +41,7 @@ def print_calls(run: dict[str, Any]) -> None:
     if not calls:
         return
     console = Console(width=160)
+    print("  (each answer in full, masked as stored: `ledger show RUN --json`)")
     print()
     if run.get("kind") == "roundtable":
         _print_roundtable(console, calls, summary)

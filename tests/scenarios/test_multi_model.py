@@ -7,7 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -404,6 +407,7 @@ roundtable:
 )
 async def test_a_roundtable_at_each_tier_ends_in_its_disposition(
     db: Database,
+    database_url: str,
     tmp_path: Path,
     tier: str,
     confidence: str,
@@ -436,6 +440,19 @@ async def test_a_roundtable_at_each_tier_ends_in_its_disposition(
         assert "confidence is low" in summary["downgraded"]["reason"]
         assert run["approval"]["payload"]["downgraded"]["from_tier"] == "C"
         assert run["behavior_tier"] == "C"  # a downgrade is this run's handling, not a demotion
+        shown = subprocess.run(
+            [sys.executable, "-m", "ledger", "show", run_id],
+            env={**os.environ, "LEDGER_DATABASE_URL": database_url},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        assert "roundtable · confidence low" in shown
+        assert "downgraded to an approval request at tier C" in shown
+        assert "- migrate in two steps" in shown
+        assert all(m in shown for m in PANEL) and "synthesis by @preset/synth" in shown
     else:
         assert "downgraded" not in summary
     # Three rounds: three panel calls, three with the others' answers, one synthesis.
