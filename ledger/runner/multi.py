@@ -1302,6 +1302,18 @@ class MultiModelRunner:
                     now=now,
                 )
                 break
+        left = [c.key for c in await self._db(load_calls, plan.run_id) if c.status == "pending"]
+        if left:  # the rounds it never reached
+            now = self.clock.now()
+            await self._db(
+                close_calls,
+                plan.run_id,
+                left,
+                status="skipped",
+                reason="not_reached",
+                error="not asked: the roundtable stopped before this round",
+                now=now,
+            )
         final = await self._db(load_calls, plan.run_id)
         return self._roundtable_outcome(plan, final, state)
 

@@ -561,3 +561,29 @@ async def test_a_roundtable_cut_off_in_round_2_resumes_without_asking_round_1_ag
     assert asked[(3, "@preset/synth")] == 1
     assert outcome.summary is not None and outcome.summary["confidence"] == "high"
     assert _reserved(db) == pytest.approx(0.0)
+
+
+async def test_a_roundtable_with_fewer_than_two_first_answers_stops_as_a_provider_failure(
+    db: Database, tmp_path: Path
+) -> None:
+    body = ROUNDTABLE.replace("anthropic/claude-haiku-4.5", "gone/model-a").replace(
+        "google/gemini-2.5-flash", "gone/model-b"
+    )
+    register(db, tmp_path, "table", body, tier="C")
+    async with run_in_background(roundtable_sim("high")) as url:
+        run_id = await run_now(db, url, "table")
+        sent = await chat_calls(url)
+    run = snapshot(db, run_id)
+    assert [c["body"]["trace"]["round"] for c in sent] == [1, 1, 1]
+    assert [(c["round"], c["status"], c["reason"]) for c in run["calls"]] == [
+        (1, "answered", None),
+        (1, "failed", "unknown_model"),
+        (1, "failed", "unknown_model"),
+        *[(2, "skipped", "not_reached")] * 3,
+        (3, "skipped", "not_reached"),
+    ]
+    assert run["status"] == "failed" and run["disposition"] == "none"
+    assert "did not reach a synthesis" in run["error"]
+    bad = [(r["gate"], r["attributable"]) for r in run["gate_results"] if r["outcome"] != "pass"]
+    assert bad == [("provider_error", False)]
+    assert run["behavior_tier"] == "C"  # the provider's failure, not the behavior's
