@@ -44,7 +44,7 @@ from ledger.clock import Clock
 from ledger.db.models import LIVE_RUN, BehaviorRow, ModelHealth, Run, RunCall
 from ledger.db.session import Database
 from ledger.errors import NotFoundError, SecretError
-from ledger.gates import Gate, GateResult, Outcome, Tier
+from ledger.gates import ATTRIBUTABLE, Gate, GateResult, Outcome, Tier
 from ledger.outbox.enqueue import KIND_MIRROR, enqueue
 from ledger.runner.catalog import CatalogError, ModelCatalog, ModelMeta, fetch_models
 from ledger.runner.openrouter import SESSION_ID_MAX, ChatResult, OpenRouterCallError
@@ -335,7 +335,6 @@ class CallResult:
     answer: ChatResult | None = None
     reason: str | None = None
     gate: Gate | None = None
-    attributable: bool = False
     error: str | None = None
     latency: float = 0.0
     cost_usd: float = 0.0
@@ -625,6 +624,30 @@ def resume_plan(session: Session, run_id: str, now: datetime) -> RunPlan | None:
 
 
 # -- pure helpers -------------------------------------------------------------------------------
+
+
+def _conduct_results(failed: Sequence[CallRecord]) -> list[GateResult]:
+    """One result per attributable gate a call failed on for the behavior's own request (a
+    guardrail or injection block of its prompt): the behavior's conduct, as for one call.
+    Key failures (``spend_cap``, ``auth_error``) are reported once by the run itself."""
+    out: list[GateResult] = []
+    by_gate: dict[str, list[CallRecord]] = {}
+    for c in failed:
+        if c.gate not in (None, Gate.PROVIDER_ERROR.value) and Gate(c.gate) not in KEY_GATES:
+            by_gate.setdefault(c.gate, []).append(c)
+    for gate, calls in by_gate.items():
+        out.append(
+            GateResult(
+                Gate(gate),
+                Outcome.FAIL,
+                ATTRIBUTABLE[Gate(gate)],
+                {
+                    "reason": f"{len(calls)} call(s) refused: {calls[0].error or gate}"[:500],
+                    "models": [c.model_asked for c in calls],
+                },
+            )
+        )
+    return out
 
 
 def canvas_timeout(canvas: Canvas, model: str, meta: ModelMeta | None) -> float:
@@ -954,7 +977,6 @@ class MultiModelRunner:
             result = CallResult(
                 reason=c.reason,
                 gate=gate,
-                attributable=gate in KEY_GATES or (c.attributable and gate is not Gate.TIMEOUT),
                 error=str(err),
                 latency=self.monotonic() - started,
             )
@@ -1136,7 +1158,8 @@ class MultiModelRunner:
             "peak_concurrency": state.peak,
         }
         failures: list[GateResult] = []
-        provider_failed = [c for c in failed if c.gate not in {g.value for g in KEY_GATES}]
+        provider_failed = [c for c in failed if c.gate == Gate.PROVIDER_ERROR.value]
+        failures.extend(_conduct_results(failed))
         if provider_failed:
             failures.append(
                 GateResult(
@@ -1352,7 +1375,8 @@ class MultiModelRunner:
             "synthesis": None,
         }
         failures: list[GateResult] = []
-        provider_failed = [c for c in failed if c.gate not in {g.value for g in KEY_GATES}]
+        provider_failed = [c for c in failed if c.gate == Gate.PROVIDER_ERROR.value]
+        failures.extend(_conduct_results(failed))
         if provider_failed:
             failures.append(
                 GateResult(

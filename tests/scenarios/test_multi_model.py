@@ -587,3 +587,20 @@ async def test_a_roundtable_with_fewer_than_two_first_answers_stops_as_a_provide
     bad = [(r["gate"], r["attributable"]) for r in run["gate_results"] if r["outcome"] != "pass"]
     assert bad == [("provider_error", False)]
     assert run["behavior_tier"] == "C"  # the provider's failure, not the behavior's
+
+
+async def test_a_guardrail_blocking_the_canvas_prompt_is_the_behaviors_own_conduct(
+    db: Database, tmp_path: Path
+) -> None:
+    config = canvas_sim()
+    config.faults = [
+        Fault.from_mapping({"kind": "prompt_injection", "for_model": CANVAS_MODELS[1]})
+    ]
+    register(db, tmp_path, "canvas", canvas_behavior(CANVAS_MODELS[:3]))
+    async with run_in_background(config) as url:
+        run = snapshot(db, await run_now(db, url, "canvas"))
+    assert [c["status"] for c in run["calls"]] == ["answered", "failed", "answered"]
+    bad = [(r["gate"], r["outcome"], r["attributable"]) for r in run["gate_results"]]
+    assert ("prompt_injection", "fail", True) in bad
+    assert ("provider_error", "fail", False) not in bad
+    assert run["disposition"] == "blocked"  # an attributable fail: never acted on
