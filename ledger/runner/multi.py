@@ -247,6 +247,9 @@ def reserve_calls(
     them all: the calls must not be made (``spend_cap``)."""
     budget = plan.behavior.budget
     total = sum(estimates.values()) if budget is not None else 0.0
+    # Locks are taken in the order every writer takes them — behavior, run, its calls, the
+    # budget window — so reservations and records of concurrent calls never deadlock.
+    lock_behavior(session, id=plan.behavior_id)
     if budget is not None and plan.budget_window is not None:
         ok = reserve(
             session,
