@@ -161,6 +161,10 @@ def test_a_canvas_killed_mid_run_resumes_without_losing_or_reasking_an_answer(
     finally:
         db.close()
     assert "resuming a multi-model run" in second.log()
+    served = httpx.get(f"{second.base_url}/api/runs/{run_id}", timeout=30).json()
+    assert served["kind"] == "broad_canvas" and served["summary"]["answered"] == 20
+    assert [c["model"] for c in served["calls"]] == FAST + SLOW
+    assert {c["status"] for c in served["calls"]} == {"answered"}
     shown = subprocess.run(
         [sys.executable, "-m", "ledger", "show", run_id],
         env={**os.environ, "LEDGER_DATABASE_URL": database_url},
