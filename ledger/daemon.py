@@ -65,6 +65,7 @@ from ledger.outbox.urls import make_client
 from ledger.retention import Target, prune, targets_from_settings
 from ledger.runner.call import call_model
 from ledger.runner.catalog import REFRESH_SECONDS, ModelCatalog
+from ledger.runner.multi import MultiModelRunner
 from ledger.runner.openrouter import OpenRouterClient
 from ledger.runner.run import (
     RunPlan,
@@ -340,10 +341,14 @@ async def open_services(
         )
     client = OpenRouterClient(base_url=settings.openrouter_base_url, max_connections=in_flight)
 
+    catalog = ModelCatalog(settings.openrouter_base_url)
+    multi = MultiModelRunner(db, clock, client, catalog, mirror=ctx.mirror)
+
     async def call(plan: RunPlan) -> Any:
+        if plan.behavior.kind != "single":
+            return await multi.run(plan)
         return await call_model(client, plan)
 
-    catalog = ModelCatalog(settings.openrouter_base_url)
     runner = RunnerService(
         db,
         clock,

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from ledger.db.models import Approval, BehaviorRow, GateResultRow, IngestedSpan, Run
+from ledger.db.models import Approval, BehaviorRow, GateResultRow, IngestedSpan, Run, RunCall
 from ledger.errors import NotFoundError
 from ledger.gates import Tier
 from ledger.spend import cost_disagreement
@@ -45,6 +45,42 @@ def gate_reason(outcome: str, evidence: dict[str, Any] | None) -> str:
     return "no reason recorded"
 
 
+def run_calls(session: Session, run_id: str) -> list[dict[str, Any]]:
+    """The per-call records of a multi-model run (a roundtable's rounds, a canvas's slots), by
+    round then slot: model asked and model that answered, status, classification of a
+    failure, latency, cost, tokens and the output masked as stored. Empty for a single call."""
+    rows = session.exec(
+        select(RunCall)
+        .where(col(RunCall.run_id) == run_id)
+        .order_by(col(RunCall.round), col(RunCall.slot))
+    ).all()
+    return [
+        {
+            "round": r.round,
+            "slot": r.slot,
+            "role": r.role,
+            "model": r.model_asked,
+            "model_answered": r.model_answered,
+            "status": r.status,
+            "reason": r.reason,
+            "gate": r.gate,
+            "error": r.error,
+            "timeout_seconds": r.timeout_seconds,
+            "latency_seconds": r.latency_seconds,
+            "cost_usd": r.cost_usd,
+            "prompt_tokens": r.prompt_tokens,
+            "completion_tokens": r.completion_tokens,
+            "generation_id": r.generation_id,
+            "output": r.output,
+            "output_sha256": r.output_sha256,
+            "attempts": r.attempts,
+            "started_at": r.started_at,
+            "finished_at": r.finished_at,
+        }
+        for r in rows
+    ]
+
+
 def run_json(session: Session, run_id: str) -> dict[str, Any]:
     """One run: its slot, tier, preset, model, cost, output (masked as stored), disposition,
     each gate result with its reason, and its approval request. Raises NotFoundError."""
@@ -75,6 +111,7 @@ def run_json(session: Session, run_id: str) -> dict[str, Any]:
             else None
         ),
         "trigger": run.trigger,
+        "kind": run.kind,
         "status": run.status,
         **Tier(run.tier).as_json(),
         "preset": run.preset,
@@ -98,6 +135,9 @@ def run_json(session: Session, run_id: str) -> dict[str, Any]:
         "output_findings": run.output_findings or [],
         "disposition": run.disposition,
         "error": run.error,
+        # Multi-model runs: the synthesis and confidence or the canvas summary, and each call.
+        "summary": run.summary,
+        "calls": run_calls(session, run_id),
         "gate_results": [
             {
                 "id": r.id,

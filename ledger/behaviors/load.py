@@ -38,6 +38,8 @@ class LoadedBehavior:
     prompt_text: str
     definition_hash: str
     positions: dict[str, tuple[int, int]] = field(default_factory=dict)
+    warnings: tuple[Problem, ...] = ()
+    """Valid but probably not meant (``Behavior.warnings``): shown, never refused."""
 
     @property
     def name(self) -> str:
@@ -69,6 +71,11 @@ class LoadReport:
     files_seen: list[Path] = field(default_factory=list)
     folder_error: str | None = None
     """Set when the folder itself cannot be read (then there are no files and no problems)."""
+
+    @property
+    def warnings(self) -> list[Problem]:
+        """The warnings of the valid files (never a reason to refuse one)."""
+        return [w for lb in self.behaviors for w in lb.warnings]
 
     def problems_by_path(self) -> dict[str, list[Problem]]:
         out: dict[str, list[Problem]] = {}
@@ -263,6 +270,10 @@ def _load(path: Path) -> tuple[LoadedBehavior | None, list[Problem], _Claim | No
             prompt_text=prompt_text,
             definition_hash=definition_hash(behavior, prompt_text),
             positions=positions,
+            warnings=tuple(
+                Problem(where, *_position(data, tuple(f.split(".")), value=True), f, message)
+                for f, message in behavior.warnings()
+            ),
         ),
         [],
         claim,
@@ -408,8 +419,14 @@ def _validation_problems(where: str, data: MappingNode, exc: ValidationError) ->
         else:
             line, col = _position(data, known, value=True) if known else (1, 1)
             message = str(err["msg"]).removeprefix("Value error, ")
+            required = _REQUIRED_FOR_KIND.match(message) if not known else None
+            if required:  # a field only some kinds require: reported like a missing one
+                field_path, message = required["field"], "required field is missing"
         problems.append(Problem(where, line, col, field_path, message))
     return problems
+
+
+_REQUIRED_FOR_KIND = re.compile(r"^(?P<field>preset) is required \(")
 
 
 def _dedupe(problems: list[Problem]) -> list[Problem]:

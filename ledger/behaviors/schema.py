@@ -224,6 +224,173 @@ class Alerts(_Strict):
     on: list[AlertEvent] = Field(default_factory=_default_alert_events)
 
 
+MODEL_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}/[A-Za-z0-9][A-Za-z0-9._:~-]{0,199}$")
+KINDS = ("single", "roundtable", "broad_canvas")
+
+
+def _model_ref(value: str) -> str:
+    """A model slot: ``@preset/<slug>`` or an OpenRouter model id (``vendor/model``)."""
+    if value.startswith("@preset/"):
+        if not PRESET_SLUG_RE.match(value.removeprefix("@preset/")):
+            raise ValueError(f"{value!r} is not a valid preset reference (@preset/<slug>)")
+        return value
+    if not MODEL_ID_RE.match(value):
+        raise ValueError(
+            f"{value!r} is neither @preset/<slug> nor a model id like anthropic/claude-haiku-4.5"
+        )
+    return value
+
+
+def vendor_of(model: str) -> str:
+    """The vendor prefix of a model id (``anthropic`` of ``anthropic/claude-haiku-4.5``); a
+    preset reference is its own vendor (its model is not known here)."""
+    return model if model.startswith("@preset/") else model.split("/", 1)[0]
+
+
+ModelRef = Annotated[
+    str, Field(description="A preset (@preset/<slug>) or an OpenRouter model id (vendor/model).")
+]
+TimeoutSpec = Literal["fast", "reasoning", "multi_agent"] | float
+
+
+class Roundtable(_Strict):
+    """A structured three-round decision: the same question to every panel model, then each
+    sees the others' answers, then one synthesis model returns consensus, disagreements,
+    a confidence (high / medium / low) and next steps as JSON."""
+
+    panel: list[ModelRef] = Field(
+        description="At least 2 panel models (3 is the default shape), ideally of different "
+        "vendors; each a preset or a model id."
+    )
+    synthesis: ModelRef | None = Field(
+        default=None,
+        description="The model that writes the synthesis (default: the first panel model).",
+    )
+    roles: list[str] | None = Field(
+        default=None,
+        description="Optional: one role per panel model (e.g. for, against, judge) instead of "
+        "the same question to each.",
+    )
+
+    @field_validator("panel")
+    @classmethod
+    def _panel(cls, value: list[str]) -> list[str]:
+        if len(value) < 2:
+            raise ValueError(
+                f"a roundtable needs at least 2 panel models (this one has {len(value)}); "
+                "3 of different vendors is the usual shape"
+            )
+        if len(set(value)) != len(value):
+            raise ValueError("a panel model is listed twice")
+        return [_model_ref(v) for v in value]
+
+    @field_validator("synthesis")
+    @classmethod
+    def _synthesis(cls, value: str | None) -> str | None:
+        return None if value is None else _model_ref(value)
+
+    @model_validator(mode="after")
+    def _roles_match(self) -> Roundtable:
+        if self.roles is not None and len(self.roles) != len(self.panel):
+            raise ValueError(
+                f"roles has {len(self.roles)} entries but panel has {len(self.panel)} models: "
+                "give one role per panel model"
+            )
+        return self
+
+    @property
+    def synthesis_model(self) -> str:
+        return self.synthesis or self.panel[0]
+
+
+class CatalogFilter(_Strict):
+    """Which models of OpenRouter's catalog a canvas asks, read fresh at every run."""
+
+    vendors: list[str] = Field(
+        default_factory=list, description="Vendor prefixes to keep (anthropic, openai…)."
+    )
+    match: str | None = Field(default=None, description="A regex the model id must match.")
+    exclude: list[ModelRef] = Field(default_factory=list, description="Model ids left out.")
+    reasoning: bool | None = Field(
+        default=None, description="true: only reasoning models; false: none of them."
+    )
+    min_context_length: int | None = Field(default=None, gt=0)
+    max_prompt_price_per_mtok: float | None = Field(
+        default=None, ge=0, description="Cap on the prompt price, US dollars per million tokens."
+    )
+    limit: int = Field(default=50, ge=1, le=1000, description="At most this many models.")
+
+    @field_validator("match")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression: {exc}") from None
+        return value
+
+
+TimeoutClass = Literal["fast", "reasoning", "multi_agent"]
+CANVAS_TIMEOUTS: dict[TimeoutClass, float] = {
+    "fast": 60.0,
+    "reasoning": 300.0,
+    "multi_agent": 900.0,
+}
+
+
+def _default_canvas_timeouts() -> dict[TimeoutClass, float]:
+    return dict(CANVAS_TIMEOUTS)
+
+
+class Canvas(_Strict):
+    """One question to many models, each answer recorded the moment it returns."""
+
+    models: list[ModelRef] = Field(default_factory=list, description="The models to ask.")
+    catalog: CatalogFilter | None = Field(
+        default=None,
+        description="Or (and) a filter over GET /api/v1/models, fetched fresh at run time.",
+    )
+    max_concurrency: int = Field(default=16, ge=1, le=1024, description="Calls in flight.")
+    timeouts: dict[TimeoutClass, float] = Field(
+        default_factory=_default_canvas_timeouts,
+        description="Seconds per model class; the class comes from the catalog's metadata "
+        "(reasoning support; deep-research / agent models are multi_agent).",
+    )
+    timeout_overrides: dict[str, TimeoutSpec] = Field(
+        default_factory=dict, description="Per model id: a class name or seconds."
+    )
+    skip_after_failures: int = Field(
+        default=3,
+        ge=0,
+        description="Skip a model after this many runs in a row failed with a persistent "
+        "error (unknown/deprecated model, 403) until re-enabled; 0 never skips.",
+    )
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("a model is listed twice")
+        return [_model_ref(v) for v in value]
+
+    @field_validator("timeouts")
+    @classmethod
+    def _positive(cls, value: dict[TimeoutClass, float]) -> dict[TimeoutClass, float]:
+        for name, seconds in value.items():
+            if not 0 < seconds <= 3600:
+                raise ValueError(f"{name}: seconds must be between 0 and 3600")
+        return {**CANVAS_TIMEOUTS, **value}
+
+    @model_validator(mode="after")
+    def _some_models(self) -> Canvas:
+        if not self.models and self.catalog is None:
+            raise ValueError(
+                "a broad canvas needs models: list them under models, or give a catalog filter"
+            )
+        return self
+
+
 class Behavior(_Strict):
     """One behavior file."""
 
@@ -235,9 +402,18 @@ class Behavior(_Strict):
         description="A 5-field cron expression ('0 6 * * 1') or an interval ('15m', '6h', '1d')."
     )
     timezone: str = Field(default="UTC", description="IANA time zone for cron schedules.")
-    preset: str | dict[Tier, str] = Field(
-        description="OpenRouter preset slug, or a mapping tier → slug (a stricter preset at C)."
+    kind: Literal["single", "roundtable", "broad_canvas"] = Field(
+        default="single",
+        description="single: one call per run; roundtable: a three-round panel decision; "
+        "broad_canvas: one question to many models.",
     )
+    preset: str | dict[Tier, str] | None = Field(
+        default=None,
+        description="OpenRouter preset slug, or a mapping tier → slug (a stricter preset at C). "
+        "Required for kind single.",
+    )
+    roundtable: Roundtable | None = Field(default=None, description="kind roundtable: the panel.")
+    canvas: Canvas | None = Field(default=None, description="kind broad_canvas: the models.")
     api_key: SecretRef = Field(
         description="This behavior's own OpenRouter key: env:NAME or file:PATH."
     )
@@ -290,7 +466,9 @@ class Behavior(_Strict):
 
     @field_validator("preset")
     @classmethod
-    def _preset_slugs(cls, value: str | dict[Tier, str]) -> str | dict[Tier, str]:
+    def _preset_slugs(cls, value: str | dict[Tier, str] | None) -> str | dict[Tier, str] | None:
+        if value is None:
+            return None
         slugs = [value] if isinstance(value, str) else list(value.values())
         for slug in slugs:
             bare = slug.removeprefix("@preset/")
@@ -356,11 +534,44 @@ class Behavior(_Strict):
             raise ValueError("require_primary_model needs primary_model (the preset's model)")
         if Tier(self.start_tier).rank > self.max_tier.rank:
             raise ValueError(f"start_tier {self.start_tier} is above max_tier {self.max_tier}")
+        if self.kind == "single" and self.preset is None:
+            raise ValueError("preset is required (the OpenRouter preset this behavior calls)")
+        if self.kind == "roundtable" and self.roundtable is None:
+            raise ValueError("kind roundtable needs a roundtable: section with its panel")
+        if self.kind == "broad_canvas" and self.canvas is None:
+            raise ValueError("kind broad_canvas needs a canvas: section with its models")
+        if self.roundtable is not None and self.kind != "roundtable":
+            raise ValueError(f"roundtable: is only read for kind roundtable (kind is {self.kind})")
+        if self.canvas is not None and self.kind != "broad_canvas":
+            raise ValueError(f"canvas: is only read for kind broad_canvas (kind is {self.kind})")
+        if self.kind != "single" and self.fallback is not None:
+            raise ValueError("fallback is only supported for kind single")
         return self
+
+    def warnings(self) -> list[tuple[str, str]]:
+        """(field, message) for what is valid but probably not meant: two roundtable panel
+        models of the same vendor (a panel learns most from different model families)."""
+        out: list[tuple[str, str]] = []
+        if self.roundtable is not None:
+            seen: dict[str, str] = {}
+            for model in self.roundtable.panel:
+                vendor = vendor_of(model)
+                if vendor in seen and not model.startswith("@preset/"):
+                    out.append(
+                        (
+                            "roundtable.panel",
+                            f"{seen[vendor]} and {model} share the vendor {vendor!r}: a panel "
+                            "of different model families disagrees more usefully",
+                        )
+                    )
+                seen.setdefault(vendor, model)
+        return out
 
     # -- derived values -------------------------------------------------------------------
     def preset_for(self, tier: Tier) -> str:
         """The preset slug for ``tier``: the mapping's entry for it or the nearest lower one."""
+        if self.preset is None:
+            return ""
         if isinstance(self.preset, str):
             return self.preset
         for candidate in (Tier.C, Tier.B, Tier.A):
@@ -400,4 +611,19 @@ def behavior_json_schema() -> dict[str, Any]:
     schema["title"] = "Promotion Ledger behavior file"
     # ``name`` defaults to the file stem, so editors must not demand it.
     schema["required"] = [r for r in schema.get("required", []) if r != "name"]
+    # What each kind needs: single (the default) a preset, the others their own section.
+    schema["allOf"] = [
+        {
+            "if": {"properties": {"kind": {"const": "single"}}},
+            "then": {"required": ["preset"]},
+        },
+        {
+            "if": {"properties": {"kind": {"const": "roundtable"}}, "required": ["kind"]},
+            "then": {"required": ["roundtable"]},
+        },
+        {
+            "if": {"properties": {"kind": {"const": "broad_canvas"}}, "required": ["kind"]},
+            "then": {"required": ["canvas"]},
+        },
+    ]
     return schema

@@ -20,6 +20,7 @@ from sqlmodel import Session
 from ledger import __version__
 from ledger.behaviors.load import load_directory
 from ledger.behaviors.schema import behavior_json_schema
+from ledger.cli.multi import canvas_app
 from ledger.cli.notion import notion_app
 from ledger.config import Settings, load_settings
 from ledger.errors import LedgerError
@@ -156,6 +157,8 @@ def validate(
         raise LedgerError(report.folder_error)
     for problem in report.problems:
         print(problem.render())
+    for warning in report.warnings:
+        print(f"warning: {warning.render()}")
     files = len(report.files_seen)
     if report.problems:
         bad = len(report.problems_by_path())
@@ -722,6 +725,12 @@ def show_run(
     if as_json:
         print(json.dumps(run, indent=2, default=_iso))
         return
+    if run.get("calls"):  # a multi-model run: its answers are shown call by call
+        from ledger.cli.multi import print_calls
+
+        _report_run({**run, "output": None}, full=True)
+        print_calls(run)
+        return
     _report_run(run, full=True)
     print()
     if request is None:
@@ -927,6 +936,7 @@ def _run_here(settings: Settings, name: str) -> dict[str, Any]:
     from ledger.db.session import Database
     from ledger.errors import NotFoundError
     from ledger.runner.call import call_model
+    from ledger.runner.multi import MultiModelRunner
     from ledger.runner.openrouter import OpenRouterClient
     from ledger.runner.run import check_manual_run
     from ledger.runner.scheduler import RunnerService
@@ -949,11 +959,18 @@ def _run_here(settings: Settings, name: str) -> dict[str, Any]:
 
         async def go() -> str | None:
             client = OpenRouterClient(base_url=settings.openrouter_base_url)
+            multi = MultiModelRunner(db, _clock(), client, base_url=settings.openrouter_base_url)
+
+            async def call(plan: Any) -> Any:
+                if plan.behavior.kind != "single":
+                    return await multi.run(plan)
+                return await call_model(client, plan)
+
             try:
                 service = RunnerService(
                     db,
                     _clock(),
-                    lambda plan: call_model(client, plan),
+                    call,
                     _policy_ctx(settings),
                     lease=timedelta(seconds=settings.runner_lease_seconds),
                 )
@@ -1091,6 +1108,7 @@ def _clock() -> Any:
 
 keys_app = typer.Typer(help="OpenRouter API keys of the behaviors.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+app.add_typer(canvas_app, name="canvas")
 
 
 @keys_app.command("check")

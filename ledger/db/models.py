@@ -13,6 +13,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    String,
     Text,
     UniqueConstraint,
     text,
@@ -161,6 +162,16 @@ class Run(SQLModel, table=True):
     lease_until: datetime | None = _ts(nullable=True)
     # The spend window its reservation was taken in (released there if it is interrupted).
     reserved_window: datetime | None = _ts(nullable=True)
+    # ``single`` (one call), ``roundtable`` or ``broad_canvas`` (many calls, each a
+    # ``run_call`` row; such a run is resumed after a crash instead of being interrupted).
+    kind: str = Field(
+        default="single",
+        sa_column=Column(String(16), nullable=False, server_default="single"),
+    )
+    # A multi-model run's summary: the synthesis and its confidence, each panel model's
+    # deference, or the canvas's answered / failed counts and costs; and a downgrade to an
+    # approval request (low confidence at tier C), recorded as such.
+    summary: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
 
 
 class GateResultRow(SQLModel, table=True):
@@ -488,3 +499,57 @@ class Silence(SQLModel, table=True):
     ended_at: datetime | None = _ts(nullable=True)
     ended_by: str | None = Field(default=None, max_length=200)
     muted: dict[str, Any] = _json()
+
+
+class RunCall(SQLModel, table=True):
+    """One model call of a multi-model run (a roundtable's round and panel slot, a canvas's
+    slot), recorded the moment it returns: a restarted run keeps every answer it got and does
+    not ask a model again for a slot it answered. ``status``: ``pending`` (not asked yet),
+    ``calling`` (asked; its reservation is held), ``answered``, ``failed`` (classified by
+    ``reason``/``gate``), ``skipped`` (not asked: a persistent failure, or the round could not
+    start) or ``refused`` (the budget refused its reservation). ``output`` is masked as stored
+    (``ledger.sensitive``); ``attempts`` counts how many times the model was actually asked."""
+
+    __tablename__ = "run_call"
+    __table_args__ = (UniqueConstraint("run_id", "round", "slot"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(foreign_key="run.id", max_length=40, index=True)
+    behavior_id: int = Field(foreign_key="behavior.id")
+    round: int = 0
+    slot: int = 0
+    role: str = Field(default="canvas", max_length=32)
+    model_asked: str = Field(max_length=200)
+    model_answered: str | None = Field(default=None, max_length=200)
+    status: str = Field(default="pending", max_length=16)
+    reason: str | None = Field(default=None, max_length=64)
+    gate: str | None = Field(default=None, max_length=32)
+    error: str | None = Field(default=None, max_length=2000)
+    timeout_seconds: float | None = None
+    latency_seconds: float | None = None
+    cost_usd: float | None = None
+    reserved_usd: float = 0.0
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    generation_id: str | None = Field(default=None, max_length=100)
+    output: str | None = Field(default=None, sa_column=Column(Text(), nullable=True))
+    output_sha256: str | None = Field(default=None, max_length=64)
+    attempts: int = 0
+    started_at: datetime | None = _ts(nullable=True)
+    finished_at: datetime | None = _ts(nullable=True)
+
+
+class ModelHealth(SQLModel, table=True):
+    """A canvas model's run of persistent failures for one behavior (unknown or deprecated
+    model, forbidden): after ``skip_after_failures`` in a row it is ``skipped`` by later
+    runs (and listed in their summary) until an operator re-enables it."""
+
+    __tablename__ = "model_health"
+
+    behavior_id: int = Field(foreign_key="behavior.id", primary_key=True)
+    model: str = Field(primary_key=True, max_length=200)
+    consecutive_failures: int = 0
+    skipped: bool = False
+    reason: str | None = Field(default=None, max_length=500)
+    last_run_id: str | None = Field(default=None, max_length=40)
+    updated_at: datetime = _ts()

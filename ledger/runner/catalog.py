@@ -19,7 +19,7 @@ from typing import Any, Final
 import httpx
 import structlog
 
-__all__ = ["ModelCatalog", "Price"]
+__all__ = ["ModelCatalog", "ModelMeta", "Price", "fetch_models", "read_models"]
 
 log = structlog.get_logger("ledger.runner")
 
@@ -34,6 +34,76 @@ class Price:
 
     prompt: float
     completion: float
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMeta:
+    """What the catalog says about one model: its context length, whether it reasons (its
+    ``supported_parameters`` list ``reasoning``) and its price (None: not listed usably)."""
+
+    id: str
+    context_length: int | None
+    reasoning: bool
+    price: Price | None
+
+    @property
+    def vendor(self) -> str:
+        return self.id.split("/", 1)[0]
+
+
+def read_models(document: Mapping[str, Any]) -> list[ModelMeta]:
+    """The models of a ``/api/v1/models`` answer (entries without an id are skipped)."""
+    out: list[ModelMeta] = []
+    data = document.get("data")
+    for entry in data if isinstance(data, list) else []:
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("id"), str):
+            continue
+        pricing = entry.get("pricing")
+        price = None
+        if isinstance(pricing, Mapping):
+            prompt = _per_token(pricing.get("prompt"))
+            completion = _per_token(pricing.get("completion"))
+            if prompt is not None and completion is not None:
+                price = Price(prompt, completion)
+        params = entry.get("supported_parameters")
+        reasoning = isinstance(params, list) and "reasoning" in params
+        context = entry.get("context_length")
+        out.append(
+            ModelMeta(
+                id=entry["id"],
+                context_length=context if isinstance(context, int) and context > 0 else None,
+                reasoning=reasoning,
+                price=price,
+            )
+        )
+    return out
+
+
+async def fetch_models(
+    base_url: str, *, http: httpx.AsyncClient | None = None, timeout: float = 10.0
+) -> list[ModelMeta]:
+    """The catalog as OpenRouter lists it now (no key needed). Raises ``CatalogError`` when
+    it cannot be fetched or read: a canvas never runs on a stale list."""
+    client = http or httpx.AsyncClient()
+    try:
+        response = await client.get(base_url.rstrip("/") + MODELS_PATH, timeout=timeout)
+        response.raise_for_status()
+        document = response.json()
+        if not isinstance(document, Mapping):
+            raise ValueError("the answer is not a JSON object")
+    except (httpx.HTTPError, ValueError) as exc:
+        raise CatalogError(
+            f"the model catalog ({MODELS_PATH}) could not be fetched: {type(exc).__name__}: "
+            f"{str(exc)[:200]}"
+        ) from exc
+    finally:
+        if http is None:
+            await client.aclose()
+    return read_models(document)
+
+
+class CatalogError(Exception):
+    """The model catalog could not be fetched or read (a provider problem, not a behavior's)."""
 
 
 def _per_token(value: Any) -> float | None:
@@ -52,6 +122,7 @@ class ModelCatalog:
         self.base_url = base_url.rstrip("/")
         self._http = http
         self._prices: dict[str, Price] = {}
+        self._meta: dict[str, ModelMeta] = {}
 
     def __len__(self) -> int:
         return len(self._prices)
@@ -75,10 +146,22 @@ class ModelCatalog:
                 prices[entry["id"]] = Price(prompt, completion)
         if prices:
             self._prices = prices
+            self._meta = {m.id: m for m in read_models(document)}
         return len(prices)
 
     def price(self, model: str) -> Price | None:
         return self._prices.get(model)
+
+    def meta(self, model: str) -> ModelMeta | None:
+        """The model's metadata as last loaded (None: unknown)."""
+        return self._meta.get(model)
+
+    def remember(self, models: list[ModelMeta]) -> None:
+        """Take a fresh listing (``fetch_models``) as the current one."""
+        priced = {m.id: m.price for m in models if m.price is not None}
+        if priced:
+            self._prices = priced
+            self._meta = {m.id: m for m in models}
 
     def worst_case_usd(self, model: str | None, prompt: str, max_tokens: int) -> float | None:
         """The most a call of ``model`` with ``prompt`` and ``max_tokens`` can cost, or None

@@ -325,6 +325,7 @@ def begin_runs(
                     "reserved": plan.reserved_usd,
                     "window": plan.budget_window,
                     "started": at,
+                    "kind": plan.behavior.kind,
                 }
             )
     if updates:
@@ -337,6 +338,7 @@ def begin_runs(
                 reserved_usd=bindparam("reserved"),
                 reserved_window=bindparam("window"),
                 started_at=bindparam("started"),
+                kind=bindparam("kind"),
                 status="running",
             ),
             updates,
@@ -398,7 +400,8 @@ def _plan(
     # Spend is counted in a window even without a budget (the calendar month): only a budget
     # reserves before the call.
     window = window_start(behavior.budget.reset if behavior.budget else None, at)
-    if behavior.budget is not None:
+    # A multi-model run reserves before each round or call instead (``ledger.runner.multi``).
+    if behavior.budget is not None and behavior.kind == "single":
         estimate = behavior.budget.per_call_estimate_usd
         if not estimate and catalog is not None:
             estimate = catalog.worst_case_usd(
@@ -494,6 +497,7 @@ def interrupt_expired_runs(session: Session, now: datetime, limit: int = 200) ->
     """Close live runs whose lease expired before ``now`` — left behind by a process that
     crashed, was killed or stopped before they finished — as ``interrupted``, and release
     their budget reservation. Not the behavior's doing: no gate result, no tier change.
+    Multi-model runs are resumed instead (``ledger.runner.multi.adopt_expired_runs``).
 
     Each run is closed by a compare-and-set on its status and lease, so a run whose owner
     renewed its lease meanwhile, or that another replica closed first, is left alone. Returns
@@ -507,7 +511,7 @@ def interrupt_expired_runs(session: Session, now: datetime, limit: int = 200) ->
             table.c.reserved_window,
             table.c.lease_until,
         )
-        .where(text(LIVE_RUN), table.c.lease_until < now)
+        .where(text(LIVE_RUN), table.c.lease_until < now, table.c.kind == "single")
         .order_by(table.c.lease_until)
         .limit(limit)
     ).all()
@@ -567,6 +571,12 @@ class CallOutcome:
     pause: bool = False
     primary_model: str | None = None
     error: str | None = None
+    # Multi-model runs: the run's summary (stored on it), whether its spend was already
+    # settled call by call (``ledger.runner.multi``), and why a tier-C action must become an
+    # approval request instead (a roundtable's low confidence).
+    summary: Mapping[str, Any] | None = None
+    settled: bool = False
+    downgrade: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -594,7 +604,7 @@ def finish_run(
     run = session.get(Run, plan.run_id, populate_existing=True)
     if run is None:
         raise NotFoundError(f"run {plan.run_id} does not exist")
-    if plan.budget_window is not None:
+    if plan.budget_window is not None and not outcome.settled:
         # The larger of the two figures counts, once: broadcast may have counted its own
         # already (it then counts only what exceeds the runner's; see ingest.process). A run
         # closed as interrupted meanwhile (its lease expired) had its reservation released.
@@ -660,6 +670,12 @@ def finish_run(
     run.finished_at = now
     run.error = outcome.error
     run.status = "succeeded" if outcome.output is not None else "failed"
+    summary = dict(outcome.summary) if outcome.summary is not None else None
+    downgraded = outcome.downgrade is not None and output is not None and plan.tier is Tier.C
+    if downgraded and summary is not None:
+        summary["downgraded"] = {"from_tier": "C", "to": "approval", "reason": outcome.downgrade}
+    if summary is not None:
+        run.summary = summary
     blocked = any(r.attributable and r.outcome is Outcome.FAIL for r in results) or any(
         (r.evidence or {}).get("check") == "require_primary_model" for r in results
     )
@@ -669,9 +685,11 @@ def finish_run(
         run.disposition = "blocked"
     elif plan.tier is Tier.A:
         run.disposition = "proposal"
-    elif plan.tier is Tier.B:
+    elif plan.tier is Tier.B or downgraded:
         run.disposition = "approval"
         payload = action_payload(plan, output, run.output_sha256)
+        if downgraded:  # tier-B handling for this run only, and it says so
+            payload["downgraded"] = {"from_tier": "C", "reason": outcome.downgrade}
         session.add(
             Approval(
                 run_id=run.id,

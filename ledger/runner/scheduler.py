@@ -33,6 +33,7 @@ from ledger.clock import Clock
 from ledger.db.models import BehaviorRow
 from ledger.db.session import Database
 from ledger.runner.catalog import ModelCatalog
+from ledger.runner.multi import adopt_expired_runs, resume_plan
 from ledger.runner.run import (
     DEFAULT_LEASE,
     CallOutcome,
@@ -204,6 +205,7 @@ class RunnerService:
         self.lease = lease
         self._live: set[str] = set()
         self._leaser: asyncio.Task[None] | None = None
+        self._resumer: asyncio.Task[None] | None = None
         # The order a wave's claim chunks are taken in; not a secret.
         self._rng = rng if rng is not None else random.Random()  # noqa: S311
         self.lead = timedelta(seconds=lead_seconds)
@@ -231,16 +233,18 @@ class RunnerService:
         self._start_leaser()
         self._claimer = asyncio.create_task(self._claim_loop(), name="slot-claimer")
         self._finisher = asyncio.create_task(self._finish_loop(), name="run-finisher")
+        self._resumer = asyncio.create_task(self._resume_loop(), name="run-resumer")
         await self.sync()
         await self._catch_up()
 
     async def stop(self, timeout: float = 10.0) -> None:
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
-        if self._claimer is not None:
-            self._claimer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._claimer
+        for loop in (self._claimer, self._resumer):
+            if loop is not None:
+                loop.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loop
         cut_short: list[str] = []
         if self._tasks:
             _done, pending = await asyncio.wait(self._tasks, timeout=timeout)
@@ -281,6 +285,36 @@ class RunnerService:
     def _renew(self, run_ids: list[str], until: datetime) -> None:
         with self.db.transaction() as session:
             renew_leases(session, run_ids, until)
+
+    # -- resuming multi-model runs left behind ----------------------------------------------
+    async def _resume_loop(self) -> None:
+        """At start, then every half lease: adopt the multi-model runs whose process stopped
+        (their lease expired) and resume them from their recorded calls."""
+        while True:
+            try:
+                plans = await asyncio.to_thread(self._adopt)
+            except Exception:  # the database is down: retried at the next beat
+                log.exception("resuming interrupted multi-model runs failed; retrying")
+                plans = []
+            for plan in plans:
+                log.warning(
+                    "resuming a multi-model run left behind by a stopped process",
+                    behavior=plan.behavior.name,
+                    run_id=plan.run_id,
+                )
+                self._spawn(self._call(plan), f"run-{plan.run_id}")
+            if not plans:
+                await asyncio.sleep(self.lease.total_seconds() / 2)
+
+    def _adopt(self) -> list[RunPlan]:
+        now = self.clock.now()
+        with self.db.transaction() as session:
+            plans = []
+            for run_id in adopt_expired_runs(session, now, self.lease):
+                plan = resume_plan(session, run_id, now)
+                if plan is not None:
+                    plans.append(plan)
+            return plans
 
     # -- following the registry ---------------------------------------------------------------
     async def sync(self) -> None:

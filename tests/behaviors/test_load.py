@@ -288,7 +288,12 @@ def test_every_problem_of_a_dozen_broken_files_is_reported(tmp_path: Path) -> No
 def test_json_schema_describes_the_file() -> None:
     schema = behavior_json_schema()
     assert "name" not in schema["required"]
-    assert {"schedule", "preset", "api_key"} <= set(schema["required"])
+    assert {"schedule", "api_key"} <= set(schema["required"])
+    # preset is required for kind single (the default); the other kinds need their section.
+    single, roundtable, canvas = schema["allOf"]
+    assert single["then"] == {"required": ["preset"]}
+    assert roundtable["then"] == {"required": ["roundtable"]}
+    assert canvas["then"] == {"required": ["canvas"]}
     assert schema["additionalProperties"] is False
     assert "budget" in schema["properties"]
 

@@ -105,6 +105,20 @@ def _refusal(fault: Fault, key: KeyState, target: _Target, cap: int) -> ApiError
             {"Retry-After": str(retry_after)},
             "rate_limit_exceeded",
         )
+    if kind == "model_not_found":
+        return ApiError(
+            404,
+            f"No endpoints found for {target.model}. The model may be deprecated.",
+            {"error_type": fault.error_type or "not_found"},
+            error_type="not_found",
+        )
+    if kind == "model_forbidden":
+        return ApiError(
+            403,
+            f"{target.model} is not available for this account or region",
+            {"error_type": fault.error_type or "permission_denied"},
+            error_type="permission_denied",
+        )
     if kind == "payment_required":
         return ApiError(
             402,
@@ -340,12 +354,13 @@ async def chat_completions(request: Request) -> Response:
     chat = _parse_chat(request, body, state)
     target = chat.target
 
-    faults = state.matching_faults(key.name, target.preset_slug)
+    faults = state.matching_faults(key.name, target.preset_slug, target.model)
     delays = [a for a in faults if a.fault.kind == "delay"]
     for active in delays:
         active.hits += 1
-    if delays:
-        await asyncio.sleep(sum(a.fault.seconds for a in delays))
+    wait = sum(a.fault.seconds for a in delays) + state.latency(target.model)
+    if wait:
+        await asyncio.sleep(wait)
 
     started = state.config.clock()
     generation_id = state.new_id(started)

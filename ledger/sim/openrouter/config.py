@@ -25,6 +25,8 @@ FaultKind = Literal[
     "sensitive_output",
     "error_in_200",
     "wrong_model",
+    "model_not_found",
+    "model_forbidden",
 ]
 FAULT_KINDS: frozenset[str] = frozenset(get_args(FaultKind))
 LIMIT_RESETS: frozenset[str] = frozenset(get_args(LimitReset))
@@ -36,11 +38,17 @@ class SimConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
-    """A model callable by plain id: its price per token and the provider that serves it."""
+    """A model callable by plain id: its price per token, the provider that serves it, what
+    the catalog lists about it (context length, reasoning support) and how long it takes to
+    answer: ``latency`` (low, high) seconds, drawn uniformly per call (times the config's
+    ``latency_scale``); None answers at once."""
 
     input_price: float = 0.000001
     output_price: float = 0.000002
     provider: str | None = None
+    context_length: int = 128_000
+    reasoning: bool = False
+    latency: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +89,11 @@ class Fault:
     ``content_filter`` (403 guardrail), ``server_error`` (``status`` 500/502/503/524/529),
     ``delay`` (``seconds`` before answering; combines with the others), ``sensitive_output``
     (the answer is ``text``), ``error_in_200`` (a 200 whose choice has finish_reason "error"),
-    ``wrong_model`` (a fallback model answers: ``model`` or the preset's first fallback).
+    ``wrong_model`` (a fallback model answers: ``model`` or the preset's first fallback),
+    ``model_not_found`` (404: the model id is unknown or deprecated), ``model_forbidden``
+    (403: the model is not available to this account or region).
+
+    ``for_model`` narrows any fault to calls of one model id (the model asked, or the preset's).
     """
 
     kind: FaultKind
@@ -99,10 +111,13 @@ class Fault:
     limit_reset: str | None = None
     budget: str = "$500.00"
     broadcast: bool = True
+    for_model: str | None = None
 
-    def matches(self, key_name: str, preset: str | None) -> bool:
-        return (self.key_name is None or self.key_name == key_name) and (
-            self.preset is None or self.preset == preset
+    def matches(self, key_name: str, preset: str | None, model: str | None = None) -> bool:
+        return (
+            (self.key_name is None or self.key_name == key_name)
+            and (self.preset is None or self.preset == preset)
+            and (self.for_model is None or self.for_model == model)
         )
 
     @classmethod
@@ -122,7 +137,7 @@ class Fault:
 
 
 _TOP_LEVEL_FIELDS = frozenset(
-    {"presets", "models", "keys", "management_key", "faults", "broadcast", "seed"}
+    {"presets", "models", "keys", "management_key", "faults", "broadcast", "seed", "latency_scale"}
 )
 _MONEY_FIELDS = ("input_price", "output_price", "limit", "balance")
 
@@ -150,6 +165,7 @@ class SimConfig:
     broadcast_timeout: float = 5.0
     models: dict[str, ModelInfo] = field(default_factory=dict)
     seed: int = 0
+    latency_scale: float = 1.0
     clock: Callable[[], datetime] = _utc_now
 
     @classmethod
@@ -181,9 +197,7 @@ class SimConfig:
             values["fallback_models"] = tuple(values.get("fallback_models") or ())
             presets[str(slug)] = Preset(**values)
         models = {
-            str(model_id): ModelInfo(
-                **_known_fields(ModelInfo, info or {}, f"{source}: models.{model_id}")
-            )
+            str(model_id): _model_info(info or {}, f"{source}: models.{model_id}")
             for model_id, info in (raw.get("models") or {}).items()
         }
         keys = []
@@ -213,10 +227,27 @@ class SimConfig:
             },
             "seed": int(raw.get("seed", 0)),
         }
+        if "latency_scale" in raw:
+            config["latency_scale"] = float(raw["latency_scale"])
         if "timeout" in broadcast:
             config["broadcast_timeout"] = float(broadcast["timeout"])
         config.update(overrides)
         return cls(**config)
+
+
+def _model_info(raw: Any, where: str) -> ModelInfo:
+    values = _known_fields(ModelInfo, raw, where)
+    latency = values.get("latency")
+    if latency is not None:
+        if (
+            not isinstance(latency, list | tuple)
+            or len(latency) != 2
+            or not all(isinstance(x, int | float) and x >= 0 for x in latency)
+            or latency[0] > latency[1]
+        ):
+            raise SimConfigError(f"{where}: latency must be [low, high] seconds, low <= high")
+        values["latency"] = (float(latency[0]), float(latency[1]))
+    return ModelInfo(**values)
 
 
 def _known_fields(cls: type, raw: Any, where: str) -> dict[str, Any]:

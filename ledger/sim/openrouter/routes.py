@@ -31,23 +31,46 @@ from ledger.sim.openrouter.wire import (
 
 async def list_models(request: Request) -> Response:
     """``GET /api/v1/models``: every model the presets and ``models`` name, with per-token
-    prices as decimal strings (as OpenRouter lists them); no key needed."""
+    prices as decimal strings (as OpenRouter lists them), context length and supported
+    parameters (``reasoning`` for reasoning models); no key needed."""
     state = sim_state(request)
     data = [
         {
             "id": model,
+            "canonical_slug": model,
             "name": model,
-            "context_length": 128_000,
+            "context_length": info.context_length,
+            "architecture": {
+                "modality": "text->text",
+                "input_modalities": ["text"],
+                "output_modalities": ["text"],
+            },
             "pricing": {
-                "prompt": f"{info.input_price:.12f}".rstrip("0").rstrip(".") or "0",
-                "completion": f"{info.output_price:.12f}".rstrip("0").rstrip(".") or "0",
+                "prompt": _decimal(info.input_price),
+                "completion": _decimal(info.output_price),
                 "request": "0",
                 "image": "0",
+                "internal_reasoning": _decimal(info.output_price) if info.reasoning else "0",
             },
+            "top_provider": {
+                "context_length": info.context_length,
+                "max_completion_tokens": None,
+                "is_moderated": False,
+            },
+            "supported_parameters": [
+                "max_tokens",
+                "temperature",
+                "response_format",
+                *(["reasoning", "include_reasoning"] if info.reasoning else []),
+            ],
         }
         for model, info in sorted(state.models.items())
     ]
     return JSONResponse({"data": data})
+
+
+def _decimal(value: float) -> str:
+    return f"{value:.12f}".rstrip("0").rstrip(".") or "0"
 
 
 async def current_key(request: Request) -> Response:

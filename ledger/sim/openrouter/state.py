@@ -173,8 +173,20 @@ class SimState:
         self.faults.append(active)
         return active
 
-    def matching_faults(self, key_name: str, preset: str | None) -> list[ActiveFault]:
-        return [f for f in self.faults if not f.exhausted and f.fault.matches(key_name, preset)]
+    def matching_faults(
+        self, key_name: str, preset: str | None, model: str | None = None
+    ) -> list[ActiveFault]:
+        return [
+            f for f in self.faults if not f.exhausted and f.fault.matches(key_name, preset, model)
+        ]
+
+    def latency(self, model: str) -> float:
+        """Seconds ``model`` takes to answer this call (its latency range, scaled)."""
+        info = self.models.get(model)
+        if info is None or info.latency is None:
+            return 0.0
+        low, high = info.latency
+        return self.rng.uniform(low, high) * self.config.latency_scale
 
     def new_id(self, now: datetime) -> str:
         alphabet = string.ascii_letters + string.digits
