@@ -45,7 +45,7 @@ from ledger.db.models import LIVE_RUN, BehaviorRow, ModelHealth, Run, RunCall
 from ledger.db.session import Database
 from ledger.errors import NotFoundError, SecretError
 from ledger.gates import ATTRIBUTABLE, Gate, GateResult, Outcome, Tier
-from ledger.outbox.enqueue import KIND_MIRROR, enqueue
+from ledger.outbox.enqueue import enqueue_mirror, mirror_row_key
 from ledger.runner.catalog import CatalogError, ModelCatalog, ModelMeta, fetch_models
 from ledger.runner.openrouter import SESSION_ID_MAX, ChatResult, OpenRouterCallError
 from ledger.runner.run import (
@@ -357,8 +357,8 @@ def record_call(
     """Record one call the moment it returned: its answer (masked) or its failure, its cost
     added to the run's and settled against its reservation, as ``finish_run`` settles a
     single call (the larger of the runner's and the broadcast's figures counts, once). With
-    ``mirror`` (Notion is on), the record is also queued for the mirror, in the same
-    transaction (``mirror_payload``)."""
+    ``mirror`` (Notion is on), the behavior's Notion row is queued for an update in the same
+    transaction (row-shaped work: the mirror renders the row when it delivers)."""
     lock_behavior(session, id=plan.behavior_id)
     run = session.get(Run, plan.run_id, populate_existing=True)
     if run is None:
@@ -411,43 +411,13 @@ def record_call(
     if track_health:
         _track_health(session, plan, call, result, now, skip_after)
     if mirror:
-        enqueue(
+        enqueue_mirror(
             session,
-            kind=KIND_MIRROR,
-            payload=mirror_payload(plan, call, now),
+            key=mirror_row_key("behavior", plan.behavior.name),
             now=now,
             behavior_id=plan.behavior_id,
             dedup_key=f"mirror:run_call:{plan.run_id}:{call.round}:{call.slot}",
         )
-
-
-MIRROR_OUTPUT_CHARS: Final = 2000  # a Notion rich-text item holds at most 2,000 characters
-
-
-def mirror_payload(plan: RunPlan, call: RunCall, now: datetime) -> dict[str, Any]:
-    """One recorded call as a row for the mirror (event ``run_call``): what a table of a
-    run's answers shows, the output masked as stored and clipped to one rich-text item."""
-    return {
-        "event": "run_call",
-        "behavior": plan.behavior.name,
-        "run_id": plan.run_id,
-        "kind": plan.behavior.kind,
-        "tier": plan.tier.value,
-        "round": call.round,
-        "slot": call.slot,
-        "role": call.role,
-        "model": call.model_asked,
-        "model_answered": call.model_answered,
-        "status": call.status,
-        "reason": call.reason,
-        "gate": call.gate,
-        "latency_seconds": call.latency_seconds,
-        "cost_usd": call.cost_usd,
-        "prompt_tokens": call.prompt_tokens,
-        "completion_tokens": call.completion_tokens,
-        "output": (call.output or "")[:MIRROR_OUTPUT_CHARS] or None,
-        "at": now.isoformat(),
-    }
 
 
 def _track_health(
