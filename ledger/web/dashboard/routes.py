@@ -1,5 +1,6 @@
 """The dashboard's pages and forms: login/logout, the tier board (with its live fragment and
-event stream), a behavior's page and actions, the approvals queue and the ledger log.
+event stream), a behavior's page and actions, a run's page, the approvals queue and the ledger
+log.
 
 Every form posts a CSRF token bound to the browser's session; every action goes through the
 same service functions as the JSON API (``operator_action``, ``approve``, ``reject``,
@@ -435,6 +436,28 @@ def _refused(request: Request, who: Viewer, refused: _Refused, back: str) -> Res
     if refused.status == 400:
         return _back(request, back, refused.message, ok=False)
     return _page(request, "error.html", who, status_code=refused.status, message=refused.message)
+
+
+# -- a run -------------------------------------------------------------------------------
+
+
+@router.get("/runs/{run_id}", response_class=HTMLResponse)
+async def run_page(request: Request, run_id: str) -> HTMLResponse:
+    """One run: status, cost, duration, model, gate results, output; a roundtable's rounds side
+    by side under its synthesis, a canvas's answers as a table under its summary."""
+    who = await viewer(request)
+    state = _state(request)
+    wanted = _clean(run_id, 100)
+
+    def load() -> views.RunPage:
+        with state.db.transaction() as session:
+            return views.run_page(session, wanted)
+
+    try:
+        page = await asyncio.to_thread(load)
+    except NotFoundError as exc:
+        return _page(request, "error.html", who, status_code=404, message=str(exc))
+    return _page(request, "run.html", who, page=page, r=page.run, s=page.summary)
 
 
 # -- approvals ----------------------------------------------------------------------------

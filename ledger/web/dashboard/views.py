@@ -24,7 +24,7 @@ from ledger.db.models import (
 )
 from ledger.gates import Tier
 from ledger.outbox.enqueue import ACTION_KINDS
-from ledger.runs import approval_requests, gate_reason
+from ledger.runs import approval_requests, gate_reason, run_json
 from ledger.transitions import PolicyContext
 
 COLUMN_LIMIT = 50  # cards per column and page (the read model's page size)
@@ -283,3 +283,53 @@ def webhook_events(session: Session, behavior: str = "", limit: int = 50) -> lis
     if behavior:
         query = query.where(col(BehaviorRow.name) == behavior)
     return list(session.exec(query.order_by(col(WebhookEvent.id).desc()).limit(limit)).all())
+
+
+# -- a run --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RunPage:
+    """One run as ``GET /api/runs/{id}`` gives it (``run``), plus, for a roundtable, its rounds
+    as a grid (one column per panel model, one row per round) with each model's deference, and
+    for a broad canvas its answers as rows and the failures counted by reason."""
+
+    run: dict[str, Any]
+    summary: dict[str, Any]
+    panel: list[str]  # a roundtable's panel models, in slot order
+    rounds: list[tuple[int, list[dict[str, Any] | None]]]  # (round, the call of each panel model)
+    synthesis_call: dict[str, Any] | None
+    deference: dict[str, dict[str, Any]]  # panel model → {changed, shift}
+    canvas: list[dict[str, Any]]  # a canvas's calls, by slot
+
+    @property
+    def kind(self) -> str:
+        return str(self.run.get("kind") or "single")
+
+
+def run_page(session: Session, run_id: str) -> RunPage:
+    """Raises ``NotFoundError`` when there is no such run."""
+    run = run_json(session, run_id)
+    summary = run.get("summary") or {}
+    calls: list[dict[str, Any]] = run["calls"]
+    panel: list[str] = []
+    rounds: list[tuple[int, list[dict[str, Any] | None]]] = []
+    synthesis_call = None
+    canvas: list[dict[str, Any]] = []
+    if run.get("kind") == "roundtable":
+        for call in sorted(calls, key=lambda c: (c["round"], c["slot"])):
+            if call["role"] != "synthesis" and call["model"] not in panel:
+                panel.append(call["model"])
+        by_round: dict[int, dict[str, dict[str, Any]]] = {}
+        for call in calls:
+            if call["role"] == "synthesis":
+                synthesis_call = call
+            else:
+                by_round.setdefault(call["round"], {})[call["model"]] = call
+        rounds = [(r, [by_round[r].get(model) for model in panel]) for r in sorted(by_round)]
+    else:
+        canvas = sorted(calls, key=lambda c: (c["round"], c["slot"]))
+    deference = {
+        str(m.get("model")): m for m in summary.get("deference") or [] if isinstance(m, dict)
+    }
+    return RunPage(run, summary, panel, rounds, synthesis_call, deference, canvas)
