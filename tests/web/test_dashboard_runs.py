@@ -1,7 +1,7 @@
 """A run's dashboard page over plain HTTP against a real ``ledger serve``, for runs made by the
 real multi-model runner against the OpenRouter simulator: a roundtable's rounds side by side
-under its synthesis and confidence, a canvas's answers as a table under its summary, and model
-output (untrusted) escaped everywhere."""
+under its synthesis and confidence, a canvas's answers as a table under its summary — and for
+a single call the daemon made itself; model output (untrusted) escaped everywhere."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import json
 import random
 import re
 from collections.abc import Callable
+from html.parser import HTMLParser
 from pathlib import Path
 
 import httpx
@@ -20,13 +21,23 @@ from ledger.db.session import Database
 from ledger.runner.multi import MultiModelRunner
 from ledger.runner.openrouter import OpenRouterClient
 from ledger.runner.scheduler import RunnerService
-from ledger.sim.openrouter import Fault, ModelInfo, Preset, SimConfig, SimKey, run_in_background
+from ledger.sim.openrouter import (
+    Fault,
+    ModelInfo,
+    Preset,
+    SimConfig,
+    SimKey,
+    run_in_background,
+    run_in_thread,
+)
 from ledger.transitions import PolicyContext, lock_behavior
-from tests.conftest import T0, free_port
+from tests.conftest import T0, VALID_BEHAVIOR
 from tests.daemon import Daemon, ledger
 
 KEY = "sk-or-v1-runpage" + "cd" * 20  # the roundtable's
 CANVAS_KEY = "sk-or-v1-runpage" + "ef" * 20
+SOLO_KEY = "sk-or-v1-runpage" + "01" * 20
+OPS = "runpage-ops-" + "4" * 30
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 PANEL = ["@preset/evil", "anthropic/claude-haiku-4.5", "google/gemini-2.5-flash"]
 EVIL = "<script>alert('panel')</script> **recommend** waiting"
@@ -58,6 +69,15 @@ max_output_tokens: 60
 canvas:
   models: {json.dumps(CANVAS)}
 """
+
+
+def solo_sim() -> SimConfig:
+    """For the daemon's own single-call runs."""
+    answer = "# Hello\n\n<script>alert('solo')</script> <img src=x onerror=alert(2)> *world*"
+    return SimConfig(
+        presets={"test-preset": Preset(model="openai/gpt-4o-mini", output=answer)},
+        keys=[SimKey(key=SOLO_KEY, name="solo-key")],
+    )
 
 
 def table_sim() -> SimConfig:
@@ -114,10 +134,24 @@ def login(client: httpx.Client, token: str) -> None:
     assert done.status_code == 303, done.text
 
 
+class Tags(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+
 def no_markup_from_models(html: str) -> None:
-    """Only the dashboard's own script tag; the models' ``<script>`` shown as text."""
-    assert html.count("<script") == 1 and '<script src="/static/dashboard/app.js"' in html
-    assert "alert(" not in html.replace("&lt;script&gt;alert(", "")
+    """The page's elements are the dashboard's own: one script (its file), no image, no event
+    handler attribute; the models' ``<script>`` and ``<img onerror>`` are text."""
+    parser = Tags()
+    parser.feed(html)
+    scripts = [attrs for tag, attrs in parser.tags if tag == "script"]
+    assert scripts == [{"src": "/static/dashboard/app.js", "defer": None}]
+    assert not [tag for tag, _ in parser.tags if tag in ("img", "iframe", "object")]
+    assert not [a for _, attrs in parser.tags for a in attrs if a.startswith("on")]
 
 
 async def test_a_run_page_shows_a_roundtables_rounds_and_a_canvass_answers_escaped(
@@ -133,6 +167,8 @@ async def test_a_run_page_shows_a_roundtables_rounds_and_a_canvass_answers_escap
     folder.mkdir()
     (folder / "table.yaml").write_text(ROUNDTABLE)
     (folder / "canvas.yaml").write_text(BROAD_CANVAS)
+    solo = VALID_BEHAVIOR.format(key_env="RUNPAGE_SOLO_KEY", name="solo")
+    (folder / "solo.yaml").write_text(solo.replace("schedule: 15m", 'schedule: "0 0 1 1 *"'))
     with db.transaction() as session:
         reconcile_directory(session, folder, T0)
         lock_behavior(session, name="table").tier = "C"
@@ -145,14 +181,26 @@ async def test_a_run_page_shows_a_roundtables_rounds_and_a_canvass_answers_escap
     )  # fmt: skip
     assert created.returncode == 0, created.stderr
     token = next(word for word in created.stdout.split() if word.startswith("ldg_"))
-    daemon = start_daemon(
-        database_url,
-        {
-            "RUNPAGE_TEST_KEY": KEY,
-            "RUNPAGE_CANVAS_KEY": CANVAS_KEY,
-            "LEDGER_OPENROUTER_BASE_URL": f"http://127.0.0.1:{free_port()}",
-        },
-    )
+    with run_in_thread(solo_sim()) as sim_url:  # the daemon's own single-call run
+        daemon = start_daemon(
+            database_url,
+            {
+                "RUNPAGE_TEST_KEY": KEY,
+                "RUNPAGE_CANVAS_KEY": CANVAS_KEY,
+                "RUNPAGE_SOLO_KEY": SOLO_KEY,
+                "LEDGER_OPENROUTER_BASE_URL": sim_url,
+                "LEDGER_API_TOKENS": '{"ops": "env:RUNPAGE_OPS"}',
+                "RUNPAGE_OPS": OPS,
+            },
+        )
+        ran = httpx.post(
+            f"{daemon.base_url}/api/behaviors/solo/run",
+            params={"wait": 30},
+            headers={"Authorization": f"Bearer {OPS}"},
+            timeout=60,
+        )
+        assert ran.status_code == 200, ran.text
+        solo_id = ran.json()["run"]["id"]
     with httpx.Client(base_url=daemon.base_url, timeout=30) as browser:
         first = browser.get(f"/runs/{table_id}")
         assert first.headers["location"] == f"/login?next=/runs/{table_id}"
@@ -209,3 +257,16 @@ async def test_a_run_page_shows_a_roundtables_rounds_and_a_canvass_answers_escap
         missing = browser.get("/runs/run-nope<b>")
         assert missing.status_code == 404
         assert "does not exist" in missing.text and "<b>" not in missing.text
+
+        # A single call: its output as Markdown, with the HTML in it shown as text.
+        page = browser.get(f"/runs/{solo_id}")
+        assert page.status_code == 200, page.text
+        html = page.text
+        no_markup_from_models(html)
+        output = html[html.index('id="output"') : html.index("</div>", html.index('id="output"'))]
+        assert "<h1>Hello</h1>" in output and "<em>world</em>" in output
+        assert "&lt;script&gt;alert('solo')&lt;/script&gt;" in output
+        assert "&lt;img src=x onerror=alert(2)&gt;" in output and "<img" not in html
+        assert "openai/gpt-4o-mini" in html and "(preset test-preset)" in html
+        assert 'id="rounds"' not in html and 'id="canvas"' not in html
+        assert f'href="/runs/{solo_id}"' in browser.get("/behaviors/solo").text
