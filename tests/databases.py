@@ -1,0 +1,189 @@
+"""Test databases migrated once per test process (each xdist worker) and handed to each test fresh.
+
+SQLite: ``alembic upgrade head`` builds one template file; each test gets a byte copy of it.
+PostgreSQL: one migrated schema per worker; before each test it is put back to the state the
+migration left (every table emptied, the rows the migrations seed put back, sequences restored),
+which takes milliseconds where a new migrated schema takes half a second. The reset is checked:
+when a test changed the schema itself (a table renamed and not back, a column added…) or a
+connection left from an earlier test still holds a lock, the worker migrates a new schema instead.
+Tests that exercise migrations use an empty database (``empty_database_url``), never these.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from ledger.db.session import Database
+
+# PostgreSQL to test against as well as SQLite (CI sets it): a database the tests may create and
+# drop schemas in.
+PG_URL = os.environ.get("LEDGER_TEST_DATABASE_URL")
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+def migrated_sqlite_template(folder: Path) -> Path:
+    """A SQLite file at schema head, closed (its write-ahead log checkpointed into the file)."""
+    path = folder / "template.db"
+    Database.open(sqlite_url(path), migrate=True).close()
+    assert not path.with_name(path.name + "-wal").exists(), "the template's log was not merged"
+    return path
+
+
+def copy_sqlite(template: Path, destination: Path) -> str:
+    """A fresh migrated database at ``destination`` (a copy of ``template``); its URL."""
+    shutil.copyfile(template, destination)
+    return sqlite_url(destination)
+
+
+def pg_schema_url(base_url: str, schema: str) -> str:
+    sep = "&" if "?" in base_url else "?"
+    return f"{base_url}{sep}options=-csearch_path%3D{schema}"
+
+
+# Everything that makes up the schema's shape: relations and their columns, constraints, indexes,
+# triggers and functions. Compared before each reset: a test that changed the shape gets the
+# worker a new schema.
+_SHAPE = sa.text(
+    """
+    SELECT md5(coalesce(string_agg(item, E'\\n' ORDER BY item), '')) FROM (
+      SELECT 'r:' || c.relname || ':' || c.relkind::text || ':' || coalesce(a.attname, '') || ':'
+             || coalesce(format_type(a.atttypid, a.atttypmod), '') || ':'
+             || coalesce(a.attnotnull::text, '') || ':'
+             || coalesce(pg_get_expr(d.adbin, d.adrelid), '') AS item
+        FROM pg_class c
+        LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+        LEFT JOIN pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum
+       WHERE c.relnamespace = current_schema()::regnamespace
+      UNION ALL
+      SELECT 'c:' || conrelid::regclass::text || ':' || conname || ':' || pg_get_constraintdef(oid)
+        FROM pg_constraint WHERE connamespace = current_schema()::regnamespace
+      UNION ALL
+      SELECT 'i:' || indexdef FROM pg_indexes WHERE schemaname = current_schema()
+      UNION ALL
+      SELECT 't:' || tgrelid::regclass::text || ':' || tgname
+        FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+       WHERE c.relnamespace = current_schema()::regnamespace AND NOT t.tgisinternal
+      UNION ALL
+      SELECT 'f:' || proname FROM pg_proc WHERE pronamespace = current_schema()::regnamespace
+    ) items
+    """
+)
+
+
+@dataclass
+class _Baseline:
+    """What ``alembic upgrade head`` left in a schema: its shape, rows and sequence positions."""
+
+    shape: str
+    tables: list[sa.Table]  # parents before children
+    rows: dict[str, list[dict[str, Any]]]
+    sequences: dict[str, tuple[int, bool]]
+
+
+@dataclass
+class PostgresSchemas:
+    """One migrated schema for this worker, reset before each test (see the module docstring)."""
+
+    admin_url: str
+    worker: str
+    schema: str = ""
+    baseline: _Baseline | None = None
+    engine: sa.Engine | None = None
+    used: bool = False
+    abandoned: list[str] = field(default_factory=list)
+    migrations: int = 0
+
+    def fresh_url(self) -> str:
+        """The URL of a schema at head holding only what the migrations put there."""
+        if self.engine is None or (self.used and not self._reset()):
+            self._new_schema()
+        self.used = True
+        return pg_schema_url(self.admin_url, self.schema)
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.dispose()
+        admin = sa.create_engine(self.admin_url)
+        try:
+            for schema in [*self.abandoned, self.schema]:
+                if schema:
+                    try:
+                        with admin.begin() as conn:
+                            conn.exec_driver_sql("SET LOCAL lock_timeout = '10s'")
+                            conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+                    except sa.exc.OperationalError:
+                        pass  # held by a connection a test leaked; the database is a test one
+        finally:
+            admin.dispose()
+
+    def _new_schema(self) -> None:
+        if self.engine is not None:
+            self.engine.dispose()
+            self.abandoned.append(self.schema)
+        self.schema = f"t_{self.worker}_{secrets.token_hex(4)}"
+        admin = sa.create_engine(self.admin_url)
+        try:
+            with admin.begin() as conn:
+                conn.exec_driver_sql(f'CREATE SCHEMA "{self.schema}"')
+        finally:
+            admin.dispose()
+        url = pg_schema_url(self.admin_url, self.schema)
+        Database.open(url, migrate=True).close()
+        self.migrations += 1
+        self.engine = sa.create_engine(url, poolclass=sa.NullPool)
+        self.baseline = self._snapshot()
+        self.used = False
+
+    def _snapshot(self) -> _Baseline:
+        assert self.engine is not None
+        metadata = sa.MetaData()
+        with self.engine.connect() as conn:
+            metadata.reflect(conn)
+            shape = conn.execute(_SHAPE).scalar_one()
+            rows = {
+                table.name: [dict(row) for row in conn.execute(sa.select(table)).mappings()]
+                for table in metadata.sorted_tables
+            }
+            # A sequence never used has no last_value: setval(start, is_called=false) is its
+            # state.
+            sequences = {
+                name: (value, called)
+                for name, value, called in conn.exec_driver_sql(
+                    "SELECT sequencename, coalesce(last_value, start_value), last_value IS NOT NULL"
+                    " FROM pg_sequences WHERE schemaname = current_schema()"
+                )
+            }
+        return _Baseline(shape, list(metadata.sorted_tables), rows, sequences)
+
+    def _reset(self) -> bool:
+        """Put the schema back to its baseline; False when that cannot be done safely."""
+        assert self.engine is not None and self.baseline is not None
+        baseline = self.baseline
+        try:
+            with self.engine.begin() as conn:
+                conn.exec_driver_sql("SET LOCAL lock_timeout = '2s'")
+                if conn.execute(_SHAPE).scalar_one() != baseline.shape:
+                    return False
+                for table in reversed(baseline.tables):
+                    conn.execute(table.delete())
+                for table in baseline.tables:
+                    if baseline.rows[table.name]:
+                        conn.execute(table.insert(), baseline.rows[table.name])
+                for name, (last_value, is_called) in baseline.sequences.items():
+                    conn.execute(
+                        sa.text("SELECT setval(CAST(:name AS regclass), :value, :called)"),
+                        {"name": f'"{name}"', "value": last_value, "called": is_called},
+                    )
+        except sa.exc.DBAPIError:
+            return False
+        return True
