@@ -4,8 +4,9 @@ SQLite: ``alembic upgrade head`` builds one template file; each test gets a byte
 PostgreSQL: one migrated schema per worker; before each test it is put back to the state the
 migration left (every table emptied, the rows the migrations seed put back, sequences restored),
 which takes milliseconds where a new migrated schema takes half a second. The reset is checked:
-when a test changed the schema itself (a table renamed and not back, a column added…) or a
-connection left from an earlier test still holds a lock, the worker migrates a new schema instead.
+when a test changed the schema itself (a table renamed and not back, a column added…), a table
+was analyzed (its planner estimate is no longer a new table's), or a connection left from an
+earlier test still holds a lock, the worker migrates a new schema instead.
 Tests that exercise migrations use an empty database (``empty_database_url``), never these.
 """
 
@@ -51,12 +52,15 @@ def pg_schema_url(base_url: str, schema: str) -> str:
 
 
 # Everything that makes up the schema's shape: relations and their columns, constraints, indexes,
-# triggers and functions. Compared before each reset: a test that changed the shape gets the
-# worker a new schema.
+# triggers and functions; and each relation's planner estimate (``reltuples``: -1 until the table
+# is first analyzed or vacuumed, which ``ledger status`` shows). Compared before each reset: a
+# test that changed the shape, or a table analyzed since the migration, gets the worker a new
+# schema.
 _SHAPE = sa.text(
     """
     SELECT md5(coalesce(string_agg(item, E'\\n' ORDER BY item), '')) FROM (
-      SELECT 'r:' || c.relname || ':' || c.relkind::text || ':' || coalesce(a.attname, '') || ':'
+      SELECT 'r:' || c.relname || ':' || c.relkind::text || ':' || c.reltuples::text || ':'
+             || coalesce(a.attname, '') || ':'
              || coalesce(format_type(a.atttypid, a.atttypmod), '') || ':'
              || coalesce(a.attnotnull::text, '') || ':'
              || coalesce(pg_get_expr(d.adbin, d.adrelid), '') AS item

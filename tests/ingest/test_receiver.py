@@ -694,9 +694,9 @@ async def test_concurrent_requests_share_transactions_and_all_commit(db: Databas
 
 
 async def test_failing_database_fails_every_request_of_the_batch_with_503(
-    database_url: str,
+    empty_database_url: str,
 ) -> None:
-    engine = make_engine(database_url)  # no schema: every insert fails
+    engine = make_engine(empty_database_url)  # no schema: every insert fails
     writer = SpanWriter(engine, retry_after=2.0)
     writer.start()
     try:
