@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
-from collections.abc import Iterator
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -26,13 +23,21 @@ from tests.databases import (
     sqlite_url,
 )
 
+# Kept importable from here for tests written against conftest: new tests import them from
+# tests.factories and tests.servers.
+from tests.factories import (  # noqa: F401
+    T0,
+    VALID_BEHAVIOR,
+    registered_at_b_with_a_pending_approval,
+    write_behavior,
+)
+from tests.servers import Daemon, daemon_starter, free_port  # noqa: F401
+
 hypothesis_settings.register_profile("ci", derandomize=True, deadline=None, max_examples=200)
 hypothesis_settings.register_profile("dev", deadline=None, max_examples=100)
 hypothesis_settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 BACKENDS = ["sqlite", *(["postgresql"] if PG_URL else [])]
-
-T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)  # a Monday
 
 
 def _pg_schema_url(schema: str) -> str:
@@ -117,64 +122,6 @@ def sqlite_db(tmp_path: Path, _sqlite_template: Path) -> Iterator[Database]:
 
 
 @pytest.fixture
-def start_daemon(tmp_path: Path) -> Iterator[Any]:
-    """Start ``ledger serve`` processes (see tests/daemon.py); killed after the test."""
-    from tests.daemon import daemon_starter
-
+def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    """Start ``ledger serve`` processes (tests/servers.py); killed after the test."""
     yield from daemon_starter(tmp_path)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-VALID_BEHAVIOR = """\
-description: test behavior
-schedule: 15m
-preset: test-preset
-api_key: env:{key_env}
-key_name: {name}-key
-prompt: "Say hello to {{who}}"
-inputs:
-  who: world
-budget:
-  usd: 1
-  reset: day
-"""
-
-
-def write_behavior(folder: Path, name: str, body: str | None = None) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.yaml"
-    key_env = "LEDGER_TEST_KEY_" + name.upper().replace("-", "_")
-    path.write_text(body if body is not None else VALID_BEHAVIOR.format(key_env=key_env, name=name))
-    return path
-
-
-def registered_at_b_with_a_pending_approval(tmp_path: Path, database_url: str) -> str:
-    """``alpha`` registered at B · human-in-the-loop, one run waiting for approval: its id."""
-    from ledger.behaviors.registry import reconcile_directory
-    from ledger.db.session import Database
-    from ledger.runner.run import CallOutcome, SlotClaim, begin_run, claim_slots, finish_run
-    from ledger.transitions import PolicyContext, lock_behavior
-
-    write_behavior(tmp_path / "behaviors", "alpha")
-    db = Database.open(database_url, migrate=True)
-    try:
-        with db.transaction() as session:
-            reconcile_directory(session, tmp_path / "behaviors", T0)
-            row = lock_behavior(session, name="alpha")
-            row.tier = "B"
-            (run,) = claim_slots(session, [SlotClaim(row.id or 0, T0, "B")], T0)
-            plan = begin_run(session, run.id, now=T0, ctx=PolicyContext())
-        assert plan is not None
-        with db.transaction() as session:
-            finish_run(
-                session, plan, CallOutcome(output="hello", model="m"), now=T0, ctx=PolicyContext()
-            )
-        return run.id
-    finally:
-        db.close()

@@ -10,14 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
 from ledger.db.migrate import CHECKOUT_DIR
-from tests.conftest import free_port
-from tests.daemon import wait_until
+from tests.servers import free_port, process
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -80,28 +78,12 @@ def test_wheel_installed_in_a_fresh_venv_upgrades_the_database_and_serves(
     assert upgraded.strip() == f"database at revision {_checkout_head()}"
 
     port = free_port()
-    log = tmp_path / "serve.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [str(bin_dir / "ledger"), "serve", "--port", str(port)],
-            cwd=site,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-
-        def healthy() -> bool:
-            try:
-                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
-            except httpx.TransportError:
-                assert proc.poll() is None, log.read_text()
-                return False
-
-        wait_until(healthy, timeout=60, what="the installed daemon to answer /healthz")
+    with process(
+        [str(bin_dir / "ledger"), "serve", "--port", str(port)],
+        log=tmp_path / "serve.log",
+        ready=f"http://127.0.0.1:{port}/healthz",
+        env=env,
+        cwd=site,
+    ) as proc:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0, log.read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        assert proc.wait(30) == 0, (tmp_path / "serve.log").read_text()

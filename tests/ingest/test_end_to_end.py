@@ -35,10 +35,8 @@ from ledger.db.engine import make_engine
 from ledger.signatures import sign_generic
 from ledger.sim.openrouter import GenerationRecord, build_broadcast
 from ledger.web.app import create_app
-from tests.conftest import VALID_BEHAVIOR, write_behavior
-from tests.daemon import Daemon, wait_until
-from tests.ingest.test_receiver import serve
-from tests.test_cli import ledger
+from tests.factories import VALID_BEHAVIOR, write_behavior
+from tests.servers import Daemon, ledger, serve_app, wait_until
 
 TOKEN = "e2e-broadcast-token-" + "4" * 20
 BEARER = {"authorization": f"Bearer {TOKEN}"}
@@ -285,7 +283,7 @@ def daemon_url(database_url: str, tmp_path: Path) -> Iterator[str]:
         watch=False,
         webhook_sources={"deploys": {"scheme": "generic", "secrets": "deploys-secret"}},
     )
-    with serve(create_app(settings)) as base:
+    with serve_app(create_app(settings)) as base:
         yield base
 
 
@@ -472,7 +470,7 @@ def test_before_ingestion_is_open_deliveries_are_503_with_retry_after(tmp_path: 
     )
     json_body, _ = otlp_json(1)
     protobuf_body, _ = otlp_protobuf(1)
-    with serve(WithoutLifespan(create_app(settings))) as base:
+    with serve_app(WithoutLifespan(create_app(settings))) as base:
         as_json = httpx.post(base + "/v1/traces", content=json_body, headers=JSON)
         as_protobuf = httpx.post(base + "/v1/traces", content=protobuf_body, headers=PROTOBUF)
     assert as_json.status_code == 503

@@ -22,23 +22,14 @@ from ledger.db.session import Database
 from ledger.runner.run import CallOutcome, RunPlan
 from ledger.runner.scheduler import RunnerService, latest_slot, misfire_grace
 from ledger.transitions import PolicyContext, lock_behavior
-from tests.conftest import VALID_BEHAVIOR, free_port, write_behavior
-from tests.daemon import Daemon, wait_until
+from tests.factories import VALID_BEHAVIOR, make_behavior, write_behavior
+from tests.servers import Daemon, free_port, wait_until
 
 NOW = datetime(2026, 11, 25, 12, 2, tzinfo=UTC)
 
 
 def behavior(schedule: str, tz: str = "UTC") -> Behavior:
-    return Behavior.model_validate(
-        {
-            "name": "x",
-            "schedule": schedule,
-            "timezone": tz,
-            "preset": "p",
-            "api_key": "env:K",
-            "prompt": "hi",
-        }
-    )
+    return make_behavior(schedule=schedule, timezone=tz)
 
 
 def test_latest_slot_and_grace_for_intervals_and_cron() -> None:

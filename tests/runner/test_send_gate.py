@@ -30,7 +30,7 @@ from ledger.runner.scheduler import RunnerService, SlotTrigger, lead_for, trigge
 from ledger.runner.send_gate import SendGate, SendGates
 from ledger.sim.openrouter import Preset, SimConfig, SimKey, run_in_background
 from ledger.transitions import PolicyContext, lock_behavior
-from tests.conftest import VALID_BEHAVIOR, write_behavior
+from tests.factories import VALID_BEHAVIOR, make_behavior, write_behavior
 
 KEY = "sk-or-v1-gatetest" + "ef" * 20
 
@@ -50,10 +50,7 @@ class Writer:
 
 
 def behavior(schedule: str, tz: str = "UTC") -> Behavior:
-    return Behavior.model_validate(
-        {"name": "x", "schedule": schedule, "timezone": tz, "preset": "p", "api_key": "env:K"}
-        | {"prompt": "hi"}
-    )
+    return make_behavior(schedule=schedule, timezone=tz)
 
 
 # -- the gate ----------------------------------------------------------------------------------
@@ -194,10 +191,7 @@ async def sim() -> AsyncIterator[str]:
 
 
 def gate_behavior(name: str = "gated") -> Behavior:
-    return Behavior.model_validate(
-        {"name": name, "schedule": "1h", "preset": "fast", "api_key": "env:GATE_KEY"}
-        | {"prompt": "hi", "max_output_tokens": 8}
-    )
+    return make_behavior(name, preset="fast", api_key="env:GATE_KEY", max_output_tokens=8)
 
 
 async def arrivals(base_url: str) -> dict[str, float]:
@@ -291,9 +285,11 @@ async def test_a_scheduled_run_is_prepared_ahead_and_reaches_openrouter_at_its_s
     db: Database, tmp_path: Path, sim: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("GATE_KEY", KEY)
-    (tmp_path / "gated.yaml").write_text(
+    write_behavior(
+        tmp_path,
+        "gated",
         "schedule: 10s\npreset: fast\napi_key: env:GATE_KEY\nkey_name: g\nprompt: 'at {now}'\n"
-        "max_output_tokens: 8\n"
+        "max_output_tokens: 8\n",
     )
     with db.transaction() as session:
         reconcile_directory(session, tmp_path, datetime.now(UTC))

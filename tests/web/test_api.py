@@ -14,8 +14,8 @@ from ledger.db.models import GateResultRow, IngestedSpan, Run
 from ledger.db.session import Database
 from ledger.status import status_document
 from ledger.transitions import lock_behavior
-from tests.conftest import VALID_BEHAVIOR, free_port, write_behavior
-from tests.daemon import Daemon
+from tests.factories import VALID_BEHAVIOR, write_behavior
+from tests.servers import Daemon, free_port
 
 TOKEN = "ops-token-" + "7" * 24
 

@@ -14,7 +14,7 @@ from starlette.routing import Mount, Route
 from ledger.config import Settings
 from ledger.web.app import create_app
 from ledger.web.ingest_routes import TRACES_PATHS
-from tests.daemon import Daemon
+from tests.servers import Daemon
 
 REPO = Path(__file__).resolve().parents[2]
 API_DOC = REPO / "docs" / "api.md"

@@ -16,7 +16,7 @@ from sqlmodel import col, select
 from ledger.db.models import BehaviorRow, OutboxRow, Run
 from ledger.db.session import Database
 from ledger.sim.openrouter import Preset, SimConfig, SimKey, run_in_background
-from tests.daemon import Daemon, ledger, wait_until
+from tests.servers import Daemon, ledger, wait_until
 
 KEY = "sk-or-v1-manualrun" + "ab" * 19
 TOKEN = "ops-token-" + "9" * 24

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import free_port, write_behavior
-from tests.daemon import Daemon, names, wait_until
+from tests.factories import write_behavior
+from tests.servers import Daemon, free_port, names, wait_until
 
 
 def test_serve_starts_reconciles_follows_the_folder_and_stops_on_sigterm(
