@@ -8,11 +8,12 @@
   (one that serves: started, waited for, killed) and ``daemon_starter`` (``ledger serve`` with
   the test's database and behaviors folder; the ``start_daemon`` fixture);
 - ``capture_server``: the loopback endpoint alerts and actions are sent to;
-- ``wait_until``: a condition polled with a deadline, never a bare sleep.
+- ``wait_until`` / ``wait_until_async``: a condition polled with a deadline, never a bare sleep.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
@@ -57,6 +58,18 @@ def wait_until(check: Callable[[], bool], timeout: float = 20.0, what: str = "co
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+async def wait_until_async(
+    check: Callable[[], bool], timeout: float = 20.0, what: str = "condition"
+) -> None:
+    """``wait_until`` for a test's event loop: ``check`` (quick, non-blocking) polled every
+    10 ms while the loop runs everything else."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
 
 
 def answers(url: str, status: int | None = 200) -> bool:

@@ -24,7 +24,6 @@ from tests.servers import Capture, Daemon, capture_server, wait_until
 
 KEY = "sk-or-v1-approvalcrash" + "ef" * 17
 SECRET = "whsec-approval-crash-7c41d9"
-QUIET_SECONDS = 2.0  # after the delivery: long enough for a retry or a duplicate to show
 
 BEHAVIOR = """\
 description: approval crash scenario
@@ -122,7 +121,13 @@ async def test_approving_twice_across_a_daemon_crash_delivers_the_action_exactly
             20.0,
             "the restarted daemon to deliver the approved action",
         )
-        await asyncio.sleep(QUIET_SECONDS)
+        # Recorded delivered: the dispatcher claims it no more, so no retry can follow.
+        await asyncio.to_thread(
+            wait_until,
+            lambda: [r.status for r in action_rows(database_url)] == ["delivered"],
+            20.0,
+            "the action's one outbox row to be recorded delivered",
+        )
         restarted.proc.terminate()
         assert await asyncio.to_thread(restarted.proc.wait, 20) == 0, restarted.log()
 
