@@ -58,27 +58,27 @@ def pg_schema_url(base_url: str, schema: str) -> str:
 # schema.
 _SHAPE = sa.text(
     """
+    WITH ns AS (SELECT oid FROM pg_namespace WHERE nspname = current_schema()),
+    rel AS (SELECT c.* FROM pg_class c WHERE c.relnamespace = (SELECT oid FROM ns))
     SELECT md5(coalesce(string_agg(item, E'\\n' ORDER BY item), '')) FROM (
       SELECT 'r:' || c.relname || ':' || c.relkind::text || ':' || c.reltuples::text || ':'
              || coalesce(a.attname, '') || ':'
              || coalesce(format_type(a.atttypid, a.atttypmod), '') || ':'
              || coalesce(a.attnotnull::text, '') || ':'
              || coalesce(pg_get_expr(d.adbin, d.adrelid), '') AS item
-        FROM pg_class c
+        FROM rel c
         LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
         LEFT JOIN pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum
-       WHERE c.relnamespace = current_schema()::regnamespace
       UNION ALL
       SELECT 'c:' || conrelid::regclass::text || ':' || conname || ':' || pg_get_constraintdef(oid)
-        FROM pg_constraint WHERE connamespace = current_schema()::regnamespace
+        FROM pg_constraint WHERE connamespace = (SELECT oid FROM ns)
       UNION ALL
-      SELECT 'i:' || indexdef FROM pg_indexes WHERE schemaname = current_schema()
+      SELECT 'i:' || pg_get_indexdef(c.oid) FROM rel c WHERE c.relkind = 'i'
       UNION ALL
-      SELECT 't:' || tgrelid::regclass::text || ':' || tgname
-        FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
-       WHERE c.relnamespace = current_schema()::regnamespace AND NOT t.tgisinternal
+      SELECT 't:' || t.tgrelid::regclass::text || ':' || t.tgname
+        FROM pg_trigger t JOIN rel c ON c.oid = t.tgrelid WHERE NOT t.tgisinternal
       UNION ALL
-      SELECT 'f:' || proname FROM pg_proc WHERE pronamespace = current_schema()::regnamespace
+      SELECT 'f:' || proname FROM pg_proc WHERE pronamespace = (SELECT oid FROM ns)
     ) items
     """
 )
@@ -92,6 +92,21 @@ class _Baseline:
     tables: list[sa.Table]  # parents before children
     rows: dict[str, list[dict[str, Any]]]
     sequences: dict[str, tuple[int, bool]]
+
+    @property
+    def empty_all(self) -> str:
+        """One round trip that deletes every row, children first."""
+        # Table names reflected from the schema the migration made, not input.
+        return "; ".join(f'DELETE FROM "{t.name}"' for t in reversed(self.tables))  # noqa: S608
+
+    @property
+    def restore_sequences(self) -> str:
+        """One round trip that puts every sequence back where the migration left it."""
+        calls = ", ".join(
+            f"setval('\"{name}\"', {value}, {'true' if called else 'false'})"
+            for name, (value, called) in self.sequences.items()
+        )
+        return f"SELECT {calls}"
 
 
 @dataclass
@@ -144,7 +159,7 @@ class PostgresSchemas:
         url = pg_schema_url(self.admin_url, self.schema)
         Database.open(url, migrate=True).close()
         self.migrations += 1
-        self.engine = sa.create_engine(url, poolclass=sa.NullPool)
+        self.engine = sa.create_engine(url, pool_size=1, max_overflow=0)
         self.baseline = self._snapshot()
         self.used = False
 
@@ -178,16 +193,12 @@ class PostgresSchemas:
                 conn.exec_driver_sql("SET LOCAL lock_timeout = '2s'")
                 if conn.execute(_SHAPE).scalar_one() != baseline.shape:
                     return False
-                for table in reversed(baseline.tables):
-                    conn.execute(table.delete())
+                conn.exec_driver_sql(baseline.empty_all)
                 for table in baseline.tables:
                     if baseline.rows[table.name]:
                         conn.execute(table.insert(), baseline.rows[table.name])
-                for name, (last_value, is_called) in baseline.sequences.items():
-                    conn.execute(
-                        sa.text("SELECT setval(CAST(:name AS regclass), :value, :called)"),
-                        {"name": f'"{name}"', "value": last_value, "called": is_called},
-                    )
+                if baseline.sequences:
+                    conn.exec_driver_sql(baseline.restore_sequences)
         except sa.exc.DBAPIError:
             return False
         return True
