@@ -6,7 +6,7 @@ migration left (every table emptied, the rows the migrations seed put back, sequ
 which takes milliseconds where a new migrated schema takes half a second. The reset is checked:
 when a test changed the schema itself (a table renamed and not back, a column added…), a table
 was analyzed (its planner estimate is no longer a new table's), or a connection left from an
-earlier test still holds a lock, the worker migrates a new schema instead.
+earlier test still holds a lock on it, the worker migrates a new schema instead.
 Tests that exercise migrations use an empty database (``empty_database_url``), never these.
 """
 
@@ -80,6 +80,19 @@ _SHAPE = sa.text(
       UNION ALL
       SELECT 'f:' || proname FROM pg_proc WHERE pronamespace = (SELECT oid FROM ns)
     ) items
+    """
+)
+
+
+# Whether a connection other than ours holds a lock on anything in the schema: one left by an
+# earlier test (a daemon's writer still finishing, a transaction never closed). Rows deleted
+# under it could come back, and DDL a test runs would wait for it: the worker moves on to a new
+# schema instead (the old one is dropped at the end).
+_LOCKED_BY_OTHERS = sa.text(
+    """
+    SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+     WHERE c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())
+       AND l.pid <> pg_backend_pid()
     """
 )
 
@@ -191,6 +204,8 @@ class PostgresSchemas:
         try:
             with self.engine.begin() as conn:
                 conn.exec_driver_sql("SET LOCAL lock_timeout = '2s'")
+                if conn.execute(_LOCKED_BY_OTHERS).scalar_one():
+                    return False
                 if conn.execute(_SHAPE).scalar_one() != baseline.shape:
                     return False
                 conn.exec_driver_sql(baseline.empty_all)
