@@ -41,8 +41,11 @@ def migrated_sqlite_template(folder: Path) -> Path:
 
 
 def copy_sqlite(template: Path, destination: Path) -> str:
-    """A fresh migrated database at ``destination`` (a copy of ``template``); its URL."""
-    shutil.copyfile(template, destination)
+    """A fresh migrated database at ``destination`` (a copy of ``template``); its URL. A test
+    that asks for two fixtures at the same path (``database_url`` and ``sqlite_db``) shares it,
+    as it did when each migrated the file."""
+    if not destination.exists():
+        shutil.copyfile(template, destination)
     return sqlite_url(destination)
 
 
