@@ -1,36 +1,48 @@
 """Shared fixtures: real databases (SQLite always, PostgreSQL when LEDGER_TEST_DATABASE_URL is
-set), each test in a schema of its own built by ``alembic upgrade head``."""
+set), migrated once per worker by ``alembic upgrade head`` and fresh for each test
+(tests/databases.py)."""
 
 from __future__ import annotations
 
 import os
 import secrets
-import socket
-from collections.abc import Iterator
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from hypothesis import settings as hypothesis_settings
 
 from ledger.db.session import Database
+from tests.databases import (
+    PG_URL,
+    PostgresSchemas,
+    copy_sqlite,
+    migrated_sqlite_template,
+    pg_schema_url,
+    sqlite_url,
+)
+
+# Kept importable from here for tests written against conftest: new tests import them from
+# tests.factories and tests.servers.
+from tests.factories import (  # noqa: F401
+    T0,
+    VALID_BEHAVIOR,
+    registered_at_b_with_a_pending_approval,
+    write_behavior,
+)
+from tests.servers import Daemon, daemon_starter, free_port  # noqa: F401
 
 hypothesis_settings.register_profile("ci", derandomize=True, deadline=None, max_examples=200)
 hypothesis_settings.register_profile("dev", deadline=None, max_examples=100)
 hypothesis_settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
-PG_URL = os.environ.get("LEDGER_TEST_DATABASE_URL")
 BACKENDS = ["sqlite", *(["postgresql"] if PG_URL else [])]
-
-T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)  # a Monday
 
 
 def _pg_schema_url(schema: str) -> str:
     assert PG_URL is not None
-    sep = "&" if "?" in PG_URL else "?"
-    return f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    return pg_schema_url(PG_URL, schema)
 
 
 @pytest.fixture(autouse=True)
@@ -40,11 +52,42 @@ def _no_real_openrouter(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LEDGER_OPENROUTER_BASE_URL", "http://127.0.0.1:9")
 
 
+@pytest.fixture(scope="session")
+def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This worker's SQLite file at schema head, copied for each test."""
+    return migrated_sqlite_template(tmp_path_factory.mktemp("template"))
+
+
+@pytest.fixture(scope="session")
+def _postgres_schemas(worker_id: str) -> Iterator[PostgresSchemas]:
+    """This worker's migrated PostgreSQL schema, reset before each test."""
+    assert PG_URL is not None
+    schemas = PostgresSchemas(PG_URL.replace("postgresql://", "postgresql+psycopg://"), worker_id)
+    try:
+        yield schemas
+    finally:
+        schemas.close()
+
+
 @pytest.fixture(params=BACKENDS)
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A URL to an empty database of each backend, dropped after the test."""
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A URL to a fresh database of each backend at schema head, for this test alone: SQLite at
+    ``tmp_path/ledger.db``, PostgreSQL in a schema of its own (``search_path``). Migrated once per
+    worker, not per test (see tests/databases.py); ``Database.open(url, migrate=True)`` on it is a
+    no-op. Use ``empty_database_url`` for a database that was never migrated."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'ledger.db'}"
+        template: Path = request.getfixturevalue("_sqlite_template")
+        return copy_sqlite(template, tmp_path / "ledger.db")
+    schemas: PostgresSchemas = request.getfixturevalue("_postgres_schemas")
+    return schemas.fresh_url()
+
+
+@pytest.fixture(params=BACKENDS)
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A URL to an empty database of each backend (no tables, no schema revision), dropped after
+    the test: for tests of the migrations themselves."""
+    if request.param == "sqlite":
+        yield sqlite_url(tmp_path / "ledger.db")
         return
     assert PG_URL is not None
     schema = f"t_{secrets.token_hex(6)}"
@@ -61,7 +104,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 @pytest.fixture
 def db(database_url: str) -> Iterator[Database]:
-    database = Database.open(database_url, migrate=True)
+    """The database at ``database_url``, opened (at schema head already)."""
+    database = Database.open(database_url)
     try:
         yield database
     finally:
@@ -69,8 +113,8 @@ def db(database_url: str) -> Iterator[Database]:
 
 
 @pytest.fixture
-def sqlite_db(tmp_path: Path) -> Iterator[Database]:
-    database = Database.open(f"sqlite:///{tmp_path / 'ledger.db'}", migrate=True)
+def sqlite_db(tmp_path: Path, _sqlite_template: Path) -> Iterator[Database]:
+    database = Database.open(copy_sqlite(_sqlite_template, tmp_path / "ledger.db"))
     try:
         yield database
     finally:
@@ -78,64 +122,6 @@ def sqlite_db(tmp_path: Path) -> Iterator[Database]:
 
 
 @pytest.fixture
-def start_daemon(tmp_path: Path) -> Iterator[Any]:
-    """Start ``ledger serve`` processes (see tests/daemon.py); killed after the test."""
-    from tests.daemon import daemon_starter
-
+def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    """Start ``ledger serve`` processes (tests/servers.py); killed after the test."""
     yield from daemon_starter(tmp_path)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-VALID_BEHAVIOR = """\
-description: test behavior
-schedule: 15m
-preset: test-preset
-api_key: env:{key_env}
-key_name: {name}-key
-prompt: "Say hello to {{who}}"
-inputs:
-  who: world
-budget:
-  usd: 1
-  reset: day
-"""
-
-
-def write_behavior(folder: Path, name: str, body: str | None = None) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.yaml"
-    key_env = "LEDGER_TEST_KEY_" + name.upper().replace("-", "_")
-    path.write_text(body if body is not None else VALID_BEHAVIOR.format(key_env=key_env, name=name))
-    return path
-
-
-def registered_at_b_with_a_pending_approval(tmp_path: Path, database_url: str) -> str:
-    """``alpha`` registered at B · human-in-the-loop, one run waiting for approval: its id."""
-    from ledger.behaviors.registry import reconcile_directory
-    from ledger.db.session import Database
-    from ledger.runner.run import CallOutcome, SlotClaim, begin_run, claim_slots, finish_run
-    from ledger.transitions import PolicyContext, lock_behavior
-
-    write_behavior(tmp_path / "behaviors", "alpha")
-    db = Database.open(database_url, migrate=True)
-    try:
-        with db.transaction() as session:
-            reconcile_directory(session, tmp_path / "behaviors", T0)
-            row = lock_behavior(session, name="alpha")
-            row.tier = "B"
-            (run,) = claim_slots(session, [SlotClaim(row.id or 0, T0, "B")], T0)
-            plan = begin_run(session, run.id, now=T0, ctx=PolicyContext())
-        assert plan is not None
-        with db.transaction() as session:
-            finish_run(
-                session, plan, CallOutcome(output="hello", model="m"), now=T0, ctx=PolicyContext()
-            )
-        return run.id
-    finally:
-        db.close()

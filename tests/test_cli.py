@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import registered_at_b_with_a_pending_approval, write_behavior
-from tests.daemon import ledger
+from tests.factories import registered_at_b_with_a_pending_approval, write_behavior
+from tests.servers import ledger
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,7 +73,7 @@ def test_validate_keeps_a_shared_key_with_the_behavior_registered_with_it(
     assert ledger("db", "upgrade", cwd=tmp_path, env=env).returncode == 0
     from ledger.behaviors.registry import reconcile_directory
     from ledger.db.session import Database
-    from tests.conftest import T0
+    from tests.factories import T0
 
     db = Database.open(database_url)
     with db.transaction() as session:
@@ -128,7 +128,7 @@ def test_db_upgrade_status_verify_and_export(tmp_path: Path, database_url: str) 
     # serve would reconcile; here the registry is driven through the library once.
     from ledger.behaviors.registry import reconcile_directory
     from ledger.db.session import Database
-    from tests.conftest import T0
+    from tests.factories import T0
 
     db = Database.open(database_url)
     with db.transaction() as session:

@@ -20,13 +20,13 @@ from ledger.config import Settings
 from ledger.db.models import Approval
 from ledger.db.session import Database
 from ledger.status import status_document
-from tests.conftest import (
+from tests.factories import (
     T0,
     VALID_BEHAVIOR,
     registered_at_b_with_a_pending_approval,
     write_behavior,
 )
-from tests.daemon import ledger
+from tests.servers import ledger
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,7 @@ from sqlmodel import select
 from ledger.db.models import ChainHead, LedgerEntry
 from ledger.db.session import Database
 from ledger.journal import GENESIS_HASH, append_entry, entry_hash, export_jsonl, verify
-from tests.conftest import T0
+from tests.factories import T0
 
 
 def _append_n(db: Database, n: int) -> None:

@@ -17,8 +17,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 
 from ledger.db.migrate import CHECKOUT_DIR
-from tests.conftest import free_port
-from tests.daemon import wait_until
+from tests.servers import free_port, process
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -81,25 +80,13 @@ def test_wheel_installed_in_a_fresh_venv_upgrades_the_database_and_serves(
     assert upgraded.strip() == f"database at revision {_checkout_head()}"
 
     port = free_port()
-    log = tmp_path / "serve.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [str(bin_dir / "ledger"), "serve", "--port", str(port)],
-            cwd=site,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-
-        def healthy() -> bool:
-            try:
-                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
-            except httpx.TransportError:
-                assert proc.poll() is None, log.read_text()
-                return False
-
-        wait_until(healthy, timeout=60, what="the installed daemon to answer /healthz")
+    with process(
+        [str(bin_dir / "ledger"), "serve", "--port", str(port)],
+        log=tmp_path / "serve.log",
+        ready=f"http://127.0.0.1:{port}/healthz",
+        env=env,
+        cwd=site,
+    ) as proc:
         # The dashboard's templates and assets are package data of the wheel.
         login = httpx.get(f"http://127.0.0.1:{port}/login", timeout=10)
         assert login.status_code == 200 and "API token" in login.text, login.text
@@ -107,8 +94,4 @@ def test_wheel_installed_in_a_fresh_venv_upgrades_the_database_and_serves(
             served = httpx.get(f"http://127.0.0.1:{port}/static/dashboard/{asset}", timeout=10)
             assert served.status_code == 200, asset
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0, log.read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        assert proc.wait(30) == 0, (tmp_path / "serve.log").read_text()

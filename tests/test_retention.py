@@ -31,7 +31,7 @@ from ledger.db.session import Database
 from ledger.errors import ConfigError
 from ledger.retention import prune, prune_target, targets
 from ledger.status import collect_storage
-from tests.conftest import T0
+from tests.factories import T0
 
 DAY = timedelta(days=1)
 SOURCES = {

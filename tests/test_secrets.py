@@ -27,8 +27,8 @@ from ledger.logging import configure_logging
 from ledger.secrets import resolve
 from ledger.signatures import sign_generic
 from ledger.sim.openrouter import GenerationRecord, build_broadcast
-from tests.conftest import VALID_BEHAVIOR, write_behavior
-from tests.daemon import Daemon, names, wait_until
+from tests.factories import VALID_BEHAVIOR, write_behavior
+from tests.servers import Daemon, names, wait_until
 
 PLANTED = "sk-or-v1-" + "5eed" * 16
 

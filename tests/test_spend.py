@@ -14,7 +14,7 @@ from ledger.behaviors.registry import reconcile_directory
 from ledger.db.session import Database
 from ledger.spend import EPOCH, reserve, settle, spent_in_window, window_start
 from ledger.transitions import lock_behavior
-from tests.conftest import T0, write_behavior
+from tests.factories import T0, write_behavior
 
 NOON = datetime(2026, 3, 4, 12, tzinfo=UTC)  # a Wednesday
 

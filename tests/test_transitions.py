@@ -10,7 +10,7 @@ import pytest
 from sqlmodel import col, select
 
 from ledger.behaviors.registry import reconcile_directory
-from ledger.db.models import BehaviorRow, LedgerEntry, OutboxRow, PromotionProposal, Run
+from ledger.db.models import BehaviorRow, LedgerEntry, OutboxRow, PromotionProposal
 from ledger.db.session import Database
 from ledger.errors import ConflictError, LedgerError
 from ledger.explain import explain
@@ -35,7 +35,7 @@ from ledger.transitions import (
     record_results,
     thresholds_for,
 )
-from tests.conftest import T0, VALID_BEHAVIOR, write_behavior
+from tests.factories import T0, VALID_BEHAVIOR, make_run, write_behavior
 
 CTX = PolicyContext()
 FAST_POLICY = """policy:
@@ -65,10 +65,7 @@ def run_result(
 ):  # type: ignore[no-untyped-def]
     with db.transaction() as session:
         row = lock_behavior(session, name=name)
-        session.add(
-            Run(id=run_id, behavior_id=row.id or 0, scheduled_for=at, claimed_at=at, tier=row.tier)
-        )
-        session.flush()
+        make_run(session, row.id or 0, run_id, at, tier=row.tier)
         stored = record_results(
             session,
             row,

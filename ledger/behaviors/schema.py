@@ -34,6 +34,17 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
 
+def _refuse_credential_url(value: str) -> None:
+    """A URL written literally that looks like a credential (a webhook URL is one) is refused:
+    it belongs in an environment variable, referenced as ``env:NAME``."""
+    kind = looks_like_secret(value)
+    if kind:
+        raise ValueError(
+            f"this URL looks like {kind}, which is a credential: store it in an "
+            "environment variable and write env:NAME here"
+        )
+
+
 def _check_reference(value: str, what: str) -> str:
     if is_reference(value):
         return value
@@ -117,12 +128,7 @@ class Action(_Strict):
     def _url_shape(cls, value: str | None) -> str | None:
         if value is None or is_reference(value):
             return value
-        kind = looks_like_secret(value)
-        if kind:
-            raise ValueError(
-                f"this URL looks like {kind}, which is a credential: store it in an "
-                "environment variable and write env:NAME here"
-            )
+        _refuse_credential_url(value)
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http(s) URL or a secret reference (env:NAME)")
         return value
@@ -206,12 +212,7 @@ class AlertChannel(_Strict):
     def _url(cls, value: str | None) -> str | None:
         if value is None or is_reference(value):
             return value
-        kind = looks_like_secret(value)
-        if kind:
-            raise ValueError(
-                f"this URL looks like {kind}, which is a credential: store it in an "
-                "environment variable and write env:NAME here"
-            )
+        _refuse_credential_url(value)
         return value
 
 

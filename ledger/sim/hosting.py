@@ -1,18 +1,50 @@
 """Hosting a simulator (or any ASGI app) on a free loopback port for tests and demos: in the
 caller's event loop (``run_asgi_in_background``) or in a thread of its own
-(``run_asgi_in_thread``). Signal handlers stay the caller's."""
+(``run_asgi_in_thread``). Signal handlers stay the caller's. Also the JSON plumbing the
+simulators' routes share: ``JSONResponse`` (orjson) and ``json_object`` (a request's body)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
+import orjson
 import uvicorn
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp
 
-__all__ = ["run_asgi_in_background", "run_asgi_in_thread"]
+__all__ = ["JSONResponse", "json_object", "run_asgi_in_background", "run_asgi_in_thread"]
+
+
+class JSONResponse(Response):
+    """A JSON answer rendered by orjson."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+async def json_object(
+    request: Request, *, not_json: Callable[[str], Exception], not_object: Exception
+) -> dict[str, Any]:
+    """The request's body as a JSON object (``{}`` when empty). Raises ``not_json(reason)`` for
+    a body that is not JSON, ``not_object`` for JSON that is not an object: each simulator says
+    it in its service's words."""
+    raw = await request.body()
+    if not raw:
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise not_json(str(exc)) from exc
+    if not isinstance(body, dict):
+        raise not_object
+    return body
 
 
 class _QuietServer(uvicorn.Server):

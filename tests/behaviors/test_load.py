@@ -9,7 +9,7 @@ import pytest
 from ledger.behaviors.load import load_directory, load_file
 from ledger.behaviors.schema import Behavior, behavior_json_schema
 from ledger.gates import Tier
-from tests.conftest import write_behavior
+from tests.factories import write_behavior
 
 REPO = Path(__file__).resolve().parents[2]
 

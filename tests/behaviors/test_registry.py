@@ -11,7 +11,7 @@ from ledger.behaviors.registry import reconcile_directory
 from ledger.db.models import BehaviorRow, FileProblem, LedgerEntry
 from ledger.db.session import Database
 from ledger.journal import verify
-from tests.conftest import T0, write_behavior
+from tests.factories import T0, write_behavior
 
 
 def _sync(db: Database, folder: Path, minutes: int = 0):  # type: ignore[no-untyped-def]

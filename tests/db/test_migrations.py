@@ -12,11 +12,11 @@ from sqlmodel import SQLModel
 
 from ledger.db.engine import make_engine
 from ledger.db.migrate import current_revision, upgrade
-from tests.conftest import T0
+from tests.factories import T0
 
 
-def test_upgrade_from_empty_matches_the_models(database_url: str) -> None:
-    engine = make_engine(database_url)
+def test_upgrade_from_empty_matches_the_models(empty_database_url: str) -> None:
+    engine = make_engine(empty_database_url)
     try:
         assert current_revision(engine) is None
         upgrade(engine)
@@ -29,8 +29,8 @@ def test_upgrade_from_empty_matches_the_models(database_url: str) -> None:
         engine.dispose()
 
 
-def test_downgrade_to_base_and_back(database_url: str) -> None:
-    engine = make_engine(database_url)
+def test_downgrade_to_base_and_back(empty_database_url: str) -> None:
+    engine = make_engine(empty_database_url)
     try:
         upgrade(engine)
         head = current_revision(engine)
@@ -75,10 +75,12 @@ def _downgrade(engine: Any, revision: str) -> None:
         command.downgrade(cfg, revision)
 
 
-def test_0003_moves_spans_waiting_for_the_processor_into_deliveries(database_url: str) -> None:
+def test_0003_moves_spans_waiting_for_the_processor_into_deliveries(
+    empty_database_url: str,
+) -> None:
     """Spans 0002 stored but had not processed reach the new processor; processed ones stay;
     down again, deliveries not processed yet become unprocessed spans."""
-    engine = make_engine(database_url)
+    engine = make_engine(empty_database_url)
     try:
         upgrade(engine, "0002")
         raw = {"otlp": {"traceId": "a" * 32, "spanId": "1" * 16, "name": "x"}, "resource": []}

@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 
 from ledger.db.models import IngestDelivery, IngestedSpan
 from ledger.db.session import Database
-from tests.daemon import Daemon, wait_until
+from tests.servers import Daemon, wait_until
 
 DELIVERIES = 20_000
 CONCURRENCY = 48

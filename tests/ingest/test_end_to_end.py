@@ -2,16 +2,16 @@
 behavior's spend, as the API and ``ledger status`` show it; and the receiver's refusals (429,
 503) carry Retry-After and an OTLP ``Status`` over real HTTP.
 
-Spend tests run ``ledger serve`` as a real process (its own clock, its processor); the refusal
-tests run ``create_app`` under uvicorn in a thread, so they can hold the database's write lock
-from the test while deliveries arrive.
+All run the daemon's app (``create_app``, its lifespan: writer and processor) under uvicorn on a
+loopback port in a thread: the OpenTelemetry exporter sends over real HTTP, and the refusal tests
+can hold the database's write lock from the test while deliveries arrive.
 """
 
 from __future__ import annotations
 
 import contextlib
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,10 +35,8 @@ from ledger.db.engine import make_engine
 from ledger.signatures import sign_generic
 from ledger.sim.openrouter import GenerationRecord, build_broadcast
 from ledger.web.app import create_app
-from tests.conftest import VALID_BEHAVIOR, write_behavior
-from tests.daemon import Daemon, wait_until
-from tests.ingest.test_receiver import serve
-from tests.test_cli import ledger
+from tests.factories import VALID_BEHAVIOR, write_behavior
+from tests.servers import ledger, serve_app, wait_until
 
 TOKEN = "e2e-broadcast-token-" + "4" * 20
 BEARER = {"authorization": f"Bearer {TOKEN}"}
@@ -50,50 +48,56 @@ PROTOBUF = {"content-type": "application/x-protobuf", **BEARER}
 
 
 @pytest.fixture
-def alpha_daemon(tmp_path: Path, database_url: str, start_daemon: Callable[..., Daemon]) -> Daemon:
-    """``ledger serve`` with one behavior, ``alpha`` (key name ``alpha-key``, $1 a day), that
-    the scheduler never runs during a test (it fires on 1 January)."""
+def alpha_daemon(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """The daemon's app (built from ``Settings``, its lifespan running: registry, writer,
+    processor) under uvicorn on a loopback port, with one behavior, ``alpha`` (key name
+    ``alpha-key``, $1 a day), that the scheduler never runs during a test (it fires on 1
+    January); its base URL."""
     body = VALID_BEHAVIOR.format(key_env="E2E_ALPHA_KEY", name="alpha").replace(
         "schedule: 15m", 'schedule: "0 0 1 1 *"'
     )
     write_behavior(tmp_path / "behaviors", "alpha", body)
-    return start_daemon(
-        database_url,
-        {
-            "LEDGER_BROADCAST_TOKENS": TOKEN,
-            "LEDGER_AUTH": "off",
-            "E2E_ALPHA_KEY": "sk-or-v1-" + "a1" * 32,
-        },
+    monkeypatch.setenv("E2E_ALPHA_KEY", "sk-or-v1-" + "a1" * 32)
+    settings = Settings(
+        database_url=database_url,
+        behaviors_dir=tmp_path / "behaviors",
+        broadcast_tokens=TOKEN,
+        auth="off",
+        watch=False,
     )
+    with serve_app(create_app(settings)) as base_url:
+        yield base_url
 
 
-def behavior(daemon: Daemon, name: str = "alpha") -> dict[str, Any]:
-    response = httpx.get(f"{daemon.base_url}/api/behaviors/{name}", timeout=10)
+def behavior(base_url: str, name: str = "alpha") -> dict[str, Any]:
+    response = httpx.get(f"{base_url}/api/behaviors/{name}", timeout=10)
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
 
 
-def ingest_summary(daemon: Daemon) -> dict[str, Any]:
-    response = httpx.get(f"{daemon.base_url}/api/behaviors", timeout=10)
+def ingest_summary(base_url: str) -> dict[str, Any]:
+    response = httpx.get(f"{base_url}/api/behaviors", timeout=10)
     assert response.status_code == 200, response.text
     summary: dict[str, Any] = response.json()["ingest"]
     return summary
 
 
-def wait_for_spans(daemon: Daemon, count: int, name: str = "alpha") -> dict[str, Any]:
+def wait_for_spans(base_url: str, count: int, name: str = "alpha") -> dict[str, Any]:
     """The behavior once the processor has applied ``count`` of its spans (a delivery's spans
     and its spend are applied in one transaction)."""
     seen: dict[str, Any] = {}
 
     def applied() -> bool:
-        seen.update(behavior(daemon, name))
+        seen.update(behavior(base_url, name))
         return len(seen["last_deliveries"]) >= count
 
     wait_until(applied, timeout=15, what=f"{count} spans applied to {name}")
     # Read again: on PostgreSQL each statement of a read sees its own snapshot, so the read
     # that first saw the spans may have read the spend before the last delivery committed.
-    return behavior(daemon, name)
+    return behavior(base_url, name)
 
 
 def status_output(tmp_path: Path, database_url: str) -> str:
@@ -128,10 +132,10 @@ def gen_ai_spans(*calls: dict[str, Any]) -> list[Any]:
     return list(memory.get_finished_spans())
 
 
-def export(daemon: Daemon, spans: list[Any]) -> None:
+def export(base_url: str, spans: list[Any]) -> None:
     """Send ``spans`` as the real exporter does: OTLP/HTTP protobuf, gzip-compressed."""
     exporter = OTLPSpanExporter(
-        endpoint=daemon.base_url + "/v1/traces",
+        endpoint=base_url + "/v1/traces",
         headers={"Authorization": f"Bearer {TOKEN}"},
         compression=Compression.Gzip,
         timeout=10,
@@ -143,7 +147,7 @@ def export(daemon: Daemon, spans: list[Any]) -> None:
 
 
 def test_opentelemetry_exporter_spans_become_the_behaviors_exact_spend(
-    alpha_daemon: Daemon, tmp_path: Path, database_url: str
+    alpha_daemon: str, tmp_path: Path, database_url: str
 ) -> None:
     # Attributed the way OpenRouter's broadcast attributes a daemon's call: the behavior in the
     # trace metadata, its key's name, user and session.
@@ -218,7 +222,7 @@ def openrouter_delivery(key_name: str, cost_tokens: int, **changes: Any) -> tupl
 
 
 def test_openrouter_json_deliveries_on_both_urls_reach_the_behavior_and_the_rest_is_kept(
-    alpha_daemon: Daemon, tmp_path: Path, database_url: str
+    alpha_daemon: str, tmp_path: Path, database_url: str
 ) -> None:
     # As the daemon's own calls are broadcast: ``user`` and ``trace`` are what it sent.
     one, one_cost = openrouter_delivery("alpha-key", 123, user="alpha", trace={"behavior": "alpha"})
@@ -227,7 +231,7 @@ def test_openrouter_json_deliveries_on_both_urls_reach_the_behavior_and_the_rest
     assert (one_cost, two_cost) == (0.000123, 0.000456)
     sends = [("/v1/traces", one), ("/v1/traces/v1/traces", two), ("/v1/traces", nobodys)]
     for path, body in sends:
-        response = httpx.post(alpha_daemon.base_url + path, content=body, headers=JSON)
+        response = httpx.post(alpha_daemon + path, content=body, headers=JSON)
         assert response.status_code == 200, (path, response.text)
         assert response.headers["content-type"] == "application/json"
         assert response.json() == {}
@@ -285,7 +289,7 @@ def daemon_url(database_url: str, tmp_path: Path) -> Iterator[str]:
         watch=False,
         webhook_sources={"deploys": {"scheme": "generic", "secrets": "deploys-secret"}},
     )
-    with serve(create_app(settings)) as base:
+    with serve_app(create_app(settings)) as base:
         yield base
 
 
@@ -472,7 +476,7 @@ def test_before_ingestion_is_open_deliveries_are_503_with_retry_after(tmp_path: 
     )
     json_body, _ = otlp_json(1)
     protobuf_body, _ = otlp_protobuf(1)
-    with serve(WithoutLifespan(create_app(settings))) as base:
+    with serve_app(WithoutLifespan(create_app(settings))) as base:
         as_json = httpx.post(base + "/v1/traces", content=json_body, headers=JSON)
         as_protobuf = httpx.post(base + "/v1/traces", content=protobuf_body, headers=PROTOBUF)
     assert as_json.status_code == 503

@@ -28,8 +28,8 @@ from ledger.ingest.writer import delivery_text, span_data
 from ledger.runner.run import CallOutcome, SlotClaim, begin_run, claim_slots, finish_run
 from ledger.sim.openrouter import GenerationRecord, build_broadcast
 from ledger.transitions import PolicyContext, lock_behavior
-from tests.conftest import T0, VALID_BEHAVIOR, write_behavior
-from tests.test_cli import ledger
+from tests.factories import T0, VALID_BEHAVIOR, make_run, write_behavior
+from tests.servers import ledger
 
 CTX = PolicyContext()
 
@@ -115,16 +115,7 @@ def test_cost_is_attributed_by_key_name_user_and_run(db: Database, tmp_path: Pat
     setup(db, tmp_path)
     with db.transaction() as session:
         alpha = lock_behavior(session, name="alpha")
-        session.add(
-            Run(
-                id="run-01TEST",
-                behavior_id=alpha.id or 0,
-                scheduled_for=T0,
-                claimed_at=T0,
-                tier="A",
-                cost_usd=0.1,
-            )
-        )
+        make_run(session, alpha.id or 0, "run-01TEST", T0, cost_usd=0.1)
     store(db, delivery(key_name="beta-key"))  # key name → beta
     store(db, delivery(user="alpha"))  # user.id → alpha
     store(db, delivery(session_id="run-01TEST", user="alpha"))  # a daemon run of alpha
@@ -209,16 +200,7 @@ def test_runner_results_are_not_recorded_twice(db: Database, tmp_path: Path) -> 
     setup(db, tmp_path)
     with db.transaction() as session:
         alpha = lock_behavior(session, name="alpha")
-        session.add(
-            Run(
-                id="run-02TEST",
-                behavior_id=alpha.id or 0,
-                scheduled_for=T0,
-                claimed_at=T0,
-                tier="A",
-            )
-        )
-        session.flush()
+        make_run(session, alpha.id or 0, "run-02TEST", T0)
         session.add(
             GateResultRow(
                 behavior_id=alpha.id or 0,
@@ -417,16 +399,13 @@ def test_tokens_are_kept_per_generation_and_a_cost_disagreement_shows_in_status(
     now = datetime.now(UTC)
     with db.transaction() as session:
         alpha = lock_behavior(session, name="alpha").id or 0
-        session.add(
-            Run(
-                id="run-01TOKENS",
-                behavior_id=alpha,
-                scheduled_for=now,
-                claimed_at=now,
-                finished_at=now,
-                tier="A",
-                cost_usd=0.1,  # broadcast will say $0.2
-            )
+        make_run(
+            session,
+            alpha,
+            "run-01TOKENS",
+            now,
+            finished_at=now,
+            cost_usd=0.1,  # broadcast will say $0.2
         )
     store(db, delivery(session_id="run-01TOKENS", user="alpha"), at=now)
     store(db, delivery(user="alpha", prompt_tokens=7, completion_tokens=3), at=now, raw=True)

@@ -12,7 +12,6 @@ import gzip
 import json
 import math
 import sqlite3
-import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -22,7 +21,6 @@ import httpx
 import orjson
 import pytest
 import sqlalchemy as sa
-import uvicorn
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 from opentelemetry.exporter.otlp.proto.http import Compression
@@ -51,41 +49,14 @@ from ledger.ingest.writer import SpanWriter, span_data, span_from_data
 from ledger.sim.openrouter import GenerationRecord, build_broadcast
 from ledger.transitions import PolicyContext
 from ledger.web.app import create_app
-from tests.conftest import T0
-from tests.daemon import wait_until
+from tests.factories import T0
+from tests.servers import serve_app, wait_until
 
 TOKEN = "broadcast-token-one"
 JSON_HEADERS = {"content-type": "application/json", "authorization": f"Bearer {TOKEN}"}
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:  # the test process keeps its own handlers
-        yield
-
-
-@contextlib.contextmanager
-def serve(app: Any) -> Iterator[str]:
-    """Run ``app`` under uvicorn on a free loopback port in a thread; yields its base URL."""
-    server = _Server(
-        uvicorn.Config(
-            app, host="127.0.0.1", port=0, lifespan="on", log_level="warning", access_log=False
-        )
-    )
-    thread = threading.Thread(target=server.run, name="receiver", daemon=True)
-    thread.start()
-    try:
-        while not server.started:
-            assert thread.is_alive(), "the app failed to start"
-            thread.join(0.01)
-        host, port = server.servers[0].sockets[0].getsockname()[:2]
-        yield f"http://{host}:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 Start = Callable[..., str]
@@ -105,7 +76,7 @@ def receiver(database_url: str, tmp_path: Path) -> Iterator[Start]:
                 **overrides,
             }
             app = create_app(Settings(**values), clock=FakeClock(T0))
-            return stack.enter_context(serve(app))
+            return stack.enter_context(serve_app(app))
 
         yield start
 
@@ -694,9 +665,9 @@ async def test_concurrent_requests_share_transactions_and_all_commit(db: Databas
 
 
 async def test_failing_database_fails_every_request_of_the_batch_with_503(
-    database_url: str,
+    empty_database_url: str,
 ) -> None:
-    engine = make_engine(database_url)  # no schema: every insert fails
+    engine = make_engine(empty_database_url)  # no schema: every insert fails
     writer = SpanWriter(engine, retry_after=2.0)
     writer.start()
     try:

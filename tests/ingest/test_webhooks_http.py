@@ -21,8 +21,8 @@ from ledger.db.models import BehaviorRow, WebhookEvent
 from ledger.db.session import Database
 from ledger.signatures import sign_generic, sign_github
 from ledger.web.app import create_app
-from tests.conftest import T0, write_behavior
-from tests.ingest.test_receiver import serve
+from tests.factories import T0, write_behavior
+from tests.servers import serve_app
 
 SOURCES = {
     "deploys": {"scheme": "generic", "secrets": "old-secret,new-secret", "behavior": "publisher"},
@@ -49,7 +49,7 @@ def base(database_url: str, tmp_path: Path, clock: FakeClock) -> Iterator[str]:
         ingest_max_body_bytes=4096,
     )
     with contextlib.ExitStack() as stack:
-        yield stack.enter_context(serve(create_app(settings, clock=clock)))
+        yield stack.enter_context(serve_app(create_app(settings, clock=clock)))
 
 
 def events(database_url: str) -> list[dict[str, Any]]:

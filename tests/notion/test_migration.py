@@ -10,8 +10,8 @@ from ledger.db.migrate import upgrade
 from tests.conftest import T0
 
 
-def test_0008_drops_queued_event_shaped_mirror_rows(database_url: str) -> None:
-    engine = make_engine(database_url)
+def test_0008_drops_queued_event_shaped_mirror_rows(empty_database_url: str) -> None:
+    engine = make_engine(empty_database_url)
     try:
         upgrade(engine, "0007")
         rows = [

@@ -19,8 +19,8 @@ from ledger.outbox.dispatcher import DeliveryError, OutboxItem, dispatch_one
 from ledger.outbox.enqueue import KIND_NOTION_APPEND, KIND_NOTION_PAGE, KIND_WEBHOOK, enqueue_action
 from ledger.outbox.urls import make_client
 from ledger.signatures import GENERIC_HEADER, verify_generic
-from tests.conftest import T0
-from tests.outbox import Capture, capture_server
+from tests.factories import T0
+from tests.servers import Capture, capture_server
 
 SECRET = "whsec-action-test-3f9a2c"
 REFS = {"url": "env:ACTION_TEST_URL", "secret": "env:ACTION_TEST_SECRET"}

@@ -27,8 +27,8 @@ from ledger.outbox.dispatcher import OutboxItem, dispatch_one
 from ledger.outbox.enqueue import KIND_ALERT, KIND_DEMOTION_ALERT, enqueue_alert
 from ledger.outbox.urls import make_client
 from ledger.signatures import GENERIC_HEADER, verify_generic
-from tests.conftest import T0
-from tests.outbox import capture_server
+from tests.factories import T0
+from tests.servers import capture_server
 
 DEMOTION: dict[str, Any] = {
     "event": "demotion",

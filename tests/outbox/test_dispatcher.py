@@ -37,8 +37,8 @@ from ledger.outbox.dispatcher import (
 from ledger.outbox.enqueue import KIND_ALERT, KIND_DEMOTION_ALERT, enqueue, enqueue_action
 from ledger.outbox.urls import make_client
 from ledger.secrets import register_secret_value
-from tests.conftest import T0
-from tests.outbox import capture_server
+from tests.factories import T0
+from tests.servers import capture_server
 
 LEASE = timedelta(minutes=5)
 

@@ -18,8 +18,8 @@ from ledger.outbox.urls import (
     post_json,
     translate_http_error,
 )
-from tests.conftest import T0
-from tests.outbox import capture_server
+from tests.factories import T0
+from tests.servers import capture_server
 
 
 def resolves_to(*addresses: str) -> object:

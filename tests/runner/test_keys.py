@@ -31,25 +31,23 @@ from ledger.runner.keys import (
 from ledger.runner.openrouter import OpenRouterCallError, OpenRouterClient
 from ledger.sim.openrouter import SimConfig, SimKey, run_in_background
 from ledger.transitions import lock_behavior
-from tests.conftest import T0, VALID_BEHAVIOR, write_behavior
-from tests.test_cli import ledger
+from tests.factories import T0, VALID_BEHAVIOR, make_behavior, write_behavior
+from tests.servers import ledger
 
 MANAGEMENT_KEY = "sk-or-v1-test-keys-management"
 SEO_KEY = "sk-or-v1-test-keys-seo-audit"
 
 
 def behavior(name: str, key_name: str | None, budget: dict[str, Any] | None = None) -> Behavior:
-    values: dict[str, Any] = {
-        "name": name,
-        "schedule": "1d",
-        "preset": name,
-        "api_key": f"env:LEDGER_TEST_{name.upper().replace('-', '_')}_KEY",
-        "key_name": key_name,
-        "prompt": "Do the job.",
-    }
-    if budget is not None:
-        values["budget"] = budget
-    return Behavior.model_validate(values)
+    return make_behavior(
+        name,
+        schedule="1d",
+        preset=name,
+        api_key=f"env:LEDGER_TEST_{name.upper().replace('-', '_')}_KEY",
+        key_name=key_name,
+        prompt="Do the job.",
+        **({} if budget is None else {"budget": budget}),
+    )
 
 
 def key(name: str, **fields: Any) -> ManagedKey:

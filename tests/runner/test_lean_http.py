@@ -17,6 +17,7 @@ import trustme
 import uvloop
 
 from ledger.runner.lean_http import LeanTransport
+from tests.servers import wait_until_async
 
 
 @dataclass
@@ -221,7 +222,7 @@ async def test_lean_pool_waits_for_a_free_connection_and_times_out(raw_server: A
     transport = LeanTransport(1, 60)
     async with httpx.AsyncClient(transport=transport) as http:
         slow = asyncio.ensure_future(http.get(base + "/slow"))
-        await asyncio.sleep(0.05)
+        await wait_until_async(lambda: transport.open_connections == 1, what="/slow to connect")
         with pytest.raises(httpx.PoolTimeout):
             await http.get(base + "/waits", timeout=httpx.Timeout(5, pool=0.1))
         waiting = asyncio.ensure_future(http.get(base + "/waits"))

@@ -36,6 +36,7 @@ from ledger.runner.openrouter import (
     translate_exception,
 )
 from ledger.sim.openrouter import ModelInfo, Preset, SimConfig, SimKey, run_in_background
+from tests.factories import make_behavior
 
 SEO_KEY = "sk-or-v1-test-client-seo-audit"
 DAILY_SPENT_KEY = "sk-or-v1-test-client-spent"
@@ -49,9 +50,9 @@ CHAT = "/api/v1/chat/completions"
 RUN_ID = "run-2026-11-02T09:00Z-seo-audit"
 
 
-def make_behavior(**overrides: Any) -> Behavior:
+def seo_audit(**overrides: Any) -> Behavior:
+    """The behavior these tests call with (``overrides`` replace its fields)."""
     values: dict[str, Any] = {
-        "name": "seo-audit",
         "schedule": "1d",
         "preset": {"A": "seo-audit", "C": "seo-audit-strict"},
         "api_key": "env:LEDGER_TEST_SEO_KEY",
@@ -64,8 +65,7 @@ def make_behavior(**overrides: Any) -> Behavior:
             "api_key": "env:LEDGER_TEST_FALLBACK_KEY",
         },
     }
-    values.update(overrides)
-    return Behavior.model_validate(values)
+    return make_behavior("seo-audit", **{**values, **overrides})
 
 
 def sim_config() -> SimConfig:
@@ -118,7 +118,7 @@ class Harness:
         behavior: Behavior | None = None,
         expected_model: str | None = None,
     ) -> ChatResult:
-        body = build_chat_request(behavior or make_behavior(), tier, "Audit it.", RUN_ID)
+        body = build_chat_request(behavior or seo_audit(), tier, "Audit it.", RUN_ID)
         return await self.client.chat(
             key=SecretStr(key),
             body=body,
@@ -174,7 +174,7 @@ async def failed_mock_chat(
 
 
 def test_chat_request_uses_the_tier_preset_and_carries_attribution() -> None:
-    body = build_chat_request(make_behavior(), Tier.C, "Audit it.", RUN_ID)
+    body = build_chat_request(seo_audit(), Tier.C, "Audit it.", RUN_ID)
 
     assert body == {
         "model": "@preset/seo-audit-strict",
@@ -189,12 +189,12 @@ def test_chat_request_uses_the_tier_preset_and_carries_attribution() -> None:
             "preset": "seo-audit-strict",
         },
     }
-    assert build_chat_request(make_behavior(), Tier.B, "x", RUN_ID)["model"] == "@preset/seo-audit"
+    assert build_chat_request(seo_audit(), Tier.B, "x", RUN_ID)["model"] == "@preset/seo-audit"
 
 
 def test_chat_request_asks_for_json_when_the_behavior_checks_a_json_schema() -> None:
     schema = {"type": "object", "required": ["fixes"]}
-    behavior = make_behavior(checks={"json_schema": schema, "max_chars": 100})
+    behavior = seo_audit(checks={"json_schema": schema, "max_chars": 100})
 
     body = build_chat_request(behavior, Tier.A, "Audit it.", RUN_ID)
 
@@ -202,12 +202,12 @@ def test_chat_request_asks_for_json_when_the_behavior_checks_a_json_schema() -> 
         "type": "json_schema",
         "json_schema": {"name": "seo-audit", "schema": schema},
     }
-    assert "response_format" not in build_chat_request(make_behavior(), Tier.A, "x", RUN_ID)
+    assert "response_format" not in build_chat_request(seo_audit(), Tier.A, "x", RUN_ID)
 
 
 def test_chat_request_refuses_a_run_id_longer_than_session_id_allows() -> None:
     with pytest.raises(ValueError, match="session_id allows 256"):
-        build_chat_request(make_behavior(), Tier.A, "x", "r" * 257)
+        build_chat_request(seo_audit(), Tier.A, "x", "r" * 257)
 
 
 async def test_call_sends_key_app_headers_preset_and_attribution_on_the_wire(
@@ -491,7 +491,7 @@ async def test_401_pauses_the_behavior_and_is_not_retried(harness: Harness, key:
 
 
 async def test_404_unknown_preset_is_a_permanent_provider_error(harness: Harness) -> None:
-    err = await harness.failed_chat(behavior=make_behavior(preset="no-such-preset"))
+    err = await harness.failed_chat(behavior=seo_audit(preset="no-such-preset"))
 
     assert err.status_code == 404
     assert err.classification.reason == "unknown_model"
@@ -543,7 +543,7 @@ async def test_backoff_stops_when_the_injected_clock_passes_the_deadline(sim: st
     async with client, httpx.AsyncClient() as control:
         harness = Harness(sim, client, sleeps, control)
         await harness.fault(kind="server_error", status=500)
-        body = build_chat_request(make_behavior(), Tier.A, "x", RUN_ID)
+        body = build_chat_request(seo_audit(), Tier.A, "x", RUN_ID)
         with pytest.raises(OpenRouterCallError) as caught:
             await client.chat(key=SecretStr(SEO_KEY), body=body, deadline=130.0, run_id=RUN_ID)
         calls = await harness.calls()
@@ -694,7 +694,7 @@ def test_fallback_only_after_a_non_attributable_failure_another_endpoint_could_a
 
 
 def test_fallback_request_keeps_user_and_drops_openrouter_only_fields() -> None:
-    body = build_fallback_request(make_behavior(), "Audit it.")
+    body = build_fallback_request(seo_audit(), "Audit it.")
 
     assert body == {
         "model": MINI,
@@ -703,7 +703,7 @@ def test_fallback_request_keeps_user_and_drops_openrouter_only_fields() -> None:
         "user": "seo-audit",
     }
     with pytest.raises(ValueError, match="no fallback"):
-        build_fallback_request(make_behavior(fallback=None), "x")
+        build_fallback_request(seo_audit(fallback=None), "x")
 
 
 async def test_failed_primary_falls_back_once_to_an_openai_compatible_endpoint(
@@ -720,7 +720,7 @@ async def test_failed_primary_falls_back_once_to_an_openai_compatible_endpoint(
         result = await harness.client.fallback_chat(
             base_url=f"{fallback_base}/api/v1",
             key=SecretStr(FALLBACK_KEY),
-            body=build_fallback_request(make_behavior(), "Audit it."),
+            body=build_fallback_request(seo_audit(), "Audit it."),
             deadline=time.monotonic() + 30,
             run_id=RUN_ID,
             expected_model=MINI,
@@ -753,7 +753,7 @@ async def test_fallback_is_sent_once_and_its_failure_is_classified_the_same_way(
             await harness.client.fallback_chat(
                 base_url=f"{fallback_base}/api/v1",
                 key=SecretStr(FALLBACK_KEY),
-                body=build_fallback_request(make_behavior(), "x"),
+                body=build_fallback_request(seo_audit(), "x"),
                 deadline=time.monotonic() + 30,
                 run_id=RUN_ID,
             )
@@ -833,7 +833,7 @@ async def test_lean_pool_serves_many_concurrent_calls_within_its_connection_limi
         client = OpenRouterClient(base_url=sim, http=http)
 
         async def one(i: int) -> ChatResult:
-            body = build_chat_request(make_behavior(), Tier.A, f"prompt {i}", f"run-lean-{i}")
+            body = build_chat_request(seo_audit(), Tier.A, f"prompt {i}", f"run-lean-{i}")
             return await client.chat(
                 key=SecretStr(SEO_KEY),
                 body=body,

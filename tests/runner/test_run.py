@@ -27,7 +27,7 @@ from ledger.runner.run import (
     render_prompt,
 )
 from ledger.transitions import PolicyContext, lock_behavior, operator_action
-from tests.conftest import T0, VALID_BEHAVIOR, write_behavior
+from tests.factories import T0, VALID_BEHAVIOR, write_behavior
 
 CTX = PolicyContext()
 OK = CallOutcome(

@@ -19,26 +19,17 @@ from ledger.behaviors.schema import Behavior
 from ledger.clock import FakeClock
 from ledger.db.models import BehaviorRow, Run
 from ledger.db.session import Database
-from ledger.runner.run import CallOutcome, RunPlan
+from ledger.runner.run import CallOutcome, RunPlan, SlotClaim
 from ledger.runner.scheduler import RunnerService, latest_slot, misfire_grace
 from ledger.transitions import PolicyContext, lock_behavior
-from tests.conftest import VALID_BEHAVIOR, free_port, write_behavior
-from tests.daemon import Daemon, wait_until
+from tests.factories import VALID_BEHAVIOR, make_behavior, write_behavior
+from tests.servers import Daemon, free_port, wait_until, wait_until_async
 
 NOW = datetime(2026, 11, 25, 12, 2, tzinfo=UTC)
 
 
 def behavior(schedule: str, tz: str = "UTC") -> Behavior:
-    return Behavior.model_validate(
-        {
-            "name": "x",
-            "schedule": schedule,
-            "timezone": tz,
-            "preset": "p",
-            "api_key": "env:K",
-            "prompt": "hi",
-        }
-    )
+    return make_behavior(schedule=schedule, timezone=tz)
 
 
 def test_latest_slot_and_grace_for_intervals_and_cron() -> None:
@@ -59,7 +50,9 @@ def runs(db: Database) -> list[Run]:
         return list(session.exec(select(Run).order_by(col(Run.scheduled_for))))
 
 
-async def test_jobs_follow_the_registry_and_catch_up_once(db: Database, tmp_path: Path) -> None:
+async def test_jobs_follow_the_registry_and_catch_up_once(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for name in ("alpha", "beta"):
         write_behavior(tmp_path, name, VALID_BEHAVIOR.format(key_env=f"K_{name}", name=name))
     clock = FakeClock(NOW)  # 2 minutes after the 12:00 slot: within the 7.5-minute grace
@@ -70,10 +63,9 @@ async def test_jobs_follow_the_registry_and_catch_up_once(db: Database, tmp_path
     await service.start()
     try:
         assert service.job_count == 1
-        for _ in range(100):
-            if any(r.status == "succeeded" for r in runs(db)):
-                break
-            await asyncio.sleep(0.05)
+        await wait_until_async(
+            lambda: any(r.status == "succeeded" for r in runs(db)), 10, "the catch-up run"
+        )
     finally:
         await service.stop()
     (run,) = runs(db)
@@ -82,11 +74,27 @@ async def test_jobs_follow_the_registry_and_catch_up_once(db: Database, tmp_path
         "catch_up",
         "succeeded",
     )
-    # A restart within the same slot claims nothing more: the slot ran once.
+    # A restart within the same slot claims nothing more: the slot ran once. (Its catch-up
+    # claim is attempted, and comes back empty.)
     again = RunnerService(db, clock, fake_model, PolicyContext())
+    loop = asyncio.get_running_loop()
+    attempted = asyncio.Event()
+    plans_claimed: list[list[RunPlan]] = []
+    claim_and_begin = again._claim_and_begin
+
+    def observed(batch: list[SlotClaim]) -> list[RunPlan]:
+        plans = claim_and_begin(batch)
+        plans_claimed.append(plans)
+        loop.call_soon_threadsafe(attempted.set)
+        return plans
+
+    monkeypatch.setattr(again, "_claim_and_begin", observed)
     await again.start()
-    await asyncio.sleep(0.2)
-    await again.stop()
+    try:
+        await asyncio.wait_for(attempted.wait(), timeout=10)
+    finally:
+        await again.stop()
+    assert plans_claimed == [[]]
     assert len(runs(db)) == 1
 
 
@@ -115,10 +123,11 @@ async def test_a_due_interval_job_fires_on_the_real_clock(db: Database, tmp_path
     service = RunnerService(db, SystemClock(), fake_model, PolicyContext())
     await service.start()
     try:
-        for _ in range(300):
-            if any(r.trigger == "schedule" and r.status == "succeeded" for r in runs(db)):
-                break
-            await asyncio.sleep(0.05)
+        await wait_until_async(
+            lambda: any(r.trigger == "schedule" and r.status == "succeeded" for r in runs(db)),
+            30,
+            "a scheduled run to succeed",
+        )
     finally:
         await service.stop()
     scheduled = [r for r in runs(db) if r.trigger == "schedule"]

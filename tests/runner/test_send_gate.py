@@ -30,7 +30,7 @@ from ledger.runner.scheduler import RunnerService, SlotTrigger, lead_for, trigge
 from ledger.runner.send_gate import SendGate, SendGates
 from ledger.sim.openrouter import Preset, SimConfig, SimKey, run_in_background
 from ledger.transitions import PolicyContext, lock_behavior
-from tests.conftest import VALID_BEHAVIOR, write_behavior
+from tests.factories import VALID_BEHAVIOR, make_behavior, write_behavior
 
 KEY = "sk-or-v1-gatetest" + "ef" * 20
 
@@ -50,10 +50,7 @@ class Writer:
 
 
 def behavior(schedule: str, tz: str = "UTC") -> Behavior:
-    return Behavior.model_validate(
-        {"name": "x", "schedule": schedule, "timezone": tz, "preset": "p", "api_key": "env:K"}
-        | {"prompt": "hi"}
-    )
+    return make_behavior(schedule=schedule, timezone=tz)
 
 
 # -- the gate ----------------------------------------------------------------------------------
@@ -61,12 +58,18 @@ def behavior(schedule: str, tz: str = "UTC") -> Behavior:
 
 async def test_held_requests_are_written_together_at_the_instant_and_not_before() -> None:
     at = time.time() + 0.2
-    gate = SendGate(at, at - time.time(), asyncio.get_running_loop())
+    loop = asyncio.get_running_loop()
+    gate = SendGate(at, at - time.time(), loop)
     writers = [Writer() for _ in range(50)]
     held = [gate.hold(w, b"request %d" % i) for i, w in enumerate(writers)]
-    await asyncio.sleep(0.1)
-    assert not gate.opened and not any(w.writes for w in writers)
+    # What the loop sees 10 ms before the instant (its timers run in deadline order).
+    just_before: list[tuple[bool, bool]] = []
+    loop.call_later(
+        at - time.time() - 0.01,
+        lambda: just_before.append((gate.opened, any(w.writes for w in writers))),
+    )
     written = await asyncio.gather(*(h for h in held if h is not None))
+    assert just_before == [(False, False)]
     assert len(written) == 50 and gate.opened
     times = [w.writes[0][0] for w in writers]
     assert min(times) >= at - 0.005  # the loop's timer, not a moment before the instant
@@ -194,10 +197,7 @@ async def sim() -> AsyncIterator[str]:
 
 
 def gate_behavior(name: str = "gated") -> Behavior:
-    return Behavior.model_validate(
-        {"name": name, "schedule": "1h", "preset": "fast", "api_key": "env:GATE_KEY"}
-        | {"prompt": "hi", "max_output_tokens": 8}
-    )
+    return make_behavior(name, preset="fast", api_key="env:GATE_KEY", max_output_tokens=8)
 
 
 async def arrivals(base_url: str) -> dict[str, float]:
@@ -231,7 +231,8 @@ async def test_the_lean_transport_connects_ahead_and_sends_a_wave_at_its_instant
             return result.output
 
         wave = asyncio.gather(*(one(i) for i in range(40)))
-        await asyncio.sleep(0.4)
+        while transport.open_connections < 40 and time.time() < send_at - 0.1:
+            await asyncio.sleep(0.01)  # a poll of the transport, until shortly before the instant
         assert transport.open_connections == 40  # connected before the instant…
         assert await arrivals(sim) == {}  # …and nothing sent
         outputs = await wave
@@ -291,9 +292,11 @@ async def test_a_scheduled_run_is_prepared_ahead_and_reaches_openrouter_at_its_s
     db: Database, tmp_path: Path, sim: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("GATE_KEY", KEY)
-    (tmp_path / "gated.yaml").write_text(
+    write_behavior(
+        tmp_path,
+        "gated",
         "schedule: 10s\npreset: fast\napi_key: env:GATE_KEY\nkey_name: g\nprompt: 'at {now}'\n"
-        "max_output_tokens: 8\n"
+        "max_output_tokens: 8\n",
     )
     with db.transaction() as session:
         reconcile_directory(session, tmp_path, datetime.now(UTC))

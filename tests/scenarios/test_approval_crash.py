@@ -19,12 +19,11 @@ from ledger.db.session import Database
 from ledger.outbox.enqueue import KIND_WEBHOOK
 from ledger.signatures import GENERIC_HEADER, verify_generic
 from ledger.sim.openrouter import Preset, SimConfig, SimKey, run_in_background
-from tests.daemon import Daemon, wait_until
-from tests.outbox import Capture, capture_server
+from tests.factories import write_behavior
+from tests.servers import Capture, Daemon, capture_server, wait_until
 
 KEY = "sk-or-v1-approvalcrash" + "ef" * 17
 SECRET = "whsec-approval-crash-7c41d9"
-QUIET_SECONDS = 2.0  # after the delivery: long enough for a retry or a duplicate to show
 
 BEHAVIOR = """\
 description: approval crash scenario
@@ -83,9 +82,7 @@ async def test_approving_twice_across_a_daemon_crash_delivers_the_action_exactly
 ) -> None:
     async with run_in_background(sim_config()) as sim_url, capture_server() as capture:
         (tmp_path / "behaviors").mkdir()
-        (tmp_path / "behaviors" / "alpha.yaml").write_text(
-            BEHAVIOR.format(url=capture.url("/action"))
-        )
+        write_behavior(tmp_path / "behaviors", "alpha", BEHAVIOR.format(url=capture.url("/action")))
         env = {
             "LEDGER_DATABASE_URL": database_url,
             "LEDGER_OPENROUTER_BASE_URL": sim_url,
@@ -124,7 +121,13 @@ async def test_approving_twice_across_a_daemon_crash_delivers_the_action_exactly
             20.0,
             "the restarted daemon to deliver the approved action",
         )
-        await asyncio.sleep(QUIET_SECONDS)
+        # Recorded delivered: the dispatcher claims it no more, so no retry can follow.
+        await asyncio.to_thread(
+            wait_until,
+            lambda: [r.status for r in action_rows(database_url)] == ["delivered"],
+            20.0,
+            "the action's one outbox row to be recorded delivered",
+        )
         restarted.proc.terminate()
         assert await asyncio.to_thread(restarted.proc.wait, 20) == 0, restarted.log()
 

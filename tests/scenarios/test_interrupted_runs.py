@@ -20,8 +20,8 @@ from sqlmodel import col, select
 
 from ledger.db.models import BehaviorRow, BudgetWindow, GateResultRow, Run
 from ledger.db.session import Database
-from tests.conftest import free_port
-from tests.daemon import Daemon, wait_until
+from tests.factories import make_run, write_behavior
+from tests.servers import Daemon, free_port, ledger_process, wait_until
 
 KEY = "sk-or-v1-leasetest" + "0" * 40
 LEASE = 6.0
@@ -49,29 +49,12 @@ faults:
 @pytest.fixture
 def sim(tmp_path: Path) -> Iterator[str]:
     """The OpenRouter simulator as a process of its own (killed with its held answers)."""
-    (tmp_path / "sim.yaml").write_text(SIM)
+    write_behavior(tmp_path, "sim", SIM)
     port = free_port()
     args = ["sim", "openrouter", "--port", str(port), "--presets", str(tmp_path / "sim.yaml")]
-    with (tmp_path / "sim.log").open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ledger", *args],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
     url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return httpx.get(url + "/_sim/calls", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    try:
-        wait_until(up, what="the simulator")
+    with ledger_process(args, log=tmp_path / "sim.log", ready=url + "/_sim/calls", timeout=20):
         yield url
-    finally:
-        proc.kill()
-        proc.wait(10)
 
 
 def _env(sim: str) -> dict[str, str]:
@@ -144,7 +127,7 @@ def test_a_run_of_a_killed_daemon_is_interrupted_after_restart_and_its_reservati
     tmp_path: Path, database_url: str, sim: str, start_daemon: Callable[..., Daemon]
 ) -> None:
     (tmp_path / "behaviors").mkdir()
-    (tmp_path / "behaviors" / "alpha.yaml").write_text(BEHAVIOR)
+    write_behavior(tmp_path / "behaviors", "alpha", BEHAVIOR)
     first = start_daemon(database_url, _env(sim))
     in_flight = _start_runs_then_pause(first, database_url)
     assert _reserved(database_url) == pytest.approx(0.5 * len(in_flight))
@@ -179,7 +162,7 @@ def test_a_live_run_of_another_replica_is_not_swept(
     tmp_path: Path, database_url: str, sim: str, start_daemon: Callable[..., Daemon]
 ) -> None:
     (tmp_path / "behaviors").mkdir()
-    (tmp_path / "behaviors" / "alpha.yaml").write_text(BEHAVIOR)
+    write_behavior(tmp_path / "behaviors", "alpha", BEHAVIOR)
     owner = start_daemon(database_url, _env(sim))
     in_flight = _start_runs_then_pause(owner, database_url)
     other = start_daemon(database_url, _env(sim))  # a second replica, sweeping too
@@ -200,16 +183,14 @@ def test_a_live_run_of_another_replica_is_not_swept(
     try:
         with db.transaction() as session:
             alpha = session.exec(select(BehaviorRow)).one()
-            session.add(
-                Run(
-                    id="run-LEFTBEHIND",
-                    behavior_id=alpha.id or 0,
-                    scheduled_for=now - timedelta(days=1),
-                    claimed_at=now - timedelta(minutes=1),
-                    tier="A",
-                    status="running",
-                    lease_until=now - timedelta(seconds=30),
-                )
+            make_run(
+                session,
+                alpha.id or 0,
+                "run-LEFTBEHIND",
+                now - timedelta(days=1),
+                claimed_at=now - timedelta(minutes=1),
+                status="running",
+                lease_until=now - timedelta(seconds=30),
             )
     finally:
         db.close()

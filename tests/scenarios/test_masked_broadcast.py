@@ -21,8 +21,8 @@ from sqlalchemy import inspect, text
 
 from ledger.db.session import Database
 from ledger.sim.openrouter import GenerationRecord, build_broadcast
-from tests.conftest import VALID_BEHAVIOR, write_behavior
-from tests.daemon import Daemon, wait_until
+from tests.factories import VALID_BEHAVIOR, write_behavior
+from tests.servers import Daemon, wait_until
 
 PLANTED = "sk-or-v1-" + "b40adca57" * 7 + "f"  # key-shaped, nobody's real key
 EMAIL = "jane.roe@example.org"

@@ -20,7 +20,8 @@ from sqlmodel import select
 from ledger.db.models import Run
 from ledger.db.session import Database
 from ledger.sim.openrouter import Preset, SimConfig, SimKey, run_in_thread
-from tests.daemon import Daemon, wait_until
+from tests.factories import write_behavior
+from tests.servers import Daemon, wait_until
 
 PLANTED = "sk-or-v1-" + "5ec7e75ec7e7" * 5 + "abcd"  # key-shaped, nobody's real key
 NEEDLES = [PLANTED, "5ec7e75e", "jane.doe@example.com", "jane.doe"]
@@ -61,8 +62,8 @@ def test_a_key_planted_in_a_model_answer_is_stored_shown_and_acted_on_masked(
 ) -> None:
     folder = tmp_path / "behaviors"
     folder.mkdir()
-    (folder / "blocker.yaml").write_text(_behavior("blocker", "block"))
-    (folder / "warner.yaml").write_text(_behavior("warner", "warn"))
+    write_behavior(folder, "blocker", _behavior("blocker", "block"))
+    write_behavior(folder, "warner", _behavior("warner", "warn"))
     config = SimConfig(
         presets={"writer": Preset(model="openai/gpt-4o-mini", output=ANSWER)},
         keys=[SimKey(key=key, name=name) for name, key in KEYS.items()],

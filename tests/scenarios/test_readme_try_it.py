@@ -13,14 +13,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy import select
 
 from ledger.db.models import BehaviorRow, IngestedSpan, Run
 from ledger.db.session import Database
-from tests.conftest import free_port
-from tests.daemon import wait_until
+from tests.servers import answers, free_port, wait_until
 
 README = Path(__file__).parents[2] / "README.md"
 HEADING = "### Try it without an OpenRouter account"
@@ -61,14 +59,6 @@ class TryIt:
     def step(self, program: str) -> str:
         [command] = [c for c in self.next_steps if c.startswith(program)]
         return command
-
-
-def answers(url: str) -> bool:
-    try:
-        httpx.get(url, timeout=1)
-    except httpx.TransportError:
-        return False
-    return True
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +112,9 @@ def try_it(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TryIt]:
         shell.wait(10)
         urls = (f"http://127.0.0.1:{daemon_port}/healthz", f"http://127.0.0.1:{sim_port}")
         try:
-            wait_until(lambda: not any(answers(u) for u in urls), timeout=15, what="shutdown")
+            wait_until(
+                lambda: not any(answers(u, status=None) for u in urls), timeout=15, what="shutdown"
+            )
         except AssertionError:
             os.killpg(shell.pid, signal.SIGKILL)
 
@@ -169,7 +161,9 @@ def test_readme_try_it_runs_quick_digest_and_attributes_its_broadcast_within_60_
 
 
 def test_readme_keys_check_passes_against_the_simulator(try_it: TryIt) -> None:
-    wait_until(lambda: answers(f"{try_it.sim_url}/api/v1/models"), what="the simulator")
+    wait_until(
+        lambda: answers(f"{try_it.sim_url}/api/v1/models", status=None), what="the simulator"
+    )
 
     result = try_it.run(try_it.step("ledger keys check"))
 

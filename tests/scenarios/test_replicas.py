@@ -6,10 +6,9 @@ acceptance version (200 behaviors every minute for 5 minutes).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -21,8 +20,9 @@ from sqlmodel import col, select
 
 from ledger.db.models import BehaviorRow, Run
 from ledger.db.session import Database
-from tests.conftest import PG_URL, free_port
-from tests.daemon import wait_until
+from tests.databases import PG_URL
+from tests.factories import write_behavior
+from tests.servers import free_port, ledger_process
 
 LONG = os.environ.get("LEDGER_LONG_TESTS") == "1"
 BEHAVIORS = 200
@@ -40,9 +40,11 @@ def _write_fixture(folder: Path) -> tuple[Path, dict[str, str]]:
         key = f"sk-or-v1-replica{i:03d}" + "0" * 40
         env[f"REPLICA_KEY_{i}"] = key
         keys.append(f"  - {{key: {key}, name: {name}}}\n")
-        (behaviors / f"{name}.yaml").write_text(
+        write_behavior(
+            behaviors,
+            name,
             f"schedule: {INTERVAL}s\npreset: writer\napi_key: env:REPLICA_KEY_{i}\n"
-            f"key_name: {name}\nprompt: 'slot work {i}'\nmax_output_tokens: 20\n"
+            f"key_name: {name}\nprompt: 'slot work {i}'\nmax_output_tokens: 20\n",
         )
     presets = folder / "sim.yaml"
     presets.write_text(
@@ -52,34 +54,24 @@ def _write_fixture(folder: Path) -> tuple[Path, dict[str, str]]:
     return presets, env
 
 
-def _start(args: list[str], env: dict[str, str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
-    with log.open("w") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "ledger", *args],
-            env=env,
-            cwd=cwd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-
 @pytest.mark.parametrize("database_url", ["postgresql"] if PG_URL else [], indirect=True)
 def test_two_replicas_run_every_slot_exactly_once(database_url: str, tmp_path: Path) -> None:
     presets, keys = _write_fixture(tmp_path)
     sim_port = free_port()
     base_env = {**os.environ, **keys, "LEDGER_LOG_FORMAT": "json"}
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        procs.append(
-            _start(
-                ["sim", "openrouter", "--port", str(sim_port), "--presets", str(presets)],
-                base_env,
-                tmp_path / "sim.log",
-                tmp_path,
+    sim = f"http://127.0.0.1:{sim_port}"
+    sim_args = ["sim", "openrouter", "--port", str(sim_port), "--presets", str(presets)]
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(
+            ledger_process(
+                sim_args,
+                log=tmp_path / "sim.log",
+                ready=sim + "/_sim/calls",
+                env=base_env,
+                cwd=tmp_path,
+                timeout=20,
             )
         )
-        sim = f"http://127.0.0.1:{sim_port}"
-        wait_until(lambda: _up(sim + "/_sim/calls"), what="the simulator")
         Database.open(database_url, migrate=True).close()  # both replicas start on the schema
         env = {
             **base_env,
@@ -87,28 +79,26 @@ def test_two_replicas_run_every_slot_exactly_once(database_url: str, tmp_path: P
             "LEDGER_BEHAVIORS_DIR": str(tmp_path / "behaviors"),
             "LEDGER_OPENROUTER_BASE_URL": sim,
         }
-        ports = [free_port(), free_port()]
-        for n, port in enumerate(ports):
-            procs.append(
-                _start(["serve", "--port", str(port)], env, tmp_path / f"serve{n}.log", tmp_path)
+        replicas = [
+            stack.enter_context(
+                ledger_process(
+                    ["serve", "--port", str(port)],
+                    log=tmp_path / f"serve{n}.log",
+                    ready=f"http://127.0.0.1:{port}/healthz",
+                    env=env,
+                    cwd=tmp_path,
+                )
             )
-        for port in ports:
-            wait_until(
-                lambda p=port: _up(f"http://127.0.0.1:{p}/healthz"), timeout=60, what="a replica"
-            )
+            for n, port in enumerate([free_port(), free_port()])
+        ]
         started = datetime.now(UTC)
-        time.sleep(DURATION)
+        time.sleep(DURATION)  # the observation window: slots keep coming due while it lasts
         stopped = datetime.now(UTC)
-        for proc in procs[1:]:
+        for proc in replicas:
             proc.send_signal(signal.SIGTERM)
-        for proc in procs[1:]:
+        for proc in replicas:
             assert proc.wait(60) == 0
         calls = httpx.get(sim + "/_sim/calls", timeout=30).json()["calls"]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
 
     db = Database.open(database_url)
     with db.transaction() as session:
@@ -143,10 +133,3 @@ def test_two_replicas_run_every_slot_exactly_once(database_url: str, tmp_path: P
     shares = [sum(1 for r in in_window if r.id in log) for log in logs]
     assert all(share > 0 for share in shares), shares
     assert sum(shares) == len(in_window)
-
-
-def _up(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False

@@ -20,7 +20,7 @@ from ledger.runner.openrouter import OpenRouterClient
 from ledger.runner.scheduler import RunnerService
 from ledger.sim.openrouter import Fault, ModelInfo, Preset, SimConfig, SimKey, run_in_background
 from ledger.transitions import PolicyContext, lock_behavior
-from tests.conftest import T0
+from tests.factories import T0, write_behavior
 
 KEY = "sk-or-v1-simtest" + "ab" * 20
 OTHER_KEY = "sk-or-v1-simfallback" + "cd" * 18
@@ -63,7 +63,7 @@ async def run_one(
 ) -> dict[str, Any]:
     folder = tmp_path / "behaviors"
     folder.mkdir(exist_ok=True)
-    (folder / "alpha.yaml").write_text(BEHAVIOR.format(timeout=timeout, extra=extra))
+    write_behavior(folder, "alpha", BEHAVIOR.format(timeout=timeout, extra=extra))
     with db.transaction() as session:
         reconcile_directory(session, folder, T0)
         lock_behavior(session, name="alpha").tier = tier

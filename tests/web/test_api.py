@@ -1,58 +1,60 @@
-"""The JSON API over HTTP against a real ``ledger serve``: auth, the error shape, behaviors,
-explanations, operator actions recorded with the token's name, the ledger."""
+"""The JSON API against the daemon's app in process (built from ``Settings``, its lifespan
+running): auth, the error shape, behaviors, explanations, operator actions recorded with the
+token's name, the ledger."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
 
-from ledger.db.models import GateResultRow, IngestedSpan, Run
+from ledger.config import Settings
+from ledger.db.models import GateResultRow, IngestedSpan
 from ledger.db.session import Database
 from ledger.status import status_document
 from ledger.transitions import lock_behavior
-from tests.conftest import VALID_BEHAVIOR, free_port, write_behavior
-from tests.daemon import Daemon
+from tests.factories import VALID_BEHAVIOR, make_run, write_behavior
+from tests.servers import app_client, free_port
 
 TOKEN = "ops-token-" + "7" * 24
 
 
 @pytest.fixture
-def api(
-    tmp_path: Path, database_url: str, start_daemon: Callable[..., Daemon]
-) -> Iterator[httpx.Client]:
+async def api(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The daemon's app in process (its lifespan running), called with the ``ops`` token."""
     # A yearly schedule: the scheduler never runs it during the test.
     body = VALID_BEHAVIOR.format(key_env="API_TEST_KEY", name="alpha").replace(
         "schedule: 15m", 'schedule: "0 0 1 1 *"'
     )
     write_behavior(tmp_path / "behaviors", "alpha", body)
-    daemon = start_daemon(
-        database_url,
-        {
-            "LEDGER_API_TOKENS": '{"ops": "env:OPS_TOKEN"}',
-            "OPS_TOKEN": TOKEN,
-            # Nothing listens there: a run that fires fails fast as a provider error.
-            "LEDGER_OPENROUTER_BASE_URL": f"http://127.0.0.1:{free_port()}",
-        },
+    monkeypatch.setenv("OPS_TOKEN", TOKEN)
+    monkeypatch.delenv("API_TEST_KEY", raising=False)
+    settings = Settings(
+        database_url=database_url,
+        behaviors_dir=tmp_path / "behaviors",
+        api_tokens={"ops": "env:OPS_TOKEN"},
+        # Nothing listens there: a run that fires fails fast as a provider error.
+        openrouter_base_url=f"http://127.0.0.1:{free_port()}",
+        watch=False,
     )
-    return httpx.Client(
-        base_url=daemon.base_url,
-        timeout=30,
-        headers={"Authorization": f"Bearer {TOKEN}"},
-        limits=httpx.Limits(max_keepalive_connections=0),
-    )
+    async with app_client(settings, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+        yield client
 
 
-def test_api_requires_a_token_and_answers_in_one_error_shape(api: httpx.Client) -> None:
-    anonymous = httpx.get(f"{api.base_url}/api/behaviors")
+async def test_api_requires_a_token_and_answers_in_one_error_shape(api: httpx.AsyncClient) -> None:
+    request = api.build_request("GET", "/api/behaviors")
+    del request.headers["Authorization"]
+    anonymous = await api.send(request)
     assert anonymous.status_code == 401
     assert anonymous.json()["error"]["code"] == "unauthorized"
-    wrong = httpx.get(f"{api.base_url}/api/behaviors", headers={"Authorization": "Bearer nope"})
+    wrong = await api.get("/api/behaviors", headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401
-    missing = api.get("/api/behaviors/nobody")
+    missing = await api.get("/api/behaviors/nobody")
     assert missing.status_code == 404
     assert missing.json() == {
         "error": {
@@ -61,17 +63,17 @@ def test_api_requires_a_token_and_answers_in_one_error_shape(api: httpx.Client) 
             "details": [],
         }
     }
-    invalid = api.post("/api/behaviors/alpha/pin", json={})
+    invalid = await api.post("/api/behaviors/alpha/pin", json={})
     assert invalid.status_code == 422
     body = invalid.json()["error"]
     assert body["code"] == "invalid_request" and body["details"][0]["field"] == "reason"
-    assert api.get("/openapi.json").status_code == 200
+    assert (await api.get("/openapi.json")).status_code == 200
 
 
-def test_a_request_without_its_json_body_is_told_so_with_the_body_expected(
-    api: httpx.Client,
+async def test_a_request_without_its_json_body_is_told_so_with_the_body_expected(
+    api: httpx.AsyncClient,
 ) -> None:
-    none = api.post("/api/behaviors/alpha/pause")
+    none = await api.post("/api/behaviors/alpha/pause")
     assert none.status_code == 422
     error = none.json()["error"]
     assert error["code"] == "invalid_request"
@@ -81,7 +83,7 @@ def test_a_request_without_its_json_body_is_told_so_with_the_body_expected(
     )
     assert error["details"] == [{"field": "body", "message": error["message"]}]
 
-    form = api.post(
+    form = await api.post(
         "/api/behaviors/alpha/pause",
         content=b"reason=x",
         headers={"Content-Type": "application/x-www-form-urlencoded"},
@@ -89,7 +91,7 @@ def test_a_request_without_its_json_body_is_told_so_with_the_body_expected(
     assert form.status_code == 422
     assert form.json()["error"]["message"].startswith("the body is not JSON: send it with ")
 
-    broken = api.post(
+    broken = await api.post(
         "/api/approvals/run-x/reject",
         content=b'{"reason": ',
         headers={"Content-Type": "application/json"},
@@ -97,40 +99,40 @@ def test_a_request_without_its_json_body_is_told_so_with_the_body_expected(
     assert broken.status_code == 422
     assert broken.json()["error"]["message"].startswith("the body is not valid JSON (")
 
-    listed = api.post("/api/behaviors/alpha/pause", json=["stop"])
+    listed = await api.post("/api/behaviors/alpha/pause", json=["stop"])
     assert listed.json()["error"]["message"] == (
         'the body must be a JSON object, e.g. {"reason": "..."}'
     )
 
 
-def test_behaviors_explain_actions_and_ledger(api: httpx.Client) -> None:
-    listing = api.get("/api/behaviors").json()["behaviors"]
+async def test_behaviors_explain_actions_and_ledger(api: httpx.AsyncClient) -> None:
+    listing = (await api.get("/api/behaviors")).json()["behaviors"]
     assert [(b["name"], b["tier_label"]) for b in listing] == [("alpha", "A · proposal-only")]
-    one = api.get("/api/behaviors/alpha").json()
+    one = (await api.get("/api/behaviors/alpha")).json()
     assert one["tier"] == "A" and one["spend"]["budget_usd"] == 1
     assert isinstance(one["spend"]["usd"], float)
 
-    pinned = api.post("/api/behaviors/alpha/pin", json={"reason": "launch week"})
+    pinned = await api.post("/api/behaviors/alpha/pin", json={"reason": "launch week"})
     assert pinned.status_code == 200, pinned.text
     assert pinned.json()["pinned"] is True
-    again = api.post("/api/behaviors/alpha/pin", json={"reason": "twice"})
+    again = await api.post("/api/behaviors/alpha/pin", json={"reason": "twice"})
     assert again.status_code == 409 and again.json()["error"]["code"] == "conflict"
-    promoted = api.post("/api/behaviors/alpha/promote", json={"reason": "trusted", "to": "B"})
+    promoted = await api.post("/api/behaviors/alpha/promote", json={"reason": "trusted", "to": "B"})
     assert promoted.json()["tier"] == "B"
     assert "override" in promoted.json()["message"]
 
-    story = api.get("/api/behaviors/alpha/explain").json()
+    story = (await api.get("/api/behaviors/alpha/explain")).json()
     assert story["tier_label"] == "B · human-in-the-loop"
     assert [s["kind"] for s in story["story"]][:3] == ["registered", "pinned", "promoted"]
-    entries = api.get("/api/ledger", params={"behavior": "alpha"}).json()["entries"]
+    entries = (await api.get("/api/ledger", params={"behavior": "alpha"})).json()["entries"]
     actions = [(e["kind"], e["actor"], e["reason"]) for e in entries if e["actor"] != "registry"]
     assert ("pinned", "api:ops", "launch week") in actions
     assert any(kind == "promoted" and actor == "api:ops" for kind, actor, _ in actions)
     assert all(len(e["hash"]) == 64 for e in entries)
 
 
-def test_a_run_shows_both_cost_figures_and_their_disagreement(
-    api: httpx.Client, database_url: str
+async def test_a_run_shows_both_cost_figures_and_their_disagreement(
+    api: httpx.AsyncClient, database_url: str
 ) -> None:
     """The runner said $0.10, broadcast $0.25 (tokens 1,200 + 300): the run's page shows both,
     the larger as counted, and the difference; the listing counts the disagreement."""
@@ -139,20 +141,17 @@ def test_a_run_shows_both_cost_figures_and_their_disagreement(
     try:
         with db.transaction() as session:
             alpha = lock_behavior(session, name="alpha").id or 0
-            session.add(
-                Run(
-                    id="run-01DISAGREE",
-                    behavior_id=alpha,
-                    scheduled_for=now,
-                    claimed_at=now,
-                    finished_at=now,
-                    tier="A",
-                    status="succeeded",
-                    cost_usd=0.1,
-                    broadcast_cost_usd=0.25,
-                    prompt_tokens=1000,
-                    completion_tokens=250,
-                )
+            make_run(
+                session,
+                alpha,
+                "run-01DISAGREE",
+                now,
+                finished_at=now,
+                status="succeeded",
+                cost_usd=0.1,
+                broadcast_cost_usd=0.25,
+                prompt_tokens=1000,
+                completion_tokens=250,
             )
             session.add(
                 IngestedSpan(
@@ -172,7 +171,7 @@ def test_a_run_shows_both_cost_figures_and_their_disagreement(
             )
     finally:
         db.close()
-    run = api.get("/api/runs/run-01DISAGREE").json()
+    run = (await api.get("/api/runs/run-01DISAGREE")).json()
     assert (run["cost_usd"], run["broadcast_cost_usd"], run["counted_cost_usd"]) == (
         0.1,
         0.25,
@@ -181,9 +180,9 @@ def test_a_run_shows_both_cost_figures_and_their_disagreement(
     assert run["cost_disagreement_usd"] == pytest.approx(0.15)
     assert (run["prompt_tokens"], run["completion_tokens"]) == (1000, 250)
     assert (run["broadcast_prompt_tokens"], run["broadcast_completion_tokens"]) == (1200, 300)
-    (listed,) = api.get("/api/behaviors").json()["behaviors"]
+    (listed,) = (await api.get("/api/behaviors")).json()["behaviors"]
     assert listed["cost_disagreements_24h"] == 1
-    one = api.get("/api/behaviors/alpha").json()
+    one = (await api.get("/api/behaviors/alpha")).json()
     assert one["spend"]["broadcast"] == {
         "generations": 1,
         "cost_usd": 0.25,
@@ -194,12 +193,12 @@ def test_a_run_shows_both_cost_figures_and_their_disagreement(
     assert (span["cost_usd"], span["prompt_tokens"], span["completion_tokens"]) == (0.25, 1200, 300)
 
 
-def test_status_is_the_summary_ledger_status_prints_and_names_a_key_the_daemon_lacks(
-    api: httpx.Client, database_url: str
+async def test_status_is_the_summary_ledger_status_prints_and_names_a_key_the_daemon_lacks(
+    api: httpx.AsyncClient, database_url: str
 ) -> None:
     """alpha's key (env:API_TEST_KEY) is not in the daemon's environment: its state is not
     ``active``. The answer is the one document ``ledger status --json`` prints."""
-    doc = api.get("/api/status")
+    doc = await api.get("/api/status")
     assert doc.status_code == 200, doc.text
     body = doc.json()
     (alpha,) = body["behaviors"]
@@ -223,23 +222,15 @@ def test_status_is_the_summary_ledger_status_prints_and_names_a_key_the_daemon_l
     }
 
 
-def test_a_runs_gate_results_carry_their_reason(api: httpx.Client, database_url: str) -> None:
+async def test_a_runs_gate_results_carry_their_reason(
+    api: httpx.AsyncClient, database_url: str
+) -> None:
     now = datetime.now(UTC)
     db = Database.open(database_url)
     try:
         with db.transaction() as session:
             alpha = lock_behavior(session, name="alpha").id or 0
-            session.add(
-                Run(
-                    id="run-01REASONS",
-                    behavior_id=alpha,
-                    scheduled_for=now,
-                    claimed_at=now,
-                    tier="A",
-                    status="succeeded",
-                )
-            )
-            session.flush()
+            make_run(session, alpha, "run-01REASONS", now, status="succeeded")
             session.add(
                 GateResultRow(
                     behavior_id=alpha,
@@ -256,6 +247,6 @@ def test_a_runs_gate_results_carry_their_reason(api: httpx.Client, database_url:
             )
     finally:
         db.close()
-    (result,) = api.get("/api/runs/run-01REASONS").json()["gate_results"]
+    (result,) = (await api.get("/api/runs/run-01REASONS")).json()["gate_results"]
     assert (result["gate"], result["outcome"]) == ("output_check", "warn")
     assert result["reason"] == "output is 900 characters, over the limit of 500"

@@ -4,17 +4,15 @@ in step), and the interactive docs at /api/docs work without internet."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from html.parser import HTMLParser
 from pathlib import Path
 
-import httpx
 from starlette.routing import Mount, Route
 
 from ledger.config import Settings
 from ledger.web.app import create_app
 from ledger.web.ingest_routes import TRACES_PATHS
-from tests.daemon import Daemon
+from tests.servers import app_client
 
 REPO = Path(__file__).resolve().parents[2]
 API_DOC = REPO / "docs" / "api.md"
@@ -76,33 +74,36 @@ class _Assets(HTMLParser):
                 self.urls.append(value)
 
 
-def test_docs_page_loads_only_assets_the_daemon_serves(
-    tmp_path: Path, start_daemon: Callable[..., Daemon]
-) -> None:
-    daemon = start_daemon(f"sqlite:///{tmp_path / 'docs.db'}")
-    page = httpx.get(daemon.base_url + "/api/docs")
-    assert page.status_code == 200
-    assert page.headers["content-type"].startswith("text/html")
-    assert "http://" not in page.text and "https://" not in page.text  # no CDN, no Google font
-    parser = _Assets()
-    parser.feed(page.text)
-    assert sorted(parser.urls) == [
-        "/api/docs/static/favicon.png",
-        "/api/docs/static/swagger-ui-bundle.js",
-        "/api/docs/static/swagger-ui.css",
-    ]
-    expected_type = {".js": "text/javascript", ".css": "text/css", ".png": "image/png"}
-    for url in parser.urls:
-        asset = httpx.get(daemon.base_url + url)
-        assert asset.status_code == 200, url
-        assert asset.headers["content-type"].split(";")[0] == expected_type[Path(url).suffix]
-        assert len(asset.content) > 1000
-    bundle = httpx.get(daemon.base_url + "/api/docs/static/swagger-ui-bundle.js").text
-    assert "SwaggerUIBundle" in bundle
-    # The page's script fetches the OpenAPI document from the daemon too, and it declares the
-    # bearer token the /api routes need, so "Authorize" can send it.
-    assert "url: '/openapi.json'" in page.text
-    spec = httpx.get(daemon.base_url + "/openapi.json").json()
-    assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
-    assert spec["paths"]["/api/behaviors"]["get"]["security"] == [{"bearer": []}]
-    assert "security" not in spec["paths"]["/healthz"]["get"]
+async def test_docs_page_loads_only_assets_the_daemon_serves(tmp_path: Path) -> None:
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path / 'docs.db'}",
+        behaviors_dir=tmp_path / "behaviors",
+        watch=False,
+    )
+    async with app_client(settings) as daemon:
+        page = await daemon.get("/api/docs")
+        assert page.status_code == 200
+        assert page.headers["content-type"].startswith("text/html")
+        assert "http://" not in page.text and "https://" not in page.text  # no CDN, no Google font
+        parser = _Assets()
+        parser.feed(page.text)
+        assert sorted(parser.urls) == [
+            "/api/docs/static/favicon.png",
+            "/api/docs/static/swagger-ui-bundle.js",
+            "/api/docs/static/swagger-ui.css",
+        ]
+        expected_type = {".js": "text/javascript", ".css": "text/css", ".png": "image/png"}
+        for url in parser.urls:
+            asset = await daemon.get(url)
+            assert asset.status_code == 200, url
+            assert asset.headers["content-type"].split(";")[0] == expected_type[Path(url).suffix]
+            assert len(asset.content) > 1000
+        bundle = (await daemon.get("/api/docs/static/swagger-ui-bundle.js")).text
+        assert "SwaggerUIBundle" in bundle
+        # The page's script fetches the OpenAPI document from the daemon too, and it declares the
+        # bearer token the /api routes need, so "Authorize" can send it.
+        assert "url: '/openapi.json'" in page.text
+        spec = (await daemon.get("/openapi.json")).json()
+        assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+        assert spec["paths"]["/api/behaviors"]["get"]["security"] == [{"bearer": []}]
+        assert "security" not in spec["paths"]["/healthz"]["get"]

@@ -1,6 +1,6 @@
 """Manual runs in the daemon (``POST /api/behaviors/{name}/run``, ``ledger run --via-daemon``)
-against a real ``ledger serve`` and the OpenRouter simulator: the daemon's environment holds
-the key, not the operator's shell."""
+against the OpenRouter simulator: the daemon's environment holds the key, not the operator's
+shell. The CLI's path goes through a real ``ledger serve``; the API alone, the app in process."""
 
 from __future__ import annotations
 
@@ -11,12 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from sqlmodel import col, select
 
+from ledger.config import Settings
 from ledger.db.models import BehaviorRow, OutboxRow, Run
 from ledger.db.session import Database
 from ledger.sim.openrouter import Preset, SimConfig, SimKey, run_in_background
-from tests.daemon import Daemon, ledger, wait_until
+from tests.factories import write_behavior
+from tests.servers import Daemon, app_client, ledger, wait_until
 
 KEY = "sk-or-v1-manualrun" + "ab" * 19
 TOKEN = "ops-token-" + "9" * 24
@@ -71,7 +74,7 @@ async def test_a_manual_run_in_the_daemon_uses_its_key_and_approvals_end_with_a_
         env = daemon_env(database_url, sim_url)
         daemon = await asyncio.to_thread(start_daemon, database_url, {**env, "MANUAL_RUN_KEY": KEY})
         # A file the daemon has not seen yet: the run reconciles the folder first.
-        (tmp_path / "behaviors" / "alpha.yaml").write_text(BEHAVIOR)
+        write_behavior(tmp_path / "behaviors", "alpha", BEHAVIOR)
 
         # From a shell without the key: the daemon runs it with its own.
         shell = {
@@ -156,15 +159,20 @@ async def test_a_manual_run_in_the_daemon_uses_its_key_and_approvals_end_with_a_
 
 
 async def test_a_key_missing_in_the_daemon_refuses_the_manual_run_and_pauses_nothing(
-    database_url: str, tmp_path: Path, start_daemon: Callable[..., Daemon]
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv("MANUAL_RUN_KEY", raising=False)  # not in the daemon's environment
+    monkeypatch.setenv("OPS_TOKEN", TOKEN)
     async with run_in_background(sim_config()) as sim_url:
-        (tmp_path / "behaviors").mkdir()
-        (tmp_path / "behaviors" / "alpha.yaml").write_text(BEHAVIOR)
-        daemon = await asyncio.to_thread(
-            start_daemon, database_url, daemon_env(database_url, sim_url)
+        write_behavior(tmp_path / "behaviors", "alpha", BEHAVIOR)
+        settings = Settings(
+            database_url=database_url,
+            behaviors_dir=tmp_path / "behaviors",
+            openrouter_base_url=sim_url,
+            api_tokens={"ops": "env:OPS_TOKEN"},
+            watch=False,
         )
-        async with client(daemon) as api:
+        async with app_client(settings, headers={"Authorization": f"Bearer {TOKEN}"}) as api:
             refused = await api.post("/api/behaviors/alpha/run")
     assert refused.status_code == 409
     assert refused.json()["error"]["message"].startswith(

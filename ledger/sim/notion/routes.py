@@ -9,13 +9,13 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ledger.sim import hosting
 from ledger.sim.notion.config import (
     SERVER_ERRORS,
     NotionFault,
@@ -49,11 +49,8 @@ _MAX_NESTING = 2  # levels of children one request may create
 Handler = Callable[[Request, Workspace], Awaitable[Any]]
 
 
-class JSONResponse(Response):
+class JSONResponse(hosting.JSONResponse):
     media_type = "application/json; charset=utf-8"
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
 
 
 def _workspace(request: Request) -> Workspace:
@@ -62,16 +59,10 @@ def _workspace(request: Request) -> Workspace:
 
 
 async def _body(request: Request) -> JSON:
-    raw = await request.body()
-    if not raw:
-        return {}
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise NotionError(400, "invalid_json", "Error parsing JSON body.") from exc
-    if not isinstance(body, dict):
-        raise NotionError(400, "invalid_json", "Error parsing JSON body.")
-    return body
+    unparsable = NotionError(400, "invalid_json", "Error parsing JSON body.")
+    return await hosting.json_object(
+        request, not_json=lambda _reason: unparsable, not_object=unparsable
+    )
 
 
 def _check_auth(request: Request, workspace: Workspace) -> None:

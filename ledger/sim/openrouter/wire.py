@@ -11,6 +11,8 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ledger.sim.hosting import JSONResponse as JSONResponse  # routes and chat answer with it
+from ledger.sim.hosting import json_object
 from ledger.sim.openrouter.config import JSON
 from ledger.sim.openrouter.state import KeyState, SimState
 
@@ -30,29 +32,17 @@ class ApiError(Exception):
         return {"error": error}
 
 
-class JSONResponse(Response):
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
-
-
 def sim_state(request: Request) -> SimState:
     state: SimState = request.app.state.sim
     return state
 
 
 async def json_body(request: Request) -> JSON:
-    raw = await request.body()
-    if not raw:
-        return {}
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, f"Invalid JSON body: {exc}") from exc
-    if not isinstance(body, dict):
-        raise ApiError(400, "The request body must be a JSON object")
-    return body
+    return await json_object(
+        request,
+        not_json=lambda reason: ApiError(400, f"Invalid JSON body: {reason}"),
+        not_object=ApiError(400, "The request body must be a JSON object"),
+    )
 
 
 def bearer(request: Request) -> str:
