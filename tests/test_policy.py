@@ -164,25 +164,34 @@ def window_start(steps: list[Step], index: int) -> int:
 
 def test_random_histories_reach_every_kind_of_transition() -> None:
     """Guards the properties below against vacuity: the strategies must actually promote,
-    propose, demote and pause, or "never promotes when …" would hold trivially."""
-    seen: set[tuple[str, str, str, bool]] = set()
+    propose, demote and pause, or "never promotes when …" would hold trivially.
 
-    @seed(20261102)  # a fixed seed: deterministic, yet as varied as a random run
-    @settings(POLICY_PROPERTIES, derandomize=False, database=None, max_examples=200)
-    @given(*CAREERS)
-    def collect(history: list[Observation], state: BehaviorState, rules: Thresholds) -> None:
-        for _, before, decision, _ in simulate(history, state, rules):
-            seen.add((decision.kind, before.tier.value, decision.to.value, decision.pause))
-
-    collect()
-    assert {
+    Fixed seeds, tried in order until every kind was seen: deterministic, yet as varied as a
+    random run. (One seed alone is not enough: Hypothesis may end a run's generation early on
+    a loaded machine, and one CI run saw no C → B demotion in its examples.)"""
+    wanted = {
         ("promote", "A", "B", False),
         ("promote", "B", "C", False),
         ("propose", "A", "B", False),
         ("demote", "C", "B", False),
         ("demote", "B", "A", False),
         ("stay", "A", "A", True),
-    } <= seen
+    }
+    seen: set[tuple[str, str, str, bool]] = set()
+
+    def collect(history: list[Observation], state: BehaviorState, rules: Thresholds) -> None:
+        for _, before, decision, _ in simulate(history, state, rules):
+            seen.add((decision.kind, before.tier.value, decision.to.value, decision.pause))
+
+    for fixed in (20261102, 20261205, 1, 2, 3):
+        seed(fixed)(
+            settings(POLICY_PROPERTIES, derandomize=False, database=None, max_examples=200)(
+                given(*CAREERS)(collect)
+            )
+        )()
+        if wanted <= seen:
+            break
+    assert wanted <= seen, wanted - seen
 
 
 @POLICY_PROPERTIES

@@ -145,7 +145,8 @@ def test_a_canvas_killed_mid_run_resumes_without_losing_or_reasking_an_answer(
     for model in not_asked:  # not asked before the kill: asked once, after
         assert asked[model] == 1, model
     for model in in_flight:  # its answer never reached the dead daemon: asked once more
-        assert asked[model] == 2 and after[model]["attempts"] == 2, model
+        # (once in all when the kill fell between recording "calling" and sending the request)
+        assert asked[model] in (1, 2) and after[model]["attempts"] == 2, model
     assert run["summary"]["answered"] == len(FAST + SLOW)
     # Every reservation was settled or given back.
     db = Database.open(database_url)
