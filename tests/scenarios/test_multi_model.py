@@ -556,9 +556,11 @@ async def test_a_roundtable_cut_off_in_round_2_resumes_without_asking_round_1_ag
     assert {c.model_asked: c.output for c in calls if c.round == 1} == round1
     asked = Counter((c["body"]["trace"]["round"], c["body"]["model"]) for c in sent)
     assert all(asked[(1, m)] == 1 for m in PANEL)  # round 1 kept, never asked again
-    assert sum(asked[(2, m)] for m in PANEL) == 3 + sum(
-        1 for c in calls if c.round == 2 and c.attempts == 2
-    )
+    # a round-2 call in flight at the cut is asked again (its attempts say so); it reached the
+    # simulator the first time only if the cut came after its request was sent
+    attempts = {c.model_asked: c.attempts for c in calls if c.round == 2}
+    assert all(1 <= asked[(2, m)] <= attempts[m] for m in PANEL), (asked, attempts)
+    assert any(attempts[m] == 2 for m in PANEL)
     assert asked[(3, "@preset/synth")] == 1
     assert outcome.summary is not None and outcome.summary["confidence"] == "high"
     assert _reserved(db) == pytest.approx(0.0)
