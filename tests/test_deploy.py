@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from tests.daemon import wait_until
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
-BIN = Path(sys.executable).parent
+BIN = Path(sysconfig.get_path("scripts"))  # where this environment installed ledger, hadolint
 K8S_VERSION = "1.30.0"  # the oldest Kubernetes still supported upstream when this was written
 
 
