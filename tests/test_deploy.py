@@ -256,6 +256,19 @@ def test_image_entry_command_runs_from_the_wheel(tmp_path: Path) -> None:
     port = free_port()
     env["LEDGER_PORT"] = str(port)
     assert env["LEDGER_DATABASE_URL"] == f"sqlite:///{state}/ledger.db"
+    # Secrets as files named by file: references, as compose.yaml and k8s/ pass them.
+    secrets = tmp_path / "run-secrets"
+    secrets.mkdir()
+    token = "deploy-test-admin-token-0123456789"
+    for name, value in {
+        "database_url": env["LEDGER_DATABASE_URL"],
+        "session_secret": "s" * 48,
+        "admin_token": token,
+    }.items():
+        (secrets / name).write_text(value + "\n", encoding="utf-8")
+    env["LEDGER_DATABASE_URL"] = f"file:{secrets}/database_url"
+    env["LEDGER_SESSION_SECRET"] = f"file:{secrets}/session_secret"
+    env["LEDGER_API_TOKENS"] = json.dumps({"admin": f"file:{secrets}/admin_token"})
     log = tmp_path / "entry.log"
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=state, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -270,6 +283,13 @@ def test_image_entry_command_runs_from_the_wheel(tmp_path: Path) -> None:
         assert (state / "ledger.db").is_file()
         ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10)
         assert ready.status_code == 200, ready.text
+        status = httpx.get(
+            f"http://127.0.0.1:{port}/api/status",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+        assert status.status_code == 200, status.text
+        assert [b["name"] for b in status.json()["behaviors"]] == ["seo-audit-weekly"]
         # `exec`: the shell became the daemon, so the reload signal reaches it.
         proc.send_signal(signal.SIGHUP)
         wait_until(
