@@ -6,6 +6,7 @@ references (``env:NAME`` / ``file:PATH``) and resolved only where they are used.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
@@ -199,6 +200,12 @@ class Settings(BaseSettings):
         description="Signs the dashboard's session cookies (a reference such as env:NAME; at "
         "least 32 characters). Unset: a random one per start, so logins end on restart.",
     )
+    forwarded_allow_ips: str = Field(
+        default="",
+        description="Reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are honoured: "
+        "comma-separated addresses or networks (10.0.0.0/8), or * for any peer. Empty (the "
+        "default): none, the headers are ignored and the peer's address and scheme are used.",
+    )
     metrics_public: bool = Field(
         default=False,
         description="Serve /metrics without a token (a scraper on a trusted network); by "
@@ -252,6 +259,22 @@ class Settings(BaseSettings):
                 "3 days)"
             )
         return value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _forwarded_allow_ips(cls, value: str) -> str:
+        entries = [e.strip() for e in value.split(",") if e.strip()]
+        for entry in entries:
+            if entry == "*":
+                continue
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{entry!r} is not an IP address or network (e.g. 10.0.0.5, 10.0.0.0/8, "
+                    "or * for any peer)"
+                ) from None
+        return ",".join(entries)
 
     @field_validator("public_url")
     @classmethod

@@ -755,6 +755,14 @@ def explain(
     print(json.dumps(result.as_json(), indent=2) if as_json else result.render())
 
 
+def proxy_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's handling of X-Forwarded-For/-Proto: honoured only from the peers in
+    ``forwarded_allow_ips`` (none by default, whatever uvicorn's FORWARDED_ALLOW_IPS says)."""
+    if not settings.forwarded_allow_ips:
+        return {"proxy_headers": False}
+    return {"proxy_headers": True, "forwarded_allow_ips": settings.forwarded_allow_ips}
+
+
 @app.command()
 def serve(
     config: ConfigOption = None,
@@ -789,6 +797,7 @@ def serve(
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=10,
+            **proxy_options(settings),
         )
     )
     server.run()

@@ -11,6 +11,7 @@ from sqlalchemy.orm import sessionmaker
 from sqlmodel import Session
 
 from ledger.errors import ConfigError
+from ledger.secrets import is_reference, resolve
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -25,13 +26,22 @@ def normalize_url(url: str) -> str:
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    """Build an engine for ``url``. Raises ConfigError for an unsupported or malformed URL."""
+    """Build an engine for ``url``. Raises ConfigError for an unsupported or malformed URL.
+
+    ``url`` may be a secret reference (``file:/run/secrets/database_url``, ``env:NAME``) to the
+    URL, which then carries the password without it being written in the settings."""
+    shown = url
+    if is_reference(url):
+        url = resolve(url).get_secret_value()
+        shown = f"(from {shown.strip()})"  # the reference names a file or variable, no secret
     url = normalize_url(url)
     try:
         parsed = make_url(url)
     except ArgumentError:
+        if shown == url:
+            shown = repr(url)
         raise ConfigError(
-            f"database URL {url!r} is not valid (e.g. sqlite:///./ledger.db or "
+            f"database URL {shown} is not valid (e.g. sqlite:///./ledger.db or "
             "postgresql://user@host/db)"
         ) from None
     backend = parsed.get_backend_name()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 
 from ledger.errors import ConfigError
@@ -42,6 +42,15 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     cfg = alembic_config(engine)
     try:
         with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Replicas starting together upgrade one after the other (the later ones find
+                # the schema at head); held until this transaction ends, released if we die.
+                conn.execute(
+                    text(
+                        "SELECT pg_advisory_xact_lock("
+                        "hashtext('ledger.migrate:' || current_schema()))"
+                    )
+                )
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
     except OperationalError as exc:
