@@ -31,6 +31,8 @@ def daemon(tmp_path: Path, database_url: str, start_daemon: Callable[..., Daemon
             "LEDGER_API_TOKENS": '{"ops": "env:DASH_OPS_TOKEN"}',
             "DASH_OPS_TOKEN": TOKEN,
             "LEDGER_OPENROUTER_BASE_URL": f"http://127.0.0.1:{free_port()}",
+            # the test plays the TLS proxy in front of the daemon, from loopback
+            "LEDGER_FORWARDED_ALLOW_IPS": "127.0.0.1",
         },
     )
 
@@ -89,7 +91,7 @@ def test_pages_need_a_login_whose_cookie_is_httponly_lax_and_secure_over_tls(
     assert board.status_code == 200 and "alpha" in board.text
     assert "api:ops · operator" in board.text
 
-    # Behind a TLS proxy (uvicorn trusts X-Forwarded-Proto from loopback) the cookie is Secure.
+    # Behind a TLS proxy (LEDGER_FORWARDED_ALLOW_IPS names it) the cookie is Secure.
     with httpx.Client(base_url=browser.base_url, timeout=30) as tls:
         secure = login(tls, **{"X-Forwarded-Proto": "https"})
         assert "Secure" in secure.headers["set-cookie"]
