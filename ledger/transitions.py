@@ -57,16 +57,6 @@ from ledger.policy import (
 
 POLICY_ACTOR = "policy"
 DEFAULT_ALERT_EVENTS = ("demotion", "pause", "auth_error")
-# Every event a channel (``events = [...]``) or a behavior file (``alerts.on``) may ask for.
-ALERT_EVENTS = (
-    *DEFAULT_ALERT_EVENTS,
-    "promotion",
-    "promotion_proposed",
-    "recovery",
-    "provider_error",
-    "spend",
-    "dead_letter",
-)
 DEFAULT_PROVIDER_ERROR_RUNS = 3
 SPEND_ALERT_FRACTION = 0.8
 
