@@ -136,17 +136,17 @@ def test_ledger_validate_rejects_a_one_model_roundtable(tmp_path: Path) -> None:
     assert "roundtable.panel: a roundtable needs at least 2 panel models" in done.stdout
 
 
-def test_the_readme_examples_of_both_kinds_are_valid(tmp_path: Path) -> None:
+def test_the_docs_examples_of_every_kind_are_valid(tmp_path: Path) -> None:
     import re
 
-    readme = (Path(__file__).resolve().parents[2] / "behaviors" / "README.md").read_text()
-    section = readme.split("## Multi-model behaviors", 1)[1]
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "behaviors.md").read_text()
+    section = readme.split("## Kinds", 1)[1].split("## Validation errors", 1)[0]
     blocks = re.findall(r"```yaml\n(.*?)```", section, re.DOTALL)
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     kinds = []
     for i, block in enumerate(blocks):
         loaded, problems = load_file(write_behavior(tmp_path, f"readme-{i}", block))
         assert problems == [], [p.render() for p in problems]
         assert loaded is not None and loaded.warnings == ()
         kinds.append(loaded.behavior.kind)
-    assert kinds == ["roundtable", "broad_canvas"]
+    assert kinds == ["single", "roundtable", "broad_canvas"]
