@@ -163,7 +163,7 @@ def test_an_export_verifies_on_its_own_and_an_edit_is_found(
     assert edited.returncode == 1
     assert edited.stdout.startswith("edited.jsonl BROKEN at entry 1: entry 1 (registered, line 1)")
     assert "was edited after it was written" in edited.stdout
-    # The README's recipe, as printed there, agrees without the ledger package.
+    # The recipe of docs/operations.md, as printed there, agrees without the ledger package.
     recipe = tmp_path / "recipe.py"
     recipe.write_text(_readme_recipe())
     intact = _python(recipe, tmp_path / "ledger.jsonl")
@@ -179,9 +179,9 @@ def test_an_export_verifies_on_its_own_and_an_edit_is_found(
 
 def _readme_recipe() -> str:
     section = (
-        (REPO / "README.md")
+        (REPO / "docs" / "operations.md")
         .read_text(encoding="utf-8")
-        .split("### Verifying an exported ledger", 1)[1]
+        .split("## Verifying an exported ledger", 1)[1]
     )
     return section.split("```python\n", 1)[1].split("```", 1)[0]
 

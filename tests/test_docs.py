@@ -66,7 +66,7 @@ def _documented_commands() -> list[tuple[str, str]]:
                     for part in line.split(" / "):  # "ledger approve RUN / ledger reject RUN"
                         found += [(where, m.strip()) for m in LEDGER_CALL.findall(part)]
         for code in INLINE_CODE.findall(_without_fences(text)):
-            found.append((where, code.removeprefix("ledger ").strip()))
+            found += [(where, m.strip()) for m in LEDGER_CALL.findall(code)]
     return found
 
 
@@ -121,7 +121,8 @@ def test_every_documented_ledger_command_exists_with_its_flags() -> None:
             if path and path[0] in NOT_YET_MERGED and cmd is None and len(path) == 1:
                 continue
             if cmd is None:
-                problems.append(f"{where}: `ledger {command}`: no command `ledger {' '.join(path)}`")
+                named = " ".join(path)
+                problems.append(f"{where}: `ledger {command}`: no command `ledger {named}`")
                 continue
             options = {o for p in cmd.params for o in (*p.opts, *p.secondary_opts)} | {"--help"}
             unknown = sorted(flags - options)
@@ -176,7 +177,9 @@ def test_every_ledger_variable_named_is_a_setting_or_read_by_the_code() -> None:
 
 def test_every_toml_example_is_a_valid_configuration() -> None:
     blocks = [
-        (page, body) for page, text in _pages_text() for lang, body in FENCE.findall(text)
+        (page, body)
+        for page, text in _pages_text()
+        for lang, body in FENCE.findall(text)
         if lang == "toml"
     ]
     assert blocks
@@ -189,7 +192,7 @@ def test_the_metrics_section_lists_exactly_the_exported_metrics() -> None:
     metrics = (REPO / "ledger" / "metrics.py").read_text(encoding="utf-8")
     exported = set(re.findall(r'"(ledger_[a-z_]+)"', metrics))
     operations = (REPO / "docs" / "operations.md").read_text(encoding="utf-8")
-    section = operations.split("## Metrics", 1)[1].split("\n## ", 1)[0]
+    section = operations.split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
     named = {
         re.sub(r"_(total|bucket|count|sum)$", "", name)
         for name in re.findall(r"\bledger_[a-z_]+\b", section)
@@ -244,9 +247,7 @@ def _yaml_examples() -> list[tuple[int, str, bool]]:
     for match in FENCE.finditer(text):
         if match.group(1) == "yaml":
             before = text[: match.start()].rstrip().splitlines()[-1]
-            out.append(
-                (text[: match.start()].count("\n") + 1, match.group(2), "invalid" in before)
-            )
+            out.append((text[: match.start()].count("\n") + 1, match.group(2), "invalid" in before))
     return out
 
 
@@ -319,9 +320,12 @@ def test_every_relative_link_resolves() -> None:
             where = f"{page.relative_to(REPO)} → {target}"
             if not resolved.exists():
                 problems.append(f"{where}: no such file")
-            elif anchor and resolved.suffix == ".md":
-                if anchor not in _anchors(resolved.read_text(encoding="utf-8")):
-                    problems.append(f"{where}: no such heading")
+            elif (
+                anchor
+                and resolved.suffix == ".md"
+                and anchor not in _anchors(resolved.read_text(encoding="utf-8"))
+            ):
+                problems.append(f"{where}: no such heading")
     assert problems == []
 
 
@@ -330,3 +334,10 @@ def test_the_readme_links_every_doc() -> None:
     documentation = readme.split("## Documentation", 1)[1].split("\n## ", 1)[0]
     for doc in DOCS:
         assert f"(docs/{doc.name})" in documentation, doc.name
+
+
+def test_the_configuration_table_lists_every_setting() -> None:
+    operations = (REPO / "docs" / "operations.md").read_text(encoding="utf-8")
+    section = operations.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    missing = [f for f in Settings.model_fields if f"`LEDGER_{f.upper()}`" not in section]
+    assert missing == [], "settings missing from docs/operations.md's Configuration table"
