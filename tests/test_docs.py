@@ -5,9 +5,10 @@ Mechanical checks, all in process (no daemon, no database):
   command whose ``--help`` exits 0, and every ``--flag`` written after it is one of its options;
 - every ``LEDGER_*`` name is a setting of ``Settings`` or a variable the code reads;
 - docs/behaviors.md's field tables list exactly the fields of the behavior schema, every YAML
-  example in it validates (a fragment inside a minimal behavior), and its validation-error
-  example prints what the doc says;
-- every TOML block builds a valid ``Settings``; every ``ledger_*`` metric is exported;
+  example of the docs validates (a fragment inside a minimal behavior), and the
+  validation-error example prints what the doc says;
+- docs/operations.md lists every setting and exactly the exported metrics; every TOML block
+  builds a valid ``Settings``;
 - every relative link (and its ``#anchor``) resolves.
 """
 
@@ -240,23 +241,26 @@ MINIMAL = {"schedule": "1h", "preset": "example", "api_key": "env:KEY", "prompt"
 """What a fragment of docs/behaviors.md is checked inside."""
 
 
-def _yaml_examples() -> list[tuple[int, str, bool]]:
-    """(line, YAML, marked invalid) for every YAML block of docs/behaviors.md."""
-    text = BEHAVIORS_DOC.read_text(encoding="utf-8")
+def _yaml_examples() -> list[tuple[str, int, str, bool]]:
+    """(page, line, YAML, marked invalid) for every YAML block of the docs: behavior files or
+    fragments of one."""
     out = []
-    for match in FENCE.finditer(text):
-        if match.group(1) == "yaml":
-            before = text[: match.start()].rstrip().splitlines()[-1]
-            out.append((text[: match.start()].count("\n") + 1, match.group(2), "invalid" in before))
+    for page, text in _pages_text():
+        for match in FENCE.finditer(text):
+            if match.group(1) == "yaml":
+                before = text[: match.start()].rstrip().splitlines()[-1]
+                line = text[: match.start()].count("\n") + 1
+                where = page.relative_to(REPO).as_posix()
+                out.append((where, line, match.group(2), "invalid" in before))
     return out
 
 
 def test_every_behavior_example_is_valid(tmp_path: Path) -> None:
-    examples = [e for e in _yaml_examples() if not e[2]]
+    examples = [e for e in _yaml_examples() if not e[3]]
     assert len(examples) > 20
-    for line, body, _ in examples:
+    for where, line, body, _ in examples:
         fragment = yaml.safe_load(body)  # only its top-level keys are read here
-        assert isinstance(fragment, dict), line
+        assert isinstance(fragment, dict), (where, line)
         keys = {str(k) for k in fragment}
         base = {} if {"schedule", "api_key"} <= keys else dict(MINIMAL)
         if fragment.get("kind", "single") != "single" or "prompt_file" in keys:
@@ -266,10 +270,10 @@ def test_every_behavior_example_is_valid(tmp_path: Path) -> None:
             prompt.parent.mkdir(parents=True, exist_ok=True)
             prompt.write_text("Audit {site}", encoding="utf-8")
         head = "".join(f"{k}: {v}\n" for k, v in base.items() if k not in keys)
-        path = tmp_path / f"example-{line}.yaml"
+        path = tmp_path / f"example-{len(list(tmp_path.glob('*.yaml')))}.yaml"
         path.write_text(head + body, encoding="utf-8")
         loaded, problems = load_file(path)
-        assert problems == [], (f"docs/behaviors.md line {line}", [p.render() for p in problems])
+        assert problems == [], (f"{where} line {line}", [p.render() for p in problems])
         assert loaded is not None
 
 
@@ -278,7 +282,7 @@ def test_the_validation_error_example_prints_what_the_doc_says(
 ) -> None:
     text = BEHAVIORS_DOC.read_text(encoding="utf-8")
     section = text.split("## Validation errors", 1)[1]
-    [invalid] = [body for _, body, bad in _yaml_examples() if bad]
+    [invalid] = [body for _, _, body, bad in _yaml_examples() if bad]
     expected = re.search(r"```text\n(.*?)```", section, re.DOTALL)
     assert expected is not None
     (tmp_path / "behaviors").mkdir()
