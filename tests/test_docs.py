@@ -345,3 +345,13 @@ def test_the_configuration_table_lists_every_setting() -> None:
     section = operations.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
     missing = [f for f in Settings.model_fields if f"`LEDGER_{f.upper()}`" not in section]
     assert missing == [], "settings missing from docs/operations.md's Configuration table"
+
+
+def test_the_readme_keeps_its_two_commands() -> None:
+    """The install+serve and the install+tests commands, verbatim, each in its own block."""
+    blocks = [body.strip() for lang, body in FENCE.findall((REPO / "README.md").read_text())]
+    assert "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/ledger serve" in blocks
+    assert (
+        "python3 -m venv .venv && .venv/bin/pip install -e '.[dev]' && .venv/bin/python -m pytest"
+        in blocks
+    )
