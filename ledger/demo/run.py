@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import signal
 import socket
 import tempfile
 import time
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -166,8 +168,7 @@ async def _serve(
             every=options.every,
             log_level="info" if options.verbose else "warning",
         )
-        settings = load_settings(written.config)
-        _refuse_overrides(settings, written)
+        settings = demo_settings(written.config)
         receiver.data_sources = await _prepare(settings, notion_sim.root_page_id)
 
         from ledger.web.app import create_app, startup_problems
@@ -195,19 +196,12 @@ async def _serve(
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _refuse_overrides(settings: Settings, written: stage.Stage) -> None:
-    """The demo's ledger.toml must be what runs: a ``LEDGER_*`` variable in this shell
-    (which would win over the file) pointing somewhere else is refused, not obeyed."""
-    expected = {
-        "database_url": written.database_url,
-        "behaviors_dir": written.behaviors,
-    }
-    for name, value in expected.items():
-        if getattr(settings, name) != value:
-            raise LedgerError(
-                f"LEDGER_{name.upper()} is set in this shell and would override the demo's "
-                f"{name}: unset it to run the demo (`env -u LEDGER_{name.upper()} ledger demo`)"
-            )
+def demo_settings(config: Path) -> Settings:
+    """The demo's settings: its ledger.toml, whose values win over ``LEDGER_*`` variables of
+    this shell (a ``LEDGER_OPENROUTER_BASE_URL`` left from another try must not send the
+    demo's daemon elsewhere)."""
+    values = tomllib.loads(config.read_text(encoding="utf-8"))
+    return load_settings(config, **values)
 
 
 async def _prepare(settings: Settings, root_page_id: str) -> dict[str, str]:
@@ -254,7 +248,11 @@ async def _prepare(settings: Settings, root_page_id: str) -> dict[str, str]:
 
 def _banner(options: DemoOptions, written: stage.Stage, urls: stage.Urls, token: str) -> str:
     explain = stage.command_line(
-        list(options.program), "explain", stage.TRUSTED, "--config", str(written.config)
+        [*stage.unset_prefix(os.environ), *options.program],
+        "explain",
+        stage.TRUSTED,
+        "--config",
+        str(written.config),
     )
     lines = [
         "",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import secrets
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -227,6 +228,17 @@ def write(
         encoding="utf-8",
     )
     return Stage(folder, config, behaviors, secrets_dir, f"sqlite:///{folder / 'ledger.db'}")
+
+
+# Variables that would win over the demo's ledger.toml in a `ledger explain --config` run.
+SHADOWING: Final = ("LEDGER_DATABASE_URL", "LEDGER_POLICY")
+
+
+def unset_prefix(environ: Mapping[str, str]) -> list[str]:
+    """``env -u NAME …`` for the variables of ``environ`` that would send a printed command
+    elsewhere than the demo's database and thresholds (empty when none is set)."""
+    names = [name for name in SHADOWING if name in environ]
+    return ["env", *(part for name in names for part in ("-u", name))] if names else []
 
 
 def command_line(program: list[str], *args: str) -> str:
