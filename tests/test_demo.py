@@ -6,6 +6,7 @@ tests/web/test_demo_browser.py."""
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -29,7 +30,13 @@ from ledger.demo.receiver import (
     parse_alert,
     property_text,
 )
-from ledger.demo.run import bind_loopback, demo_folder, demo_settings, tier_changes
+from ledger.demo.run import (
+    bind_loopback,
+    demo_folder,
+    demo_settings,
+    first_approvals,
+    tier_changes,
+)
 from ledger.errors import LedgerError
 from ledger.policy import Thresholds
 from ledger.signatures import GENERIC_HEADER, sign_generic
@@ -167,6 +174,14 @@ def test_tier_changes_are_reported_once_and_not_at_first_sight() -> None:
     assert tier_changes(tiers, [{"name": "p", "tier": "B"}]) == []
 
 
+def test_the_first_approval_request_of_each_behavior_is_reported_once() -> None:
+    waiting: set[str] = set()
+    assert first_approvals(waiting, [{"name": "r", "pending_approvals": 0}]) == []
+    lines = first_approvals(waiting, [{"name": "r", "pending_approvals": 2}, {"name": "s"}])
+    assert lines == ["r: an approval request is waiting (dashboard → Approvals)"]
+    assert first_approvals(waiting, [{"name": "r", "pending_approvals": 3}]) == []
+
+
 # --------------------------------------------------------------------------- the receiver
 
 
@@ -175,7 +190,8 @@ def signed(body: bytes, secret: str) -> dict[str, str]:
 
 
 def test_the_receiver_keeps_signed_alerts_once_and_refuses_unsigned_ones() -> None:
-    receiver = Receiver("s" * 32, URLS.dashboard, URLS.notion, "ntn")
+    told: list[ReceivedAlert] = []
+    receiver = Receiver("s" * 32, URLS.dashboard, URLS.notion, "ntn", on_alert=told.append)
     body = orjson.dumps(
         {"event": "demotion", "behavior": "publisher", "text": "demoted <b>", "delivery": 7}
     )
@@ -269,11 +285,22 @@ def test_ledger_help_does_not_import_the_demo() -> None:
     assert done.stdout.split() == ["False", "False"]
 
 
-def test_the_help_explains_every_option(tmp_path: Path) -> None:
+def readme_demo_section() -> str:
+    text = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    start = text.index("## Try it in two minutes: `ledger demo`")
+    return text[start : text.index("\n## ", start + 1)]
+
+
+def test_the_help_explains_every_option_the_readme_names(tmp_path: Path) -> None:
     done = ledger("demo", "--help", cwd=tmp_path, env={"COLUMNS": "200"})
     assert done.returncode == 0, done.stderr
     for text in ("--port", "--keep", "--seconds", "--no-browser-hint", "DEMO-ONLY", "Ctrl-C"):
         assert text in done.stdout
+    section = readme_demo_section()
+    assert ".venv/bin/ledger demo\n```" in section
+    named = set(re.findall(r"--[a-z][a-z-]+", section))
+    assert named >= {"--port", "--keep", "--seconds", "--no-browser-hint"}
+    assert all(option in done.stdout for option in named), named
 
 
 def test_bad_options_are_one_line_without_a_traceback(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ what it receives and fetches what it shows. Pages refresh themselves every few s
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html import escape
@@ -186,8 +186,9 @@ def notion_page(tables: Sequence[NotionTable], problem: str | None = None) -> st
 
 @dataclass(slots=True)
 class Receiver:
-    """The receiver's state: the alerts received, and where to read the Notion rows from
-    (``data_sources``: table title → data source id, set once the databases exist)."""
+    """The receiver's state: the alerts received (``on_alert`` is told of each new one), and
+    where to read the Notion rows from (``data_sources``: table title → data source id, set
+    once the databases exist)."""
 
     alert_secret: str
     dashboard_url: str
@@ -195,6 +196,7 @@ class Receiver:
     notion_token: str
     data_sources: dict[str, str] = field(default_factory=dict)
     alerts: list[ReceivedAlert] = field(default_factory=list)
+    on_alert: Callable[[ReceivedAlert], None] | None = None
 
     async def receive(self, request: Request) -> Response:
         body = await request.body()
@@ -211,6 +213,8 @@ class Receiver:
         if not any(a.delivery == alert.delivery for a in self.alerts):  # retried: same id
             self.alerts.append(alert)
             del self.alerts[:-MAX_ALERTS]
+            if self.on_alert is not None:
+                self.on_alert(alert)
         return JSONResponse({"received": True})
 
     async def alerts_html(self, request: Request) -> Response:

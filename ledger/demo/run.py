@@ -29,7 +29,7 @@ from ledger.config import Settings, load_settings
 from ledger.daemon import build_policy_context
 from ledger.db.session import Database
 from ledger.demo import stage
-from ledger.demo.receiver import Receiver
+from ledger.demo.receiver import ReceivedAlert, Receiver
 from ledger.errors import LedgerError
 from ledger.gates import Tier
 from ledger.logging import configure_logging
@@ -102,7 +102,7 @@ def demo_folder(keep: Path | None) -> Path:
 def run_demo(options: DemoOptions, say: Say) -> None:
     """Run the demo until SIGINT or SIGTERM, then stop everything and remove its folder
     (unless ``options.keep``). Raises LedgerError for a problem found before it starts."""
-    configure_logging("console", "info" if options.verbose else "warning")
+    configure_logging("console", _log_level(options))
     sock = bind_loopback(options.port or 0)
     folder: Path | None = None
     try:
@@ -135,6 +135,7 @@ async def _serve(
 ) -> None:
     started = time.monotonic()
     port = sock.getsockname()[1]
+    say(f"Starting the demo in {folder} …")
     dashboard = f"http://127.0.0.1:{port}"
     demo_secrets = stage.DemoSecrets.generate()
     notion_sim = NotionSimConfig(token=demo_secrets.notion_token)
@@ -152,11 +153,13 @@ async def _serve(
         notion_url = await stack.enter_async_context(
             run_asgi_in_background(notion_sim_app(notion_sim))
         )
+        director = _Director(demo_secrets.token, started, say)
         receiver = Receiver(
             alert_secret=demo_secrets.alert_secret,
             dashboard_url=dashboard,
             notion_url=notion_url,
             notion_token=demo_secrets.notion_token,
+            on_alert=director.alert_received,
         )
         receiver_url = await stack.enter_async_context(run_asgi_in_background(receiver.app()))
         urls = stage.Urls(dashboard, openrouter_url, notion_url, receiver_url)
@@ -166,7 +169,7 @@ async def _serve(
             urls=urls,
             port=port,
             every=options.every,
-            log_level="info" if options.verbose else "warning",
+            log_level=_log_level(options),
         )
         settings = demo_settings(written.config)
         receiver.data_sources = await _prepare(settings, notion_sim.root_page_id)
@@ -176,16 +179,23 @@ async def _serve(
         problems = startup_problems(settings, database=False)
         if problems:
             raise LedgerError("; ".join(problems))
-        await stack.enter_async_context(
-            run_asgi_in_background(
-                create_app(settings), sock=sock, graceful_seconds=SHUTDOWN_GRACE_SECONDS
+        daemon_app = create_app(settings)
+        try:
+            await stack.enter_async_context(
+                run_asgi_in_background(
+                    daemon_app, sock=sock, graceful_seconds=SHUTDOWN_GRACE_SECONDS
+                )
             )
-        )
+        except RuntimeError:  # uvicorn logged why (a failed lifespan)
+            raise LedgerError(
+                "the demo's daemon did not start; run `ledger demo --verbose` to see why"
+            ) from None
         say(_banner(options, written, urls, demo_secrets.token))
-        director = _Director(urls, demo_secrets.token, started, say)
         tasks = [
-            asyncio.create_task(director.inject_guardrail_fault(stop), name="demo-fault"),
-            asyncio.create_task(director.report_tier_changes(stop), name="demo-report"),
+            asyncio.create_task(
+                director.inject_guardrail_fault(urls.openrouter, stop), name="demo-fault"
+            ),
+            asyncio.create_task(director.report(urls.dashboard, stop), name="demo-report"),
         ]
         try:
             await stop.wait()
@@ -194,6 +204,15 @@ async def _serve(
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            # An open dashboard holds its live-update stream open, and the server waits for
+            # open requests before it stops: end the streams first.
+            await daemon_app.state.dashboard_feed.close()
+
+
+def _log_level(options: DemoOptions) -> str:
+    """The daemon's logs go to stderr: errors only by default (the demo reports what happens
+    itself), everything from info with ``--verbose``."""
+    return "info" if options.verbose else "error"
 
 
 def demo_settings(config: Path) -> Settings:
@@ -260,7 +279,7 @@ def _banner(options: DemoOptions, written: stage.Stage, urls: stage.Urls, token:
         + (", and removes its folder)." if options.keep is None else ")."),
         "",
         f"  Dashboard      {urls.dashboard}/",
-        f"  Login token    {token}",
+        f"  Login token    {token}   (the dashboard's login asks for it)",
         f"  Alerts         {urls.receiver}/alerts      (the demo's alert receiver)",
         f"  Notion rows    {urls.receiver}/notion      (the Notion simulator, read-only)",
         f"  Explain        {explain}",
@@ -295,10 +314,10 @@ def _banner(options: DemoOptions, written: stage.Stage, urls: stage.Urls, token:
 
 class _Director:
     """What the demo does while it runs: inject the guardrail fault once the trusted behavior
-    has run at C, and report every tier change (read from the daemon's API)."""
+    has run at C, and report what happens (tier changes and the first approval request of
+    each behavior, read from the daemon's API; alerts as the receiver gets them)."""
 
-    def __init__(self, urls: stage.Urls, token: str, started: float, say: Say) -> None:
-        self.urls = urls
+    def __init__(self, token: str, started: float, say: Say) -> None:
         self.token = token
         self.started = started
         self.say = say
@@ -306,8 +325,12 @@ class _Director:
     def _at(self) -> str:
         return f"[+{time.monotonic() - self.started:4.0f}s]"
 
-    async def inject_guardrail_fault(self, stop: asyncio.Event) -> None:
-        async with httpx.AsyncClient(base_url=self.urls.openrouter, timeout=5) as http:
+    def alert_received(self, alert: ReceivedAlert) -> None:
+        headline = alert.text.splitlines()[0] if alert.text else alert.event
+        self.say(f"{self._at()} alert received ({alert.event}): {headline}")
+
+    async def inject_guardrail_fault(self, openrouter_url: str, stop: asyncio.Event) -> None:
+        async with httpx.AsyncClient(base_url=openrouter_url, timeout=5) as http:
             while not stop.is_set():
                 with contextlib.suppress(httpx.HTTPError, ValueError):
                     calls = (await http.get("/_sim/calls")).json()["calls"]
@@ -325,16 +348,16 @@ class _Director:
             f"{stage.TRUSTED}'s key: its next run will be refused"
         )
 
-    async def report_tier_changes(self, stop: asyncio.Event) -> None:
+    async def report(self, dashboard_url: str, stop: asyncio.Event) -> None:
         tiers: dict[str, str] = {}
+        waiting: set[str] = set()
         headers = {"Authorization": f"Bearer {self.token}"}
-        async with httpx.AsyncClient(
-            base_url=self.urls.dashboard, headers=headers, timeout=10
-        ) as http:
+        async with httpx.AsyncClient(base_url=dashboard_url, headers=headers, timeout=10) as http:
             while not stop.is_set():
                 with contextlib.suppress(httpx.HTTPError, ValueError, KeyError, TypeError):
-                    doc = (await http.get("/api/behaviors")).json()
-                    for line in tier_changes(tiers, doc["behaviors"]):
+                    behaviors = (await http.get("/api/behaviors")).json()["behaviors"]
+                    lines = tier_changes(tiers, behaviors) + first_approvals(waiting, behaviors)
+                    for line in lines:
                         self.say(f"{self._at()} {line}")
                 await _pause(stop, POLL_SECONDS * 2)
 
@@ -351,6 +374,18 @@ def tier_changes(tiers: dict[str, str], behaviors: list[dict[str, Any]]) -> list
             continue
         verb = "promoted" if Tier(tier).rank > Tier(before).rank else "demoted"
         lines.append(f"{name} {verb}: {TIER_LABELS[before]} → {TIER_LABELS[tier]}")
+    return lines
+
+
+def first_approvals(waiting: set[str], behaviors: list[dict[str, Any]]) -> list[str]:
+    """Lines for the behaviors with approval requests waiting for the first time (``waiting``,
+    the behaviors already reported, is updated in place)."""
+    lines = []
+    for behavior in behaviors:
+        name = str(behavior["name"])
+        if int(behavior.get("pending_approvals") or 0) > 0 and name not in waiting:
+            waiting.add(name)
+            lines.append(f"{name}: an approval request is waiting (dashboard → Approvals)")
     return lines
 
 

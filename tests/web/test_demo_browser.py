@@ -25,7 +25,9 @@ pytestmark = pytest.mark.slow
 
 # The banner's lines: "  Label      value   (comment)".
 BANNER = re.compile(r"^  (?P<label>[A-Z][a-z]+(?: [a-z]+)?) {2,}(?P<value>\S.*?)(?: {2,}\(.*\))?$")
-STEP_MS = 60_000  # each step of the demo's timeline happens within a minute of the start
+# Each step of the demo's timeline happens within a minute of the start (Playwright's expect
+# waits 5 seconds unless told).
+STEP_MS = 60_000
 
 
 def banner(text: str) -> dict[str, str]:
@@ -64,7 +66,6 @@ def test_ledger_demo_shows_every_tier_a_promotion_and_a_guardrail_demotion_then_
         with chromium() as browser:
             context = browser.new_context(base_url=shown["Dashboard"])
             page = context.new_page()
-            page.set_default_timeout(STEP_MS)
             login(page, shown["Login token"])
             for tier, label in (
                 ("A", "proposal-only"),
@@ -75,54 +76,59 @@ def test_ledger_demo_shows_every_tier_a_promotion_and_a_guardrail_demotion_then_
             expect(column(page, "A").locator("#card-seo-audit")).to_be_visible()
             expect(column(page, "B").locator("#card-release-notes")).to_be_visible()
             # The policy promotes site-digest A → B (demo thresholds: two clean runs) …
-            expect(column(page, "B").locator("#card-site-digest")).to_be_visible()
+            expect(column(page, "B").locator("#card-site-digest")).to_be_visible(timeout=STEP_MS)
             # … and the guardrail fault demotes publisher C → B, the card saying why.
             publisher = column(page, "B").locator("#card-publisher")
-            expect(publisher).to_be_visible()
-            expect(publisher.locator(".reason")).to_contain_text("guardrail_block")
+            expect(publisher).to_be_visible(timeout=STEP_MS)
+            expect(publisher.locator(".reason")).to_contain_text("guardrail_block", timeout=STEP_MS)
             expect(column(page, "C").locator("#card-publisher")).to_have_count(0)
-            expect(page.locator("#demotions")).to_contain_text("publisher")
+            expect(page.locator("#demotions")).to_contain_text("publisher", timeout=STEP_MS)
             page.goto("/behaviors/publisher")
             expect(page.locator("#timeline")).to_contain_text("C · autonomous")
             expect(page.locator("#timeline")).to_contain_text("guardrail_block")
             page.goto("/approvals")
-            expect(page.locator("[id^='approval-']").first).to_be_visible()
+            expect(page.locator("[id^='approval-']").first).to_be_visible(timeout=STEP_MS)
             expect(page.locator("main")).to_contain_text("release-notes")
-            context.close()
 
-        alerts = httpx.get(shown["Alerts"], timeout=10)
-        assert alerts.status_code == 200
-        assert "demotion" in alerts.text and "guardrail_block" in alerts.text
-        assert "verified" in alerts.text
+            alerts = httpx.get(shown["Alerts"], timeout=10)
+            assert alerts.status_code == 200
+            assert "demotion" in alerts.text and "guardrail_block" in alerts.text
+            assert "verified" in alerts.text
 
-        def notion_updated() -> bool:
-            text = httpx.get(shown["Notion rows"], timeout=10).text
-            return "publisher: demoted" in text and "site-digest: promoted" in text
+            def notion_updated() -> bool:
+                text = httpx.get(shown["Notion rows"], timeout=10).text
+                return "publisher: demoted" in text and "site-digest: promoted" in text
 
-        wait_until(notion_updated, timeout=30, what="the Notion rows to show the tier changes")
-        notion = httpx.get(shown["Notion rows"], timeout=10).text
-        assert 'id="notion-behaviors"' in notion and "B · human-in-the-loop" in notion
+            wait_until(notion_updated, timeout=30, what="the Notion rows to show the changes")
+            notion = httpx.get(shown["Notion rows"], timeout=10).text
+            assert 'id="notion-behaviors"' in notion and "B · human-in-the-loop" in notion
 
-        explain = subprocess.run(
-            shlex.split(shown["Explain"]),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-            env=env,
-        )
-        assert explain.returncode == 0, explain.stderr
-        assert explain.stdout.startswith("publisher is at B · human-in-the-loop")
-        assert "guardrail_block" in explain.stdout and "demoted" in explain.stdout
-    finally:
-        if proc.poll() is None:
+            explain = subprocess.run(
+                shlex.split(shown["Explain"]),
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+                env=env,
+            )
+            assert explain.returncode == 0, explain.stderr
+            assert explain.stdout.startswith("publisher is at B · human-in-the-loop")
+            assert "guardrail_block" in explain.stdout and "demoted" in explain.stdout
+
+            # Ctrl-C while a dashboard is open (its live-update stream too) stops it all.
+            page.goto("/")
+            expect(page.locator("#live")).to_have_text("Live")
             proc.send_signal(signal.SIGINT)
-        try:
             code = proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-            raise
+            context.close()
+    finally:
+        if proc.poll() is None:  # a failed step: stop it as a user would, then kill
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
     log = err.read_text()
     assert code in (0, 130), log
     assert "Traceback" not in log and "Traceback" not in out.read_text()
