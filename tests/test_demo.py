@@ -19,6 +19,7 @@ import orjson
 import pytest
 
 from ledger.behaviors.load import check_resolved_keys, load_directory
+from ledger.cli.demo import MIN_SECONDS
 from ledger.config import Settings
 from ledger.demo import stage
 from ledger.demo.receiver import (
@@ -31,10 +32,12 @@ from ledger.demo.receiver import (
     property_text,
 )
 from ledger.demo.run import (
+    DemoOptions,
     bind_loopback,
     demo_folder,
     demo_settings,
     first_approvals,
+    run_demo,
     tier_changes,
 )
 from ledger.errors import LedgerError
@@ -121,6 +124,9 @@ def test_a_schedule_below_the_scheduler_floor_is_refused() -> None:
     assert stage.check_every(10) == 10
     with pytest.raises(ValueError, match="at least 10"):
         stage.check_every(5)
+    with pytest.raises(LedgerError, match="--seconds must be at least 10"):
+        run_demo(DemoOptions(every=9), say=lambda text: None)
+    assert MIN_SECONDS == stage.MIN_EVERY  # the CLI's own copy (it imports nothing heavy)
 
 
 def test_printed_commands_are_quoted_for_a_shell() -> None:

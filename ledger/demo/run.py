@@ -102,6 +102,10 @@ def demo_folder(keep: Path | None) -> Path:
 def run_demo(options: DemoOptions, say: Say) -> None:
     """Run the demo until SIGINT or SIGTERM, then stop everything and remove its folder
     (unless ``options.keep``). Raises LedgerError for a problem found before it starts."""
+    try:
+        stage.check_every(options.every)
+    except ValueError as exc:
+        raise LedgerError(str(exc)) from None
     configure_logging("console", _log_level(options))
     sock = bind_loopback(options.port or 0)
     folder: Path | None = None
