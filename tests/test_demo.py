@@ -57,7 +57,7 @@ SECRETS = stage.DemoSecrets.generate()
 
 def written(tmp_path: Path, every: int = 10) -> stage.Stage:
     return stage.write(
-        tmp_path, secrets_=SECRETS, urls=URLS, port=8700, every=every, log_level="warning"
+        tmp_path, demo_secrets=SECRETS, urls=URLS, port=8700, every=every, log_level="warning"
     )
 
 

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from ledger.demo.stage import TRUSTED
 from ledger.errors import IngestError
 from ledger.signatures import GENERIC_HEADER, verify_generic
 
@@ -95,7 +96,7 @@ def alerts_page(alerts: Sequence[ReceivedAlert], dashboard_url: str) -> str:
         f"<th>signature</th></tr></thead><tbody>{rows}</tbody></table>"
         if alerts
         else '<p class="muted" id="none">No alert yet. The demotion alert arrives once the '
-        "guardrail fault has demoted <b>publisher</b> (within a minute of the start).</p>"
+        f"guardrail fault has demoted <b>{TRUSTED}</b> (within a minute of the start).</p>"
     )
     return _page(
         "Alerts received — ledger demo",

@@ -169,7 +169,7 @@ async def _serve(
         urls = stage.Urls(dashboard, openrouter_url, notion_url, receiver_url)
         written = stage.write(
             folder,
-            secrets_=demo_secrets,
+            demo_secrets=demo_secrets,
             urls=urls,
             port=port,
             every=options.every,

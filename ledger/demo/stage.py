@@ -40,7 +40,7 @@ GUARDRAIL_FAULT: Final = {
 }
 
 MIN_EVERY: Final = int(MIN_INTERVAL.total_seconds())
-ALERT_EVENTS: Final = ("demotion", "promotion", "pause", "auth_error")
+RECEIVER_EVENTS: Final = ("demotion", "promotion", "pause", "auth_error")
 
 _PRESETS: Final[dict[str, dict[str, Any]]] = {
     "site-digest": {"model": "openai/gpt-4o-mini", "provider": "OpenAI"},
@@ -140,7 +140,7 @@ def ledger_toml(*, folder: Path, secrets_dir: Path, urls: Urls, port: int, log_l
         return _toml_string(f"file:{secrets_dir / name}")
 
     policy = "\n".join(f"{key} = {value}" for key, value in DEMO_POLICY.items())
-    events = ", ".join(_toml_string(e) for e in ALERT_EVENTS)
+    events = ", ".join(_toml_string(e) for e in RECEIVER_EVENTS)
     return f"""\
 # Written by `ledger demo` for this run only. Not a production configuration.
 database_url = {_toml_string(f"sqlite:///{folder / 'ledger.db'}")}
@@ -207,12 +207,12 @@ class Stage:
 
 
 def write(
-    folder: Path, *, secrets_: DemoSecrets, urls: Urls, port: int, every: int, log_level: str
+    folder: Path, *, demo_secrets: DemoSecrets, urls: Urls, port: int, every: int, log_level: str
 ) -> Stage:
     """Write ledger.toml, the behaviors and the secret files under ``folder`` (which exists)."""
     secrets_dir = folder / "secrets"
     secrets_dir.mkdir(mode=0o700)
-    for name, value in secrets_.files().items():
+    for name, value in demo_secrets.files().items():
         path = secrets_dir / name
         path.touch(mode=0o600)
         path.write_text(value, encoding="utf-8")
