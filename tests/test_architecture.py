@@ -1,7 +1,7 @@
 """The layers of DESIGN.md, held by a scan of every import in ``ledger/`` (lazy ones inside
 functions included): imports point down, never up or sideways.
 
-    edge      cli, web/
+    edge      cli, web/, demo/
     daemon    daemon.py
     services  runner/, ingest/, behaviors/, notion/, outbox/ dispatchers and channels
     apply     transitions.py, journal.py, outbox/enqueue.py (the outbox's write side)
@@ -83,7 +83,7 @@ def _report(violations: Iterator[Import]) -> list[str]:
     return [str(v) for v in violations]
 
 
-EDGE = ("ledger.cli", "ledger.__main__", "ledger.web")
+EDGE = ("ledger.cli", "ledger.__main__", "ledger.web", "ledger.demo")
 BASE = (
     "ledger.db",
     "ledger.config",

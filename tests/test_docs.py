@@ -41,9 +41,6 @@ SHELL_LANGS = {"sh", "bash", "shell", "console", ""}
 # A command position: start of a line, after a shell separator, `$ ` or `$(`.
 LEDGER_CALL = re.compile(r"(?:^|[;&|(]|\$\s|\$\()\s*ledger\s+([^;&|)#`\n]*)", re.MULTILINE)
 INLINE_CODE = re.compile(r"(?<!`)`(ledger [^`\n]+)`(?!`)")
-# Commands documented ahead of their merge (another branch builds them): checked once they exist.
-NOT_YET_MERGED = {"demo"}
-
 
 def _pages_text() -> list[tuple[Path, str]]:
     return [(page, page.read_text(encoding="utf-8")) for page in PAGES]
@@ -119,8 +116,6 @@ def test_every_documented_ledger_command_exists_with_its_flags() -> None:
     helped: set[tuple[str, ...]] = set()
     for where, command in commands:
         for path, flags, cmd in _resolve(command):
-            if path and path[0] in NOT_YET_MERGED and cmd is None and len(path) == 1:
-                continue
             if cmd is None:
                 named = " ".join(path)
                 problems.append(f"{where}: `ledger {command}`: no command `ledger {named}`")

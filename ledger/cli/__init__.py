@@ -20,6 +20,8 @@ from sqlmodel import Session
 from ledger import __version__
 from ledger.behaviors.load import load_directory
 from ledger.behaviors.schema import behavior_json_schema
+from ledger.cli.demo import HELP as DEMO_HELP
+from ledger.cli.demo import demo
 from ledger.cli.multi import canvas_app
 from ledger.cli.notion import notion_app
 from ledger.config import Settings, load_settings
@@ -39,6 +41,7 @@ sim_app = typer.Typer(
 )
 app.add_typer(sim_app, name="sim")
 app.add_typer(notion_app, name="notion")
+app.command("demo", help=DEMO_HELP)(demo)
 
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 

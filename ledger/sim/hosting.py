@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -55,7 +56,7 @@ class _QuietServer(uvicorn.Server):
         yield
 
 
-def _uvicorn_server(app: ASGIApp) -> _QuietServer:
+def _uvicorn_server(app: ASGIApp, graceful_seconds: int | None = None) -> _QuietServer:
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
@@ -66,6 +67,7 @@ def _uvicorn_server(app: ASGIApp) -> _QuietServer:
         access_log=False,
         timeout_keep_alive=300,
         backlog=4096,
+        timeout_graceful_shutdown=graceful_seconds,
     )
     return _QuietServer(config)
 
@@ -76,10 +78,14 @@ def _base_url(server: uvicorn.Server) -> str:
 
 
 @contextlib.asynccontextmanager
-async def run_asgi_in_background(app: ASGIApp) -> AsyncIterator[str]:
-    """Serve any ASGI app on a free loopback port in this event loop; yields its base URL."""
-    server = _uvicorn_server(app)
-    task = asyncio.create_task(server.serve())
+async def run_asgi_in_background(
+    app: ASGIApp, *, sock: socket.socket | None = None, graceful_seconds: int | None = None
+) -> AsyncIterator[str]:
+    """Serve any ASGI app on a free loopback port in this event loop (or on ``sock``, a socket
+    the caller bound); yields its base URL. ``graceful_seconds`` caps the wait for requests
+    still open at shutdown (a live dashboard's event stream never ends on its own)."""
+    server = _uvicorn_server(app, graceful_seconds)
+    task = asyncio.create_task(server.serve(sockets=None if sock is None else [sock]))
     try:
         while not server.started:
             if task.done():

@@ -20,22 +20,12 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright import sync_api as playwright_sync
 from playwright.sync_api import expect
 
 from tests.conftest import free_port, write_behavior
 from tests.daemon import Daemon, daemon_starter, ledger, wait_until
+from tests.web.browser import chromium, column, login
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 ARTIFACTS = Path(
     os.environ.get("LEDGER_TEST_ARTIFACTS", Path(__file__).parents[2] / "test-artifacts")
 )
@@ -110,8 +100,6 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)")
     tmp = tmp_path_factory.mktemp("dashboard")
     (tmp / "sim.yaml").write_text(SIM)
     write_behavior(tmp / "behaviors", "guarded", behavior("guard", "Summarises the news."))
@@ -171,14 +159,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def browser(stack: Stack) -> Iterator[Any]:
-    with playwright_sync.sync_playwright() as pw:
-        chromium = pw.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 @dataclass
@@ -212,21 +194,9 @@ def page(browser: Any, stack: Stack) -> Iterator[Watched]:
     context.close()
 
 
-def login(page: Any, token: str) -> None:
-    page.goto("/")
-    expect(page).to_have_url(re.compile(r"/login\?next="))
-    page.get_by_label("API token").fill(token)
-    page.get_by_role("button", name="Log in").click()
-    expect(page.get_by_role("heading", name="Tier board")).to_be_visible()
-
-
 def shot(page: Any, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-
-
-def column(page: Any, tier: str) -> Any:
-    return page.locator(f"section.column[data-tier='{tier}']")
 
 
 @pytest.fixture
