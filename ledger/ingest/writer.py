@@ -40,13 +40,16 @@ from ledger.errors import IngestError
 from ledger.ingest.otlp import (
     Attributes,
     AttrValue,
+    Charge,
     RawRequest,
     SpanEvent,
     SpanRecord,
+    charges_of,
     span_from_raw,
 )
 
 __all__ = [
+    "ChargeResolver",
     "SpanWriter",
     "WriterStats",
     "delivery_text",
@@ -239,6 +242,69 @@ def is_bad_data(exc: BaseException) -> bool:
     )
 
 
+class ChargeResolver:
+    """A delivery's charges → ``(behavior id, dollars)`` for ``ingest_delivery.pending_*``.
+
+    Attributes each charge like the processor would, but from the registry alone (behavior
+    names and key names, reloaded every ``ttl`` seconds), never a per-delivery query: by
+    ``trace.metadata.behavior``, else ``user.id``, else the key name. A delivery whose charges
+    name several behaviors counts its whole attributed cost under the one with the most (a
+    broadcast delivery is one call; the budget check errs on the side of refusing)."""
+
+    def __init__(self, engine: Engine, ttl: float = 5.0) -> None:
+        self._engine = engine
+        self._ttl = ttl
+        self._loaded_at = -math.inf
+        self._names: dict[str, int] = {}
+        self._keys: dict[str, int] = {}
+
+    def _refresh(self) -> None:
+        if time.monotonic() - self._loaded_at < self._ttl:
+            return
+        table: Table = BehaviorRow.__table__  # type: ignore[attr-defined]  # SQLModel table
+        try:
+            with self._engine.connect() as conn:
+                rows = conn.execute(
+                    select(table.c.id, table.c.name, table.c.definition, table.c.learned_key_name)
+                ).all()
+        except Exception as exc:  # the insert that follows reports the database's failure
+            log.warning("behaviors could not be read for pending spend", error=type(exc).__name__)
+            return
+        self._names = {name: id_ for id_, name, _, _ in rows}
+        keys = ((id_, (d or {}).get("key_name") or learned) for id_, _, d, learned in rows)
+        self._keys = {key: id_ for id_, key in keys if key}
+        self._loaded_at = time.monotonic()
+
+    def behavior_of(self, charge: Charge) -> int | None:
+        """The behavior a charge is attributed to, or None."""
+        for name in (charge.behavior, charge.user):
+            if name and name in self._names:
+                return self._names[name]
+        return self._keys.get(charge.key_name) if charge.key_name else None
+
+    def pending(self, charges: Sequence[Charge]) -> tuple[int | None, float | None]:
+        """``(pending_behavior_id, pending_usd)`` of a delivery with these charges."""
+        if not charges:
+            return None, None
+        self._refresh()
+        by_behavior: dict[int, float] = {}
+        for charge in charges:
+            behavior = self.behavior_of(charge)
+            if behavior is not None:
+                by_behavior[behavior] = by_behavior.get(behavior, 0.0) + charge.usd
+        if not by_behavior:
+            return None, None
+        most = max(by_behavior, key=by_behavior.__getitem__)
+        return most, sum(by_behavior.values())
+
+
+def delivery_charges(spans: Sequence[SpanRecord] | RawRequest) -> list[Charge]:
+    """The costs a delivery's spans report."""
+    if isinstance(spans, RawRequest):
+        return spans.charges
+    return charges_of(spans)
+
+
 class _DeliveryInsert:
     """One ``ingest_delivery`` row per request, a batch committed in one transaction.
 
@@ -250,9 +316,16 @@ class _DeliveryInsert:
     paid that once per row and twice more per batch.
     """
 
-    _COLUMNS: Final = ("received_at", "span_count", "spans")
+    _COLUMNS: Final = (
+        "received_at",
+        "span_count",
+        "spans",
+        "pending_behavior_id",
+        "pending_usd",
+    )
     _COPY: Final = (
-        "COPY ingest_delivery (received_at, span_count, spans) FROM STDIN (FORMAT BINARY)"
+        "COPY ingest_delivery (received_at, span_count, spans, pending_behavior_id, pending_usd)"
+        " FROM STDIN (FORMAT BINARY)"
     )
 
     def __init__(self, engine: Engine) -> None:
@@ -262,13 +335,17 @@ class _DeliveryInsert:
         )
         self._copy = engine.dialect.name == "postgresql"
         self._values_sql: dict[int, str] = {}
+        self._charges = ChargeResolver(engine)
 
     def row(self, pending: _Pending) -> tuple[Any, ...]:
         """The delivery's row, in ``_COLUMNS`` order and driver form."""
+        behavior_id, usd = self._charges.pending(delivery_charges(pending.spans))
         return (
             self._received_at(pending.received_at),
             len(pending.spans),
             delivery_text(pending.spans),
+            behavior_id,
+            usd,
         )
 
     def commit(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
@@ -303,7 +380,7 @@ class _DeliveryInsert:
     def _sql_for(self, count: int) -> str:
         sql = self._values_sql.get(count)
         if sql is None:
-            placeholders = ", ".join(["(?, ?, ?)"] * count)
+            placeholders = ", ".join(["(?, ?, ?, ?, ?)"] * count)
             columns = ", ".join(self._COLUMNS)
             # Only constants and placeholders go into the text; values are bound.
             sql = f"INSERT INTO ingest_delivery ({columns}) VALUES {placeholders}"  # noqa: S608
@@ -314,7 +391,7 @@ class _DeliveryInsert:
         dbapi: Any = conn.connection.dbapi_connection
         try:
             with dbapi.cursor() as cursor, cursor.copy(self._COPY) as copy:
-                copy.set_types(["timestamptz", "int4", "text"])
+                copy.set_types(["timestamptz", "int4", "text", "int4", "float8"])
                 for row in rows:
                     copy.write_row(row)
         except psycopg.Error as exc:  # as SQLAlchemy would raise it (IntegrityError, …)

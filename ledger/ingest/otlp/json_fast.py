@@ -17,7 +17,15 @@ from ledger.ingest.otlp.json_walk import (
     UINT64_MAX,
     as_int,
 )
-from ledger.ingest.otlp.model import Limits, RawRequest
+from ledger.ingest.otlp.model import (
+    CHARGE_KEYS,
+    Attributes,
+    AttrValue,
+    Charge,
+    Limits,
+    RawRequest,
+    charge_of,
+)
 
 # The common delivery (every id hex, every attribute a plain value) is validated by msgspec into
 # the typed structs below — C speed, no per-key Python — and stored as it came: a ``RawRequest``
@@ -112,10 +120,12 @@ def fast_json(payload: bytes, limits: Limits) -> RawRequest | None:
     except Exception:  # any refusal (syntax, types, encoding): the walker words the error
         return None
     names: list[str] = []
+    charges: list[Charge] = []
     hexdigits = HEX_DIGITS
     for rs in request.resourceSpans:
         if rs.resource is not None and not _plain_attributes(rs.resource.attributes, limits):
             return None
+        resource = _charge_attributes(rs.resource.attributes) if rs.resource else {}
         for ss in rs.scopeSpans:
             for span in ss.spans:
                 trace_id, span_id, parent = span.traceId, span.spanId, span.parentSpanId
@@ -144,7 +154,31 @@ def fast_json(payload: bytes, limits: Limits) -> RawRequest | None:
                     ):
                         return None
                 names.append(span.name)
-    return RawRequest(text, names)
+                found = _charge_attributes(span.attributes)
+                if found:
+                    charge = charge_of(found, resource)
+                    if charge is not None:
+                        charges.append(charge)
+    return RawRequest(text, names, charges)
+
+
+def _charge_attributes(items: list[_KeyValue]) -> Attributes:
+    """The attributes among ``items`` a charge is read from (plain values: checked before)."""
+    found: Attributes = {}
+    for kv in items:
+        if kv.key in CHARGE_KEYS and kv.value is not None:
+            found[kv.key] = _plain(kv.value)
+    return found
+
+
+def _plain(value: _AnyValue) -> AttrValue:
+    if value.stringValue is not UNSET:
+        return value.stringValue
+    if value.doubleValue is not UNSET:
+        return value.doubleValue
+    if value.intValue is not UNSET:
+        return value.intValue
+    return None
 
 
 def _fast_uint64(value: int | str) -> bool:
