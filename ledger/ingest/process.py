@@ -59,6 +59,7 @@ from ledger.ingest.content import mask_span_content
 from ledger.ingest.otlp import SpanRecord, spans_from_stored_request
 from ledger.ingest.writer import (
     SOURCE_BROADCAST,
+    Backlog,
     is_bad_data,
     span_data,
     span_from_data,
@@ -78,13 +79,14 @@ log = structlog.get_logger("ledger.ingest")
 
 BATCH = 200  # deliveries per pass
 _INT32_MAX: Final = 2**31 - 1
-# On SQLite while the receiver is busy: short write transactions, so the receiver's group
+# On SQLite while the receiver is busy: shorter write transactions, so the receiver's group
 # commits (SQLite has one writer at a time) never wait long for the processor's. PostgreSQL
 # locks rows, so there the processor keeps its full batches.
-BUSY_BATCH = 20
+BUSY_BATCH = 50
 LOOKUP_TTL = 5.0
-YIELD_FACTOR = 4.0  # rest per second of work while the receiver is busy
-MAX_REST = 1.0
+# Caught up while deliveries keep arriving: rest this long, so the next pass takes a batch
+# rather than one delivery at a time (a delivery waits at most this long more to be counted).
+GATHER_REST = 0.05
 
 
 class DbLookup:
@@ -152,6 +154,7 @@ class DbLookup:
 
 @dataclass(slots=True)
 class ProcessStats:
+    fetched: int = 0  # deliveries taken from the queue (a full batch: more are waiting)
     deliveries: int = 0
     spans: int = 0
     generations: int = 0
@@ -176,6 +179,7 @@ def process_pending(
         ).all()
     if not fetched:
         return stats
+    stats.fetched = len(fetched)
     deliveries = [d for d in (_read(db, *row) for row in fetched) if d is not None]
     lookup.prefetch_runs(
         {
@@ -224,6 +228,27 @@ def process_pending(
     if idle:
         _store_idle(db, idle, now, stats)
     return stats
+
+
+_WAITING_SQL: Final = (
+    "SELECT coalesce(sum(span_count), 0) - coalesce((SELECT sum(span_count) FROM"
+    " ingest_delivery WHERE set_aside IS NOT NULL), 0) FROM ingest_delivery"
+)
+
+
+def waiting_spans(db: Database) -> int:
+    """Spans acknowledged and not yet processed: every stored delivery but the set-aside ones
+    (read from the rows' leading columns and a partial index: the delivery text is not). A
+    plain read on the driver's connection: on SQLite no ``BEGIN IMMEDIATE``, so it never waits
+    for, nor holds up, a writer."""
+    with db.engine.connect() as conn:
+        dbapi: Any = conn.connection.driver_connection
+        cursor = dbapi.cursor()
+        try:
+            cursor.execute(_WAITING_SQL)
+            return int(cursor.fetchone()[0])
+        finally:
+            cursor.close()
 
 
 def _apply_delivery(
@@ -790,10 +815,12 @@ def process_webhook_events(
 class IngestProcessor:
     """A loop over ``process_pending``, started and stopped by the lifespan.
 
-    Acknowledging deliveries comes first: while the receiver is busy (``ingest_busy``), the
-    processor rests four times as long as each batch took, so it takes at most about a fifth of
-    the CPU, and on SQLite takes ``BUSY_BATCH`` deliveries at a time (short transactions); the
-    backlog is worked off in full batches as soon as the receiver quietens down.
+    Keeping up comes first: while a pass finds a full batch (a backlog), the next starts at
+    once, so "acknowledged" soon means "counted" (the receiver refuses deliveries with 429 once
+    the backlog passes its bound, ``LEDGER_INGEST_MAX_BACKLOG``, rather than let it grow). Once
+    caught up while the receiver is busy (``ingest_busy``), it rests ``GATHER_REST`` so the next
+    pass takes a batch, and on SQLite takes ``BUSY_BATCH`` deliveries at a time (short write
+    transactions beside the receiver's group commits).
     """
 
     def __init__(
@@ -804,8 +831,10 @@ class IngestProcessor:
         idle: float = 0.5,
         sources: Mapping[str, WebhookSource] | None = None,
         ingest_busy: Callable[[], bool] | None = None,
+        backlog: Backlog | None = None,
     ) -> None:
         self.ingest_busy = ingest_busy
+        self.backlog = backlog
         self.sources = dict(sources or {})
         self.db = db
         self.clock = clock
@@ -817,7 +846,6 @@ class IngestProcessor:
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            started = time.monotonic()
             busy = self.ingest_busy is not None and self.ingest_busy()
             limit = BUSY_BATCH if busy and self._one_writer else BATCH
             try:
@@ -829,17 +857,19 @@ class IngestProcessor:
                     self.ctx,
                     limit,
                 )
+                if self.backlog is not None and self.backlog.limit:
+                    self.backlog.resync(await asyncio.to_thread(waiting_spans, self.db))
                 events = await asyncio.to_thread(
                     process_webhook_events, self.db, self.clock.now(), self.ctx, self.sources
                 )
             except Exception:
                 log.exception("processing broadcast spans or webhook events failed; retrying")
                 stats, events = ProcessStats(), 0
-            if stats.spans or events:
-                if busy:
-                    rest = min(YIELD_FACTOR * (time.monotonic() - started), MAX_REST)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), timeout=rest)
+            if stats.fetched >= limit:
+                continue  # a backlog: on with the next batch
+            if stats.fetched or events or busy:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=GATHER_REST)
                 continue
             self.wake.clear()
             with contextlib.suppress(TimeoutError):

@@ -49,6 +49,7 @@ from ledger.ingest.otlp import (
 )
 
 __all__ = [
+    "Backlog",
     "ChargeResolver",
     "SpanWriter",
     "WriterStats",
@@ -261,17 +262,21 @@ class ChargeResolver:
     def _refresh(self) -> None:
         if time.monotonic() - self._loaded_at < self._ttl:
             return
-        table: Table = BehaviorRow.__table__  # type: ignore[attr-defined]  # SQLModel table
         try:
+            # A plain read on the driver's connection: on SQLite no ``BEGIN IMMEDIATE``, so the
+            # writer never waits here for the processor's write transaction.
             with self._engine.connect() as conn:
-                rows = conn.execute(
-                    select(table.c.id, table.c.name, table.c.definition, table.c.learned_key_name)
-                ).all()
+                cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+                try:
+                    cursor.execute("SELECT id, name, definition, learned_key_name FROM behavior")
+                    rows = cursor.fetchall()
+                finally:
+                    cursor.close()
         except Exception as exc:  # the insert that follows reports the database's failure
             log.warning("behaviors could not be read for pending spend", error=type(exc).__name__)
             return
         self._names = {name: id_ for id_, name, _, _ in rows}
-        keys = ((id_, (d or {}).get("key_name") or learned) for id_, _, d, learned in rows)
+        keys = ((id_, _key_name(d) or learned) for id_, _, d, learned in rows)
         self._keys = {key: id_ for id_, key in keys if key}
         self._loaded_at = time.monotonic()
 
@@ -296,6 +301,14 @@ class ChargeResolver:
             return None, None
         most = max(by_behavior, key=by_behavior.__getitem__)
         return most, sum(by_behavior.values())
+
+
+def _key_name(definition: Any) -> str | None:
+    """The ``key_name`` of a behavior's stored definition (JSON text on SQLite)."""
+    if isinstance(definition, str | bytes):
+        definition = orjson.loads(definition)
+    value = definition.get("key_name") if isinstance(definition, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def delivery_charges(spans: Sequence[SpanRecord] | RawRequest) -> list[Charge]:
@@ -398,6 +411,32 @@ class _DeliveryInsert:
             raise DBAPIError.instance(self._COPY, None, exc, psycopg.Error) from exc
 
 
+class Backlog:
+    """Spans acknowledged but not yet applied by the processor, against a bound: past it the
+    receiver answers 429 with Retry-After (OpenRouter's broadcast retries), so an
+    acknowledgement never means "counted minutes later".
+
+    The processor measures the backlog in the database after each pass (``resync``: what every
+    replica stored, less the set-aside rows); the writer adds what it commits in between.
+    Touched on the event loop only. ``limit`` 0: no bound."""
+
+    __slots__ = ("limit", "spans")
+
+    def __init__(self, limit: int = 0) -> None:
+        self.limit = limit
+        self.spans = 0
+
+    def full(self, extra: int) -> bool:
+        """Whether ``extra`` more spans would take the backlog past its bound."""
+        return self.limit > 0 and self.spans > 0 and self.spans + extra > self.limit
+
+    def add(self, spans: int) -> None:
+        self.spans += spans
+
+    def resync(self, spans: int) -> None:
+        self.spans = spans
+
+
 class SpanWriter:
     """Group commit for broadcast deliveries: ``await write(spans, received_at)`` returns once
     the delivery is committed.
@@ -410,8 +449,9 @@ class SpanWriter:
     event loop with ``call_soon_threadsafe``.
 
     Raises from ``write``: ``IngestError`` 429 when more than ``max_queued_spans`` spans are
-    waiting or being committed (overload), 503 when the batch's transaction failed or the
-    writer is closed (the sender retries; nothing was acknowledged), 400 when the database
+    waiting or being committed (overload) or the processor's ``backlog`` is full, 503 when
+    the batch's transaction failed or the writer is closed (the sender retries; nothing was
+    acknowledged), 400 when the database
     refused this request's own data. A failed batch of several requests whose failure looks
     like bad data is retried one request per transaction, so one poisonous delivery cannot
     fail the others.
@@ -424,8 +464,10 @@ class SpanWriter:
         max_batch_spans: int = 5_000,
         max_queued_spans: int = 50_000,
         retry_after: float = 1.0,
+        backlog: Backlog | None = None,
     ) -> None:
         self._engine = engine
+        self.backlog = backlog or Backlog()
         self._conn: Connection | None = None  # the writer thread's own, between batches
         self._insert = _DeliveryInsert(engine)
         self._max_batch_spans = max_batch_spans
@@ -472,6 +514,14 @@ class SpanWriter:
                 status_code=429,
                 retry_after=self._retry_after,
             )
+        if self.backlog.full(len(spans)):
+            self.stats.overloaded += 1
+            raise IngestError(
+                f"broadcast processing is {self.backlog.spans} spans behind (the bound is "
+                f"{self.backlog.limit}, LEDGER_INGEST_MAX_BACKLOG_SPANS); retry later",
+                status_code=429,
+                retry_after=self._retry_after,
+            )
         self._last_write = time.monotonic()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._unsettled_spans += len(spans)
@@ -502,6 +552,7 @@ class SpanWriter:
             if outcome is None:
                 self.stats.requests += 1
                 self.stats.spans += len(pending.spans)
+                self.backlog.add(len(pending.spans))
             if pending.future.done():  # the request was cancelled; its spans are stored anyway
                 continue
             if outcome is None:
