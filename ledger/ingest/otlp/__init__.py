@@ -19,7 +19,8 @@ text), ``json_walk`` (the JSON walker, the one definition of what is valid), ``p
 """
 
 from ledger.ingest.otlp.framing import decode_for_storage, decode_request, wants_protobuf
-from ledger.ingest.otlp.json_walk import span_from_raw, spans_from_stored_request
+from ledger.ingest.otlp.json_fast import spans_from_stored_request
+from ledger.ingest.otlp.json_walk import span_from_raw
 from ledger.ingest.otlp.model import (
     CONNECTION_TEST_SPAN_NAME,
     AcceptedSpans,

@@ -328,7 +328,7 @@ _STORED_LIMITS: Final = Limits(
 )
 
 
-def spans_from_stored_request(text: str) -> list[SpanRecord]:
+def walk_stored_request(text: str) -> list[SpanRecord]:
     """The spans of a request stored as it came (``RawRequest.text``), by the walker."""
     return walk(decode_json, text.encode(), _STORED_LIMITS)
 
