@@ -228,7 +228,8 @@ class Result:
 
     @property
     def rate(self) -> float:
-        return self.requests / self.seconds
+        """Deliveries acknowledged per second (a 429 or other error is not ingestion)."""
+        return (self.requests - self.errors) / self.seconds
 
 
 WRK_SCRIPT = """

@@ -103,6 +103,21 @@ class Bad(Exception):
         return IngestError(self.text(), status_code=self.status_code)
 
 
+def check_counts(limits: Limits, *where: str, attributes: int = 0, events: int = 0) -> None:
+    """The walkers' count limits (JSON and protobuf alike): more ``attributes`` (per span,
+    event or resource) or ``events`` (per span) than ``limits`` allow is refused with 413,
+    located at ``where`` + ``attributes`` / ``events``."""
+    if attributes > limits.max_attributes:
+        raise Bad(
+            f"{attributes} attributes; the limit is {limits.max_attributes}",
+            *where,
+            "attributes",
+            status_code=413,
+        )
+    if events > limits.max_events:
+        raise Bad(f"more than {limits.max_events} events", *where, "events", status_code=413)
+
+
 @dataclass(frozen=True, slots=True)
 class Charge:
     """The cost one span reports and the hints the receiver attributes it by, from the registry
