@@ -33,7 +33,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("pending_usd", sa.Float(), nullable=True))
         batch.create_index(
             "ix_ingest_delivery_pending",
-            ["pending_behavior_id", "pending_usd"],
+            ["pending_behavior_id", "pending_usd", "set_aside"],
             postgresql_where=sa.text(_PENDING),
             sqlite_where=sa.text(_PENDING),
         )

@@ -298,11 +298,13 @@ class IngestDelivery(SQLModel, table=True):
 
     __tablename__ = "ingest_delivery"
     __table_args__ = (
-        # What the budget check sums, read from the index alone (the rows are large).
+        # What the budget check sums, read from the index alone (the rows are large; SQLite
+        # covers the query only with ``set_aside`` in the index too).
         Index(
             "ix_ingest_delivery_pending",
             "pending_behavior_id",
             "pending_usd",
+            "set_aside",
             postgresql_where=text("pending_behavior_id IS NOT NULL AND set_aside IS NULL"),
             sqlite_where=text("pending_behavior_id IS NOT NULL AND set_aside IS NULL"),
         ),
