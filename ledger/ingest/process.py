@@ -3,9 +3,9 @@ hot path.
 
 The receiver only stores each delivery (``ingest_delivery``); this processor takes them oldest
 first, groups each one's spans by trace, extracts generations, attributes each to a behavior,
-and, in one transaction per delivery, stores its spans in ``ingested_span`` (marked with their
-attribution; the prompt and completion text masked, see ``content``), applies the effects and
-deletes the delivery. The effects go through the same
+and, in one transaction for a whole batch of deliveries, stores their spans in
+``ingested_span`` (marked with their attribution; the prompt and completion text masked, see
+``content``), applies the effects and deletes the deliveries. The effects go through the same
 transitions the runner uses:
 
 - cost counts toward the behavior's budget window (for a daemon run: the larger of the runner's
@@ -16,8 +16,9 @@ transitions the runner uses:
 
 A span already stored (a redelivery) is not stored again and has no effects again.
 Unattributed spans are kept and marked ``unattributed`` (counted in ``ledger status``).
-A delivery's transaction locks its behaviors like the runner does; deliveries without effects
-are stored together in one transaction.
+A batch's transaction locks its behaviors like the runner does (once each, in name order) and
+adds each budget window's spend once; a batch the database refuses is applied one delivery at a
+time (deliveries without effects together), so one bad delivery cannot hold up the others.
 """
 
 from __future__ import annotations
