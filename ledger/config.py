@@ -166,6 +166,13 @@ class Settings(BaseSettings):
     )
     ingest_max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     ingest_max_inflated_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    ingest_max_backlog_spans: int = Field(
+        default=15_000,
+        ge=0,
+        description="Broadcast spans acknowledged but not yet applied (spend, gates) beyond "
+        "which deliveries are refused with 429 + Retry-After, which OpenRouter retries; 0: "
+        "no bound.",
+    )
     webhook_sources: dict[str, WebhookSource] = Field(default_factory=dict)
     alert_channels: dict[str, AlertChannelConfig] = Field(
         default_factory=dict,

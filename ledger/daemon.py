@@ -40,7 +40,7 @@ from ledger.http import backoff_delay
 from ledger.ingest.otlp import Limits
 from ledger.ingest.process import IngestProcessor
 from ledger.ingest.receiver import BroadcastAuth, Ingest, WebhookSourceConfig
-from ledger.ingest.writer import SpanWriter
+from ledger.ingest.writer import Backlog, SpanWriter
 from ledger.metrics import install_event_counters, observe_dispatch
 from ledger.notion.api import NotionApi
 from ledger.notion.approvals import ApprovalPoller, Decide
@@ -198,7 +198,11 @@ async def open_daemon(settings: Settings, clock: Clock) -> Daemon:
     await daemon.reconcile_now()
     # Scheduler + runner, broadcast processor, approval expiry (after the first reconcile).
     daemon.services = await open_services(
-        settings, db, clock, ingest_busy=daemon.ingest.writer.busy
+        settings,
+        db,
+        clock,
+        ingest_busy=daemon.ingest.writer.busy,
+        backlog=daemon.ingest.writer.backlog,
     )
     if settings.watch:
         daemon.tasks.append(
@@ -266,7 +270,9 @@ async def open_ingest(
         if not secrets:
             raise ConfigError(f"webhook_sources.{name}.secrets: no signing secret is configured")
         sources[name] = WebhookSourceConfig(name, _SCHEMES[source.scheme], secrets, source.behavior)
-    span_writer = writer or SpanWriter(db.engine)
+    span_writer = writer or SpanWriter(
+        db.engine, backlog=Backlog(settings.ingest_max_backlog_spans)
+    )
     span_writer.start()
     return Ingest(
         db=db,
@@ -329,6 +335,7 @@ async def open_services(
     *,
     scheduler: bool = True,
     ingest_busy: Callable[[], bool] | None = None,
+    backlog: Backlog | None = None,
 ) -> Services:
     ctx = build_policy_context(settings)
     in_flight = calls_that_fit(settings.runner_max_calls)
@@ -360,7 +367,12 @@ async def open_services(
         lease=timedelta(seconds=settings.runner_lease_seconds),
     )
     processor = IngestProcessor(
-        db, clock, ctx, sources=settings.webhook_sources, ingest_busy=ingest_busy
+        db,
+        clock,
+        ctx,
+        sources=settings.webhook_sources,
+        ingest_busy=ingest_busy,
+        backlog=backlog,
     )
     outbound = make_client()
     notion = build_notion(settings, db, clock, ctx)

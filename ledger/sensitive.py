@@ -20,7 +20,7 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 __all__ = [
     "KIND_LABELS",
@@ -87,6 +87,13 @@ class _Detector:
     # Returns the masked preview, or None when the candidate is not the real thing.
     confirm: Callable[[re.Match[str]], str | None]
     group: str | int = 0
+    # What any match must contain: one of ``needs_any`` (in the case-folded text for the
+    # generic secret), a digit. Only ever a necessary condition: skipping never loses a finding.
+    needs_any: tuple[str, ...] = ()
+    needs_digit: bool = False
+
+
+_DIGIT: Final = re.compile(r"\d")
 
 
 def _secret_preview(match: re.Match[str]) -> str | None:
@@ -240,11 +247,13 @@ _DETECTORS: tuple[_Detector, ...] = (
         "openrouter_key",
         re.compile(r"(?<![\w-])(?P<prefix>sk-or-(?:v\d{1,2}-)?)[A-Za-z0-9]{16,128}"),
         _secret_preview,
+        needs_any=("sk-or-",),
     ),
     _Detector(
         "anthropic_key",
         re.compile(r"(?<![\w-])(?P<prefix>sk-ant-)[A-Za-z0-9_-]{20,250}"),
         _mixed_secret_preview,
+        needs_any=("sk-ant-",),
     ),
     _Detector(
         "openai_key",
@@ -252,11 +261,13 @@ _DETECTORS: tuple[_Detector, ...] = (
             r"(?<![\w-])(?P<prefix>sk-(?!or-|ant-)(?:proj-|svcacct-|admin-)?)[A-Za-z0-9_-]{20,250}"
         ),
         _mixed_secret_preview,
+        needs_any=("sk-",),
     ),
     _Detector(
         "notion_token",
         re.compile(r"(?<![\w-])(?P<prefix>secret_|ntn_)[A-Za-z0-9]{30,80}(?![A-Za-z0-9])"),
         _mixed_secret_preview,
+        needs_any=("secret_", "ntn_"),
     ),
     _Detector(
         "slack_webhook",
@@ -265,26 +276,31 @@ _DETECTORS: tuple[_Detector, ...] = (
             r"[A-Za-z0-9_/-]{8,250}"
         ),
         _secret_preview,
+        needs_any=("hooks.slack.com/",),
     ),
     _Detector(
         "slack_token",
         re.compile(r"(?<![\w-])(?P<prefix>xox[abprs]-)[A-Za-z0-9-]{10,250}"),
         _mixed_secret_preview,
+        needs_any=("xox",),
     ),
     _Detector(
         "github_token",
         re.compile(r"(?<![\w-])(?P<prefix>gh[pousr]_|github_pat_)[A-Za-z0-9_]{22,255}"),
         _secret_preview,
+        needs_any=("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
     ),
     _Detector(
         "aws_access_key",
         re.compile(r"(?<![A-Za-z0-9])(?P<prefix>AKIA|ASIA)[A-Z0-9]{16}(?![A-Za-z0-9])"),
         _secret_preview,
+        needs_any=("AKIA", "ASIA"),
     ),
     _Detector(
         "credit_card",
         re.compile(r"(?<![\w.,+-])\d(?:[ -]?\d){12,18}(?!\w|[.,]\d)"),
         _card_preview,
+        needs_digit=True,
     ),
     _Detector(
         "ssn",
@@ -293,6 +309,7 @@ _DETECTORS: tuple[_Detector, ...] = (
             r"(?!\w|-\d)"
         ),
         _ssn_preview,
+        needs_digit=True,
     ),
     _Detector(
         "phone",
@@ -303,11 +320,14 @@ _DETECTORS: tuple[_Detector, ...] = (
             r")(?!\w|[.-]\d)"
         ),
         _us_phone_preview,
+        needs_digit=True,
     ),
     _Detector(
         "phone",
         re.compile(r"(?<![\w+])\+[1-9][\d .()-]{6,24}\d(?!\d)"),
         _intl_phone_preview,
+        needs_any=("+",),
+        needs_digit=True,
     ),
     _Detector(
         "email",
@@ -316,6 +336,7 @@ _DETECTORS: tuple[_Detector, ...] = (
             r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){1,8}[A-Za-z]{2,24}(?![\w-])"
         ),
         _email_preview,
+        needs_any=("@",),
     ),
     _Detector(
         "ip_address",
@@ -324,11 +345,13 @@ _DETECTORS: tuple[_Detector, ...] = (
             r"(?:(?<=:)(?:\d{1,3}\.){3}\d{1,3})?(?![\w:]|\.\d)"
         ),
         _ipv6_preview,
+        needs_any=(":",),
     ),
     _Detector(
         "ip_address",
         re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?!\w|\.\d)"),
         _ipv4_preview,
+        needs_digit=True,
     ),
     _Detector(
         "generic_secret",
@@ -339,6 +362,9 @@ _DETECTORS: tuple[_Detector, ...] = (
         ),
         _generic_preview,
         group="value",
+        # casefold: (?i) matches the Kelvin sign as k and the long s as s; no needle holds an
+        # i, which (?i) also matches as dotted and dotless I.
+        needs_any=("key", "secret", "token", "passw", "pwd", "bearer", "credent", "auth"),
     ),
 )
 
@@ -354,7 +380,21 @@ def detect_sensitive(text: str) -> list[Finding]:
     key/token/secret). Overlapping candidates resolve to the more specific kind.
     """
     candidates: list[tuple[int, int, int, Finding]] = []  # (start, priority, -end, finding)
+    has_digit = _DIGIT.search(text) is not None
+    lowered: str | None = None
     for priority, detector in enumerate(_DETECTORS):
+        # Skip a pattern whose required characters are absent (C-speed substring checks; most
+        # prompts hold no key prefix, "@", digit or credential word).
+        if detector.needs_digit and not has_digit:
+            continue
+        if detector.needs_any:
+            if detector.kind == "generic_secret":
+                lowered = text.casefold() if lowered is None else lowered
+                haystack = lowered
+            else:
+                haystack = text
+            if not any(needle in haystack for needle in detector.needs_any):
+                continue
         for match in detector.pattern.finditer(text):
             preview = detector.confirm(match)
             if preview is None:

@@ -5,20 +5,23 @@ every behavior's spend is counted in one: its budget's ``reset``, else the calen
 A call reserves its worst case before calling and settles to its real cost: each reservation is
 one compare-and-set ``UPDATE … WHERE reserved + spent + x <= budget``, checked by row count:
 concurrent runs (and fan-out calls) can never overshoot a budget together, on SQLite and
-PostgreSQL alike, without a read-then-write race. Runs inside the caller's transaction (adds
+PostgreSQL alike, without a read-then-write race. Broadcast spend the receiver acknowledged
+but the processor has not applied yet counts too (``pending_broadcast``), so a processing
+backlog cannot let a behavior spend past its budget. Runs inside the caller's transaction (adds
 and executes, never commits).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import update
+from sqlalchemy import ScalarSelect, Table, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col
 
-from ledger.db.models import BudgetWindow
+from ledger.db.models import BudgetWindow, IngestDelivery
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # The window a behavior without a budget counts its spend in.
@@ -55,6 +58,23 @@ def _ensure_window(session: Session, behavior_id: int, start: datetime, now: dat
     session.execute(stmt)
 
 
+_DELIVERY: Table = IngestDelivery.__table__  # type: ignore[attr-defined]  # SQLModel table
+
+
+def _pending_broadcast_sum(behavior_id: int) -> ScalarSelect[float]:
+    return (
+        select(func.coalesce(func.sum(_DELIVERY.c.pending_usd), 0.0))
+        .where(_DELIVERY.c.pending_behavior_id == behavior_id, _DELIVERY.c.set_aside.is_(None))
+        .scalar_subquery()
+    )
+
+
+def pending_broadcast(session: Session, behavior_id: int) -> float:
+    """Dollars of broadcast spend acknowledged for the behavior but not applied yet (deliveries
+    waiting for the processor; a set-aside delivery is never applied, so not counted)."""
+    return float(session.execute(select(_pending_broadcast_sum(behavior_id))).scalar_one())
+
+
 def reserve(
     session: Session,
     *,
@@ -64,14 +84,19 @@ def reserve(
     budget: float,
     now: datetime,
 ) -> bool:
-    """Reserve ``amount`` dollars if it fits the budget with what is reserved and spent."""
+    """Reserve ``amount`` dollars if it fits the budget with what is reserved, spent, and
+    reported by broadcast deliveries still waiting to be processed (``pending_broadcast``)."""
     _ensure_window(session, behavior_id, window_start, now)
     result = session.execute(
         update(BudgetWindow)
         .where(
             col(BudgetWindow.behavior_id) == behavior_id,
             col(BudgetWindow.window_start) == window_start,
-            col(BudgetWindow.reserved_usd) + col(BudgetWindow.spent_usd) + amount <= budget,
+            col(BudgetWindow.reserved_usd)
+            + col(BudgetWindow.spent_usd)
+            + _pending_broadcast_sum(behavior_id)
+            + amount
+            <= budget,
         )
         .values(reserved_usd=col(BudgetWindow.reserved_usd) + amount, updated_at=now)
     )
@@ -109,6 +134,61 @@ def spent_in_window(
     """(spent, reserved) dollars in the window."""
     row = session.get(BudgetWindow, (behavior_id, window_start))
     return (row.spent_usd, row.reserved_usd) if row else (0.0, 0.0)
+
+
+def spent_in_windows(
+    session: Session, windows: Iterable[tuple[int, datetime]]
+) -> dict[tuple[int, datetime], float]:
+    """Dollars spent in each ``(behavior id, window start)`` (0 where none is recorded), read
+    in one query."""
+    wanted = set(windows)
+    spent = dict.fromkeys(wanted, 0.0)
+    if not wanted:
+        return spent
+    rows = session.execute(
+        select(
+            col(BudgetWindow.behavior_id),
+            col(BudgetWindow.window_start),
+            col(BudgetWindow.spent_usd),
+        ).where(
+            col(BudgetWindow.behavior_id).in_({b for b, _ in wanted}),
+            col(BudgetWindow.window_start).in_({w for _, w in wanted}),
+        )
+    )
+    for behavior_id, start, usd in rows:
+        if (behavior_id, start) in spent:
+            spent[behavior_id, start] = usd
+    return spent
+
+
+def add_spent(
+    session: Session, amounts: Mapping[tuple[int, datetime], float], now: datetime
+) -> None:
+    """Add dollars spent to many ``(behavior id, window start)`` windows: one upsert statement
+    (``spent_usd = spent_usd + x``, so concurrent writers never lose each other's spend)."""
+    if not amounts:
+        return
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    table = BudgetWindow.__table__  # type: ignore[attr-defined]  # SQLModel table
+    stmt = insert(table)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["behavior_id", "window_start"],
+        set_={"spent_usd": table.c.spent_usd + stmt.excluded.spent_usd, "updated_at": now},
+    )
+    session.execute(
+        stmt,
+        [
+            {
+                "behavior_id": behavior_id,
+                "window_start": start,
+                "reserved_usd": 0.0,
+                "spent_usd": usd,
+                "updated_at": now,
+            }
+            for (behavior_id, start), usd in sorted(amounts.items())
+        ],
+    )
 
 
 # Two cost figures for one run that differ by less than this are the same figure, rounded.

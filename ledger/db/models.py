@@ -290,9 +290,33 @@ class IngestDelivery(SQLModel, table=True):
     deletes it, in one transaction. ``spans`` is the OTLP/JSON request as it came (a JSON
     object) when the receiver's fast path accepted it whole, else a JSON array of ``[trace_id,
     span_id, name, data]`` (``data`` as ``ingested_span.data``). ``set_aside`` is set on a
-    delivery the processor cannot store (logged), so it never blocks the ones after it."""
+    delivery the processor cannot store (logged), so it never blocks the ones after it.
+
+    ``pending_usd`` is the cost its generations report for the behavior ``pending_behavior_id``
+    (attributed by the receiver from the registry alone: behavior hint, user, key name), so a
+    budget check before a call counts spend still waiting here (``ledger.spend.reserve``)."""
 
     __tablename__ = "ingest_delivery"
+    __table_args__ = (
+        # What the budget check sums, read from the index alone (the rows are large; SQLite
+        # covers the query only with ``set_aside`` in the index too).
+        Index(
+            "ix_ingest_delivery_pending",
+            "pending_behavior_id",
+            "pending_usd",
+            "set_aside",
+            postgresql_where=text("pending_behavior_id IS NOT NULL AND set_aside IS NULL"),
+            sqlite_where=text("pending_behavior_id IS NOT NULL AND set_aside IS NULL"),
+        ),
+        # The few set-aside rows, left out of the backlog (a delivery is never inserted set
+        # aside, so the receiver's inserts do not touch this index).
+        Index(
+            "ix_ingest_delivery_set_aside",
+            "id",
+            postgresql_where=text("set_aside IS NOT NULL"),
+            sqlite_where=text("set_aside IS NOT NULL"),
+        ),
+    )
 
     id: int | None = Field(
         default=None,
@@ -302,6 +326,8 @@ class IngestDelivery(SQLModel, table=True):
     span_count: int
     spans: str = Field(sa_column=Column(Text(), nullable=False))
     set_aside: str | None = Field(default=None, max_length=32)
+    pending_behavior_id: int | None = None
+    pending_usd: float | None = None
 
 
 class IngestedSpan(SQLModel, table=True):

@@ -3,9 +3,9 @@ hot path.
 
 The receiver only stores each delivery (``ingest_delivery``); this processor takes them oldest
 first, groups each one's spans by trace, extracts generations, attributes each to a behavior,
-and, in one transaction per delivery, stores its spans in ``ingested_span`` (marked with their
-attribution; the prompt and completion text masked, see ``content``), applies the effects and
-deletes the delivery. The effects go through the same
+and, in one transaction for a whole batch of deliveries, stores their spans in
+``ingested_span`` (marked with their attribution; the prompt and completion text masked, see
+``content``), applies the effects and deletes the deliveries. The effects go through the same
 transitions the runner uses:
 
 - cost counts toward the behavior's budget window (for a daemon run: the larger of the runner's
@@ -16,8 +16,9 @@ transitions the runner uses:
 
 A span already stored (a redelivery) is not stored again and has no effects again.
 Unattributed spans are kept and marked ``unattributed`` (counted in ``ledger status``).
-A delivery's transaction locks its behaviors like the runner does; deliveries without effects
-are stored together in one transaction.
+A batch's transaction locks its behaviors like the runner does (once each, in name order) and
+adds each budget window's spend once; a batch the database refuses is applied one delivery at a
+time (deliveries without effects together), so one bad delivery cannot hold up the others.
 """
 
 from __future__ import annotations
@@ -52,19 +53,21 @@ from ledger.db.models import (
     WebhookEvent,
 )
 from ledger.db.session import Database
+from ledger.errors import NotFoundError
 from ledger.gates import Gate, GateResult, Outcome
 from ledger.ingest.attribution import Attribution, Generation, attribute, extract_generations
 from ledger.ingest.content import mask_span_content
 from ledger.ingest.otlp import SpanRecord, spans_from_stored_request
 from ledger.ingest.writer import (
     SOURCE_BROADCAST,
+    Backlog,
     is_bad_data,
     span_data,
     span_from_data,
     span_name,
 )
 from ledger.policy import Observation
-from ledger.spend import settle, spent_in_window, window_start
+from ledger.spend import add_spent, spent_in_windows, window_start
 from ledger.transitions import (
     PolicyContext,
     apply_observation,
@@ -77,13 +80,14 @@ log = structlog.get_logger("ledger.ingest")
 
 BATCH = 200  # deliveries per pass
 _INT32_MAX: Final = 2**31 - 1
-# On SQLite while the receiver is busy: short write transactions, so the receiver's group
+# On SQLite while the receiver is busy: shorter write transactions, so the receiver's group
 # commits (SQLite has one writer at a time) never wait long for the processor's. PostgreSQL
 # locks rows, so there the processor keeps its full batches.
-BUSY_BATCH = 20
+BUSY_BATCH = 50
 LOOKUP_TTL = 5.0
-YIELD_FACTOR = 4.0  # rest per second of work while the receiver is busy
-MAX_REST = 1.0
+# Caught up while deliveries keep arriving: rest this long, so the next pass takes a batch
+# rather than one delivery at a time (a delivery waits at most this long more to be counted).
+GATHER_REST = 0.05
 
 
 class DbLookup:
@@ -151,6 +155,7 @@ class DbLookup:
 
 @dataclass(slots=True)
 class ProcessStats:
+    fetched: int = 0  # deliveries taken from the queue (a full batch: more are waiting)
     deliveries: int = 0
     spans: int = 0
     generations: int = 0
@@ -175,6 +180,7 @@ def process_pending(
         ).all()
     if not fetched:
         return stats
+    stats.fetched = len(fetched)
     deliveries = [d for d in (_read(db, *row) for row in fetched) if d is not None]
     lookup.prefetch_runs(
         {
@@ -192,9 +198,25 @@ def process_pending(
                 trace.placed = [(attribute(gen, lookup), gen) for gen in trace.generations]
     finally:
         lookup.forget_runs()
-    # Deliveries no behavior claims have no effects: each run of them is stored together, in
-    # one transaction. Strictly in id order, so a span delivered twice is stored, and counted,
+    # The whole batch in one transaction: lookups, spans, spend and gate results of every
+    # delivery at once. Strictly in id order, so a span delivered twice is stored, and counted,
     # as its first delivery says.
+    try:
+        _apply_deliveries(db, deliveries, now, ctx, stats)
+        return stats
+    except DBAPIError as exc:
+        if not is_bad_data(exc):
+            raise  # the database failed: retried on the next pass
+        reason: BaseException = exc
+    except Exception as exc:  # a delivery the batch cannot take: found below, one at a time
+        reason = exc
+    log.info(
+        "a batch of broadcast deliveries failed; applying them one at a time",
+        deliveries=len(deliveries),
+        error=f"{type(reason).__name__}: {str(getattr(reason, 'orig', reason))[:200]}",
+    )
+    # Deliveries no behavior claims have no effects: each run of them is stored together, in
+    # one transaction; the others one transaction each.
     idle: list[_Delivery] = []
     for delivery in deliveries:
         if not delivery.behaviors():
@@ -209,13 +231,32 @@ def process_pending(
     return stats
 
 
+_WAITING_SQL: Final = (
+    "SELECT coalesce(sum(span_count), 0) - coalesce((SELECT sum(span_count) FROM"
+    " ingest_delivery WHERE set_aside IS NOT NULL), 0) FROM ingest_delivery"
+)
+
+
+def waiting_spans(db: Database) -> int:
+    """Spans acknowledged and not yet processed: every stored delivery but the set-aside ones
+    (read from the rows' leading columns and a partial index: the delivery text is not). A
+    plain read on the driver's connection: on SQLite no ``BEGIN IMMEDIATE``, so it never waits
+    for, nor holds up, a writer."""
+    with db.engine.connect() as conn:
+        dbapi: Any = conn.connection.driver_connection
+        cursor = dbapi.cursor()
+        try:
+            cursor.execute(_WAITING_SQL)
+            return int(cursor.fetchone()[0])
+        finally:
+            cursor.close()
+
+
 def _apply_delivery(
     db: Database, delivery: _Delivery, now: datetime, ctx: PolicyContext, stats: ProcessStats
 ) -> None:
     try:
-        results = _process_delivery(db, delivery, now, ctx)
-    except _TakenElsewhere:
-        return
+        _apply_deliveries(db, [delivery], now, ctx, stats)
     except DBAPIError as exc:
         if not is_bad_data(exc):
             raise  # the database failed: retried on the next pass
@@ -228,18 +269,6 @@ def _apply_delivery(
         return
     except Exception as exc:
         _keep_as_error(db, delivery, now, stats, exc)
-        return
-    stats.deliveries += 1
-    stats.spans += len(delivery.entries)
-    stats.results += results
-    for trace in delivery.traces:
-        for attribution, _gen in trace.placed:
-            stats.generations += 1
-            if attribution.behavior is None:
-                stats.unattributed += 1
-            else:
-                stats.attributed += 1
-                stats.by_behavior[attribution.behavior] += 1
 
 
 def _keep_as_error(
@@ -515,133 +544,218 @@ def _store_idle(
             stats.unattributed += len(trace.placed)
 
 
-class _TakenElsewhere(Exception):
-    """Another processor (a replica) took this delivery first."""
-
-
-def _process_delivery(db: Database, delivery: _Delivery, now: datetime, ctx: PolicyContext) -> int:
-    """One delivery's spans stored and their effects applied, and the delivery deleted — one
+def _apply_deliveries(
+    db: Database,
+    deliveries: list[_Delivery],
+    now: datetime,
+    ctx: PolicyContext,
+    stats: ProcessStats,
+) -> None:
+    """Deliveries' spans stored and their effects applied, and the deliveries deleted — one
     transaction, so a crash never applies a delivery twice nor loses it. A span stored before
-    (a redelivery) has no effects again. Raises _TakenElsewhere if a replica won."""
-    count = 0
+    (a redelivery) has no effects again; a delivery a replica took first is left to it.
+
+    Set-based: the behaviors are locked in one statement (in name order, as every writer
+    does), the spans inserted in one, the runs and their recorded gates read in one each, and
+    the spend added to each budget window once, whatever the number of deliveries."""
+    names = sorted({name for delivery in deliveries for name in delivery.behaviors()})
+    results = 0
     with db.transaction() as session:
-        locked = {name: lock_behavior(session, name=name) for name in sorted(delivery.behaviors())}
-        gone = session.execute(delete(_DELIVERY).where(_DELIVERY.c.id == delivery.id))
-        if gone.rowcount != 1:  # type: ignore[attr-defined]  # CursorResult
-            raise _TakenElsewhere
+        locked = _lock_behaviors(session, names)
+        taken = set(
+            session.execute(
+                delete(_DELIVERY)
+                .where(_DELIVERY.c.id.in_([d.id for d in deliveries]))
+                .returning(_DELIVERY.c.id)
+            ).scalars()
+        )
+        mine = [d for d in deliveries if d.id in taken]
         ids = {name: row.id for name, row in locked.items() if row.id is not None}
-        new = _insert_new_spans(session, delivery.span_rows(now, ids))
+        rows: list[dict[str, Any]] = []
+        seen: set[tuple[str, str]] = set()
+        for delivery in mine:  # a span in two deliveries of the batch: its first one's row
+            for row in delivery.span_rows(now, ids):
+                if _by_key(row) not in seen:
+                    seen.add(_by_key(row))
+                    rows.append(row)
+        new = _insert_new_spans(session, rows)
+        effects: list[tuple[BehaviorRow, Generation, Attribution]] = []
+        for delivery in mine:
+            for trace in delivery.traces:
+                for attribution, gen in trace.placed:
+                    key = (gen.trace_id, gen.span_id)
+                    if attribution.behavior is None or key not in new:
+                        continue
+                    new.discard(key)  # once, even if two generations share a span
+                    effects.append((locked[attribution.behavior], gen, attribution))
+        if effects:
+            results = _apply_effects(session, effects, now, ctx)
+    stats.results += results
+    for delivery in mine:
+        stats.deliveries += 1
+        stats.spans += len(delivery.entries)
         for trace in delivery.traces:
-            for attribution, gen in trace.placed:
-                key = (gen.trace_id, gen.span_id)
-                if attribution.behavior is None or key not in new:
-                    continue
-                new.discard(key)  # once, even if two generations share a span
-                count += _apply(session, locked[attribution.behavior], gen, attribution, now, ctx)
-    return count
+            for attribution, _gen in trace.placed:
+                stats.generations += 1
+                if attribution.behavior is None:
+                    stats.unattributed += 1
+                else:
+                    stats.attributed += 1
+                    stats.by_behavior[attribution.behavior] += 1
 
 
-def _apply(
+def _lock_behaviors(session: Session, names: list[str]) -> dict[str, BehaviorRow]:
+    """The behaviors named, locked for the rest of the transaction, in name order. Raises
+    ``NotFoundError`` when one is not registered."""
+    if not names:
+        return {}
+    rows = session.exec(
+        select(BehaviorRow)
+        .where(col(BehaviorRow.name).in_(names))
+        .order_by(col(BehaviorRow.name))
+        .with_for_update()
+    ).all()
+    locked = {row.name: row for row in rows}
+    missing = [name for name in names if name not in locked]
+    if missing:
+        raise NotFoundError(f"behavior {missing[0]!r} is not registered (see `ledger status`)")
+    return locked
+
+
+class _SpendTally:
+    """Spend of one transaction's generations, counted in order in memory and added to each
+    budget window once at the end (``flush``)."""
+
+    def __init__(self, session: Session, rows: list[BehaviorRow], now: datetime) -> None:
+        self.starts = {row.id or 0: window_start(_reset(row), now) for row in rows}
+        self.spent = spent_in_windows(session, self.starts.items())
+        self.added: dict[tuple[int, datetime], float] = defaultdict(float)
+
+    def count(
+        self,
+        session: Session,
+        row: BehaviorRow,
+        run: Run | None,
+        cost: float,
+        now: datetime,
+        ctx: PolicyContext,
+    ) -> list[GateResult]:
+        """Count one generation's ``cost``; a ``spend_cap`` result when it took the window past
+        the behavior's budget (for a daemon run, only what broadcast adds beyond the runner's
+        own figure counts)."""
+        delta = cost
+        if run is not None:
+            previous = max(run.cost_usd or 0.0, run.broadcast_cost_usd or 0.0)
+            run.broadcast_cost_usd = (run.broadcast_cost_usd or 0.0) + cost
+            delta = max(run.cost_usd or 0.0, run.broadcast_cost_usd) - previous
+            session.add(run)
+        if delta <= 0:
+            return []
+        # Counted with or without a budget (without one, in the calendar month).
+        key = (row.id or 0, self.starts[row.id or 0])
+        before = self.spent[key]
+        after = self.spent[key] = before + delta
+        self.added[key] += delta
+        note_spend(session, row, before=before, after=after, now=now, ctx=ctx)
+        budget = _budget(row)
+        if budget and before <= budget["usd"] < after:
+            return [
+                GateResult(
+                    Gate.SPEND_CAP,
+                    Outcome.FAIL,
+                    True,
+                    {
+                        "source": "broadcast",
+                        "reason": f"spend reported by broadcast took the {budget['reset']} window "
+                        f"to ${after:.6f}, over its ${budget['usd']} budget",
+                        "window_start": key[1].isoformat(),
+                        "spent_usd": after,
+                        "budget_usd": budget["usd"],
+                    },
+                )
+            ]
+        return []
+
+    def flush(self, session: Session, now: datetime) -> None:
+        add_spent(session, self.added, now)
+
+
+def _reset(row: BehaviorRow) -> str | None:
+    budget = _budget(row)
+    return budget["reset"] if budget else None
+
+
+def _budget(row: BehaviorRow) -> dict[str, Any] | None:
+    budget: dict[str, Any] | None = (row.definition or {}).get("budget")
+    return budget
+
+
+def _apply_effects(
     session: Session,
-    row: BehaviorRow,
-    gen: Generation,
-    attribution: Attribution,
+    effects: list[tuple[BehaviorRow, Generation, Attribution]],
     now: datetime,
     ctx: PolicyContext,
 ) -> int:
-    """Spend and gate results of one attributed generation (inside the trace's transaction)."""
-    run = session.get(Run, attribution.run_id) if attribution.run_id else None
-    results: list[GateResult] = []
-    if gen.cost is not None:
-        results.extend(_count_spend(session, row, run, float(gen.cost), now, ctx))
-    already: set[str] = set()
-    if run is not None:
-        already = {
-            g
-            for (g,) in session.execute(
-                select(GateResultRow.gate).where(col(GateResultRow.run_id) == run.id)
+    """Spend and gate results of attributed generations, in order (inside the caller's
+    transaction, the behaviors locked). Returns how many gate results were recorded."""
+    run_ids = {attribution.run_id for _, _, attribution in effects if attribution.run_id}
+    runs: dict[str, Run] = {}
+    already: dict[str, set[str]] = defaultdict(set)
+    if run_ids:
+        runs = {run.id: run for run in session.exec(select(Run).where(col(Run.id).in_(run_ids)))}
+        for run_id, gate in session.execute(
+            select(GateResultRow.run_id, GateResultRow.gate).where(
+                col(GateResultRow.run_id).in_(runs)
             )
-        }
-    for signal in gen.signals:
-        if str(signal.gate) in already:
-            continue  # the runner saw it first, from the HTTP response
-        results.append(
-            GateResult(
-                signal.gate,
-                signal.outcome,
-                signal.attributable,
-                {
-                    "source": "broadcast",
-                    "reason": signal.reason[:500],
-                    "trace_id": gen.trace_id,
-                    "generation_id": gen.generation_id,
-                    "attribution": str(attribution.rule),
-                },
+        ):
+            already[run_id].add(gate)
+    tally = _SpendTally(session, list({id(row): row for row, _, _ in effects}.values()), now)
+    count = 0
+    for row, gen, attribution in effects:
+        run = runs.get(attribution.run_id) if attribution.run_id else None
+        results: list[GateResult] = []
+        if gen.cost is not None:
+            results.extend(tally.count(session, row, run, float(gen.cost), now, ctx))
+        seen = already[run.id] if run is not None else set()
+        for signal in gen.signals:
+            if str(signal.gate) in seen:
+                continue  # the runner saw it first, from the HTTP response
+            results.append(
+                GateResult(
+                    signal.gate,
+                    signal.outcome,
+                    signal.attributable,
+                    {
+                        "source": "broadcast",
+                        "reason": signal.reason[:500],
+                        "trace_id": gen.trace_id,
+                        "generation_id": gen.generation_id,
+                        "attribution": str(attribution.rule),
+                    },
+                )
             )
+        if attribution.key_conflict:
+            log.warning(
+                "a behavior's key was used for another behavior's call",
+                behavior=attribution.behavior,
+                key_owner=attribution.key_conflict,
+                trace_id=gen.trace_id,
+            )
+        if not results:
+            continue
+        stored = record_results(
+            session,
+            row,
+            results,
+            now=now,
+            source="broadcast",
+            run_id=run.id if run is not None else None,
         )
-    if attribution.key_conflict:
-        log.warning(
-            "a behavior's key was used for another behavior's call",
-            behavior=attribution.behavior,
-            key_owner=attribution.key_conflict,
-            trace_id=gen.trace_id,
-        )
-    if not results:
-        return 0
-    stored = record_results(
-        session,
-        row,
-        results,
-        now=now,
-        source="broadcast",
-        run_id=run.id if run is not None else None,
-    )
-    for result in stored:
-        apply_observation(session, row, Observation.result(now, result), now=now, ctx=ctx)
-    return len(stored)
-
-
-def _count_spend(
-    session: Session,
-    row: BehaviorRow,
-    run: Run | None,
-    cost: float,
-    now: datetime,
-    ctx: PolicyContext,
-) -> list[GateResult]:
-    definition = row.definition or {}
-    budget = definition.get("budget")
-    delta = cost
-    if run is not None:
-        previous = max(run.cost_usd or 0.0, run.broadcast_cost_usd or 0.0)
-        run.broadcast_cost_usd = (run.broadcast_cost_usd or 0.0) + cost
-        delta = max(run.cost_usd or 0.0, run.broadcast_cost_usd) - previous
-        session.add(run)
-    if delta <= 0:
-        return []
-    # Counted with or without a budget (without one, in the calendar month).
-    start = window_start(budget["reset"] if budget else None, now)
-    before, _reserved = spent_in_window(session, row.id or 0, start)
-    settle(session, behavior_id=row.id or 0, window_start=start, reserved=0.0, spent=delta, now=now)
-    after = before + delta
-    note_spend(session, row, before=before, after=after, now=now, ctx=ctx)
-    if budget and before <= budget["usd"] < after:
-        return [
-            GateResult(
-                Gate.SPEND_CAP,
-                Outcome.FAIL,
-                True,
-                {
-                    "source": "broadcast",
-                    "reason": f"spend reported by broadcast took the {budget['reset']} window "
-                    f"to ${after:.6f}, over its ${budget['usd']} budget",
-                    "window_start": start.isoformat(),
-                    "spent_usd": after,
-                    "budget_usd": budget["usd"],
-                },
-            )
-        ]
-    return []
+        for result in stored:
+            apply_observation(session, row, Observation.result(now, result), now=now, ctx=ctx)
+        count += len(stored)
+    tally.flush(session, now)
+    return count
 
 
 def process_webhook_events(
@@ -702,10 +816,12 @@ def process_webhook_events(
 class IngestProcessor:
     """A loop over ``process_pending``, started and stopped by the lifespan.
 
-    Acknowledging deliveries comes first: while the receiver is busy (``ingest_busy``), the
-    processor rests four times as long as each batch took, so it takes at most about a fifth of
-    the CPU, and on SQLite takes ``BUSY_BATCH`` deliveries at a time (short transactions); the
-    backlog is worked off in full batches as soon as the receiver quietens down.
+    Keeping up comes first: while a pass finds a full batch (a backlog), the next starts at
+    once, so "acknowledged" soon means "counted" (the receiver refuses deliveries with 429 once
+    the backlog passes its bound, ``LEDGER_INGEST_MAX_BACKLOG``, rather than let it grow). Once
+    caught up while the receiver is busy (``ingest_busy``), it rests ``GATHER_REST`` so the next
+    pass takes a batch, and on SQLite takes ``BUSY_BATCH`` deliveries at a time (short write
+    transactions beside the receiver's group commits).
     """
 
     def __init__(
@@ -716,8 +832,10 @@ class IngestProcessor:
         idle: float = 0.5,
         sources: Mapping[str, WebhookSource] | None = None,
         ingest_busy: Callable[[], bool] | None = None,
+        backlog: Backlog | None = None,
     ) -> None:
         self.ingest_busy = ingest_busy
+        self.backlog = backlog
         self.sources = dict(sources or {})
         self.db = db
         self.clock = clock
@@ -729,7 +847,6 @@ class IngestProcessor:
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            started = time.monotonic()
             busy = self.ingest_busy is not None and self.ingest_busy()
             limit = BUSY_BATCH if busy and self._one_writer else BATCH
             try:
@@ -741,17 +858,19 @@ class IngestProcessor:
                     self.ctx,
                     limit,
                 )
+                if self.backlog is not None and self.backlog.limit:
+                    self.backlog.resync(await asyncio.to_thread(waiting_spans, self.db))
                 events = await asyncio.to_thread(
                     process_webhook_events, self.db, self.clock.now(), self.ctx, self.sources
                 )
             except Exception:
                 log.exception("processing broadcast spans or webhook events failed; retrying")
                 stats, events = ProcessStats(), 0
-            if stats.spans or events:
-                if busy:
-                    rest = min(YIELD_FACTOR * (time.monotonic() - started), MAX_REST)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), timeout=rest)
+            if stats.fetched >= limit:
+                continue  # a backlog: on with the next batch
+            if stats.fetched or events or busy:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=GATHER_REST)
                 continue
             self.wake.clear()
             with contextlib.suppress(TimeoutError):

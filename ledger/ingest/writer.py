@@ -40,13 +40,17 @@ from ledger.errors import IngestError
 from ledger.ingest.otlp import (
     Attributes,
     AttrValue,
+    Charge,
     RawRequest,
     SpanEvent,
     SpanRecord,
+    charges_of,
     span_from_raw,
 )
 
 __all__ = [
+    "Backlog",
+    "ChargeResolver",
     "SpanWriter",
     "WriterStats",
     "delivery_text",
@@ -239,6 +243,81 @@ def is_bad_data(exc: BaseException) -> bool:
     )
 
 
+class ChargeResolver:
+    """A delivery's charges → ``(behavior id, dollars)`` for ``ingest_delivery.pending_*``.
+
+    Attributes each charge like the processor would, but from the registry alone (behavior
+    names and key names, reloaded every ``ttl`` seconds), never a per-delivery query: by
+    ``trace.metadata.behavior``, else ``user.id``, else the key name. A delivery whose charges
+    name several behaviors counts its whole attributed cost under the one with the most (a
+    broadcast delivery is one call; the budget check errs on the side of refusing)."""
+
+    def __init__(self, engine: Engine, ttl: float = 5.0) -> None:
+        self._engine = engine
+        self._ttl = ttl
+        self._loaded_at = -math.inf
+        self._names: dict[str, int] = {}
+        self._keys: dict[str, int] = {}
+
+    def _refresh(self) -> None:
+        if time.monotonic() - self._loaded_at < self._ttl:
+            return
+        try:
+            # A plain read on the driver's connection: on SQLite no ``BEGIN IMMEDIATE``, so the
+            # writer never waits here for the processor's write transaction.
+            with self._engine.connect() as conn:
+                cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+                try:
+                    cursor.execute("SELECT id, name, definition, learned_key_name FROM behavior")
+                    rows = cursor.fetchall()
+                finally:
+                    cursor.close()
+        except Exception as exc:  # the insert that follows reports the database's failure
+            log.warning("behaviors could not be read for pending spend", error=type(exc).__name__)
+            return
+        self._names = {name: id_ for id_, name, _, _ in rows}
+        keys = ((id_, _key_name(d) or learned) for id_, _, d, learned in rows)
+        self._keys = {key: id_ for id_, key in keys if key}
+        self._loaded_at = time.monotonic()
+
+    def behavior_of(self, charge: Charge) -> int | None:
+        """The behavior a charge is attributed to, or None."""
+        for name in (charge.behavior, charge.user):
+            if name and name in self._names:
+                return self._names[name]
+        return self._keys.get(charge.key_name) if charge.key_name else None
+
+    def pending(self, charges: Sequence[Charge]) -> tuple[int | None, float | None]:
+        """``(pending_behavior_id, pending_usd)`` of a delivery with these charges."""
+        if not charges:
+            return None, None
+        self._refresh()
+        by_behavior: dict[int, float] = {}
+        for charge in charges:
+            behavior = self.behavior_of(charge)
+            if behavior is not None:
+                by_behavior[behavior] = by_behavior.get(behavior, 0.0) + charge.usd
+        if not by_behavior:
+            return None, None
+        most = max(by_behavior, key=by_behavior.__getitem__)
+        return most, sum(by_behavior.values())
+
+
+def _key_name(definition: Any) -> str | None:
+    """The ``key_name`` of a behavior's stored definition (JSON text on SQLite)."""
+    if isinstance(definition, str | bytes):
+        definition = orjson.loads(definition)
+    value = definition.get("key_name") if isinstance(definition, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def delivery_charges(spans: Sequence[SpanRecord] | RawRequest) -> list[Charge]:
+    """The costs a delivery's spans report."""
+    if isinstance(spans, RawRequest):
+        return spans.charges
+    return charges_of(spans)
+
+
 class _DeliveryInsert:
     """One ``ingest_delivery`` row per request, a batch committed in one transaction.
 
@@ -250,9 +329,16 @@ class _DeliveryInsert:
     paid that once per row and twice more per batch.
     """
 
-    _COLUMNS: Final = ("received_at", "span_count", "spans")
+    _COLUMNS: Final = (
+        "received_at",
+        "span_count",
+        "spans",
+        "pending_behavior_id",
+        "pending_usd",
+    )
     _COPY: Final = (
-        "COPY ingest_delivery (received_at, span_count, spans) FROM STDIN (FORMAT BINARY)"
+        "COPY ingest_delivery (received_at, span_count, spans, pending_behavior_id, pending_usd)"
+        " FROM STDIN (FORMAT BINARY)"
     )
 
     def __init__(self, engine: Engine) -> None:
@@ -262,13 +348,17 @@ class _DeliveryInsert:
         )
         self._copy = engine.dialect.name == "postgresql"
         self._values_sql: dict[int, str] = {}
+        self._charges = ChargeResolver(engine)
 
     def row(self, pending: _Pending) -> tuple[Any, ...]:
         """The delivery's row, in ``_COLUMNS`` order and driver form."""
+        behavior_id, usd = self._charges.pending(delivery_charges(pending.spans))
         return (
             self._received_at(pending.received_at),
             len(pending.spans),
             delivery_text(pending.spans),
+            behavior_id,
+            usd,
         )
 
     def commit(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
@@ -303,7 +393,7 @@ class _DeliveryInsert:
     def _sql_for(self, count: int) -> str:
         sql = self._values_sql.get(count)
         if sql is None:
-            placeholders = ", ".join(["(?, ?, ?)"] * count)
+            placeholders = ", ".join(["(?, ?, ?, ?, ?)"] * count)
             columns = ", ".join(self._COLUMNS)
             # Only constants and placeholders go into the text; values are bound.
             sql = f"INSERT INTO ingest_delivery ({columns}) VALUES {placeholders}"  # noqa: S608
@@ -314,11 +404,37 @@ class _DeliveryInsert:
         dbapi: Any = conn.connection.dbapi_connection
         try:
             with dbapi.cursor() as cursor, cursor.copy(self._COPY) as copy:
-                copy.set_types(["timestamptz", "int4", "text"])
+                copy.set_types(["timestamptz", "int4", "text", "int4", "float8"])
                 for row in rows:
                     copy.write_row(row)
         except psycopg.Error as exc:  # as SQLAlchemy would raise it (IntegrityError, …)
             raise DBAPIError.instance(self._COPY, None, exc, psycopg.Error) from exc
+
+
+class Backlog:
+    """Spans acknowledged but not yet applied by the processor, against a bound: past it the
+    receiver answers 429 with Retry-After (OpenRouter's broadcast retries), so an
+    acknowledgement never means "counted minutes later".
+
+    The processor measures the backlog in the database after each pass (``resync``: what every
+    replica stored, less the set-aside rows); the writer adds what it commits in between.
+    Touched on the event loop only. ``limit`` 0: no bound."""
+
+    __slots__ = ("limit", "spans")
+
+    def __init__(self, limit: int = 0) -> None:
+        self.limit = limit
+        self.spans = 0
+
+    def full(self, extra: int) -> bool:
+        """Whether ``extra`` more spans would take the backlog past its bound."""
+        return self.limit > 0 and self.spans > 0 and self.spans + extra > self.limit
+
+    def add(self, spans: int) -> None:
+        self.spans += spans
+
+    def resync(self, spans: int) -> None:
+        self.spans = spans
 
 
 class SpanWriter:
@@ -333,8 +449,9 @@ class SpanWriter:
     event loop with ``call_soon_threadsafe``.
 
     Raises from ``write``: ``IngestError`` 429 when more than ``max_queued_spans`` spans are
-    waiting or being committed (overload), 503 when the batch's transaction failed or the
-    writer is closed (the sender retries; nothing was acknowledged), 400 when the database
+    waiting or being committed (overload) or the processor's ``backlog`` is full, 503 when
+    the batch's transaction failed or the writer is closed (the sender retries; nothing was
+    acknowledged), 400 when the database
     refused this request's own data. A failed batch of several requests whose failure looks
     like bad data is retried one request per transaction, so one poisonous delivery cannot
     fail the others.
@@ -347,8 +464,10 @@ class SpanWriter:
         max_batch_spans: int = 5_000,
         max_queued_spans: int = 50_000,
         retry_after: float = 1.0,
+        backlog: Backlog | None = None,
     ) -> None:
         self._engine = engine
+        self.backlog = backlog or Backlog()
         self._conn: Connection | None = None  # the writer thread's own, between batches
         self._insert = _DeliveryInsert(engine)
         self._max_batch_spans = max_batch_spans
@@ -395,6 +514,14 @@ class SpanWriter:
                 status_code=429,
                 retry_after=self._retry_after,
             )
+        if self.backlog.full(len(spans)):
+            self.stats.overloaded += 1
+            raise IngestError(
+                f"broadcast processing is {self.backlog.spans} spans behind (the bound is "
+                f"{self.backlog.limit}, LEDGER_INGEST_MAX_BACKLOG_SPANS); retry later",
+                status_code=429,
+                retry_after=self._retry_after,
+            )
         self._last_write = time.monotonic()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._unsettled_spans += len(spans)
@@ -425,6 +552,7 @@ class SpanWriter:
             if outcome is None:
                 self.stats.requests += 1
                 self.stats.spans += len(pending.spans)
+                self.backlog.add(len(pending.spans))
             if pending.future.done():  # the request was cancelled; its spans are stored anyway
                 continue
             if outcome is None:

@@ -38,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -56,8 +56,9 @@ SPANS_PER_DELIVERY = 3
 TARGET_BYTES = 5 * 1024
 
 
-def delivery_template() -> bytes:
-    """An OpenRouter-shaped delivery of about 5 KB whose trace id is ``TEMPLATE_TRACE_ID``."""
+def delivery_template(behavior: str = "bench") -> bytes:
+    """An OpenRouter-shaped delivery of about 5 KB whose trace id is ``TEMPLATE_TRACE_ID``,
+    made by ``behavior`` (its trace metadata, user and key name ``BEHAVIOR-key``)."""
     moment = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
     words = "Summarise the week's changes to the site and list the pages whose titles changed. "
     prompt = ""
@@ -68,12 +69,12 @@ def delivery_template() -> bytes:
             generation_id="gen-bench-0001",
             started_at=moment,
             ended_at=moment + timedelta(seconds=2),
-            key_name="ledger/bench",
+            key_name=f"{behavior}-key",
             request_model="anthropic/claude-haiku-4.5",
             response_model="anthropic/claude-haiku-4.5",
-            user="bench",
+            user=behavior,
             session_id="run-bench",
-            trace={"trace_id": TEMPLATE_TRACE_ID, "behavior": "bench", "run_id": "run-bench"},
+            trace={"trace_id": TEMPLATE_TRACE_ID, "behavior": behavior, "run_id": "run-bench"},
             messages=[{"role": "user", "content": prompt}],
             completion="The titles of three pages changed.",
             prompt_tokens=420,
@@ -143,11 +144,30 @@ class Server:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+BEHAVIOR_FILE = """\
+description: bench behavior (broadcast spend only; it never runs in the benchmark)
+schedule: "0 0 1 1 *"
+preset: bench
+api_key: env:{key_env}
+key_name: {name}-key
+prompt: "unused"
+budget:
+  usd: 1000000
+  reset: month
+"""
+
+
 @contextmanager
-def server(kind: str, workdir: Path, database_url: str | None) -> Iterator[Server]:
+def server(
+    kind: str,
+    workdir: Path,
+    database_url: str | None,
+    behaviors: Sequence[str] = (),
+    env_overrides: dict[str, str] | None = None,
+) -> Iterator[Server]:
     port = free_port()
     log = workdir / f"{kind}.log"
-    env = {**os.environ}
+    env = {**os.environ, **(env_overrides or {})}
     if kind.startswith("bare"):
         (workdir / "bare_app.py").write_text(BARE_APP)
         cmd = [
@@ -163,7 +183,14 @@ def server(kind: str, workdir: Path, database_url: str | None) -> Iterator[Serve
         ]
         health = f"http://127.0.0.1:{port}/docs"
     else:
-        (workdir / "behaviors").mkdir(exist_ok=True)
+        folder = workdir / "behaviors"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
+        for index, name in enumerate(behaviors):
+            key_env = f"LEDGER_BENCH_KEY_{index}"
+            env[key_env] = f"sk-or-v1-{index:04d}{'0' * 60}"
+            body = BEHAVIOR_FILE.format(key_env=key_env, name=name)
+            (folder / f"{name}.yaml").write_text(body)
         env.update(
             LEDGER_DATABASE_URL=database_url or "",
             LEDGER_BEHAVIORS_DIR=str(workdir / "behaviors"),
@@ -205,7 +232,8 @@ class Result:
 
     @property
     def rate(self) -> float:
-        return self.requests / self.seconds
+        """Deliveries acknowledged per second (a 429 or other error is not ingestion)."""
+        return (self.requests - self.errors) / self.seconds
 
 
 WRK_SCRIPT = """
@@ -430,6 +458,326 @@ def stored_spans(database_url: str) -> int:
         engine.dispose()
 
 
+# --------------------------------------------------------------------------- sustained
+
+# Open-loop load: delivery i is offered at start + i / rate whatever the server's answers (a
+# closed loop would slow down with the server and hide a backlog). Each ack's monotonic time is
+# reported (CLOCK_MONOTONIC is one clock for every process), so the parent can match it against
+# the spend it sees in the database.
+SUSTAINED_LOAD = """
+import asyncio, json, sys, time, secrets
+try:
+    import uvloop
+    uvloop.install()
+except ImportError:
+    pass
+host, port, rate, duration, connections, token, placeholder = (
+    sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]),
+    sys.argv[6], sys.argv[7].encode())
+templates = [t.encode() for t in json.loads(sys.stdin.buffer.read())]
+run = secrets.token_hex(4)
+total = int(rate * duration)
+acks = [None] * total
+async def worker(queue):
+    reader, writer = await asyncio.open_connection(host, port)
+    while True:
+        index = await queue.get()
+        if index is None:
+            break
+        body = templates[index % len(templates)].replace(placeholder, f"{run}{index:024x}".encode())
+        writer.write((f"POST /v1/traces HTTP/1.1\\r\\nHost: {host}"
+                      "\\r\\nContent-Type: application/json"
+                      f"\\r\\nAuthorization: Bearer {token}"
+                      f"\\r\\nContent-Length: {len(body)}\\r\\n\\r\\n").encode() + body)
+        status = await reader.readline()
+        length = 0
+        while (line := await reader.readline()) not in (b"\\r\\n", b""):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        await reader.readexactly(length)
+        acks[index] = (time.monotonic(), int(status.split()[1]))
+    writer.close()
+async def main():
+    queue = asyncio.Queue()
+    workers = [asyncio.create_task(worker(queue)) for _ in range(connections)]
+    await asyncio.sleep(0.2)
+    start = time.monotonic()
+    offered = 0
+    while offered < total:
+        due = min(total, int((time.monotonic() - start) * rate) + 1)
+        for index in range(offered, due):
+            queue.put_nowait(index)
+        offered = due
+        await asyncio.sleep(0.002)
+    for _ in workers:
+        queue.put_nowait(None)
+    await asyncio.gather(*workers)
+    print(json.dumps({"start": start, "end": time.monotonic(), "acks": acks}))
+asyncio.run(main())
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Sustained:
+    """One sustained run: ``rate`` deliveries/s offered for ``seconds``."""
+
+    rate: float
+    seconds: float
+    acknowledged: int
+    refused: int  # 429 (pushed back) and other non-2xx answers
+    freshness_ms: tuple[float, float, float]  # p50, p99, max: 2xx → cost visible in spend
+    backlog: list[tuple[float, int]]  # (seconds since start, deliveries acknowledged, not applied)
+    slope: float  # backlog growth over the second half, deliveries/s
+    drain_s: float  # after the load stopped, until every acknowledged cost was visible
+
+    @property
+    def bounded(self) -> bool:
+        """The backlog stopped growing: over the run's second half it grew by less than 2 % of
+        the offered rate (processing kept up with at least 98 % of what was acknowledged)."""
+        return self.slope < 0.02 * self.rate
+
+    @property
+    def kept_up(self) -> bool:
+        """Bounded without pushing back: every offered delivery acknowledged."""
+        return self.bounded and self.refused == 0
+
+    @property
+    def verdict(self) -> str:
+        if self.kept_up:
+            return "kept up"
+        return "bounded by 429s" if self.bounded else "GROWING"
+
+    @property
+    def backlog_max(self) -> int:
+        return max((b for _, b in self.backlog), default=0)
+
+
+def delivery_cost(template: bytes) -> float:
+    """The dollars one delivery adds to its behavior's spend."""
+    from ledger.ingest.otlp import Limits, charges_of, decode_request
+
+    (charge,) = charges_of(decode_request(template, "application/json", None, Limits()))
+    return charge.usd
+
+
+def sample_spend(
+    database_url: str, until: list[bool], samples: list[tuple[float, float]], every: float = 0.05
+) -> None:
+    """Append ``(monotonic time, total dollars spent)`` every ``every`` seconds until
+    ``until[0]``: what any reader of the behaviors' spend sees at that moment."""
+    engine = sa.create_engine(database_url)
+    query = sa.text("SELECT coalesce(sum(spent_usd), 0) FROM budget_window")
+    try:
+        with engine.connect() as conn:
+            while not until[0]:
+                value = float(conn.execute(query).scalar_one())
+                conn.rollback()  # a fresh snapshot next time
+                samples.append((time.monotonic(), value))
+                time.sleep(every)
+    finally:
+        engine.dispose()
+
+
+def run_sustained(
+    target: Server,
+    database_url: str,
+    templates: list[bytes],
+    rate: float,
+    seconds: float,
+    connections: int,
+    drain_timeout: float = 180.0,
+) -> Sustained:
+    import threading
+
+    cost = delivery_cost(templates[0])
+    samples: list[tuple[float, float]] = []
+    stop = [False]
+    sampler = threading.Thread(target=sample_spend, args=(database_url, stop, samples))
+    sampler.start()
+    url = httpx.URL(target.url)
+    try:
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                SUSTAINED_LOAD,
+                url.host,
+                str(url.port),
+                str(rate),
+                str(seconds),
+                str(connections),
+                TOKEN,
+                TEMPLATE_TRACE_ID,
+            ],
+            input=orjson.dumps([t.decode() for t in templates]),
+            capture_output=True,
+            check=True,
+        ).stdout
+        load = orjson.loads(out)
+        acked = sorted(t for t, status in (a for a in load["acks"] if a) if 200 <= status < 300)
+        refused = sum(1 for a in load["acks"] if a is None or not 200 <= a[1] < 300)
+        deadline = time.monotonic() + drain_timeout
+        while time.monotonic() < deadline:  # until every acknowledged cost is visible
+            if samples and round(samples[-1][1] / cost) >= len(acked):
+                break
+            time.sleep(0.1)
+    finally:
+        stop[0] = True
+        sampler.join()
+    start, end = load["start"], load["end"]
+    visible = [(t, round(usd / cost)) for t, usd in samples]
+    # Deliveries are applied in the order they were stored (= acknowledged): the k-th
+    # acknowledged delivery's cost is visible at the first sample counting k or more.
+    delays: list[float] = []
+    pointer = 0
+    for k, acked_at in enumerate(acked, start=1):
+        while pointer < len(visible) and (
+            visible[pointer][1] < k or visible[pointer][0] < acked_at
+        ):
+            pointer += 1
+        if pointer == len(visible):
+            delays.append(float("inf"))
+            continue
+        delays.append(visible[pointer][0] - acked_at)
+    delays.sort()
+
+    def pct(q: float) -> float:
+        return delays[min(len(delays) - 1, int(q * len(delays)))] * 1000 if delays else 0.0
+
+    series: list[tuple[float, int]] = []
+    acked_index = 0
+    for t, count in visible:
+        if t > end:
+            break
+        while acked_index < len(acked) and acked[acked_index] <= t:
+            acked_index += 1
+        series.append((t - start, max(0, acked_index - count)))
+    half = [(t, b) for t, b in series if t >= (end - start) / 2]
+    slope = _slope(half)
+    done = next((t for t, count in visible if t >= end and count >= len(acked)), None)
+    return Sustained(
+        rate=rate,
+        seconds=seconds,
+        acknowledged=len(acked),
+        refused=refused,
+        freshness_ms=(pct(0.5), pct(0.99), delays[-1] * 1000 if delays else 0.0),
+        backlog=series,
+        slope=slope,
+        drain_s=(done - end) if done is not None else float("inf"),
+    )
+
+
+def _slope(points: list[tuple[float, int]]) -> float:
+    """Least-squares slope of ``points`` (0 for fewer than two)."""
+    if len(points) < 2:
+        return 0.0
+    xs = [x for x, _ in points]
+    ys = [float(y) for _, y in points]
+    mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
+    den = sum((x - mean_x) ** 2 for x in xs)
+    return sum((x - mean_x) * (y - mean_y) for x, y in points) / den if den else 0.0
+
+
+def backlog_line(series: list[tuple[float, int]], every: float = 5.0) -> str:
+    """The backlog every ``every`` seconds, as ``t:deliveries``."""
+    shown: list[str] = []
+    next_at = 0.0
+    for t, backlog in series:
+        if t >= next_at:
+            shown.append(f"{t:.0f}s:{backlog}")
+            next_at += every
+    return " ".join(shown)
+
+
+def parse_rates(text: str, receiver_max: float | None) -> list[float]:
+    """``1000,3000,0.5x``: absolute rates, or fractions of the receiver's measured maximum."""
+    rates = []
+    for item in text.split(","):
+        item = item.strip()
+        if item.endswith("x"):
+            if receiver_max is None:
+                raise SystemExit(f"{item}: a fraction of the receiver's max needs --receiver-max")
+            rates.append(round(float(item[:-1]) * receiver_max))
+        else:
+            rates.append(float(item))
+    return rates
+
+
+def sustained_main(args: argparse.Namespace) -> None:
+    behaviors = (
+        ["bench"] if args.behaviors == 1 else [f"bench-{i:03d}" for i in range(args.behaviors)]
+    )
+    templates = [delivery_template(name) for name in behaviors]
+    print(
+        f"sustained: {len(behaviors)} behavior(s), {args.sustain_seconds:.0f} s per rate, "
+        f"{args.sustained_connections} connections, {os.cpu_count()} CPUs; freshness = from a "
+        "delivery's 2xx to its cost in the behaviors' spend (sampled every 50 ms)",
+        flush=True,
+    )
+    endpoints: list[tuple[str, str]] = [("sqlite", "sqlite")]
+    pg = postgres_url()
+    if pg is None:
+        print("postgresql: skipped (server unreachable)")
+    else:
+        endpoints.append(("postgresql", pg))
+    if args.databases:
+        endpoints = [e for e in endpoints if e[0] in args.databases.split(",")]
+    rows: list[tuple[str, float, Sustained, float | None]] = []
+    with tempfile.TemporaryDirectory(prefix="ledger-bench-") as tmp:
+        workdir = Path(tmp)
+        for name, db_url in endpoints:
+            receiver_max: float | None = None
+            if args.receiver_max or any(r.strip().endswith("x") for r in args.rates.split(",")):
+                # The receiver's maximum: the closed-loop measurement, same deliveries, with
+                # no backlog bound (its 429s would measure the processor instead).
+                unbounded = {"LEDGER_INGEST_MAX_BACKLOG_SPANS": "0"}
+                with (
+                    fresh_database(name, db_url, workdir) as url,
+                    server(name, workdir, url, behaviors, unbounded) as target,
+                ):
+                    receiver_max = measure(target, templates[0], args, workdir).rate
+                print(f"{name}: receiver max {receiver_max:.0f} deliveries/s", flush=True)
+            for rate in parse_rates(args.rates, receiver_max):
+                with (
+                    fresh_database(name, db_url, workdir) as url,
+                    server(name, workdir, url, behaviors) as target,
+                ):
+                    result = run_sustained(
+                        target,
+                        url,
+                        templates,
+                        rate,
+                        args.sustain_seconds,
+                        args.sustained_connections,
+                    )
+                rows.append((name, rate, result, receiver_max))
+                p50, p99, worst = result.freshness_ms
+                print(
+                    f"{name:<11} offered {rate:6.0f}/s  acked {result.acknowledged:7d}  "
+                    f"refused {result.refused:6d}  freshness p50 {p50:7.0f} ms  p99 {p99:7.0f} ms"
+                    f"  max {worst:7.0f} ms  backlog max {result.backlog_max:6d}  "
+                    f"growth {result.slope:7.1f}/s  {result.verdict}"
+                    f"  drained in {result.drain_s:.1f} s",
+                    flush=True,
+                )
+                print(f"{'':<11} backlog (deliveries): {backlog_line(result.backlog)}", flush=True)
+    print()
+    for name, _ in endpoints:
+        mine = [(rate, r, m) for n, rate, r, m in rows if n == name]
+        kept = [rate for rate, r, _ in mine if r.kept_up]
+        best = max(kept, default=None)
+        receiver_max = next((m for _, _, m in mine if m), None)
+        ratio = f" = {best / receiver_max:.2f}x the receiver's max" if best and receiver_max else ""
+        print(
+            f"{name}: highest offered rate whose backlog stayed bounded without a 429: "
+            f"{best}{ratio}"
+        )
+        for rate, r, _ in mine:
+            if not r.kept_up:
+                applied = (r.acknowledged - (r.backlog[-1][1] if r.backlog else 0)) / r.seconds
+                print(f"  at {rate:.0f}/s the processor applied about {applied:.0f} deliveries/s")
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -524,7 +872,36 @@ def main() -> None:
     parser.add_argument(
         "--loader", choices=["wrk", "python"], default="wrk" if shutil.which("wrk") else "python"
     )
+    parser.add_argument(
+        "--sustained",
+        action="store_true",
+        help="instead: offer fixed rates (--rates) for --sustain-seconds against `ledger serve` "
+        "and report freshness (2xx → cost visible in the behavior's spend), the backlog over "
+        "time and the highest rate whose backlog stays bounded",
+    )
+    parser.add_argument(
+        "--rates",
+        default="1000,3000",
+        help="sustained: deliveries/s, or fractions of the receiver's max (e.g. 0.5x)",
+    )
+    parser.add_argument("--sustain-seconds", type=float, default=60.0)
+    parser.add_argument("--sustained-connections", type=int, default=256)
+    parser.add_argument(
+        "--behaviors",
+        type=int,
+        default=50,
+        help="sustained: deliveries spread over N behaviors (1: one busy behavior)",
+    )
+    parser.add_argument(
+        "--receiver-max",
+        action="store_true",
+        help="sustained: measure the receiver's max first (closed loop) and report ratios",
+    )
+    parser.add_argument("--databases", default="", help="sustained: e.g. sqlite or postgresql")
     args = parser.parse_args()
+    if args.sustained:
+        sustained_main(args)
+        return
 
     template = delivery_template()
     print(

@@ -43,6 +43,7 @@ from ledger.ingest.otlp import (
     Limits,
     RawRequest,
     SpanRecord,
+    charges_of,
     decode_for_storage,
     decode_request,
     encode_status_error,
@@ -759,6 +760,8 @@ def test_receiver_fast_path_agrees_with_the_walker(doc: Any, gzipped: bool) -> N
         else stored
     )
     assert repr(restored) == repr(walked)  # repr: NaN attributes compare equal
+    if isinstance(stored, RawRequest):  # the costs the budget check counts while it waits
+        assert stored.charges == charges_of(walked)
 
 
 def test_spans_an_earlier_version_stored_as_they_came_still_read_back() -> None:
@@ -784,6 +787,7 @@ def test_common_json_delivery_takes_the_fast_path_and_odd_ones_the_walker() -> N
     assert isinstance(fast, RawRequest) and len(fast) == len(decode(BROADCAST))
     assert delivery_text(fast) == BROADCAST.decode()  # stored as it came
     assert spans_from_stored_request(delivery_text(fast)) == decode(BROADCAST)
+    assert fast.charges and fast.charges == charges_of(decode(BROADCAST))  # its reported cost
     # What the walker refuses, the receiver refuses with the same words: a kind beyond 64 bits
     # (msgspec reads any integer; orjson, and so the walker, does not) and bad UTF-8 in a key
     # no decoder looks at.

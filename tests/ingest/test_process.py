@@ -24,9 +24,10 @@ from ledger.db.models import (
 from ledger.db.session import Database
 from ledger.ingest.otlp import Limits, RawRequest, decode_for_storage, decode_request
 from ledger.ingest.process import DbLookup, process_pending
-from ledger.ingest.writer import delivery_text, span_data
+from ledger.ingest.writer import SpanWriter, delivery_text, span_data
 from ledger.runner.run import CallOutcome, SlotClaim, begin_run, claim_slots, finish_run
 from ledger.sim.openrouter import GenerationRecord, build_broadcast
+from ledger.spend import pending_broadcast
 from ledger.transitions import PolicyContext, lock_behavior
 from tests.factories import T0, VALID_BEHAVIOR, make_run, write_behavior
 from tests.servers import ledger
@@ -452,3 +453,52 @@ def test_broadcast_spend_of_a_behavior_without_a_budget_is_counted_in_the_month(
         (status,) = collect_status(session, T0).behaviors
         assert session.exec(select(GateResultRow)).all() == []  # no budget: no spend_cap
     assert status.spend_usd == pytest.approx(0.2)
+
+
+async def test_a_run_is_refused_with_spend_cap_while_its_broadcast_spend_waits_unprocessed(
+    db: Database, tmp_path: Path
+) -> None:
+    write_behavior(
+        tmp_path,
+        "alpha",
+        VALID_BEHAVIOR.format(key_env="K_alpha", name="alpha").replace(
+            "  usd: 1\n", "  usd: 0.5\n  per_call_estimate_usd: 0.05\n"
+        ),
+    )
+    with db.transaction() as session:
+        reconcile_directory(session, tmp_path, T0)
+        bid = lock_behavior(session, name="alpha").id or 0
+    # $0.4 of alpha's key spent outside the daemon, acknowledged by the receiver's writer and
+    # waiting: the processor has not run, so nothing is in alpha's budget window yet.
+    writer = SpanWriter(db.engine)
+    writer.start()
+    try:
+        for _ in range(2):
+            spans = decode_for_storage(
+                delivery(key_name="alpha-key"), "application/json", None, Limits()
+            )
+            await writer.write(spans, T0)
+        walked = decode_request(delivery(user="alpha"), "application/json", None, Limits())
+        await writer.write(walked, T0)
+    finally:
+        await writer.close()
+    assert spent(db, "alpha") == 0
+    with db.transaction() as session:
+        assert pending_broadcast(session, bid) == pytest.approx(0.6)
+    # 0 spent + $0.6 waiting + $0.05 worst case > $0.5: refused before calling.
+    at = T0 + timedelta(minutes=1)
+    with db.transaction() as session:
+        (run,) = claim_slots(session, [SlotClaim(bid, at, "A")], at)
+        assert begin_run(session, run.id, now=at, ctx=CTX) is None
+    with db.transaction() as session:
+        refused = session.get(Run, run.id)
+        assert refused is not None and refused.status == "refused"
+        cap = session.exec(
+            select(GateResultRow).where(col(GateResultRow.gate) == "spend_cap")
+        ).one()
+        assert cap.run_id == run.id and cap.outcome == "fail" and cap.attributable
+    # Once processed, the same dollars are spent and no longer waiting: counted once.
+    process_pending(db, DbLookup(db), at, CTX)
+    assert spent(db, "alpha") == pytest.approx(0.6)
+    with db.transaction() as session:
+        assert pending_broadcast(session, bid) == 0

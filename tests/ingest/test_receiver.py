@@ -33,6 +33,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from ledger.clock import FakeClock
 from ledger.config import Settings
+from ledger.daemon import open_ingest
 from ledger.db.engine import make_engine
 from ledger.db.session import Database
 from ledger.errors import IngestError
@@ -44,8 +45,8 @@ from ledger.ingest.otlp import (
     decode_request,
     spans_from_stored_request,
 )
-from ledger.ingest.process import DbLookup, process_pending
-from ledger.ingest.writer import SpanWriter, span_data, span_from_data
+from ledger.ingest.process import DbLookup, process_pending, waiting_spans
+from ledger.ingest.writer import Backlog, SpanWriter, span_data, span_from_data
 from ledger.sim.openrouter import GenerationRecord, build_broadcast
 from ledger.transitions import PolicyContext
 from ledger.web.app import create_app
@@ -790,3 +791,40 @@ async def test_close_commits_what_is_queued_and_then_refuses_with_503(db: Databa
     with pytest.raises(IngestError) as refused:
         await writer.write(_spans("ff", 1), T0)
     assert refused.value.status_code == 503
+
+
+async def test_a_processing_backlog_past_its_bound_is_429_until_the_processor_works_it_off(
+    db: Database,
+) -> None:
+    backlog = Backlog(5)
+    writer = SpanWriter(db.engine, backlog=backlog, retry_after=2.0)
+    writer.start()
+    try:
+        await writer.write(_spans("01", 3), T0)
+        await writer.write(_spans("02", 2), T0)  # 5 waiting: at the bound, still taken
+        with pytest.raises(IngestError) as refused:
+            await writer.write(_spans("03", 1), T0)
+        assert (refused.value.status_code, refused.value.retry_after) == (429, 2.0)
+        assert "LEDGER_INGEST_MAX_BACKLOG_SPANS" in str(refused.value)
+        assert waiting_spans(db) == 5
+        assert _count(db) == 5  # the processor applies them...
+        backlog.resync(waiting_spans(db))  # ...and measures what is left after its pass
+        assert backlog.spans == 0
+        await writer.write(_spans("03", 1), T0)
+    finally:
+        await writer.close()
+    assert writer.stats.overloaded == 1
+    assert _count(db) == 6
+
+
+async def test_the_backlog_bound_is_a_setting_and_reaches_the_daemons_writer(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert Settings().ingest_max_backlog_spans == 15_000
+    monkeypatch.setenv("LEDGER_INGEST_MAX_BACKLOG_SPANS", "4")
+    settings = Settings(broadcast_tokens=TOKEN)
+    ingest = await open_ingest(settings, db, FakeClock(T0))
+    try:
+        assert ingest.writer.backlog.limit == 4
+    finally:
+        await ingest.close()

@@ -19,16 +19,19 @@ text), ``json_walk`` (the JSON walker, the one definition of what is valid), ``p
 """
 
 from ledger.ingest.otlp.framing import decode_for_storage, decode_request, wants_protobuf
-from ledger.ingest.otlp.json_walk import span_from_raw, spans_from_stored_request
+from ledger.ingest.otlp.json_fast import spans_from_stored_request
+from ledger.ingest.otlp.json_walk import span_from_raw
 from ledger.ingest.otlp.model import (
     CONNECTION_TEST_SPAN_NAME,
     AcceptedSpans,
     Attributes,
     AttrValue,
+    Charge,
     Limits,
     RawRequest,
     SpanEvent,
     SpanRecord,
+    charges_of,
     is_connection_test,
 )
 from ledger.ingest.otlp.responses import encode_status_error, encode_success
@@ -38,10 +41,12 @@ __all__ = [
     "AcceptedSpans",
     "AttrValue",
     "Attributes",
+    "Charge",
     "Limits",
     "RawRequest",
     "SpanEvent",
     "SpanRecord",
+    "charges_of",
     "decode_for_storage",
     "decode_request",
     "encode_status_error",

@@ -16,16 +16,27 @@ from ledger.ingest.otlp.json_walk import (
     STATUS_NAMES,
     UINT64_MAX,
     as_int,
+    walk_stored_request,
 )
-from ledger.ingest.otlp.model import Limits, RawRequest
+from ledger.ingest.otlp.model import (
+    CHARGE_KEYS,
+    Attributes,
+    AttrValue,
+    Charge,
+    Limits,
+    RawRequest,
+    SpanEvent,
+    SpanRecord,
+    charge_of,
+)
 
 # The common delivery (every id hex, every attribute a plain value) is validated by msgspec into
 # the typed structs below — C speed, no per-key Python — and stored as it came: a ``RawRequest``
-# is the request's own JSON text, which the processor later turns into ``SpanRecord``s with the
-# walker (``json_walk.spans_from_stored_request``). Whatever the fast path is not sure of (a type
-# mismatch, a base64 id, a nested or exotic value, any limit) goes through the walker instead,
-# which either accepts it or raises the located error: the walker stays the one definition of
-# what is valid.
+# is the request's own JSON text, which the processor later turns into ``SpanRecord``s by the
+# same structs (``spans_from_stored_request``; the walker when they cannot read it). Whatever
+# the fast path is not sure of (a type mismatch, a base64 id, a nested or exotic value, any
+# limit) goes through the walker instead, which either accepts it or raises the located error:
+# the walker stays the one definition of what is valid.
 
 
 class _KeyValue(msgspec.Struct, omit_defaults=True):
@@ -112,10 +123,12 @@ def fast_json(payload: bytes, limits: Limits) -> RawRequest | None:
     except Exception:  # any refusal (syntax, types, encoding): the walker words the error
         return None
     names: list[str] = []
+    charges: list[Charge] = []
     hexdigits = HEX_DIGITS
     for rs in request.resourceSpans:
         if rs.resource is not None and not _plain_attributes(rs.resource.attributes, limits):
             return None
+        resource = _charge_attributes(rs.resource.attributes) if rs.resource else {}
         for ss in rs.scopeSpans:
             for span in ss.spans:
                 trace_id, span_id, parent = span.traceId, span.spanId, span.parentSpanId
@@ -144,7 +157,31 @@ def fast_json(payload: bytes, limits: Limits) -> RawRequest | None:
                     ):
                         return None
                 names.append(span.name)
-    return RawRequest(text, names)
+                found = _charge_attributes(span.attributes)
+                if found:
+                    charge = charge_of(found, resource)
+                    if charge is not None:
+                        charges.append(charge)
+    return RawRequest(text, names, charges)
+
+
+def _charge_attributes(items: list[_KeyValue]) -> Attributes:
+    """The attributes among ``items`` a charge is read from (plain values: checked before)."""
+    found: Attributes = {}
+    for kv in items:
+        if kv.key in CHARGE_KEYS and kv.value is not None:
+            found[kv.key] = _plain(kv.value)
+    return found
+
+
+def _plain(value: _AnyValue) -> AttrValue:
+    if value.stringValue is not UNSET:
+        return value.stringValue
+    if value.doubleValue is not UNSET:
+        return value.doubleValue
+    if value.intValue is not UNSET:
+        return value.intValue
+    return None
 
 
 def _fast_uint64(value: int | str) -> bool:
@@ -170,3 +207,94 @@ def _plain_value(value: _AnyValue) -> bool:
     if value.doubleValue is not UNSET:
         return type(value.doubleValue) is float
     return value.arrayValue is UNSET and value.kvlistValue is UNSET and value.bytesValue is UNSET
+
+
+# --------------------------------------------------------------------------- reading back
+
+
+def spans_from_stored_request(text: str) -> list[SpanRecord]:
+    """The spans of a request stored as it came (``RawRequest.text``): read by the fast path's
+    structs (the receiver validated it with them), else by the walker — the same records either
+    way (``test_receiver_fast_path_agrees_with_the_walker``)."""
+    try:
+        request = _REQUEST_DECODER.decode(text)
+        return _records(request)
+    except Exception:  # not what the fast path stores: the walker reads it, or says why not
+        return walk_stored_request(text)
+
+
+def _records(request: _Request) -> list[SpanRecord]:
+    records: list[SpanRecord] = []
+    for rs in request.resourceSpans:
+        resource = _attributes(rs.resource.attributes) if rs.resource is not None else {}
+        for ss in rs.scopeSpans:
+            scope_name = ss.scope.name if ss.scope is not None else ""
+            for span in ss.spans:
+                status = span.status
+                code = 0 if status is None else status.code
+                records.append(
+                    SpanRecord(
+                        trace_id=span.traceId.lower(),
+                        span_id=span.spanId.lower(),
+                        parent_span_id=span.parentSpanId.lower() or None,
+                        name=span.name,
+                        kind=span.kind,
+                        start_unix_nano=_uint64(span.startTimeUnixNano),
+                        end_unix_nano=_uint64(span.endTimeUnixNano),
+                        status_code=STATUS_NAMES[code] if isinstance(code, str) else code,
+                        status_message="" if status is None else status.message,
+                        attributes=_attributes(span.attributes),
+                        resource_attributes=resource,
+                        events=tuple(
+                            SpanEvent(
+                                name=event.name,
+                                time_unix_nano=_uint64(event.timeUnixNano),
+                                attributes=_attributes(event.attributes),
+                            )
+                            for event in span.events
+                        ),
+                        scope_name=scope_name,
+                    )
+                )
+    return records
+
+
+def _uint64(value: int | str) -> int:
+    if type(value) is int:
+        return value
+    number = as_int(value, 0, UINT64_MAX)
+    if number is None:
+        raise ValueError("not an unsigned 64-bit integer")
+    return number
+
+
+def _attributes(items: list[_KeyValue]) -> Attributes:
+    out: Attributes = {}
+    for kv in items:
+        value = kv.value
+        out[kv.key] = None if value is None else _any_value(value)
+    return out
+
+
+def _any_value(value: _AnyValue) -> AttrValue:
+    """A plain AnyValue as the walker reads it (the fast path stores no other kind)."""
+    if value.stringValue is not UNSET:
+        return value.stringValue
+    if value.intValue is not UNSET:
+        number = as_int(value.intValue, INT64_MIN, INT64_MAX)
+        if number is None:
+            raise ValueError("not a 64-bit integer")
+        return number
+    if value.doubleValue is not UNSET:
+        if type(value.doubleValue) is not float:
+            raise ValueError("not a plain double")  # the walker's case
+        return value.doubleValue
+    if value.boolValue is not UNSET:
+        return value.boolValue
+    if (
+        value.arrayValue is not UNSET
+        or value.kvlistValue is not UNSET
+        or value.bytesValue is not UNSET
+    ):
+        raise ValueError("not a plain value")  # the walker's case
+    return None

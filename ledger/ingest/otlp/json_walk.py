@@ -20,6 +20,7 @@ from ledger.ingest.otlp.model import (
     Limits,
     SpanEvent,
     SpanRecord,
+    check_counts,
     walk,
 )
 
@@ -112,8 +113,7 @@ def _json_span(
             raise bad.at("status") from None
     events: list[SpanEvent] = []
     raw_events = _list(span, "events")
-    if len(raw_events) > limits.max_events:
-        raise Bad(f"more than {limits.max_events} events", "events", status_code=413)
+    check_counts(limits, events=len(raw_events))
     for e, event in enumerate(raw_events):
         try:
             event = _obj(event)
@@ -218,12 +218,7 @@ def _uint64(value: Any, field: str) -> int:
 
 def _json_attributes(holder: dict[str, Any], limits: Limits) -> Attributes:
     items = _list(holder, "attributes")
-    if len(items) > limits.max_attributes:
-        raise Bad(
-            f"{len(items)} attributes; the limit is {limits.max_attributes}",
-            "attributes",
-            status_code=413,
-        )
+    check_counts(limits, attributes=len(items))
     out: Attributes = {}
     for a, kv in enumerate(items):
         try:
@@ -328,7 +323,7 @@ _STORED_LIMITS: Final = Limits(
 )
 
 
-def spans_from_stored_request(text: str) -> list[SpanRecord]:
+def walk_stored_request(text: str) -> list[SpanRecord]:
     """The spans of a request stored as it came (``RawRequest.text``), by the walker."""
     return walk(decode_json, text.encode(), _STORED_LIMITS)
 

@@ -3,8 +3,9 @@ they enforce, and ``Bad``, the located refusal they raise on the way up."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, TypeAlias
 
 from ledger.errors import IngestError
@@ -102,16 +103,99 @@ class Bad(Exception):
         return IngestError(self.text(), status_code=self.status_code)
 
 
+def check_counts(limits: Limits, *where: str, attributes: int = 0, events: int = 0) -> None:
+    """The walkers' count limits (JSON and protobuf alike): more ``attributes`` (per span,
+    event or resource) or ``events`` (per span) than ``limits`` allow is refused with 413,
+    located at ``where`` + ``attributes`` / ``events``."""
+    if attributes > limits.max_attributes:
+        raise Bad(
+            f"{attributes} attributes; the limit is {limits.max_attributes}",
+            *where,
+            "attributes",
+            status_code=413,
+        )
+    if events > limits.max_events:
+        raise Bad(f"more than {limits.max_events} events", *where, "events", status_code=413)
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """The cost one span reports and the hints the receiver attributes it by, from the registry
+    alone (``ledger.ingest.writer.ChargeResolver``): ``trace.metadata.behavior``, ``user.id``,
+    the key name. Counted by the budget check until the processor applies the delivery."""
+
+    behavior: str | None
+    user: str | None
+    key_name: str | None
+    usd: float
+
+
 @dataclass(frozen=True, slots=True)
 class RawRequest:
     """A JSON request the fast path accepted whole, to be stored as it came: ``text`` is the
-    (inflated) request body, ``names`` its spans' names in order (one per span)."""
+    (inflated) request body, ``names`` its spans' names in order (one per span), ``charges``
+    the costs its spans report."""
 
     text: str
     names: list[str]
+    charges: list[Charge] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.names)
+
+
+# The attributes a charge is read from (``ledger.ingest.attribution`` reads the same ones).
+COST_KEYS: Final = (
+    "gen_ai.usage.total_cost",
+    "gen_ai.usage.input_cost",
+    "gen_ai.usage.output_cost",
+)
+BEHAVIOR_KEY: Final = "trace.metadata.behavior"
+USER_KEY: Final = "user.id"
+KEY_NAME_KEYS: Final = ("trace.metadata.openrouter.api_key_name", "openrouter.api_key_name")
+CHARGE_KEYS: Final = frozenset((*COST_KEYS, BEHAVIOR_KEY, USER_KEY, *KEY_NAME_KEYS))
+
+
+def _usd(value: AttrValue) -> float | None:
+    if type(value) is str:
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if type(value) is float or type(value) is int:
+        return float(value) if math.isfinite(value) else None
+    return None
+
+
+def charge_of(attributes: Attributes, resource: Attributes) -> Charge | None:
+    """The charge a span's attributes report (total cost, else input + output cost), or None
+    when it reports no positive cost. Hints are read from the span, then its resource."""
+    usd = _usd(attributes.get(COST_KEYS[0]))
+    if usd is None:
+        parts = [_usd(attributes.get(key)) for key in COST_KEYS[1:]]
+        usd = sum(part for part in parts if part is not None)
+    if not usd or usd <= 0:
+        return None
+
+    def text(*keys: str) -> str | None:
+        for source in (attributes, resource):
+            for key in keys:
+                value = source.get(key)
+                if type(value) is str and value:
+                    return value
+        return None
+
+    return Charge(text(BEHAVIOR_KEY), text(USER_KEY), text(*KEY_NAME_KEYS), usd)
+
+
+def charges_of(spans: Sequence[SpanRecord]) -> list[Charge]:
+    """The charges of decoded spans."""
+    charges = []
+    for span in spans:
+        charge = charge_of(span.attributes, span.resource_attributes)
+        if charge is not None:
+            charges.append(charge)
+    return charges
 
 
 def is_connection_test(spans: Sequence[SpanRecord] | RawRequest) -> bool:

@@ -17,6 +17,7 @@ from ledger.ingest.otlp.model import (
     Limits,
     SpanEvent,
     SpanRecord,
+    check_counts,
 )
 
 
@@ -54,8 +55,7 @@ def _pb_id(raw: bytes, size: int, field: str) -> str:
 
 
 def _pb_span(span: Any, resource_attrs: Attributes, scope_name: str, limits: Limits) -> SpanRecord:
-    if len(span.events) > limits.max_events:
-        raise Bad(f"more than {limits.max_events} events", "events", status_code=413)
+    check_counts(limits, events=len(span.events))
     status_code = span.status.code
     if status_code not in (0, 1, 2):
         raise Bad("not a status code (0 unset, 1 ok, 2 error)", "status", "code")
@@ -88,13 +88,7 @@ def _pb_span(span: Any, resource_attrs: Attributes, scope_name: str, limits: Lim
 
 def _pb_attributes(items: Sequence[Any], limits: Limits, where: str) -> Attributes:
     prefix = (where,) if where else ()
-    if len(items) > limits.max_attributes:
-        raise Bad(
-            f"{len(items)} attributes; the limit is {limits.max_attributes}",
-            *prefix,
-            "attributes",
-            status_code=413,
-        )
+    check_counts(limits, *prefix, attributes=len(items))
     out: Attributes = {}
     for a, kv in enumerate(items):
         try:
