@@ -72,6 +72,7 @@ from ledger.web.api import router as api_router
 from ledger.web.auth import TokenAuth
 from ledger.web.errors import install_error_handlers
 from ledger.web.read_routes import router as read_router
+from tests.benchmarks.bench_ingest import postgres_url
 
 REPO = Path(__file__).resolve().parents[2]
 BASELINE_COMMIT = "6f1aeef"  # ledger/status.py before the read model
@@ -571,20 +572,6 @@ def measure(
 
 
 # --------------------------------------------------------------------------- main
-
-
-def postgres_url() -> str | None:
-    url = os.environ.get("LEDGER_BENCH_DATABASE_URL") or os.environ.get(
-        "LEDGER_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-    )
-    try:
-        engine = sa.create_engine(url)
-        with engine.connect():
-            pass
-        engine.dispose()
-    except sa.exc.OperationalError:
-        return None
-    return url
 
 
 def behavior_count(url: str) -> int:
