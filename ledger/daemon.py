@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import httpx
 import structlog
@@ -62,7 +62,7 @@ from ledger.outbox.alerts import (
 from ledger.outbox.dispatcher import DeliveryDeferred, Dispatcher, Handler, OutboxItem
 from ledger.outbox.enqueue import KIND_MIRROR
 from ledger.outbox.urls import make_client
-from ledger.retention import Target, prune, targets_from_settings
+from ledger.retention import PruneResult, Target, prune, targets_from_settings
 from ledger.runner.call import call_model
 from ledger.runner.catalog import REFRESH_SECONDS, ModelCatalog
 from ledger.runner.multi import MultiModelRunner
@@ -467,20 +467,42 @@ async def _catalog_loop(catalog: ModelCatalog, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), timeout=catalog_retry_delay(failures))
 
 
+_Swept = TypeVar("_Swept")
+
+
+async def _sweep_every(
+    seconds: float,
+    stop: asyncio.Event,
+    sweep: Callable[[], _Swept],
+    report: Callable[[_Swept], bool],
+    failed: str,
+) -> None:
+    """Run ``sweep`` in a thread at start, then every ``seconds`` until ``stop`` is set.
+    ``report`` logs what a sweep did and says whether to sweep again at once (more may be
+    waiting); a failure is logged as ``failed`` and the sweep retried at the next interval."""
+    while not stop.is_set():
+        try:
+            if report(await asyncio.to_thread(sweep)):
+                continue
+        except Exception:
+            log.exception(failed)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
 async def _expire_loop(db: Database, clock: Clock, ctx: PolicyContext, stop: asyncio.Event) -> None:
     def sweep() -> int:
         with db.transaction() as session:
             return expire_approvals(session, clock.now(), ctx)
 
-    while not stop.is_set():
-        try:
-            expired = await asyncio.to_thread(sweep)
-            if expired:
-                log.info("approval requests expired", count=expired)
-        except Exception:
-            log.exception("expiring approval requests failed; retrying")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=APPROVAL_SWEEP_SECONDS)
+    def report(expired: int) -> bool:
+        if expired:
+            log.info("approval requests expired", count=expired)
+        return False
+
+    await _sweep_every(
+        APPROVAL_SWEEP_SECONDS, stop, sweep, report, "expiring approval requests failed; retrying"
+    )
 
 
 async def _silence_loop(
@@ -492,15 +514,14 @@ async def _silence_loop(
         with db.transaction() as session:
             return end_expired_silences(session, clock.now(), ctx)
 
-    while not stop.is_set():
-        try:
-            ended = await asyncio.to_thread(sweep)
-            if ended:
-                log.info("silences ended", silence_ids=ended)
-        except Exception:
-            log.exception("ending silences failed; retrying")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=SILENCE_SWEEP_SECONDS)
+    def report(ended: list[int]) -> bool:
+        if ended:
+            log.info("silences ended", silence_ids=ended)
+        return False
+
+    await _sweep_every(
+        SILENCE_SWEEP_SECONDS, stop, sweep, report, "ending silences failed; retrying"
+    )
 
 
 # Between two batches of a prune, give other writers the database (SQLite's lock is the whole
@@ -517,23 +538,28 @@ async def _prune_loop(
         time.sleep(PRUNE_PAUSE_SECONDS)  # a pause, not a reading of the time
         return not stop.is_set()
 
-    while not stop.is_set():
-        try:
-            results = await asyncio.to_thread(
-                prune,
-                db,
-                targets,
-                clock.now(),
-                settings.retention_batch_size,
-                between_batches=between_batches,
-            )
-            deleted = {r.target: r.deleted for r in results if r.deleted}
-            if deleted:
-                log.info("old rows pruned", **deleted)
-        except Exception:
-            log.exception("pruning old rows failed; retrying at the next interval")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=settings.retention_interval_seconds)
+    def sweep() -> list[PruneResult]:
+        return prune(
+            db,
+            targets,
+            clock.now(),
+            settings.retention_batch_size,
+            between_batches=between_batches,
+        )
+
+    def report(results: list[PruneResult]) -> bool:
+        deleted = {r.target: r.deleted for r in results if r.deleted}
+        if deleted:
+            log.info("old rows pruned", **deleted)
+        return False
+
+    await _sweep_every(
+        settings.retention_interval_seconds,
+        stop,
+        sweep,
+        report,
+        "pruning old rows failed; retrying at the next interval",
+    )
 
 
 async def _interrupt_loop(db: Database, clock: Clock, every: float, stop: asyncio.Event) -> None:
@@ -543,21 +569,17 @@ async def _interrupt_loop(db: Database, clock: Clock, every: float, stop: asynci
         with db.transaction() as session:
             return interrupt_expired_runs(session, clock.now())
 
-    while not stop.is_set():
-        try:
-            closed = await asyncio.to_thread(sweep)
-            if closed:
-                log.warning(
-                    "runs left behind by a stopped process closed as interrupted (reservations "
-                    "released; not held against their behaviors)",
-                    count=len(closed),
-                    run_ids=closed[:20],
-                )
-                continue  # more may be waiting
-        except Exception:
-            log.exception("closing interrupted runs failed; retrying")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=every)
+    def report(closed: list[str]) -> bool:
+        if closed:
+            log.warning(
+                "runs left behind by a stopped process closed as interrupted (reservations "
+                "released; not held against their behaviors)",
+                count=len(closed),
+                run_ids=closed[:20],
+            )
+        return bool(closed)  # more may be waiting
+
+    await _sweep_every(every, stop, sweep, report, "closing interrupted runs failed; retrying")
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,6 +15,17 @@ from ledger.db.models import Run
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)  # a Monday
 
+# An operator alert's payload: a demotion, as transitions enqueues it (alert texts, channels).
+DEMOTION_ALERT: dict[str, Any] = {
+    "event": "demotion",
+    "behavior": "seo-audit",
+    "from": "C",
+    "to": "B",
+    "reason": "guardrail_block failed on run r-41",
+    "evidence": [{"gate": "guardrail_block", "outcome": "fail", "run": "r-41"}],
+    "at": "2026-11-02T09:00:00+00:00",
+}
+
 VALID_BEHAVIOR = """\
 description: test behavior
 schedule: 15m

@@ -231,6 +231,26 @@ def daemon_starter(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
         yield start
 
 
+@contextlib.contextmanager
+def operator_api(
+    start: Callable[..., Daemon], database_url: str, token: str
+) -> Iterator[httpx.Client]:
+    """``ledger serve`` (started by ``start``, a ``daemon_starter``) with one operator token
+    (``[api_tokens] ops``) and an OpenRouter nobody listens on, and a client sending the token."""
+    daemon = start(
+        database_url,
+        {
+            "LEDGER_API_TOKENS": '{"ops": "env:OPS_TOKEN"}',
+            "OPS_TOKEN": token,
+            "LEDGER_OPENROUTER_BASE_URL": f"http://127.0.0.1:{free_port()}",
+        },
+    )
+    with httpx.Client(
+        base_url=daemon.base_url, timeout=30, headers={"Authorization": f"Bearer {token}"}
+    ) as client:
+        yield client
+
+
 def names(database_url: str) -> dict[str, bool]:
     """The registered behaviors of the database at ``database_url``: name → retired."""
     db = Database.open(database_url)

@@ -4,10 +4,7 @@ events are pruned in short batches; the history (ledger, runs, gate results) nev
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import subprocess
-import sys
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,6 +29,7 @@ from ledger.errors import ConfigError
 from ledger.retention import prune, prune_target, targets
 from ledger.status import collect_storage
 from tests.factories import T0
+from tests.servers import ledger
 
 DAY = timedelta(days=1)
 SOURCES = {
@@ -322,31 +320,20 @@ def test_webhook_event_retention_of_0_keeps_them_forever() -> None:
     assert load_settings(retention_webhook_events_days=0).retention_webhook_events_days == 0
 
 
-def ledger_cli(*args: str, cwd: Path, database_url: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "LEDGER_DATABASE_URL": database_url, "LEDGER_LOG_FORMAT": "json"}
-    return subprocess.run(
-        [sys.executable, "-m", "ledger", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def test_ledger_prune_dry_run_then_prune_then_status_shows_the_last_prune(
     sqlite_db: Database, tmp_path: Path
 ) -> None:
-    url = sqlite_db.engine.url.render_as_string(hide_password=False)
+    env = {"LEDGER_DATABASE_URL": sqlite_db.engine.url.render_as_string(hide_password=False)}
     long_ago = datetime.now(UTC) - 40 * DAY  # the command prunes by the real clock
     add(sqlite_db, *(span(n, long_ago) for n in range(3)), span(9, datetime.now(UTC)))
 
-    before = ledger_cli("status", cwd=tmp_path, database_url=url)
-    dry = ledger_cli("prune", "--dry-run", cwd=tmp_path, database_url=url)
+    before = ledger("status", cwd=tmp_path, env=env)
+    dry = ledger("prune", "--dry-run", cwd=tmp_path, env=env)
     assert count(sqlite_db, IngestedSpan) == 4
-    done = ledger_cli("prune", cwd=tmp_path, database_url=url)
-    after = ledger_cli("status", cwd=tmp_path, database_url=url)
+    pruning = datetime.now(UTC)
+    done = ledger("prune", cwd=tmp_path, env=env)
+    after = ledger("status", cwd=tmp_path, env=env)
+    since_pruning = (datetime.now(UTC) - pruning).total_seconds()
 
     for result in (before, dry, done, after):
         assert result.returncode == 0, result.stdout + result.stderr
@@ -355,6 +342,13 @@ def test_ledger_prune_dry_run_then_prune_then_status_shows_the_last_prune(
     assert "ingested_span: would delete 3 row(s) older than" in dry.stdout
     assert "ingested_span: deleted 3 row(s) older than" in done.stdout
     assert "rows: ingested_span 1 · " in after.stdout
-    assert re.search(r"last prune: \ds ago, rows deleted: ingest_delivery 0 · ", after.stdout)
+    # The last prune is the one just made: its age is whole seconds (minutes on a crawling
+    # machine), never more than the time since the prune command started.
+    last = re.search(
+        r"last prune: (\d+)([smhd]) ago, rows deleted: ingest_delivery 0 · ", after.stdout
+    )
+    assert last is not None, after.stdout
+    age = int(last[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[last[2]]
+    assert age <= since_pruning
     assert "ingested_span 3 · outbox 0" in after.stdout
     assert count(sqlite_db, IngestedSpan) == 1

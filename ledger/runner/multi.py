@@ -847,6 +847,28 @@ class _RunState:
     reservations: _Batches | None = None  # its reservations (never queued behind records)
 
 
+def _run_failures(
+    failed: Sequence[CallRecord],
+    state: _RunState,
+    provider_evidence: Callable[[list[CallRecord]], dict[str, Any]],
+) -> list[GateResult]:
+    """The gate results that close a multi-model run, in order: the behavior's conduct
+    (``_conduct_results``), one non-attributable ``provider_error`` for the calls the provider
+    failed (its evidence from ``provider_evidence``, as each kind words it), then the key
+    failure and the budget refusal the run met."""
+    failures = _conduct_results(failed)
+    provider_failed = [c for c in failed if c.gate == Gate.PROVIDER_ERROR.value]
+    if provider_failed:
+        failures.append(
+            GateResult(Gate.PROVIDER_ERROR, Outcome.FAIL, False, provider_evidence(provider_failed))
+        )
+    if state.key_failure is not None:
+        failures.append(state.key_failure)
+    if state.refused is not None:
+        failures.append(state.refused)
+    return failures
+
+
 class MultiModelRunner:
     """Runs roundtable and broad-canvas plans: ``await runner.run(plan)`` → ``CallOutcome``
     for ``finish_run``. Database steps run in worker threads, one short transaction each."""
@@ -1130,33 +1152,22 @@ class MultiModelRunner:
             ],
             "peak_concurrency": state.peak,
         }
-        failures: list[GateResult] = []
-        provider_failed = [c for c in failed if c.gate == Gate.PROVIDER_ERROR.value]
-        failures.extend(_conduct_results(failed))
-        if provider_failed:
-            failures.append(
-                GateResult(
-                    Gate.PROVIDER_ERROR,
-                    Outcome.FAIL,
-                    False,
-                    {
-                        "reason": f"{len(provider_failed)} of {len(calls)} canvas models failed "
-                        "(per-model provider errors, not the behavior's): "
-                        + ", ".join(
-                            f"{r} x{n}"
-                            for r, n in Counter(
-                                c.reason or "unknown" for c in provider_failed
-                            ).most_common()
-                        ),
-                        "failed_by_reason": summary["failed_by_reason"],
-                        "models": {c.model_asked: c.reason for c in provider_failed},
-                    },
-                )
-            )
-        if state.key_failure is not None:
-            failures.append(state.key_failure)
-        if state.refused is not None:
-            failures.append(state.refused)
+        failures = _run_failures(
+            failed,
+            state,
+            lambda provider_failed: {
+                "reason": f"{len(provider_failed)} of {len(calls)} canvas models failed "
+                "(per-model provider errors, not the behavior's): "
+                + ", ".join(
+                    f"{r} x{n}"
+                    for r, n in Counter(
+                        c.reason or "unknown" for c in provider_failed
+                    ).most_common()
+                ),
+                "failed_by_reason": summary["failed_by_reason"],
+                "models": {c.model_asked: c.reason for c in provider_failed},
+            },
+        )
         output = None
         if answered:
             output = json.dumps(
@@ -1347,29 +1358,18 @@ class MultiModelRunner:
             "confidence": None,
             "synthesis": None,
         }
-        failures: list[GateResult] = []
-        provider_failed = [c for c in failed if c.gate == Gate.PROVIDER_ERROR.value]
-        failures.extend(_conduct_results(failed))
-        if provider_failed:
-            failures.append(
-                GateResult(
-                    Gate.PROVIDER_ERROR,
-                    Outcome.FAIL,
-                    False,
-                    {
-                        "reason": f"{len(provider_failed)} roundtable call(s) failed (provider "
-                        "errors, not the behavior's)",
-                        "calls": [
-                            {"round": c.round, "model": c.model_asked, "reason": c.reason}
-                            for c in provider_failed
-                        ],
-                    },
-                )
-            )
-        if state.key_failure is not None:
-            failures.append(state.key_failure)
-        if state.refused is not None:
-            failures.append(state.refused)
+        failures = _run_failures(
+            failed,
+            state,
+            lambda provider_failed: {
+                "reason": f"{len(provider_failed)} roundtable call(s) failed (provider "
+                "errors, not the behavior's)",
+                "calls": [
+                    {"round": c.round, "model": c.model_asked, "reason": c.reason}
+                    for c in provider_failed
+                ],
+            },
+        )
         output = None
         downgrade = None
         error = None

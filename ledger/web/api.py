@@ -42,10 +42,9 @@ from ledger.transitions import PolicyContext, decline_proposal, operator_action
 from ledger.web.auth import OperatorDep, ViewerDep
 from ledger.web.read_routes import (
     WORD,
+    BehaviorFilterDep,
     BehaviorName,
     Cursor,
-    SearchText,
-    StatusFilter,
     word,
 )
 from ledger.web.status_models import BehaviorList, StatusDocument
@@ -88,23 +87,20 @@ def get_status(request: Request, _op: ViewerDep) -> Response:
 def list_behaviors(
     request: Request,
     _op: ViewerDep,
-    tier: Tier | None = None,
-    status: StatusFilter | None = None,
-    text: SearchText = None,
-    cursor: Cursor = None,
+    query: BehaviorFilterDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Response:
     """Registered behaviors (retired ones too, unless a ``status`` says otherwise), by name,
     a page at a time (``next_cursor``), with tier, state, runs and spend; the count per tier
     under the same filters; invalid files and broadcast ingestion."""
-    where = behavior_filters(status=status, text=text, hide_retired=False)
-    after = decode_cursor(cursor, (str,), "behaviors")[0] if cursor else None
+    where = behavior_filters(status=query.status, text=query.text, hide_retired=False)
+    after = decode_cursor(query.cursor, (str,), "behaviors")[0] if query.cursor else None
     with _state(request).db.transaction() as session:
         counts = tier_counts(session, where)
         report = collect_status(
             session,
             _now(request),
-            where=[*where, *behavior_filters(tier=tier, hide_retired=False)],
+            where=[*where, *behavior_filters(tier=query.tier, hide_retired=False)],
             after=after,
             limit=limit + 1,
         )

@@ -4,10 +4,11 @@ model of ``ledger.board``; pages carry an opaque ``next_cursor``."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 from pydantic import AwareDatetime, BaseModel, Field
 
@@ -57,6 +58,29 @@ SearchText = Annotated[
 WORD = r"^[a-z0-9_-]+$"  # behavior names, gates, kinds, statuses
 
 
+@dataclass(frozen=True, slots=True)
+class BehaviorFilter:
+    """The query parameters ``/api/behaviors`` and ``/api/board`` share: which behaviors
+    (``tier``, ``status``, ``text``) and from which page on (``cursor``)."""
+
+    tier: Tier | None
+    status: StatusFilter | None
+    text: str | None
+    cursor: str | None
+
+
+def behavior_filter(
+    tier: Tier | None = None,
+    status: StatusFilter | None = None,
+    text: SearchText = None,
+    cursor: Cursor = None,
+) -> BehaviorFilter:
+    return BehaviorFilter(tier=tier, status=status, text=text, cursor=cursor)
+
+
+BehaviorFilterDep = Annotated[BehaviorFilter, Depends(behavior_filter)]
+
+
 def word(max_length: int) -> Any:
     """A query parameter that is a name: lowercase letters, digits, ``-`` and ``_``."""
     return Query(max_length=max_length, pattern=WORD)
@@ -75,10 +99,7 @@ def _now(request: Request) -> datetime:
 def get_board(
     request: Request,
     _op: ViewerDep,
-    tier: Tier | None = None,
-    status: StatusFilter | None = None,
-    text: SearchText = None,
-    cursor: Cursor = None,
+    where: BehaviorFilterDep,
     limit: Limit = DEFAULT_LIMIT,
 ) -> Response:
     """The tier board: a page of behavior cards (sorted by name; retired ones only under
@@ -90,10 +111,10 @@ def get_board(
         page = board(
             session,
             now=_now(request),
-            tier=tier,
-            status=status,
-            text=text,
-            cursor=cursor,
+            tier=where.tier,
+            status=where.status,
+            text=where.text,
+            cursor=where.cursor,
             limit=limit,
             ctx=ctx,
         )

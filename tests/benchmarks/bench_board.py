@@ -72,6 +72,7 @@ from ledger.web.api import router as api_router
 from ledger.web.auth import TokenAuth
 from ledger.web.errors import install_error_handlers
 from ledger.web.read_routes import router as read_router
+from tests.benchmarks.bench_ingest import postgres_url
 
 REPO = Path(__file__).resolve().parents[2]
 BASELINE_COMMIT = "6f1aeef"  # ledger/status.py before the read model
@@ -573,20 +574,6 @@ def measure(
 # --------------------------------------------------------------------------- main
 
 
-def postgres_url() -> str | None:
-    url = os.environ.get("LEDGER_BENCH_DATABASE_URL") or os.environ.get(
-        "LEDGER_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-    )
-    try:
-        engine = sa.create_engine(url)
-        with engine.connect():
-            pass
-        engine.dispose()
-    except sa.exc.OperationalError:
-        return None
-    return url
-
-
 def behavior_count(url: str) -> int:
     engine = sa.create_engine(url)
     try:
@@ -614,41 +601,66 @@ def postgres_schema(url: str, keep: bool) -> Iterator[str]:
         admin.dispose()
 
 
-def run_backend(name: str, url: str, args: argparse.Namespace) -> None:
-    now = datetime.now(UTC)
-    print(f"{name}: {args.behaviors:,} behaviors, {args.runs:,} runs")
-    if behavior_count(url) != args.behaviors:
-        seed(url, args.behaviors, args.runs, now)
-    else:
-        print("  reusing the seeded database (--keep)")
-    speed = machine_speed()
-    print(f"  machine: {speed:.2f} µs per datetime.isoformat() (lower = a less crowded machine)")
-    rows = measure(name, url, args, now)
-    slow = [label for label, median, _b, target, _base in rows if target and median > target]
-    print(f"  {name}: {'all within target' if not slow else 'over target: ' + ', '.join(slow)}")
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+def seeded_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a benchmark over ``seed``'s data (this one's and bench_dashboard's)."""
     parser.add_argument("--behaviors", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--only", choices=("sqlite", "postgresql"))
     parser.add_argument("--keep", type=Path, help="keep and reuse the seeded databases here")
-    parser.add_argument("--no-baseline", action="store_true", help="skip the old code path")
-    args = parser.parse_args()
+
+
+def on_seeded_databases(
+    args: argparse.Namespace, measure_one: Callable[[str, str, datetime], None]
+) -> None:
+    """Seed SQLite, then PostgreSQL (``--only`` one of them; ``--keep`` reuses a database whose
+    behavior count matches) with ``seed``'s data and call ``measure_one(name, url, now)`` on
+    each."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.keep or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
         if args.only in (None, "sqlite"):
-            run_backend("sqlite", f"sqlite:///{folder / 'bench-board.db'}", args)
+            _seeded("sqlite", f"sqlite:///{folder / 'bench-board.db'}", args, measure_one)
         if args.only in (None, "postgresql"):
             pg = postgres_url()
             if pg is None:
                 print("postgresql: skipped (server unreachable)")
             else:
                 with postgres_schema(pg, args.keep is not None) as url:
-                    run_backend("postgresql", url, args)
+                    _seeded("postgresql", url, args, measure_one)
+
+
+def _seeded(
+    name: str,
+    url: str,
+    args: argparse.Namespace,
+    measure_one: Callable[[str, str, datetime], None],
+) -> None:
+    now = datetime.now(UTC)
+    print(f"{name}: {args.behaviors:,} behaviors, {args.runs:,} runs")
+    if behavior_count(url) != args.behaviors:
+        seed(url, args.behaviors, args.runs, now)
+    else:
+        print("  reusing the seeded database (--keep)")
+    measure_one(name, url, now)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    seeded_arguments(parser)
+    parser.add_argument("--no-baseline", action="store_true", help="skip the old code path")
+    args = parser.parse_args()
+
+    def measure_one(name: str, url: str, now: datetime) -> None:
+        speed = machine_speed()
+        print(
+            f"  machine: {speed:.2f} µs per datetime.isoformat() (lower = a less crowded machine)"
+        )
+        rows = measure(name, url, args, now)
+        slow = [label for label, median, _b, target, _base in rows if target and median > target]
+        print(f"  {name}: {'all within target' if not slow else 'over target: ' + ', '.join(slow)}")
+
+    on_seeded_databases(args, measure_one)
 
 
 if __name__ == "__main__":

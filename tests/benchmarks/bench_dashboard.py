@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import tempfile
 from collections.abc import Callable
-from datetime import UTC, datetime
-from pathlib import Path
+from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
 
@@ -38,10 +36,8 @@ from ledger.web.dashboard import install_dashboard
 from ledger.web.errors import install_error_handlers
 from ledger.web.sessions import LoginRateLimit, SessionSigner
 from tests.benchmarks.bench_board import (
-    behavior_count,
-    postgres_schema,
-    postgres_url,
-    seed,
+    on_seeded_databases,
+    seeded_arguments,
     settle_heap,
     timed,
 )
@@ -122,37 +118,16 @@ def measure(url: str, args: argparse.Namespace, now: datetime) -> list[str]:
     return slow
 
 
-def run_backend(name: str, url: str, args: argparse.Namespace) -> None:
-    now = datetime.now(UTC)
-    print(f"{name}: {args.behaviors:,} behaviors, {args.runs:,} runs")
-    if behavior_count(url) != args.behaviors:
-        seed(url, args.behaviors, args.runs, now)
-    else:
-        print("  reusing the seeded database (--keep)")
-    slow = measure(url, args, now)
-    print(f"  {name}: {'all within target' if not slow else 'over target: ' + ', '.join(slow)}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--behaviors", type=int, default=10_000)
-    parser.add_argument("--runs", type=int, default=1_000_000)
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--only", choices=("sqlite", "postgresql"))
-    parser.add_argument("--keep", type=Path, help="keep and reuse the seeded databases here")
+    seeded_arguments(parser)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = args.keep or Path(tmp)
-        folder.mkdir(parents=True, exist_ok=True)
-        if args.only in (None, "sqlite"):
-            run_backend("sqlite", f"sqlite:///{folder / 'bench-board.db'}", args)
-        if args.only in (None, "postgresql"):
-            pg = postgres_url()
-            if pg is None:
-                print("postgresql: skipped (server unreachable)")
-            else:
-                with postgres_schema(pg, args.keep is not None) as url:
-                    run_backend("postgresql", url, args)
+
+    def measure_one(name: str, url: str, now: datetime) -> None:
+        slow = measure(url, args, now)
+        print(f"  {name}: {'all within target' if not slow else 'over target: ' + ', '.join(slow)}")
+
+    on_seeded_databases(args, measure_one)
 
 
 if __name__ == "__main__":

@@ -27,18 +27,9 @@ from ledger.outbox.dispatcher import OutboxItem, dispatch_one
 from ledger.outbox.enqueue import KIND_ALERT, KIND_DEMOTION_ALERT, enqueue_alert
 from ledger.outbox.urls import make_client
 from ledger.signatures import GENERIC_HEADER, verify_generic
+from tests.factories import DEMOTION_ALERT as DEMOTION
 from tests.factories import T0
 from tests.servers import capture_server
-
-DEMOTION: dict[str, Any] = {
-    "event": "demotion",
-    "behavior": "seo-audit",
-    "from": "C",
-    "to": "B",
-    "reason": "guardrail_block failed on run r-41",
-    "evidence": [{"gate": "guardrail_block", "outcome": "fail", "run": "r-41"}],
-    "at": "2026-11-02T09:00:00+00:00",
-}
 
 
 def item(alert: dict[str, Any], outbox_id: int = 7) -> OutboxItem:

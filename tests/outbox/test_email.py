@@ -29,16 +29,7 @@ from ledger.outbox.dispatcher import dispatch_one
 from ledger.outbox.enqueue import enqueue_alert
 from ledger.outbox.urls import make_client
 from tests.conftest import T0, free_port
-
-DEMOTION: dict[str, Any] = {
-    "event": "demotion",
-    "behavior": "seo-audit",
-    "from": "C",
-    "to": "B",
-    "reason": "guardrail_block failed on run r-41",
-    "evidence": [{"gate": "guardrail_block", "outcome": "fail", "run": "r-41"}],
-    "at": "2026-11-02T09:00:00+00:00",
-}
+from tests.factories import DEMOTION_ALERT as DEMOTION
 
 
 @dataclass

@@ -8,7 +8,6 @@ and some slots not asked yet."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from ledger.db.session import Database
 from ledger.runs import run_calls, run_json
 from tests.conftest import free_port
 from tests.daemon import Daemon, wait_until
+from tests.servers import ledger
 
 KEY = "sk-or-v1-canvasresume" + "0" * 40
 FAST = [f"quick{i % 3}/model-{i:02d}" for i in range(12)]
@@ -166,14 +166,7 @@ def test_a_canvas_killed_mid_run_resumes_without_losing_or_reasking_an_answer(
     assert served["kind"] == "broad_canvas" and served["summary"]["answered"] == 20
     assert [c["model"] for c in served["calls"]] == FAST + SLOW
     assert {c["status"] for c in served["calls"]} == {"answered"}
-    shown = subprocess.run(
-        [sys.executable, "-m", "ledger", "show", run_id],
-        env={**os.environ, "LEDGER_DATABASE_URL": database_url},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    shown = ledger("show", run_id, cwd=tmp_path, env={"LEDGER_DATABASE_URL": database_url})
+    shown.check_returncode()
     assert f"broad canvas · {len(FAST + SLOW)} of {len(FAST + SLOW)} answered" in shown.stdout
     assert all(m in shown.stdout for m in SLOW)

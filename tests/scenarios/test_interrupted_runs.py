@@ -6,10 +6,7 @@ daemons run with a 6-second lease (renewed every 2 s, swept every 3 s)."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,7 +18,7 @@ from sqlmodel import col, select
 from ledger.db.models import BehaviorRow, BudgetWindow, GateResultRow, Run
 from ledger.db.session import Database
 from tests.factories import make_run, write_behavior
-from tests.servers import Daemon, free_port, ledger_process, wait_until
+from tests.servers import Daemon, free_port, ledger, ledger_process, wait_until
 
 KEY = "sk-or-v1-leasetest" + "0" * 40
 LEASE = 6.0
@@ -146,15 +143,8 @@ def test_a_run_of_a_killed_daemon_is_interrupted_after_restart_and_its_reservati
     (listed,) = httpx.get(f"{second.base_url}/api/behaviors").json()["behaviors"]
     assert listed["interrupted_runs_24h"] == len(in_flight)
     assert "closed as interrupted" in second.log()
-    status = subprocess.run(
-        [sys.executable, "-m", "ledger", "status"],
-        env={**os.environ, "LEDGER_DATABASE_URL": database_url},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    status = ledger("status", cwd=tmp_path, env={"LEDGER_DATABASE_URL": database_url})
+    status.check_returncode()
     assert f"alpha: {len(in_flight)} run(s) in 24h interrupted" in status.stdout
 
 

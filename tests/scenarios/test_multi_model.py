@@ -7,10 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import random
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -34,6 +31,7 @@ from ledger.runs import run_calls, run_json
 from ledger.sim.openrouter import Fault, ModelInfo, Preset, SimConfig, SimKey, run_in_background
 from ledger.transitions import PolicyContext, lock_behavior
 from tests.conftest import T0
+from tests.servers import ledger
 
 KEY = "sk-or-v1-multimodel" + "ab" * 20
 CANVAS_MODELS = [f"vendor{i % 7}/model-{i:02d}" for i in range(50)]
@@ -441,15 +439,9 @@ async def test_a_roundtable_at_each_tier_ends_in_its_disposition(
         assert "confidence is low" in summary["downgraded"]["reason"]
         assert run["approval"]["payload"]["downgraded"]["from_tier"] == "C"
         assert run["behavior_tier"] == "C"  # a downgrade is this run's handling, not a demotion
-        shown = subprocess.run(
-            [sys.executable, "-m", "ledger", "show", run_id],
-            env={**os.environ, "LEDGER_DATABASE_URL": database_url},
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        ).stdout
+        result = ledger("show", run_id, cwd=tmp_path, env={"LEDGER_DATABASE_URL": database_url})
+        result.check_returncode()
+        shown = result.stdout
         assert "roundtable · confidence low" in shown
         assert "downgraded to an approval request at tier C" in shown
         assert "- migrate in two steps" in shown

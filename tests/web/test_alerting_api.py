@@ -14,8 +14,9 @@ from sqlmodel import col, select
 from ledger.db.models import LedgerEntry, OutboxRow
 from ledger.db.session import Database
 from ledger.outbox.enqueue import enqueue
-from tests.conftest import T0, VALID_BEHAVIOR, free_port, write_behavior
+from tests.conftest import T0, VALID_BEHAVIOR, write_behavior
 from tests.daemon import Daemon, ledger
+from tests.servers import operator_api
 
 TOKEN = "ops-token-" + "5" * 24
 
@@ -28,17 +29,7 @@ def api(
         "schedule: 15m", 'schedule: "0 0 1 1 *"'
     )
     write_behavior(tmp_path / "behaviors", "alpha", body)
-    daemon = start_daemon(
-        database_url,
-        {
-            "LEDGER_API_TOKENS": '{"ops": "env:OPS_TOKEN"}',
-            "OPS_TOKEN": TOKEN,
-            "LEDGER_OPENROUTER_BASE_URL": f"http://127.0.0.1:{free_port()}",
-        },
-    )
-    with httpx.Client(
-        base_url=daemon.base_url, timeout=30, headers={"Authorization": f"Bearer {TOKEN}"}
-    ) as client:
+    with operator_api(start_daemon, database_url, TOKEN) as client:
         yield client
 
 

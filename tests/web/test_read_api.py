@@ -18,8 +18,9 @@ from ledger.db.session import Database
 from ledger.transitions import lock_behavior
 from ledger.web.status_models import BehaviorList, StatusDocument
 from tests.board_rows import run_row, span_row
-from tests.conftest import T0, VALID_BEHAVIOR, free_port, write_behavior
+from tests.conftest import T0, VALID_BEHAVIOR, write_behavior
 from tests.daemon import Daemon
+from tests.servers import operator_api
 
 TOKEN = "read-token-" + "5" * 24
 NAMES = ("alpha", "beta", "gamma")
@@ -34,17 +35,7 @@ def api(
         write_behavior(
             tmp_path / "behaviors", name, body.replace("schedule: 15m", 'schedule: "0 0 1 1 *"')
         )
-    daemon = start_daemon(
-        database_url,
-        {
-            "LEDGER_API_TOKENS": '{"ops": "env:OPS_TOKEN"}',
-            "OPS_TOKEN": TOKEN,
-            "LEDGER_OPENROUTER_BASE_URL": f"http://127.0.0.1:{free_port()}",
-        },
-    )
-    with httpx.Client(
-        base_url=daemon.base_url, timeout=30, headers={"Authorization": f"Bearer {TOKEN}"}
-    ) as client:
+    with operator_api(start_daemon, database_url, TOKEN) as client:
         yield client
 
 
