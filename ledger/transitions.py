@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+from sqlalchemy import insert
 from sqlmodel import Session, col, select
 
 from ledger.db.models import (
@@ -114,6 +115,27 @@ def lock_behavior(
     return row
 
 
+def lock_behaviors(session: Session, ids: Sequence[int]) -> dict[int, BehaviorRow]:
+    """Many behaviors' rows, locked in id order (the order claims and finishes take them, so
+    two batches never deadlock), fresh from the database. Raises NotFoundError for an id that
+    is not registered."""
+    wanted = sorted(set(ids))
+    rows = {
+        row.id or 0: row
+        for row in session.exec(
+            select(BehaviorRow)
+            .where(col(BehaviorRow.id).in_(wanted))
+            .order_by(col(BehaviorRow.id))
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    }
+    for behavior_id in wanted:
+        if behavior_id not in rows:
+            raise NotFoundError(f"behavior {behavior_id!r} is not registered (see `ledger status`)")
+    return rows
+
+
 def record_results(
     session: Session,
     row: BehaviorRow,
@@ -124,25 +146,49 @@ def record_results(
     run_id: str | None = None,
 ) -> list[GateResult]:
     """Store gate results; return them carrying their database ids (the policy cites them)."""
-    rows = [
-        GateResultRow(
-            behavior_id=row.id or 0,
-            run_id=run_id if run_id is not None else result.run_id,
-            gate=str(result.gate),
-            outcome=str(result.outcome),
-            attributable=result.attributable,
-            source=source,
-            evidence=dict(result.evidence),
-            created_at=now,
-        )
+    return record_result_sets(session, [(row.id or 0, run_id, results)], now=now, source=source)[0]
+
+
+def record_result_sets(
+    session: Session,
+    sets: Sequence[tuple[int, str | None, Sequence[GateResult]]],
+    *,
+    now: datetime,
+    source: str,
+) -> list[list[GateResult]]:
+    """Store the gate results of many ``(behavior id, run id, results)`` sets in one
+    multi-row INSERT (a ``None`` run id keeps each result's own); return each set's results
+    carrying their database ids, in order. Pending ORM changes are flushed first."""
+    session.flush()
+    params: list[dict[str, Any]] = [
+        {
+            "behavior_id": behavior_id,
+            "run_id": run_id if run_id is not None else result.run_id,
+            "gate": str(result.gate),
+            "outcome": str(result.outcome),
+            "attributable": result.attributable,
+            "source": source,
+            "evidence": dict(result.evidence),
+            "created_at": now,
+        }
+        for behavior_id, run_id, results in sets
         for result in results
     ]
-    session.add_all(rows)
-    session.flush()
-    return [
-        replace(result, result_id=db_row.id, run_id=db_row.run_id, observed_at=now)
-        for db_row, result in zip(rows, results, strict=True)
-    ]
+    ids: list[int] = []
+    if params:
+        table = GateResultRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it
+        stmt = insert(table).returning(table.c.id, sort_by_parameter_order=True)
+        ids = list(session.execute(stmt, params).scalars())
+    out: list[list[GateResult]] = []
+    at = 0
+    for _behavior_id, _run_id, results in sets:
+        stored = []
+        for result in results:
+            rid = params[at]["run_id"]
+            stored.append(replace(result, result_id=ids[at], run_id=rid, observed_at=now))
+            at += 1
+        out.append(stored)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,9 +206,11 @@ def apply_observation(
     *,
     now: datetime,
     ctx: PolicyContext,
+    flush: bool = True,
 ) -> Applied:
     """Fold ``obs`` into the (locked) behavior's window, decide, and apply the decision.
-    Expects ``row`` to come from ``lock_behavior`` in the same open transaction."""
+    Expects ``row`` to come from ``lock_behavior`` in the same open transaction. With
+    ``flush`` False the row's change waits for the caller's next flush (a batch flushes once)."""
     thresholds = thresholds_for(row, ctx)
     window = observe(window_of(row), obs, thresholds)
     decision = decide(state_of(row), window, now, thresholds)
@@ -171,7 +219,8 @@ def apply_observation(
     entries = _apply_decision(session, row, decision, now=now, ctx=ctx, actor=POLICY_ACTOR)
     row.updated_at = now
     session.add(row)
-    session.flush()
+    if flush:
+        session.flush()
     return Applied(decision, entries)
 
 

@@ -43,6 +43,7 @@ from ledger.runner.run import (
     begin_runs,
     claim_slots,
     finish_run,
+    finish_runs,
     renew_leases,
 )
 from ledger.schedule import Schedule
@@ -56,7 +57,7 @@ CLAIM_BATCH_WINDOW = 0.005  # seconds to gather claims due at the same instant
 # claimed, instead of every run waiting for one transaction over the whole wave.
 CLAIM_BATCH_MAX = 1000
 CLAIM_CHUNK = 50  # claims per transaction (see ``claim_chunks``)
-FINISH_BATCH_MAX = 50  # finishes per transaction: short, so a wave being claimed seldom waits
+FINISH_BATCH_MAX = 200  # finishes per transaction, recorded set-based (``finish_runs``)
 # Model calls in flight at once (the OpenRouter client's pool holds as many connections).
 MAX_CONCURRENT_CALLS = 1024
 # Runs are claimed, budgeted, rendered and connected this long before their slot, and their
@@ -540,14 +541,22 @@ class RunnerService:
     def _finish_batch(
         self, batch: list[tuple[RunPlan, CallOutcome, Any]]
     ) -> list[FinishedRun | BaseException]:
+        """Record a batch of finished runs in one transaction, set-based (``finish_runs``).
+        Should that fail (a run closed or removed meanwhile, a bug), the batch is recorded
+        again run by run, each in its own savepoint, so one run cannot lose the others."""
         now = self.clock.now()
-        out: dict[int, FinishedRun | BaseException] = {}
-        # Behaviors are locked in id order, as the claims lock them: no deadlock between a
-        # batch of finishes and a wave being claimed (here or on another replica).
-        order = sorted(range(len(batch)), key=lambda i: batch[i][0].behavior_id)
+        items = [(plan, outcome) for plan, outcome, _done in batch]
         with self.db.transaction() as session:
-            for i in order:
-                plan, outcome, _done = batch[i]
+            try:
+                with session.begin_nested():
+                    return list(finish_runs(session, items, now=now, ctx=self.ctx))
+            except Exception:
+                log.exception("recording runs as a batch failed; recording them one by one")
+            out: dict[int, FinishedRun | BaseException] = {}
+            # Behaviors are locked in id order, as the claims lock them: no deadlock between
+            # a batch of finishes and a wave being claimed (here or on another replica).
+            for i in sorted(range(len(items)), key=lambda i: items[i][0].behavior_id):
+                plan, outcome = items[i]
                 try:
                     with session.begin_nested():
                         out[i] = finish_run(session, plan, outcome, now=now, ctx=self.ctx)
