@@ -140,7 +140,7 @@ def test_status_approvals_and_show_tell_an_operator_what_waits_for_them(
         db.close()
     assert printed == expected  # the document GET /api/status answers (one builder)
     (quick_status,) = [b for b in printed["behaviors"] if b["name"] == "quick"]
-    assert quick_status["state"] == "key missing"
+    assert quick_status["state"] == "key missing: not scheduled"
 
 
 def test_an_export_verifies_on_its_own_and_an_edit_is_found(

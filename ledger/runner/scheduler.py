@@ -354,6 +354,9 @@ class RunnerService:
                     col(BehaviorRow.retired).is_(False),
                     col(BehaviorRow.paused).is_(False),
                     col(BehaviorRow.enabled).is_(True),
+                    # A key the daemon cannot resolve fails every run (auth_error): such a
+                    # behavior is not scheduled until a reconcile finds its key (status says so).
+                    col(BehaviorRow.key_problem).is_(None),
                 )
             ).all()
             for row in rows:
