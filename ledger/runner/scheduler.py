@@ -8,7 +8,8 @@ claimed in short transactions of ``CLAIM_CHUNK`` (``claim_chunks``: replicas sha
 without deadlocks); each won run then starts at once (bounded by a semaphore), without
 waiting on the others or on the rest of the wave. After downtime, the
 latest slot missed within the behavior's misfire grace is claimed once at start-up; the unique
-(behavior, slot) claim makes "once" hold across restarts and replicas.
+(behavior, slot) claim makes "once" hold across restarts and replicas. Finished runs are handed
+to one recording loop that writes them in batches, set-based (``finish_runs``).
 """
 
 from __future__ import annotations
@@ -511,7 +512,9 @@ class RunnerService:
             self._live.discard(plan.run_id)
 
     async def _finish_loop(self) -> None:
-        """Record finished runs in batches (one transaction, a savepoint per run)."""
+        """The recording queue's one writer: finished runs are handed over by their tasks and
+        recorded in batches of up to ``FINISH_BATCH_MAX``, one transaction each, set-based
+        (``finish_runs``); while one batch is written the next gathers."""
         while True:
             first = await self._finishes.get()
             batch = [first]

@@ -5,7 +5,8 @@ Run on demand:  python -m tests.benchmarks.bench_scheduler [--n 1000] [--pg URL]
                 [--rounds 3] [--baseline /path/to/other/checkout] [--waves 2] [--wait 120]
 
 Recording: for each wave, how long after the slot its last run was recorded (finished, judged,
-decided on) and the runs recorded per second over that time. ``--baseline DIR`` measures the
+decided on), the runs recorded per second over that time, and how long a run waited from its
+answer to its record (the recording queue: p99 and max). ``--baseline DIR`` measures the
 same waves, in the same run, with the ``ledger`` package of another checkout (e.g. main before
 a change), alternating with this one round by round, and closes with a table of both and their
 ratio. For 10,000 due at once give the waves room: ``--n 10000 --interval 90 --waves 1``.
@@ -251,10 +252,13 @@ async def ledger_lags(url: str, n: int, lead: float, kind: str) -> tuple[list[Wa
         http = httpx.AsyncClient(transport=timed_transport(kind, wire), follow_redirects=False)
         client = OpenRouterClient(base_url=base, http=http, transport_holds_sends=kind == "lean")
         sent: dict[str, float] = {}
+        answered: dict[str, float] = {}
 
         async def timed_call(plan: RunPlan) -> CallOutcome:
             sent[plan.run_id] = time.time()  # the moment the request is handed to the client
-            return await call_model(client, plan)
+            outcome = await call_model(client, plan)
+            answered[plan.run_id] = time.time()  # handed to the recording queue
+            return outcome
 
         service = RunnerService(
             db,
@@ -318,7 +322,13 @@ async def ledger_lags(url: str, n: int, lead: float, kind: str) -> tuple[list[Wa
         done = [r for r in runs.values() if r.finished_at is not None]
         span = max((r.finished_at - slot).total_seconds() for r in done) if done else 0.0
         rate = len(done) / span if span else 0.0
-        waves.append(Wave(lags, on_wire, received, rate, len(done), span))
+        # How long each run waited from its answer to being recorded (the recording queue).
+        waits = [r.finished_at.timestamp() - answered[r.id] for r in done if r.id in answered] or [
+            0.0
+        ]
+        waves.append(
+            Wave(lags, on_wire, received, rate, len(done), span, pct(waits, 0.99), max(waits))
+        )
     return waves, gc_summary
 
 
@@ -332,6 +342,8 @@ class Wave:
     rate: float  # runs recorded per second (slot time → last recorded)
     done: int
     recorded_in: float = 0.0  # seconds from the slot to its last run recorded
+    record_p99: float = 0.0  # seconds from a run's answer to its record: p99
+    record_max: float = 0.0  # and the longest
 
 
 def serve_memory(n: int) -> float:
@@ -451,13 +463,14 @@ def print_recording(table: dict[tuple[str, float, str, str, str], list[Wave]], n
     print(f"\nrecording, n={n}: median over rounds (runs recorded/s; ratio this / baseline)")
     print(
         f"{'database':10s} {'lead':>5s} {'pool':9s} {'code':8s} {'recorded':>9s} "
-        f"{'all in':>8s} {'runs/s':>7s} {'dispatch p99':>12s}  ratio"
+        f"{'all in':>8s} {'runs/s':>7s} {'dispatch p99':>12s} {'queue p99':>9s}  ratio"
     )
     for (label, lead, pool, kind, code), waves in sorted(table.items()):
         rate = statistics.median(w.rate for w in waves)
         span = statistics.median(w.recorded_in for w in waves)
         done = min(w.done for w in waves)
         p99 = statistics.median(pct(w.on_wire, 0.99) * 1000 if w.on_wire else 0 for w in waves)
+        queue = statistics.median(w.record_p99 for w in waves) * 1000
         other = table.get((label, lead, pool, kind, "baseline"))
         ratio = ""
         if code == THIS and other:
@@ -465,7 +478,7 @@ def print_recording(table: dict[tuple[str, float, str, str, str], list[Wave]], n
             ratio = f"x{rate / base:.2f}" if base else ""
         print(
             f"{label:10s} {lead:4g}s {pool:9s} {code:8s} {done:9d} {span:7.1f}s {rate:7.0f} "
-            f"{p99:9.1f} ms  {ratio}",
+            f"{p99:9.1f} ms {queue:6.0f} ms  {ratio}",
             flush=True,
         )
 
@@ -571,7 +584,9 @@ def main() -> None:
                                 f"the client p50={h50:.0f} ms p99={h99:.0f} ms; at the "
                                 f"simulator p50={r50:.0f} ms p99={r99:.0f} ms; {wave.done} runs "
                                 f"recorded, the last {wave.recorded_in:.1f} s after the slot: "
-                                f"{wave.rate:.0f} runs/s",
+                                f"{wave.rate:.0f} runs/s; answer -> recorded "
+                                f"p99={wave.record_p99 * 1000:.0f} ms "
+                                f"max={wave.record_max * 1000:.0f} ms",
                                 flush=True,
                             )
                         print(f"  garbage collector pauses: {gc_summary}", flush=True)
