@@ -620,7 +620,8 @@ def finish_runs(
     all of its runs; the policy then decides run by run, in order, and only a decision that
     changes something (or an auth error, a persistent provider error, a spend alert) writes
     ledger entries and outbox rows, through ``ledger.transitions``. Raises NotFoundError for
-    a run or behavior that does not exist (nothing of the batch is then recorded)."""
+    a run or behavior that does not exist: the caller rolls the batch back (the scheduler then
+    records its runs one by one, each in a savepoint)."""
     rows = lock_behaviors(session, [plan.behavior_id for plan, _ in finished])
     seen: dict[int, int] = {}
     rounds: list[list[int]] = []

@@ -59,6 +59,8 @@ CLAIM_BATCH_WINDOW = 0.005  # seconds to gather claims due at the same instant
 CLAIM_BATCH_MAX = 1000
 CLAIM_CHUNK = 50  # claims per transaction (see ``claim_chunks``)
 FINISH_BATCH_MAX = 200  # finishes per transaction, recorded set-based (``finish_runs``)
+# Recording gives way to claiming (a wave's runs start first), for at most this long a batch.
+FINISH_YIELD_MAX = 1.0
 # Model calls in flight at once (the OpenRouter client's pool holds as many connections).
 MAX_CONCURRENT_CALLS = 1024
 # Runs are claimed, budgeted, rendered and connected this long before their slot, and their
@@ -226,6 +228,7 @@ class RunnerService:
         self._slots = asyncio.Semaphore(max_concurrency)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._claimer: asyncio.Task[None] | None = None
+        self._claiming = False  # the claim loop has slots in hand (recording waits)
         self._finisher: asyncio.Task[None] | None = None
         self._finishes: asyncio.Queue[tuple[RunPlan, CallOutcome, Any]] = asyncio.Queue()
 
@@ -247,6 +250,7 @@ class RunnerService:
                 loop.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await loop
+        self._claiming = False  # nothing more is claimed: recording waits for nobody
         cut_short: list[str] = []
         if self._tasks:
             _done, pending = await asyncio.wait(self._tasks, timeout=timeout)
@@ -465,19 +469,26 @@ class RunnerService:
     async def _claim_loop(self) -> None:
         while True:
             first = await self._claims.get()
-            batch = [first]
-            if self._claims.qsize() + 1 < CLAIM_BATCH_MAX:
-                await asyncio.sleep(CLAIM_BATCH_WINDOW)
-            while not self._claims.empty() and len(batch) < CLAIM_BATCH_MAX:
-                batch.append(self._claims.get_nowait())
-            for chunk in claim_chunks(batch, self._rng):
-                try:
-                    plans = await asyncio.to_thread(self._claim_and_begin, chunk)
-                except Exception:  # the database is down: the slots are claimed by nobody
-                    log.exception("slot claims failed", slots=len(chunk))
-                    continue
-                for plan in plans:
-                    self._spawn(self._call(plan), f"run-{plan.run_id}")
+            self._claiming = True
+            try:
+                await self._claim_batch(first)
+            finally:
+                self._claiming = not self._claims.empty()
+
+    async def _claim_batch(self, first: SlotClaim) -> None:
+        batch = [first]
+        if self._claims.qsize() + 1 < CLAIM_BATCH_MAX:
+            await asyncio.sleep(CLAIM_BATCH_WINDOW)
+        while not self._claims.empty() and len(batch) < CLAIM_BATCH_MAX:
+            batch.append(self._claims.get_nowait())
+        for chunk in claim_chunks(batch, self._rng):
+            try:
+                plans = await asyncio.to_thread(self._claim_and_begin, chunk)
+            except Exception:  # the database is down: the slots are claimed by nobody
+                log.exception("slot claims failed", slots=len(chunk))
+                continue
+            for plan in plans:
+                self._spawn(self._call(plan), f"run-{plan.run_id}")
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -514,11 +525,18 @@ class RunnerService:
     async def _finish_loop(self) -> None:
         """The recording queue's one writer: finished runs are handed over by their tasks and
         recorded in batches of up to ``FINISH_BATCH_MAX``, one transaction each, set-based
-        (``finish_runs``); while one batch is written the next gathers."""
+        (``finish_runs``); while one batch is written the next gathers. While slots are being
+        claimed (a wave too big to claim ahead of its slot) recording waits, at most
+        ``FINISH_YIELD_MAX`` a batch: the database writer and the process go to starting runs
+        first."""
+        loop = asyncio.get_running_loop()
         while True:
             first = await self._finishes.get()
             batch = [first]
             await asyncio.sleep(CLAIM_BATCH_WINDOW)
+            until = loop.time() + FINISH_YIELD_MAX
+            while self._claiming and loop.time() < until:
+                await asyncio.sleep(CLAIM_BATCH_WINDOW)
             while not self._finishes.empty() and len(batch) < FINISH_BATCH_MAX:
                 batch.append(self._finishes.get_nowait())
             try:
