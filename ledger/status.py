@@ -33,6 +33,10 @@ from ledger.spend import SAME_ABS_USD, SAME_RELATIVE, window_start
 FAILURE_LOOKBACK = timedelta(hours=24)
 
 
+# The state of a behavior whose key the daemon cannot resolve: the scheduler leaves it out.
+KEY_MISSING = "key missing: not scheduled"
+
+
 @dataclass(frozen=True, slots=True)
 class BehaviorStatus:
     name: str
@@ -66,7 +70,7 @@ class BehaviorStatus:
         """``active``, or what keeps it from being: its flags, a missing key, approvals."""
         parts = list(self.flags)
         if self.key_problem:
-            parts.append("key missing")
+            parts.append(KEY_MISSING)
         if self.pending_approvals:
             parts.append(f"{self.pending_approvals} awaiting approval")
         return ", ".join(parts) or "active"
@@ -208,7 +212,7 @@ def collect_status(
         )
         slots = _schedule(schedule, timezone)
         next_run = None
-        if slots is not None and not (retired or paused or not enabled):
+        if slots is not None and not (retired or paused or not enabled or key_problem):
             next_run = slots.next_after(now)
         reset = budget_reset if budget_reset in starts else None
         has_budget = budget_usd is not None

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+from sqlalchemy import insert
 from sqlmodel import Session, col, select
 
 from ledger.db.models import (
@@ -98,6 +99,30 @@ def window_of(row: BehaviorRow) -> PolicyWindow:
     return PolicyWindow.from_json(row.policy_window or {})
 
 
+def behavior_entry(
+    session: Session,
+    row: BehaviorRow,
+    *,
+    kind: str,
+    actor: str,
+    reason: str,
+    now: datetime,
+    data: dict[str, Any] | None = None,
+) -> LedgerEntry:
+    """The ledger entry about ``row`` (its id and name), appended to the chain in the caller's
+    transaction: every entry about one behavior has this shape."""
+    return append_entry(
+        session,
+        kind=kind,
+        actor=actor,
+        reason=reason,
+        now=now,
+        behavior_id=row.id,
+        behavior_name=row.name,
+        data=data,
+    )
+
+
 def lock_behavior(
     session: Session, *, name: str | None = None, id: int | None = None
 ) -> BehaviorRow:
@@ -114,6 +139,27 @@ def lock_behavior(
     return row
 
 
+def lock_behaviors(session: Session, ids: Sequence[int]) -> dict[int, BehaviorRow]:
+    """Many behaviors' rows, locked in id order (the order claims and finishes take them, so
+    two batches never deadlock), fresh from the database. Raises NotFoundError for an id that
+    is not registered."""
+    wanted = sorted(set(ids))
+    rows = {
+        row.id or 0: row
+        for row in session.exec(
+            select(BehaviorRow)
+            .where(col(BehaviorRow.id).in_(wanted))
+            .order_by(col(BehaviorRow.id))
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    }
+    for behavior_id in wanted:
+        if behavior_id not in rows:
+            raise NotFoundError(f"behavior {behavior_id!r} is not registered (see `ledger status`)")
+    return rows
+
+
 def record_results(
     session: Session,
     row: BehaviorRow,
@@ -124,25 +170,49 @@ def record_results(
     run_id: str | None = None,
 ) -> list[GateResult]:
     """Store gate results; return them carrying their database ids (the policy cites them)."""
-    rows = [
-        GateResultRow(
-            behavior_id=row.id or 0,
-            run_id=run_id if run_id is not None else result.run_id,
-            gate=str(result.gate),
-            outcome=str(result.outcome),
-            attributable=result.attributable,
-            source=source,
-            evidence=dict(result.evidence),
-            created_at=now,
-        )
+    return record_result_sets(session, [(row.id or 0, run_id, results)], now=now, source=source)[0]
+
+
+def record_result_sets(
+    session: Session,
+    sets: Sequence[tuple[int, str | None, Sequence[GateResult]]],
+    *,
+    now: datetime,
+    source: str,
+) -> list[list[GateResult]]:
+    """Store the gate results of many ``(behavior id, run id, results)`` sets in one
+    multi-row INSERT (a ``None`` run id keeps each result's own); return each set's results
+    carrying their database ids, in order. Pending ORM changes are flushed first."""
+    session.flush()
+    params: list[dict[str, Any]] = [
+        {
+            "behavior_id": behavior_id,
+            "run_id": run_id if run_id is not None else result.run_id,
+            "gate": str(result.gate),
+            "outcome": str(result.outcome),
+            "attributable": result.attributable,
+            "source": source,
+            "evidence": dict(result.evidence),
+            "created_at": now,
+        }
+        for behavior_id, run_id, results in sets
         for result in results
     ]
-    session.add_all(rows)
-    session.flush()
-    return [
-        replace(result, result_id=db_row.id, run_id=db_row.run_id, observed_at=now)
-        for db_row, result in zip(rows, results, strict=True)
-    ]
+    ids: list[int] = []
+    if params:
+        table = GateResultRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it
+        stmt = insert(table).returning(table.c.id, sort_by_parameter_order=True)
+        ids = list(session.execute(stmt, params).scalars())
+    out: list[list[GateResult]] = []
+    at = 0
+    for _behavior_id, _run_id, results in sets:
+        stored = []
+        for result in results:
+            rid = params[at]["run_id"]
+            stored.append(replace(result, result_id=ids[at], run_id=rid, observed_at=now))
+            at += 1
+        out.append(stored)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,9 +230,11 @@ def apply_observation(
     *,
     now: datetime,
     ctx: PolicyContext,
+    flush: bool = True,
 ) -> Applied:
     """Fold ``obs`` into the (locked) behavior's window, decide, and apply the decision.
-    Expects ``row`` to come from ``lock_behavior`` in the same open transaction."""
+    Expects ``row`` to come from ``lock_behavior`` in the same open transaction. With
+    ``flush`` False the row's change waits for the caller's next flush (a batch flushes once)."""
     thresholds = thresholds_for(row, ctx)
     window = observe(window_of(row), obs, thresholds)
     decision = decide(state_of(row), window, now, thresholds)
@@ -171,7 +243,8 @@ def apply_observation(
     entries = _apply_decision(session, row, decision, now=now, ctx=ctx, actor=POLICY_ACTOR)
     row.updated_at = now
     session.add(row)
-    session.flush()
+    if flush:
+        session.flush()
     return Applied(decision, entries)
 
 
@@ -196,14 +269,13 @@ def _apply_decision(
         recovered = _recovers(session, row, decision.to) if decision.kind == "promote" else None
         row.tier = decision.to.value
         kind = "promoted" if decision.kind == "promote" else "demoted"
-        entry = append_entry(
+        entry = behavior_entry(
             session,
+            row,
             kind=kind,
             actor=actor,
             reason=decision.reason,
             now=now,
-            behavior_id=row.id,
-            behavior_name=row.name,
             data={
                 "from": old.value,
                 "to": decision.to.value,
@@ -246,14 +318,13 @@ def _apply_decision(
             )
     if decision.pause and not row.paused:
         row.paused = True
-        entry = append_entry(
+        entry = behavior_entry(
             session,
+            row,
             kind="paused",
             actor=actor,
             reason=decision.reason,
             now=now,
-            behavior_id=row.id,
-            behavior_name=row.name,
             data={"evidence": list(decision.evidence)},
         )
         entries.append(entry.id or 0)
@@ -287,14 +358,13 @@ def _apply_decision(
             )
             session.add(proposal)
             session.flush()
-            entry = append_entry(
+            entry = behavior_entry(
                 session,
+                row,
                 kind="promotion_proposed",
                 actor=actor,
                 reason=decision.reason,
                 now=now,
-                behavior_id=row.id,
-                behavior_name=row.name,
                 data={
                     "proposal_id": proposal.id,
                     "from": old.value,
@@ -438,14 +508,13 @@ def operator_action(
         }[verb]
         raise ConflictError(f"behavior {name!r} {state}; nothing to do")
     setattr(row, flag, value)
-    entry = append_entry(
+    entry = behavior_entry(
         session,
+        row,
         kind=kind,
         actor=actor,
         reason=reason,
         now=now,
-        behavior_id=row.id,
-        behavior_name=row.name,
         data={"tier": old.value, "operator": True},
     )
     if verb == "pause":
@@ -558,15 +627,14 @@ def withdraw_approvals(
         session.add(approval)
     if pending:
         run_ids = [a.run_id for a in pending]
-        append_entry(
+        behavior_entry(
             session,
+            row,
             kind="approvals_withdrawn",
             actor=actor,
             reason=f"{len(run_ids)} pending approval request(s) withdrawn, their actions will "
             f"not run: {why}",
             now=now,
-            behavior_id=row.id,
-            behavior_name=row.name,
             data={"run_ids": run_ids},
         )
     return [a.run_id for a in pending]
@@ -603,15 +671,14 @@ def decline_proposal(session: Session, name: str, *, reason: str, actor: str, no
         raise ConflictError(f"{name!r} has no pending promotion proposal")
     window = observe(window_of(row), Observation.definition_changed(now, "proposal declined"))
     row.policy_window = window.to_json()
-    append_entry(
+    behavior_entry(
         session,
+        row,
         kind="proposal_declined",
         actor=actor,
         reason=f"promotion to {Tier(declined[0].to_tier).label} declined by {actor}: {reason}; "
         "the promotion window restarts",
         now=now,
-        behavior_id=row.id,
-        behavior_name=row.name,
         data={"proposal_id": declined[0].id},
     )
     session.add(row)
@@ -636,15 +703,14 @@ def pause_after_auth_error(
     """Pause the (locked) behavior because OpenRouter refused its key: configuration, not
     conduct, so no tier changes; a ledger entry and an ``auth_error`` alert say what to do."""
     row.paused = True
-    append_entry(
+    behavior_entry(
         session,
+        row,
         kind="paused",
         actor=RUNNER_ACTOR,
         reason=f"paused: OpenRouter refused the behavior's key ({error}); "
         "fix the key and `ledger resume`",
         now=now,
-        behavior_id=row.id,
-        behavior_name=row.name,
         data={"run_id": run_id},
     )
     notify(
@@ -672,14 +738,13 @@ def record_approved(
 ) -> None:
     """An operator approved run ``run_id``'s request (the caller updated the request and
     queued its action): the ledger entry, and the approval folded into the policy window."""
-    append_entry(
+    behavior_entry(
         session,
+        row,
         kind="approved",
         actor=actor,
         reason=reason,
         now=now,
-        behavior_id=row.id,
-        behavior_name=row.name,
         data={"run_id": run_id, "payload_sha256": payload_sha256},
     )
     apply_observation(session, row, Observation.approval(now, run_id, "approved"), now=now, ctx=ctx)
@@ -705,15 +770,8 @@ def record_rejected(
         source="operator",
         run_id=run_id,
     )
-    append_entry(
-        session,
-        kind="rejected",
-        actor=actor,
-        reason=reason,
-        now=now,
-        behavior_id=row.id,
-        behavior_name=row.name,
-        data={"run_id": run_id},
+    behavior_entry(
+        session, row, kind="rejected", actor=actor, reason=reason, now=now, data={"run_id": run_id}
     )
     apply_observation(
         session,
@@ -730,15 +788,14 @@ def record_expired(
     session: Session, row: BehaviorRow, run_id: str, *, now: datetime, ctx: PolicyContext
 ) -> None:
     """Run ``run_id``'s request expired unanswered: neutral for the policy, but recorded."""
-    append_entry(
+    behavior_entry(
         session,
+        row,
         kind="approval_expired",
         actor=RUNNER_ACTOR,
         reason=f"approval request for run {run_id} expired unanswered "
         "(neutral: it neither helps nor hurts the behavior)",
         now=now,
-        behavior_id=row.id,
-        behavior_name=row.name,
         data={"run_id": run_id},
     )
     apply_observation(session, row, Observation.approval(now, run_id, "expired"), now=now, ctx=ctx)
@@ -752,14 +809,13 @@ REGISTRY_ACTOR = "registry"
 def record_registered(session: Session, row: BehaviorRow, *, path: Path, now: datetime) -> None:
     """A new file registered ``row`` (added and flushed by the caller) at its start tier."""
     tier = Tier(row.tier)
-    append_entry(
+    behavior_entry(
         session,
+        row,
         kind="registered",
         actor=REGISTRY_ACTOR,
         reason=f"registered from {path.name} at {tier.label}",
         now=now,
-        behavior_id=row.id,
-        behavior_name=row.name,
         data={"definition_hash": row.definition_hash, "tier": tier.value, "path": str(path)},
     )
 
@@ -768,14 +824,13 @@ def restore_behavior(session: Session, row: BehaviorRow, *, path: Path, now: dat
     """A retired behavior's file is back: restored at its old tier."""
     row.retired = False
     row.retired_at = None
-    append_entry(
+    behavior_entry(
         session,
+        row,
         kind="restored",
         actor=REGISTRY_ACTOR,
         reason=f"{path.name} is back: restored at its old tier {Tier(row.tier).label}",
         now=now,
-        behavior_id=row.id,
-        behavior_name=row.name,
         data={"path": str(path), "tier": row.tier},
     )
 
@@ -792,18 +847,15 @@ def record_definition_change(
     """The behavior's file was edited (``row`` still holds the old definition): same tier,
     but the promotion window restarts — a new definition must earn its record again."""
     old_preset = (row.definition or {}).get("preset")
-    append_entry(
+    behavior_entry(
         session,
+        row,
         kind="definition_changed",
         actor=REGISTRY_ACTOR,
-        reason=(
-            f"{path.name} was edited"
-            + (f" (preset {old_preset} → {new_preset})" if old_preset != new_preset else "")
-            + f"; tier {Tier(row.tier).label} kept, the promotion window restarts"
-        ),
+        reason=f"{path.name} was edited"
+        + (f" (preset {old_preset} → {new_preset})" if old_preset != new_preset else "")
+        + f"; tier {Tier(row.tier).label} kept, the promotion window restarts",
         now=now,
-        behavior_id=row.id,
-        behavior_name=row.name,
         data={
             "old_hash": row.definition_hash,
             "new_hash": new_hash,
@@ -822,15 +874,14 @@ def cap_at_max_tier(
     """The file lowered ``max_tier`` below the behavior's tier: it moves down to the cap."""
     old = Tier(row.tier)
     row.tier = max_tier.value
-    append_entry(
+    behavior_entry(
         session,
+        row,
         kind="demoted",
         actor=REGISTRY_ACTOR,
         reason=f"max_tier lowered to {max_tier.label} in {path.name}: moved from "
         f"{old.label} to {max_tier.label}",
         now=now,
-        behavior_id=row.id,
-        behavior_name=row.name,
         data={"from": old.value, "to": max_tier.value, "cause": "max_tier"},
     )
 
@@ -841,15 +892,14 @@ def retire_behavior(session: Session, row: BehaviorRow, *, now: datetime) -> Non
     row.retired_at = now
     row.updated_at = now
     session.add(row)
-    append_entry(
+    behavior_entry(
         session,
+        row,
         kind="retired",
         actor=REGISTRY_ACTOR,
         reason=f"{Path(row.source_path).name} was removed: retired at {Tier(row.tier).label}, "
         "history kept",
         now=now,
-        behavior_id=row.id,
-        behavior_name=row.name,
         data={"path": row.source_path, "tier": row.tier},
     )
 

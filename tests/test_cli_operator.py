@@ -71,9 +71,11 @@ def test_status_approvals_and_show_tell_an_operator_what_waits_for_them(
     tmp_path: Path, database_url: str
 ) -> None:
     run_id = registered_at_b_with_a_pending_approval(tmp_path, database_url)
-    # ``quick`` runs every 30 s and its key is missing where the daemon runs.
+    # ``quick`` and ``brisk`` run every 30 s; quick's key is missing where the daemon runs.
     quick = VALID_BEHAVIOR.format(key_env="QUICK_KEY", name="quick").replace("15m", "30s")
     write_behavior(tmp_path / "behaviors", "quick", quick)
+    brisk = VALID_BEHAVIOR.format(key_env="BRISK_KEY", name="brisk").replace("15m", "30s")
+    write_behavior(tmp_path / "behaviors", "brisk", brisk)
     db = Database.open(database_url)
     try:
         with db.transaction() as session:
@@ -91,15 +93,16 @@ def test_status_approvals_and_show_tell_an_operator_what_waits_for_them(
     assert status.returncode == 0, status.stderr
     text = " ".join(status.stdout.split())
     assert "1 awaiting approval" in text
-    assert "key missing" in text and " active " not in text
+    assert "key missing" in text and not re.search(r"(quick|alpha)[^\n]* active ", status.stdout)
     assert (
         "quick: its key cannot be resolved where the daemon runs (environment variable "
         "QUICK_KEY is not set)" in text
     )
     assert "1 approval request(s) pending: `ledger approvals` lists them" in text
     assert "outbox: " in text and " queued" in text
-    # every 30 s: the next run to the second; every 15 min: to the minute
-    assert re.search(r"quick .* \d\d:\d\d:\d\d UTC", status.stdout), status.stdout
+    # every 30 s: the next run to the second; every 15 min: to the minute; not scheduled: none
+    assert re.search(r"brisk .* \d\d:\d\d:\d\d UTC", status.stdout), status.stdout
+    assert re.search(r"quick .* key missing: not scheduled .* never .* — ", status.stdout)
     assert not re.search(r"alpha .* \d\d:\d\d:\d\d UTC", status.stdout), status.stdout
 
     approvals = ledger("approvals", cwd=tmp_path, env=env)
@@ -140,7 +143,7 @@ def test_status_approvals_and_show_tell_an_operator_what_waits_for_them(
         db.close()
     assert printed == expected  # the document GET /api/status answers (one builder)
     (quick_status,) = [b for b in printed["behaviors"] if b["name"] == "quick"]
-    assert quick_status["state"] == "key missing"
+    assert quick_status["state"] == "key missing: not scheduled"
 
 
 def test_an_export_verifies_on_its_own_and_an_edit_is_found(

@@ -339,8 +339,8 @@ def _print_status(doc: dict[str, Any], settings: Settings, *, show_all: bool = F
         if b["key_problem"]:
             warn(
                 f"{name}: its key cannot be resolved where the daemon runs ({b['key_problem']}): "
-                "set it in the daemon's environment and restart it; until then its runs fail "
-                "with auth_error and pause it"
+                "it is not scheduled until the daemon can resolve it (set it in the daemon's "
+                "environment and restart it, or fix the file: the next rescan schedules it)"
             )
         if b["problem"]:
             warn(f"{name}: its file is invalid; the last valid version keeps running:")

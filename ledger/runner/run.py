@@ -23,7 +23,7 @@ from sqlmodel import Session, col, select
 
 from ledger.behaviors.schema import Behavior
 from ledger.db.bulk import DriverInsert, driver_insert
-from ledger.db.models import LIVE_RUN, Approval, BehaviorRow, Run
+from ledger.db.models import LIVE_RUN, Approval, BehaviorRow, BudgetWindow, Run
 from ledger.errors import ConflictError, LedgerError, NotFoundError, SecretError
 from ledger.gates import Gate, GateResult, Outcome, Tier
 from ledger.outbox.enqueue import enqueue_action
@@ -32,17 +32,19 @@ from ledger.runner.catalog import ModelCatalog
 from ledger.runner.checks import CheckSpec, run_checks
 from ledger.secrets import resolve
 from ledger.sensitive import mask_sensitive
-from ledger.spend import reserve, settle, spent_in_window, window_start
+from ledger.spend import reserve, settle, window_start
 from ledger.transitions import (
     PolicyContext,
     apply_observation,
     lock_behavior,
+    lock_behaviors,
     note_provider_errors,
     note_spend,
     pause_after_auth_error,
     record_approved,
     record_expired,
     record_rejected,
+    record_result_sets,
     record_results,
     takes_approvals,
     withdraw_approvals,
@@ -597,29 +599,219 @@ def finish_run(
     ctx: PolicyContext,
 ) -> FinishedRun:
     """Record a run's outcome: settle its budget, judge its output, dispose of it by tier and
-    let the policy decide — all in the caller's one transaction."""
-    row = lock_behavior(session, id=plan.behavior_id)
+    let the policy decide — all in the caller's one transaction (``finish_runs`` of one)."""
+    return finish_runs(session, [(plan, outcome)], now=now, ctx=ctx)[0]
+
+
+def finish_runs(
+    session: Session,
+    finished: Sequence[tuple[RunPlan, CallOutcome]],
+    *,
+    now: datetime,
+    ctx: PolicyContext,
+) -> list[FinishedRun]:
+    """Record many runs' outcomes in the caller's one transaction, set-based: each run's budget
+    settled, output judged, disposed of by tier and decided on by the policy, as if recorded
+    one after the other in the given order. Returns one ``FinishedRun`` per item, in order.
+
+    The behaviors are locked once, in id order (as claims lock them). The runs are recorded
+    in rounds in which each behavior appears at most once (a behavior's second run in the
+    batch goes in the second round, and so on), each round with one statement per table for
+    all of its runs; the policy then decides run by run, in order, and only a decision that
+    changes something (or an auth error, a persistent provider error, a spend alert) writes
+    ledger entries and outbox rows, through ``ledger.transitions``. Raises NotFoundError for
+    a run or behavior that does not exist: the caller rolls the batch back (the scheduler then
+    records its runs one by one, each in a savepoint)."""
+    rows = lock_behaviors(session, [plan.behavior_id for plan, _ in finished])
+    seen: dict[int, int] = {}
+    rounds: list[list[int]] = []
+    for i, (plan, _outcome) in enumerate(finished):
+        k = seen.get(plan.behavior_id, 0)
+        seen[plan.behavior_id] = k + 1
+        if k == len(rounds):
+            rounds.append([])
+        rounds[k].append(i)
+    out: dict[int, FinishedRun] = {}
+    for indexes in rounds:
+        items = [finished[i] for i in indexes]
+        for i, result in zip(indexes, _finish_round(session, rows, items, now, ctx), strict=True):
+            out[i] = result
+    session.flush()
+    return [out[i] for i in range(len(finished))]
+
+
+@dataclass(slots=True)
+class _Recorded:
+    """One run of a round as it is being recorded."""
+
+    plan: RunPlan
+    outcome: CallOutcome
+    results: list[GateResult]
+    values: dict[str, Any]
+    output: str | None
+    downgraded: bool
+
+
+def _finish_round(
+    session: Session,
+    rows: Mapping[int, BehaviorRow],
+    items: Sequence[tuple[RunPlan, CallOutcome]],
+    now: datetime,
+    ctx: PolicyContext,
+) -> list[FinishedRun]:
+    """Record runs of distinct behaviors (see ``finish_runs``)."""
+    run_table = Run.__table__  # type: ignore[attr-defined]
+    ids = [plan.run_id for plan, _ in items]
     # Read after the lock: the broadcast processor takes the same lock before it counts a
     # run's spend, so ``broadcast_cost_usd`` is what it has counted so far.
-    run = session.get(Run, plan.run_id, populate_existing=True)
-    if run is None:
-        raise NotFoundError(f"run {plan.run_id} does not exist")
-    if plan.budget_window is not None and not outcome.settled:
-        # The larger of the two figures counts, once: broadcast may have counted its own
-        # already (it then counts only what exceeds the runner's; see ingest.process). A run
-        # closed as interrupted meanwhile (its lease expired) had its reservation released.
-        counted = run.broadcast_cost_usd or 0.0
-        spent = max(outcome.cost_usd, counted) - counted
-        before, _reserved = spent_in_window(session, plan.behavior_id, plan.budget_window)
-        settle(
-            session,
-            behavior_id=plan.behavior_id,
-            window_start=plan.budget_window,
-            reserved=plan.reserved_usd if run.status in LIVE_STATUSES else 0.0,
-            spent=spent,
-            now=now,
+    state = {
+        rid: (status, counted)
+        for rid, status, counted in session.execute(
+            sa_select(run_table.c.id, run_table.c.status, run_table.c.broadcast_cost_usd).where(
+                run_table.c.id.in_(ids)
+            )
         )
-        note_spend(session, row, before=before, after=before + spent, now=now, ctx=ctx)
+    }
+    for rid in ids:
+        if rid not in state:
+            raise NotFoundError(f"run {rid} does not exist")
+    _settle_spend(session, rows, items, state, now, ctx)
+    recorded = [_judge(plan, outcome, now) for plan, outcome in items]
+    with_summary = [r.values for r in recorded if "summary" in r.values]
+    without = [r.values for r in recorded if "summary" not in r.values]
+    for group in (with_summary, without):
+        if group:
+            columns: dict[str, Any] = {k: bindparam(f"v_{k}") for k in group[0] if k != "rid"}
+            session.execute(
+                update(run_table).where(run_table.c.id == bindparam("rid")).values(columns),
+                [{("rid" if k == "rid" else f"v_{k}"): v for k, v in g.items()} for g in group],
+            )
+    stored_sets = record_result_sets(
+        session,
+        [(r.plan.behavior_id, r.plan.run_id, r.results) for r in recorded],
+        now=now,
+        source="runner",
+    )
+    done: list[FinishedRun] = []
+    for r, stored in zip(recorded, stored_sets, strict=True):
+        plan, outcome, row = r.plan, r.outcome, rows[r.plan.behavior_id]
+        disposition = r.values["disposition"]
+        if disposition == "approval":
+            payload = action_payload(plan, r.output or "", r.values["output_sha256"])
+            if r.downgraded:  # tier-B handling for this run only, and it says so
+                payload["downgraded"] = {"from_tier": "C", "reason": outcome.downgrade}
+            session.add(
+                Approval(
+                    run_id=plan.run_id,
+                    behavior_id=plan.behavior_id,
+                    payload=payload,
+                    payload_sha256=payload_digest(payload),
+                    requested_at=now,
+                    expires_at=now + plan.behavior.approval_ttl_delta,
+                )
+            )
+        elif disposition == "action":
+            payload = action_payload(plan, r.output or "", r.values["output_sha256"])
+            _enqueue_action(session, plan.behavior_id, payload, now)
+        status = r.values["status"]
+        row.last_run_at = now
+        row.last_run_id = plan.run_id
+        row.last_run_status = _run_summary(status, stored)
+        applied = apply_observation(
+            session, row, Observation.run(now, plan.run_id, stored), now=now, ctx=ctx, flush=False
+        )
+        note_provider_errors(session, row, run_id=plan.run_id, results=r.results, now=now, ctx=ctx)
+        if outcome.pause and not row.paused:
+            pause_after_auth_error(
+                session, row, run_id=plan.run_id, error=outcome.error or "auth", now=now, ctx=ctx
+            )
+        if disposition == "approval":  # demoted below B or paused while this run was out
+            _withdraw_if_not_waiting(session, row, now)
+        done.append(
+            FinishedRun(plan.run_id, status, disposition, tuple(r.results), applied.decision.kind)
+        )
+    return done
+
+
+def _settle_spend(
+    session: Session,
+    rows: Mapping[int, BehaviorRow],
+    items: Sequence[tuple[RunPlan, CallOutcome]],
+    state: Mapping[str, tuple[str, float | None]],
+    now: datetime,
+    ctx: PolicyContext,
+) -> None:
+    """Turn the runs' reservations into what they spent, in one statement per step for all of
+    them, and alert on spend crossing 80 % of a budget (``note_spend``). The larger of the
+    runner's and broadcast's figures counts, once: broadcast may have counted its own already
+    (it then counts only what exceeds the runner's; see ingest.process). A run closed as
+    interrupted meanwhile (its lease expired) had its reservation released."""
+    moves: list[tuple[int, datetime, float, float]] = []
+    for plan, outcome in items:
+        if plan.budget_window is None or outcome.settled:
+            continue
+        status, counted = state[plan.run_id]
+        counted = counted or 0.0
+        spent = max(outcome.cost_usd, counted) - counted
+        reserved = plan.reserved_usd if status in LIVE_STATUSES else 0.0
+        moves.append((plan.behavior_id, plan.budget_window, reserved, spent))
+    if not moves:
+        return
+    table = BudgetWindow.__table__  # type: ignore[attr-defined]
+    conn = session.connection()
+    ensure = driver_insert(table, _WINDOW_COLUMNS, ("behavior_id", "window_start"), conn.dialect)
+    when = ensure.converter("window_start")
+    stamp = when(now)
+    keys = list(dict.fromkeys((bid, window) for bid, window, _r, _s in moves))
+    ensure.execute(
+        conn,
+        ensure.params(
+            [
+                {
+                    "behavior_id": bid,
+                    "window_start": when(window),
+                    "reserved_usd": 0.0,
+                    "spent_usd": 0.0,
+                    "updated_at": stamp,
+                }
+                for bid, window in keys
+            ]
+        ),
+    )
+    before: dict[tuple[int, datetime], float] = {}
+    for bid, window, spent_usd in session.execute(
+        sa_select(table.c.behavior_id, table.c.window_start, table.c.spent_usd).where(
+            table.c.behavior_id.in_({bid for bid, _w in keys}),
+            table.c.window_start.in_({window for _b, window in keys}),
+        )
+    ):
+        before[(bid, _aware(window))] = spent_usd
+    session.execute(
+        update(table)
+        .where(
+            table.c.behavior_id == bindparam("b_id"),
+            table.c.window_start == bindparam("b_window"),
+        )
+        .values(
+            reserved_usd=table.c.reserved_usd - bindparam("b_reserved"),
+            spent_usd=table.c.spent_usd + bindparam("b_spent"),
+            updated_at=now,
+        ),
+        [
+            {"b_id": bid, "b_window": window, "b_reserved": reserved, "b_spent": spent}
+            for bid, window, reserved, spent in moves
+        ],
+    )
+    for bid, window, _reserved, spent in moves:
+        was = before.get((bid, window), 0.0)
+        note_spend(session, rows[bid], before=was, after=was + spent, now=now, ctx=ctx)
+
+
+_WINDOW_COLUMNS = ("behavior_id", "window_start", "reserved_usd", "spent_usd", "updated_at")
+
+
+def _judge(plan: RunPlan, outcome: CallOutcome, now: datetime) -> _Recorded:
+    """A run's gate results, disposition and the column values it is recorded with (pure)."""
     results: list[GateResult] = [r for r in outcome.failures]
     if outcome.output is not None:
         b = plan.behavior
@@ -651,69 +843,53 @@ def finish_run(
                     },
                 )
             )
-    run.model = outcome.model
-    run.generation_id = outcome.generation_id
-    run.cost_usd = outcome.cost_usd
-    run.prompt_tokens = outcome.prompt_tokens
-    run.completion_tokens = outcome.completion_tokens
-    run.via_fallback = outcome.via_fallback
     # Judged on the original; stored, approved and acted on masked (see ``mask_sensitive``).
-    output = None
+    output = sha256 = findings = None
     if outcome.output is not None:
-        output, findings = mask_sensitive(outcome.output)
-        run.output_sha256 = hashlib.sha256(outcome.output.encode("utf-8")).hexdigest()
-        run.output_findings = [
-            {"kind": f.kind, "start": f.start, "end": f.end} for f in findings
-        ] or None
-    run.output = output
-    run.lease_until = None
-    run.finished_at = now
-    run.error = outcome.error
-    run.status = "succeeded" if outcome.output is not None else "failed"
-    summary = dict(outcome.summary) if outcome.summary is not None else None
+        output, found = mask_sensitive(outcome.output)
+        sha256 = hashlib.sha256(outcome.output.encode("utf-8")).hexdigest()
+        findings = [{"kind": f.kind, "start": f.start, "end": f.end} for f in found] or None
     downgraded = outcome.downgrade is not None and output is not None and plan.tier is Tier.C
-    if downgraded and summary is not None:
-        summary["downgraded"] = {"from_tier": "C", "to": "approval", "reason": outcome.downgrade}
-    if summary is not None:
-        run.summary = summary
     blocked = any(r.attributable and r.outcome is Outcome.FAIL for r in results) or any(
         (r.evidence or {}).get("check") == "require_primary_model" for r in results
     )
     if output is None:
-        run.disposition = "none"
+        disposition = "none"
     elif blocked:
-        run.disposition = "blocked"
+        disposition = "blocked"
     elif plan.tier is Tier.A:
-        run.disposition = "proposal"
+        disposition = "proposal"
     elif plan.tier is Tier.B or downgraded:
-        run.disposition = "approval"
-        payload = action_payload(plan, output, run.output_sha256)
-        if downgraded:  # tier-B handling for this run only, and it says so
-            payload["downgraded"] = {"from_tier": "C", "reason": outcome.downgrade}
-        session.add(
-            Approval(
-                run_id=run.id,
-                behavior_id=plan.behavior_id,
-                payload=payload,
-                payload_sha256=payload_digest(payload),
-                requested_at=now,
-                expires_at=now + plan.behavior.approval_ttl_delta,
-            )
-        )
+        disposition = "approval"
     else:
-        run.disposition = "action"
-        payload = action_payload(plan, output, run.output_sha256)
-        _enqueue_action(session, plan.behavior_id, payload, now)
-    session.add(run)
-    decision = _record(session, row, run, results, now, ctx)
-    note_provider_errors(session, row, run_id=run.id, results=results, now=now, ctx=ctx)
-    if outcome.pause and not row.paused:
-        pause_after_auth_error(
-            session, row, run_id=run.id, error=outcome.error or "auth", now=now, ctx=ctx
-        )
-    if run.disposition == "approval":  # demoted below B or paused while this run was out
-        _withdraw_if_not_waiting(session, row, now)
-    return FinishedRun(run.id, run.status, run.disposition or "none", tuple(results), decision)
+        disposition = "action"
+    values: dict[str, Any] = {
+        "rid": plan.run_id,
+        "model": outcome.model,
+        "generation_id": outcome.generation_id,
+        "cost_usd": outcome.cost_usd,
+        "prompt_tokens": outcome.prompt_tokens,
+        "completion_tokens": outcome.completion_tokens,
+        "via_fallback": outcome.via_fallback,
+        "output_sha256": sha256,
+        "output_findings": findings,
+        "output": output,
+        "lease_until": None,
+        "finished_at": now,
+        "error": outcome.error,
+        "status": "succeeded" if outcome.output is not None else "failed",
+        "disposition": disposition,
+    }
+    if outcome.summary is not None:
+        summary = dict(outcome.summary)
+        if downgraded:
+            summary["downgraded"] = {
+                "from_tier": "C",
+                "to": "approval",
+                "reason": outcome.downgrade,
+            }
+        values["summary"] = summary
+    return _Recorded(plan, outcome, results, values, output, downgraded)
 
 
 def _record(
@@ -727,19 +903,19 @@ def _record(
     stored = record_results(session, row, results, now=now, source="runner", run_id=run.id)
     row.last_run_at = now
     row.last_run_id = run.id
-    row.last_run_status = _run_summary(run, stored)
+    row.last_run_status = _run_summary(run.status, stored)
     applied = apply_observation(
         session, row, Observation.run(now, run.id, stored), now=now, ctx=ctx
     )
     return applied.decision.kind
 
 
-def _run_summary(run: Run, results: Sequence[GateResult]) -> str:
+def _run_summary(status: str, results: Sequence[GateResult]) -> str:
     bad = [r for r in results if r.outcome is not Outcome.PASS]
     if not bad:
-        return f"{run.status}"
+        return f"{status}"
     worst = max(bad, key=lambda r: (r.outcome is Outcome.FAIL, r.attributable))
-    return f"{run.status}: {worst.gate} {worst.outcome}"[:32]
+    return f"{status}: {worst.gate} {worst.outcome}"[:32]
 
 
 def action_payload(plan: RunPlan, output: str, output_sha256: str | None = None) -> dict[str, Any]:

@@ -8,7 +8,8 @@ claimed in short transactions of ``CLAIM_CHUNK`` (``claim_chunks``: replicas sha
 without deadlocks); each won run then starts at once (bounded by a semaphore), without
 waiting on the others or on the rest of the wave. After downtime, the
 latest slot missed within the behavior's misfire grace is claimed once at start-up; the unique
-(behavior, slot) claim makes "once" hold across restarts and replicas.
+(behavior, slot) claim makes "once" hold across restarts and replicas. Finished runs are handed
+to one recording loop that writes them in batches, set-based (``finish_runs``).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from ledger.runner.run import (
     begin_runs,
     claim_slots,
     finish_run,
+    finish_runs,
     renew_leases,
 )
 from ledger.schedule import Schedule
@@ -56,7 +58,9 @@ CLAIM_BATCH_WINDOW = 0.005  # seconds to gather claims due at the same instant
 # claimed, instead of every run waiting for one transaction over the whole wave.
 CLAIM_BATCH_MAX = 1000
 CLAIM_CHUNK = 50  # claims per transaction (see ``claim_chunks``)
-FINISH_BATCH_MAX = 50  # finishes per transaction: short, so a wave being claimed seldom waits
+FINISH_BATCH_MAX = 200  # finishes per transaction, recorded set-based (``finish_runs``)
+# Recording gives way to claiming (a wave's runs start first), for at most this long a batch.
+FINISH_YIELD_MAX = 1.0
 # Model calls in flight at once (the OpenRouter client's pool holds as many connections).
 MAX_CONCURRENT_CALLS = 1024
 # Runs are claimed, budgeted, rendered and connected this long before their slot, and their
@@ -224,6 +228,7 @@ class RunnerService:
         self._slots = asyncio.Semaphore(max_concurrency)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._claimer: asyncio.Task[None] | None = None
+        self._claiming = False  # the claim loop has slots in hand (recording waits)
         self._finisher: asyncio.Task[None] | None = None
         self._finishes: asyncio.Queue[tuple[RunPlan, CallOutcome, Any]] = asyncio.Queue()
 
@@ -245,6 +250,7 @@ class RunnerService:
                 loop.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await loop
+        self._claiming = False  # nothing more is claimed: recording waits for nobody
         cut_short: list[str] = []
         if self._tasks:
             _done, pending = await asyncio.wait(self._tasks, timeout=timeout)
@@ -353,6 +359,9 @@ class RunnerService:
                     col(BehaviorRow.retired).is_(False),
                     col(BehaviorRow.paused).is_(False),
                     col(BehaviorRow.enabled).is_(True),
+                    # A key the daemon cannot resolve fails every run (auth_error): such a
+                    # behavior is not scheduled until a reconcile finds its key (status says so).
+                    col(BehaviorRow.key_problem).is_(None),
                 )
             ).all()
             for row in rows:
@@ -460,19 +469,26 @@ class RunnerService:
     async def _claim_loop(self) -> None:
         while True:
             first = await self._claims.get()
-            batch = [first]
-            if self._claims.qsize() + 1 < CLAIM_BATCH_MAX:
-                await asyncio.sleep(CLAIM_BATCH_WINDOW)
-            while not self._claims.empty() and len(batch) < CLAIM_BATCH_MAX:
-                batch.append(self._claims.get_nowait())
-            for chunk in claim_chunks(batch, self._rng):
-                try:
-                    plans = await asyncio.to_thread(self._claim_and_begin, chunk)
-                except Exception:  # the database is down: the slots are claimed by nobody
-                    log.exception("slot claims failed", slots=len(chunk))
-                    continue
-                for plan in plans:
-                    self._spawn(self._call(plan), f"run-{plan.run_id}")
+            self._claiming = True
+            try:
+                await self._claim_batch(first)
+            finally:
+                self._claiming = not self._claims.empty()
+
+    async def _claim_batch(self, first: SlotClaim) -> None:
+        batch = [first]
+        if self._claims.qsize() + 1 < CLAIM_BATCH_MAX:
+            await asyncio.sleep(CLAIM_BATCH_WINDOW)
+        while not self._claims.empty() and len(batch) < CLAIM_BATCH_MAX:
+            batch.append(self._claims.get_nowait())
+        for chunk in claim_chunks(batch, self._rng):
+            try:
+                plans = await asyncio.to_thread(self._claim_and_begin, chunk)
+            except Exception:  # the database is down: the slots are claimed by nobody
+                log.exception("slot claims failed", slots=len(chunk))
+                continue
+            for plan in plans:
+                self._spawn(self._call(plan), f"run-{plan.run_id}")
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -507,11 +523,20 @@ class RunnerService:
             self._live.discard(plan.run_id)
 
     async def _finish_loop(self) -> None:
-        """Record finished runs in batches (one transaction, a savepoint per run)."""
+        """The recording queue's one writer: finished runs are handed over by their tasks and
+        recorded in batches of up to ``FINISH_BATCH_MAX``, one transaction each, set-based
+        (``finish_runs``); while one batch is written the next gathers. While slots are being
+        claimed (a wave too big to claim ahead of its slot) recording waits, at most
+        ``FINISH_YIELD_MAX`` a batch: the database writer and the process go to starting runs
+        first."""
+        loop = asyncio.get_running_loop()
         while True:
             first = await self._finishes.get()
             batch = [first]
             await asyncio.sleep(CLAIM_BATCH_WINDOW)
+            until = loop.time() + FINISH_YIELD_MAX
+            while self._claiming and loop.time() < until:
+                await asyncio.sleep(CLAIM_BATCH_WINDOW)
             while not self._finishes.empty() and len(batch) < FINISH_BATCH_MAX:
                 batch.append(self._finishes.get_nowait())
             try:
@@ -540,14 +565,22 @@ class RunnerService:
     def _finish_batch(
         self, batch: list[tuple[RunPlan, CallOutcome, Any]]
     ) -> list[FinishedRun | BaseException]:
+        """Record a batch of finished runs in one transaction, set-based (``finish_runs``).
+        Should that fail (a run closed or removed meanwhile, a bug), the batch is recorded
+        again run by run, each in its own savepoint, so one run cannot lose the others."""
         now = self.clock.now()
-        out: dict[int, FinishedRun | BaseException] = {}
-        # Behaviors are locked in id order, as the claims lock them: no deadlock between a
-        # batch of finishes and a wave being claimed (here or on another replica).
-        order = sorted(range(len(batch)), key=lambda i: batch[i][0].behavior_id)
+        items = [(plan, outcome) for plan, outcome, _done in batch]
         with self.db.transaction() as session:
-            for i in order:
-                plan, outcome, _done = batch[i]
+            try:
+                with session.begin_nested():
+                    return list(finish_runs(session, items, now=now, ctx=self.ctx))
+            except Exception:
+                log.exception("recording runs as a batch failed; recording them one by one")
+            out: dict[int, FinishedRun | BaseException] = {}
+            # Behaviors are locked in id order, as the claims lock them: no deadlock between
+            # a batch of finishes and a wave being claimed (here or on another replica).
+            for i in sorted(range(len(items)), key=lambda i: items[i][0].behavior_id):
+                plan, outcome = items[i]
                 try:
                     with session.begin_nested():
                         out[i] = finish_run(session, plan, outcome, now=now, ctx=self.ctx)

@@ -339,8 +339,8 @@ async def run_behavior(
         check_manual_run(
             row,
             here="in the daemon's environment",
-            instead="Set it where `ledger serve` runs and restart the daemon (until then its "
-            "scheduled runs fail with auth_error and pause it).",
+            instead="Set it where `ledger serve` runs and restart the daemon (until then it is "
+            "not scheduled).",
         )
 
     run_id = await asyncio.to_thread(runner.claim_manual, name, check)

@@ -2,7 +2,14 @@
 
 Run on demand:  python -m tests.benchmarks.bench_scheduler [--n 1000] [--pg URL] [--memory 10000]
                 [--lead 5 --lead 0] [--transport lean --transport httpx --transport aiohttp]
-                [--rounds 3]
+                [--rounds 3] [--baseline /path/to/other/checkout] [--waves 2] [--wait 120]
+
+Recording: for each wave, how long after the slot its last run was recorded (finished, judged,
+decided on), the runs recorded per second over that time, and how long a run waited from its
+answer to its record (the recording queue: p99 and max). ``--baseline DIR`` measures the
+same waves, in the same run, with the ``ledger`` package of another checkout (e.g. main before
+a change), alternating with this one round by round, and closes with a table of both and their
+ratio. For 10,000 due at once give the waves room: ``--n 10000 --interval 90 --waves 1``.
 
 Reports, for every run of the measured slots (a cold and a warm connection pool), three moments
 relative to the slot time: the request written to its socket (the dispatch lag: the request
@@ -27,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
 import os
 import re
 import resource
@@ -35,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -62,6 +70,8 @@ from ledger.transitions import PolicyContext
 
 INTERVAL = 20  # seconds: every behavior's slots fall on the same instants (--interval)
 MAX_CALLS = MAX_CONNECTIONS  # calls in flight at once (--max-calls)
+WAVES = 2  # slots measured: a cold connection pool, then a warm one (--waves)
+WAIT = 120.0  # seconds after its slot to wait for a wave to be recorded (--wait)
 
 
 class SentAt(httpx.AsyncBaseTransport):
@@ -242,10 +252,13 @@ async def ledger_lags(url: str, n: int, lead: float, kind: str) -> tuple[list[Wa
         http = httpx.AsyncClient(transport=timed_transport(kind, wire), follow_redirects=False)
         client = OpenRouterClient(base_url=base, http=http, transport_holds_sends=kind == "lean")
         sent: dict[str, float] = {}
+        answered: dict[str, float] = {}
 
         async def timed_call(plan: RunPlan) -> CallOutcome:
             sent[plan.run_id] = time.time()  # the moment the request is handed to the client
-            return await call_model(client, plan)
+            outcome = await call_model(client, plan)
+            answered[plan.run_id] = time.time()  # handed to the recording queue
+            return outcome
 
         service = RunnerService(
             db,
@@ -265,10 +278,8 @@ async def ledger_lags(url: str, n: int, lead: float, kind: str) -> tuple[list[Wa
         settle_heap()  # as `ledger serve` does once started
         GC.reset()
         first = next_slot(datetime.now(UTC), 1)
-        slots = [
-            first,
-            first + interval,
-        ]  # the first wave opens the connections, the second reuses them
+        # The first wave opens the connections, the second reuses them.
+        slots = [first + interval * i for i in range(WAVES)]
         await asyncio.sleep((first - datetime.now(UTC)).total_seconds() + 0.1)
 
         def finished(slot: datetime) -> int:
@@ -280,7 +291,7 @@ async def ledger_lags(url: str, n: int, lead: float, kind: str) -> tuple[list[Wa
                 ).one()
 
         for slot in slots:  # counted in a thread, so the wait costs the daemon's loop nothing
-            deadline = slot.timestamp() + 60
+            deadline = slot.timestamp() + WAIT
             while time.time() < deadline and await asyncio.to_thread(finished, slot) < n:
                 await asyncio.sleep(0.5)
         gc_summary = GC.summary()
@@ -310,7 +321,14 @@ async def ledger_lags(url: str, n: int, lead: float, kind: str) -> tuple[list[Wa
         received = [t - at for rid, t in arrived.items() if rid in runs]
         done = [r for r in runs.values() if r.finished_at is not None]
         span = max((r.finished_at - slot).total_seconds() for r in done) if done else 0.0
-        waves.append(Wave(lags, on_wire, received, len(done) / span if span else 0.0, len(done)))
+        rate = len(done) / span if span else 0.0
+        # How long each run waited from its answer to being recorded (the recording queue).
+        waits = [r.finished_at.timestamp() - answered[r.id] for r in done if r.id in answered] or [
+            0.0
+        ]
+        waves.append(
+            Wave(lags, on_wire, received, rate, len(done), span, pct(waits, 0.99), max(waits))
+        )
     return waves, gc_summary
 
 
@@ -321,8 +339,11 @@ class Wave:
     lags: list[float]  # handed to the OpenRouter client
     on_wire: list[float]  # last byte of the request written to its socket
     received: list[float]  # arrival at the simulator
-    rate: float  # runs completed per second (slot time → last finish)
+    rate: float  # runs recorded per second (slot time → last recorded)
     done: int
+    recorded_in: float = 0.0  # seconds from the slot to its last run recorded
+    record_p99: float = 0.0  # seconds from a run's answer to its record: p99
+    record_max: float = 0.0  # and the longest
 
 
 def serve_memory(n: int) -> float:
@@ -385,8 +406,85 @@ def print_table(
         print(f"{where} {cells[0]} {cells[1]}  {late}/{len(rounds)}", flush=True)
 
 
+THIS = "this"  # the code of this checkout, as opposed to --baseline's
+
+
+def measure(
+    code: str, baseline: Path | None, url: str, n: int, lead: float, kind: str
+) -> tuple[list[Wave], str]:
+    """The waves of one configuration, with this checkout's ``ledger`` (in this process, or
+    in a fresh one when comparing) or the ``--baseline`` checkout's (in a fresh process with
+    that checkout first on its path), so that both sides start alike."""
+    if baseline is None:
+        return uvloop.run(ledger_lags(url, n, lead, kind))
+    root = baseline if code != THIS else Path(__file__).resolve().parents[2]
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as out:
+        target = Path(out.name)
+    argv = [
+        str(Path(__file__).resolve()),
+        "--child",
+        json.dumps([url, n, lead, kind, str(target)]),
+        "--interval",
+        str(INTERVAL),
+        "--max-calls",
+        str(MAX_CALLS),
+        "--waves",
+        str(WAVES),
+        "--wait",
+        str(WAIT),
+    ]
+    script = (
+        "import runpy, sys; "
+        f"sys.path.insert(0, {str(root)!r}); sys.argv = {argv!r}; "
+        f"runpy.run_path({argv[0]!r}, run_name='__main__')"
+    )
+    subprocess.run(
+        [sys.executable, "-c", script],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=tempfile.gettempdir(),
+    )
+    data = json.loads(target.read_text())
+    target.unlink()
+    return [Wave(**w) for w in data["waves"]], data["gc"]
+
+
+def child(spec: str) -> None:
+    """``--child``: measure one configuration and write its waves to a JSON file."""
+    url, n, lead, kind, target = json.loads(spec)
+    waves, gc_summary = uvloop.run(ledger_lags(url, n, lead, kind))
+    Path(target).write_text(json.dumps({"waves": [asdict(w) for w in waves], "gc": gc_summary}))
+
+
+def print_recording(table: dict[tuple[str, float, str, str, str], list[Wave]], n: int) -> None:
+    """Recording per configuration: seconds from the slot to its last run recorded and runs
+    recorded per second (median over rounds), this checkout against the baseline."""
+    print(f"\nrecording, n={n}: median over rounds (runs recorded/s; ratio this / baseline)")
+    print(
+        f"{'database':10s} {'lead':>5s} {'pool':9s} {'code':8s} {'recorded':>9s} "
+        f"{'all in':>8s} {'runs/s':>7s} {'dispatch p99':>12s} {'queue p99':>9s}  ratio"
+    )
+    for (label, lead, pool, kind, code), waves in sorted(table.items()):
+        rate = statistics.median(w.rate for w in waves)
+        span = statistics.median(w.recorded_in for w in waves)
+        done = min(w.done for w in waves)
+        p99 = statistics.median(pct(w.on_wire, 0.99) * 1000 if w.on_wire else 0 for w in waves)
+        queue = statistics.median(w.record_p99 for w in waves) * 1000
+        other = table.get((label, lead, pool, kind, "baseline"))
+        ratio = ""
+        if code == THIS and other:
+            base = statistics.median(w.rate for w in other)
+            ratio = f"x{rate / base:.2f}" if base else ""
+        print(
+            f"{label:10s} {lead:4g}s {pool:9s} {code:8s} {done:9d} {span:7.1f}s {rate:7.0f} "
+            f"{p99:9.1f} ms {queue:6.0f} ms  {ratio}",
+            flush=True,
+        )
+
+
 def main() -> None:
-    global INTERVAL, MAX_CALLS
+    global INTERVAL, MAX_CALLS, WAVES, WAIT
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--pg", default=None)
@@ -408,10 +506,27 @@ def main() -> None:
     parser.add_argument(
         "--rounds", type=int, default=1, help="rounds of every transport, order rotating"
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="another checkout (e.g. main) to measure the same waves with, round by round",
+    )
+    parser.add_argument("--waves", type=int, default=WAVES, help="slots measured (1 or 2)")
+    parser.add_argument(
+        "--wait", type=float, default=WAIT, help="seconds after a slot to wait for its runs"
+    )
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     leads = args.lead or [DEFAULT_LEAD_SECONDS, 0.0]
     kinds = args.transport or ["lean"]
     INTERVAL, MAX_CALLS = args.interval, calls_that_fit(args.max_calls)
+    WAVES, WAIT = max(1, min(2, args.waves)), args.wait
+    if args.child:
+        child(args.child)
+        return
+    if args.baseline is not None and not (args.baseline / "ledger" / "__init__.py").is_file():
+        parser.error(f"--baseline {args.baseline}: no ledger package there")
     floor = uvloop.run(apscheduler_floor(args.n))
     print(
         f"apscheduler alone  n={args.n}: lag p50={statistics.median(floor) * 1000:7.1f} ms "
@@ -422,44 +537,62 @@ def main() -> None:
     if args.pg:
         targets.append(("postgresql", args.pg))
     floor99 = pct(floor, 0.99) * 1000
+    codes = [THIS] if args.baseline is None else [THIS, "baseline"]
     # (database, lead, pool, transport) -> (p50, p99 of the dispatch lag in ms, whether every
     # run of the wave was handed to the client before its slot) per round
     table: dict[tuple[str, float, str, str], list[tuple[float, float, bool]]] = {}
+    recording: dict[tuple[str, float, str, str, str], list[Wave]] = {}
     for round_ in range(args.rounds):
         order = kinds[round_ % len(kinds) :] + kinds[: round_ % len(kinds)]
+        code_order = codes[round_ % len(codes) :] + codes[: round_ % len(codes)]
         print(f"round {round_ + 1}/{args.rounds}: {', '.join(order)}", flush=True)
         for label, url in targets:
             for lead in leads:
                 for kind in order:
-                    database = (
-                        url if label != "sqlite" else f"sqlite:///{Path(tempfile.mkdtemp())}/b.db"
-                    )
-                    waves, gc_summary = uvloop.run(ledger_lags(database, args.n, lead, kind))
-                    for name, wave in zip(("cold pool", "warm pool"), waves, strict=True):
-                        tag = f"ledger {label:10s} n={args.n} lead={lead:g}s {kind:7s} {name}"
-                        if not wave.on_wire:
-                            print(f"{tag}: no runs", flush=True)
-                            continue
-                        w50 = statistics.median(wave.on_wire) * 1000
-                        w99 = pct(wave.on_wire, 0.99) * 1000
-                        ahead = lead > 0 and max(wave.lags, default=0.0) < 0
-                        row = (w50, w99, ahead)
-                        table.setdefault((label, lead, name, kind), []).append(row)
-                        h50, h99 = statistics.median(wave.lags) * 1000, pct(wave.lags, 0.99) * 1000
-                        r50 = statistics.median(wave.received) * 1000
-                        r99 = pct(wave.received, 0.99) * 1000
-                        print(
-                            f"{tag}: dispatch lag (slot -> request written to its socket) "
-                            f"p50={w50:7.1f} ms p99={w99:7.1f} ms (x{w99 / floor99:.2f} of "
-                            f"APScheduler's p99; {len(wave.on_wire)} written); handed to the "
-                            f"client p50={h50:.0f} ms p99={h99:.0f} ms; at the simulator "
-                            f"p50={r50:.0f} ms p99={r99:.0f} ms; {wave.done} runs done, "
-                            f"{wave.rate:.0f} runs/s",
-                            flush=True,
+                    for code in code_order:
+                        database = (
+                            url
+                            if label != "sqlite"
+                            else f"sqlite:///{Path(tempfile.mkdtemp())}/b.db"
                         )
-                    print(f"  garbage collector pauses during both waves: {gc_summary}", flush=True)
+                        waves, gc_summary = measure(
+                            code, args.baseline, database, args.n, lead, kind
+                        )
+                        for name, wave in zip(("cold pool", "warm pool"), waves, strict=False):
+                            tag = f"ledger {label:10s} n={args.n} lead={lead:g}s {kind:7s} {name}"
+                            if code != THIS:
+                                tag += " (baseline)"
+                            recording.setdefault((label, lead, name, kind, code), []).append(wave)
+                            if not wave.on_wire:
+                                print(f"{tag}: no runs", flush=True)
+                                continue
+                            w50 = statistics.median(wave.on_wire) * 1000
+                            w99 = pct(wave.on_wire, 0.99) * 1000
+                            ahead = lead > 0 and max(wave.lags, default=0.0) < 0
+                            if code == THIS:
+                                table.setdefault((label, lead, name, kind), []).append(
+                                    (w50, w99, ahead)
+                                )
+                            h50 = statistics.median(wave.lags) * 1000
+                            h99 = pct(wave.lags, 0.99) * 1000
+                            r50 = statistics.median(wave.received) * 1000
+                            r99 = pct(wave.received, 0.99) * 1000
+                            print(
+                                f"{tag}: dispatch lag (slot -> request written to its socket) "
+                                f"p50={w50:7.1f} ms p99={w99:7.1f} ms (x{w99 / floor99:.2f} of "
+                                f"APScheduler's p99; {len(wave.on_wire)} written); handed to "
+                                f"the client p50={h50:.0f} ms p99={h99:.0f} ms; at the "
+                                f"simulator p50={r50:.0f} ms p99={r99:.0f} ms; {wave.done} runs "
+                                f"recorded, the last {wave.recorded_in:.1f} s after the slot: "
+                                f"{wave.rate:.0f} runs/s; answer -> recorded "
+                                f"p99={wave.record_p99 * 1000:.0f} ms "
+                                f"max={wave.record_max * 1000:.0f} ms",
+                                flush=True,
+                            )
+                        print(f"  garbage collector pauses: {gc_summary}", flush=True)
     if args.rounds > 1 or len(kinds) > 1:
         print_table(table, args.n)
+    print_recording(recording, args.n)
     if args.memory:
         rss = serve_memory(args.memory)
         print(f"ledger serve with {args.memory} behaviors: peak RSS {rss:.0f} MiB", flush=True)

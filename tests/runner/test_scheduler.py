@@ -21,6 +21,7 @@ from ledger.db.models import BehaviorRow, Run
 from ledger.db.session import Database
 from ledger.runner.run import CallOutcome, RunPlan, SlotClaim
 from ledger.runner.scheduler import RunnerService, latest_slot, misfire_grace
+from ledger.status import KEY_MISSING, collect_status
 from ledger.transitions import PolicyContext, lock_behavior
 from tests.factories import VALID_BEHAVIOR, make_behavior, write_behavior
 from tests.servers import Daemon, free_port, wait_until, wait_until_async
@@ -96,6 +97,36 @@ async def test_jobs_follow_the_registry_and_catch_up_once(
         await again.stop()
     assert plans_claimed == [[]]
     assert len(runs(db)) == 1
+
+
+async def test_a_behavior_whose_key_the_daemon_lacks_is_not_scheduled_and_status_says_why(
+    db: Database, tmp_path: Path
+) -> None:
+    for name in ("alpha", "beta"):
+        write_behavior(tmp_path, name, VALID_BEHAVIOR.format(key_env=f"K_{name}", name=name))
+    clock = FakeClock(NOW)  # 2 minutes after the 12:00 slot: within the 7.5-minute grace
+    with db.transaction() as session:
+        reconcile_directory(session, tmp_path, NOW)
+        alpha = lock_behavior(session, name="alpha").id
+        lock_behavior(session, name="beta").key_problem = "environment variable K_beta is not set"
+    service = RunnerService(db, clock, fake_model, PolicyContext())
+    await service.start()
+    try:
+        assert service.job_count == 1
+        await wait_until_async(
+            lambda: any(r.status == "succeeded" for r in runs(db)), 10, "alpha's catch-up run"
+        )
+        with db.transaction() as session:
+            (beta,) = [b for b in collect_status(session, NOW).behaviors if b.name == "beta"]
+        assert (beta.state, beta.next_run_at) == (KEY_MISSING, None)
+        # A later reconcile finds the key: the behavior is scheduled again.
+        with db.transaction() as session:
+            lock_behavior(session, name="beta").key_problem = None
+        await service.sync()
+        assert service.job_count == 2
+    finally:
+        await service.stop()
+    assert [r.behavior_id for r in runs(db)] == [alpha]  # beta's catch-up slot was never claimed
 
 
 async def test_run_now_runs_once_outside_the_schedule(db: Database, tmp_path: Path) -> None:

@@ -202,7 +202,8 @@ async def test_status_is_the_summary_ledger_status_prints_and_names_a_key_the_da
     assert doc.status_code == 200, doc.text
     body = doc.json()
     (alpha,) = body["behaviors"]
-    assert alpha["state"] == "key missing"
+    assert alpha["state"] == "key missing: not scheduled"
+    assert alpha["next_run_at"] is None
     assert "API_TEST_KEY" in alpha["key_problem"]
     assert (alpha["tier_label"], alpha["pending_approvals"]) == ("A · proposal-only", 0)
     assert body["outbox"] == {"queued": 0, "dead": 0}
