@@ -462,6 +462,8 @@ def _refuse(
         True,
         {
             "source": "budget_reservation",
+            "reason": f"the call was not made: its worst case (${estimate:.4f}) does not fit "
+            f"what is left of the {behavior.budget.reset} budget of ${behavior.budget.usd}",
             "budget_usd": behavior.budget.usd,
             "reset": behavior.budget.reset,
             "window_start": window.isoformat(),

@@ -26,6 +26,7 @@ from ledger.runner.run import (
     reject,
     render_prompt,
 )
+from ledger.runs import gate_reason
 from ledger.transitions import PolicyContext, lock_behavior, operator_action
 from tests.factories import T0, VALID_BEHAVIOR, write_behavior
 
@@ -306,6 +307,11 @@ def test_budget_that_does_not_fit_records_spend_cap_and_makes_no_call(
             select(GateResultRow).where(col(GateResultRow.gate) == "spend_cap")
         ).one()
         assert result.outcome == "fail" and result.attributable
+        # ledger show / explain say why, not "no reason recorded".
+        assert gate_reason(result.outcome, result.evidence) == (
+            "the call was not made: its worst case ($0.0500) does not fit what is left of the "
+            "day budget of $0.12"
+        )
 
 
 def test_paused_behavior_skips_its_slot(db: Database, tmp_path: Path) -> None:
