@@ -25,9 +25,9 @@ from typing import Any, Final
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import event, func
+from sqlalchemy import Result, Update, event, func
+from sqlalchemy.orm import ORMExecuteState, object_session
 from sqlalchemy.orm import Session as OrmSession
-from sqlalchemy.orm import object_session
 from sqlmodel import Session, col, select
 
 from ledger.db.models import Approval, BehaviorRow, GateResultRow, IngestDelivery, OutboxRow, Run
@@ -39,7 +39,7 @@ REGISTRY: Final = CollectorRegistry(auto_describe=True)
 
 RUNS: Final = Counter(
     "ledger_runs",
-    "Runs finished, by outcome (succeeded, failed, refused).",
+    "Runs finished, by outcome (succeeded, failed, refused, skipped, interrupted).",
     ["outcome"],
     registry=REGISTRY,
 )
@@ -76,7 +76,12 @@ DISPATCH_LAG: Final = Histogram(
 )
 
 _TIERS: Final = ("A", "B", "C")
-_FINISHED: Final = frozenset({"succeeded", "failed", "refused"})
+_RUN_TABLE: Final = Run.__table__  # type: ignore[attr-defined]  # SQLModel declares no __table__
+# A run that got an answer (or a refusal) from its model call: its duration is observed.
+_COMPLETED: Final = frozenset({"succeeded", "failed", "refused"})
+# ... and one closed without one: skipped when due (paused meanwhile, over budget, its file
+# gone) or interrupted (its process stopped before it finished).
+_FINISHED: Final = _COMPLETED | {"skipped", "interrupted"}
 _PENDING_KEY: Final = "ledger.metrics.pending"
 _installed = False
 
@@ -108,12 +113,35 @@ def _run_status_set(target: Run, value: Any, oldvalue: Any, _initiator: Any) -> 
 
     def count() -> None:
         RUNS.labels(value).inc()
+        if value not in _COMPLETED:
+            return
         # Read what is loaded, never a lazy load: no SQL may run while a commit finishes.
         started, finished = (target.__dict__.get(k) for k in ("started_at", "finished_at"))
         if isinstance(started, datetime) and isinstance(finished, datetime):
             RUN_DURATION.observe(max(0.0, (finished - started).total_seconds()))
 
     after_commit(object_session(target), count)
+
+
+def _run_rows_closed(state: ORMExecuteState) -> Result[Any] | None:
+    """Runs closed by one UPDATE statement rather than an attribute set (the runner skips the
+    due runs it will not start, and closes those a stopped process left, in bulk): counted by
+    the rows the statement changed, once its transaction commits."""
+    statement = state.statement
+    if (
+        not state.is_update
+        or not isinstance(statement, Update)
+        or statement.table is not _RUN_TABLE
+    ):
+        return None
+    outcome = statement.compile().params.get("status")
+    if outcome not in _FINISHED:
+        return None
+    result = state.invoke_statement()
+    changed = getattr(result, "rowcount", 0)  # executemany: the sum over its parameter sets
+    if changed > 0:
+        after_commit(state.session, lambda: RUNS.labels(outcome).inc(changed))
+    return result
 
 
 def _tier_set(target: BehaviorRow, value: Any, oldvalue: Any, _initiator: Any) -> None:
@@ -135,6 +163,7 @@ def install_event_counters() -> None:
     event.listen(OrmSession, "after_commit", _on_commit)
     event.listen(OrmSession, "after_rollback", _on_rollback)
     event.listen(Run.status, "set", _run_status_set)
+    event.listen(OrmSession, "do_orm_execute", _run_rows_closed)
     event.listen(BehaviorRow.tier, "set", _tier_set)
     event.listen(GateResultRow, "after_insert", _gate_result_inserted)
     _installed = True
