@@ -10,21 +10,25 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
-from sqlmodel import Session
 
 from ledger import __version__
-from ledger.behaviors.load import load_directory
-from ledger.behaviors.schema import behavior_json_schema
 from ledger.cli.multi import canvas_app
 from ledger.cli.notion import notion_app
 from ledger.config import Settings, load_settings
 from ledger.errors import LedgerError
 from ledger.logging import configure_logging
+
+if TYPE_CHECKING:
+    from sqlmodel import Session
+
+# The command modules import what a command needs inside it: `ledger --help` or `ledger status`
+# must not pay for alembic, the Notion client, the web app or the behavior schema
+# (tests/test_cli_imports.py keeps it so).
 
 app = typer.Typer(
     help="Promotion Ledger: scheduled LLM behaviors that earn their autonomy.",
@@ -141,6 +145,8 @@ def validate(
     config: ConfigOption = None,
 ) -> None:
     """Check every behavior file; print each problem as path:line:col: field: message."""
+    from ledger.behaviors.load import load_directory
+
     database_url: str | None = None
     try:
         settings = load_settings(config)
@@ -191,6 +197,8 @@ def _registered_holders(database_url: str) -> dict[tuple[str, str], str]:
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of behavior files (for editors)."""
+    from ledger.behaviors.schema import behavior_json_schema
+
     print(json.dumps(behavior_json_schema(), indent=2))
 
 
@@ -240,12 +248,16 @@ def status(
 ) -> None:
     """Every behavior at a glance (tier, state, last and next run, failures, spend), then what
     needs an operator: missing keys, approvals, invalid files, the outbox, broadcast."""
+    import gc
+
     import orjson
 
-    from ledger.heap import settle_heap
     from ledger.status import status_document
 
-    settle_heap()  # thousands of behaviors: the imports' objects out of every collection
+    # A command that ends in a second makes ten thousand behaviors' objects: no cyclic
+    # collection at all (a collection would walk the imports' objects each time, and freezing
+    # them first costs a full collection).
+    gc.disable()
     settings = _settings(config)
     with _transaction(settings, read_only=True) as session:
         doc = status_document(session, _now(), settings.retention_interval_seconds)
@@ -1130,6 +1142,7 @@ def keys_check(config: ConfigOption = None) -> None:
 
     from pydantic import SecretStr
 
+    from ledger.behaviors.load import load_directory
     from ledger.errors import ConfigError, SecretError
     from ledger.runner.keys import (
         KeyIdentity,
