@@ -1,7 +1,7 @@
 """The dashboard in a real browser (Debian's Chromium driven by Playwright) against a real
 ``ledger serve`` and the OpenRouter simulator: log in, the tier board, approving and rejecting,
-a guardrail fault moving a card from C to B live, operator actions, the ledger page, and
-``<script>`` in a description or a model output never running.
+a guardrail fault moving a card from C to B live, the approvals queue updating live, operator
+actions, the ledger page, and ``<script>`` in a description or a model output never running.
 
 One daemon and one browser for the module (each test leaves state the next ones tolerate);
 waits are on conditions (Playwright's auto-waiting ``expect``), never sleeps. Screenshots of
@@ -309,6 +309,40 @@ def test_an_approved_run_is_executed_and_a_rejected_one_is_not(page: Watched, st
     expect(rejected).to_contain_text("rejected")
     expect(rejected).to_contain_text("tone is off")
     expect(rejected).not_to_contain_text("executed")
+    assert page.dialogs == [] and page.errors == []
+
+
+def test_the_approvals_queue_updates_live_and_keeps_what_is_being_typed(
+    page: Watched, stack: Stack
+) -> None:
+    waiting = stack.run("queued")
+    p = page.page
+    p.goto("/approvals")
+    expect(p.locator("#live")).to_have_text("Live")
+    p.evaluate("window.__sameDocument = true")  # gone if the page reloaded
+    # Half a reason typed into one request while others arrive and are decided elsewhere.
+    reason = p.locator(f"#reject-reason-{waiting['id']}")
+    reason.fill("needs a second loo")
+    reason.focus()
+
+    arrived = stack.run("queued")
+    assert arrived["disposition"] == "approval"
+    expect(p.locator(f"#approval-{arrived['id']}")).to_be_visible()
+
+    decided = stack.api.post(
+        f"/api/approvals/{arrived['id']}/reject", json={"reason": "decided elsewhere"}
+    )
+    assert decided.status_code == 200, decided.text
+    expect(p.locator(f"#approval-{arrived['id']}")).to_have_count(0)
+    closed = p.locator("tr", has_text=arrived["id"])
+    expect(closed).to_contain_text("rejected")
+    expect(closed).to_contain_text("decided elsewhere")
+
+    assert p.evaluate("window.__sameDocument") is True
+    expect(reason).to_have_value("needs a second loo")
+    expect(reason).to_be_focused()
+    p.keyboard.type("k")  # typing goes on where it was
+    expect(reason).to_have_value("needs a second look")
     assert page.dialogs == [] and page.errors == []
 
 
