@@ -15,6 +15,7 @@ from sqlalchemy import ColumnElement, Text, and_, case, cast, func, text
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
+from ledger.clock import json_time
 from ledger.db.models import (
     Approval,
     BehaviorRow,
@@ -464,12 +465,12 @@ def status_document(
     report = collect_status(session, now)
     storage = collect_storage(session)
     return {
-        "generated_at": now.isoformat(),
+        "generated_at": json_time(now),
         "behaviors": [behavior_json(b) for b in report.behaviors],
         "pending_approvals": report.pending_approvals,
         "outbox": asdict(report.outbox),
         "invalid_files": [{"path": p.path, "problems": p.problems} for p in report.file_problems],
-        "ingest": _jsonable(asdict(report.ingest)),
+        "ingest": ingest_json(report.ingest),
         "storage": _jsonable(
             {
                 "tables": [asdict(t) for t in storage.tables],
@@ -480,13 +481,19 @@ def status_document(
     }
 
 
+def ingest_json(ingest: IngestStatus) -> dict[str, Any]:
+    """Broadcast ingestion as ``GET /api/status`` and ``GET /api/behaviors`` show it."""
+    value: dict[str, Any] = _jsonable(asdict(ingest))
+    return value
+
+
 def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
+    return None if value is None else json_time(value)
 
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, datetime):
-        return value.isoformat()
+        return json_time(value)
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -713,8 +713,10 @@ OUTPUT_PREVIEW_LINES = 5
 
 
 def _iso(value: Any) -> Any:
+    from ledger.clock import json_time
+
     if isinstance(value, datetime):
-        return value.isoformat()
+        return json_time(value)
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
