@@ -3,14 +3,17 @@
 a guardrail fault moving a card from C to B live, the approvals queue updating live, operator
 actions, the ledger page, and ``<script>`` in a description or a model output never running.
 
-One daemon and one browser for the module (each test leaves state the next ones tolerate);
+One daemon and one browser for the module and backend (SQLite, and PostgreSQL when
+LEDGER_TEST_DATABASE_URL is set; each test leaves state the next ones tolerate);
 waits are on conditions (Playwright's auto-waiting ``expect``), never sleeps. Screenshots of
 the main pages go to ``test-artifacts/`` (or ``$LEDGER_TEST_ARTIFACTS``)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,11 +23,13 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from playwright import sync_api as playwright_sync
 from playwright.sync_api import expect
 
-from tests.conftest import free_port, write_behavior
+from tests.conftest import BACKENDS, free_port, write_behavior
 from tests.daemon import Daemon, daemon_starter, ledger, wait_until
+from tests.databases import PG_URL, pg_schema_url
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -108,8 +113,32 @@ class Stack:
         return run
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+@contextlib.contextmanager
+def empty_database(backend: str, folder: Path) -> Iterator[str]:
+    """The URL of an empty database of ``backend`` for the module's daemon (it migrates it on
+    start): a SQLite file in ``folder``, or a PostgreSQL schema of its own, dropped after."""
+    if backend == "sqlite":
+        yield f"sqlite:///{folder / 'ledger.db'}"
+        return
+    assert PG_URL is not None
+    admin_url = PG_URL.replace("postgresql://", "postgresql+psycopg://")
+    schema = f"dash_{secrets.token_hex(6)}"
+    admin = sa.create_engine(admin_url)
+    try:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+        yield pg_schema_url(admin_url, schema)
+    finally:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        admin.dispose()
+
+
+# Every test on each backend: SQLite, and PostgreSQL when LEDGER_TEST_DATABASE_URL is set.
+@pytest.fixture(scope="module", params=BACKENDS)
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)")
     tmp = tmp_path_factory.mktemp("dashboard")
@@ -132,6 +161,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     sim_url = f"http://127.0.0.1:{sim_port}"
     starter = daemon_starter(tmp)
     start = next(starter)
+    database_stack = contextlib.ExitStack()
     try:
 
         def sim_up() -> bool:
@@ -148,7 +178,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "DASH_OPS_TOKEN": TOKEN,
             **{f"DASH_KEY_{name.upper()}": key for name, key in KEYS.items()},
         }
-        database_url = f"sqlite:///{tmp / 'ledger.db'}"
+        database_url = database_stack.enter_context(empty_database(request.param, tmp))
         daemon = start(database_url, env)
         with httpx.Client(
             base_url=daemon.base_url, timeout=60, headers={"Authorization": f"Bearer {TOKEN}"}
@@ -167,6 +197,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         next(starter, None)
         sim.kill()
         sim.wait(10)
+        database_stack.close()  # after the daemon stopped: nothing holds the schema
 
 
 @pytest.fixture(scope="module")
