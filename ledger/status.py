@@ -463,10 +463,22 @@ def status_document(
     """The summary ``ledger status`` prints, as JSON-ready values (times as ISO 8601 strings):
     what ``GET /api/status`` answers and ``ledger status --json`` prints."""
     report = collect_status(session, now)
-    storage = collect_storage(session)
+    return status_json(report, collect_storage(session), now, retention_interval_seconds)
+
+
+def status_json(
+    report: StatusReport,
+    storage: StorageStatus,
+    now: datetime,
+    retention_interval_seconds: float,
+    *,
+    behaviors: bool = True,
+) -> dict[str, Any]:
+    """``status_document`` of what was collected; without ``behaviors`` (``ledger status``
+    prints a table of a few from ``report.behaviors`` itself) the key is left out."""
     return {
         "generated_at": json_time(now),
-        "behaviors": [behavior_json(b) for b in report.behaviors],
+        **({"behaviors": [behavior_json(b) for b in report.behaviors]} if behaviors else {}),
         "pending_approvals": report.pending_approvals,
         "outbox": asdict(report.outbox),
         "invalid_files": [{"path": p.path, "problems": p.problems} for p in report.file_problems],
