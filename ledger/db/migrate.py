@@ -26,12 +26,11 @@ PACKAGED_DIR = _PACKAGE / "_migrations"
 CHECKOUT_DIR = _PACKAGE.parent / "alembic"
 VERSION_TABLE = "alembic_version"
 
-# ``revision: str = "0012"`` / ``down_revision: str | None = "0011"`` at the start of a line,
-# as alembic's template writes them (annotation optional).
+# ``revision: str = "0012"`` / ``down_revision: str | None = "0011"`` (or None, or a tuple of
+# the revisions a merge joins) at the start of a line, as alembic's template writes them.
 _REVISION = re.compile(r"""^revision\s*(?::[^=]*)?=\s*["']([^"']+)["']""", re.MULTILINE)
-_DOWN_REVISION = re.compile(
-    r"""^down_revision\s*(?::[^=]*)?=\s*(?:None|["']([^"']+)["'])""", re.MULTILINE
-)
+_DOWN_REVISION = re.compile(r"""^down_revision\s*(?::[^=]*)?=\s*(.+)$""", re.MULTILINE)
+_QUOTED = re.compile(r"""["']([^"']+)["']""")
 
 
 def migrations_dir() -> Path:
@@ -102,12 +101,12 @@ def head_revision(folder: Path | None = None) -> str:
         if revision is None or down is None:
             continue  # not a migration (a helper module)
         revisions.add(revision.group(1))
-        if down.group(1) is not None:
-            parents.add(down.group(1))
+        parents.update(_QUOTED.findall(down.group(1)))
     heads = revisions - parents
     if len(heads) != 1:
         raise ConfigError(
             f"the migrations in {versions} have {len(heads)} heads ({', '.join(sorted(heads))}),"
-            " not one: reinstall promotion-ledger"
+            " not one: two migrations follow the same revision (chain them), or the installed"
+            " copy is incomplete (reinstall promotion-ledger)"
         )
     return heads.pop()

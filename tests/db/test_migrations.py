@@ -161,3 +161,8 @@ def test_head_revision_read_from_the_files_is_alembics_head(tmp_path: object) ->
         )
     with pytest.raises(ConfigError, match=r"2 heads \(0002a, 0002b\)"):
         head_revision(folder)
+    # A merge revision joins them again.
+    (folder / "versions" / "0003_merge.py").write_text(
+        'revision = "0003"\ndown_revision = ("0002a", "0002b")\n'
+    )
+    assert head_revision(folder) == "0003"
