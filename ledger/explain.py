@@ -7,6 +7,7 @@ from datetime import datetime
 
 from sqlmodel import Session, col, select
 
+from ledger.clock import json_time
 from ledger.db.models import BehaviorRow, GateResultRow, LedgerEntry, PromotionProposal
 from ledger.errors import NotFoundError
 from ledger.gates import Tier
@@ -42,7 +43,7 @@ class Cited:
 
     def as_json(self) -> dict[str, object]:
         return {
-            "at": self.at.isoformat(),
+            "at": json_time(self.at),
             "run_id": self.run_id,
             "gate": self.gate,
             "outcome": self.outcome,
@@ -112,7 +113,7 @@ class Explanation:
             "flags": list(self.flags),
             "story": [
                 {
-                    "at": s.at.isoformat(),
+                    "at": json_time(s.at),
                     "kind": s.kind,
                     "actor": s.actor,
                     "reason": s.reason,

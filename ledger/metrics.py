@@ -25,9 +25,9 @@ from typing import Any, Final
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import event, func
+from sqlalchemy import Insert, Result, Update, event, func
+from sqlalchemy.orm import ORMExecuteState, object_session
 from sqlalchemy.orm import Session as OrmSession
-from sqlalchemy.orm import object_session
 from sqlmodel import Session, col, select
 
 from ledger.db.models import Approval, BehaviorRow, GateResultRow, IngestDelivery, OutboxRow, Run
@@ -39,7 +39,7 @@ REGISTRY: Final = CollectorRegistry(auto_describe=True)
 
 RUNS: Final = Counter(
     "ledger_runs",
-    "Runs finished, by outcome (succeeded, failed, refused).",
+    "Runs finished, by outcome (succeeded, failed, refused, skipped, interrupted).",
     ["outcome"],
     registry=REGISTRY,
 )
@@ -76,7 +76,13 @@ DISPATCH_LAG: Final = Histogram(
 )
 
 _TIERS: Final = ("A", "B", "C")
-_FINISHED: Final = frozenset({"succeeded", "failed", "refused"})
+_RUN_TABLE: Final = Run.__table__  # type: ignore[attr-defined]  # SQLModel declares no __table__
+_GATE_TABLE: Final = GateResultRow.__table__  # type: ignore[attr-defined]
+# A run that got an answer (or a refusal) from its model call: its duration is observed.
+_COMPLETED: Final = frozenset({"succeeded", "failed", "refused"})
+# ... and one closed without one: skipped when due (paused meanwhile, over budget, its file
+# gone) or interrupted (its process stopped before it finished).
+_FINISHED: Final = _COMPLETED | {"skipped", "interrupted"}
 _PENDING_KEY: Final = "ledger.metrics.pending"
 _installed = False
 
@@ -108,12 +114,73 @@ def _run_status_set(target: Run, value: Any, oldvalue: Any, _initiator: Any) -> 
 
     def count() -> None:
         RUNS.labels(value).inc()
+        if value not in _COMPLETED:
+            return
         # Read what is loaded, never a lazy load: no SQL may run while a commit finishes.
-        started, finished = (target.__dict__.get(k) for k in ("started_at", "finished_at"))
-        if isinstance(started, datetime) and isinstance(finished, datetime):
-            RUN_DURATION.observe(max(0.0, (finished - started).total_seconds()))
+        _observe_duration(*(target.__dict__.get(k) for k in ("started_at", "finished_at")))
 
     after_commit(object_session(target), count)
+
+
+def _observe_duration(started: Any, finished: Any) -> None:
+    if isinstance(started, datetime) and isinstance(finished, datetime):
+        RUN_DURATION.observe(max(0.0, (finished - started).total_seconds()))
+
+
+def _parameter_sets(state: ORMExecuteState) -> list[dict[str, Any]]:
+    parameters: Any = state.parameters
+    if isinstance(parameters, list):
+        return [p for p in parameters if isinstance(p, dict)]
+    return [parameters] if isinstance(parameters, dict) else [{}]
+
+
+def _bulk_statements(state: ORMExecuteState) -> Result[Any] | None:
+    """Runs closed and gate results written by a statement rather than through the ORM: counted
+    once its transaction commits. The runner records finished runs set-based (one
+    ``executemany`` UPDATE of the runs, each parameter set naming its status, and one
+    multi-row INSERT of their gate results), skips the due runs it will not start and closes
+    those a stopped process left with one bulk UPDATE (counted by the rows it changed)."""
+    statement = state.statement
+    if state.is_update and isinstance(statement, Update) and statement.table is _RUN_TABLE:
+        return _runs_closed(state, statement)
+    if state.is_insert and isinstance(statement, Insert) and statement.table is _GATE_TABLE:
+        sets = _parameter_sets(state)
+        result = state.invoke_statement()
+
+        def count_gates() -> None:
+            for p in sets:
+                if p.get("gate") is not None and p.get("outcome") is not None:
+                    GATE_RESULTS.labels(p["gate"], p["outcome"]).inc()
+
+        after_commit(state.session, count_gates)
+        return result
+    return None
+
+
+def _runs_closed(state: ORMExecuteState, statement: Update) -> Result[Any] | None:
+    sets = _parameter_sets(state)
+    literal = statement.compile().params.get("status")
+    if len(sets) > 1 or "status" in sets[0]:  # executemany by run: each set names its status
+        closed = [p for p in sets if p.get("status") in _FINISHED]
+        if not closed:
+            return None
+        result = state.invoke_statement()
+
+        def count_each() -> None:
+            for p in closed:
+                RUNS.labels(p["status"]).inc()
+                if p["status"] in _COMPLETED:
+                    _observe_duration(p.get("started_at"), p.get("finished_at"))
+
+        after_commit(state.session, count_each)
+        return result
+    if literal not in _FINISHED:
+        return None
+    result = state.invoke_statement()
+    changed = getattr(result, "rowcount", 0)
+    if changed > 0:
+        after_commit(state.session, lambda: RUNS.labels(literal).inc(changed))
+    return result
 
 
 def _tier_set(target: BehaviorRow, value: Any, oldvalue: Any, _initiator: Any) -> None:
@@ -135,6 +202,7 @@ def install_event_counters() -> None:
     event.listen(OrmSession, "after_commit", _on_commit)
     event.listen(OrmSession, "after_rollback", _on_rollback)
     event.listen(Run.status, "set", _run_status_set)
+    event.listen(OrmSession, "do_orm_execute", _bulk_statements)
     event.listen(BehaviorRow.tier, "set", _tier_set)
     event.listen(GateResultRow, "after_insert", _gate_result_inserted)
     _installed = True

@@ -32,6 +32,7 @@ from typing import Any, Final, Literal
 from sqlalchemy import or_, update
 from sqlmodel import Session, col, select
 
+from ledger.clock import json_time
 from ledger.db.models import ApiToken
 from ledger.errors import ConflictError, LedgerError, NotFoundError
 
@@ -62,10 +63,10 @@ class TokenInfo:
         return {
             "name": self.name,
             "role": self.role,
-            "created_at": self.created_at,
+            "created_at": json_time(self.created_at),
             "created_by": self.created_by,
-            "last_used_at": self.last_used_at,
-            "revoked_at": self.revoked_at,
+            "last_used_at": json_time(self.last_used_at) if self.last_used_at else None,
+            "revoked_at": json_time(self.revoked_at) if self.revoked_at else None,
             "active": self.active,
         }
 

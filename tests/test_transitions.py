@@ -304,7 +304,12 @@ def test_explain_tells_the_story_of_a_to_b_to_c_to_b(db: Database, tmp_path: Pat
     with db.transaction() as session:
         steps = explain(session, "alpha", t + timedelta(hours=1), CTX).as_json()["story"]
     assert steps[-1]["evidence"] == [
-        {"at": t.isoformat(), "run_id": "c0", "gate": "sensitive_info", "outcome": "fail"}
+        {
+            "at": f"{t:%Y-%m-%dT%H:%M:%S}Z",
+            "run_id": "c0",
+            "gate": "sensitive_info",
+            "outcome": "fail",
+        }
     ]
     assert "Promotion:" in text and "Demotion:" in text
     with db.transaction() as session:

@@ -10,16 +10,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
-from sqlmodel import Session
 
 from ledger import __version__
-from ledger.behaviors.load import load_directory
-from ledger.behaviors.schema import behavior_json_schema
 from ledger.cli.demo import HELP as DEMO_HELP
 from ledger.cli.demo import demo
 from ledger.cli.multi import canvas_app
@@ -27,6 +24,15 @@ from ledger.cli.notion import notion_app
 from ledger.config import Settings, load_settings
 from ledger.errors import LedgerError
 from ledger.logging import configure_logging
+
+if TYPE_CHECKING:
+    from sqlmodel import Session
+
+    from ledger.status import BehaviorStatus
+
+# The command modules import what a command needs inside it: `ledger --help` or `ledger status`
+# must not pay for alembic, the Notion client, the web app or the behavior schema
+# (tests/test_cli_imports.py keeps it so).
 
 app = typer.Typer(
     help="Promotion Ledger: scheduled LLM behaviors that earn their autonomy.",
@@ -144,6 +150,8 @@ def validate(
     config: ConfigOption = None,
 ) -> None:
     """Check every behavior file; print each problem as path:line:col: field: message."""
+    from ledger.behaviors.load import load_directory
+
     database_url: str | None = None
     try:
         settings = load_settings(config)
@@ -194,6 +202,8 @@ def _registered_holders(database_url: str) -> dict[tuple[str, str], str]:
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of behavior files (for editors)."""
+    from ledger.behaviors.schema import behavior_json_schema
+
     print(json.dumps(behavior_json_schema(), indent=2))
 
 
@@ -243,56 +253,78 @@ def status(
 ) -> None:
     """Every behavior at a glance (tier, state, last and next run, failures, spend), then what
     needs an operator: missing keys, approvals, invalid files, the outbox, broadcast."""
+    import gc
+
     import orjson
 
-    from ledger.heap import settle_heap
-    from ledger.status import status_document
+    from ledger.status import collect_status, collect_storage, status_json
 
-    settle_heap()  # thousands of behaviors: the imports' objects out of every collection
+    # A command that ends in a second makes ten thousand behaviors' objects: no cyclic
+    # collection at all (a collection would walk the imports' objects each time, and freezing
+    # them first costs a full collection).
+    gc.disable()
     settings = _settings(config)
+    now = _now()
     with _transaction(settings, read_only=True) as session:
-        doc = status_document(session, _now(), settings.retention_interval_seconds)
+        report = collect_status(session, now)
+        storage = collect_storage(session)
+    interval = settings.retention_interval_seconds
     if as_json:
+        doc = status_json(report, storage, now, interval)
         sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
         return
-    _print_status(doc, settings, show_all=show_all)
-
-
-def _needs_attention(b: dict[str, Any]) -> bool:
-    return bool(
-        b["state"] != "active"
-        or b["problem"]
-        or b["recent_failures"]
-        or b["interrupted_runs_24h"]
-        or b["cost_disagreements_24h"]
+    # The table shows a few behaviors: only those become JSON-shaped rows.
+    _print_status(
+        status_json(report, storage, now, interval, behaviors=False),
+        report.behaviors,
+        settings,
+        show_all=show_all,
     )
 
 
-def _print_status(doc: dict[str, Any], settings: Settings, *, show_all: bool = False) -> None:
+def _needs_attention(b: BehaviorStatus) -> bool:
+    return bool(
+        b.state != "active"
+        or b.problem
+        or b.recent_failures
+        or b.interrupted_24h
+        or b.cost_disagreements_24h
+    )
+
+
+def _print_status(
+    doc: dict[str, Any],
+    everyone: list[BehaviorStatus],
+    settings: Settings,
+    *,
+    show_all: bool = False,
+) -> None:
+    from ledger.status import behavior_json
+
     now = datetime.fromisoformat(doc["generated_at"])
-    everyone = doc["behaviors"]
-    behaviors = everyone
+    shown = everyone
     title = f"Promotion Ledger — {len(everyone)} behavior(s)"
     if not show_all and len(everyone) > STATUS_ROWS:
         # Thousands of rows are not a glance: those needing attention first, then a summary.
         attention = [b for b in everyone if _needs_attention(b)]
         rest = [b for b in everyone if not _needs_attention(b)]
-        behaviors = (attention + rest)[:STATUS_ROWS]
+        shown = (attention + rest)[:STATUS_ROWS]
         title = (
-            f"Promotion Ledger — {len(behaviors)} of {len(everyone):,} behaviors "
+            f"Promotion Ledger — {len(shown)} of {len(everyone):,} behaviors "
             f"({len(attention):,} needing attention, listed first; --all lists every one)"
         )
         tiers: dict[str, int] = {}
         states: dict[str, int] = {}
-        for b in everyone:
-            tiers[b["tier_label"]] = tiers.get(b["tier_label"], 0) + 1
-            state = "active" if b["state"] == "active" else "not active"
+        for one in everyone:
+            tiers[one.tier.label] = tiers.get(one.tier.label, 0) + 1
+            state = "active" if one.state == "active" else "not active"
             states[state] = states.get(state, 0) + 1
         out.print(
             " · ".join(f"{label}: {count:,}" for label, count in sorted(tiers.items()))
             + f" — {states.get('active', 0):,} active, {states.get('not active', 0):,} not",
             highlight=False,
         )
+    behaviors = [behavior_json(b) for b in shown]
     table = Table(title=title)
     for col in ("behavior", "tier", "state", "last run", "next run", "fails/warns 24h", "spend"):
         table.add_column(col)
@@ -357,7 +389,7 @@ def _print_status(doc: dict[str, Any], settings: Settings, *, show_all: bool = F
                 "`ledger show RUN`)"
             )
     hidden = sum(1 for b in everyone if _needs_attention(b)) - sum(
-        1 for b in behaviors if _needs_attention(b)
+        1 for b in shown if _needs_attention(b)
     )
     if hidden > 0:
         warn(f"{hidden:,} more behavior(s) need attention: `ledger status --all` lists them")
@@ -704,8 +736,10 @@ OUTPUT_PREVIEW_LINES = 5
 
 
 def _iso(value: Any) -> Any:
+    from ledger.clock import json_time
+
     if isinstance(value, datetime):
-        return value.isoformat()
+        return json_time(value)
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
@@ -1133,6 +1167,7 @@ def keys_check(config: ConfigOption = None) -> None:
 
     from pydantic import SecretStr
 
+    from ledger.behaviors.load import load_directory
     from ledger.errors import ConfigError, SecretError
     from ledger.runner.keys import (
         KeyIdentity,

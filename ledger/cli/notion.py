@@ -86,6 +86,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """The databases' ids, the Notion work queued, dead letters and the last sync."""
+    from ledger.clock import json_time
     from ledger.notion.store import dead_notion_rows, load_workspace, notion_queue
 
     settings = _settings(config)
@@ -115,8 +116,8 @@ def status(
                 "queued": queue.get("pending", 0) + queue.get("in_flight", 0),
                 "dead": queue.get("dead", 0),
                 "dead_letters": dead,
-                "last_sync_at": ws.last_sync_at.isoformat() if ws and ws.last_sync_at else None,
-                "last_poll_at": ws.last_poll_at.isoformat() if ws and ws.last_poll_at else None,
+                "last_sync_at": json_time(ws.last_sync_at) if ws and ws.last_sync_at else None,
+                "last_poll_at": json_time(ws.last_poll_at) if ws and ws.last_poll_at else None,
                 "ledger_entries_fed": ws.entry_cursor if ws else 0,
             }
     finally:

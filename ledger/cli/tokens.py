@@ -13,7 +13,6 @@ import typer
 from rich.table import Table
 
 from ledger.cli import ConfigOption, _now, _operator_name, _settings, _transaction, out
-from ledger.tokens import create_token, list_tokens, revoke_token
 
 app = typer.Typer(
     help="Named API tokens with a role (viewer, operator, admin), stored hashed.",
@@ -44,6 +43,8 @@ def create(
     config: ConfigOption = None,
 ) -> None:
     """Create a named token and print it, this once (only its hash is stored)."""
+    from ledger.tokens import create_token
+
     settings = _settings(config)
     with _transaction(settings) as session:
         value, info = create_token(session, name, role.value, actor=_operator_name(), now=_now())
@@ -61,6 +62,8 @@ def list_(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Every named token: role, created, last used, revoked (never the values)."""
+    from ledger.tokens import list_tokens
+
     settings = _settings(config)
     with _transaction(settings, read_only=True) as session:
         tokens = list_tokens(session)
@@ -95,6 +98,8 @@ def list_(
 @app.command("revoke")
 def revoke(name: TokenName, config: ConfigOption = None) -> None:
     """Revoke a named token: it stops working at once."""
+    from ledger.tokens import revoke_token
+
     settings = _settings(config)
     with _transaction(settings, read_only=True) as session:
         info = revoke_token(session, name, now=_now())

@@ -6,14 +6,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import sessionmaker
 from sqlmodel import Session
 
 from ledger.db.engine import make_engine, session_factory
-from ledger.db.migrate import alembic_config, current_revision, upgrade
+from ledger.db.migrate import current_revision, head_revision, upgrade
 from ledger.errors import ConfigError
 
 
@@ -35,7 +34,7 @@ class Database:
         return db
 
     def require_head(self) -> None:
-        head = ScriptDirectory.from_config(alembic_config(self.engine)).get_current_head()
+        head = head_revision()
         try:
             current = current_revision(self.engine)
         except OperationalError as exc:

@@ -12,6 +12,7 @@ from typing import Any, Final
 
 from sqlmodel import Session, col, select
 
+from ledger.clock import json_time
 from ledger.db.models import BehaviorRow, OutboxRow, Silence
 from ledger.errors import LedgerError
 from ledger.outbox.enqueue import STATUSES
@@ -77,9 +78,9 @@ class OutboxView:
             "behavior": self.behavior,
             "summary": self.summary,
             "attempts": self.attempts,
-            "next_attempt_at": self.next_attempt_at.isoformat(),
-            "created_at": self.created_at.isoformat(),
-            "delivered_at": self.delivered_at.isoformat() if self.delivered_at else None,
+            "next_attempt_at": json_time(self.next_attempt_at),
+            "created_at": json_time(self.created_at),
+            "delivered_at": json_time(self.delivered_at) if self.delivered_at else None,
             "last_error": self.last_error,
         }
 
@@ -164,9 +165,9 @@ class SilenceView:
             "scope": self.behavior or ALL_BEHAVIORS,
             "reason": self.reason,
             "created_by": self.created_by,
-            "starts_at": self.starts_at.isoformat(),
-            "ends_at": self.ends_at.isoformat(),
-            "ended_at": self.ended_at.isoformat() if self.ended_at else None,
+            "starts_at": json_time(self.starts_at),
+            "ends_at": json_time(self.ends_at),
+            "ended_at": json_time(self.ended_at) if self.ended_at else None,
             "ended_by": self.ended_by,
             "active": self.active(now),
             "muted": self.muted,

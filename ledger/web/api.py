@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -25,6 +24,7 @@ from ledger.board import (
     ledger_entries,
     tier_counts,
 )
+from ledger.clock import json_time
 from ledger.daemon import build_policy_context
 from ledger.db.models import (
     BehaviorRow,
@@ -37,7 +37,7 @@ from ledger.gates import Tier
 from ledger.runner.run import approve, check_manual_run, reject
 from ledger.runs import approval_requests, run_json
 from ledger.spend import DEFAULT_RESET, window_start
-from ledger.status import behavior_json, collect_status, status_document
+from ledger.status import behavior_json, collect_status, ingest_json, status_document
 from ledger.transitions import PolicyContext, decline_proposal, operator_action
 from ledger.web.auth import OperatorDep, ViewerDep
 from ledger.web.read_routes import (
@@ -111,7 +111,7 @@ def list_behaviors(
         "next_cursor": encode_cursor(page[-1].name) if more else None,
         "counts": [{"tier": c.tier, "tier_label": c.tier_label, "count": c.count} for c in counts],
         "invalid_files": [{"path": p.path, "problems": p.problems} for p in report.file_problems],
-        "ingest": jsonable_encoder(dataclasses.asdict(report.ingest)),
+        "ingest": ingest_json(report.ingest),
     }
     return Response(orjson.dumps(document), media_type="application/json")
 
@@ -362,7 +362,10 @@ async def run_behavior(
 
     run = await asyncio.to_thread(finished)
     return JSONResponse(
-        jsonable_encoder({"run_id": run_id, "status": run["status"], "poll": poll, "run": run})
+        jsonable_encoder(
+            {"run_id": run_id, "status": run["status"], "poll": poll, "run": run},
+            custom_encoder={datetime: json_time},  # as the typed answers write times
+        )
     )
 
 

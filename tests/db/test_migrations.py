@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
@@ -136,3 +137,32 @@ def test_0003_moves_spans_waiting_for_the_processor_into_deliveries(
         assert sorted(back) == [("a" * 32, "1" * 16), ("a" * 32, "2" * 16), ("c" * 32, "3" * 16)]
     finally:
         engine.dispose()
+
+
+def test_head_revision_read_from_the_files_is_alembics_head(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from ledger.db.migrate import head_revision, migrations_dir
+    from ledger.errors import ConfigError
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    assert head_revision() == ScriptDirectory.from_config(cfg).get_current_head()
+
+    # Two heads (two branches each adding a migration after the same parent) are refused.
+    folder = Path(str(tmp_path))
+    (folder / "versions").mkdir()
+    for name, down in (("0001", None), ("0002a", "0001"), ("0002b", "0001")):
+        (folder / "versions" / f"{name}_x.py").write_text(
+            f'revision: str = "{name}"\ndown_revision: str | None = {down!r}\n'
+        )
+    with pytest.raises(ConfigError, match=r"2 heads \(0002a, 0002b\)"):
+        head_revision(folder)
+    # A merge revision joins them again.
+    (folder / "versions" / "0003_merge.py").write_text(
+        'revision = "0003"\ndown_revision = ("0002a", "0002b")\n'
+    )
+    assert head_revision(folder) == "0003"

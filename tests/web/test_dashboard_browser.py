@@ -1,16 +1,19 @@
 """The dashboard in a real browser (Debian's Chromium driven by Playwright) against a real
 ``ledger serve`` and the OpenRouter simulator: log in, the tier board, approving and rejecting,
-a guardrail fault moving a card from C to B live, operator actions, the ledger page, and
-``<script>`` in a description or a model output never running.
+a guardrail fault moving a card from C to B live, the approvals queue updating live, operator
+actions, the ledger page, and ``<script>`` in a description or a model output never running.
 
-One daemon and one browser for the module (each test leaves state the next ones tolerate);
+One daemon and one browser for the module and backend (SQLite, and PostgreSQL when
+LEDGER_TEST_DATABASE_URL is set; each test leaves state the next ones tolerate);
 waits are on conditions (Playwright's auto-waiting ``expect``), never sleeps. Screenshots of
 the main pages go to ``test-artifacts/`` (or ``$LEDGER_TEST_ARTIFACTS``)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,11 +23,13 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from playwright.sync_api import expect
 
-from tests.conftest import free_port, write_behavior
+from tests.conftest import BACKENDS, free_port, write_behavior
 from tests.daemon import Daemon, daemon_starter, ledger, wait_until
-from tests.web.browser import chromium, column, login
+from tests.databases import PG_URL, pg_schema_url
+from tests.web.browser import CHROMIUM, chromium, column, login
 
 ARTIFACTS = Path(
     os.environ.get("LEDGER_TEST_ARTIFACTS", Path(__file__).parents[2] / "test-artifacts")
@@ -98,8 +103,34 @@ class Stack:
         return run
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+@contextlib.contextmanager
+def empty_database(backend: str, folder: Path) -> Iterator[str]:
+    """The URL of an empty database of ``backend`` for the module's daemon (it migrates it on
+    start): a SQLite file in ``folder``, or a PostgreSQL schema of its own, dropped after."""
+    if backend == "sqlite":
+        yield f"sqlite:///{folder / 'ledger.db'}"
+        return
+    assert PG_URL is not None
+    admin_url = PG_URL.replace("postgresql://", "postgresql+psycopg://")
+    schema = f"dash_{secrets.token_hex(6)}"
+    admin = sa.create_engine(admin_url)
+    try:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+        yield pg_schema_url(admin_url, schema)
+    finally:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        admin.dispose()
+
+
+# Every test on each backend: SQLite, and PostgreSQL when LEDGER_TEST_DATABASE_URL is set.
+@pytest.fixture(scope="module", params=BACKENDS)
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)")
     tmp = tmp_path_factory.mktemp("dashboard")
     (tmp / "sim.yaml").write_text(SIM)
     write_behavior(tmp / "behaviors", "guarded", behavior("guard", "Summarises the news."))
@@ -120,6 +151,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     sim_url = f"http://127.0.0.1:{sim_port}"
     starter = daemon_starter(tmp)
     start = next(starter)
+    database_stack = contextlib.ExitStack()
     try:
 
         def sim_up() -> bool:
@@ -136,7 +168,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "DASH_OPS_TOKEN": TOKEN,
             **{f"DASH_KEY_{name.upper()}": key for name, key in KEYS.items()},
         }
-        database_url = f"sqlite:///{tmp / 'ledger.db'}"
+        database_url = database_stack.enter_context(empty_database(request.param, tmp))
         daemon = start(database_url, env)
         with httpx.Client(
             base_url=daemon.base_url, timeout=60, headers={"Authorization": f"Bearer {TOKEN}"}
@@ -155,6 +187,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         next(starter, None)
         sim.kill()
         sim.wait(10)
+        database_stack.close()  # after the daemon stopped: nothing holds the schema
 
 
 @pytest.fixture(scope="module")
@@ -279,6 +312,40 @@ def test_an_approved_run_is_executed_and_a_rejected_one_is_not(page: Watched, st
     expect(rejected).to_contain_text("rejected")
     expect(rejected).to_contain_text("tone is off")
     expect(rejected).not_to_contain_text("executed")
+    assert page.dialogs == [] and page.errors == []
+
+
+def test_the_approvals_queue_updates_live_and_keeps_what_is_being_typed(
+    page: Watched, stack: Stack
+) -> None:
+    waiting = stack.run("queued")
+    p = page.page
+    p.goto("/approvals")
+    expect(p.locator("#live")).to_have_text("Live")
+    p.evaluate("window.__sameDocument = true")  # gone if the page reloaded
+    # Half a reason typed into one request while others arrive and are decided elsewhere.
+    reason = p.locator(f"#reject-reason-{waiting['id']}")
+    reason.fill("needs a second loo")
+    reason.focus()
+
+    arrived = stack.run("queued")
+    assert arrived["disposition"] == "approval"
+    expect(p.locator(f"#approval-{arrived['id']}")).to_be_visible()
+
+    decided = stack.api.post(
+        f"/api/approvals/{arrived['id']}/reject", json={"reason": "decided elsewhere"}
+    )
+    assert decided.status_code == 200, decided.text
+    expect(p.locator(f"#approval-{arrived['id']}")).to_have_count(0)
+    closed = p.locator("tr", has_text=arrived["id"])
+    expect(closed).to_contain_text("rejected")
+    expect(closed).to_contain_text("decided elsewhere")
+
+    assert p.evaluate("window.__sameDocument") is True
+    expect(reason).to_have_value("needs a second loo")
+    expect(reason).to_be_focused()
+    p.keyboard.type("k")  # typing goes on where it was
+    expect(reason).to_have_value("needs a second look")
     assert page.dialogs == [] and page.errors == []
 
 

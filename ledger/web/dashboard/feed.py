@@ -1,7 +1,8 @@
 """The dashboard's change feed: one poller per daemon reads a cheap fingerprint of what the
-board shows (the newest ledger entry, the newest run, approvals pending, behaviors registered)
-about every second while someone watches, and wakes the server-sent event streams when it
-changes. Browsers then fetch the board fragment again."""
+board and the approvals queue show (the newest ledger entry, the newest run, approvals pending
+and the newest request, behaviors registered) about every second while someone watches, and
+wakes the server-sent event streams when it changes. Browsers then fetch the board's or the
+queue's fragment again."""
 
 from __future__ import annotations
 
@@ -26,7 +27,11 @@ def fingerprint(session: Session) -> str:
     pending = session.execute(
         select(func.count()).where(col(Approval.status) == "pending")
     ).scalar_one()
-    return f"{last_entry or 0}-{last_run.timestamp() if last_run else 0}-{behaviors}-{pending}"
+    # The newest request (an arrival) beside the count pending (a decision, an expiry): one
+    # arriving while another is decided changes the first, not the second.
+    last_approval = session.execute(select(func.max(Approval.id))).scalar_one()
+    last_run_at = last_run.timestamp() if last_run else 0
+    return f"{last_entry or 0}-{last_run_at}-{behaviors}-{pending}-{last_approval or 0}"
 
 
 class ChangeFeed:

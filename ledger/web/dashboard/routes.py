@@ -339,7 +339,10 @@ async def board_fragment(request: Request, q: str = "") -> HTMLResponse:
 
 
 @router.get("/events/board")
+@router.get("/events/approvals")
 async def board_events(request: Request) -> StreamingResponse:
+    """Server-sent ``changed`` events from the change feed (the tier board and the approvals
+    queue both follow it; each fetches its fragment again on an event)."""
     await viewer(request)
     feed: ChangeFeed = request.app.state.dashboard_feed
 
@@ -463,8 +466,7 @@ async def run_page(request: Request, run_id: str) -> HTMLResponse:
 # -- approvals ----------------------------------------------------------------------------
 
 
-@router.get("/approvals", response_class=HTMLResponse)
-async def approvals_page(request: Request) -> HTMLResponse:
+async def _approvals_response(request: Request, template: str) -> HTMLResponse:
     who = await viewer(request)
     state = _state(request)
 
@@ -473,7 +475,19 @@ async def approvals_page(request: Request) -> HTMLResponse:
             return views.approvals(session)
 
     data = await asyncio.to_thread(load)
-    return _page(request, "approvals.html", who, **data)
+    return _page(request, template, who, **data)
+
+
+@router.get("/approvals", response_class=HTMLResponse)
+async def approvals_page(request: Request) -> HTMLResponse:
+    return await _approvals_response(request, "approvals.html")
+
+
+@router.get("/fragments/approvals", response_class=HTMLResponse)
+async def approvals_fragment(request: Request) -> HTMLResponse:
+    """The queue and the recently closed requests, for the page to swap in when the change
+    feed says an approval arrived or was decided."""
+    return await _approvals_response(request, "_approvals.html")
 
 
 @router.post("/approvals/{run_id}/{decision}")
