@@ -37,6 +37,19 @@ def test_validate_prints_every_problem_and_exits_1(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_validate_reports_an_invalid_file_name_once_with_file_and_field(tmp_path: Path) -> None:
+    write_behavior(
+        tmp_path, "Weekly Audit", "schedule: 1h\npreset: p\napi_key: env:K\nprompt: hi\n"
+    )
+    result = ledger("validate", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stdout.strip().splitlines() == [
+        f"{tmp_path}/Weekly Audit.yaml:1:1: name: the file name 'Weekly Audit' is not a valid "
+        "behavior name (lowercase slug); rename the file or set name:"
+    ]
+    assert result.stderr.strip() == "1 problem(s) in 1 of 1 file(s)"
+
+
 def test_validate_reports_every_problem_of_every_file_in_one_run(tmp_path: Path) -> None:
     """A bad schedule used to hide the missing input and the shared key until it was fixed."""
     write_behavior(

@@ -10,7 +10,7 @@ import difflib
 import hashlib
 import re
 import string
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -229,9 +229,11 @@ def _load(path: Path) -> tuple[LoadedBehavior | None, list[Problem], _Claim | No
 
     problems: list[Problem] = []
     plain: dict[str, Any] = {str(k): v for k, v in plain_doc.items()}
+    reported: set[tuple[str, ...]] = set()  # fields whose problem is already in ``problems``
     if "name" not in plain:
         stem = path.stem
         if not SLUG_RE.match(stem):
+            reported.add(("name",))  # said here in the file name's words, not by the schema
             problems.append(
                 Problem(
                     where,
@@ -251,7 +253,7 @@ def _load(path: Path) -> tuple[LoadedBehavior | None, list[Problem], _Claim | No
     try:
         behavior = Behavior.model_validate(plain)
     except ValidationError as exc:
-        problems.extend(_validation_problems(where, data, exc))
+        problems.extend(_validation_problems(where, data, exc, reported))
     positions = {key: _position(data, (key,), value=True) for key in UNIQUE_FIELDS}
     if _child(data, "name") is None:
         positions["name"] = (1, 1)
@@ -401,10 +403,18 @@ def _duplicate_keys(where: str, node: Node, loc: tuple[str | int, ...]) -> Itera
             yield from _duplicate_keys(where, value, (*loc, i))
 
 
-def _validation_problems(where: str, data: MappingNode, exc: ValidationError) -> list[Problem]:
+def _validation_problems(
+    where: str,
+    data: MappingNode,
+    exc: ValidationError,
+    reported: Collection[tuple[str, ...]] = (),
+) -> list[Problem]:
+    """The schema's errors as problems, but none for a field in ``reported`` (already said)."""
     problems: list[Problem] = []
     for err in exc.errors():
         loc = tuple(err["loc"])
+        if tuple(str(part) for part in loc) in reported:
+            continue
         known = _known_prefix(data, loc)
         field_path = _dotted(known) or "behavior"
         kind = err["type"]

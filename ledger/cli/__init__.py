@@ -810,13 +810,7 @@ def serve(
     import uvicorn
 
     from ledger.web.app import create_app, startup_problems
-
-    class _Server(uvicorn.Server):
-        def handle_exit(self, sig: int, frame: Any) -> None:
-            super().handle_exit(sig, frame)
-            # A stop asked for by SIGINT/SIGTERM is a clean exit (status 0), not a death by
-            # signal: uvicorn would re-raise the signal after the graceful shutdown.
-            self._captured_signals.clear()
+    from ledger.web.serving import DaemonServer
 
     settings = _settings(config, host=host, port=port)
     # A configuration error is one line and exit 2 here, not a traceback from the lifespan.
@@ -825,7 +819,7 @@ def serve(
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)
         raise typer.Exit(2)
-    server = _Server(
+    server = DaemonServer(
         uvicorn.Config(
             create_app(settings),
             host=settings.host,

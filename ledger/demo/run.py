@@ -19,6 +19,7 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -44,7 +45,7 @@ log = structlog.get_logger("ledger.demo")
 Say = Callable[[str], None]
 
 POLL_SECONDS: Final = 0.5
-SHUTDOWN_GRACE_SECONDS: Final = 2  # open requests (a live dashboard's stream) at shutdown
+SHUTDOWN_GRACE_SECONDS: Final = 2  # for requests still open at shutdown (streams end at once)
 TIER_LABELS: Final = {
     "A": "A · proposal-only",
     "B": "B · human-in-the-loop",
@@ -179,6 +180,7 @@ async def _serve(
         receiver.data_sources = await _prepare(settings, notion_sim.root_page_id)
 
         from ledger.web.app import create_app, startup_problems
+        from ledger.web.serving import DaemonServer
 
         problems = startup_problems(settings, database=False)
         if problems:
@@ -187,7 +189,10 @@ async def _serve(
         try:
             await stack.enter_async_context(
                 run_asgi_in_background(
-                    daemon_app, sock=sock, graceful_seconds=SHUTDOWN_GRACE_SECONDS
+                    daemon_app,
+                    sock=sock,
+                    graceful_seconds=SHUTDOWN_GRACE_SECONDS,
+                    server_factory=partial(DaemonServer, own_signals=False),
                 )
             )
         except RuntimeError:  # uvicorn logged why (a failed lifespan)
@@ -208,9 +213,6 @@ async def _serve(
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            # An open dashboard holds its live-update stream open, and the server waits for
-            # open requests before it stops: end the streams first.
-            await daemon_app.state.dashboard_feed.close()
 
 
 def _log_level(options: DemoOptions) -> str:

@@ -56,7 +56,12 @@ class _QuietServer(uvicorn.Server):
         yield
 
 
-def _uvicorn_server(app: ASGIApp, graceful_seconds: int | None = None) -> _QuietServer:
+ServerFactory = Callable[[uvicorn.Config], uvicorn.Server]
+
+
+def _uvicorn_server(
+    app: ASGIApp, graceful_seconds: int | None = None, factory: ServerFactory = _QuietServer
+) -> uvicorn.Server:
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
@@ -69,7 +74,7 @@ def _uvicorn_server(app: ASGIApp, graceful_seconds: int | None = None) -> _Quiet
         backlog=4096,
         timeout_graceful_shutdown=graceful_seconds,
     )
-    return _QuietServer(config)
+    return factory(config)
 
 
 def _base_url(server: uvicorn.Server) -> str:
@@ -79,12 +84,17 @@ def _base_url(server: uvicorn.Server) -> str:
 
 @contextlib.asynccontextmanager
 async def run_asgi_in_background(
-    app: ASGIApp, *, sock: socket.socket | None = None, graceful_seconds: int | None = None
+    app: ASGIApp,
+    *,
+    sock: socket.socket | None = None,
+    graceful_seconds: int | None = None,
+    server_factory: ServerFactory = _QuietServer,
 ) -> AsyncIterator[str]:
     """Serve any ASGI app on a free loopback port in this event loop (or on ``sock``, a socket
     the caller bound); yields its base URL. ``graceful_seconds`` caps the wait for requests
-    still open at shutdown (a live dashboard's event stream never ends on its own)."""
-    server = _uvicorn_server(app, graceful_seconds)
+    still open at shutdown. ``server_factory`` builds the uvicorn server from its config (one that
+    leaves signal handlers alone, as the default does)."""
+    server = _uvicorn_server(app, graceful_seconds, server_factory)
     task = asyncio.create_task(server.serve(sockets=None if sock is None else [sock]))
     try:
         while not server.started:

@@ -52,6 +52,21 @@ def test_minimal_file_gets_defaults_and_name_from_stem(tmp_path: Path) -> None:
     assert len(loaded.definition_hash) == 64
 
 
+def test_an_invalid_file_name_is_reported_once_as_the_name_field(tmp_path: Path) -> None:
+    assert problems_of(tmp_path, BASE, name="Bad_Name") == [
+        "1:1: name: the file name 'Bad_Name' is not a valid behavior name (lowercase slug); "
+        "rename the file or set name:"
+    ]
+
+
+def test_an_invalid_name_field_is_reported_once_at_its_line(tmp_path: Path) -> None:
+    # The file name is not checked when name: is given: only the field is.
+    assert problems_of(tmp_path, "name: Bad_Name\n" + BASE, name="Bad_Name") == [
+        "1:7: name: must be a lowercase slug: letters a-z, digits and '-', starting with a letter "
+        "or digit, at most 63 characters"
+    ]
+
+
 def test_literal_openrouter_key_in_api_key_is_refused_with_its_line(tmp_path: Path) -> None:
     body = BASE.replace("env:KEY_B", "sk-or-v1-" + "a1" * 32)
     assert problems_of(tmp_path, body) == [

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.factories import write_behavior
 from tests.servers import Daemon, free_port, names, wait_until
@@ -146,3 +147,30 @@ def test_a_port_in_use_or_an_unreachable_database_is_one_line(tmp_path: Path) ->
     assert down.stderr.startswith("error: cannot upgrade the database: ")
     assert down.stderr.count("\n") == 1
     assert "Traceback" not in down.stdout + down.stderr
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_open_dashboard_stream_does_not_hold_up_the_stop(
+    tmp_path: Path, start_daemon: Callable[..., Daemon], stop: signal.Signals
+) -> None:
+    daemon = start_daemon(f"sqlite:///{tmp_path / 'stream.db'}", {"LEDGER_AUTH": "off"})
+    with (
+        httpx.Client(base_url=daemon.base_url, timeout=30) as client,
+        client.stream("GET", "/events/board") as stream,
+    ):
+        assert stream.status_code == 200
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        lines = stream.iter_lines()
+        assert next(lines) == "retry: 1000"
+        assert next(lines) == ""
+        assert next(lines) == "event: changed"  # the stream is live: the feed's first version
+
+        daemon.proc.send_signal(stop)
+        # The stream ends cleanly (a complete response, no broken connection), and so does the
+        # process: at once, not after the 10 s uvicorn would wait for open requests.
+        list(lines)
+        assert daemon.proc.wait(5) == 0
+    log = daemon.log()
+    assert '"event": "ledger stopped"' in log
+    assert "Traceback" not in log
+    assert "graceful shutdown exceeded" not in log

@@ -17,7 +17,7 @@ from sqlmodel import Session, col, select
 from ledger.db.models import Approval, BehaviorRow, LedgerEntry
 
 POLL_SECONDS = 1.0
-STREAM_SECONDS = 25.0  # a stream ends after this (the browser reconnects): shutdown never waits
+STREAM_SECONDS = 25.0  # a stream ends after this (the browser reconnects), or at close()
 
 
 def fingerprint(session: Session) -> str:
