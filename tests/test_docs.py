@@ -42,6 +42,7 @@ SHELL_LANGS = {"sh", "bash", "shell", "console", ""}
 LEDGER_CALL = re.compile(r"(?:^|[;&|(]|\$\s|\$\()\s*ledger\s+([^;&|)#`\n]*)", re.MULTILINE)
 INLINE_CODE = re.compile(r"(?<!`)`(ledger [^`\n]+)`(?!`)")
 
+
 def _pages_text() -> list[tuple[Path, str]]:
     return [(page, page.read_text(encoding="utf-8")) for page in PAGES]
 
