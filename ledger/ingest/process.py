@@ -466,21 +466,23 @@ _INSERT_SPANS: Final = (
     " ON CONFLICT (trace_id, span_id) DO NOTHING RETURNING trace_id, span_id"
 )
 
-# Text columns go in as text[]: the insert's assignment cast refuses an over-long value, as a
-# plain insert does (an explicit cast to varchar(n) would cut it silently).
-_PG_ARRAY_TYPES: Final = {
-    "data": "text[]::json[]",
-    "received_at": "timestamptz[]",
-    "processed_at": "timestamptz[]",
-    "behavior_id": "integer[]",
-    "cost_usd": "float8[]",
-    "prompt_tokens": "integer[]",
-    "completion_tokens": "integer[]",
+# PostgreSQL: the rows as one JSON document, read back by ``json_to_recordset`` (text columns
+# as text, so the insert's assignment cast refuses an over-long value as a plain insert does).
+_PG_RECORD_TYPES: Final = {
+    "data": "json",
+    "received_at": "timestamptz",
+    "processed_at": "timestamptz",
+    "behavior_id": "integer",
+    "cost_usd": "float8",
+    "prompt_tokens": "integer",
+    "completion_tokens": "integer",
 }
-_INSERT_SPANS_UNNEST: Final = (
-    f"INSERT INTO ingested_span ({', '.join(_SPAN_COLUMNS)}) SELECT * FROM unnest("  # noqa: S608
-    + ", ".join(f"%s::{_PG_ARRAY_TYPES.get(name, 'text[]')}" for name in _SPAN_COLUMNS)
-    + ") ON CONFLICT (trace_id, span_id) DO NOTHING RETURNING trace_id, span_id"
+_COLUMN_LIST: Final = ", ".join(_SPAN_COLUMNS)
+_RECORD_TYPES: Final = ", ".join(f"{c} {_PG_RECORD_TYPES.get(c, 'text')}" for c in _SPAN_COLUMNS)
+_INSERT_SPANS_RECORDSET: Final = (
+    f"INSERT INTO ingested_span ({_COLUMN_LIST}) SELECT {_COLUMN_LIST}"  # noqa: S608
+    f" FROM json_to_recordset(%s::json) AS r({_RECORD_TYPES})"
+    " ON CONFLICT (trace_id, span_id) DO NOTHING RETURNING trace_id, span_id"
 )
 
 
@@ -517,17 +519,24 @@ def _insert_new_spans(session: Session, rows: list[dict[str, Any]]) -> set[tuple
     """Insert span rows, skipping any already stored; the (trace id, span id) of those this
     insert stored (a redelivered span is not among them).
 
-    Driver-level, in key order: multi-row ``INSERT … ON CONFLICT DO NOTHING RETURNING`` with
-    ``data`` serialised by orjson and each distinct time converted once (SQLAlchemy's
-    executemany bound every value of every row through its type, and ``data`` through the
-    stdlib json encoder: a third of the processor's time; see the module docstring)."""
+    Driver-level, in key order, ``data`` serialised by orjson: on PostgreSQL every row in one
+    JSON parameter (``json_to_recordset``), on SQLite a multi-row ``VALUES`` with each distinct
+    time converted once. SQLAlchemy's executemany bound every value of every row through its
+    type and ``data`` through the stdlib json encoder; psycopg re-parses a statement with
+    thousands of placeholders, and escapes JSON text in arrays, on every execute (see the
+    module docstring's table)."""
     if not rows:
         return set()
+    ordered = sorted(rows, key=_by_key)
     conn = session.connection()
+    driver: Any = conn.connection.driver_connection
+    if not isinstance(driver, sqlite3.Connection):
+        document = orjson.dumps(ordered).decode()
+        return {(t, s) for t, s in conn.exec_driver_sql(_INSERT_SPANS_RECORDSET, (document,))}
     when = _span_insert(session).converter("received_at")  # both time columns: UTCDateTime
     converted: dict[datetime, Any] = {}
     values: list[Any] = []
-    for row in sorted(rows, key=_by_key):
+    for row in ordered:
         for name in _SPAN_COLUMNS:
             value = row[name]
             if name == "data":
@@ -539,13 +548,6 @@ def _insert_new_spans(session: Session, rows: list[dict[str, Any]]) -> set[tuple
                 value = found
             values.append(value)
     new: set[tuple[str, str]] = set()
-    driver: Any = conn.connection.driver_connection
-    if not isinstance(driver, sqlite3.Connection):
-        # PostgreSQL: one array per column (psycopg parses a statement's text on every execute
-        # when it is too long to cache: thousands of placeholders cost more than the rows).
-        arrays = tuple(values[index::_WIDTH] for index in range(_WIDTH))
-        new.update((t, s) for t, s in conn.exec_driver_sql(_INSERT_SPANS_UNNEST, arrays))
-        return new
     row_sql = "(" + ", ".join(["?"] * _WIDTH) + ")"
     step = max(1, driver.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // _WIDTH) * _WIDTH
     for start in range(0, len(values), step):
