@@ -119,13 +119,9 @@ class DbLookup:
         self._runs = dict.fromkeys(wanted)
         if not wanted:
             return
-        with self.db.transaction() as session:
-            for name, run_id in session.exec(
-                select(BehaviorRow.name, Run.id)
-                .join(Run, col(Run.behavior_id) == col(BehaviorRow.id))
-                .where(col(Run.id).in_(wanted))
-            ):
-                self._runs[run_id] = name
+        marks = ", ".join([_placeholder(self.db)] * len(wanted))
+        for name, run_id in _plain_read(self.db, _RUNS_SQL.format(marks=marks), tuple(wanted)):
+            self._runs[run_id] = name
 
     def forget_runs(self) -> None:
         self._runs = {}
@@ -169,14 +165,14 @@ def process_pending(
 ) -> ProcessStats:
     """Process up to ``limit`` acknowledged deliveries, oldest first. Returns what was done."""
     stats = ProcessStats()
-    table = _DELIVERY
-    with db.transaction() as session:
-        fetched = session.execute(
-            sa_select(table.c.id, table.c.received_at, table.c.spans)
-            .where(table.c.set_aside.is_(None))
-            .order_by(table.c.id)
-            .limit(limit)
-        ).all()
+    # A plain read (on SQLite no ``BEGIN IMMEDIATE``: it neither waits for the receiver's
+    # commits nor holds them up). Reading is not taking: the apply transaction's DELETE …
+    # RETURNING is what claims a delivery.
+    received_at = _received_at_reader(db)
+    fetched = [
+        (delivery_id, received_at(when), text)
+        for delivery_id, when, text in _plain_read(db, _PENDING_SQL.format(limit=int(limit)))
+    ]
     if not fetched:
         return stats
     stats.fetched = len(fetched)
@@ -228,6 +224,42 @@ def process_pending(
     if idle:
         _store_idle(db, idle, now, stats)
     return stats
+
+
+_RUNS_SQL: Final = (
+    "SELECT behavior.name, run.id FROM run JOIN behavior ON run.behavior_id = behavior.id"
+    " WHERE run.id IN ({marks})"
+)
+_PENDING_SQL: Final = (
+    "SELECT id, received_at, spans FROM ingest_delivery WHERE set_aside IS NULL"
+    " ORDER BY id LIMIT {limit}"
+)
+
+
+def _plain_read(db: Database, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    """Rows of ``sql`` read on the driver's own connection, outside any transaction SQLAlchemy
+    begins: on SQLite no ``BEGIN IMMEDIATE``, so it never waits for, nor holds up, a writer.
+    ``sql`` uses the driver's placeholders (``_placeholder``)."""
+    with db.engine.connect() as conn:
+        dbapi: Any = conn.connection.driver_connection
+        cursor = dbapi.cursor()
+        try:
+            cursor.execute(sql, params)
+            return list(cursor.fetchall())
+        finally:
+            cursor.close()
+
+
+def _placeholder(db: Database) -> str:
+    return "?" if db.engine.dialect.paramstyle == "qmark" else "%s"
+
+
+def _received_at_reader(db: Database) -> Callable[[Any], Any]:
+    """``ingest_delivery.received_at`` as the driver returns it → an aware datetime (the
+    column type's own result processing)."""
+    dialect = db.engine.dialect
+    process = _DELIVERY.c.received_at.type.dialect_impl(dialect).result_processor(dialect, None)
+    return process if process is not None else (lambda value: value)
 
 
 _WAITING_SQL: Final = (
