@@ -36,7 +36,6 @@ from typing import Any, Final
 import orjson
 import structlog
 from sqlalchemy import Table, delete, update
-from sqlalchemy import select as sa_select
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError, StatementError
 from sqlmodel import Session, col, select
 
@@ -229,6 +228,10 @@ def process_pending(
 _RUNS_SQL: Final = (
     "SELECT behavior.name, run.id FROM run JOIN behavior ON run.behavior_id = behavior.id"
     " WHERE run.id IN ({marks})"
+)
+_WEBHOOK_PENDING_SQL: Final = (
+    "SELECT id, source, event, behavior_id FROM webhook_event WHERE processed_at IS NULL"
+    " ORDER BY id LIMIT {limit}"
 )
 _PENDING_SQL: Final = (
     "SELECT id, received_at, spans FROM ingest_delivery WHERE set_aside IS NULL"
@@ -857,13 +860,8 @@ def process_webhook_events(
     one in ``warn_events`` a warn; others are only kept in the event log. Returns how many
     events were processed."""
     table = WebhookEvent.__table__  # type: ignore[attr-defined]
-    with db.transaction() as session:
-        pending = session.execute(
-            sa_select(table.c.id, table.c.source, table.c.event, table.c.behavior_id)
-            .where(table.c.processed_at.is_(None))
-            .order_by(table.c.id)
-            .limit(limit)
-        ).all()
+    # A plain read, like the deliveries' (the conditional UPDATE below claims each event).
+    pending = _plain_read(db, _WEBHOOK_PENDING_SQL.format(limit=int(limit)))
     for event_id, source, event, behavior_id in pending:
         config = sources.get(source)
         outcome: Outcome | None = None
