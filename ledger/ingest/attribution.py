@@ -13,6 +13,7 @@ first (see fixtures/openrouter/README.md), so these signals are *suggestions*.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -282,7 +283,7 @@ def _signals(attrs: Attributes, error: ErrorInfo | None) -> tuple[GateSignal, ..
         signal = classify_error_text(" | ".join(t for t in texts if t))
         found[signal.gate] = signal
     for key, value in attrs.items():
-        if key.startswith("trace.metadata.") or not _SIGNAL_KEY.search(key):
+        if not _is_signal_key(key):
             continue
         for text in _texts(key, value):
             for pattern, gate in _TEXT_RULES:
@@ -294,6 +295,13 @@ def _signals(attrs: Attributes, error: ErrorInfo | None) -> tuple[GateSignal, ..
                         found[gate] = GateSignal(gate, outcome, ATTRIBUTABLE[gate], text)
                     break
     return tuple(found.values())
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_signal_key(key: str) -> bool:
+    """Whether an attribute named ``key`` may carry a guardrail verdict (remembered per key: a
+    delivery's spans repeat the same few dozen names)."""
+    return not key.startswith("trace.metadata.") and _SIGNAL_KEY.search(key) is not None
 
 
 def _texts(key: str, value: AttrValue) -> Iterable[str]:
