@@ -160,7 +160,7 @@ def _bulk_statements(state: ORMExecuteState) -> Result[Any] | None:
 def _runs_closed(state: ORMExecuteState, statement: Update) -> Result[Any] | None:
     sets = _parameter_sets(state)
     literal = statement.compile().params.get("status")
-    if len(sets) > 1 or "status" in sets[0]:  # executemany by run: each set names its status
+    if any("status" in p for p in sets):  # executemany by run: each set names its status
         closed = [p for p in sets if p.get("status") in _FINISHED]
         if not closed:
             return None

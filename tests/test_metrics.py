@@ -16,6 +16,7 @@ from ledger.runner.run import (
     CallOutcome,
     SlotClaim,
     begin_run,
+    begin_runs,
     claim_slots,
     finish_run,
     finish_runs,
@@ -143,3 +144,17 @@ def test_a_batch_of_finished_runs_counts_each_run_its_duration_and_its_gate_resu
     assert durations() == observed + 3
     recorded = sum(len(f.results) for f in finished)
     assert recorded > 0 and gate_results() == gates + recorded
+
+
+def test_runs_skipped_together_in_one_statement_are_each_counted(
+    db: Database, behaviors: list[int]
+) -> None:
+    with db.transaction() as session:
+        for name in ("alpha", "beta"):
+            lock_behavior(session, name=name).paused = True
+    before = runs_by_outcome()
+    with db.transaction() as session:
+        runs = claim_slots(session, [SlotClaim(b, T0, "A") for b in behaviors], T0)
+        plans = begin_runs(session, [run.id for run in runs], now=T0, ctx=CTX)
+    assert len(plans) == 1  # gamma started; alpha and beta skipped by one executemany
+    assert counted_since(before) == {"skipped": 2}

@@ -16,7 +16,7 @@ transitions the runner uses:
 
 A span already stored (a redelivery) is not stored again and has no effects again.
 Unattributed spans are kept and marked ``unattributed`` (counted in ``ledger status``).
-A batch's transaction locks its behaviors like the runner does (once each, in name order) and
+A batch's transaction locks its behaviors like the runner does (once each, in id order) and
 adds each budget window's spend once; a batch the database refuses is applied one delivery at a
 time (deliveries without effects together), so one bad delivery cannot hold up the others.
 
@@ -677,7 +677,7 @@ def _apply_deliveries(
     transaction, so a crash never applies a delivery twice nor loses it. A span stored before
     (a redelivery) has no effects again; a delivery a replica took first is left to it.
 
-    Set-based: the behaviors are locked in one statement (in name order, as every writer
+    Set-based: the behaviors are locked in one statement (in id order, as every writer
     does), the spans inserted in one, the runs and their recorded gates read in one each, and
     the spend added to each budget window once, whatever the number of deliveries."""
     names = sorted({name for delivery in deliveries for name in delivery.behaviors()})
@@ -727,14 +727,16 @@ def _apply_deliveries(
 
 
 def _lock_behaviors(session: Session, names: list[str]) -> dict[str, BehaviorRow]:
-    """The behaviors named, locked for the rest of the transaction, in name order. Raises
-    ``NotFoundError`` when one is not registered."""
+    """The behaviors named, locked for the rest of the transaction in id order — the order of
+    every other writer that locks several (claims, ``transitions.lock_behaviors``), so that
+    no two transactions wait on each other. Raises ``NotFoundError`` when one is not
+    registered."""
     if not names:
         return {}
     rows = session.exec(
         select(BehaviorRow)
         .where(col(BehaviorRow.name).in_(names))
-        .order_by(col(BehaviorRow.name))
+        .order_by(col(BehaviorRow.id))
         .with_for_update()
     ).all()
     locked = {row.name: row for row in rows}
@@ -873,6 +875,8 @@ def _apply_effects(
             source="broadcast",
             run_id=run.id if run is not None else None,
         )
+        if run is not None:  # one result per (run, gate): a later call of the run adds none
+            seen.update(str(result.gate) for result in stored)
         for result in stored:
             apply_observation(session, row, Observation.result(now, result), now=now, ctx=ctx)
         count += len(stored)
@@ -935,10 +939,10 @@ class IngestProcessor:
 
     Keeping up comes first: while a pass finds a full batch (a backlog), the next starts at
     once, so "acknowledged" soon means "counted" (the receiver refuses deliveries with 429 once
-    the backlog passes its bound, ``LEDGER_INGEST_MAX_BACKLOG``, rather than let it grow). Once
-    caught up while the receiver is busy (``ingest_busy``), it rests ``GATHER_REST`` so the next
-    pass takes a batch, and on SQLite takes ``BUSY_BATCH`` deliveries at a time (short write
-    transactions beside the receiver's group commits).
+    the backlog passes its bound, ``LEDGER_INGEST_MAX_BACKLOG_SPANS``, rather than let it
+    grow). Once caught up while the receiver is busy (``ingest_busy``), it rests
+    ``GATHER_REST`` so the next pass takes a batch, and on SQLite takes ``BUSY_BATCH``
+    deliveries at a time (short write transactions beside the receiver's group commits).
     """
 
     def __init__(

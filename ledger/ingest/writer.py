@@ -250,7 +250,9 @@ class ChargeResolver:
     names and key names, reloaded every ``ttl`` seconds), never a per-delivery query: by
     ``trace.metadata.behavior``, else ``user.id``, else the key name. A delivery whose charges
     name several behaviors counts its whole attributed cost under the one with the most (a
-    broadcast delivery is one call; the budget check errs on the side of refusing)."""
+    broadcast delivery is one call; the budget check errs on the side of refusing). A charge
+    of the daemon's own call (``trace.metadata.run_id``) is left out: the runner has reserved
+    or recorded that cost already."""
 
     def __init__(self, engine: Engine, ttl: float = 5.0) -> None:
         self._engine = engine
@@ -294,6 +296,8 @@ class ChargeResolver:
         self._refresh()
         by_behavior: dict[int, float] = {}
         for charge in charges:
+            if charge.run_id is not None:
+                continue
             behavior = self.behavior_of(charge)
             if behavior is not None:
                 by_behavior[behavior] = by_behavior.get(behavior, 0.0) + charge.usd

@@ -228,6 +228,35 @@ def test_runner_results_are_not_recorded_twice(db: Database, tmp_path: Path) -> 
         assert len(session.exec(select(GateResultRow)).all()) == 1
 
 
+def test_several_calls_of_one_run_in_one_batch_record_its_gate_once(
+    db: Database, tmp_path: Path
+) -> None:
+    """A multi-model run (or a fallback) makes several calls under one run id; when their
+    deliveries are applied in one batch and carry the same signal, the run has that gate once,
+    as when they come one by one (the policy must not count one run's fault twice)."""
+    setup(db, tmp_path)
+    with db.transaction() as session:
+        make_run(session, lock_behavior(session, name="alpha").id or 0, "run-03TEST", T0)
+    for _ in range(3):
+        store(
+            db,
+            delivery(
+                session_id="run-03TEST",
+                error_status=403,
+                completion=None,
+                prompt_tokens=0,
+                completion_tokens=0,
+                error_message="Request blocked: prompt injection patterns detected",
+            ),
+        )
+    process_pending(db, DbLookup(db), T0, CTX)
+    with db.transaction() as session:
+        gates = session.exec(
+            select(GateResultRow.gate).where(col(GateResultRow.run_id) == "run-03TEST")
+        ).all()
+    assert gates == ["prompt_injection"]
+
+
 def test_spend_seen_only_via_broadcast_can_trigger_spend_cap(db: Database, tmp_path: Path) -> None:
     setup(db, tmp_path, budget="0.5")
     with db.transaction() as session:
@@ -502,3 +531,25 @@ async def test_a_run_is_refused_with_spend_cap_while_its_broadcast_spend_waits_u
     assert spent(db, "alpha") == pytest.approx(0.6)
     with db.transaction() as session:
         assert pending_broadcast(session, bid) == 0
+
+
+async def test_the_daemons_own_calls_waiting_in_broadcast_are_not_counted_twice(
+    db: Database, tmp_path: Path
+) -> None:
+    """A call the daemon made itself (its trace names the run) is reserved and recorded by the
+    runner: while its delivery waits, the budget check does not count it again."""
+    write_behavior(tmp_path, "alpha", VALID_BEHAVIOR.format(key_env="K_alpha", name="alpha"))
+    with db.transaction() as session:
+        reconcile_directory(session, tmp_path, T0)
+        bid = lock_behavior(session, name="alpha").id or 0
+    writer = SpanWriter(db.engine)
+    writer.start()
+    try:
+        own = delivery(user="alpha", trace={"behavior": "alpha", "run_id": "run-own-call"})
+        await writer.write(decode_request(own, "application/json", None, Limits()), T0)
+        outside = delivery(key_name="alpha-key")  # $0.2 of alpha's key, outside the daemon
+        await writer.write(decode_request(outside, "application/json", None, Limits()), T0)
+    finally:
+        await writer.close()
+    with db.transaction() as session:
+        assert pending_broadcast(session, bid) == pytest.approx(0.2)

@@ -128,6 +128,9 @@ class Charge:
     user: str | None
     key_name: str | None
     usd: float
+    # The daemon's run that made the call, when it did: its cost is already reserved or
+    # recorded by the runner, so the budget check must not count it again while it waits.
+    run_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,9 +154,10 @@ COST_KEYS: Final = (
     "gen_ai.usage.output_cost",
 )
 BEHAVIOR_KEY: Final = "trace.metadata.behavior"
+RUN_KEY: Final = "trace.metadata.run_id"  # set by the daemon's own calls (runner/openrouter.py)
 USER_KEY: Final = "user.id"
 KEY_NAME_KEYS: Final = ("trace.metadata.openrouter.api_key_name", "openrouter.api_key_name")
-CHARGE_KEYS: Final = frozenset((*COST_KEYS, BEHAVIOR_KEY, USER_KEY, *KEY_NAME_KEYS))
+CHARGE_KEYS: Final = frozenset((*COST_KEYS, BEHAVIOR_KEY, RUN_KEY, USER_KEY, *KEY_NAME_KEYS))
 
 
 def _usd(value: AttrValue) -> float | None:
@@ -185,7 +189,7 @@ def charge_of(attributes: Attributes, resource: Attributes) -> Charge | None:
                     return value
         return None
 
-    return Charge(text(BEHAVIOR_KEY), text(USER_KEY), text(*KEY_NAME_KEYS), usd)
+    return Charge(text(BEHAVIOR_KEY), text(USER_KEY), text(*KEY_NAME_KEYS), usd, text(RUN_KEY))
 
 
 def charges_of(spans: Sequence[SpanRecord]) -> list[Charge]:
