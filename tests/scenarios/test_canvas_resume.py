@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,10 @@ from tests.servers import ledger
 KEY = "sk-or-v1-canvasresume" + "0" * 40
 FAST = [f"quick{i % 3}/model-{i:02d}" for i in range(12)]
 SLOW = [f"slow{i % 3}/model-{i:02d}" for i in range(8)]
+# Daily, twelve hours away from now: no scheduled run of the behavior during the test (with
+# `1d` one started at midnight UTC beside the manual run, in the same budget window).
 BEHAVIOR = f"""\
-schedule: 1d
+schedule: "0 {(datetime.now(UTC).hour + 12) % 24} * * *"
 kind: broad_canvas
 api_key: env:CANVAS_RESUME_KEY
 key_name: canvas
@@ -96,9 +99,15 @@ def _run(database_url: str, run_id: str) -> dict[str, Any]:
         db.close()
 
 
-def _asked(sim: str) -> Counter[str]:
+def _asked(sim: str, run_id: str) -> Counter[str]:
+    """How often each model was asked by this run (its calls carry the run as ``session_id``;
+    the behavior's own schedule may start another run meanwhile, e.g. at midnight UTC)."""
     calls = httpx.get(sim + "/_sim/calls", timeout=10).json()["calls"]
-    return Counter(c["body"]["model"] for c in calls if c["path"] == "/api/v1/chat/completions")
+    return Counter(
+        c["body"]["model"]
+        for c in calls
+        if c["path"] == "/api/v1/chat/completions" and c["body"].get("session_id") == run_id
+    )
 
 
 def test_a_canvas_killed_mid_run_resumes_without_losing_or_reasking_an_answer(
@@ -139,7 +148,7 @@ def test_a_canvas_killed_mid_run_resumes_without_losing_or_reasking_an_answer(
     assert {m: c["status"] for m, c in after.items()} == {m: "answered" for m in FAST + SLOW}
     # No answer lost: what was recorded before the kill is still there, unchanged.
     assert {m: after[m]["output"] for m in answered} == answered
-    asked = _asked(sim)
+    asked = _asked(sim, run_id)
     for model in answered:  # answered before the kill: never asked again
         assert asked[model] == 1, model
     for model in not_asked:  # not asked before the kill: asked once, after
