@@ -24,6 +24,7 @@ from typing import Final, Protocol
 
 from ledger.gates import ATTRIBUTABLE, Gate, Outcome
 from ledger.ingest.otlp import Attributes, AttrValue, SpanRecord
+from ledger.ingest.otlp.model import first_text
 
 __all__ = [
     "Attribution",
@@ -117,12 +118,7 @@ def _generation(span: SpanRecord) -> Generation:
     resource = span.resource_attributes
 
     def text(*keys: str) -> str | None:
-        for source in (attrs, resource):
-            for key in keys:
-                value = source.get(key)
-                if type(value) is str and value:
-                    return value
-        return None
+        return first_text((attrs, resource), keys)
 
     input_tokens = _int(attrs, "gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens")
     output_tokens = _int(attrs, "gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens")

@@ -171,6 +171,17 @@ def _usd(value: AttrValue) -> float | None:
     return None
 
 
+def first_text(sources: Sequence[Attributes], keys: Sequence[str]) -> str | None:
+    """The first non-empty string value among ``keys``, looked up in each source in turn (a
+    span's attributes, then its resource's)."""
+    for source in sources:
+        for key in keys:
+            value = source.get(key)
+            if type(value) is str and value:
+                return value
+    return None
+
+
 def charge_of(attributes: Attributes, resource: Attributes) -> Charge | None:
     """The charge a span's attributes report (total cost, else input + output cost), or None
     when it reports no positive cost. Hints are read from the span, then its resource."""
@@ -182,12 +193,7 @@ def charge_of(attributes: Attributes, resource: Attributes) -> Charge | None:
         return None
 
     def text(*keys: str) -> str | None:
-        for source in (attributes, resource):
-            for key in keys:
-                value = source.get(key)
-                if type(value) is str and value:
-                    return value
-        return None
+        return first_text((attributes, resource), keys)
 
     return Charge(text(BEHAVIOR_KEY), text(USER_KEY), text(*KEY_NAME_KEYS), usd, text(RUN_KEY))
 
