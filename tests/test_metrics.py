@@ -45,6 +45,12 @@ def counted_since(before: dict[str, float]) -> dict[str, float]:
     return {k: v - before[k] for k, v in runs_by_outcome().items() if v != before[k]}
 
 
+def pause(db: Database, *names: str) -> None:
+    with db.transaction() as session:
+        for name in names:
+            lock_behavior(session, name=name).paused = True
+
+
 @pytest.fixture
 def behaviors(db: Database, tmp_path: Path) -> list[int]:
     """Three registered behaviors at tier A, their ids; the event counters installed."""
@@ -61,9 +67,7 @@ def behaviors(db: Database, tmp_path: Path) -> list[int]:
 def test_runs_skipped_when_due_are_counted_by_the_rows_closed(
     db: Database, behaviors: list[int]
 ) -> None:
-    with db.transaction() as session:
-        for name in ("alpha", "beta"):
-            lock_behavior(session, name=name).paused = True
+    pause(db, "alpha", "beta")
     before = runs_by_outcome()
     with db.transaction() as session:
         runs = claim_slots(session, [SlotClaim(b, T0, "A") for b in behaviors], T0)
@@ -149,9 +153,7 @@ def test_a_batch_of_finished_runs_counts_each_run_its_duration_and_its_gate_resu
 def test_runs_skipped_together_in_one_statement_are_each_counted(
     db: Database, behaviors: list[int]
 ) -> None:
-    with db.transaction() as session:
-        for name in ("alpha", "beta"):
-            lock_behavior(session, name=name).paused = True
+    pause(db, "alpha", "beta")
     before = runs_by_outcome()
     with db.transaction() as session:
         runs = claim_slots(session, [SlotClaim(b, T0, "A") for b in behaviors], T0)

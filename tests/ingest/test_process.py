@@ -54,6 +54,21 @@ def delivery(**overrides: Any) -> bytes:
     return orjson.dumps(build_broadcast(record))
 
 
+def failed_call(status: int, message: str, **hints: Any) -> bytes:
+    """A delivery of a call OpenRouter refused (no completion, no tokens)."""
+    return delivery(
+        error_status=status,
+        completion=None,
+        prompt_tokens=0,
+        completion_tokens=0,
+        error_message=message,
+        **hints,
+    )
+
+
+INJECTION = "Request blocked: prompt injection patterns detected"
+
+
 def store(db: Database, body: bytes, *, raw: bool = False, at: datetime = T0) -> None:
     """Store a delivery as the receiver does: ``raw`` as it came (the JSON fast path), else
     decoded (protobuf, or JSON the fast path leaves to the full decoder)."""
@@ -163,25 +178,11 @@ def test_error_spans_become_gate_results_with_their_attribution(
         lock_behavior(session, name="alpha").tier = "C"
     store(
         db,
-        delivery(
-            user="alpha",
-            error_status=403,
-            completion=None,
-            prompt_tokens=0,
-            completion_tokens=0,
-            error_message="Request blocked: prompt injection patterns detected",
-        ),
+        failed_call(403, INJECTION, user="alpha"),
     )
     store(
         db,
-        delivery(
-            user="alpha",
-            error_status=429,
-            completion=None,
-            prompt_tokens=0,
-            completion_tokens=0,
-            error_message="Rate limit exceeded",
-        ),
+        failed_call(429, "Rate limit exceeded", user="alpha"),
     )
     process_pending(db, DbLookup(db), T0, CTX)
     with db.transaction() as session:
@@ -214,14 +215,7 @@ def test_runner_results_are_not_recorded_twice(db: Database, tmp_path: Path) -> 
         )
     store(
         db,
-        delivery(
-            session_id="run-02TEST",
-            error_status=403,
-            completion=None,
-            prompt_tokens=0,
-            completion_tokens=0,
-            error_message="Request blocked: prompt injection patterns detected",
-        ),
+        failed_call(403, INJECTION, session_id="run-02TEST"),
     )
     process_pending(db, DbLookup(db), T0, CTX)
     with db.transaction() as session:
@@ -240,14 +234,7 @@ def test_several_calls_of_one_run_in_one_batch_record_its_gate_once(
     for _ in range(3):
         store(
             db,
-            delivery(
-                session_id="run-03TEST",
-                error_status=403,
-                completion=None,
-                prompt_tokens=0,
-                completion_tokens=0,
-                error_message="Request blocked: prompt injection patterns detected",
-            ),
+            failed_call(403, INJECTION, session_id="run-03TEST"),
         )
     process_pending(db, DbLookup(db), T0, CTX)
     with db.transaction() as session:
