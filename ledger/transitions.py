@@ -845,7 +845,8 @@ def record_definition_change(
     now: datetime,
 ) -> None:
     """The behavior's file was edited (``row`` still holds the old definition): same tier,
-    but the promotion window restarts — a new definition must earn its record again."""
+    but the promotion window restarts — a new definition must earn its record again — and so
+    do the recent costs the ``cost_anomaly`` gate judges against."""
     old_preset = (row.definition or {}).get("preset")
     behavior_entry(
         session,
@@ -854,7 +855,8 @@ def record_definition_change(
         actor=REGISTRY_ACTOR,
         reason=f"{path.name} was edited"
         + (f" (preset {old_preset} → {new_preset})" if old_preset != new_preset else "")
-        + f"; tier {Tier(row.tier).label} kept, the promotion window restarts",
+        + f"; tier {Tier(row.tier).label} kept, the promotion window and the cost_anomaly "
+        "median restart",
         now=now,
         data={
             "old_hash": row.definition_hash,
@@ -866,6 +868,8 @@ def record_definition_change(
     row.policy_window = observe(
         window, Observation.definition_changed(now, "definition changed")
     ).to_json()
+    # A new model or prompt may cost differently by design: the cost_anomaly median restarts.
+    row.recent_costs = []
 
 
 def cap_at_max_tier(

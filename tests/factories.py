@@ -1,6 +1,7 @@
 """Building things for tests, one way each: behavior definitions (``make_behavior``), behavior
 files (``write_behavior``), run rows (``make_run``), a behavior registered with a run waiting for
-approval (``registered_at_b_with_a_pending_approval``), and the instant tests start at (``T0``)."""
+approval (``registered_at_b_with_a_pending_approval``), ``alpha`` registered at a tier
+(``register_behavior``), and the instant tests start at (``T0``)."""
 
 from __future__ import annotations
 
@@ -89,6 +90,20 @@ def make_run(
     session.add(run)
     session.flush()
     return run
+
+
+def register_behavior(db: Any, folder: Path, tier: str = "A", extra: str = "") -> int:
+    """``alpha`` (``VALID_BEHAVIOR`` with its key from ``K``, plus ``extra`` lines) written to
+    ``folder``, registered and put at ``tier``: its id. ``db`` is a ``Database``."""
+    from ledger.behaviors.registry import reconcile_directory
+    from ledger.transitions import lock_behavior
+
+    write_behavior(folder, "alpha", VALID_BEHAVIOR.format(key_env="K", name="alpha") + extra)
+    with db.transaction() as session:
+        reconcile_directory(session, folder, T0)
+        row = lock_behavior(session, name="alpha")
+        row.tier = tier
+        return row.id or 0
 
 
 def registered_at_b_with_a_pending_approval(tmp_path: Path, database_url: str) -> str:

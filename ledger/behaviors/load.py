@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from ledger.behaviors.schema import SLUG_RE, Behavior
+from ledger.behaviors.schema import SLUG_RE, Behavior, CostAnomaly
 from ledger.errors import Problem
 from ledger.secrets import is_reference, looks_like_secret
 
@@ -283,11 +283,13 @@ def _load(path: Path) -> tuple[LoadedBehavior | None, list[Problem], _Claim | No
 
 
 def definition_hash(behavior: Behavior, prompt_text: str) -> str:
-    """SHA-256 of the behavior's canonical definition (the prompt file's text included)."""
-    body = orjson.dumps(
-        {"behavior": behavior.model_dump(mode="json"), "prompt": prompt_text},
-        option=orjson.OPT_SORT_KEYS,
-    )
+    """SHA-256 of the behavior's canonical definition (the prompt file's text included).
+    ``checks.cost_anomaly`` left at its defaults is left out, as before the field existed:
+    upgrading must not count as an edit of every behavior (which restarts its windows)."""
+    dump = behavior.model_dump(mode="json")
+    if behavior.checks.cost_anomaly == CostAnomaly():
+        del dump["checks"]["cost_anomaly"]
+    body = orjson.dumps({"behavior": dump, "prompt": prompt_text}, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(body).hexdigest()
 
 

@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -78,6 +79,35 @@ class Budget(_Strict):
     )
 
 
+class CostAnomaly(_Strict):
+    """The ``cost_anomaly`` gate's thresholds (see docs/behaviors.md, checks)."""
+
+    enabled: bool = Field(default=True, description="false: costs are never judged.")
+    factor: float = Field(
+        default=5.0,
+        gt=1,
+        le=1000,
+        description="A run costing more than factor times the median of recent runs is a warn.",
+    )
+    window_runs: int = Field(
+        default=20, ge=1, le=100, description="The median is over this many recent runs."
+    )
+    min_runs: int = Field(
+        default=5, ge=1, le=100, description="No judgement until this many runs had a cost."
+    )
+    min_usd: float = Field(
+        default=0.0, ge=0, description="A run costing less than this is never an anomaly."
+    )
+
+    @field_validator("min_runs")
+    @classmethod
+    def _within_window(cls, value: int, info: ValidationInfo) -> int:
+        window = info.data.get("window_runs")
+        if window is not None and value > window:
+            raise ValueError(f"must not exceed window_runs ({window}), got {value}")
+        return value
+
+
 class Checks(_Strict):
     json_schema: dict[str, Any] | None = Field(
         default=None, description="The output must be JSON valid against this JSON Schema."
@@ -90,6 +120,10 @@ class Checks(_Strict):
     sensitive_info: Literal["warn", "block"] = Field(
         default="warn",
         description="What the built-in detector (emails, phones, cards, SSNs, IPs, keys) does.",
+    )
+    cost_anomaly: CostAnomaly = Field(
+        default_factory=CostAnomaly,
+        description="A run costing far more than the behavior's recent runs is a warn.",
     )
 
     @field_validator("must_match", "must_not_match")

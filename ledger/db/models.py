@@ -96,6 +96,13 @@ class BehaviorRow(SQLModel, table=True):
     # Why the behavior's key cannot be resolved in the daemon's environment (its runs would
     # fail with auth_error); set by the daemon's reconcile, None when it resolves.
     key_problem: str | None = Field(default=None, max_length=1000)
+    # The costs of its most recent runs that had one, oldest first (at most its
+    # ``checks.cost_anomaly.window_runs``): what the ``cost_anomaly`` gate judges a run
+    # against. Emptied when its definition changes.
+    recent_costs: list[float] = Field(
+        default_factory=list,
+        sa_column=Column(JSON, nullable=False, server_default=text("'[]'")),
+    )
 
 
 class FileProblem(SQLModel, table=True):

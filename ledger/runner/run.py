@@ -30,6 +30,7 @@ from ledger.outbox.enqueue import enqueue_action
 from ledger.policy import Observation
 from ledger.runner.catalog import ModelCatalog
 from ledger.runner.checks import CheckSpec, run_checks
+from ledger.runner.cost_anomaly import CostAnomalySpec, judge_cost, remember_cost
 from ledger.secrets import resolve
 from ledger.sensitive import mask_sensitive
 from ledger.spend import reserve, settle, window_start
@@ -682,6 +683,8 @@ def _finish_round(
             raise NotFoundError(f"run {rid} does not exist")
     _settle_spend(session, rows, items, state, now, ctx)
     recorded = [_judge(plan, outcome, now) for plan, outcome in items]
+    for r in recorded:
+        _judge_cost(r, rows[r.plan.behavior_id], state[r.plan.run_id][1])
     with_summary = [r.values for r in recorded if "summary" in r.values]
     without = [r.values for r in recorded if "summary" not in r.values]
     for values in with_summary + without:
@@ -814,6 +817,24 @@ def _settle_spend(
 
 
 _WINDOW_COLUMNS = ("behavior_id", "window_start", "reserved_usd", "spent_usd", "updated_at")
+
+
+def _judge_cost(r: _Recorded, row: BehaviorRow, counted: float | None) -> None:
+    """Add the run's ``cost_anomaly`` result (if it is judged) and its cost to the behavior's
+    recent costs, which are on its locked row: no read of run history, no extra statement
+    (the row is written anyway). The cost is the larger of the runner's figure and what
+    broadcast counted so far. A pass is recorded only beside the output checks' (a run with
+    an output), so it never turns a failed call into a clean run."""
+    cost = max(r.outcome.cost_usd, counted or 0.0)
+    if not cost > 0:
+        return
+    c = r.plan.behavior.checks.cost_anomaly
+    spec = CostAnomalySpec(c.enabled, c.factor, c.window_runs, c.min_runs, c.min_usd)
+    recent = row.recent_costs or []
+    result = judge_cost(cost, recent, spec, passes=r.output is not None)
+    if result is not None:
+        r.results.append(result)
+    row.recent_costs = remember_cost(recent, cost, spec.window_runs)
 
 
 def _judge(plan: RunPlan, outcome: CallOutcome, now: datetime) -> _Recorded:

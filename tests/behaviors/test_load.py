@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
+import orjson
 import pytest
 
 from ledger.behaviors.load import load_directory, load_file
@@ -346,3 +348,38 @@ def test_yaml_1_2_booleans_keep_on_and_no_as_strings(tmp_path: Path) -> None:
     assert loaded.behavior.alerts is not None
     assert loaded.behavior.alerts.on == ["demotion", "promotion"]
     assert loaded.behavior.inputs == {"answer": "no"}
+
+
+def test_cost_anomaly_thresholds_are_checked_with_their_line(tmp_path: Path) -> None:
+    block = "checks:\n  cost_anomaly:\n"
+    assert problems_of(tmp_path, BASE + block + "    factor: 1\n") == [
+        "7:13: checks.cost_anomaly.factor: Input should be greater than 1"
+    ]
+    assert problems_of(tmp_path, BASE + block + "    window_runs: 10\n    min_runs: 11\n") == [
+        "8:15: checks.cost_anomaly.min_runs: must not exceed window_runs (10), got 11"
+    ]
+    assert problems_of(tmp_path, BASE + block + "    window_runs: 101\n") == [
+        "7:18: checks.cost_anomaly.window_runs: Input should be less than or equal to 100"
+    ]
+    (problem,) = problems_of(tmp_path, BASE + block + "    facter: 3\n")
+    assert problem == (
+        "7:5: checks.cost_anomaly.facter: unknown field 'facter' (did you mean 'factor'?)"
+    )
+
+
+def test_default_cost_anomaly_thresholds_leave_the_definition_hash_as_it_was(
+    tmp_path: Path,
+) -> None:
+    """Upgrading to a version with ``checks.cost_anomaly`` is not an edit of every behavior;
+    setting it in a file is."""
+    loaded, _ = load_file(write_behavior(tmp_path, "b", BASE))
+    assert loaded is not None
+    dump = loaded.behavior.model_dump(mode="json")
+    del dump["checks"]["cost_anomaly"]
+    before = orjson.dumps({"behavior": dump, "prompt": "hello"}, option=orjson.OPT_SORT_KEYS)
+    assert loaded.definition_hash == hashlib.sha256(before).hexdigest()
+    tuned, _ = load_file(
+        write_behavior(tmp_path, "b", BASE + "checks:\n  cost_anomaly:\n    factor: 8\n")
+    )
+    assert tuned is not None and tuned.definition_hash != loaded.definition_hash
+    assert tuned.behavior.checks.cost_anomaly.factor == 8

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -166,3 +167,51 @@ def test_head_revision_read_from_the_files_is_alembics_head(tmp_path: object) ->
         'revision = "0003"\ndown_revision = ("0002a", "0002b")\n'
     )
     assert head_revision(folder) == "0003"
+
+
+def test_0014_fills_each_behaviors_recent_costs_from_its_last_runs_with_a_cost(
+    empty_database_url: str,
+) -> None:
+    """Oldest first, the larger of the runner's and broadcast's figures, at most 20; runs
+    without a cost and live runs left out; a behavior without runs starts empty."""
+    engine = make_engine(empty_database_url)
+    try:
+        upgrade(engine, "0013_ingest_pending_spend")
+        with engine.begin() as conn:
+            for bid, name in ((1, "busy"), (2, "idle")):
+                conn.execute(
+                    text(
+                        "INSERT INTO behavior (id, name, tier, max_tier, paused, pinned, retired, "
+                        "enabled, definition_hash, definition, prompt_text, source_path, "
+                        "policy_window, created_at, updated_at) VALUES (:id, :n, 'A', 'C', "
+                        "false, false, false, true, 'h', '{}', '', :p, '{}', :t, :t)"
+                    ),
+                    {"id": bid, "n": name, "p": f"{name}.yaml", "t": T0},
+                )
+            runs = [(i, 0.01 * (i + 1), None, "succeeded") for i in range(25)]
+            runs += [(25, 0.0, None, "failed"), (26, 0.5, 0.7, "succeeded")]
+            runs += [(27, None, None, "skipped"), (28, 0.9, None, "running")]
+            for i, cost, broadcast, status in runs:
+                conn.execute(
+                    text(
+                        "INSERT INTO run (id, behavior_id, scheduled_for, claimed_at, trigger, "
+                        "status, tier, via_fallback, reserved_usd, cost_usd, "
+                        "broadcast_cost_usd, kind) VALUES (:id, 1, :at, :at, 'schedule', :s, "
+                        "'A', false, 0, :c, :b, 'single')"
+                    ),
+                    {
+                        "id": f"run-{i:02d}",
+                        "at": T0 + timedelta(minutes=i),
+                        "s": status,
+                        "c": cost,
+                        "b": broadcast,
+                    },
+                )
+        upgrade(engine)
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT id, recent_costs FROM behavior ORDER BY id")).all()
+        recent = {bid: v if isinstance(v, list) else orjson.loads(v) for bid, v in rows}
+        assert recent[2] == []
+        assert recent[1] == pytest.approx([0.01 * (i + 1) for i in range(6, 25)] + [0.7])
+    finally:
+        engine.dispose()

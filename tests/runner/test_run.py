@@ -28,7 +28,7 @@ from ledger.runner.run import (
 )
 from ledger.runs import gate_reason
 from ledger.transitions import PolicyContext, lock_behavior, operator_action
-from tests.factories import T0, VALID_BEHAVIOR, write_behavior
+from tests.factories import T0, VALID_BEHAVIOR, register_behavior, write_behavior
 
 CTX = PolicyContext()
 OK = CallOutcome(
@@ -39,15 +39,6 @@ OK = CallOutcome(
     prompt_tokens=10,
     completion_tokens=5,
 )
-
-
-def setup(db: Database, folder: Path, tier: str = "A", extra: str = "") -> int:
-    write_behavior(folder, "alpha", VALID_BEHAVIOR.format(key_env="K", name="alpha") + extra)
-    with db.transaction() as session:
-        reconcile_directory(session, folder, T0)
-        row = lock_behavior(session, name="alpha")
-        row.tier = tier
-        return row.id or 0
 
 
 def run_once(db: Database, bid: int, outcome: CallOutcome, slot_minutes: int = 0, tier: str = "A"):  # type: ignore[no-untyped-def]
@@ -70,7 +61,7 @@ def outbox(db: Database) -> list[OutboxRow]:
 
 
 def test_a_slot_is_claimed_once(db: Database, tmp_path: Path) -> None:
-    bid = setup(db, tmp_path)
+    bid = register_behavior(db, tmp_path)
     with db.transaction() as session:
         first = claim_slots(session, [SlotClaim(bid, T0, "A")], T0)
     with db.transaction() as session:
@@ -84,7 +75,7 @@ def test_a_slot_is_claimed_once(db: Database, tmp_path: Path) -> None:
 def test_claimed_slot_times_compare_equal_to_orm_bound_times(db: Database, tmp_path: Path) -> None:
     """Claims are inserted at the driver level; their datetimes must be stored exactly as the
     ORM binds them (SQLite compares text), or lookups by slot find nothing."""
-    bid = setup(db, tmp_path)
+    bid = register_behavior(db, tmp_path)
     slot = T0.replace(microsecond=0)
     with db.transaction() as session:
         (claimed,) = claim_slots(session, [SlotClaim(bid, slot, "A")], slot)
@@ -96,7 +87,7 @@ def test_claimed_slot_times_compare_equal_to_orm_bound_times(db: Database, tmp_p
 
 
 def test_tier_a_output_is_a_proposal_and_nothing_runs(db: Database, tmp_path: Path) -> None:
-    bid = setup(db, tmp_path, "A")
+    bid = register_behavior(db, tmp_path, "A")
     run_id, finished = run_once(db, bid, OK)
     assert finished is not None and finished.disposition == "proposal"
     assert outbox(db) == []
@@ -107,7 +98,7 @@ def test_tier_a_output_is_a_proposal_and_nothing_runs(db: Database, tmp_path: Pa
 
 
 def test_tier_c_runs_its_action_through_the_outbox(db: Database, tmp_path: Path) -> None:
-    bid = setup(db, tmp_path, "C")
+    bid = register_behavior(db, tmp_path, "C")
     run_id, finished = run_once(db, bid, OK, tier="C")
     assert finished is not None and finished.disposition == "action"
     (row,) = outbox(db)
@@ -116,7 +107,7 @@ def test_tier_c_runs_its_action_through_the_outbox(db: Database, tmp_path: Path)
 
 
 def test_attributable_fail_never_runs_the_action(db: Database, tmp_path: Path) -> None:
-    bid = setup(db, tmp_path, "C", "checks:\n  sensitive_info: block\n")
+    bid = register_behavior(db, tmp_path, "C", "checks:\n  sensitive_info: block\n")
     leaky = CallOutcome(output="mail me at jane.doe@example.com", model="m", cost_usd=0.0)
     _, finished = run_once(db, bid, leaky, tier="C")
     assert finished is not None and finished.disposition == "blocked"
@@ -126,7 +117,7 @@ def test_attributable_fail_never_runs_the_action(db: Database, tmp_path: Path) -
 
 
 def test_tier_b_approval_runs_once_even_if_approved_twice(db: Database, tmp_path: Path) -> None:
-    bid = setup(db, tmp_path, "B")
+    bid = register_behavior(db, tmp_path, "B")
     run_id, finished = run_once(db, bid, OK, tier="B")
     assert finished is not None and finished.disposition == "approval"
     with db.transaction() as session:
@@ -144,7 +135,7 @@ def test_tier_b_approval_runs_once_even_if_approved_twice(db: Database, tmp_path
 
 
 def test_approval_bound_to_the_payload_the_operator_saw(db: Database, tmp_path: Path) -> None:
-    bid = setup(db, tmp_path, "B")
+    bid = register_behavior(db, tmp_path, "B")
     run_id, _ = run_once(db, bid, OK, tier="B")
     with db.transaction() as session, pytest.raises(ConflictError, match="differs"):
         approve(session, run_id, actor="a", now=T0, ctx=CTX, payload_sha256="0" * 64)
@@ -157,7 +148,7 @@ def test_approval_bound_to_the_payload_the_operator_saw(db: Database, tmp_path: 
 
 
 def test_rejection_is_a_human_rejected_warn(db: Database, tmp_path: Path) -> None:
-    bid = setup(db, tmp_path, "B")
+    bid = register_behavior(db, tmp_path, "B")
     run_id, _ = run_once(db, bid, OK, tier="B")
     with db.transaction() as session:
         reject(session, run_id, actor="cli:ann", reason="off-brand", now=T0, ctx=CTX)
@@ -171,7 +162,7 @@ def test_rejection_is_a_human_rejected_warn(db: Database, tmp_path: Path) -> Non
 def test_a_demotion_below_b_withdraws_pending_approvals_and_approving_says_why(
     db: Database, tmp_path: Path
 ) -> None:
-    bid = setup(db, tmp_path, "B")
+    bid = register_behavior(db, tmp_path, "B")
     run_id, _ = run_once(db, bid, OK, tier="B")
     with db.transaction() as session:
         operator_action(
@@ -197,7 +188,7 @@ def test_a_demotion_below_b_withdraws_pending_approvals_and_approving_says_why(
 
 
 def test_a_pause_withdraws_pending_approvals(db: Database, tmp_path: Path) -> None:
-    bid = setup(db, tmp_path, "B")
+    bid = register_behavior(db, tmp_path, "B")
     run_id, _ = run_once(db, bid, OK, tier="B")
     with db.transaction() as session:
         operator_action(
@@ -210,7 +201,7 @@ def test_a_pause_withdraws_pending_approvals(db: Database, tmp_path: Path) -> No
 
 
 def test_a_demotion_from_c_to_b_keeps_pending_approvals(db: Database, tmp_path: Path) -> None:
-    bid = setup(db, tmp_path, "B")
+    bid = register_behavior(db, tmp_path, "B")
     run_id, _ = run_once(db, bid, OK, tier="B")
     with db.transaction() as session:
         lock_behavior(session, name="alpha").tier = "C"
@@ -223,7 +214,7 @@ def test_a_demotion_from_c_to_b_keeps_pending_approvals(db: Database, tmp_path: 
 def test_a_run_that_finishes_after_its_behavior_left_b_asks_nobody(
     db: Database, tmp_path: Path
 ) -> None:
-    bid = setup(db, tmp_path, "B")
+    bid = register_behavior(db, tmp_path, "B")
     with db.transaction() as session:
         (run,) = claim_slots(session, [SlotClaim(bid, T0, "B")], T0)
         plan = begin_run(session, run.id, now=T0, ctx=CTX)
@@ -237,7 +228,7 @@ def test_a_run_that_finishes_after_its_behavior_left_b_asks_nobody(
 
 
 def test_unanswered_approvals_expire_neutrally(db: Database, tmp_path: Path) -> None:
-    bid = setup(db, tmp_path, "B")
+    bid = register_behavior(db, tmp_path, "B")
     run_once(db, bid, OK, tier="B")
     with db.transaction() as session:
         assert expire_approvals(session, T0 + timedelta(hours=25), CTX) == 1
@@ -315,7 +306,7 @@ def test_budget_that_does_not_fit_records_spend_cap_and_makes_no_call(
 
 
 def test_paused_behavior_skips_its_slot(db: Database, tmp_path: Path) -> None:
-    bid = setup(db, tmp_path)
+    bid = register_behavior(db, tmp_path)
     with db.transaction() as session:
         lock_behavior(session, name="alpha").paused = True
     run_id, finished = run_once(db, bid, OK)
@@ -326,7 +317,7 @@ def test_paused_behavior_skips_its_slot(db: Database, tmp_path: Path) -> None:
 
 
 def test_auth_error_pauses_and_alerts(db: Database, tmp_path: Path) -> None:
-    bid = setup(db, tmp_path, "B")
+    bid = register_behavior(db, tmp_path, "B")
     failed = CallOutcome(
         failures=(GateResult(Gate.AUTH_ERROR, Outcome.FAIL, False, {"status": 401}),),
         pause=True,
@@ -382,7 +373,7 @@ def test_a_run_whose_lease_expired_is_interrupted_and_its_reservation_released(
     from ledger.spend import spent_in_window
     from ledger.status import collect_status
 
-    bid = setup(db, tmp_path)
+    bid = register_behavior(db, tmp_path)
     plan = _claim_and_begin(db, bid)
     assert plan.budget_window is not None
     with db.transaction() as session:
@@ -404,7 +395,7 @@ def test_a_run_whose_lease_expired_is_interrupted_and_its_reservation_released(
 def test_a_renewed_lease_keeps_its_run_live(db: Database, tmp_path: Path) -> None:
     from ledger.runner.run import interrupt_expired_runs, renew_leases
 
-    bid = setup(db, tmp_path)
+    bid = register_behavior(db, tmp_path)
     plan = _claim_and_begin(db, bid)
     with db.transaction() as session:
         assert renew_leases(session, [plan.run_id], T0 + timedelta(seconds=110)) == 1
@@ -420,7 +411,7 @@ def test_a_run_finishing_after_it_was_interrupted_does_not_release_twice(
     from ledger.runner.run import interrupt_expired_runs
     from ledger.spend import spent_in_window
 
-    bid = setup(db, tmp_path)
+    bid = register_behavior(db, tmp_path)
     plan = _claim_and_begin(db, bid)
     later = T0 + timedelta(minutes=2)
     with db.transaction() as session:
@@ -442,7 +433,7 @@ def test_a_blocked_output_is_stored_masked_with_its_findings_and_digest(
 ) -> None:
     import hashlib
 
-    bid = setup(db, tmp_path, "A", "checks:\n  sensitive_info: block\n")
+    bid = register_behavior(db, tmp_path, "A", "checks:\n  sensitive_info: block\n")
     run_id, finished = run_once(db, bid, LEAKY)
     assert finished is not None and finished.disposition == "blocked"
     with db.transaction() as session:
@@ -465,7 +456,7 @@ def test_a_blocked_output_is_stored_masked_with_its_findings_and_digest(
 def test_warned_findings_are_masked_too_in_the_approval_and_the_action(
     db: Database, tmp_path: Path
 ) -> None:
-    bid = setup(db, tmp_path, "B")  # sensitive_info: warn (the default)
+    bid = register_behavior(db, tmp_path, "B")  # sensitive_info: warn (the default)
     run_id, finished = run_once(db, bid, LEAKY, tier="B")
     assert finished is not None and finished.disposition == "approval"
     with db.transaction() as session:
