@@ -1101,6 +1101,7 @@ def retry_outbox_row(session: Session, row_id: int, *, actor: str, now: datetime
         )
     was = row.status
     row.status, row.attempts, row.next_attempt_at = PENDING, 0, now
+    row.discarded_at = None
     why = f"outbox row {row_id} ({row.kind}) queued again after being {was}"
     return _record_outbox_change(session, row, "outbox_retried", actor, why, was, now)
 
@@ -1120,6 +1121,7 @@ def discard_outbox_row(
         )
     was = row.status
     row.status = DISCARDED
+    row.discarded_at = now  # retention counts a discarded row's age from here
     row.last_error = f"discarded by {actor}: {reason}"[:4000]
     why = f"outbox row {row_id} ({row.kind}, {was}) discarded: {reason}"
     return _record_outbox_change(session, row, "outbox_discarded", actor, why, was, now)

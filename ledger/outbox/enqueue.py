@@ -93,8 +93,11 @@ def enqueue(
     """Add an outbox row in the caller's open transaction (flushed, not committed).
 
     Returns the row, or None when a row with the same ``dedup_key`` already exists (whatever its
-    status): the duplicate is dropped without error. ``payload`` must be JSON and must hold
-    secret *references*, never resolved values. ``not_before`` delays the first attempt.
+    status): the duplicate is dropped without error. Retention prunes delivered and discarded
+    rows, after which their key is free again: a key must name one occurrence (a run, a
+    window's start, an entry id), never something that can happen again later. ``payload``
+    must be JSON and must hold secret *references*, never resolved values. ``not_before``
+    delays the first attempt.
     """
     values: dict[str, Any] = {
         "kind": kind,

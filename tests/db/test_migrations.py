@@ -8,11 +8,12 @@ import orjson
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect, text
+from sqlalchemy import column, inspect, select, table, text
 from sqlmodel import SQLModel
 
 from ledger.db.engine import make_engine
 from ledger.db.migrate import current_revision, upgrade
+from ledger.db.models import UTCDateTime
 from tests.factories import T0
 
 
@@ -166,3 +167,30 @@ def test_head_revision_read_from_the_files_is_alembics_head(tmp_path: object) ->
         'revision = "0003"\ndown_revision = ("0002a", "0002b")\n'
     )
     assert head_revision(folder) == "0003"
+
+
+def test_0014_gives_rows_discarded_before_it_the_upgrade_time(empty_database_url: str) -> None:
+    """Retention counts a discarded row's age from ``discarded_at``: rows discarded before the
+    column existed count from the upgrade, so none is pruned early."""
+    engine = make_engine(empty_database_url)
+    try:
+        upgrade(engine, "0013_ingest_pending_spend")
+        with engine.begin() as conn:
+            for status in ("discarded", "delivered", "dead"):
+                conn.execute(
+                    text(
+                        "INSERT INTO outbox (kind, payload, status, attempts, next_attempt_at, "
+                        "created_at) VALUES ('action.log', '{}', :s, 1, :t, :t)"
+                    ),
+                    {"s": status, "t": T0},
+                )
+        upgrade(engine)
+        outbox = table("outbox", column("status"), column("discarded_at", UTCDateTime()))
+        with engine.connect() as conn:
+            rows = {s: at for s, at in conn.execute(select(outbox.c.status, outbox.c.discarded_at))}
+        assert rows["discarded"] is not None and rows["discarded"] > T0
+        assert rows["delivered"] is None and rows["dead"] is None
+        _downgrade(engine, "0013_ingest_pending_spend")
+        assert "discarded_at" not in {c["name"] for c in inspect(engine).get_columns("outbox")}
+    finally:
+        engine.dispose()
