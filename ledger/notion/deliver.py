@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ledger.clock import json_times
 from ledger.db.models import NotionPage
 from ledger.errors import NotionError
 from ledger.logging import mask_text
@@ -122,7 +123,7 @@ class NotionDeliverer:
         if not page_id:
             raise DeliveryError("the notion_append action needs a page_id", permanent=True)
         key = f"action:{p.get('run_id')}"
-        head = f"{p.get('behavior')} · run {p.get('run_id')} · {p.get('at')}"
+        head = f"{p.get('behavior')} · run {p.get('run_id')} · {json_times(p.get('at'))}"
         blocks = [_paragraph(head)] + [
             _paragraph(piece) for piece in chunks(mask_text(str(p.get("output") or "")))
         ]
