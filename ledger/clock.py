@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Final, Protocol
 
 
 def json_time(at: datetime) -> str:
@@ -13,6 +15,27 @@ def json_time(at: datetime) -> str:
     if at.tzinfo is not UTC:  # what the database gives back: no conversion (status: 30,000)
         at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
     return at.isoformat()[:-6] + "Z"  # without its "+00:00"
+
+
+# A UTC time as ``datetime.isoformat()`` writes it (what JSON blobs stored before the "Z" form
+# hold): seconds always, a fraction of 1-6 digits, and the offset of UTC.
+_OLD_UTC_TEXT: Final = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?\+00:00")
+
+
+def json_times(value: Any) -> Any:
+    """``value`` (a JSON-shaped blob: an alert, a payload, evidence, a ledger entry's data) with
+    every time in the ``json_time`` form: ``datetime`` values, and whole strings that are a UTC
+    time written with ``+00:00`` (stored before the "Z" form, or built with ``isoformat()``).
+    Anything else — other strings, other offsets, keys — is returned as it is."""
+    if isinstance(value, datetime):
+        return json_time(value)
+    if isinstance(value, str):
+        return value[:-6] + "Z" if _OLD_UTC_TEXT.fullmatch(value) else value
+    if isinstance(value, Mapping):
+        return {k: json_times(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_times(v) for v in value]
+    return value
 
 
 class Clock(Protocol):

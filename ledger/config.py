@@ -233,8 +233,8 @@ class Settings(BaseSettings):
     retention_outbox_days: int = Field(
         default=7,
         ge=0,
-        description="Delete outbox rows delivered more than this many days ago (pending and "
-        "dead rows are kept); 0 keeps them forever.",
+        description="Delete outbox rows delivered, or discarded by an operator, more than this "
+        "many days ago (pending, in-flight and dead rows are kept); 0 keeps them forever.",
     )
     retention_webhook_events_days: int = Field(
         default=30,

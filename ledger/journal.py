@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from sqlmodel import Session, col, select
 
+from ledger.clock import json_times
 from ledger.db.models import ChainHead, LedgerEntry
 
 GENESIS_HASH = "0" * 64
@@ -65,7 +66,7 @@ def append_entry(
         kind=kind,
         actor=actor,
         reason=reason,
-        data=orjson.loads(orjson.dumps(data or {}, option=orjson.OPT_NON_STR_KEYS)),
+        data=orjson.loads(orjson.dumps(json_times(data or {}), option=orjson.OPT_NON_STR_KEYS)),
         created_at=now.astimezone(UTC),
         prev_hash=head.last_hash,
         hash="",

@@ -1,13 +1,13 @@
 """Retention: delete the rows that would otherwise grow forever once they are older than their
-configured age — broadcast spans, deliveries set aside, delivered outbox rows, processed webhook
-events — in short batches. Ledger entries, runs, gate results, approvals and proposals are the
-history and are never pruned.
+configured age — broadcast spans, deliveries set aside, delivered and discarded outbox rows,
+processed webhook events — in short batches. Ledger entries, runs, gate results, approvals and
+proposals are the history and are never pruned.
 
 How a table is pruned: a walk over its primary key, ``batch_size`` rows at a time, each batch
 one short transaction (``DELETE … WHERE id > :after AND id <= :last AND <old enough> AND
 <prunable>``). A table's ids grow with its rows' creation time, so the walk stops at the first
 batch holding a row created after the cutoff; rows older than the cutoff that must stay
-(pending or dead outbox rows, unprocessed events) are stepped over, not deleted.
+(pending, in-flight or dead outbox rows, unprocessed events) are stepped over, not deleted.
 
 Replicas need no coordination: each batch deletes by primary key, so two replicas (or ``ledger
 prune`` beside the daemon) pruning at once delete each row once between them — the second finds
@@ -32,6 +32,7 @@ from sqlmodel import Session
 from ledger.config import Settings, WebhookSource
 from ledger.db.models import IngestDelivery, IngestedSpan, OutboxRow, RetentionPrune, WebhookEvent
 from ledger.db.session import Database
+from ledger.outbox.enqueue import DELIVERED, DISCARDED
 
 log = structlog.get_logger("ledger.retention")
 
@@ -88,7 +89,13 @@ def targets(
                 _OUTBOX,
                 "created_at",
                 timedelta(days=outbox_days),
-                lambda c: (_OUTBOX.c.status == "delivered") & (_OUTBOX.c.delivered_at < c),
+                # Finished rows only, by when they finished: delivered, or discarded by an
+                # operator (the ledger entry of the discard keeps who and why). Pending and
+                # in-flight rows are work; dead rows wait for an operator.
+                lambda c: (
+                    ((_OUTBOX.c.status == DELIVERED) & (_OUTBOX.c.delivered_at < c))
+                    | ((_OUTBOX.c.status == DISCARDED) & (_OUTBOX.c.discarded_at < c))
+                ),
             )
         )
     timestamped = sorted(n for n, s in webhook_sources.items() if s.scheme in TIMESTAMPED_SCHEMES)

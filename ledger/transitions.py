@@ -19,6 +19,7 @@ from typing import Any, Literal
 from sqlalchemy import insert
 from sqlmodel import Session, col, select
 
+from ledger.clock import json_time, json_times
 from ledger.db.models import (
     Approval,
     BehaviorRow,
@@ -192,7 +193,7 @@ def record_result_sets(
             "outcome": str(result.outcome),
             "attributable": result.attributable,
             "source": source,
-            "evidence": dict(result.evidence),
+            "evidence": json_times(dict(result.evidence)),  # times as the API writes them
             "created_at": now,
         }
         for behavior_id, run_id, results in sets
@@ -430,7 +431,7 @@ def notify(
         "behavior": row.name,
         "tier": row.tier,
         "reason": reason,
-        "at": now.isoformat(),
+        "at": json_time(now),
         **extra,
     }
     channels = alert_channels_for(row, ctx, event)
@@ -1064,7 +1065,7 @@ def note_dead_letter(
         "event": "dead_letter",
         "behavior": row.name if row is not None else str(payload.get("behavior") or "outbox")[:63],
         "reason": reason,
-        "at": now.isoformat(),
+        "at": json_time(now),
         "outbox_id": outbox_id,
         "kind": kind,
     }
@@ -1105,6 +1106,7 @@ def retry_outbox_row(session: Session, row_id: int, *, actor: str, now: datetime
         )
     was = row.status
     row.status, row.attempts, row.next_attempt_at = PENDING, 0, now
+    row.discarded_at = None
     why = f"outbox row {row_id} ({row.kind}) queued again after being {was}"
     return _record_outbox_change(session, row, "outbox_retried", actor, why, was, now)
 
@@ -1124,6 +1126,7 @@ def discard_outbox_row(
         )
     was = row.status
     row.status = DISCARDED
+    row.discarded_at = now  # retention counts a discarded row's age from here
     row.last_error = f"discarded by {actor}: {reason}"[:4000]
     why = f"outbox row {row_id} ({row.kind}, {was}) discarded: {reason}"
     return _record_outbox_change(session, row, "outbox_discarded", actor, why, was, now)
@@ -1196,11 +1199,11 @@ def start_silence(
         kind="silenced",
         actor=actor,
         reason=f"alerts of {row.name if row else ALL_BEHAVIORS} silenced until "
-        f"{silence.ends_at.isoformat()}: {reason}",
+        f"{json_time(silence.ends_at)}: {reason}",
         now=now,
         behavior_id=silence.behavior_id,
         behavior_name=silence.behavior_name,
-        data={"silence_id": silence.id, "ends_at": silence.ends_at.isoformat()},
+        data={"silence_id": silence.id, "ends_at": json_time(silence.ends_at)},
     )
     return silence
 
@@ -1262,7 +1265,7 @@ def end_silence(
             "event": "silence_ended",
             "behavior": who,
             "reason": f"muted while it lasted ({silence.reason}): {summary}",
-            "at": now.isoformat(),
+            "at": json_time(now),
             "silence_id": silence_id,
             "muted": dict(silence.muted or {}),
         }

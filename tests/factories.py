@@ -24,7 +24,7 @@ DEMOTION_ALERT: dict[str, Any] = {
     "to": "B",
     "reason": "guardrail_block failed on run r-41",
     "evidence": [{"gate": "guardrail_block", "outcome": "fail", "run": "r-41"}],
-    "at": "2026-11-02T09:00:00+00:00",
+    "at": "2026-11-02T09:00:00Z",
 }
 
 VALID_BEHAVIOR = """\

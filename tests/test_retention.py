@@ -26,8 +26,10 @@ from ledger.db.models import (
 )
 from ledger.db.session import Database
 from ledger.errors import ConfigError
+from ledger.outbox.enqueue import KIND_LOG, enqueue, enqueue_alert
 from ledger.retention import prune, prune_target, targets
 from ledger.status import collect_storage
+from ledger.transitions import discard_outbox_row, retry_outbox_row
 from tests.factories import T0
 from tests.servers import ledger
 
@@ -70,13 +72,20 @@ def span(n: int, received: datetime) -> IngestedSpan:
     )
 
 
-def outbox(status: str, created: datetime, delivered: datetime | None = None) -> OutboxRow:
+def outbox(
+    status: str,
+    created: datetime,
+    delivered: datetime | None = None,
+    *,
+    discarded: datetime | None = None,
+) -> OutboxRow:
     return OutboxRow(
         kind="log",
         status=status,
         next_attempt_at=created,
         created_at=created,
         delivered_at=delivered,
+        discarded_at=discarded,
     )
 
 
@@ -135,6 +144,78 @@ def test_outbox_prunes_rows_delivered_over_7_days_ago_and_keeps_pending_and_dead
     assert count(db, OutboxRow) == 4
     assert count(db, OutboxRow, OutboxRow.status == "delivered") == 2
     assert count(db, OutboxRow, OutboxRow.status != "delivered") == 2
+
+
+def test_outbox_prunes_rows_discarded_over_7_days_ago_and_never_in_flight_or_dead_ones(
+    db: Database,
+) -> None:
+    old = T0 - 30 * DAY
+    add(
+        db,
+        outbox("discarded", old, discarded=T0 - 9 * DAY),  # pruned
+        outbox("discarded", old, discarded=T0 - 2 * DAY),  # discarded lately: kept
+        outbox("in_flight", old),
+        outbox("dead", old),
+        outbox("pending", old),
+    )
+
+    (result,) = prune(db, rules(spans_days=0, webhook_events_days=0), T0, batch_size=1000)
+
+    assert result.deleted == 1
+    assert count(db, OutboxRow, OutboxRow.status == "discarded") == 1
+    assert count(db, OutboxRow, OutboxRow.status.in_(["in_flight", "dead", "pending"])) == 3  # type: ignore[attr-defined]
+
+
+def test_a_discard_starts_the_retention_clock_and_a_retry_stops_it(db: Database) -> None:
+    """An old row discarded today is kept a full retention period; queued again, it is work."""
+    created = T0 - 30 * DAY
+    with db.transaction() as session:
+        row = enqueue(session, kind=KIND_LOG, payload={}, now=created, dedup_key="x")
+        assert row is not None
+        row_id = row.id or 0
+        discard_outbox_row(session, row_id, actor="ops", reason="target gone", now=T0 - DAY)
+    only_outbox = rules(spans_days=0, webhook_events_days=0)
+
+    prune(db, only_outbox, T0, batch_size=1000)
+    assert count(db, OutboxRow) == 1  # discarded a day ago
+
+    with db.transaction() as session:
+        retry_outbox_row(session, row_id, actor="ops", now=T0)
+        assert session.get(OutboxRow, row_id).discarded_at is None  # type: ignore[union-attr]
+    prune(db, only_outbox, T0 + 30 * DAY, batch_size=1000)
+    assert count(db, OutboxRow) == 1  # pending again: never pruned
+
+    with db.transaction() as session:
+        discard_outbox_row(session, row_id, actor="ops", reason="for good", now=T0 + DAY)
+    prune(db, only_outbox, T0 + 8 * DAY, batch_size=1000)
+    assert count(db, OutboxRow) == 1
+    prune(db, only_outbox, T0 + 9 * DAY, batch_size=1000)
+    assert count(db, OutboxRow) == 0
+
+
+def test_pruning_a_delivered_alert_never_lets_its_dedup_key_send_it_again(db: Database) -> None:
+    """An alert's key carries its window's start: once its row is pruned (the window long
+    over), the same event opens a new window under a new key, and repeats in that window fold
+    into one follow-up as before — never a second copy of an alert already sent."""
+    alert = {"event": "demotion", "behavior": "seo", "reason": "fail"}
+    with db.transaction() as session:
+        (first,) = enqueue_alert(session, alert, channels=["ops"], now=T0)
+        first.status, first.delivered_at = "delivered", T0
+        session.add(first)
+        first_key = first.dedup_key
+    prune(db, rules(spans_days=0, webhook_events_days=0), T0 + 8 * DAY, batch_size=1000)
+    assert count(db, OutboxRow) == 0
+
+    later = T0 + 8 * DAY
+    with db.transaction() as session:
+        (again,) = enqueue_alert(session, alert, channels=["ops"], now=later)
+        assert again.dedup_key != first_key
+        repeats = [
+            enqueue_alert(session, alert, channels=["ops"], now=later + n * timedelta(minutes=1))
+            for n in (1, 2)
+        ]
+    assert [len(r) for r in repeats] == [1, 0]  # one follow-up, updated by the next repeat
+    assert count(db, OutboxRow) == 2
 
 
 def test_webhook_events_of_timestamped_sources_are_pruned_github_and_unprocessed_ones_kept(

@@ -286,6 +286,7 @@ class OutboxRow(SQLModel, table=True):
     last_error: str | None = Field(default=None, max_length=4000)
     created_at: datetime = _ts()
     delivered_at: datetime | None = _ts(nullable=True)
+    discarded_at: datetime | None = _ts(nullable=True)  # when an operator gave up on it
 
 
 class IngestDelivery(SQLModel, table=True):

@@ -161,6 +161,22 @@ class NotionApi:
             sent += 1
         return sent
 
+    async def children(self, block_id: str) -> AsyncIterator[dict[str, Any]]:
+        """Every child block of a page or block, in order, page after page."""
+        cursor: str | None = None
+        while True:
+            body: dict[str, Any] = {"block_id": block_id, "page_size": PAGE_SIZE}
+            if cursor:
+                body["start_cursor"] = cursor
+            found = await self.call(
+                f"reading the blocks of {block_id}", self.client.blocks.children.list, **body
+            )
+            for block in found.get("results", []):
+                yield block
+            cursor = found.get("next_cursor")
+            if not found.get("has_more") or not cursor:
+                return
+
     async def retrieve_database(self, database_id: str) -> dict[str, Any]:
         result: dict[str, Any] = await self.call(
             f"reading database {database_id}",

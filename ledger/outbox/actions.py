@@ -21,7 +21,7 @@ import orjson
 import structlog
 from sqlmodel import Session
 
-from ledger.clock import Clock
+from ledger.clock import Clock, json_times
 from ledger.errors import SecretError
 from ledger.gates import Gate, GateResult, Outcome
 from ledger.outbox.dispatcher import (
@@ -63,7 +63,7 @@ def webhook_body(payload: Mapping[str, Any]) -> bytes:
             "tier": payload["tier"],
             "output": payload["output"],
             "payload_sha256": payload["payload_sha256"],
-            "at": payload["at"],
+            "at": json_times(payload["at"]),  # a row queued before the "Z" form too
         }
     )
 

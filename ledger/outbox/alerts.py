@@ -5,7 +5,7 @@ webhook, email over SMTP, the log, and (plugged in by the daemon) a Notion comme
 An alert is a JSON mapping::
 
     {"event": "demotion", "behavior": "seo-audit", "from": "C", "to": "B",
-     "reason": "...", "evidence": [...], "at": "2026-11-02T09:00:00+00:00"}
+     "reason": "...", "evidence": [...], "at": "2026-11-02T09:00:00Z"}
 
 ``enqueue_alert`` (the outbox write side, ``ledger.outbox.enqueue``) writes one outbox row per
 channel (so a channel that is down delays only itself); repeats of a behavior's event within
@@ -31,7 +31,7 @@ import structlog
 from pydantic import SecretStr
 from sqlmodel import Session
 
-from ledger.clock import Clock
+from ledger.clock import Clock, json_times
 from ledger.errors import LedgerError
 from ledger.gates import Tier
 from ledger.logging import mask_text
@@ -608,7 +608,7 @@ def alert_handler(channels: Mapping[str, AlertChannel]) -> Handler:
                 f"alert channel {name!r} is not configured (requeue it once it is)",
                 permanent=True,
             )
-        await channel.send(alert, item)
+        await channel.send(json_times(alert), item)  # a row queued before the "Z" form too
 
     return deliver
 

@@ -25,6 +25,7 @@ from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlmodel import Session, col, select
 
+from ledger.clock import json_time, json_times
 from ledger.db.models import AlertWindow, OutboxRow, Silence
 from ledger.errors import SecretError
 from ledger.secrets import is_reference
@@ -93,14 +94,17 @@ def enqueue(
     """Add an outbox row in the caller's open transaction (flushed, not committed).
 
     Returns the row, or None when a row with the same ``dedup_key`` already exists (whatever its
-    status): the duplicate is dropped without error. ``payload`` must be JSON and must hold
-    secret *references*, never resolved values. ``not_before`` delays the first attempt.
+    status): the duplicate is dropped without error. Retention prunes delivered and discarded
+    rows, after which their key is free again: a key must name one occurrence (a run, a
+    window's start, an entry id), never something that can happen again later. ``payload``
+    must be JSON and must hold secret *references*, never resolved values. ``not_before``
+    delays the first attempt.
     """
     values: dict[str, Any] = {
         "kind": kind,
         "behavior_id": behavior_id,
         "dedup_key": dedup_key,
-        "payload": payload,
+        "payload": json_times(payload),  # times as the API writes them: "…Z"
         "status": PENDING,
         "attempts": 0,
         "next_attempt_at": not_before or now,
@@ -237,7 +241,7 @@ def _fold(
             **body,
             "count": state.count,
             "window_seconds": int(window.total_seconds()),
-            "first_at": state.started_at.isoformat(),
+            "first_at": json_time(state.started_at),
         },
     }
     if state.followup_id is not None:
@@ -280,7 +284,7 @@ def enqueue_alert(
     ``alert.demotion`` kind, which the dispatcher claims before anything else."""
     if not alert.get("event") or not alert.get("behavior"):
         raise ValueError("an alert needs an event and a behavior")
-    body = {**alert, "at": alert.get("at") or now.isoformat()}
+    body = json_times({**alert, "at": alert.get("at") or json_time(now)})
     silences = active_silences(session, str(body["behavior"]), now)
     if silences:
         _mute(session, silences, str(body["event"]))
@@ -336,7 +340,7 @@ def enqueue_action(
         "tier": tier,
         "output": output,
         "payload_sha256": hashlib.sha256(output.encode("utf-8")).hexdigest(),
-        "at": now.isoformat(),
+        "at": json_time(now),
     }
     opts = dict(options or {})
     if kind == KIND_WEBHOOK:

@@ -40,7 +40,7 @@ from sqlalchemy import text, update
 from sqlmodel import Session, col, select
 
 from ledger.behaviors.schema import Behavior, Canvas, vendor_of
-from ledger.clock import Clock
+from ledger.clock import Clock, json_time
 from ledger.db.models import LIVE_RUN, BehaviorRow, ModelHealth, Run, RunCall
 from ledger.db.session import Database
 from ledger.errors import NotFoundError, SecretError
@@ -1019,7 +1019,7 @@ class MultiModelRunner:
                 f"fit the {budget.reset} budget of ${budget.usd}",
                 "budget_usd": budget.usd,
                 "reset": budget.reset,
-                "window_start": plan.budget_window.isoformat() if plan.budget_window else None,
+                "window_start": json_time(plan.budget_window) if plan.budget_window else None,
                 "estimate_usd": amount,
             },
         )

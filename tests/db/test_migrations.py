@@ -9,11 +9,12 @@ import orjson
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect, text
+from sqlalchemy import column, inspect, select, table, text
 from sqlmodel import SQLModel
 
 from ledger.db.engine import make_engine
 from ledger.db.migrate import current_revision, upgrade
+from ledger.db.models import UTCDateTime
 from tests.factories import T0
 
 
@@ -213,5 +214,32 @@ def test_0014_fills_each_behaviors_recent_costs_from_its_last_runs_with_a_cost(
         recent = {bid: v if isinstance(v, list) else orjson.loads(v) for bid, v in rows}
         assert recent[2] == []
         assert recent[1] == pytest.approx([0.01 * (i + 1) for i in range(6, 25)] + [0.7])
+    finally:
+        engine.dispose()
+
+
+def test_0015_gives_rows_discarded_before_it_the_upgrade_time(empty_database_url: str) -> None:
+    """Retention counts a discarded row's age from ``discarded_at``: rows discarded before the
+    column existed count from the upgrade, so none is pruned early."""
+    engine = make_engine(empty_database_url)
+    try:
+        upgrade(engine, "0014_cost_anomaly")
+        with engine.begin() as conn:
+            for status in ("discarded", "delivered", "dead"):
+                conn.execute(
+                    text(
+                        "INSERT INTO outbox (kind, payload, status, attempts, next_attempt_at, "
+                        "created_at) VALUES ('action.log', '{}', :s, 1, :t, :t)"
+                    ),
+                    {"s": status, "t": T0},
+                )
+        upgrade(engine)
+        outbox = table("outbox", column("status"), column("discarded_at", UTCDateTime()))
+        with engine.connect() as conn:
+            rows = {s: at for s, at in conn.execute(select(outbox.c.status, outbox.c.discarded_at))}
+        assert rows["discarded"] is not None and rows["discarded"] > T0
+        assert rows["delivered"] is None and rows["dead"] is None
+        _downgrade(engine, "0014_cost_anomaly")
+        assert "discarded_at" not in {c["name"] for c in inspect(engine).get_columns("outbox")}
     finally:
         engine.dispose()

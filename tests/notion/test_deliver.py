@@ -7,15 +7,19 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 from pydantic import SecretStr
+from sqlmodel import select
 
 from ledger.behaviors.registry import reconcile_directory
 from ledger.clock import FakeClock
 from ledger.config import Settings
+from ledger.db.models import OutboxRow
 from ledger.db.session import Database
 from ledger.logging import configure_logging
 from ledger.notion.deliver import NotionCommentChannel, NotionDeliverer
@@ -24,7 +28,7 @@ from ledger.notion.mirror import Mirror
 from ledger.notion.schema import init_workspace
 from ledger.notion.setup import open_api
 from ledger.notion.store import save_workspace
-from ledger.outbox.dispatcher import OutboxItem
+from ledger.outbox.dispatcher import OutboxItem, RetryPolicy, dispatch_one
 from ledger.outbox.enqueue import KIND_MIRROR, enqueue_action
 from ledger.runner.run import CallOutcome, SlotClaim, begin_run, claim_slots, finish_run
 from ledger.transitions import PolicyContext, lock_behavior, operator_action
@@ -185,6 +189,110 @@ async def test_notion_actions_resolve_the_database_and_batch_appends(
         if r["method"] == "PATCH" and r["path"].endswith(ROOT + "/children")
     ]
     assert len(appends) == 3  # 251 blocks, 100 at a time
+
+
+class Crash(BaseException):
+    """The daemon dies: nothing after this point runs (the dispatcher records no outcome)."""
+
+
+def crash_after(api: Any, method: str, calls: int = 1) -> None:
+    """The ``calls``-th request of ``method`` reaches Notion, then the process dies before
+    the answer is recorded."""
+    real = getattr(api, method)
+    seen = [0]
+
+    async def reach_notion_then_die(*args: Any, **kwargs: Any) -> Any:
+        answer = await real(*args, **kwargs)
+        seen[0] += 1
+        if seen[0] == calls:
+            setattr(api, method, real)
+            raise Crash
+        return answer
+
+    setattr(api, method, reach_notion_then_die)
+
+
+async def deliver_through_a_crash(db: Database, deliverer: NotionDeliverer) -> None:
+    """One attempt dies mid-delivery (row left in flight); after its lease, the retry."""
+    clock = FakeClock(T0)
+    with pytest.raises(Crash):
+        await dispatch_one(db, deliverer.handlers(), clock)
+    clock.advance(RetryPolicy().lease + timedelta(seconds=1))
+    assert await dispatch_one(db, deliverer.handlers(), clock)
+    with db.transaction() as session:
+        (row,) = session.exec(select(OutboxRow)).all()
+        assert (row.status, row.attempts) == ("delivered", 2)
+
+
+def queue_action(db: Database, action: str, output: str, **options: str) -> None:
+    with db.transaction() as session:
+        enqueue_action(
+            session,
+            action=action,
+            behavior="alpha",
+            run_id="run-9",
+            tier="C",
+            output=output,
+            now=T0,
+            options=options,
+        )
+
+
+def texts(workspace: Any, parent: str) -> list[str]:
+    return [
+        workspace.blocks[b]["paragraph"]["rich_text"][0]["plain_text"]
+        for b in workspace.children.get(parent, [])
+    ]
+
+
+@pytest.mark.parametrize(
+    ("dies_in", "pieces"),
+    [("create_page", 3), ("create_page", 150), ("append", 150)],
+    ids=["creating", "creating-a-long-page", "appending-the-rest"],
+)
+async def test_a_page_created_before_the_daemon_died_is_found_on_retry_not_made_twice(
+    settings: Settings, notion_sim: NotionSim, db: Database, dies_in: str, pieces: int
+) -> None:
+    database_id = _user_database(notion_sim, "Published")
+    api = open_api(settings)
+    deliverer = NotionDeliverer(Mirror(db, api, FakeClock(T0), CTX))
+    output = "".join(f"{n:<2000}" for n in range(pieces))  # one paragraph per 2,000 characters
+    queue_action(db, "notion_page", output, database_id=database_id, title="{run_id}")
+    crash_after(api, dies_in)
+    try:
+        await deliver_through_a_crash(db, deliverer)
+    finally:
+        await api.aclose()
+    source = notion_sim.workspace.databases[database_id]["_data_source_ids"][0]
+    (page,) = notion_sim.rows(source)
+    assert page["properties"]["Ledger run"]["rich_text"][0]["plain_text"] == "run-9"
+    assert [t.strip() for t in texts(notion_sim.workspace, page["id"])] == [
+        str(n) for n in range(pieces)
+    ]
+    creates = [
+        r for r in notion_sim.requests() if r["method"] == "POST" and r["path"] == "/v1/pages"
+    ]
+    assert len(creates) == 1
+
+
+@pytest.mark.parametrize("dies_after", [1, 2], ids=["first-batch", "second-batch"])
+async def test_blocks_appended_before_the_daemon_died_are_not_appended_again(
+    settings: Settings, notion_sim: NotionSim, db: Database, dies_after: int
+) -> None:
+    api = open_api(settings)
+    deliverer = NotionDeliverer(Mirror(db, api, FakeClock(T0), CTX))
+    output = "".join(f"{n:<2000}" for n in range(250))  # 251 blocks with the head: 3 requests
+    queue_action(db, "notion_append", output, page_id=ROOT)
+    crash_after(api, "append", calls=dies_after)
+    try:
+        await deliver_through_a_crash(db, deliverer)
+    finally:
+        await api.aclose()
+    lines = texts(notion_sim.workspace, ROOT)
+    assert lines[0] == "alpha · run run-9 · 2026-11-02T09:00:00Z"
+    assert [t.strip() for t in lines[1:]] == [str(n) for n in range(250)]
+    appends = [r for r in notion_sim.requests() if r["method"] == "PATCH"]
+    assert len(appends) == 3
 
 
 async def test_each_verified_webhook_event_appends_one_line_to_the_event_log(

@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 import pytest
+from sqlmodel import col, update
 from structlog.testing import capture_logs
 
 from ledger.clock import FakeClock
@@ -79,10 +80,35 @@ async def test_a_webhook_action_posts_the_output_signed_over_timestamp_and_body(
         "tier": "C",
         "output": output,
         "payload_sha256": hashlib.sha256(output.encode()).hexdigest(),
-        "at": T0.isoformat(),
+        "at": "2026-11-02T09:00:00Z",  # as the API writes times
     }
     assert request.headers["x-ledger-delivery"] == "r-1"
     assert get(db, row_id).status == "delivered"
+
+
+async def test_a_webhook_action_queued_before_the_z_form_is_sent_with_z_and_signed_as_sent(
+    db: Database, hook_env: Any
+) -> None:
+    """A row stored by an older version says "+00:00": it is sent in the API's "Z" form, and
+    the signature covers the body as sent."""
+    clock = FakeClock(T0 + timedelta(seconds=30))
+    row_id = queue(db)
+    assert row_id is not None
+    with db.transaction() as session:
+        session.execute(
+            update(OutboxRow)
+            .where(col(OutboxRow.id) == row_id)
+            .values(payload={**get(db, row_id).payload, "at": "2026-11-02T09:00:00.250000+00:00"})
+        )
+    async with capture_server() as capture, make_client() as client:
+        hook_env(capture)
+        handlers = action_handlers(ActionDeliverer(client, clock, allow_private=True))
+        assert await dispatch_one(db, handlers, clock)
+    (request,) = capture.to("/action")
+    verify_generic(
+        request.headers[GENERIC_HEADER.lower()], request.body, [SECRET], now=clock.now().timestamp()
+    )
+    assert request.json()["at"] == "2026-11-02T09:00:00.250000Z"
 
 
 def test_the_outbox_row_holds_references_never_resolved_values(

@@ -11,7 +11,7 @@ from pydantic import SecretStr
 from sqlmodel import col, select
 from structlog.testing import capture_logs
 
-from ledger.clock import FakeClock
+from ledger.clock import FakeClock, json_time
 from ledger.db.models import OutboxRow
 from ledger.db.session import Database
 from ledger.outbox.alerts import (
@@ -52,7 +52,7 @@ def test_a_demotion_reads_as_plain_english_with_tier_meanings() -> None:
         "guardrail_block failed on run r-41\n"
         "Evidence:\n"
         "- gate guardrail_block, outcome fail, run r-41\n"
-        "At 2026-11-02T09:00:00+00:00"
+        "At 2026-11-02T09:00:00Z"
     )
 
 
@@ -118,7 +118,7 @@ def test_the_slack_message_has_fallback_text_and_escaped_blocks() -> None:
     assert link["text"]["text"] == (
         "<https://ledger.example.com/behaviors/seo-audit|Open seo-audit in the dashboard>"
     )
-    assert context["elements"] == [{"type": "mrkdwn", "text": "At 2026-11-02T09:00:00+00:00"}]
+    assert context["elements"] == [{"type": "mrkdwn", "text": "At 2026-11-02T09:00:00Z"}]
 
 
 def test_without_a_public_url_the_slack_message_has_no_dashboard_link() -> None:
@@ -177,7 +177,7 @@ def test_the_first_alert_goes_at_once_and_repeats_fold_into_one_follow_up(db: Da
     assert pending.kind == KIND_DEMOTION_ALERT
     alert = pending.payload["alert"]
     assert (alert["count"], alert["reason"], alert["window_seconds"]) == (4, "r-44", 900)
-    assert alert["first_at"] == T0.isoformat()
+    assert alert["first_at"] == json_time(T0) == "2026-11-02T09:00:00Z"
     # After the window: a new window, sent at once.
     again = queue(db, DEMOTION, ["slack"], window=window, now=T0 + timedelta(minutes=16))
     assert len(again) == 1
@@ -200,7 +200,7 @@ def test_only_demotions_get_the_demotion_kind(db: Database) -> None:
     with db.transaction() as session:
         row = session.get(OutboxRow, row_id)
         assert row is not None and row.kind == KIND_ALERT
-        assert row.payload["alert"]["at"] == T0.isoformat()
+        assert row.payload["alert"]["at"] == json_time(T0)
 
 
 def test_an_alert_without_event_or_behavior_is_refused(db: Database) -> None:
@@ -245,6 +245,43 @@ async def test_the_signed_webhook_channel_verifies_with_the_shared_secret(db: Da
         "alert": DEMOTION,
         "delivery": row_id,
     }
+
+
+async def test_alerts_go_out_with_z_times_even_from_rows_stored_with_plus_00_00(
+    db: Database,
+) -> None:
+    """Times in a delivered alert are the API's ("…Z"): those the daemon writes now, and those
+    of a row an older version stored with "+00:00" (a follow-up's ``first_at`` too); the
+    signature covers the body as sent."""
+    clock = FakeClock(T0)
+    old = {**DEMOTION, "at": "2026-11-02T09:00:00+00:00", "first_at": "2026-11-02T08:50:00+00:00"}
+    with db.transaction() as session:
+        (fresh,) = enqueue_alert(session, {**DEMOTION, "at": None}, channels=["ops"], now=T0)
+        assert fresh.payload["alert"]["at"] == "2026-11-02T09:00:00Z"
+        stored = OutboxRow(
+            kind=KIND_ALERT,
+            payload={"channel": "ops", "behavior": "seo-audit", "alert": old},
+            next_attempt_at=T0,
+            created_at=T0,
+        )
+        session.add(stored)
+    async with capture_server() as capture, make_client() as client:
+        channel = SignedWebhookChannel(
+            "ops", SecretStr(capture.url("/ops")), SecretStr("whsec-ops"), client, clock, True
+        )
+        assert await dispatch_one(db, alert_handlers({"ops": channel}), clock)
+        assert await dispatch_one(db, alert_handlers({"ops": channel}), clock)
+    requests = capture.to("/ops")
+    assert len(requests) == 2
+    for request in requests:
+        verify_generic(
+            request.headers[GENERIC_HEADER.lower()], request.body, ["whsec-ops"], now=T0.timestamp()
+        )
+        alert = request.json()["alert"]
+        assert alert["at"] == "2026-11-02T09:00:00Z"
+        assert "+00:00" not in request.body.decode()
+    assert requests[1].json()["alert"]["first_at"] == "2026-11-02T08:50:00Z"
+    assert "At 2026-11-02T09:00:00Z" in requests[1].json()["text"]
 
 
 async def test_slack_answering_429_is_retried_after_its_retry_after(db: Database) -> None:

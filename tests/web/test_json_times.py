@@ -14,18 +14,21 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlmodel import select
 
 from ledger.behaviors.registry import reconcile_directory
-from ledger.clock import SystemClock, json_time
+from ledger.clock import SystemClock, json_time, json_times
 from ledger.config import Settings
-from ledger.db.models import OutboxRow, PromotionProposal
+from ledger.db.models import GateResultRow, LedgerEntry, OutboxRow, PromotionProposal
 from ledger.db.session import Database
+from ledger.gates import Gate, GateResult, Outcome
+from ledger.journal import append_entry, verify
 from ledger.outbox.manage import silence
 from ledger.runner.run import CallOutcome, SlotClaim, begin_run, claim_slots, finish_run
 from ledger.tokens import create_token
-from ledger.transitions import PolicyContext, lock_behavior
+from ledger.transitions import PolicyContext, lock_behavior, record_results
 from ledger.web.app import create_app
-from tests.board_rows import span_row
+from tests.board_rows import behavior_row, span_row
 from tests.daemon import ledger
 from tests.factories import VALID_BEHAVIOR, write_behavior
 
@@ -51,6 +54,50 @@ def times(value: Any, path: str = "") -> list[tuple[str, str]]:
     if isinstance(value, str) and LOOKS_LIKE_TIME.match(value):
         return [(path, value)]
     return []
+
+
+def test_json_times_writes_datetimes_and_old_plus_00_00_times_in_the_z_form() -> None:
+    at = datetime(2026, 12, 5, 22, 18, 37, 250000, tzinfo=UTC)
+    blob = {
+        "at": at,
+        "old": "2026-12-05T22:18:37+00:00",
+        "nested": [{"first_at": "2026-12-05T22:18:37.250000+00:00"}],
+        "other_zone": "2026-12-05T22:18:37+01:00",  # not UTC: left as it is
+        "date": "2026-12-05",
+        "text": "at 2026-12-05T22:18:37+00:00 it failed",  # a sentence, not a time
+        "n": 3,
+    }
+    assert json_times(blob) == {
+        "at": "2026-12-05T22:18:37.250000Z",
+        "old": "2026-12-05T22:18:37Z",
+        "nested": [{"first_at": "2026-12-05T22:18:37.250000Z"}],
+        "other_zone": "2026-12-05T22:18:37+01:00",
+        "date": "2026-12-05",
+        "text": "at 2026-12-05T22:18:37+00:00 it failed",
+        "n": 3,
+    }
+
+
+def test_stored_evidence_and_ledger_data_write_times_in_the_z_form(db: Database) -> None:
+    """Gate evidence and a ledger entry's data are stored with "Z" times, whatever the caller
+    wrote; the hash chain still verifies."""
+    now = datetime(2026, 12, 5, 22, 0, tzinfo=UTC)
+    with db.transaction() as session:
+        row = behavior_row(session, "times", now=now)
+        (stored,) = record_results(
+            session,
+            row,
+            [GateResult(Gate.SPEND_CAP, Outcome.FAIL, True, {"window_start": now.isoformat()})],
+            now=now,
+            source="runner",
+        )
+        append_entry(session, kind="note", actor="t", reason="r", now=now, data={"at": now})
+    with db.transaction() as session:
+        evidence = session.get(GateResultRow, stored.result_id).evidence  # type: ignore[union-attr]
+        entry = session.exec(select(LedgerEntry)).one()
+        assert evidence["window_start"] == "2026-12-05T22:00:00Z"
+        assert entry.data == {"at": "2026-12-05T22:00:00Z"}
+        assert verify(session).ok
 
 
 def test_json_time_is_utc_with_a_z_and_microseconds_only_when_there_are_some() -> None:
