@@ -173,6 +173,12 @@ class Settings(BaseSettings):
         "which deliveries are refused with 429 + Retry-After, which OpenRouter retries; 0: "
         "no bound.",
     )
+    ingest_processor: Literal["process", "thread"] = Field(
+        default="process",
+        description="Where the broadcast processor (spend, gates from broadcast) runs: in a "
+        "child process of its own, on another core at a lower CPU priority than the receiver "
+        "(restarted if it dies), or in a thread of the daemon's process.",
+    )
     webhook_sources: dict[str, WebhookSource] = Field(default_factory=dict)
     alert_channels: dict[str, AlertChannelConfig] = Field(
         default_factory=dict,

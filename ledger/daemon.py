@@ -30,7 +30,7 @@ from ledger import __version__
 from ledger.behaviors.load import check_resolved_keys, load_directory
 from ledger.behaviors.registry import ReconcileSummary, reconcile, registered_holders
 from ledger.behaviors.watch import rescan_periodically, watch_folder
-from ledger.clock import Clock
+from ledger.clock import Clock, SystemClock
 from ledger.config import Settings
 from ledger.db.models import BehaviorRow
 from ledger.db.session import Database
@@ -40,6 +40,7 @@ from ledger.http import backoff_delay
 from ledger.ingest.otlp import Limits
 from ledger.ingest.process import IngestProcessor
 from ledger.ingest.receiver import BroadcastAuth, Ingest, WebhookSourceConfig
+from ledger.ingest.worker import ProcessorProcess
 from ledger.ingest.writer import Backlog, SpanWriter
 from ledger.metrics import install_event_counters, observe_dispatch
 from ledger.notion.api import NotionApi
@@ -299,7 +300,7 @@ class Services:
 
     openrouter: OpenRouterClient
     runner: RunnerService
-    processor: IngestProcessor
+    processor: IngestProcessor | ProcessorProcess
     dispatcher: Dispatcher
     channels: AlertChannels
     outbound: httpx.AsyncClient
@@ -326,6 +327,36 @@ class Services:
             await self.notion.api.aclose()
         await self.openrouter.aclose()
         await self.outbound.aclose()
+
+
+def build_processor(
+    settings: Settings,
+    db: Database,
+    clock: Clock,
+    ctx: PolicyContext,
+    ingest_busy: Callable[[], bool] | None,
+    backlog: Backlog | None,
+) -> IngestProcessor | ProcessorProcess:
+    """The broadcast processor: in a child process (``ledger.ingest.worker``) unless
+    ``LEDGER_INGEST_PROCESSOR=thread``, the clock is not the system's (a child has its own)
+    or the database is an in-memory SQLite one (a child would open another)."""
+    url = settings.database_url
+    in_memory = url.startswith("sqlite") and (
+        url.rstrip("/").endswith(":memory:") or url in ("sqlite://", "sqlite:///")
+    )
+    if settings.ingest_processor == "process" and isinstance(clock, SystemClock) and not in_memory:
+        return ProcessorProcess(
+            url,
+            ctx,
+            sources=settings.webhook_sources,
+            ingest_busy=ingest_busy,
+            backlog=backlog,
+            log_format=settings.log_format,
+            log_level=settings.log_level,
+        )
+    return IngestProcessor(
+        db, clock, ctx, sources=settings.webhook_sources, ingest_busy=ingest_busy, backlog=backlog
+    )
 
 
 async def open_services(
@@ -366,14 +397,7 @@ async def open_services(
         lead_seconds=settings.runner_lead_seconds,
         lease=timedelta(seconds=settings.runner_lease_seconds),
     )
-    processor = IngestProcessor(
-        db,
-        clock,
-        ctx,
-        sources=settings.webhook_sources,
-        ingest_busy=ingest_busy,
-        backlog=backlog,
-    )
+    processor = build_processor(settings, db, clock, ctx, ingest_busy, backlog)
     outbound = make_client()
     notion = build_notion(settings, db, clock, ctx)
     channels = AlertChannels(settings, outbound, clock, alert_channel_types(notion))

@@ -208,6 +208,35 @@ def install_event_counters() -> None:
     _installed = True
 
 
+# The counters a service in another process (the broadcast processor's, ``ledger.ingest.worker``)
+# counts there and sends here: ``counts`` in that process, ``add_counts`` of the difference here.
+_SHARED_COUNTERS: Final[dict[str, tuple[Counter, tuple[str, ...]]]] = {
+    "ledger_runs": (RUNS, ("outcome",)),
+    "ledger_gate_results": (GATE_RESULTS, ("gate", "outcome")),
+    "ledger_tier_changes": (TIER_CHANGES, ("direction", "from_tier", "to_tier")),
+}
+
+
+def counts() -> dict[tuple[str, tuple[str, ...]], float]:
+    """This process's values of the shared counters: ``(name, label values) -> value``."""
+    out: dict[tuple[str, tuple[str, ...]], float] = {}
+    for name, (counter, label_names) in _SHARED_COUNTERS.items():
+        for metric in counter.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    labels = tuple(sample.labels[n] for n in label_names)
+                    out[(name, labels)] = sample.value
+    return out
+
+
+def add_counts(deltas: dict[tuple[str, tuple[str, ...]], float]) -> None:
+    """Add what another process counted (``counts`` differences) to this process's counters."""
+    for (name, labels), value in deltas.items():
+        entry = _SHARED_COUNTERS.get(name)
+        if entry is not None and value > 0:
+            entry[0].labels(*labels).inc(value)
+
+
 def count_broadcast_delivery(status_code: int) -> None:
     """A broadcast delivery was answered with ``status_code`` (2xx: accepted)."""
     BROADCAST_DELIVERIES.labels("accepted" if 200 <= status_code < 300 else "rejected").inc()

@@ -37,6 +37,11 @@ hypothesis_settings.register_profile("ci", derandomize=True, deadline=None, max_
 hypothesis_settings.register_profile("dev", deadline=None, max_examples=100)
 hypothesis_settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
+# The broadcast processor runs in the daemon's own thread in tests (a child process per daemon
+# would cost every test that opens one a second interpreter, and could not follow a test's
+# clock); tests/ingest/test_worker.py and the crash test run it in its process, the default.
+os.environ.setdefault("LEDGER_INGEST_PROCESSOR", "thread")
+
 BACKENDS = ["sqlite", *(["postgresql"] if PG_URL else [])]
 
 

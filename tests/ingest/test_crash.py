@@ -109,7 +109,13 @@ def _waiting(db: Database) -> int:
 async def test_every_acknowledged_delivery_survives_two_sigkills_exactly_once(
     database_url: str, start_daemon: Callable[..., Daemon]
 ) -> None:
-    env = {"LEDGER_BROADCAST_TOKENS": TOKEN, "LEDGER_WATCH": "false"}
+    # The processor in its own process (the default outside tests): a killed daemon's child
+    # finishes its batch and stops, the next daemon's takes over.
+    env = {
+        "LEDGER_BROADCAST_TOKENS": TOKEN,
+        "LEDGER_WATCH": "false",
+        "LEDGER_INGEST_PROCESSOR": "process",
+    }
     current = await asyncio.to_thread(start_daemon, database_url, env)
     acknowledged: set[int] = set()
     attempts = 0

@@ -1,0 +1,191 @@
+"""The broadcast processor in a process of its own (``LEDGER_INGEST_PROCESSOR=process``, the
+default outside tests): deliveries become spend and gate results as with the thread, what the
+child counts reaches the parent's ``/metrics``, a killed child is replaced without losing a
+delivery, and the child stops with its daemon — also when the daemon is killed.
+
+The daemon's app runs under uvicorn on a loopback port (``serve_app``), or as ``ledger serve``
+for the kill test; the child is a real spawned interpreter on the same database.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ledger.clock import Clock, FakeClock, SystemClock
+from ledger.config import Settings
+from ledger.daemon import build_policy_context, build_processor
+from ledger.db.session import Database
+from ledger.ingest.process import IngestProcessor
+from ledger.ingest.worker import ProcessorProcess
+from ledger.web.app import create_app
+from tests.factories import VALID_BEHAVIOR, write_behavior
+from tests.ingest.test_end_to_end import (
+    JSON,
+    TOKEN,
+    behavior,
+    ingest_summary,
+    openrouter_delivery,
+)
+from tests.servers import Daemon, serve_app, wait_until
+
+
+@pytest.fixture
+def alpha_settings(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """One behavior, ``alpha`` (key name ``alpha-key``, $1 a day, never scheduled during a
+    test), and the processor in its own process."""
+    body = VALID_BEHAVIOR.format(key_env="WORKER_ALPHA_KEY", name="alpha").replace(
+        "schedule: 15m", 'schedule: "0 0 1 1 *"'
+    )
+    write_behavior(tmp_path / "behaviors", "alpha", body)
+    monkeypatch.setenv("WORKER_ALPHA_KEY", "sk-or-v1-" + "b2" * 32)
+    return Settings(
+        database_url=database_url,
+        behaviors_dir=tmp_path / "behaviors",
+        broadcast_tokens=TOKEN,
+        auth="off",
+        watch=False,
+        ingest_processor="process",
+    )
+
+
+def send(base_url: str, cost_tokens: int) -> None:
+    body, _ = openrouter_delivery("alpha-key", cost_tokens, user="alpha")
+    response = httpx.post(f"{base_url}/v1/traces", content=body, headers=JSON, timeout=10)
+    assert response.status_code == 200, response.text
+
+
+def metric(base_url: str, name: str, **labels: str) -> float:
+    text = httpx.get(f"{base_url}/metrics", timeout=10).text
+    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    match = re.search(rf"^{name}\{{{re.escape(wanted)}\}} (\S+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def spans(base_url: str) -> int:
+    return len(behavior(base_url)["last_deliveries"])
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting to be reaped does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture
+def served(alpha_settings: Settings) -> Iterator[tuple[str, ProcessorProcess]]:
+    app = create_app(alpha_settings)
+    with serve_app(app) as base_url:
+        processor = app.state.ledger.services.processor
+        assert isinstance(processor, ProcessorProcess)
+        wait_until(lambda: processor.process is not None, 10, "the child to start")
+        yield base_url, processor
+    assert processor.process is not None
+    # The daemon stopped its child, which finished cleanly.
+    assert processor.process.returncode == 0
+    assert not alive(processor.process.pid)
+
+
+def test_a_child_process_applies_deliveries_and_its_counts_reach_metrics(
+    served: tuple[str, ProcessorProcess],
+) -> None:
+    base_url, processor = served
+    assert processor.process is not None and processor.process.pid != os.getpid()
+    send(base_url, 250_000)  # $0.25 of alpha's $1 a day
+    wait_until(lambda: spans(base_url) >= 3, 20, "the child to apply the delivery")
+    assert behavior(base_url)["spend"]["usd"] == pytest.approx(0.25)
+    before = metric(base_url, "ledger_gate_results_total", gate="spend_cap", outcome="fail")
+    send(base_url, 900_000)  # past the budget: the child records spend_cap
+    wait_until(
+        lambda: (
+            metric(base_url, "ledger_gate_results_total", gate="spend_cap", outcome="fail")
+            == before + 1
+        ),
+        20,
+        "the child's spend_cap result counted in the parent's /metrics",
+    )
+    assert behavior(base_url)["spend"]["usd"] == pytest.approx(1.15)
+    assert processor.restarts == 0
+
+
+def test_a_killed_child_is_replaced_and_no_delivery_is_lost(
+    served: tuple[str, ProcessorProcess],
+) -> None:
+    base_url, processor = served
+    assert processor.process is not None
+    first = processor.process.pid
+    os.kill(first, signal.SIGKILL)
+    # Acknowledged while no processor runs: they wait in the database.
+    for _ in range(5):
+        send(base_url, 1_000)
+    wait_until(lambda: processor.restarts == 1, 20, "the parent to notice")
+    wait_until(
+        lambda: behavior(base_url)["spend"]["usd"] == pytest.approx(0.005),
+        30,
+        "the new child to apply every delivery",
+    )
+    assert ingest_summary(base_url)["waiting_deliveries"] == 0
+    assert processor.process is not None and processor.process.pid != first
+    assert not alive(first)
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def test_the_child_of_a_killed_daemon_stops_by_itself(
+    database_url: str, start_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    daemon = start_daemon(
+        database_url,
+        {"LEDGER_BROADCAST_TOKENS": TOKEN, "LEDGER_INGEST_PROCESSOR": "process"},
+    )
+    found: list[int] = []
+
+    def spawned() -> bool:
+        found[:] = children(daemon.proc.pid)
+        return bool(found)
+
+    wait_until(spawned, 20, "ledger serve to start its processor")
+    (child,) = found
+    daemon.proc.kill()  # SIGKILL: the parent cannot stop its child
+    daemon.proc.wait(10)
+    deadline = time.monotonic() + 20
+    while alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(child), "the orphaned processor kept running"
+
+
+def test_the_processor_stays_in_a_thread_when_asked_on_a_test_clock_or_in_memory(
+    db: Database, tmp_path: Path
+) -> None:
+    """A child has the system's clock and opens the database again: a daemon on another
+    clock, or on an in-memory SQLite database, keeps the processor in its own thread."""
+    ctx = build_policy_context(Settings(behaviors_dir=tmp_path))
+    url = str(db.engine.url.render_as_string(hide_password=False))
+
+    def built(clock: Clock, **settings: Any) -> object:
+        merged = {"database_url": url, "behaviors_dir": tmp_path, **settings}
+        return build_processor(Settings(**merged), db, clock, ctx, None, None)
+
+    assert isinstance(built(SystemClock(), ingest_processor="process"), ProcessorProcess)
+    assert isinstance(built(SystemClock(), ingest_processor="thread"), IngestProcessor)
+    test_clock = FakeClock(SystemClock().now())
+    assert isinstance(built(test_clock, ingest_processor="process"), IngestProcessor)
+    for memory in ("sqlite://", "sqlite:///:memory:"):
+        chosen = built(SystemClock(), ingest_processor="process", database_url=memory)
+        assert isinstance(chosen, IngestProcessor)
