@@ -220,7 +220,12 @@ async def test_api_notion_walks_through_every_state(
     monkeypatch.setenv(TOKEN_ENV, "secret_revoked_" + "0" * 30)
     with _daemon(on, clock) as client:
         _pin(database_url, "alpha", clock.now())
-        wait_until(lambda: _notion(client)["state"] == "failing", timeout=30, what="a dead letter")
+        # Every write the pin queued is tried (and refused) before we count the dead letters.
+        wait_until(
+            lambda: (d := _notion(client))["state"] == "failing" and d["queued"] == 0,
+            timeout=30,
+            what="the pin's writes refused for good",
+        )
         doc = _notion(client)
         assert doc["dead"] >= 1 and doc["dead"] == len(doc["dead_letters"])
         assert "401" in (doc["dead_letters"][0]["error"] or "")
@@ -230,8 +235,10 @@ async def test_api_notion_walks_through_every_state(
     # Fixed, then retried as the advice says: in sync again.
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
     with _daemon(on, clock) as client:
-        for row_id in dead_ids:
-            assert client.post(f"/api/outbox/{row_id}/retry").status_code == 200
+        dead = client.get("/api/outbox", params={"status": "dead"}).json()["rows"]
+        assert {r["id"] for r in dead} >= set(dead_ids)
+        for row in dead:
+            assert client.post(f"/api/outbox/{row['id']}/retry").status_code == 200
         wait_until(
             lambda: (d := _notion(client))["state"] == "ok" and d["queued"] == 0,
             timeout=30,
