@@ -83,49 +83,31 @@ def init(
 @notion_app.command("status")
 def status(
     config: ConfigOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print what GET /api/notion answers.")] = (
+        False
+    ),
 ) -> None:
-    """The databases' ids, the Notion work queued, dead letters and the last sync."""
-    from ledger.clock import json_time
-    from ledger.notion.store import dead_notion_rows, load_workspace, notion_queue
+    """The databases' ids, the Notion work queued, dead letters, the last sync and poll, and
+    the mirror's state (ok, behind, failing…) with what to do about it."""
+    from datetime import UTC, datetime
+
+    from ledger.notion.health import mirror_status
 
     settings = _settings(config)
     db = _open_db(settings)
     try:
         with db.transaction() as session:
-            ws = load_workspace(session)
-            queue = notion_queue(session)
-            dead = [
-                {"id": r.id, "kind": r.kind, "error": r.last_error}
-                for r in dead_notion_rows(session)
-            ]
-            doc: dict[str, Any] = {
-                "configured": ws is not None,
-                "token": "set" if settings.notion_token is not None else "not set",
-                "base_url": settings.notion_base_url,
-                "databases": None
-                if ws is None
-                else {
-                    t: {
-                        "database_id": getattr(ws, f"{t}_database_id"),
-                        "data_source_id": getattr(ws, f"{t}_data_source_id"),
-                    }
-                    for t in ("behaviors", "ledger", "approvals")
-                },
-                "parent_page_id": ws.parent_page_id if ws else None,
-                "queued": queue.get("pending", 0) + queue.get("in_flight", 0),
-                "dead": queue.get("dead", 0),
-                "dead_letters": dead,
-                "last_sync_at": json_time(ws.last_sync_at) if ws and ws.last_sync_at else None,
-                "last_poll_at": json_time(ws.last_poll_at) if ws and ws.last_poll_at else None,
-                "ledger_entries_fed": ws.entry_cursor if ws else 0,
-            }
+            report = mirror_status(session, settings, datetime.now(UTC))
     finally:
         db.close()
+    doc = report.as_json()
     if as_json:
         print(json.dumps(doc, indent=2))
         return
-    if ws is None:
+    if report.state == "off" and not doc["configured"]:
+        print(f"Notion mirror: off. {report.advice}")
+        return
+    if not doc["configured"]:
         print("Notion mirror: not set up (run `ledger notion init --parent PAGE_ID`).")
         return
     print(f"Notion mirror under page {doc['parent_page_id']} ({doc['base_url']})")
@@ -134,8 +116,9 @@ def status(
     print(f"  queued: {doc['queued']}   dead letters: {doc['dead']}")
     last_sync, last_poll = doc["last_sync_at"] or "never", doc["last_poll_at"] or "never"
     print(f"  last sync: {last_sync}   last poll: {last_poll}")
-    for row in dead:
+    for row in doc["dead_letters"]:
         print(f"  dead #{row['id']} {row['kind']}: {row['error']}")
+    print(f"  state: {report.state.replace('_', ' ')}. {report.advice}")
 
 
 @notion_app.command("sync")

@@ -34,6 +34,7 @@ from ledger.db.models import (
 from ledger.errors import NotFoundError
 from ledger.explain import explain
 from ledger.gates import Tier
+from ledger.notion.health import mirror_status
 from ledger.runner.run import approve, check_manual_run, reject
 from ledger.runs import approval_requests, run_json
 from ledger.spend import DEFAULT_RESET, window_start
@@ -47,7 +48,7 @@ from ledger.web.read_routes import (
     Cursor,
     word,
 )
-from ledger.web.status_models import BehaviorList, StatusDocument
+from ledger.web.status_models import BehaviorList, NotionStatus, StatusDocument
 
 router = APIRouter(prefix="/api", tags=["api"])
 
@@ -81,6 +82,18 @@ def get_status(request: Request, _op: ViewerDep) -> Response:
     # Sent as built (already JSON-ready): validating 10,000 behaviors again would cost more
     # than collecting them.
     return Response(orjson.dumps(document), media_type="application/json")
+
+
+@router.get("/notion", response_model=NotionStatus)
+def get_notion(request: Request, _op: ViewerDep) -> Response:
+    """The Notion mirror: ``state`` (``off``, ``not_set_up``, ``ok``, ``behind``, ``failing``)
+    and a one-line ``advice`` (what to run or fix), then what ``ledger notion status --json``
+    prints: the databases, the Notion work queued (and since when), dead letters (the newest
+    ten, with Notion's message), the last full sync and the last approvals poll."""
+    state = _state(request)
+    with state.db.transaction() as session:
+        report = mirror_status(session, state.settings, _now(request))
+    return Response(orjson.dumps(report.as_json()), media_type="application/json")
 
 
 @router.get("/behaviors", response_model=BehaviorList)

@@ -1,6 +1,7 @@
-"""Response models of ``GET /api/status`` and ``GET /api/behaviors``: what the OpenAPI document
-shows of ``status.status_document``. The routes send the document as built (orjson), so these
-describe it; ``tests/web/test_read_api.py`` validates real answers against them."""
+"""Response models of ``GET /api/status``, ``GET /api/behaviors`` and ``GET /api/notion``: what
+the OpenAPI document shows of ``status.status_document`` and ``notion.health.mirror_status``.
+The routes send the documents as built (orjson), so these describe them; tests validate real
+answers against them (``tests/web/test_read_api.py``, ``tests/notion/test_health.py``)."""
 
 from __future__ import annotations
 
@@ -96,3 +97,35 @@ class BehaviorList(BaseModel):
     counts: list[TierTotal]
     invalid_files: list[InvalidFile]
     ingest: IngestCounts
+
+
+class NotionDatabase(BaseModel):
+    database_id: str
+    data_source_id: str
+
+
+class NotionDeadLetter(BaseModel):
+    id: int
+    kind: str
+    error: str | None
+
+
+class NotionStatus(BaseModel):
+    """The Notion mirror's status (``ledger.notion.health.mirror_status``): ``state`` and a
+    one-line ``advice`` first, then the facts ``ledger notion status --json`` prints."""
+
+    state: Literal["off", "not_set_up", "ok", "behind", "failing"]
+    advice: str
+    checked_at: datetime
+    configured: bool
+    token: Literal["set", "not set"]
+    base_url: str
+    databases: dict[str, NotionDatabase] | None
+    parent_page_id: str | None
+    queued: int
+    oldest_queued_at: datetime | None
+    dead: int
+    dead_letters: list[NotionDeadLetter]
+    last_sync_at: datetime | None
+    last_poll_at: datetime | None
+    ledger_entries_fed: int

@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -85,6 +86,21 @@ def make_mirror(
 ) -> Mirror:
     api = NotionApi(TOKEN, base_url=sim.base_url, limiter=limiter or TokenBucket())
     return Mirror(db, api, clock, PolicyContext(mirror=True), **kwargs)
+
+
+async def set_up_workspace(db: Database, sim: NotionSim, now: datetime) -> None:
+    """What ``ledger notion init`` does: create the three databases under ROOT (through the
+    real client), then store their ids."""
+    from ledger.notion.schema import init_workspace
+    from ledger.notion.store import save_workspace
+
+    api = NotionApi(TOKEN, base_url=sim.base_url, limiter=TokenBucket())
+    try:
+        ids = await init_workspace(api, ROOT)
+    finally:
+        await api.aclose()
+    with db.transaction() as session:
+        save_workspace(session, ids, now)
 
 
 FAST_RETRY = RetryPolicy(max_attempts=60, base_delay=0.05, max_delay=0.5)

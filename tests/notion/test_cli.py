@@ -22,8 +22,13 @@ def _env(tmp_path: Path, sim: NotionSim, token: str = f"env:{TOKEN_ENV}") -> dic
 def test_init_status_and_sync(tmp_path: Path, notion_sim: NotionSim) -> None:
     env = _env(tmp_path, notion_sim)
     assert ledger("db", "upgrade", cwd=tmp_path, env=env).returncode == 0
+    no_token = {k: v for k, v in env.items() if k != "LEDGER_NOTION_TOKEN"}
+    off = ledger("notion", "status", cwd=tmp_path, env=no_token)
+    assert off.stdout.startswith("Notion mirror: off. Notion is off: set LEDGER_NOTION_TOKEN")
     before = ledger("notion", "status", cwd=tmp_path, env=env)
     assert "not set up (run `ledger notion init --parent PAGE_ID`)" in before.stdout
+    before_json = json.loads(ledger("notion", "status", "--json", cwd=tmp_path, env=env).stdout)
+    assert before_json["state"] == "not_set_up" and before_json["configured"] is False
     init = ledger("notion", "init", "--parent", ROOT.replace("-", ""), cwd=tmp_path, env=env)
     assert init.returncode == 0, init.stderr
     again = ledger("notion", "init", "--parent", ROOT, cwd=tmp_path, env=env)
@@ -31,6 +36,11 @@ def test_init_status_and_sync(tmp_path: Path, notion_sim: NotionSim) -> None:
     status = json.loads(ledger("notion", "status", "--json", cwd=tmp_path, env=env).stdout)
     assert status["configured"] and status["queued"] == 0 and status["dead"] == 0
     assert set(status["databases"]) == {"behaviors", "ledger", "approvals"}
+    assert status["state"] == "ok" and status["last_poll_at"] is None
+    text = ledger("notion", "status", cwd=tmp_path, env=env).stdout.splitlines()
+    assert text[-3].startswith("  queued: 0   dead letters: 0")
+    assert text[-2] == "  last sync: never   last poll: never"
+    assert text[-1] == "  state: ok. Nothing to do: Notion follows the ledger."
     sync = ledger("notion", "sync", cwd=tmp_path, env=env)
     assert sync.returncode == 0, sync.stderr
     assert "0 rows compared" in sync.stdout

@@ -196,6 +196,7 @@ async def test_every_answer_writes_its_times_in_one_format(
         "/api/tokens",
         "/api/outbox",
         "/api/silences",
+        "/api/notion",
     )
     found: dict[str, list[tuple[str, str]]] = {}
     for path in paths:

@@ -1,13 +1,14 @@
 """The dashboard's change feed: one poller per daemon reads a cheap fingerprint of what the
 board and the approvals queue show (the newest ledger entry, the newest run, approvals pending
-and the newest request, behaviors registered) about every second while someone watches, and
-wakes the server-sent event streams when it changes. Browsers then fetch the board's or the
-queue's fragment again."""
+and the newest request, behaviors registered; the Notion mirror's state, every 10 seconds) about
+every second while someone watches, and wakes the server-sent event streams when it changes.
+Browsers then fetch the board's or the queue's fragment again."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -15,8 +16,10 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from ledger.db.models import Approval, BehaviorRow, LedgerEntry
+from ledger.notion.health import mirror_status
 
 POLL_SECONDS = 1.0
+NOTION_SECONDS = 10.0  # the Notion mirror's state is read this often at most (an outbox scan)
 STREAM_SECONDS = 25.0  # a stream ends after this (the browser reconnects), or at close()
 
 
@@ -100,9 +103,27 @@ class ChangeFeed:
             self._changed.notify_all()
 
 
-def database_fingerprint(state: Any) -> Callable[[], str]:
+def database_fingerprint(
+    state: Any,
+    notion_seconds: float = NOTION_SECONDS,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> Callable[[], str]:
+    """The board's fingerprint, and with Notion configured the mirror's state and dead letters
+    (``ledger.notion.health``), read at most every ``notion_seconds``: a dead letter or the
+    mirror falling behind changes what the board's indicator says without any ledger change."""
+    read_at, mark = -notion_seconds, ""
+
+    def notion_mark(session: Session) -> str:
+        nonlocal read_at, mark
+        if state.settings.notion_token is None:
+            return ""
+        if monotonic() - read_at >= notion_seconds:
+            report = mirror_status(session, state.settings, state.clock.now())
+            read_at, mark = monotonic(), f"{report.state}:{report.dead}"
+        return mark
+
     def read() -> str:
         with state.db.transaction() as session:
-            return fingerprint(session)
+            return f"{fingerprint(session)}-{notion_mark(session)}"
 
     return read

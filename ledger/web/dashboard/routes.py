@@ -29,6 +29,7 @@ from ledger.db.models import ApiToken, LedgerEntry
 from ledger.errors import InvalidRequestError, LedgerError, NotFoundError
 from ledger.gates import Tier
 from ledger.journal import VerifyResult, verify
+from ledger.notion.health import MirrorStatus, mirror_status
 from ledger.runner.run import approve, reject
 from ledger.tokens import digest
 from ledger.transitions import decline_proposal, operator_action
@@ -310,22 +311,27 @@ async def logout(request: Request) -> Response:
 # -- the tier board -----------------------------------------------------------------------
 
 
-def _board(request: Request, q: str) -> views.BoardPage:
+def _board(request: Request, q: str) -> tuple[views.BoardPage, MirrorStatus | None]:
+    """The board's columns, and the Notion mirror's status (None when Notion is off)."""
     state = _state(request)
     cursors = {t.value: _clean(request.query_params.get(f"after_{t.value}", ""), 200) for t in Tier}
+    now = _now(request)
     with state.db.transaction() as session:
-        return views.board(
-            session, _now(request), build_policy_context(state.settings), _clean(q, 200), cursors
+        page = views.board(
+            session, now, build_policy_context(state.settings), _clean(q, 200), cursors
         )
+        if state.settings.notion_token is None:  # off: nothing to show (nor to read)
+            return page, None
+        return page, mirror_status(session, state.settings, now)
 
 
 async def _board_response(request: Request, template: str, q: str) -> HTMLResponse:
     who = await viewer(request)
     try:
-        board = await asyncio.to_thread(_board, request, q)
+        board, notion = await asyncio.to_thread(_board, request, q)
     except InvalidRequestError as exc:
         return _page(request, "error.html", who, status_code=400, message=str(exc))
-    return _page(request, template, who, board=board, badges=views.badges)
+    return _page(request, template, who, board=board, badges=views.badges, notion=notion)
 
 
 @router.get("/", response_class=HTMLResponse)
