@@ -19,7 +19,7 @@ import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import sqlalchemy as sa
@@ -60,6 +60,7 @@ __all__ = ["FEED_OVERLAP", "Mirror", "SyncReport", "delivery_error"]
 log = structlog.get_logger("ledger.notion")
 
 FEED_BATCH: Final = 500
+FIRST_SYNC_MIN_SECONDS: Final = 60.0  # the first full comparison at least this long after start
 # Runs and behaviors are read by timestamp; a transaction that committed late with an earlier
 # stamp is still seen if it is within this overlap (re-queued rows are no-ops when unchanged).
 FEED_OVERLAP: Final = timedelta(seconds=60)
@@ -445,7 +446,9 @@ class Mirror:
         compare every row with Notion that often (what changes with time alone — failures
         leaving the window, the next promotion drawing near — and hand edits)."""
         loop = asyncio.get_running_loop()
-        next_sync = loop.time() + (sync_every or 0.0)
+        next_sync = loop.time()
+        if sync_every:
+            next_sync += await asyncio.to_thread(self._first_sync_in, sync_every)
         while not stop.is_set():
             try:
                 queued = await asyncio.to_thread(self.feed)
@@ -465,6 +468,20 @@ class Mirror:
                 log.exception("feeding the Notion mirror failed; retrying")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=every)
+
+    def _first_sync_in(self, sync_every: float) -> float:
+        """Seconds until the first full comparison: ``sync_every`` after the last one recorded
+        (a daemon restarted more often than that still compares), at least
+        ``FIRST_SYNC_MIN_SECONDS`` after start (the start itself stays light)."""
+        with self.db.transaction() as session:
+            ws = load_workspace(session)
+            last = ws.last_sync_at if ws is not None else None
+        if last is None:
+            return sync_every
+        if last.tzinfo is None:
+            last = last.replace(tzinfo=UTC)
+        due = (last - self.clock.now()).total_seconds() + sync_every
+        return min(sync_every, max(FIRST_SYNC_MIN_SECONDS, due))
 
     # -- full comparison -------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from ledger.behaviors.registry import reconcile_directory
 from ledger.clock import FakeClock
 from ledger.db.models import NotionPage, OutboxRow
 from ledger.db.session import Database
-from ledger.notion.mirror import Mirror
+from ledger.notion.mirror import FIRST_SYNC_MIN_SECONDS, Mirror
 from ledger.notion.render import behavior_key, entry_key
 from ledger.notion.schema import init_workspace
 from ledger.notion.store import load_workspace, save_workspace
@@ -24,7 +24,7 @@ from ledger.outbox.enqueue import KIND_MIRROR
 from ledger.transitions import PolicyContext, operator_action
 from tests.conftest import T0, write_behavior
 from tests.notion.checks import compare_with_ledger
-from tests.notion.conftest import ROOT, NotionSim, drain, make_mirror
+from tests.notion.conftest import ROOT, NotionSim, drain, make_mirror, set_up_workspace
 
 
 async def _setup(db: Database, sim: NotionSim, clock: FakeClock) -> Mirror:
@@ -210,3 +210,29 @@ async def test_two_replicas_writing_the_same_new_row_create_it_once(
     finally:
         await first.api.aclose()
         await second.api.aclose()
+
+
+async def test_the_first_full_sync_is_due_from_the_last_one_recorded_not_from_start(
+    db: Database, notion_sim: NotionSim
+) -> None:
+    """A daemon restarted more often than the sync interval still compares: the first full
+    sync after a start is due ``sync_every`` after the last recorded one (at least a minute
+    after start), so ``ledger notion status`` never judges a healthy mirror ``behind``."""
+    every = 6 * 3600.0
+    clock = FakeClock(T0)
+    mirror = make_mirror(db, notion_sim, clock)
+    try:
+        await set_up_workspace(db, notion_sim, T0)
+        assert mirror._first_sync_in(every) == every  # never synced: as before
+        for ago, expected in (
+            (timedelta(hours=7), FIRST_SYNC_MIN_SECONDS),  # overdue: soon after start
+            (timedelta(hours=1), 5 * 3600.0),
+            (timedelta(hours=6, seconds=-30), FIRST_SYNC_MIN_SECONDS),
+        ):
+            with db.transaction() as session:
+                ws = load_workspace(session)
+                assert ws is not None
+                ws.last_sync_at = T0 - ago
+            assert mirror._first_sync_in(every) == pytest.approx(expected)
+    finally:
+        await mirror.api.aclose()
