@@ -176,7 +176,7 @@ class Settings(BaseSettings):
     ingest_processor: Literal["process", "thread"] = Field(
         default="process",
         description="Where the broadcast processor (spend, gates from broadcast) runs: in a "
-        "child process of its own, on another core at a lower CPU priority than the receiver "
+        "child process of its own, on another core beside the receiver "
         "(restarted if it dies), or in a thread of the daemon's process.",
     )
     webhook_sources: dict[str, WebhookSource] = Field(default_factory=dict)

@@ -67,6 +67,11 @@ RUN_DURATION: Final = Histogram(
     buckets=(0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600),
     registry=REGISTRY,
 )
+PROCESSOR_RESTARTS: Final = Counter(
+    "ledger_broadcast_processor_restarts",
+    "Times the broadcast processor's child process exited unasked and was started again.",
+    registry=REGISTRY,
+)
 DISPATCH_LAG: Final = Histogram(
     "ledger_outbox_dispatch_lag_seconds",
     "From an outbox row's creation (the state change) to its delivery, retries included.",

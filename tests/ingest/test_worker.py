@@ -66,7 +66,8 @@ def send(base_url: str, cost_tokens: int) -> None:
 def metric(base_url: str, name: str, **labels: str) -> float:
     text = httpx.get(f"{base_url}/metrics", timeout=10).text
     wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    match = re.search(rf"^{name}\{{{re.escape(wanted)}\}} (\S+)$", text, re.M)
+    selector = rf"\{{{re.escape(wanted)}\}}" if labels else ""
+    match = re.search(rf"^{name}{selector} (\S+)$", text, re.M)
     return float(match.group(1)) if match else 0.0
 
 
@@ -125,6 +126,7 @@ def test_a_killed_child_is_replaced_and_no_delivery_is_lost(
     base_url, processor = served
     assert processor.process is not None
     first = processor.process.pid
+    restarts = metric(base_url, "ledger_broadcast_processor_restarts_total")
     os.kill(first, signal.SIGKILL)
     # Acknowledged while no processor runs: they wait in the database.
     for _ in range(5):
@@ -136,6 +138,7 @@ def test_a_killed_child_is_replaced_and_no_delivery_is_lost(
         "the new child to apply every delivery",
     )
     assert ingest_summary(base_url)["waiting_deliveries"] == 0
+    assert metric(base_url, "ledger_broadcast_processor_restarts_total") == restarts + 1
     assert processor.process is not None and processor.process.pid != first
     assert not alive(first)
 
