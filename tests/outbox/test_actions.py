@@ -59,12 +59,9 @@ def hook_env(monkeypatch: pytest.MonkeyPatch) -> Any:
     return point_at
 
 
-async def test_a_webhook_action_posts_the_output_signed_over_timestamp_and_body(
-    db: Database, hook_env: Any
-) -> None:
-    clock = FakeClock(T0 + timedelta(seconds=30))
-    row_id = queue(db)
-    assert row_id is not None
+async def deliver_signed(db: Database, hook_env: Any, clock: FakeClock) -> Any:
+    """Dispatch the queued webhook action to a capture server; the request it got, whose
+    signature verifies over the body as sent."""
     async with capture_server() as capture, make_client() as client:
         hook_env(capture)
         handlers = action_handlers(ActionDeliverer(client, clock, allow_private=True))
@@ -73,6 +70,16 @@ async def test_a_webhook_action_posts_the_output_signed_over_timestamp_and_body(
     verify_generic(
         request.headers[GENERIC_HEADER.lower()], request.body, [SECRET], now=clock.now().timestamp()
     )
+    return request
+
+
+async def test_a_webhook_action_posts_the_output_signed_over_timestamp_and_body(
+    db: Database, hook_env: Any
+) -> None:
+    clock = FakeClock(T0 + timedelta(seconds=30))
+    row_id = queue(db)
+    assert row_id is not None
+    request = await deliver_signed(db, hook_env, clock)
     output = '{"title": "Weekly digest"}'
     assert request.json() == {
         "behavior": "publisher",
@@ -100,14 +107,7 @@ async def test_a_webhook_action_queued_before_the_z_form_is_sent_with_z_and_sign
             .where(col(OutboxRow.id) == row_id)
             .values(payload={**get(db, row_id).payload, "at": "2026-11-02T09:00:00.250000+00:00"})
         )
-    async with capture_server() as capture, make_client() as client:
-        hook_env(capture)
-        handlers = action_handlers(ActionDeliverer(client, clock, allow_private=True))
-        assert await dispatch_one(db, handlers, clock)
-    (request,) = capture.to("/action")
-    verify_generic(
-        request.headers[GENERIC_HEADER.lower()], request.body, [SECRET], now=clock.now().timestamp()
-    )
+    request = await deliver_signed(db, hook_env, clock)
     assert request.json()["at"] == "2026-11-02T09:00:00.250000Z"
 
 
