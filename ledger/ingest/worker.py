@@ -148,6 +148,7 @@ class ProcessorProcess:
         finally:
             theirs.close()
         self.process = process
+        log.info("broadcast processor started in a process of its own", pid=process.pid)
         loop = asyncio.get_running_loop()
         try:
             conn.send(("config", self.config))
