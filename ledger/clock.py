@@ -22,19 +22,27 @@ def json_time(at: datetime) -> str:
 _OLD_UTC_TEXT: Final = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?\+00:00")
 
 
-def json_times(value: Any) -> Any:
+# The keys whose strings are times: ``at``, ``…_at``, ``window_start``, ``until``… Only these
+# are rewritten: a model's output, a reason or a title that happens to be a whole "+00:00" time
+# is text, and its digest must stay true.
+_TIME_KEY: Final = re.compile(r"(^|_)(at|start|end|ends|until|since|time)$")
+
+
+def json_times(value: Any, key: str | None = None) -> Any:
     """``value`` (a JSON-shaped blob: an alert, a payload, evidence, a ledger entry's data) with
     every time in the ``json_time`` form: ``datetime`` values, and whole strings that are a UTC
-    time written with ``+00:00`` (stored before the "Z" form, or built with ``isoformat()``).
-    Anything else — other strings, other offsets, keys — is returned as it is."""
+    time written with ``+00:00`` (stored before the "Z" form, or built with ``isoformat()``)
+    under a time's key (``_TIME_KEY``), or given alone (``key`` None: the caller says it is a
+    time). Anything else — other strings, other offsets, keys — is returned as it is."""
     if isinstance(value, datetime):
         return json_time(value)
     if isinstance(value, str):
-        return value[:-6] + "Z" if _OLD_UTC_TEXT.fullmatch(value) else value
+        is_time = key is None or _TIME_KEY.search(key) is not None
+        return value[:-6] + "Z" if is_time and _OLD_UTC_TEXT.fullmatch(value) else value
     if isinstance(value, Mapping):
-        return {k: json_times(v) for k, v in value.items()}
+        return {k: json_times(v, str(k)) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [json_times(v) for v in value]
+        return [json_times(v, key if key is not None else "") for v in value]
     return value
 
 

@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import structlog
+from pydantic import SecretStr
 
 from ledger.config import WebhookSource
 from ledger.ingest.writer import Backlog
@@ -70,7 +71,8 @@ SYNC_SECONDS: Final = 0.05  # how often the parent checks its child and "busy"
 METRICS_SECONDS: Final = 0.5  # how often the child sends what it counted
 RESTART_DELAYS: Final = (1.0, 2.0, 5.0, 10.0, 30.0)
 HEALTHY_SECONDS: Final = 60.0  # a child that ran this long restarts after the first delay
-STOP_SECONDS: Final = 30.0  # a stopping child finishes its batch within this, or is killed
+STOP_SECONDS: Final = 8.0  # a stopping child finishes its batch within this, or is killed
+# (within the 10 s the daemon gives each of its tasks to finish)
 
 
 class ProcessorProcess:
@@ -93,7 +95,12 @@ class ProcessorProcess:
         self.config: dict[str, Any] = {
             "database_url": database_url,
             "ctx": ctx,
-            "sources": dict(sources or {}),
+            # Webhook events are verified by the receiver: the child needs each source's
+            # binding, not its signing secrets.
+            "sources": {
+                name: source.model_copy(update={"secrets": SecretStr("")})
+                for name, source in (sources or {}).items()
+            },
             "limit": backlog.limit if backlog is not None else 0,
             "log_format": log_format,
             "log_level": log_level,
@@ -182,7 +189,8 @@ class ProcessorProcess:
         return process.returncode
 
     def _receive(self, conn: Connection) -> None:
-        """The child's messages: the backlog it measured, what it counted."""
+        """The child's messages: the backlog it measured, what it counted. At the socket's end
+        (the child is gone) it stops listening, so the loop does not spin on it."""
         from ledger.metrics import add_counts
 
         try:
@@ -193,7 +201,8 @@ class ProcessorProcess:
                 elif kind == "counts":
                     add_counts(value)
         except (EOFError, OSError):
-            return
+            with contextlib.suppress(ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(conn.fileno())
 
 
 class _SentBacklog(Backlog):
@@ -216,9 +225,12 @@ def main(fd: int) -> None:
     """The child process: the processor's loop until the parent says stop or is gone."""
     from ledger.logging import configure_logging
 
-    # Ctrl-C and a terminal's hang-up reach the whole process group: the parent stops it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # Ctrl-C, a terminal's hang-up and a service manager's SIGTERM reach the whole process
+    # group: the parent stops its child (its "stop", or the socket's end), which is not a crash
+    # to restart and count. No priority or resource changes here (nice, setrlimit): the systemd
+    # unit in deploy/ filters those system calls (@resources), and SIGSYS would kill the child.
+    for number in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(number, signal.SIG_IGN)
     conn = Connection(fd)
     try:
         kind, config = conn.recv()
@@ -263,11 +275,11 @@ async def _child(conn: Connection, config: dict[str, Any]) -> None:
                 elif kind == "stop":
                     stop_now()
         except (EOFError, OSError):
-            stop_now()  # the parent is gone
+            loop.remove_reader(conn.fileno())  # the parent is gone: stop listening, and stop
+            stop_now()
 
     loop = asyncio.get_running_loop()
     loop.add_reader(conn.fileno(), on_message)
-    loop.add_signal_handler(signal.SIGTERM, stop_now)
     sent: dict[Any, float] = {}
 
     def send_counts() -> None:
@@ -292,7 +304,8 @@ async def _child(conn: Connection, config: dict[str, Any]) -> None:
         stop.set()
         await shipper
         send_counts()
-        loop.remove_reader(conn.fileno())
+        with contextlib.suppress(ValueError, OSError):
+            loop.remove_reader(conn.fileno())
         db.close()
 
 

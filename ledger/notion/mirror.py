@@ -448,7 +448,11 @@ class Mirror:
         loop = asyncio.get_running_loop()
         next_sync = loop.time()
         if sync_every:
-            next_sync += await asyncio.to_thread(self._first_sync_in, sync_every)
+            try:
+                next_sync += await asyncio.to_thread(self._first_sync_in, sync_every)
+            except Exception:  # the database at start: the feed below must run regardless
+                log.exception("reading the last Notion sync failed; the next one is due later")
+                next_sync += sync_every
         while not stop.is_set():
             try:
                 queued = await asyncio.to_thread(self.feed)

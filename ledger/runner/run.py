@@ -824,9 +824,13 @@ def _judge_cost(r: _Recorded, row: BehaviorRow, counted: float | None) -> None:
     recent costs, which are on its locked row: no read of run history, no extra statement
     (the row is written anyway). The cost is the larger of the runner's figure and what
     broadcast counted so far. A pass is recorded only beside the output checks' (a run with
-    an output), so it never turns a failed call into a clean run."""
+    an output), so it never turns a failed call into a clean run. A run that failed for a
+    reason not the behavior's own (``provider_error``, ``auth_error``: retries billed, say) is
+    neither judged nor remembered: a provider's trouble must never move a tier (DESIGN.md)."""
     cost = max(r.outcome.cost_usd, counted or 0.0)
     if not cost > 0:
+        return
+    if any(res.outcome is Outcome.FAIL and not res.attributable for res in r.results):
         return
     c = r.plan.behavior.checks.cost_anomaly
     spec = CostAnomalySpec(c.enabled, c.factor, c.window_runs, c.min_runs, c.min_usd)

@@ -192,3 +192,38 @@ def test_the_processor_stays_in_a_thread_when_asked_on_a_test_clock_or_in_memory
     for memory in ("sqlite://", "sqlite:///:memory:"):
         chosen = built(SystemClock(), ingest_processor="process", database_url=memory)
         assert isinstance(chosen, IngestProcessor)
+
+
+def test_a_service_managers_sigterm_to_the_group_is_a_clean_stop_not_a_crash(
+    database_url: str, start_daemon: Callable[..., Daemon]
+) -> None:
+    """``systemctl stop`` signals every process of the unit: the child leaves stopping to its
+    parent, which stops it, exits 0 and neither restarts nor counts it as a crash."""
+    daemon = start_daemon(
+        database_url,
+        {"LEDGER_BROADCAST_TOKENS": TOKEN, "LEDGER_INGEST_PROCESSOR": "process"},
+    )
+    found: list[int] = []
+
+    def spawned() -> bool:
+        found[:] = children(daemon.proc.pid)
+        return bool(found)
+
+    wait_until(spawned, 20, "ledger serve to start its processor")
+    (child,) = found
+
+    def ignores_sigterm() -> bool:  # past its start-up (the imports)
+        status = Path(f"/proc/{child}/status").read_text()
+        mask = int(status.split("SigIgn:")[1].split()[0], 16)
+        return bool(mask & (1 << (signal.SIGTERM - 1)))
+
+    wait_until(ignores_sigterm, 20, "the child to start")
+    os.kill(child, signal.SIGTERM)  # the child first, as a group signal may reach it first
+    time.sleep(0.5)
+    assert alive(child)
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.proc.wait(20) == 0
+    assert not alive(child)
+    log = daemon.log()
+    assert "broadcast processor started in a process of its own" in log
+    assert "exited; starting another" not in log

@@ -216,8 +216,9 @@ def test_three_anomalies_in_ten_runs_demote_with_the_gate_named(
         assert "cost_anomaly" in entry.reason and "3 runs with an attributable warn" in entry.reason
 
 
-def test_a_failed_call_that_cost_money_warns_but_never_passes(db: Database, tmp_path: Path) -> None:
-    """A pass would make a failed call a clean run; an expensive failure is still a warn."""
+def test_a_call_that_failed_for_the_provider_is_never_judged(db: Database, tmp_path: Path) -> None:
+    """A provider's failure (retries billed, say) must not move a tier: an expensive one is no
+    cost_anomaly warn, a cheap one no pass, and neither enters the median."""
     bid = register_behavior(db, tmp_path, "C")
     plans = start(db, bid, list(range(7)))
     failed = CallOutcome(
@@ -231,7 +232,9 @@ def test_a_failed_call_that_cost_money_warns_but_never_passes(db: Database, tmp_
         cost_usd=0.2,
     )
     finish(db, plans, [*(answered(c) for c in STEADY), failed, expensive], 10)
-    assert cost_results(db) == [(plans[6].run_id, "warn", 0.2)]
+    assert cost_results(db) == []
+    with db.transaction() as session:
+        assert len(lock_behavior(session, id=bid).recent_costs) == len(STEADY)
 
 
 def test_broadcast_cost_counted_before_the_run_is_recorded_is_the_one_judged(

@@ -60,17 +60,22 @@ def test_json_times_writes_datetimes_and_old_plus_00_00_times_in_the_z_form() ->
     at = datetime(2026, 12, 5, 22, 18, 37, 250000, tzinfo=UTC)
     blob = {
         "at": at,
-        "old": "2026-12-05T22:18:37+00:00",
+        "old_at": "2026-12-05T22:18:37+00:00",
+        "window_start": ["2026-12-05T22:18:37+00:00"],
         "nested": [{"first_at": "2026-12-05T22:18:37.250000+00:00"}],
+        "output": "2026-12-05T22:18:37+00:00",  # a model's answer: text, its digest stays true
         "other_zone": "2026-12-05T22:18:37+01:00",  # not UTC: left as it is
         "date": "2026-12-05",
         "text": "at 2026-12-05T22:18:37+00:00 it failed",  # a sentence, not a time
         "n": 3,
     }
+    assert json_times("2026-12-05T22:18:37+00:00") == "2026-12-05T22:18:37Z"  # said to be a time
     assert json_times(blob) == {
         "at": "2026-12-05T22:18:37.250000Z",
-        "old": "2026-12-05T22:18:37Z",
+        "old_at": "2026-12-05T22:18:37Z",
+        "window_start": ["2026-12-05T22:18:37Z"],
         "nested": [{"first_at": "2026-12-05T22:18:37.250000Z"}],
+        "output": "2026-12-05T22:18:37+00:00",
         "other_zone": "2026-12-05T22:18:37+01:00",
         "date": "2026-12-05",
         "text": "at 2026-12-05T22:18:37+00:00 it failed",
