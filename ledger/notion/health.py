@@ -29,7 +29,7 @@ from sqlmodel import Session, col
 
 from ledger.clock import json_time
 from ledger.config import Settings
-from ledger.db.models import NotionWorkspace, OutboxRow
+from ledger.db.models import OUTBOX_OPEN, NotionWorkspace, OutboxRow
 from ledger.notion.store import NOTION_KINDS, dead_notion_rows, load_workspace
 
 __all__ = [
@@ -221,10 +221,7 @@ def mirror_status(session: Session, settings: Settings, now: datetime) -> Mirror
             sa.select(
                 col(OutboxRow.status), sa.func.count(), sa.func.min(col(OutboxRow.created_at))
             )
-            .where(
-                col(OutboxRow.kind).in_(NOTION_KINDS),
-                col(OutboxRow.status).in_((*_WAITING, "dead")),
-            )
+            .where(col(OutboxRow.kind).in_(NOTION_KINDS), sa.text(OUTBOX_OPEN))
             .group_by(col(OutboxRow.status))
         ).all()
     }
