@@ -23,6 +23,7 @@ from tests.servers import Daemon, wait_until
 
 DELIVERIES = 20_000
 CONCURRENCY = 48
+SEND_DEADLINE = 300.0  # seconds for every delivery to be acknowledged (~15 s here)
 TOKEN = "crash-test-token"
 SPAN_ID = "00000000000000a1"
 
@@ -154,7 +155,11 @@ async def test_every_acknowledged_delivery_survives_two_sigkills_exactly_once(
             await asyncio.to_thread(current.proc.wait, 10)
             current = await asyncio.to_thread(start_daemon, database_url, env)
 
-    await asyncio.gather(killer(), *(sender() for _ in range(CONCURRENCY)))
+    # Senders retry while the daemon is down; a daemon that never comes back (it died of
+    # something else) fails the test instead of hanging it.
+    await asyncio.wait_for(
+        asyncio.gather(killer(), *(sender() for _ in range(CONCURRENCY))), SEND_DEADLINE
+    )
     elapsed = time.monotonic() - started
 
     db = Database.open(database_url)
