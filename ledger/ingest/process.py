@@ -966,6 +966,11 @@ class IngestProcessor:
         self.wake = asyncio.Event()
         self._one_writer = db.engine.dialect.name == "sqlite"
 
+    def problem(self) -> str | None:
+        """Why deliveries are not being applied (for /readyz): in the daemon's own thread,
+        nothing this loop can tell (a failed pass is logged and retried)."""
+        return None
+
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             busy = self.ingest_busy is not None and self.ingest_busy()

@@ -71,6 +71,7 @@ SYNC_SECONDS: Final = 0.05  # how often the parent checks its child and "busy"
 METRICS_SECONDS: Final = 0.5  # how often the child sends what it counted
 RESTART_DELAYS: Final = (1.0, 2.0, 5.0, 10.0, 30.0)
 HEALTHY_SECONDS: Final = 60.0  # a child that ran this long restarts after the first delay
+CRASH_LOOP: Final = 3  # exits in a row (none running HEALTHY_SECONDS) that make /readyz fail
 STOP_SECONDS: Final = 8.0  # a stopping child finishes its batch within this, or is killed
 # (within the 10 s the daemon gives each of its tasks to finish)
 
@@ -110,9 +111,21 @@ class ProcessorProcess:
         self.wake = asyncio.Event()  # unused: the child polls the database itself
         self.process: subprocess.Popen[bytes] | None = None
         self.restarts = 0
+        self.failures = 0  # exits in a row, none after running HEALTHY_SECONDS
+        self.last_exit: int | None = None
+
+    def problem(self) -> str | None:
+        """Why broadcast deliveries are not being applied (for /readyz), or None: the child
+        keeps exiting (``CRASH_LOOP`` times in a row)."""
+        if self.failures < CRASH_LOOP:
+            return None
+        return (
+            f"the broadcast processor process keeps exiting ({self.failures} times in a row, "
+            f"last exit code {self.last_exit}): broadcast deliveries are stored but not applied; "
+            "its log says why"
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
-        failures = 0
         while not stop.is_set():
             started = time.monotonic()
             try:
@@ -123,9 +136,10 @@ class ProcessorProcess:
             if stop.is_set():
                 return
             if time.monotonic() - started >= HEALTHY_SECONDS:
-                failures = 0
-            delay = RESTART_DELAYS[min(failures, len(RESTART_DELAYS) - 1)]
-            failures += 1
+                self.failures = 0
+            delay = RESTART_DELAYS[min(self.failures, len(RESTART_DELAYS) - 1)]
+            self.failures += 1
+            self.last_exit = code
             self.restarts += 1
             PROCESSOR_RESTARTS.inc()
             log.error(
@@ -161,7 +175,10 @@ class ProcessorProcess:
             conn.send(("config", self.config))
             loop.add_reader(conn.fileno(), self._receive, conn)
             busy: bool | None = None
+            started = time.monotonic()
             while process.poll() is None and not stop.is_set():
+                if self.failures and time.monotonic() - started >= HEALTHY_SECONDS:
+                    self.failures = 0  # running well again: ready
                 now_busy = bool(self.ingest_busy and self.ingest_busy())
                 if now_busy != busy:
                     busy = now_busy

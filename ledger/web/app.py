@@ -262,8 +262,9 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
         responses={503: {"description": "Not ready: `reason` says what is wrong."}},
     )
     async def readyz(request: Request) -> JSONResponse:
-        """Readiness: the database answers, the scheduler is running and the outbox is not
-        stalled (no pending row has been due for ``outbox_stall_seconds``)."""
+        """Readiness: the database answers, the scheduler is running, the broadcast processor
+        is not crash-looping and the outbox is not stalled (no pending row has been due for
+        ``outbox_stall_seconds``)."""
         state = get_state(request)
 
         def overdue() -> float:
@@ -281,6 +282,9 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
         runner_problem = services.runner.problem() if services else "the services are not open"
         if runner_problem is not None:
             problems.append(runner_problem)
+        processor_problem = services.processor.problem() if services else None
+        if processor_problem is not None:
+            problems.append(processor_problem)
         if overdue_seconds > settings.outbox_stall_seconds:
             problems.append(
                 f"the outbox is stalled: a delivery has been due for {overdue_seconds:.0f} s "

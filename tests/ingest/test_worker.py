@@ -227,3 +227,27 @@ def test_a_service_managers_sigterm_to_the_group_is_a_clean_stop_not_a_crash(
     log = daemon.log()
     assert "broadcast processor started in a process of its own" in log
     assert "exited; starting another" not in log
+
+
+def test_a_child_that_keeps_exiting_makes_the_daemon_not_ready(
+    served: tuple[str, ProcessorProcess],
+) -> None:
+    """Three exits in a row: ``/readyz`` answers 503 and says why (a load balancer sends
+    deliveries elsewhere; an orchestrator can restart the daemon); the parent keeps trying."""
+    base_url, processor = served
+    assert httpx.get(f"{base_url}/readyz", timeout=10).status_code == 200
+    for n in range(1, 4):
+        current = processor.process
+        assert current is not None
+        wait_until(lambda pid=current.pid: alive(pid), 20, "the child to run")
+        os.kill(current.pid, signal.SIGKILL)
+        wait_until(lambda n=n: processor.failures == n, 20, "the parent to notice")
+        if n < 3:
+            wait_until(lambda c=current: processor.process is not c, 20, "a new child")
+    answer = httpx.get(f"{base_url}/readyz", timeout=10)
+    assert answer.status_code == 503
+    reason = answer.json()["reason"]
+    assert "broadcast processor process keeps exiting (3 times in a row" in reason
+    assert "last exit code -9" in reason
+    # It is started again after its back-off (5 s), and stopped cleanly with the daemon.
+    wait_until(lambda: processor.process is not current, 20, "the fourth child")
