@@ -62,7 +62,7 @@ from pydantic import SecretStr
 
 from ledger.config import WebhookSource
 from ledger.ingest.writer import Backlog
-from ledger.metrics import PROCESSOR_RESTARTS
+from ledger.metrics import PROCESSOR_RESTARTS, add_counts
 from ledger.transitions import PolicyContext
 
 log = structlog.get_logger("ledger.ingest")
@@ -208,8 +208,6 @@ class ProcessorProcess:
     def _receive(self, conn: Connection) -> None:
         """The child's messages: the backlog it measured, what it counted. At the socket's end
         (the child is gone) it stops listening, so the loop does not spin on it."""
-        from ledger.metrics import add_counts
-
         try:
             while conn.poll():
                 kind, value = conn.recv()

@@ -150,9 +150,8 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def test_the_child_of_a_killed_daemon_stops_by_itself(
-    database_url: str, start_daemon: Callable[..., Daemon], tmp_path: Path
-) -> None:
+def serve_with_child(start_daemon: Callable[..., Daemon], database_url: str) -> tuple[Daemon, int]:
+    """``ledger serve`` with the processor in its process, and the child's pid once started."""
     daemon = start_daemon(
         database_url,
         {"LEDGER_BROADCAST_TOKENS": TOKEN, "LEDGER_INGEST_PROCESSOR": "process"},
@@ -165,12 +164,16 @@ def test_the_child_of_a_killed_daemon_stops_by_itself(
 
     wait_until(spawned, 20, "ledger serve to start its processor")
     (child,) = found
+    return daemon, child
+
+
+def test_the_child_of_a_killed_daemon_stops_by_itself(
+    database_url: str, start_daemon: Callable[..., Daemon]
+) -> None:
+    daemon, child = serve_with_child(start_daemon, database_url)
     daemon.proc.kill()  # SIGKILL: the parent cannot stop its child
     daemon.proc.wait(10)
-    deadline = time.monotonic() + 20
-    while alive(child) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not alive(child), "the orphaned processor kept running"
+    wait_until(lambda: not alive(child), 20, "the orphaned processor to stop")
 
 
 def test_the_processor_stays_in_a_thread_when_asked_on_a_test_clock_or_in_memory(
@@ -199,18 +202,7 @@ def test_a_service_managers_sigterm_to_the_group_is_a_clean_stop_not_a_crash(
 ) -> None:
     """``systemctl stop`` signals every process of the unit: the child leaves stopping to its
     parent, which stops it, exits 0 and neither restarts nor counts it as a crash."""
-    daemon = start_daemon(
-        database_url,
-        {"LEDGER_BROADCAST_TOKENS": TOKEN, "LEDGER_INGEST_PROCESSOR": "process"},
-    )
-    found: list[int] = []
-
-    def spawned() -> bool:
-        found[:] = children(daemon.proc.pid)
-        return bool(found)
-
-    wait_until(spawned, 20, "ledger serve to start its processor")
-    (child,) = found
+    daemon, child = serve_with_child(start_daemon, database_url)
 
     def ignores_sigterm() -> bool:  # past its start-up (the imports)
         status = Path(f"/proc/{child}/status").read_text()
