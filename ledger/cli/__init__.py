@@ -806,7 +806,8 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default 8600).")] = None,
 ) -> None:
-    """Run the daemon: HTTP API + scheduler in one process, until SIGINT/SIGTERM."""
+    """Run the daemon (HTTP API, scheduler; broadcast processing in a child process, see
+    LEDGER_INGEST_PROCESSOR) until SIGINT/SIGTERM."""
     import uvicorn
 
     from ledger.web.app import create_app, startup_problems
