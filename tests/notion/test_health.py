@@ -302,3 +302,37 @@ def test_the_health_read_counts_notion_work_from_the_open_rows_index(
             conn.execute(sa.text("SET enable_seqscan = off"))  # a tiny table: ask for the index
             plan = " ".join(str(row[0]) for row in conn.execute(sa.text(f"EXPLAIN {sql}")))
     assert "ix_outbox_open_kind" in plan, plan
+
+
+def test_the_board_feed_changes_when_notion_work_drains(db: Database, tmp_path: Path) -> None:
+    """The board's change feed fingerprint covers the mirror's queue, so an indicator saying
+    "1 write queued" turns into "in sync" once the write is delivered (the state is "ok" both
+    times, and nothing else in the ledger changed)."""
+    from types import SimpleNamespace
+
+    import sqlalchemy as sa
+
+    from ledger.db.models import OutboxRow
+    from ledger.outbox.enqueue import KIND_MIRROR
+    from ledger.web.dashboard.feed import database_fingerprint
+
+    settings = Settings(behaviors_dir=tmp_path, notion_token=SecretStr("secret_x"))
+    state = SimpleNamespace(db=db, settings=settings, clock=FakeClock(T0))
+    with db.transaction() as session:
+        session.add(
+            OutboxRow(
+                kind=KIND_MIRROR,
+                dedup_key="feed-1",
+                payload={},
+                status="pending",
+                attempts=0,
+                next_attempt_at=T0,
+                created_at=T0,
+            )
+        )
+    read = database_fingerprint(state, notion_seconds=0.0)
+    queued = read()
+    assert read() == queued  # nothing changed: the same fingerprint
+    with db.transaction() as session:
+        session.execute(sa.update(OutboxRow).values(status="delivered"))
+    assert read() != queued

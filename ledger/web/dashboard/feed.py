@@ -108,9 +108,10 @@ def database_fingerprint(
     notion_seconds: float = NOTION_SECONDS,
     monotonic: Callable[[], float] = time.monotonic,
 ) -> Callable[[], str]:
-    """The board's fingerprint, and with Notion configured the mirror's state and dead letters
-    (``ledger.notion.health``), read at most every ``notion_seconds``: a dead letter or the
-    mirror falling behind changes what the board's indicator says without any ledger change."""
+    """The board's fingerprint, and with Notion configured the mirror's state, dead letters and
+    writes queued (``ledger.notion.health``), read at most every ``notion_seconds``: a dead
+    letter, the mirror falling behind or its queue draining ("1 write queued" → "in sync")
+    changes what the board's indicator says without any ledger change."""
     read_at, mark = -notion_seconds, ""
 
     def notion_mark(session: Session) -> str:
@@ -119,7 +120,7 @@ def database_fingerprint(
             return ""
         if monotonic() - read_at >= notion_seconds:
             report = mirror_status(session, state.settings, state.clock.now())
-            read_at, mark = monotonic(), f"{report.state}:{report.dead}"
+            read_at, mark = monotonic(), f"{report.state}:{report.dead}:{report.queued}"
         return mark
 
     def read() -> str:
