@@ -60,6 +60,12 @@ def _fill(template: str, payload: Mapping[str, Any]) -> str:
     return template
 
 
+def _missing_run_property(exc: NotionError) -> bool:
+    """Notion refused a request naming the ``Ledger run`` property (400: it no longer exists,
+    or is no longer text)."""
+    return exc.status_code == 400 and RUN_PROPERTY in str(exc)
+
+
 @dataclass(slots=True)
 class NotionDeliverer:
     """Delivers ``action.notion_*`` and event-log rows through the mirror's client."""
@@ -166,6 +172,33 @@ class NotionDeliverer:
             sent += len(batch)
             await asyncio.to_thread(self._record, key, target, {**extra, "blocks": sent})
 
+    async def _create_page(
+        self,
+        database_id: str,
+        run_id: str,
+        p: Mapping[str, Any],
+        first: list[dict[str, Any]],
+        state: Mapping[str, Any],
+    ) -> str:
+        """The page for ``run_id`` in ``database_id``: the one an earlier attempt created (when
+        ``state`` says one was being created), else a new one holding ``first``."""
+        source_id, title_name = await self._data_source(database_id)
+        found = await self._created_page(source_id, run_id) if state else None
+        if found is not None:
+            return found
+        await asyncio.to_thread(self._record, f"action:{run_id}", "", _PAGE | {"creating": True})
+        options = p.get("options") or {}
+        title = _fill(str(options.get("title") or "{behavior} {date}"), p)
+        page = await self.mirror.api.create_page(
+            {"type": "data_source_id", "data_source_id": source_id},
+            {
+                title_name: {"title": [_text(title[:2000])]},
+                RUN_PROPERTY: {"rich_text": [_text(run_id)]},
+            },
+            first,
+        )
+        return str(page["id"])
+
     async def deliver_page(self, item: OutboxItem) -> None:
         """A new row in the behavior's ``database_id`` (resolved to its data source): the
         title from the template, the run id in ``Ledger run``, the output (masked as stored)
@@ -190,20 +223,15 @@ class NotionDeliverer:
                     raise DeliveryError(
                         "the notion_page action needs a database_id", permanent=True
                     )
-                source_id, title_name = await self._data_source(database_id)
-                found = await self._created_page(source_id, run_id) if state else None
-                if found is None:
-                    await asyncio.to_thread(self._record, key, "", _PAGE | {"creating": True})
-                    title = _fill(str(options.get("title") or "{behavior} {date}"), p)
-                    page = await self.mirror.api.create_page(
-                        {"type": "data_source_id", "data_source_id": source_id},
-                        {
-                            title_name: {"title": [_text(title[:2000])]},
-                            RUN_PROPERTY: {"rich_text": [_text(run_id)]},
-                        },
-                        first,
-                    )
-                    found = str(page["id"])
+                try:
+                    found = await self._create_page(database_id, run_id, p, first, state)
+                except NotionError as exc:
+                    if not _missing_run_property(exc) or database_id not in self._sources:
+                        raise
+                    # The operator removed or renamed the column since this process cached the
+                    # data source: read it again (which adds the property back) and go on.
+                    del self._sources[database_id]
+                    found = await self._create_page(database_id, run_id, p, first, state)
                 page_id, state = found, _PAGE | {"blocks": len(first)}
                 await asyncio.to_thread(self._record, key, page_id, dict(state))
             await self._append_rest(key, page_id, content, state, own=True, extra=_PAGE)

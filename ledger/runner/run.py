@@ -826,12 +826,17 @@ def _judge_cost(r: _Recorded, row: BehaviorRow, counted: float | None) -> None:
     broadcast counted so far. A pass is recorded only beside the output checks' (a run with
     an output), so it never turns a failed call into a clean run. A run that failed for a
     reason not the behavior's own (``provider_error``, ``auth_error``: retries billed, say) is
-    neither judged nor remembered: a provider's trouble must never move a tier (DESIGN.md)."""
+    neither judged nor remembered: a provider's trouble must never move a tier (DESIGN.md);
+    nor is one answered by a model other than the preset's primary (OpenRouter's fallback
+    routing around an outage may pick a dearer model)."""
     cost = max(r.outcome.cost_usd, counted or 0.0)
     if not cost > 0:
         return
     if any(res.outcome is Outcome.FAIL and not res.attributable for res in r.results):
         return
+    o = r.outcome
+    if o.primary_model and o.model and o.model != o.primary_model:
+        return  # OpenRouter routed around the preset's model: its price is not the behavior's
     c = r.plan.behavior.checks.cost_anomaly
     spec = CostAnomalySpec(c.enabled, c.factor, c.window_runs, c.min_runs, c.min_usd)
     recent = row.recent_costs or []

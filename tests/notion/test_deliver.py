@@ -295,6 +295,56 @@ async def test_blocks_appended_before_the_daemon_died_are_not_appended_again(
     assert len(appends) == 3
 
 
+async def test_a_deleted_ledger_run_column_is_added_again(
+    settings: Settings, notion_sim: NotionSim, db: Database
+) -> None:
+    """An operator deletes the unfamiliar "Ledger run" column from their database while the
+    daemon runs: the next page is still created (the column is added back), not a dead
+    letter until the daemon restarts."""
+    import httpx
+
+    clock = FakeClock(T0)
+    database_id = _user_database(notion_sim, "Published")
+    api = open_api(settings)
+    deliverer = NotionDeliverer(Mirror(db, api, clock, CTX))
+    try:
+        for run_id in ("run-1", "run-2"):
+            with db.transaction() as session:
+                enqueue_action(
+                    session,
+                    action="notion_page",
+                    behavior="alpha",
+                    run_id=run_id,
+                    tier="C",
+                    output="hello",
+                    now=T0,
+                    options={"database_id": database_id},
+                )
+            assert await dispatch_one(db, deliverer.handlers(), clock)
+            if run_id == "run-1":
+                source = notion_sim.workspace.databases[database_id]["_data_source_ids"][0]
+                async with httpx.AsyncClient(base_url=notion_sim.base_url) as client:
+                    removed = await client.patch(
+                        f"/v1/data_sources/{source}",
+                        headers={
+                            "Authorization": f"Bearer {TOKEN}",
+                            "Notion-Version": "2025-09-03",
+                        },
+                        json={"properties": {"Ledger run": None}},
+                    )
+                    assert removed.status_code == 200, removed.text
+    finally:
+        await api.aclose()
+    with db.transaction() as session:
+        rows = {r.dedup_key: (r.status, r.last_error) for r in session.exec(select(OutboxRow))}
+    assert rows["action.notion_page:run-2"] == ("delivered", None), rows
+    runs = [
+        (page["properties"].get("Ledger run") or {}).get("rich_text") or []
+        for page in notion_sim.rows(source)
+    ]
+    assert "run-2" in [t[0]["plain_text"] for t in runs if t]
+
+
 async def test_each_verified_webhook_event_appends_one_line_to_the_event_log(
     settings: Settings, notion_sim: NotionSim, db: Database
 ) -> None:

@@ -24,6 +24,7 @@ from ledger.runner.openrouter import OpenRouterClient
 from ledger.runner.scheduler import RunnerService
 from ledger.runs import run_json
 from ledger.sim.openrouter import Preset, SimConfig, SimKey, run_in_background
+from ledger.sim.openrouter.config import Fault, ModelInfo
 from ledger.transitions import PolicyContext, lock_behavior
 from tests.factories import T0, write_behavior
 
@@ -131,3 +132,44 @@ async def test_runs_ten_times_dearer_warn_and_the_third_demotes(
     assert "cost_anomaly (run " + first[0] in story
     (gate,) = [g for g in shown["gate_results"] if g["gate"] == "cost_anomaly"]
     assert gate["outcome"] == "warn" and "10.0 times the median" in gate["reason"]
+
+
+async def test_a_dear_fallback_model_answering_is_not_the_behaviors_anomaly(
+    behavior: Database,
+) -> None:
+    """OpenRouter routes around the preset's model (an outage) to a fallback fifty times
+    dearer per token: the run costs well over five times the median, but no ``cost_anomaly``
+    is recorded and its cost does not move the median — a provider's routing must never move
+    a tier."""
+    db = behavior
+    dear_fallback = SimConfig(
+        presets={
+            "writer": Preset(
+                model="openai/gpt-4o-mini",
+                fallback_models=("openai/gpt-4o",),
+                input_price=PRICE,
+                output_price=2 * PRICE,
+            )
+        },
+        models={"openai/gpt-4o": ModelInfo(input_price=50 * PRICE, output_price=100 * PRICE)},
+        keys=[SimKey(key=KEY, name="ledger/alpha")],
+        faults=[Fault(kind="wrong_model")],
+    )
+    async with (
+        run_in_background(sim_config(PRICE)) as cheap,
+        run_in_background(dear_fallback) as routed,
+    ):
+        ran = await run_against(db, cheap, 6)
+        (fallback_run,) = await run_against(db, routed, 1)
+    with db.transaction() as session:
+        run = session.get(Run, fallback_run)
+        assert run is not None and run.model == "openai/gpt-4o"
+        median = (
+            sorted(row.recent_costs or [])[2]
+            if (row := session.exec(select(BehaviorRow)).one())
+            else 0
+        )
+        assert (run.cost_usd or 0) > 5 * median  # an anomaly, were it the behavior's own model
+        assert row.tier == "C"
+        assert max(row.recent_costs or []) == min(row.recent_costs or [])  # not remembered
+    assert [(r, o) for r, o, _e in anomalies(db)] == [(ran[5], "pass")]

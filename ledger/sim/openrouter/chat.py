@@ -398,6 +398,14 @@ async def chat_completions(request: Request) -> Response:
         return JSONResponse(refusal.body(), refusal.status, refusal.headers, background=task)
 
     answer = _answer(state, key, chat, faults)
+    if answer.model != target.model and (routed := state.models.get(answer.model)) is not None:
+        # A fallback answered: OpenRouter bills (and names the provider of) the model that did.
+        record = replace(
+            record,
+            input_unit_price=routed.input_price,
+            output_unit_price=routed.output_price,
+            provider_name=routed.provider or _provider_for(answer.model),
+        )
     record = replace(
         record,
         ended_at=state.config.clock(),
