@@ -87,6 +87,14 @@ def test_approve_or_reject_of_a_run_that_does_not_exist_says_so_and_where_it_loo
         assert result.stderr.rstrip().endswith(f" of {config}")
         assert "no approval request" not in result.stderr
         assert "Traceback" not in result.stderr
+    # Where there is no database, it says so and leaves no empty ledger.db behind.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    nowhere = {"LEDGER_DATABASE_URL": "sqlite:///./ledger.db"}
+    result = ledger("approve", "run-XYZ", cwd=empty, env=nowhere)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: no database at ./ledger.db yet: "), result.stderr
+    assert list(empty.iterdir()) == []
 
 
 def test_error_hints_carry_the_config_only_to_commands_that_take_one(
@@ -102,6 +110,12 @@ def test_error_hints_carry_the_config_only_to_commands_that_take_one(
     # No --config given: the hints are printed as they always were.
     plain = ledger("explain", "nobody", cwd=tmp_path, env={"LEDGER_DATABASE_URL": database_url})
     assert "(see `ledger status`)" in plain.stderr
+    status = ledger("status", "--config", str(config), cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert (
+        f"`ledger approvals --config {config}` lists them, `ledger approve RUN --config {config}`"
+        in status.stdout
+    )
     tokens = ledger("token", "list", "--config", str(config), cwd=tmp_path)
     assert tokens.returncode == 0, tokens.stderr
     assert f"--role viewer|operator|admin --config {config})" in tokens.stdout

@@ -777,12 +777,15 @@ def reject_run(
 @contextmanager
 def _looked_in(settings: Settings) -> Iterator[None]:
     """A NotFoundError (a run that is not there) says which database was searched: a run id
-    from another installation's list is not found in this one."""
+    from another installation's list is not found in this one. No database file is created
+    where there is none (a command pasted into another directory said so only after leaving
+    an empty ledger.db there)."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     from ledger.errors import NotFoundError
 
+    _require_database_file(settings.database_url)
     try:
         yield
     except NotFoundError as exc:
