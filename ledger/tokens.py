@@ -115,7 +115,7 @@ def create_token(
     if existing is not None:
         if existing.revoked_at is None:
             raise ConflictError(
-                f"a token named {name!r} exists: revoke it first (ledger token revoke {name}) "
+                f"a token named {name!r} exists: revoke it first (`ledger token revoke {name}`) "
                 "or choose another name"
             )
         session.delete(existing)
@@ -142,7 +142,7 @@ def revoke_token(session: Session, name: str, *, now: datetime) -> TokenInfo:
     """Revoke ``name`` at ``now``: it stops working at the next request."""
     row = session.exec(select(ApiToken).where(col(ApiToken.name) == name)).first()
     if row is None:
-        raise NotFoundError(f"no token named {name!r} (ledger token list shows them)")
+        raise NotFoundError(f"no token named {name!r} (`ledger token list` shows them)")
     if row.revoked_at is not None:
         raise ConflictError(
             f"the token {name!r} was already revoked at {row.revoked_at:%Y-%m-%d %H:%M} UTC"

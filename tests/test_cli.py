@@ -13,9 +13,23 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_validate_passes_on_the_shipped_examples(tmp_path: Path) -> None:
-    result = ledger("validate", str(REPO / "behaviors"), cwd=tmp_path)
+    references = (
+        "OPENROUTER_KEY_CONTENT_DIGEST",
+        "CONTENT_DIGEST_WEBHOOK_URL",
+        "CONTENT_DIGEST_WEBHOOK_SECRET",
+        "OPENROUTER_KEY_QUICK_DIGEST",
+        "OPENROUTER_KEY_SEO_AUDIT",
+    )
+    env = {name: f"value-of-{name.lower()}" for name in references}
+    result = ledger("validate", "--strict", str(REPO / "behaviors"), cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip().startswith("3 behavior file(s) valid")
+    # Without them, each reference is a warning (tests/test_cli_followups.py has the details).
+    unset = ledger(
+        "validate", str(REPO / "behaviors"), cwd=tmp_path, env=dict.fromkeys(references, "")
+    )
+    assert unset.returncode == 0, unset.stdout + unset.stderr
+    assert unset.stdout.count("warning: ") == len(references)
 
 
 def test_validate_prints_every_problem_and_exits_1(tmp_path: Path) -> None:
@@ -59,7 +73,7 @@ def test_validate_reports_every_problem_of_every_file_in_one_run(tmp_path: Path)
         "timeout: slow\n",
     )
     write_behavior(tmp_path, "digest", "schedule: 1h\npreset: p\napi_key: env:K\nprompt: hi\n")
-    result = ledger("validate", str(tmp_path), cwd=tmp_path)
+    result = ledger("validate", str(tmp_path), cwd=tmp_path, env={"K": "a-key-value"})
     assert result.returncode == 1
     fields = [line.split(": ")[1] for line in result.stdout.strip().splitlines()]
     assert fields == ["schedule", "api_key", "prompt", "timeout"]
@@ -82,7 +96,7 @@ def test_validate_keeps_a_shared_key_with_the_behavior_registered_with_it(
 ) -> None:
     body = "schedule: 1h\npreset: p\napi_key: env:K\nprompt: hi\n"
     write_behavior(tmp_path / "behaviors", "z-old", body)
-    env = {"LEDGER_DATABASE_URL": database_url}
+    env = {"LEDGER_DATABASE_URL": database_url, "K": "a-key-value"}
     assert ledger("db", "upgrade", cwd=tmp_path, env=env).returncode == 0
     from ledger.behaviors.registry import reconcile_directory
     from ledger.db.session import Database

@@ -10,7 +10,7 @@ import difflib
 import hashlib
 import re
 import string
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,10 +40,27 @@ class LoadedBehavior:
     positions: dict[str, tuple[int, int]] = field(default_factory=dict)
     warnings: tuple[Problem, ...] = ()
     """Valid but probably not meant (``Behavior.warnings``): shown, never refused."""
+    references: tuple[Reference, ...] = ()
+    """The secret references the file names (its key, a webhook's url and secret…)."""
 
     @property
     def name(self) -> str:
         return self.behavior.name
+
+
+REFERENCE_FIELDS = frozenset({"api_key", "url", "secret"})
+"""The fields that hold a secret reference (``env:NAME`` / ``file:PATH``), wherever they are."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """A secret reference written in a behavior file: where, in which field, and the
+    reference itself (never a value)."""
+
+    field: str
+    reference: str
+    line: int
+    column: int
 
 
 Holders = Mapping[tuple[str, str], str]
@@ -276,6 +293,7 @@ def _load(path: Path) -> tuple[LoadedBehavior | None, list[Problem], _Claim | No
                 Problem(where, *_position(data, tuple(f.split(".")), value=True), f, message)
                 for f, message in behavior.warnings()
             ),
+            references=tuple(_references(data, ())),
         ),
         [],
         claim,
@@ -521,6 +539,45 @@ def _position(data: Node, loc: tuple[Any, ...], *, value: bool) -> tuple[int, in
         mark = key.start_mark if (not value and i == len(loc) - 1) else node.start_mark
         line, col = mark.line + 1, mark.column + 1
     return line, col
+
+
+def _references(node: Node, loc: tuple[Any, ...]) -> Iterator[Reference]:
+    """Every secret reference under ``node``: a REFERENCE_FIELDS key whose value is one."""
+    if isinstance(node, MappingNode):
+        for key, value in node.value:
+            name = str(key.value)
+            if (
+                name in REFERENCE_FIELDS
+                and isinstance(value, ScalarNode)
+                and isinstance(value.value, str)
+                and is_reference(value.value)
+            ):
+                mark = value.start_mark
+                yield Reference(
+                    _dotted((*loc, name)), value.value.strip(), mark.line + 1, mark.column + 1
+                )
+            else:
+                yield from _references(value, (*loc, name))
+    elif isinstance(node, SequenceNode):
+        for i, item in enumerate(node.value):
+            yield from _references(item, (*loc, i))
+
+
+def unresolved_references(report: LoadReport) -> list[Problem]:
+    """Each secret reference of the valid files that cannot be resolved here (an unset or
+    empty variable, an unreadable or empty file; a relative ``file:`` is read from the file's
+    folder), located at its value. The message names the reference, never a value."""
+    from ledger.errors import SecretError
+    from ledger.secrets import resolve
+
+    problems: list[Problem] = []
+    for lb in report.behaviors:
+        for ref in lb.references:
+            try:
+                resolve(ref.reference, base_dir=lb.path.parent)
+            except SecretError as exc:
+                problems.append(Problem(str(lb.path), ref.line, ref.column, ref.field, str(exc)))
+    return problems
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:

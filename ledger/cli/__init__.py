@@ -5,6 +5,8 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import re
+import shlex
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ledger import __version__
@@ -21,6 +24,7 @@ from ledger.cli.demo import HELP as DEMO_HELP
 from ledger.cli.demo import demo
 from ledger.cli.multi import canvas_app
 from ledger.cli.notion import notion_app
+from ledger.cli.options import ConfigOption
 from ledger.config import Settings, load_settings
 from ledger.errors import LedgerError
 from ledger.logging import configure_logging
@@ -51,21 +55,75 @@ app.command("demo", help=DEMO_HELP)(demo)
 
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        "-c",
-        help="ledger.toml to read (default: $LEDGER_CONFIG or ./ledger.toml if present).",
-        dir_okay=False,
-    ),
-]
-
 
 def _settings(config: Path | None, **overrides: Any) -> Settings:
+    _given.config = config
     settings = load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
     configure_logging(settings.log_format, settings.log_level)
     return settings
+
+
+class _Given:
+    """What this invocation was given that the commands it prints must carry: the command tree
+    (which commands take --config) and the --config path, absolute (a command pasted into
+    another directory or shell must read the same configuration)."""
+
+    def __init__(self) -> None:
+        self.root: Any = None
+        self._config: Path | None = None
+
+    @property
+    def config(self) -> Path | None:
+        return self._config
+
+    @config.setter
+    def config(self, value: Path | None) -> None:
+        self._config = None if value is None else Path(os.path.abspath(value.expanduser()))
+
+
+_given = _Given()
+_COMMAND_RE = re.compile(r"`(ledger(?: [^`]*)?)`")
+
+
+def command(*words: str) -> str:
+    """``ledger WORDS…`` as this invocation's operator would type it next: with the --config
+    they gave, when the command takes one (a command printed without it reads another
+    configuration, or none, wherever it is pasted)."""
+    return _with_config("ledger " + " ".join(words))
+
+
+def carry_config(text: str) -> str:
+    """``text`` with each `ledger …` command it quotes (between backticks) given this
+    invocation's --config, as ``command`` does."""
+    if _given.config is None or "`ledger" not in text:
+        return text
+    return _COMMAND_RE.sub(lambda m: f"`{_with_config(m.group(1))}`", text)
+
+
+def _with_config(line: str) -> str:
+    if _given.config is None or " --config" in line or not _takes_config(line.split()[1:]):
+        return line
+    return f"{line} --config {shlex.quote(str(_given.config))}"
+
+
+def _takes_config(words: list[str]) -> bool:
+    """Whether ``ledger WORDS…`` names a command with a --config option (groups are known by
+    their ``commands``: Typer may bring its own copy of click)."""
+    cmd = _given.root
+    if cmd is None:
+        return False
+    for word in words:
+        if not hasattr(cmd, "commands"):
+            break
+        sub = cmd.commands.get(word) or cmd.commands.get(getattr(cmd, "default_command", ""))
+        if sub is None:
+            return False
+        cmd = sub
+    if hasattr(cmd, "commands"):
+        cmd = cmd.commands.get(getattr(cmd, "default_command", ""))
+        if cmd is None:
+            return False
+    return any("--config" in p.opts for p in cmd.params)
 
 
 @contextmanager
@@ -117,8 +175,10 @@ def _operator_name() -> str:
 
 @app.callback(invoke_without_command=True)
 def _root(
+    ctx: typer.Context,
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
 ) -> None:
+    _given.root, _given.config = ctx.command, None
     if version:
         print(f"promotion-ledger {__version__}")
         raise typer.Exit(0)
@@ -148,9 +208,19 @@ def validate(
         Path | None, typer.Argument(help="Behaviors folder (default: the configured one).")
     ] = None,
     config: ConfigOption = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="A secret reference (env:NAME, file:PATH) that does not resolve in this shell "
+            "is an error (exit 1), not a warning.",
+        ),
+    ] = False,
 ) -> None:
-    """Check every behavior file; print each problem as path:line:col: field: message."""
-    from ledger.behaviors.load import load_directory
+    """Check every behavior file; print each problem as path:line:col: field: message. Each
+    secret reference (api_key, a webhook's url and secret…) that does not resolve in this
+    shell is a warning: the daemon resolves them in its own environment (--strict: an error)."""
+    from ledger.behaviors.load import load_directory, unresolved_references
 
     database_url: str | None = None
     try:
@@ -166,14 +236,27 @@ def validate(
     report = load_directory(folder, holders)
     if report.folder_error:
         raise LedgerError(report.folder_error)
-    for problem in report.problems:
+    unresolved = unresolved_references(report)
+    problems = report.problems + (unresolved if strict else [])
+    for problem in problems:
         print(problem.render())
-    for warning in report.warnings:
+    for warning in report.warnings + ([] if strict else unresolved):
         print(f"warning: {warning.render()}")
+    if unresolved:
+        how = (
+            "errors (--strict)"
+            if strict
+            else "warnings: the daemon resolves them in its own environment; "
+            "--strict makes them errors"
+        )
+        print(
+            f"{len(unresolved)} secret reference(s) do not resolve in this shell: {how}",
+            file=sys.stderr,
+        )
     files = len(report.files_seen)
-    if report.problems:
-        bad = len(report.problems_by_path())
-        print(f"{len(report.problems)} problem(s) in {bad} of {files} file(s)", file=sys.stderr)
+    if problems:
+        bad = len({p.path for p in problems})
+        print(f"{len(problems)} problem(s) in {bad} of {files} file(s)", file=sys.stderr)
         raise typer.Exit(1)
     print(f"{files} behavior file(s) valid in {folder}")
 
@@ -357,14 +440,17 @@ def _print_status(
         out.print(table)
     else:
         out.print(
-            f"No behaviors registered yet. Start the daemon — `ledger serve` — and it registers "
-            f"every valid file in {settings.behaviors_dir} (check them first with "
-            "`ledger validate`; `ledger init` writes examples).",
+            carry_config(
+                f"No behaviors registered yet. Start the daemon — `ledger serve` — and it "
+                f"registers every valid file in {settings.behaviors_dir} (check them first with "
+                "`ledger validate`; `ledger init` writes examples)."
+            ),
             highlight=False,
+            markup=False,
         )
 
     def warn(text: str) -> None:
-        out.print(f"[yellow]{text}[/yellow]", highlight=False)
+        out.print(f"[yellow]{escape(carry_config(text))}[/yellow]", highlight=False)
 
     for b in behaviors:
         name = b["name"]
@@ -403,7 +489,8 @@ def _print_status(
         out.print(fp["problems"], highlight=False)
     outbox = doc["outbox"]
     dead = (
-        f" · [yellow]{outbox['dead']} dead-lettered[/yellow] (`ledger outbox list --status dead`)"
+        f" · [yellow]{outbox['dead']} dead-lettered[/yellow] "
+        f"({escape(carry_config('`ledger outbox list --status dead`'))})"
     )
     out.print(
         f"outbox: {outbox['queued']} queued"
@@ -575,7 +662,7 @@ def _operator(
             ctx=_policy_ctx(settings),
             to=target,
         )
-    print(message)
+    print(carry_config(message))
 
 
 TierOption = Annotated[
@@ -631,7 +718,8 @@ def decline(name: NameArg, reason: ReasonOption, config: ConfigOption = None) ->
 
     settings = _settings(config)
     with _transaction(settings) as session:
-        print(decline_proposal(session, name, reason=reason, actor=_operator_name(), now=_now()))
+        message = decline_proposal(session, name, reason=reason, actor=_operator_name(), now=_now())
+    print(carry_config(message))
 
 
 @app.command("approve")
@@ -651,18 +739,17 @@ def approve_run(
     from ledger.runner.run import approve
 
     settings = _settings(config)
-    with _transaction(settings) as session:
-        print(
-            approve(
-                session,
-                run_id,
-                actor=_operator_name(),
-                now=_now(),
-                ctx=_policy_ctx(settings),
-                payload_sha256=payload_sha256,
-                reason=reason,
-            )
+    with _looked_in(settings), _transaction(settings) as session:
+        message = approve(
+            session,
+            run_id,
+            actor=_operator_name(),
+            now=_now(),
+            ctx=_policy_ctx(settings),
+            payload_sha256=payload_sha256,
+            reason=reason,
         )
+    print(carry_config(message))
 
 
 @app.command("reject")
@@ -675,17 +762,39 @@ def reject_run(
     from ledger.runner.run import reject
 
     settings = _settings(config)
-    with _transaction(settings) as session:
-        print(
-            reject(
-                session,
-                run_id,
-                actor=_operator_name(),
-                reason=reason,
-                now=_now(),
-                ctx=_policy_ctx(settings),
-            )
+    with _looked_in(settings), _transaction(settings) as session:
+        message = reject(
+            session,
+            run_id,
+            actor=_operator_name(),
+            reason=reason,
+            now=_now(),
+            ctx=_policy_ctx(settings),
         )
+    print(carry_config(message))
+
+
+@contextmanager
+def _looked_in(settings: Settings) -> Iterator[None]:
+    """A NotFoundError (a run that is not there) says which database was searched: a run id
+    from another installation's list is not found in this one. No database file is created
+    where there is none (a command pasted into another directory said so only after leaving
+    an empty ledger.db there)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from ledger.errors import NotFoundError
+
+    _require_database_file(settings.database_url)
+    try:
+        yield
+    except NotFoundError as exc:
+        try:
+            where = make_url(settings.database_url).render_as_string(hide_password=True)
+        except ArgumentError:
+            where = "the configured database"
+        source = f" of {_given.config}" if _given.config is not None else ""
+        raise NotFoundError(f"{exc}; looked in {where}{source}") from None
 
 
 @app.command("approvals")
@@ -722,13 +831,11 @@ def list_approvals(
         if len(output) > OUTPUT_PREVIEW_LINES:
             print(
                 f"  │ … {len(output) - OUTPUT_PREVIEW_LINES} more line(s): "
-                f"`ledger show {a['run_id']}`"
+                f"`{command('show', a['run_id'])}`"
             )
         print(f"  payload sha256 {a['payload_sha256']}")
-        print(
-            f"  ledger approve {a['run_id']} --payload-sha256 {a['payload_sha256']}   |   "
-            f"ledger reject {a['run_id']} --reason TEXT"
-        )
+        print(f"  {command('approve', a['run_id'], '--payload-sha256', a['payload_sha256'])}")
+        print(f"  {command('reject', a['run_id'], '--reason', 'TEXT')}")
     print(f"{len(requests)} pending")
 
 
@@ -756,7 +863,7 @@ def show_run(
     from ledger.runs import run_json, run_request
 
     settings = _settings(config)
-    with _transaction(settings, read_only=True) as session:
+    with _looked_in(settings), _transaction(settings, read_only=True) as session:
         run = run_json(session, run_id)
         request = None if as_json else run_request(session, run_id)
     if as_json:
@@ -789,7 +896,7 @@ def explain(
     settings = _settings(config)
     with _transaction(settings, read_only=True) as session:
         result = explain_behavior(session, name, _now(), _policy_ctx(settings))
-    print(json.dumps(result.as_json(), indent=2) if as_json else result.render())
+    print(json.dumps(result.as_json(), indent=2) if as_json else carry_config(result.render()))
 
 
 def proxy_options(settings: Settings) -> dict[str, Any]:
@@ -889,7 +996,7 @@ def run_behavior(
         else:
             run = _run_here(settings, name)
     except ConflictError as exc:  # it did not start: paused, key missing here, retired…
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {carry_config(str(exc))}", file=sys.stderr)
         raise typer.Exit(1) from None
     if not _report_run(run):
         raise typer.Exit(1)
@@ -1064,10 +1171,16 @@ def _run_via_daemon(
                 "or give its address with --daemon-url / LEDGER_DAEMON_URL"
             ) from None
     body = answer.json()
+    if answer.status_code == 401 and not token:
+        raise LedgerError(
+            f"no API token was given and the daemon at {base} requires one: pass --token TOKEN "
+            "or set LEDGER_API_TOKEN (an operator token: `ledger token create NAME --role "
+            "operator`, or one of [api_tokens] in the daemon's ledger.toml)"
+        )
     if answer.status_code == 401:
         raise LedgerError(
-            f"the daemon at {base} refused the token: pass an API token (api_tokens) with "
-            "--token or LEDGER_API_TOKEN"
+            f"the daemon at {base} refused the token given (--token or LEDGER_API_TOKEN): it is "
+            "not one of its tokens, or it was revoked (`ledger token list`)"
         )
     if answer.status_code == 409:
         raise ConflictError(body["error"]["message"])
@@ -1203,7 +1316,7 @@ def keys_check(config: ConfigOption = None) -> None:
     if learned:
         _store_learned_key_names(settings.database_url, learned)
     for line in render_findings(findings):
-        print(line)
+        print(carry_config(line))
     if any(f.severity == "error" for f in findings):
         raise typer.Exit(1)
 
@@ -1243,7 +1356,7 @@ def _store_learned_key_names(database_url: str, learned: dict[str, str]) -> None
         else:
             print(
                 f"learned: {name} uses key {key_name!r}, but {name} is not registered yet: "
-                "start the daemon, then run `ledger keys check` again"
+                + carry_config("start the daemon, then run `ledger keys check` again")
             )
 
 
@@ -1325,7 +1438,7 @@ def main() -> None:
     try:
         app()
     except LedgerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {carry_config(str(exc))}", file=sys.stderr)
         sys.exit(2)
 
 
@@ -1333,3 +1446,21 @@ from ledger.cli.outbox import outbox_app, silence_app  # noqa: E402 — uses the
 
 app.add_typer(outbox_app, name="outbox")
 app.add_typer(silence_app, name="silence")
+
+
+def _one_line_paragraphs(typer_app: typer.Typer) -> None:
+    """Give every command of ``typer_app`` (and of its groups) its docstring as help with each
+    paragraph on one line: Typer keeps a docstring's line breaks, so the command list broke
+    its summaries mid-sentence ("…, then what" / "needs an operator: …")."""
+    import inspect
+
+    for info in typer_app.registered_commands:
+        if info.help is None and info.callback is not None and info.callback.__doc__:
+            paragraphs = inspect.cleandoc(info.callback.__doc__).split("\n\n")
+            info.help = "\n\n".join(" ".join(p.split()) for p in paragraphs)
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _one_line_paragraphs(group.typer_instance)
+
+
+_one_line_paragraphs(app)

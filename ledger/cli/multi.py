@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ledger.cli.options import ConfigOption
+
 canvas_app = typer.Typer(
     help="A broad canvas's models skipped after persistent failures.",
     no_args_is_help=True,
@@ -41,7 +43,9 @@ def print_calls(run: dict[str, Any]) -> None:
     if not calls:
         return
     console = Console(width=160)
-    print("  (each answer in full, masked as stored: `ledger show RUN --json`)")
+    from ledger.cli import carry_config
+
+    print(carry_config("  (each answer in full, masked as stored: `ledger show RUN --json`)"))
     print()
     if run.get("kind") == "roundtable":
         _print_roundtable(console, calls, summary)
@@ -146,12 +150,13 @@ def _print_canvas(console: Console, calls: list[dict[str, Any]], summary: dict[s
 @canvas_app.command("skipped")
 def skipped(
     name: Annotated[str, typer.Argument(help="The behavior (a broad canvas).")],
+    config: ConfigOption = None,
 ) -> None:
     """The models a canvas skips after persistent failures (unknown/deprecated, 403)."""
     from ledger.cli import _settings, _transaction
     from ledger.runner.multi import skip_list
 
-    with _transaction(_settings(None), read_only=True) as session:
+    with _transaction(_settings(config), read_only=True) as session:
         rows = skip_list(session, name)
     if not rows:
         print(f"{name}: no model is skipped")
@@ -164,10 +169,11 @@ def skipped(
 def reenable(
     name: Annotated[str, typer.Argument(help="The behavior (a broad canvas).")],
     model: Annotated[str, typer.Argument(help="The model id to ask again.")],
+    config: ConfigOption = None,
 ) -> None:
     """Ask a skipped model again from the next run on (its failure count restarts)."""
     from ledger.cli import _now, _settings, _transaction
     from ledger.runner.multi import reenable
 
-    with _transaction(_settings(None)) as session:
+    with _transaction(_settings(config)) as session:
         print(reenable(session, name, model, _now()))

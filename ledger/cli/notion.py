@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ledger.cli.options import ConfigOption
 from ledger.config import Settings
 
 notion_app = typer.Typer(
@@ -17,16 +18,18 @@ notion_app = typer.Typer(
     no_args_is_help=True,
 )
 
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="ledger.toml to read.", dir_okay=False),
-]
-
 
 def _settings(config: Path | None) -> Settings:
     from ledger.cli import _settings as load
 
     return load(config)
+
+
+def _say(text: str) -> None:
+    """Print ``text`` with each `ledger …` command in it carrying the --config given."""
+    from ledger.cli import carry_config
+
+    print(carry_config(text))
 
 
 def _open_db(settings: Settings) -> Any:
@@ -77,7 +80,7 @@ def init(
             f"{table.capitalize():10} {how}: database {ids.databases[table]}, "
             f"data source {ids.data_sources[table]}"
         )
-    print("The daemon mirrors every row from now on (`ledger notion status` to follow it).")
+    _say("The daemon mirrors every row from now on (`ledger notion status` to follow it).")
 
 
 @notion_app.command("status")
@@ -105,10 +108,10 @@ def status(
         print(json.dumps(doc, indent=2))
         return
     if report.state == "off" and not doc["configured"]:
-        print(f"Notion mirror: off. {report.advice}")
+        _say(f"Notion mirror: off. {report.advice}")
         return
     if not doc["configured"]:
-        print("Notion mirror: not set up (run `ledger notion init --parent PAGE_ID`).")
+        _say("Notion mirror: not set up (run `ledger notion init --parent PAGE_ID`).")
         return
     print(f"Notion mirror under page {doc['parent_page_id']} ({doc['base_url']})")
     for table, ids in (doc["databases"] or {}).items():
@@ -118,7 +121,7 @@ def status(
     print(f"  last sync: {last_sync}   last poll: {last_poll}")
     for row in doc["dead_letters"]:
         print(f"  dead #{row['id']} {row['kind']}: {row['error']}")
-    print(f"  state: {report.state.replace('_', ' ')}. {report.advice}")
+    _say(f"  state: {report.state.replace('_', ' ')}. {report.advice}")
 
 
 @notion_app.command("sync")
@@ -151,4 +154,4 @@ def sync(config: ConfigOption = None) -> None:
         report = asyncio.run(run())
     finally:
         db.close()
-    print(report.describe())
+    _say(report.describe())

@@ -10,7 +10,15 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from ledger.cli import ConfigOption, _now, _operator_name, _policy_ctx, _settings, _transaction
+from ledger.cli import (
+    _now,
+    _operator_name,
+    _policy_ctx,
+    _settings,
+    _transaction,
+    carry_config,
+)
+from ledger.cli.options import ConfigOption
 from ledger.errors import LedgerError
 
 outbox_app = typer.Typer(
@@ -57,8 +65,10 @@ def outbox_list(
     dead = sum(1 for r in rows if r.status == "dead")
     if dead:
         print(
-            f"{dead} dead: `ledger outbox retry ID` once the cause is fixed, or "
-            "`ledger outbox discard ID --reason TEXT`"
+            carry_config(
+                f"{dead} dead: `ledger outbox retry ID` once the cause is fixed, or "
+                "`ledger outbox discard ID --reason TEXT`"
+            )
         )
 
 
@@ -72,7 +82,8 @@ def outbox_retry(row_id: RowId, config: ConfigOption = None) -> None:
 
     settings = _settings(config)
     with _transaction(settings) as session:
-        print(retry(session, row_id, actor=_operator_name(), now=_now()))
+        message = retry(session, row_id, actor=_operator_name(), now=_now())
+    print(carry_config(message))
 
 
 @outbox_app.command("discard")
@@ -88,7 +99,8 @@ def outbox_discard(
 
     settings = _settings(config)
     with _transaction(settings) as session:
-        print(discard(session, row_id, actor=_operator_name(), reason=reason, now=_now()))
+        message = discard(session, row_id, actor=_operator_name(), reason=reason, now=_now())
+    print(carry_config(message))
 
 
 # -- silences ------------------------------------------------------------------------------------
@@ -98,16 +110,25 @@ class _SilenceGroup(TyperGroup):
     """``ledger silence NAME …`` and ``ledger silence --all …`` mean ``ledger silence add …``;
     ``list`` and ``end`` are subcommands (a behavior called ``list`` or ``end``: use ``add``)."""
 
+    default_command = "add"  # ledger.cli.command knows `ledger silence NAME` is `add`'s
+
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
-            args = ["add", *args]
+            args = [self.default_command, *args]
         return super().parse_args(ctx, args)
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        """The shorthand first: it is how a silence is usually set."""
+        return ["NAME|--all --for DURATION --reason TEXT [OPTIONS]", "|", "COMMAND [ARGS]..."]
 
 
 silence_app = typer.Typer(
     cls=_SilenceGroup,
-    help="Mute a behavior's alerts for a while (gates, tiers and the ledger carry on): "
-    "`ledger silence NAME --for 2h --reason TEXT`, `--all`, `list`, `end ID`.",
+    help="Mute a behavior's alerts for a while (gates, tiers and the ledger carry on).\n\n"
+    "`ledger silence NAME --for 2h --reason TEXT` silences one behavior, `ledger silence --all "
+    "--for 2h --reason TEXT` every one: both are short for `ledger silence add …` (`ledger "
+    "silence add --help` lists its options). `ledger silence list` shows the silences, "
+    "`ledger silence end ID` ends one.",
     no_args_is_help=True,
 )
 
@@ -149,8 +170,10 @@ def silence_add(
             now=now,
         )
     print(
-        f"silence {view.id}: alerts of {view.behavior or 'all behaviors'} muted until "
-        f"{view.ends_at:%Y-%m-%d %H:%M} UTC (`ledger silence end {view.id}` to end it sooner)"
+        carry_config(
+            f"silence {view.id}: alerts of {view.behavior or 'all behaviors'} muted until "
+            f"{view.ends_at:%Y-%m-%d %H:%M} UTC (`ledger silence end {view.id}` to end it sooner)"
+        )
     )
 
 

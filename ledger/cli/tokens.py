@@ -12,7 +12,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ledger.cli import ConfigOption, _now, _operator_name, _settings, _transaction, out
+from ledger.cli import _now, _operator_name, _settings, _transaction, command, out
+from ledger.cli.options import ConfigOption
 
 app = typer.Typer(
     help="Named API tokens with a role (viewer, operator, admin), stored hashed.",
@@ -71,7 +72,7 @@ def list_(
         print(json.dumps([t.as_json() for t in tokens], default=str, indent=2))
         return
     if not tokens:
-        print("no named tokens (ledger token create NAME --role viewer|operator|admin)")
+        print(f"no named tokens ({command('token create NAME --role viewer|operator|admin')})")
         return
     table = Table("name", "role", "created", "by", "last used", "revoked")
 

@@ -43,7 +43,7 @@ from ledger.behaviors.schema import Behavior, Canvas, vendor_of
 from ledger.clock import Clock, json_time
 from ledger.db.models import LIVE_RUN, BehaviorRow, ModelHealth, Run, RunCall
 from ledger.db.session import Database
-from ledger.errors import NotFoundError, SecretError
+from ledger.errors import ConflictError, NotFoundError, SecretError
 from ledger.gates import ATTRIBUTABLE, Gate, GateResult, Outcome, Tier
 from ledger.outbox.enqueue import enqueue_mirror, mirror_row_key
 from ledger.runner.catalog import CatalogError, ModelCatalog, ModelMeta, fetch_models
@@ -469,21 +469,31 @@ def reenable_model(session: Session, behavior_id: int, model: str, now: datetime
     return True
 
 
-def _behavior_id(session: Session, name: str) -> int:
+def _canvas_id(session: Session, name: str) -> int:
+    """The id of broad canvas ``name``. Raises NotFoundError when no behavior has that name,
+    ConflictError when it is another kind (only a broad canvas keeps a skip list)."""
     row = session.exec(select(BehaviorRow).where(col(BehaviorRow.name) == name)).first()
     if row is None or row.id is None:
         raise NotFoundError(f"no behavior named {name} (see `ledger status`)")
+    kind = (row.definition or {}).get("kind", "single")
+    if kind != "broad_canvas":
+        raise ConflictError(
+            f"{name} is not a broad_canvas behavior (kind {kind}): only a broad canvas skips "
+            "models after persistent failures"
+        )
     return row.id
 
 
 def skip_list(session: Session, name: str) -> dict[str, str]:
-    """The models behavior ``name``'s canvas skips, with why. Raises NotFoundError."""
-    return skipped_models(session, _behavior_id(session, name))
+    """The models broad canvas ``name`` skips, with why. Raises NotFoundError, or
+    ConflictError for a behavior of another kind."""
+    return skipped_models(session, _canvas_id(session, name))
 
 
 def reenable(session: Session, name: str, model: str, now: datetime) -> str:
-    """Put ``model`` back on behavior ``name``'s canvas; says what happened."""
-    if reenable_model(session, _behavior_id(session, name), model, now):
+    """Put ``model`` back on broad canvas ``name``; says what happened. Raises NotFoundError,
+    or ConflictError for a behavior of another kind."""
+    if reenable_model(session, _canvas_id(session, name), model, now):
         return f"{model} is asked again by {name} from its next run on"
     return f"{model} was not skipped by {name}; nothing to do"
 

@@ -1003,6 +1003,10 @@ def _lock_approval(session: Session, run_id: str) -> tuple[Approval, BehaviorRow
     query = select(Approval).where(col(Approval.run_id) == run_id)
     found = session.exec(query).first()
     if found is None:
+        if session.get(Run, run_id) is None:
+            raise NotFoundError(
+                f"run {run_id} does not exist (`ledger approvals` lists the requests waiting)"
+            )
         raise NotFoundError(f"run {run_id} has no approval request (only tier-B runs ask)")
     row = lock_behavior(session, id=found.behavior_id)
     approval = session.exec(query.with_for_update().execution_options(populate_existing=True))
