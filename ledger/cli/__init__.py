@@ -62,10 +62,24 @@ ConfigOption = Annotated[
 ]
 
 
-def _settings(config: Path | None, **overrides: Any) -> Settings:
+def _settings(config: Path | None, *, daemon: bool = False, **overrides: Any) -> Settings:
+    """The settings, and logging set up from them. A one-shot command logs warnings and errors
+    only (its result is what it prints) unless ``ledger --verbose`` or a configured
+    ``log_level`` says otherwise; the daemon logs at ``log_level``."""
     settings = load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
-    configure_logging(settings.log_format, settings.log_level)
+    level = settings.log_level
+    if not daemon and "log_level" not in settings.model_fields_set:
+        level = "info" if _verbose() else "warning"
+    configure_logging(settings.log_format, level)
     return settings
+
+
+# Options given before the command (``ledger --verbose run …``), set by ``_root``.
+_ROOT_OPTIONS: dict[str, bool] = {"verbose": False}
+
+
+def _verbose() -> bool:
+    return _ROOT_OPTIONS["verbose"]
 
 
 @contextmanager
@@ -95,8 +109,8 @@ def _require_database_file(database_url: str) -> None:
         url = make_url(database_url)
     except ArgumentError:
         return  # Database.open says what is wrong with it
-    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
-        return
+    if url.get_backend_name() != "sqlite" or url.host or url.database in (None, "", ":memory:"):
+        return  # (a host in a SQLite URL: Database.open says what is wrong with it)
     if not Path(url.database or "").is_file():
         raise LedgerError(
             f"no database at {url.database} yet: start `ledger serve` (it creates the database "
@@ -118,10 +132,20 @@ def _operator_name() -> str:
 @app.callback(invoke_without_command=True)
 def _root(
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help="Show info logs (stderr) of one-shot commands, which log warnings only "
+            "unless LEDGER_LOG_LEVEL is set.",
+        ),
+    ] = False,
 ) -> None:
     if version:
         print(f"promotion-ledger {__version__}")
         raise typer.Exit(0)
+    _ROOT_OPTIONS["verbose"] = verbose
     # Results go to stdout, logs to stderr, for every command: until a command configures
     # logging from its settings, a log line must not fall back to structlog's stdout printer.
     fmt = os.environ.get("LEDGER_LOG_FORMAT")
@@ -299,6 +323,7 @@ def _print_status(
     *,
     show_all: bool = False,
 ) -> None:
+    from ledger.spend import format_usd
     from ledger.status import behavior_json
 
     now = datetime.fromisoformat(doc["generated_at"])
@@ -333,9 +358,9 @@ def _print_status(
         if b["last_run_at"] is not None:
             when = datetime.fromisoformat(b["last_run_at"])
             last = f"{_ago(now, when)} · {b['last_run_status'] or '?'}"
-        spend = f"${b['spend_usd']:.4f}"
+        spend = format_usd(b["spend_usd"])
         if b["budget_usd"] is not None:
-            spend += f" / ${b['budget_usd']:.2f} per {b['budget_reset']}"
+            spend += f" / {format_usd(b['budget_usd'])} per {b['budget_reset']}"
         else:
             spend += " this month (no budget)"
         next_run = "—"
@@ -811,18 +836,24 @@ def serve(
     import uvicorn
 
     from ledger.web.app import create_app, startup_problems
-    from ledger.web.serving import DaemonServer
+    from ledger.web.serving import DaemonServer, welcome_lines
 
-    settings = _settings(config, host=host, port=port)
+    settings = _settings(config, daemon=True, host=host, port=port)
     # A configuration error is one line and exit 2 here, not a traceback from the lifespan.
     problems = startup_problems(settings)
     if problems:
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)
         raise typer.Exit(2)
+    daemon_app = create_app(settings)
+
+    def welcome(base_url: str) -> None:
+        for line in welcome_lines(daemon_app, settings, base_url):
+            print(line, file=sys.stderr, flush=True)
+
     server = DaemonServer(
         uvicorn.Config(
-            create_app(settings),
+            daemon_app,
             host=settings.host,
             port=settings.port,
             log_config=None,
@@ -830,7 +861,8 @@ def serve(
             lifespan="on",
             timeout_graceful_shutdown=10,
             **proxy_options(settings),
-        )
+        ),
+        on_listening=welcome,
     )
     server.run()
     if not server.started:
@@ -1267,6 +1299,7 @@ def sim_openrouter(
     """Run the OpenRouter simulator (chat completions, keys, faults, broadcast)."""
     from importlib import resources
 
+    from ledger.sim.hosting import CannotListen
     from ledger.sim.openrouter import SimConfig, SimConfigError
     from ledger.sim.openrouter import serve as serve_sim
 
@@ -1277,8 +1310,15 @@ def sim_openrouter(
         config = SimConfig.from_yaml(source, **overrides)
     except SimConfigError as exc:
         raise LedgerError(f"{source}: {exc}") from None
-    print(f"OpenRouter simulator on http://{host}:{port} (presets from {source})")
-    serve_sim(host, port, config)
+    try:
+        serve_sim(
+            host,
+            port,
+            config,
+            lambda url: print(f"OpenRouter simulator on {url} (presets from {source})", flush=True),
+        )
+    except CannotListen as exc:
+        raise LedgerError(str(exc)) from None
 
 
 @sim_app.command("notion")
@@ -1300,6 +1340,7 @@ def sim_notion(
     """Run the Notion simulator (API 2025-09-03; faults at POST /_sim/faults)."""
     from dataclasses import replace
 
+    from ledger.sim.hosting import CannotListen
     from ledger.sim.notion import NotionSimConfig, NotionSimConfigError
     from ledger.sim.notion import serve as serve_sim
 
@@ -1310,9 +1351,15 @@ def sim_notion(
             sim_config = replace(sim_config, root_page_id=root_page_id)
     except NotionSimConfigError as exc:
         raise LedgerError(f"notion simulator: {exc}") from None
-    print(f"Notion simulator on http://{host}:{port} (API under /v1)")
-    print(f"root page: {sim_config.root_page_id}")
-    serve_sim(host, port, sim_config)
+
+    def listening(url: str) -> None:
+        print(f"Notion simulator on {url} (API under /v1)")
+        print(f"root page: {sim_config.root_page_id}", flush=True)
+
+    try:
+        serve_sim(host, port, sim_config, listening)
+    except CannotListen as exc:
+        raise LedgerError(str(exc)) from None
 
 
 from ledger.cli.tokens import app as tokens_app  # noqa: E402  (it imports the helpers above)
