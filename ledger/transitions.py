@@ -56,6 +56,7 @@ from ledger.policy import (
     decide,
     observe,
 )
+from ledger.spend import format_usd
 
 POLICY_ACTOR = "policy"
 DEFAULT_ALERT_EVENTS = ("demotion", "pause", "auth_error")
@@ -1023,7 +1024,7 @@ def note_spend(
         session,
         row,
         "spend",
-        f"spent {after:.2f} of its {float(usd):.2f} USD {reset} budget "
+        f"spent {format_usd(after)} of its {format_usd(float(usd))} {reset} budget "
         f"({after / float(usd):.0%}); runs are refused once it is used up",
         now,
         ctx,
