@@ -463,7 +463,23 @@ def _notify(
     entry_id: int,
     extra: Mapping[str, Any],
 ) -> None:
-    notify(session, row, event, reason, now, ctx, {"entry_id": entry_id, **extra})
+    cited = cite_evidence(session, extra.get("evidence"))
+    notify(session, row, event, reason, now, ctx, {"entry_id": entry_id, **extra, **cited})
+
+
+def cite_evidence(session: Session, evidence: Any) -> dict[str, Any]:
+    """A decision's evidence (the ids of the gate results it rests on) as an alert's reader
+    finds it: ``{"cited": [{"gate", "outcome", "run"}, …]}`` in the ids' order, an id no
+    longer stored left as it is; ``{}`` when there is no id to cite. The alert keeps the ids
+    under ``evidence``."""
+    ids = [i for i in evidence or () if isinstance(i, int) and not isinstance(i, bool)]
+    if not ids:
+        return {}
+    found = {
+        r.id: {"gate": r.gate, "outcome": r.outcome, **({"run": r.run_id} if r.run_id else {})}
+        for r in session.exec(select(GateResultRow).where(col(GateResultRow.id).in_(ids)))
+    }
+    return {"cited": [found.get(i, i) for i in evidence]}
 
 
 # -- operator actions ------------------------------------------------------------------------

@@ -179,7 +179,7 @@ def _evidence_line(item: Any) -> str:
 
 def _evidence_heading(alert: Mapping[str, Any]) -> str:
     """The evidence's heading; where ids of gate results are listed, where to read them."""
-    raw = alert.get("evidence") or []
+    raw = alert.get("cited") or alert.get("evidence") or []
     items = raw if isinstance(raw, list | tuple) else [raw]
     behavior = alert.get("behavior")
     if behavior and any(isinstance(i, int) and not isinstance(i, bool) for i in items):
@@ -188,7 +188,9 @@ def _evidence_heading(alert: Mapping[str, Any]) -> str:
 
 
 def _evidence(alert: Mapping[str, Any]) -> list[str]:
-    raw = alert.get("evidence") or []
+    # "cited": the evidence's gate results with their gate, outcome and run (the ids stay
+    # under "evidence"), written by the transitions; else the evidence as given.
+    raw = alert.get("cited") or alert.get("evidence") or []
     items = raw if isinstance(raw, list | tuple) else [raw]
     return [_evidence_line(item) for item in items]
 
