@@ -13,6 +13,7 @@ and executes, never commits).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 
@@ -205,3 +206,26 @@ def cost_disagreement(runner_usd: float | None, broadcast_usd: float | None) -> 
     if abs(difference) <= max(SAME_ABS_USD, SAME_RELATIVE * max(runner_usd, broadcast_usd)):
         return None
     return difference
+
+
+SMALLEST_SHOWN = 0.000001  # below this, an amount shows as "<$0.000001"
+
+
+def format_usd(value: float | None) -> str:
+    """An amount of dollars as operators read it: cents from $1 up (``$1,234.50``), below that
+    up to four decimals (``$0.50``, ``$0.0123``), and under $0.0001 two significant digits
+    (``$0.000031``, not ``$0.0000``: a cheap run is counted, and the text shows it). None is
+    ``—``."""
+    if value is None:
+        return "—"
+    size = abs(value)
+    sign = "-" if value < 0 else ""
+    if size >= 1 or size == 0:
+        return f"{sign}${size:,.2f}"
+    if size < SMALLEST_SHOWN:
+        return f"{sign}<${SMALLEST_SHOWN:.6f}"
+    decimals = 4 if size >= 0.0001 else 1 - math.floor(math.log10(size))  # 2 significant
+    digits = f"{size:.{decimals}f}".rstrip("0")
+    if len(digits.split(".")[1]) < 2:
+        digits = f"{size:.2f}"
+    return f"{sign}${digits}"

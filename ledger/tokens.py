@@ -138,6 +138,12 @@ def list_tokens(session: Session) -> list[TokenInfo]:
     return [_info(r) for r in session.exec(select(ApiToken).order_by(col(ApiToken.name)))]
 
 
+def has_active_token(session: Session) -> bool:
+    """Whether any named token (``ledger token create``) is active."""
+    query = select(ApiToken.name).where(col(ApiToken.revoked_at).is_(None)).limit(1)
+    return session.exec(query).first() is not None
+
+
 def revoke_token(session: Session, name: str, *, now: datetime) -> TokenInfo:
     """Revoke ``name`` at ``now``: it stops working at the next request."""
     row = session.exec(select(ApiToken).where(col(ApiToken.name) == name)).first()

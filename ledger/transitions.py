@@ -56,6 +56,7 @@ from ledger.policy import (
     decide,
     observe,
 )
+from ledger.spend import format_usd
 
 POLICY_ACTOR = "policy"
 DEFAULT_ALERT_EVENTS = ("demotion", "pause", "auth_error")
@@ -462,7 +463,23 @@ def _notify(
     entry_id: int,
     extra: Mapping[str, Any],
 ) -> None:
-    notify(session, row, event, reason, now, ctx, {"entry_id": entry_id, **extra})
+    cited = cite_evidence(session, extra.get("evidence"))
+    notify(session, row, event, reason, now, ctx, {"entry_id": entry_id, **extra, **cited})
+
+
+def cite_evidence(session: Session, evidence: Any) -> dict[str, Any]:
+    """A decision's evidence (the ids of the gate results it rests on) as an alert's reader
+    finds it: ``{"cited": [{"gate", "outcome", "run"}, …]}`` in the ids' order, an id no
+    longer stored left as it is; ``{}`` when there is no id to cite. The alert keeps the ids
+    under ``evidence``."""
+    ids = [i for i in evidence or () if isinstance(i, int) and not isinstance(i, bool)]
+    if not ids:
+        return {}
+    found = {
+        r.id: {"gate": r.gate, "outcome": r.outcome, **({"run": r.run_id} if r.run_id else {})}
+        for r in session.exec(select(GateResultRow).where(col(GateResultRow.id).in_(ids)))
+    }
+    return {"cited": [found.get(i, i) for i in evidence]}
 
 
 # -- operator actions ------------------------------------------------------------------------
@@ -1023,7 +1040,7 @@ def note_spend(
         session,
         row,
         "spend",
-        f"spent {after:.2f} of its {float(usd):.2f} USD {reset} budget "
+        f"spent {format_usd(after)} of its {format_usd(float(usd))} {reset} budget "
         f"({after / float(usd):.0%}); runs are refused once it is used up",
         now,
         ctx,

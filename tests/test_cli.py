@@ -164,7 +164,7 @@ def test_db_upgrade_status_verify_and_export(tmp_path: Path, database_url: str) 
     status = ledger("status", cwd=tmp_path, env=env)
     assert status.returncode == 0, status.stderr
     assert "seo-audit-weekly" in status.stdout and "A · proposal-only" in status.stdout
-    assert "$0.0000 / $5.00 per month" in status.stdout
+    assert "$0.00 / $5.00 per month" in status.stdout
     verify = ledger("verify", cwd=tmp_path, env=env)
     assert verify.returncode == 0 and "3 entries" in verify.stdout
     export = ledger("export", "--format", "jsonl", cwd=tmp_path, env=env)

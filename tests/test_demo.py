@@ -252,6 +252,8 @@ def test_the_alerts_page_says_what_to_wait_for_when_empty() -> None:
         ({"type": "date", "date": {"start": "a", "end": "b"}}, "a → b"),
         ({"type": "checkbox", "checkbox": False}, "no"),
         ({"type": "number", "number": 0.5}, "0.5"),
+        ({"type": "number", "number": 2.0}, "2"),  # a count, as Notion shows it
+        ({"type": "number", "number": 3}, "3"),
         ({"type": "url", "url": "http://x"}, "http://x"),
         ({"type": "relation", "relation": [{"id": "1"}]}, "1 linked"),
         ({"type": "people", "people": [{"id": "u1"}, {"id": "u2", "name": "Ann"}]}, "u1, Ann"),

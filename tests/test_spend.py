@@ -12,7 +12,7 @@ import pytest
 
 from ledger.behaviors.registry import reconcile_directory
 from ledger.db.session import Database
-from ledger.spend import EPOCH, reserve, settle, spent_in_window, window_start
+from ledger.spend import EPOCH, format_usd, reserve, settle, spent_in_window, window_start
 from ledger.transitions import lock_behavior
 from tests.factories import T0, write_behavior
 
@@ -95,3 +95,25 @@ def test_settling_turns_reservations_into_spend_and_frees_the_rest(
         assert reserve(session, behavior_id=bid, window_start=T0, amount=0.6, budget=1.0, now=T0)
         spent, reserved = spent_in_window(session, bid, T0)
     assert (round(spent, 9), round(reserved, 9)) == (0.2, 0.6)
+
+
+@pytest.mark.parametrize(
+    ("usd", "shown"),
+    [
+        (None, "—"),
+        (0.0, "$0.00"),
+        (0.000031, "$0.000031"),  # a cheap run is counted, and the text shows it
+        (0.00003, "$0.00003"),
+        (0.0000123, "$0.000012"),
+        (0.0001, "$0.0001"),
+        (0.01234, "$0.0123"),
+        (0.013, "$0.013"),
+        (0.5, "$0.50"),
+        (0.25, "$0.25"),
+        (1.0, "$1.00"),
+        (1234.5, "$1,234.50"),
+        (0.0000004, "<$0.000001"),
+    ],
+)
+def test_amounts_are_shown_so_that_a_small_spend_is_not_zero(usd: float | None, shown: str) -> None:
+    assert format_usd(usd) == shown

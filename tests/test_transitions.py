@@ -408,6 +408,21 @@ def test_a_policy_demotion_alert_says_the_change_once_then_its_cause(
         "alpha paused: second attributable fail within 24 hours, at gate output_check (run r2)"
     )
     assert all(text.count("demoted from") <= 1 for text in (demoted, paused))
+    # The evidence reads as the gate results it is, with their runs, not as bare row ids.
+    assert demoted.splitlines()[1:] == [
+        "Evidence:",
+        "- gate output_check, outcome fail, run r1",
+    ]
+    with db.transaction() as session:
+        first = session.exec(
+            select(OutboxRow)
+            .where(col(OutboxRow.kind).startswith("alert"))
+            .order_by(col(OutboxRow.id))
+        ).first()
+    assert first is not None
+    alert = first.payload["alert"]
+    assert [type(i) for i in alert["evidence"]] == [int]  # the ids stay, for machines
+    assert alert["cited"] == [{"gate": "output_check", "outcome": "fail", "run": "r1"}]
 
 
 def test_operator_demotion_and_pause_alerts_name_the_operator_once(

@@ -26,6 +26,8 @@ from ledger.transitions import (
     retire_behavior,
 )
 
+NAMES_SHOWN = 10  # names of each kind of change in a reconcile's log line
+
 
 @dataclass(slots=True)
 class ReconcileSummary:
@@ -40,9 +42,11 @@ class ReconcileSummary:
     def changed(self) -> bool:
         return bool(self.registered or self.updated or self.retired or self.restored or self.capped)
 
-    def describe(self) -> str:
+    def describe(self, shown: int = NAMES_SHOWN) -> str:
+        """One line for the log: how many of each change, with their names (the first
+        ``shown`` of each, then how many more), e.g. ``2 registered (alpha, beta)``."""
         parts = [
-            f"{len(v)} {k}"
+            f"{len(v)} {k} ({_first_names(v, shown)})"
             for k, v in (
                 ("registered", self.registered),
                 ("updated", self.updated),
@@ -54,6 +58,12 @@ class ReconcileSummary:
             if v
         ]
         return ", ".join(parts) or "no changes"
+
+
+def _first_names(names: list[str], shown: int) -> str:
+    listed = ", ".join(names[:shown])
+    more = len(names) - shown
+    return f"{listed}, …and {more} more" if more > 0 else listed
 
 
 def reconcile_directory(session: Session, directory: Path, now: datetime) -> ReconcileSummary:

@@ -56,10 +56,16 @@ app.command("demo", help=DEMO_HELP)(demo)
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
-def _settings(config: Path | None, **overrides: Any) -> Settings:
+def _settings(config: Path | None, *, daemon: bool = False, **overrides: Any) -> Settings:
+    """The settings, and logging set up from them. A one-shot command logs warnings and errors
+    only (its result is what it prints) unless ``ledger --verbose`` or a configured
+    ``log_level`` says otherwise; the daemon logs at ``log_level``."""
     _given.config = config
     settings = load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
-    configure_logging(settings.log_format, settings.log_level)
+    level = settings.log_level
+    if not daemon and "log_level" not in settings.model_fields_set:
+        level = "info" if _verbose() else "warning"
+    configure_logging(settings.log_format, level)
     return settings
 
 
@@ -126,6 +132,14 @@ def _takes_config(words: list[str]) -> bool:
     return any("--config" in p.opts for p in cmd.params)
 
 
+# Options given before the command (``ledger --verbose run …``), set by ``_root``.
+_ROOT_OPTIONS: dict[str, bool] = {"verbose": False}
+
+
+def _verbose() -> bool:
+    return _ROOT_OPTIONS["verbose"]
+
+
 @contextmanager
 def _transaction(settings: Settings, *, read_only: bool = False) -> Iterator[Session]:
     """One transaction on the configured database (which must be at the current schema).
@@ -153,8 +167,8 @@ def _require_database_file(database_url: str) -> None:
         url = make_url(database_url)
     except ArgumentError:
         return  # Database.open says what is wrong with it
-    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
-        return
+    if url.get_backend_name() != "sqlite" or url.host or url.database in (None, "", ":memory:"):
+        return  # (a host in a SQLite URL: Database.open says what is wrong with it)
     if not Path(url.database or "").is_file():
         raise LedgerError(
             f"no database at {url.database} yet: start `ledger serve` (it creates the database "
@@ -177,11 +191,21 @@ def _operator_name() -> str:
 def _root(
     ctx: typer.Context,
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help="Show info logs (stderr) of one-shot commands, which log warnings only "
+            "unless LEDGER_LOG_LEVEL is set.",
+        ),
+    ] = False,
 ) -> None:
     _given.root, _given.config = ctx.command, None
     if version:
         print(f"promotion-ledger {__version__}")
         raise typer.Exit(0)
+    _ROOT_OPTIONS["verbose"] = verbose
     # Results go to stdout, logs to stderr, for every command: until a command configures
     # logging from its settings, a log line must not fall back to structlog's stdout printer.
     fmt = os.environ.get("LEDGER_LOG_FORMAT")
@@ -382,6 +406,7 @@ def _print_status(
     *,
     show_all: bool = False,
 ) -> None:
+    from ledger.spend import format_usd
     from ledger.status import behavior_json
 
     now = datetime.fromisoformat(doc["generated_at"])
@@ -416,9 +441,9 @@ def _print_status(
         if b["last_run_at"] is not None:
             when = datetime.fromisoformat(b["last_run_at"])
             last = f"{_ago(now, when)} · {b['last_run_status'] or '?'}"
-        spend = f"${b['spend_usd']:.4f}"
+        spend = format_usd(b["spend_usd"])
         if b["budget_usd"] is not None:
-            spend += f" / ${b['budget_usd']:.2f} per {b['budget_reset']}"
+            spend += f" / {format_usd(b['budget_usd'])} per {b['budget_reset']}"
         else:
             spend += " this month (no budget)"
         next_run = "—"
@@ -918,18 +943,24 @@ def serve(
     import uvicorn
 
     from ledger.web.app import create_app, startup_problems
-    from ledger.web.serving import DaemonServer
+    from ledger.web.serving import DaemonServer, welcome_lines
 
-    settings = _settings(config, host=host, port=port)
+    settings = _settings(config, daemon=True, host=host, port=port)
     # A configuration error is one line and exit 2 here, not a traceback from the lifespan.
     problems = startup_problems(settings)
     if problems:
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)
         raise typer.Exit(2)
+    daemon_app = create_app(settings)
+
+    def welcome(base_url: str) -> None:
+        for line in welcome_lines(daemon_app, settings, base_url):
+            print(line, file=sys.stderr, flush=True)
+
     server = DaemonServer(
         uvicorn.Config(
-            create_app(settings),
+            daemon_app,
             host=settings.host,
             port=settings.port,
             log_config=None,
@@ -937,7 +968,8 @@ def serve(
             lifespan="on",
             timeout_graceful_shutdown=10,
             **proxy_options(settings),
-        )
+        ),
+        on_listening=welcome,
     )
     server.run()
     if not server.started:
@@ -1380,6 +1412,7 @@ def sim_openrouter(
     """Run the OpenRouter simulator (chat completions, keys, faults, broadcast)."""
     from importlib import resources
 
+    from ledger.sim.hosting import CannotListen
     from ledger.sim.openrouter import SimConfig, SimConfigError
     from ledger.sim.openrouter import serve as serve_sim
 
@@ -1390,8 +1423,15 @@ def sim_openrouter(
         config = SimConfig.from_yaml(source, **overrides)
     except SimConfigError as exc:
         raise LedgerError(f"{source}: {exc}") from None
-    print(f"OpenRouter simulator on http://{host}:{port} (presets from {source})")
-    serve_sim(host, port, config)
+    try:
+        serve_sim(
+            host,
+            port,
+            config,
+            lambda url: print(f"OpenRouter simulator on {url} (presets from {source})", flush=True),
+        )
+    except CannotListen as exc:
+        raise LedgerError(str(exc)) from None
 
 
 @sim_app.command("notion")
@@ -1413,6 +1453,7 @@ def sim_notion(
     """Run the Notion simulator (API 2025-09-03; faults at POST /_sim/faults)."""
     from dataclasses import replace
 
+    from ledger.sim.hosting import CannotListen
     from ledger.sim.notion import NotionSimConfig, NotionSimConfigError
     from ledger.sim.notion import serve as serve_sim
 
@@ -1423,9 +1464,15 @@ def sim_notion(
             sim_config = replace(sim_config, root_page_id=root_page_id)
     except NotionSimConfigError as exc:
         raise LedgerError(f"notion simulator: {exc}") from None
-    print(f"Notion simulator on http://{host}:{port} (API under /v1)")
-    print(f"root page: {sim_config.root_page_id}")
-    serve_sim(host, port, sim_config)
+
+    def listening(url: str) -> None:
+        print(f"Notion simulator on {url} (API under /v1)")
+        print(f"root page: {sim_config.root_page_id}", flush=True)
+
+    try:
+        serve_sim(host, port, sim_config, listening)
+    except CannotListen as exc:
+        raise LedgerError(str(exc)) from None
 
 
 from ledger.cli.tokens import app as tokens_app  # noqa: E402  (it imports the helpers above)

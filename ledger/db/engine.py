@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import sessionmaker
 from sqlmodel import Session
@@ -45,6 +47,15 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             "postgresql://user@host/db)"
         ) from None
     backend = parsed.get_backend_name()
+    if backend == "sqlite" and (parsed.host or parsed.port or parsed.username):
+        # sqlite://./ledger.db reads as a host "." and a file "ledger.db".
+        shown = shown if shown != url else repr(url)
+        path = "/".join(p for p in (parsed.host or "", parsed.database or "") if p)
+        raise ConfigError(
+            f"database URL {shown} is not a valid SQLite URL: a SQLite URL has no host, so "
+            f"three slashes come before a relative path (sqlite:///{path}) and four before an "
+            "absolute one (sqlite:////var/lib/ledger/ledger.db); set LEDGER_DATABASE_URL"
+        )
     if backend == "sqlite":
         engine = create_engine(
             url,
@@ -59,6 +70,39 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         kwargs.setdefault("pool_pre_ping", True)
         return create_engine(url, **kwargs)
     raise ConfigError(f"unsupported database {backend!r}: use sqlite:/// or postgresql://")
+
+
+def cannot_open(url: URL, exc: BaseException) -> ConfigError:
+    """The one-line error for a database that cannot be opened (``exc``: the driver's error,
+    or SQLAlchemy's wrapping of it): which database and what to do. For SQLite it names the
+    file and says when its folder is missing or not writable; for PostgreSQL, the server."""
+    orig = getattr(exc, "orig", None) or exc
+    reason = " ".join(str(orig).split()) or type(orig).__name__  # drivers' messages span lines
+    if url.get_backend_name() != "sqlite":
+        shown = url.render_as_string(hide_password=True)
+        return ConfigError(
+            f"cannot open the database {shown}: {reason} (check LEDGER_DATABASE_URL and that "
+            "the server is up)"
+        )
+    path = url.database or ""
+    where = f"the SQLite database {path} (LEDGER_DATABASE_URL)"
+    if path and path != ":memory:" and not path.startswith("file:"):
+        folder = Path(path).absolute().parent
+        if not folder.is_dir():
+            return ConfigError(
+                f"cannot open {where}: the folder {folder} does not exist: create it "
+                f"(mkdir -p {folder}) or set LEDGER_DATABASE_URL to a file in an existing folder"
+            )
+        if not os.access(folder, os.W_OK | os.X_OK):
+            return ConfigError(
+                f"cannot open {where}: {reason}; the folder {folder} is not writable by this "
+                "user: let it write there, or set LEDGER_DATABASE_URL to a file in a folder it "
+                "can write"
+            )
+    return ConfigError(
+        f"cannot open {where}: {reason} (check the file's path and permissions; the form is "
+        "sqlite:///./ledger.db, or sqlite:////absolute/path/ledger.db)"
+    )
 
 
 def _setup_sqlite(engine: Engine) -> None:

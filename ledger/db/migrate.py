@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import OperationalError
 
+from ledger.db.engine import cannot_open
 from ledger.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -55,10 +56,16 @@ def alembic_config(engine: Engine) -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema to ``revision``. Raises ConfigError when the database is unreachable."""
+    """Bring the schema to ``revision``. Raises ConfigError when the database cannot be opened
+    (``engine.cannot_open``) or the migration fails."""
     from alembic import command
 
     cfg = alembic_config(engine)
+    try:
+        with engine.connect():
+            pass
+    except OperationalError as exc:
+        raise cannot_open(engine.url, exc) from None
     try:
         with engine.begin() as conn:
             if conn.dialect.name == "postgresql":
@@ -73,7 +80,11 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
     except OperationalError as exc:
-        raise ConfigError(f"cannot upgrade the database: {exc.orig}") from None
+        reason = " ".join(str(exc.orig).split())
+        shown = engine.url.render_as_string(hide_password=True)
+        raise ConfigError(
+            f"cannot migrate the database {shown} to schema revision {revision}: {reason}"
+        ) from None
 
 
 def current_revision(engine: Engine) -> str | None:

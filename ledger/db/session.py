@@ -11,7 +11,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import sessionmaker
 from sqlmodel import Session
 
-from ledger.db.engine import make_engine, session_factory
+from ledger.db.engine import cannot_open, make_engine, session_factory
 from ledger.db.migrate import current_revision, head_revision, upgrade
 from ledger.errors import ConfigError
 
@@ -38,7 +38,7 @@ class Database:
         try:
             current = current_revision(self.engine)
         except OperationalError as exc:
-            raise ConfigError(f"cannot reach the database: {exc.orig}") from None
+            raise cannot_open(self.engine.url, exc) from None
         if current != head:
             raise ConfigError(
                 f"the database {self.engine.url.render_as_string(hide_password=True)} is at "

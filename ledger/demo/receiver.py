@@ -128,6 +128,8 @@ def property_text(value: Mapping[str, Any]) -> str:
         return f"{len(data)} linked"
     if kind == "people":
         return ", ".join(str(person.get("name") or person.get("id", "")) for person in data)
+    if isinstance(data, float) and data.is_integer():
+        return str(int(data))  # Notion shows 2, not 2.0
     if isinstance(data, str | int | float):
         return str(data)
     return ""

@@ -68,7 +68,7 @@ def write_value(kind: str, value: Any) -> dict[str, Any]:
     if kind == "select":
         return {"select": None if value is None else {"name": str(value)[:100]}}
     if kind == "number":
-        return {"number": None if value is None else float(value)}
+        return {"number": None if value is None else _number(value)}
     if kind == "checkbox":
         return {"checkbox": bool(value)}
     if kind == "date":
@@ -78,6 +78,12 @@ def write_value(kind: str, value: Any) -> dict[str, Any]:
     if kind == "relation":
         return {"relation": [{"id": page_id} for page_id in value or ()]}
     raise ValueError(f"unsupported property type {kind!r}")
+
+
+def _number(value: Any) -> int | float:
+    """A number as Notion shows it: a whole number as an integer (2, not 2.0)."""
+    number = float(value)
+    return int(number) if number.is_integer() else number
 
 
 def write_properties(

@@ -172,11 +172,25 @@ def alert_headline(alert: Mapping[str, Any]) -> str:
 def _evidence_line(item: Any) -> str:
     if isinstance(item, Mapping):
         return ", ".join(f"{key} {value}" for key, value in item.items())
+    if isinstance(item, int) and not isinstance(item, bool):
+        return f"gate result {item}"  # a decision's evidence: the ids of its gate results
     return str(item)
 
 
+def _evidence_heading(alert: Mapping[str, Any]) -> str:
+    """The evidence's heading; where ids of gate results are listed, where to read them."""
+    raw = alert.get("cited") or alert.get("evidence") or []
+    items = raw if isinstance(raw, list | tuple) else [raw]
+    behavior = alert.get("behavior")
+    if behavior and any(isinstance(i, int) and not isinstance(i, bool) for i in items):
+        return f"Evidence (`ledger explain {behavior}` shows each gate result's run):"
+    return "Evidence:"
+
+
 def _evidence(alert: Mapping[str, Any]) -> list[str]:
-    raw = alert.get("evidence") or []
+    # "cited": the evidence's gate results with their gate, outcome and run (the ids stay
+    # under "evidence"), written by the transitions; else the evidence as given.
+    raw = alert.get("cited") or alert.get("evidence") or []
     items = raw if isinstance(raw, list | tuple) else [raw]
     return [_evidence_line(item) for item in items]
 
@@ -186,7 +200,7 @@ def alert_text(alert: Mapping[str, Any]) -> str:
     lines = [alert_headline(alert)]
     evidence = _evidence(alert)
     if evidence:
-        lines.append("Evidence:")
+        lines.append(_evidence_heading(alert))
         lines.extend(f"- {line}" for line in evidence[:_MAX_EVIDENCE_SHOWN])
         if len(evidence) > _MAX_EVIDENCE_SHOWN:
             lines.append(f"- …and {len(evidence) - _MAX_EVIDENCE_SHOWN} more")

@@ -1,6 +1,7 @@
-"""Hosting a simulator (or any ASGI app) on a free loopback port for tests and demos: in the
-caller's event loop (``run_asgi_in_background``) or in a thread of its own
-(``run_asgi_in_thread``). Signal handlers stay the caller's. Also the JSON plumbing the
+"""Hosting a simulator (or any ASGI app): in the foreground until SIGINT/SIGTERM
+(``serve_foreground``, for ``ledger sim …``), or on a free loopback port for tests and demos in
+the caller's event loop (``run_asgi_in_background``) or in a thread of its own
+(``run_asgi_in_thread``), signal handlers staying the caller's. Also the JSON plumbing the
 simulators' routes share: ``JSONResponse`` (orjson) and ``json_object`` (a request's body)."""
 
 from __future__ import annotations
@@ -18,7 +19,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
-__all__ = ["JSONResponse", "json_object", "run_asgi_in_background", "run_asgi_in_thread"]
+from ledger.listen import ForegroundServer, listen_problem
+
+__all__ = [
+    "CannotListen",
+    "JSONResponse",
+    "json_object",
+    "run_asgi_in_background",
+    "run_asgi_in_thread",
+    "serve_foreground",
+]
 
 
 class JSONResponse(Response):
@@ -46,6 +56,29 @@ async def json_object(
     if not isinstance(body, dict):
         raise not_object
     return body
+
+
+class CannotListen(Exception):
+    """The port a simulator was asked to serve on cannot be listened on (the message says
+    which and what to do)."""
+
+
+def serve_foreground(
+    app: ASGIApp, host: str, port: int, on_listening: Callable[[str], None], **options: Any
+) -> None:
+    """Serve ``app`` on ``host:port`` until SIGINT/SIGTERM, then return (a clean stop).
+    ``on_listening`` gets the base URL once the port listens. ``options``: uvicorn's. Raises
+    CannotListen, before anything starts, when the port is taken."""
+    problem = listen_problem(
+        host, port, hint="is the simulator already running? stop it or choose another --port"
+    )
+    if problem is not None:
+        raise CannotListen(problem)
+    config = uvicorn.Config(app, host=host, port=port, **options)
+    server = ForegroundServer(config, on_listening=on_listening)
+    server.run()
+    if not server.started:  # lost a race for the port, or the app failed to start
+        raise CannotListen(f"cannot listen on {host}:{port}: the server did not start")
 
 
 class _QuietServer(uvicorn.Server):

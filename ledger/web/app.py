@@ -9,7 +9,6 @@ import asyncio
 import base64
 import hashlib
 import re
-import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -30,6 +29,7 @@ from ledger.config import AlertChannelConfig, Settings, mask_url_password
 from ledger.daemon import Daemon, close_daemon, open_daemon
 from ledger.db.session import Database
 from ledger.errors import ConfigError, LedgerError
+from ledger.listen import listen_problem
 from ledger.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ledger.metrics import outbox_overdue_seconds
 from ledger.metrics import render as render_metrics
@@ -122,8 +122,9 @@ def docs_page_policy(page: bytes) -> str:
 
 def startup_problems(settings: Settings, *, database: bool = True) -> list[str]:
     """Everything in ``settings`` that would stop the daemon's start-up, found before anything
-    starts: one line each (what, where, what to do). With ``database`` the database is opened
-    and upgraded too, as the lifespan would."""
+    starts: one line each (what, where, what to do). The port is bind-tested whatever else is
+    wrong, so every problem is listed at once; with ``database`` the database is opened and
+    migrated too, as the lifespan would, once the configuration itself is right."""
     problems: list[str] = []
 
     def attempt(where: str, check: Callable[[], object]) -> None:
@@ -150,10 +151,12 @@ def startup_problems(settings: Settings, *, database: bool = True) -> list[str]:
         attempt(f"webhook_sources.{name}.secrets", partial(_some_secret, secrets))
     for name, channel in settings.alert_channels.items():
         attempt(f"alert_channels.{name}", partial(_check_channel, channel))
-    if database and not problems:
+    configured = not problems
+    busy = listen_problem(settings.host, settings.port, hint=PORT_HINT)
+    if busy is not None:
+        problems.append(busy)
+    if database and configured:  # opening migrates it: only once the configuration is right
         attempt("", lambda: _open_database(settings.database_url))
-    if not problems:
-        attempt("", lambda: _check_port_free(settings.host, settings.port))
     return problems
 
 
@@ -181,32 +184,18 @@ def _check_channel(channel: AlertChannelConfig) -> None:
 
 
 def _open_database(url: str) -> None:
+    """Open and migrate the database as the lifespan will. Raises ConfigError (one line)."""
     try:
         Database.open(url, migrate=True).close()
     except SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip()
-        first_line = reason.splitlines()[0] if reason else type(exc).__name__
+        reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
         raise ConfigError(
-            f"cannot open the database {mask_url_password(url)}: {first_line} "
-            "(check LEDGER_DATABASE_URL and that the server is up)"
+            f"cannot open and migrate the database {mask_url_password(url)}: "
+            f"{reason or type(exc).__name__} (check LEDGER_DATABASE_URL)"
         ) from None
 
 
-def _check_port_free(host: str, port: int) -> None:
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise ConfigError(f"cannot listen on {host}: {exc.strerror} (check --host)") from None
-    family, kind, proto, _name, address = infos[0]
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-        try:
-            probe.bind(address)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot listen on {host}:{port}: {exc.strerror} (is another daemon running? "
-                "stop it or choose another --port)"
-            ) from None
+PORT_HINT = "is another daemon running? stop it or choose another --port"
 
 
 def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from ledger.behaviors.registry import reconcile_directory
+from ledger.behaviors.registry import ReconcileSummary, reconcile_directory
 from ledger.db.models import BehaviorRow, FileProblem, LedgerEntry
 from ledger.db.session import Database
 from ledger.journal import verify
@@ -181,3 +181,11 @@ def test_registry_history_keeps_the_hash_chain_intact(db: Database, tmp_path: Pa
     with db.transaction() as session:
         result = verify(session)
     assert result.ok and result.entries == 4
+
+
+def test_a_reconcile_summary_names_what_changed_and_counts_the_rest() -> None:
+    few = ReconcileSummary(registered=["alpha"], retired=["beta", "gamma"])
+    assert few.describe() == "1 registered (alpha), 2 retired (beta, gamma)"
+    many = ReconcileSummary(updated=[f"b{i:02}" for i in range(14)])
+    assert many.describe(shown=3) == "14 updated (b00, b01, b02, …and 11 more)"
+    assert ReconcileSummary().describe() == "no changes"

@@ -184,6 +184,15 @@ def test_rich_text_over_2000_characters_is_split(size: int) -> None:
     assert read_value("rich_text", written) == "x" * size
 
 
+def test_a_whole_number_is_written_as_an_integer_so_a_count_shows_as_one() -> None:
+    from ledger.notion.props import write_value
+
+    count = write_value("number", 2.0)["number"]  # "Failures in window", say
+    assert (type(count), count) == (int, 2)
+    assert write_value("number", 0.000031) == {"number": 0.000031}  # spend stays a fraction
+    assert write_value("number", None) == {"number": None}
+
+
 async def test_two_replicas_writing_the_same_new_row_create_it_once(
     db: Database, notion_sim: NotionSim, tmp_path: Path
 ) -> None:

@@ -267,7 +267,7 @@ def test_spend_alerts_once_when_it_crosses_80_percent_of_the_budget(
     assert alerted == [False, False, True, False]
     ((row,),) = [alert_rows(db)]
     assert row.payload["alert"]["reason"] == (
-        "spent 0.85 of its 1.00 USD day budget (85%); runs are refused once it is used up"
+        "spent $0.85 of its $1.00 day budget (85%); runs are refused once it is used up"
     )
 
 

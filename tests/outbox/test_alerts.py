@@ -56,6 +56,18 @@ def test_a_demotion_reads_as_plain_english_with_tier_meanings() -> None:
     )
 
 
+def test_evidence_given_as_ids_says_they_are_gate_results_and_where_to_read_them() -> None:
+    alert = {**DEMOTION, "evidence": [7, 8], "behavior": "seo-audit"}
+    lines = alert_text(alert).splitlines()
+    assert lines[1:4] == [
+        "Evidence (`ledger explain seo-audit` shows each gate result's run):",
+        "- gate result 7",
+        "- gate result 8",
+    ]
+    blocks = slack_message(alert)["blocks"]
+    assert any("• gate result 7" in str(block) for block in blocks)
+
+
 @pytest.mark.parametrize(
     ("alert", "headline"),
     [

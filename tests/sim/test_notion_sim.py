@@ -243,6 +243,17 @@ def test_updating_properties_changes_only_the_named_ones(sim: Sim) -> None:
     assert [p["id"] for p in closed["results"]] == [row["id"]]
 
 
+def test_a_whole_number_reads_back_as_an_integer_as_from_notion(sim: Sim) -> None:
+    """Notion's numbers are JavaScript's: a count written as 2.0 comes back as 2 (the fixture's
+    ``"number": 3``), a fraction as itself."""
+    source_id = make_database(sim.notion)
+    row = add_row(sim.notion, source_id, "x", **{"Count": {"number": 2.0}})
+    assert type(row["properties"]["Count"]["number"]) is int
+    assert row["properties"]["Count"]["number"] == 2
+    half = add_row(sim.notion, source_id, "y", **{"Count": {"number": 0.5}})
+    assert half["properties"]["Count"]["number"] == 0.5
+
+
 def test_trashed_rows_leave_query_results(sim: Sim) -> None:
     source_id = make_database(sim.notion)
     row = add_row(sim.notion, source_id, "gone")

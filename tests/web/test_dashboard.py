@@ -158,6 +158,18 @@ def test_every_form_needs_its_csrf_token_and_actions_are_recorded_with_the_name(
     assert "run-nope" in browser.get("/approvals").text
 
 
+def test_the_login_page_and_a_refused_token_say_how_to_get_one(browser: httpx.Client) -> None:
+    page = browser.get("/login")
+    assert "<code>ledger token create NAME --role operator</code> makes one" in page.text
+    refused = login(browser, "wrong-token")
+    assert refused.status_code == 401
+    assert (
+        "That token is not valid (revoked, mistyped, or from another daemon): paste it again, "
+        "or make a new one where the daemon runs with "
+        "`ledger token create NAME --role operator`."
+    ) in refused.text.replace("&#96;", "`")
+
+
 def test_failed_logins_are_limited_per_address(browser: httpx.Client) -> None:
     for _ in range(10):
         refused = login(browser, "wrong-token")

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.factories import write_behavior
-from tests.servers import Daemon, free_port, names, wait_until
+from tests.servers import Daemon, free_port, ledger, names, wait_until
 
 
 def test_serve_starts_reconciles_follows_the_folder_and_stops_on_sigterm(
@@ -60,7 +60,7 @@ def test_sighup_rescans_the_folder(tmp_path: Path, start_daemon: Callable[..., D
         )
 
     # What the rescan found is logged, names included, and so is finding nothing.
-    wait_until(logged("1 registered"), what="the rescan to be logged")
+    wait_until(logged("1 registered (gamma)"), what="the rescan to be logged")
     assert '"registered": ["gamma"]' in daemon.log()
     daemon.proc.send_signal(signal.SIGHUP)
     wait_until(logged("no changes"), what="a rescan that found nothing to be logged")
@@ -123,6 +123,72 @@ def test_every_unresolvable_reference_is_reported_at_once_before_the_server_star
     assert "Traceback" not in result.stdout + result.stderr
 
 
+def test_a_port_in_use_is_listed_with_the_other_startup_problems(tmp_path: Path) -> None:
+    """The README promises every start-up problem at once: the busy port too, not only the
+    references (and the database is left alone while the configuration is wrong)."""
+    db_file = tmp_path / "l.db"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _serve(
+            tmp_path,
+            "--port",
+            str(port),
+            env={
+                "LEDGER_DATABASE_URL": f"sqlite:///{db_file}",
+                "LEDGER_API_TOKENS": '{"ops": "env:FIRSTHOUR_UNSET_OPS"}',
+                "LEDGER_ALERT_CHANNELS": '{"ops": {"type": "slack", "url": "env:FIRSTHOUR_NO"}}',
+            },
+        )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "error: api_tokens: secret reference env:FIRSTHOUR_UNSET_OPS: environment variable "
+        "FIRSTHOUR_UNSET_OPS is not set",
+        "error: alert_channels.ops: secret reference env:FIRSTHOUR_NO: environment variable "
+        "FIRSTHOUR_NO is not set",
+        f"error: cannot listen on 127.0.0.1:{port}: Address already in use (is another daemon "
+        "running? stop it or choose another --port)",
+    ]
+    assert not db_file.exists()
+
+
+def test_a_fresh_daemon_says_where_the_dashboard_is_and_how_to_make_a_token(
+    tmp_path: Path, start_daemon: Callable[..., Daemon]
+) -> None:
+    daemon = start_daemon(f"sqlite:///{tmp_path / 'fresh.db'}")
+    plain = [line for line in daemon.log().splitlines() if not line.startswith("{")]
+    assert plain == [
+        f"dashboard: {daemon.base_url}/",
+        "no API tokens yet: create one with `ledger token create NAME --role operator` (it "
+        "prints the token once; or set [api_tokens] in ledger.toml), then paste it on the "
+        "login page",
+    ]
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.proc.wait(20) == 0
+
+
+def test_with_a_token_only_the_dashboard_address_is_said(
+    tmp_path: Path, start_daemon: Callable[..., Daemon]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'tokens.db'}"
+    upgraded = ledger("db", "upgrade", cwd=tmp_path, env={"LEDGER_DATABASE_URL": url})
+    assert upgraded.returncode == 0, upgraded.stderr
+    made = ledger(
+        "token",
+        "create",
+        "ana",
+        "--role",
+        "operator",
+        cwd=tmp_path,
+        env={"LEDGER_DATABASE_URL": url},
+    )
+    assert made.returncode == 0, made.stderr
+    daemon = start_daemon(url)
+    plain = [line for line in daemon.log().splitlines() if not line.startswith("{")]
+    assert plain == [f"dashboard: {daemon.base_url}/"]
+
+
 def test_a_port_in_use_or_an_unreachable_database_is_one_line(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -144,7 +210,11 @@ def test_a_port_in_use_or_an_unreachable_database_is_one_line(tmp_path: Path) ->
         env={"LEDGER_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{closed}/nothing"},
     )
     assert down.returncode == 2
-    assert down.stderr.startswith("error: cannot upgrade the database: ")
+    assert down.stderr.startswith(
+        f"error: cannot open the database postgresql+psycopg://postgres@127.0.0.1:{closed}/"
+        "nothing: "
+    )
+    assert down.stderr.endswith("(check LEDGER_DATABASE_URL and that the server is up)\n")
     assert down.stderr.count("\n") == 1
     assert "Traceback" not in down.stdout + down.stderr
 

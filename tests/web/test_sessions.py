@@ -115,8 +115,11 @@ def test_the_spend_chart_scales_bars_to_the_largest_day() -> None:
     assert chart is not None
     heights = [bar.height for bar in chart.bars]
     assert heights[1] == 92.0 and heights[0] == 46.0 and heights[2] == 0.5  # a visible stub
-    assert chart.max_label == "$1.0000" and chart.first_label == "Dec 01"
-    assert "largest day $1.0000" in chart.summary
+    assert chart.max_label == "$1.00" and chart.first_label == "Dec 01"
+    assert "largest day $1.00" in chart.summary
+    cheap = spend_chart([(days[0], 0.000031)])
+    assert cheap is not None and cheap.max_label == "$0.000031"  # not $0.0000
+    assert cheap.bars[0].label == "2026-12-01: $0.000031"
     assert spend_chart([]) is None
     flat = spend_chart([(days[0], 0.0)])
-    assert flat is not None and flat.max_label == "$0.0000" and flat.bars[0].height == 0.5
+    assert flat is not None and flat.max_label == "$0.00" and flat.bars[0].height == 0.5

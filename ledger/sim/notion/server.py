@@ -4,20 +4,21 @@ loopback port for tests (in the event loop or in a thread)."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
-import uvicorn
-
-from ledger.sim.hosting import run_asgi_in_background, run_asgi_in_thread
+from ledger.sim.hosting import run_asgi_in_background, run_asgi_in_thread, serve_foreground
 from ledger.sim.notion.config import NotionSimConfig
 from ledger.sim.notion.routes import create_app
 
 
-def serve(host: str, port: int, config: NotionSimConfig) -> None:
-    """Run the simulator in the foreground until interrupted (``ledger sim notion``). No
+def serve(
+    host: str, port: int, config: NotionSimConfig, on_listening: Callable[[str], None]
+) -> None:
+    """Run the simulator in the foreground until SIGINT/SIGTERM (``ledger sim notion``);
+    ``on_listening`` gets its base URL once it listens. Raises ``hosting.CannotListen``. No
     access log: requests are logged in memory (``GET /_sim/requests``)."""
-    uvicorn.run(
-        create_app(config), host=host, port=port, ws="none", log_level="info", access_log=False
+    serve_foreground(
+        create_app(config), host, port, on_listening, ws="none", log_level="info", access_log=False
     )
 
 

@@ -270,7 +270,8 @@ def _property_value(prop: JSON, raw: Any, users: Mapping[str, JSON], new_id: New
     elif kind == "number":
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
             raise validation_error(f"{name} is expected to be number.")
-        read = value
+        # Notion's numbers are JavaScript's: 2.0 is stored, and answered, as 2.
+        read = int(value) if isinstance(value, float) and value.is_integer() else value
     elif kind == "checkbox":
         if not isinstance(value, bool):
             raise validation_error(f"{name} is expected to be checkbox.")

@@ -4,24 +4,24 @@ free loopback port for tests (in the event loop or in a thread)."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
-import uvicorn
-
-from ledger.sim.hosting import run_asgi_in_background, run_asgi_in_thread
+from ledger.sim.hosting import run_asgi_in_background, run_asgi_in_thread, serve_foreground
 from ledger.sim.openrouter.config import SimConfig
 from ledger.sim.openrouter.routes import create_app
 
 
-def serve(host: str, port: int, config: SimConfig) -> None:
-    """Run the simulator in the foreground until interrupted (``ledger sim openrouter``)."""
+def serve(host: str, port: int, config: SimConfig, on_listening: Callable[[str], None]) -> None:
+    """Run the simulator in the foreground until SIGINT/SIGTERM (``ledger sim openrouter``);
+    ``on_listening`` gets its base URL once it listens. Raises ``hosting.CannotListen``."""
     # Like the real service: keep-alive connections live longer than the daemon's pool keeps
     # them idle (120 s), and a wave of connections at once is not refused. No access log: the
     # calls are recorded (GET /_sim/calls), and a line per request costs more than the request.
-    uvicorn.run(
+    serve_foreground(
         create_app(config),
-        host=host,
-        port=port,
+        host,
+        port,
+        on_listening,
         ws="none",
         log_level="info",
         access_log=False,

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from ledger.spend import format_usd
+
 
 @dataclass(frozen=True, slots=True)
 class Bar:
@@ -49,7 +51,7 @@ def spend_chart(
                 y=round(pad_top + plot_h - h, 1),
                 width=round(bar_w, 1),
                 height=round(max(h, 0.5), 1),
-                label=f"{day:%Y-%m-%d}: ${usd:.4f}",
+                label=f"{day:%Y-%m-%d}: {format_usd(usd)}",
             )
         )
     total = sum(usd for _, usd in points)
@@ -57,8 +59,9 @@ def spend_chart(
         width=width,
         height=height,
         bars=bars,
-        max_label=f"${largest:.4f}",
+        max_label=format_usd(largest),
         first_label=f"{points[0][0]:%b %d}",
         last_label=f"{points[-1][0]:%b %d}",
-        summary=f"${total:.4f} over {len(points)} day(s) with runs; the largest day ${largest:.4f}",
+        summary=f"{format_usd(total)} over {len(points)} day(s) with runs; the largest day "
+        f"{format_usd(largest)}",
     )

@@ -12,6 +12,7 @@ from markdown_it import MarkdownIt
 from markupsafe import Markup
 
 from ledger.gates import Tier
+from ledger.spend import format_usd
 
 TEMPLATES = Path(__file__).parent / "templates"
 STATIC = Path(__file__).parent / "static"
@@ -47,10 +48,7 @@ def ago(value: datetime | None, now: datetime | None = None) -> str:
     return f"{seconds} s ago"
 
 
-def usd(value: float | None) -> str:
-    if value is None:
-        return "—"
-    return f"${value:,.4f}" if value < 1 else f"${value:,.2f}"
+usd = format_usd  # the template filter
 
 
 def tier_label(letter: str) -> str:

@@ -286,7 +286,12 @@ async def login(request: Request) -> Response:
     )
     if operator is None:
         limiter.failed(client)
-        return again("That token is not valid (check it with whoever runs the daemon).", 401)
+        return again(
+            "That token is not valid (revoked, mistyped, or from another daemon): paste it "
+            "again, or make a new one where the daemon runs with "
+            "`ledger token create NAME --role operator`.",
+            401,
+        )
     limiter.succeeded(client)
     cookie, _session = signer.issue(operator, token_sha256=digest(token))
     response = RedirectResponse(next_path, status_code=303)
