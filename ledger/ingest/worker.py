@@ -29,13 +29,35 @@ receiver max, PostgreSQL                   4,044           7,224
 Everything the two share is in the database — the deliveries waiting, what the processor
 applied — so the split costs nothing in safety: a child that dies (killed, out of memory) loses
 nothing, the parent logs it and starts another, which takes the same deliveries. Beside the
-database they share one socket pair (``multiprocessing.connection`` messages): the parent sends
-the child its configuration, whether the receiver is busy and "stop"; the child sends the
+database they share one socket pair of length-prefixed messages (the framing of
+``multiprocessing.connection``): the parent sends the child its version, its configuration,
+whether the receiver is busy and "stop" (pickled: the parent is trusted); the child sends the
 backlog it measured (the receiver's 429 bound) and what it counted for ``/metrics`` (gate
-results, tier changes, runs). The end of the socket stops the child too: a child whose parent
-died does not outlive it. The child is ``python -m ledger.ingest.worker FD``, a fresh
-interpreter that imports only what processing needs (not the program that started the daemon,
-as a ``multiprocessing`` spawn would).
+results, tier changes, runs) as JSON, which the parent parses without running anything the
+child, which reads untrusted span data, could have put there. Neither side ever waits to send:
+a message that does not fit the socket waits in its sender's memory, only the latest "busy" or
+backlog is kept, and a child that has read nothing the parent sent for ``HUNG_SECONDS``
+(stopped, or stuck) is killed and started again like one that crashed — the parent's event
+loop (HTTP, ``/healthz``, signals) never blocks on its child. The end of the socket stops the
+child too: a child whose parent died does not outlive it.
+
+The child is ``python -P -m ledger.ingest.worker FD``, a fresh interpreter that imports only
+what processing needs (not the program that started the daemon, as a ``multiprocessing`` spawn
+would) and nothing from the daemon's working directory (``-P``). The package's directory is
+added to its ``PYTHONPATH`` only when that interpreter would not import this same ``ledger``
+otherwise (a source checkout run in place). Its environment is an allow-list
+(``CHILD_ENVIRONMENT``: the search path, locale, time zone, temporary directory, TLS
+certificates, libpq's ``PG*`` variables, ``CREDENTIALS_DIRECTORY`` and the interpreter's
+``PYTHON*`` settings) plus the variable an ``env:`` reference in ``LEDGER_DATABASE_URL`` names;
+no ``LEDGER_*`` setting (its configuration comes over the socket) and no variable holding a
+secret the daemon resolved (signing secrets, API keys): the process that parses span data
+holds only the database's credentials.
+
+The parent first sends ``ledger.__version__`` and ``PROTOCOL``; a child installed from other
+files (``pip install`` into the daemon's environment while it runs, then the child restarted)
+exits with ``UPGRADED_EXIT`` before reading the configuration, and the parent stops restarting
+it: its log says, and ``/readyz`` answers 503 with, "ledger was upgraded in place: restart the
+daemon".
 
 A daemon on a clock other than the system's (tests), or on an in-memory SQLite database, keeps
 the processor in its own process's thread (``IngestProcessor``), as does
@@ -46,23 +68,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import json
 import os
+import pickle
+import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Final
 
 import structlog
 from pydantic import SecretStr
 
+import ledger
 from ledger.config import WebhookSource
 from ledger.ingest.writer import Backlog
 from ledger.metrics import PROCESSOR_RESTARTS, add_counts
+from ledger.secrets import known_secret_values
 from ledger.transitions import PolicyContext
 
 log = structlog.get_logger("ledger.ingest")
@@ -74,6 +103,190 @@ HEALTHY_SECONDS: Final = 60.0  # a child that ran this long restarts after the f
 CRASH_LOOP: Final = 3  # exits in a row (none running HEALTHY_SECONDS) that make /readyz fail
 STOP_SECONDS: Final = 8.0  # a stopping child finishes its batch within this, or is killed
 # (within the 10 s the daemon gives each of its tasks to finish)
+HUNG_SECONDS: Final = 30.0  # a child that reads nothing its parent sends for this long (its
+# socket full: stopped, or stuck) is killed and started again. Only a full socket counts (some
+# 200 KB unread), so a child still connecting to its database is not hung.
+PROTOCOL: Final = 2  # the messages' shape: change it with them
+UPGRADED_EXIT: Final = 78  # the child is another version than its parent: restart the daemon
+UPGRADED_PROBLEM: Final = (
+    "ledger was upgraded in place: restart the daemon (its broadcast processor process, started "
+    "from the files installed now, is another version; broadcast deliveries are stored but not "
+    "applied until then)"
+)
+
+# What the child's environment keeps of the daemon's (besides the variable an env: reference in
+# the database URL names); everything else, secrets the daemon resolved first, stays behind.
+CHILD_ENVIRONMENT: Final = frozenset(
+    {
+        "PATH", "HOME", "USER", "LOGNAME", "TMPDIR", "TZ", "TZDIR", "LANG", "LANGUAGE",
+        "LC_ALL", "LC_CTYPE", "LC_COLLATE", "LC_MESSAGES", "LC_NUMERIC", "LC_TIME",
+        "LC_MONETARY", "TERM", "NO_COLOR", "FORCE_COLOR", "LD_LIBRARY_PATH", "VIRTUAL_ENV",
+        "SSL_CERT_FILE", "SSL_CERT_DIR", "CREDENTIALS_DIRECTORY",
+        # libpq (psycopg): where and how to reach PostgreSQL
+        "PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGPASSWORD", "PGPASSFILE",
+        "PGSERVICE", "PGSERVICEFILE", "PGSYSCONFDIR", "PGOPTIONS", "PGAPPNAME",
+        "PGCONNECT_TIMEOUT", "PGCLIENTENCODING", "PGTARGETSESSIONATTRS", "PGLOADBALANCEHOSTS",
+        "PGCHANNELBINDING", "PGREQUIREAUTH", "PGSSLMODE", "PGREQUIRESSL", "PGSSLNEGOTIATION",
+        "PGSSLCERT", "PGSSLKEY", "PGSSLCERTMODE", "PGSSLROOTCERT", "PGSSLCRL", "PGSSLCRLDIR",
+        "PGSSLSNI", "PGREQUIREPEER", "PGSSLMINPROTOCOLVERSION", "PGSSLMAXPROTOCOLVERSION",
+        "PGGSSENCMODE", "PGKRBSRVNAME", "PGGSSLIB", "PGGSSDELEGATION", "PGTZ", "PGDATESTYLE",
+        # the interpreter
+        "PYTHONPATH", "PYTHONHOME", "PYTHONSAFEPATH", "PYTHONNOUSERSITE", "PYTHONUSERBASE",
+        "PYTHONPLATLIBDIR", "PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX",
+        "PYTHONUNBUFFERED", "PYTHONIOENCODING", "PYTHONUTF8", "PYTHONCOERCECLOCALE",
+        "PYTHONWARNINGS", "PYTHONFAULTHANDLER", "PYTHONDEVMODE", "PYTHONHASHSEED",
+        "PYTHONMALLOC", "PYTHONTRACEMALLOC", "PYTHONASYNCIODEBUG", "PYTHONINTMAXSTRDIGITS",
+        # subprocess coverage (the test suite's, when measured)
+        "COVERAGE_PROCESS_START", "COVERAGE_RCFILE",
+    }
+)  # fmt: skip
+
+
+def child_environment(database_url: str, environ: Mapping[str, str]) -> dict[str, str]:
+    """The child's environment: the allowed variables of ``environ`` whose values are not a
+    secret this process resolved, the variable ``database_url``'s ``env:`` reference names
+    (the child resolves it), and a ``PYTHONPATH`` that finds this ``ledger``."""
+    secrets = known_secret_values()
+    env = {
+        name: value
+        for name, value in environ.items()
+        if (name in CHILD_ENVIRONMENT or name.startswith("LC_")) and value not in secrets
+    }
+    reference = database_url.strip()
+    if reference.startswith("env:") and reference[4:] in environ:
+        env[reference[4:]] = environ[reference[4:]]
+    path = _pythonpath(sys.executable, tuple(sorted(env.items())))
+    if path is not None:
+        env["PYTHONPATH"] = path
+    return env
+
+
+@functools.cache
+def _pythonpath(executable: str, environ: tuple[tuple[str, str], ...]) -> str | None:
+    """The child's ``PYTHONPATH`` when ``executable`` in ``environ`` (the child's, with the
+    daemon's ``PYTHONPATH``) would not import this ``ledger``, else None: the package's
+    directory appended when no ``ledger`` is found (a source checkout run in place), first when
+    another copy would be (this one must win). An installed ``ledger`` (a wheel, an editable
+    install) needs nothing: putting site-packages first would put it before the standard
+    library."""
+    ours = Path(ledger.__file__).resolve()
+    root = str(ours.parents[1])
+    path = dict(environ).get("PYTHONPATH")
+    probe = (
+        "import importlib.util as u; s = u.find_spec('ledger'); "
+        "print(s.origin if s is not None and s.origin else '')"
+    )
+    try:
+        found = subprocess.run(  # noqa: S603 - this interpreter, a constant program
+            [executable, "-P", "-c", probe],
+            env=dict(environ),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        found = ""
+    if found and Path(found).resolve() == ours:
+        return None
+    if not path:
+        return root
+    return path + os.pathsep + root if not found else root + os.pathsep + path
+
+
+_HEADER: Final = struct.Struct("!i")  # multiprocessing.connection's length prefix
+_MAX_MESSAGE: Final = 64 * 1024 * 1024
+
+
+class _Channel:
+    """One end of the socket pair, never blocking: ``send`` queues a message and writes what
+    the socket takes; ``receive`` returns the messages that arrived whole."""
+
+    def __init__(
+        self, sock: socket.socket, dumps: Callable[[Any], bytes], loads: Callable[[bytes], Any]
+    ) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self._dumps = dumps
+        self._loads = loads
+        self._out = bytearray()
+        self._in = bytearray()
+        self.stalled_since: float | None = None  # when the socket last refused what is queued
+        self.closed = False  # the other end is gone
+
+    @property
+    def pending(self) -> bool:
+        """Whether an earlier message still waits for room in the socket."""
+        return bool(self._out)
+
+    def send(self, kind: str, value: Any) -> None:
+        data = self._dumps((kind, value))
+        self._out += _HEADER.pack(len(data)) + data
+        self.flush()
+
+    def flush(self) -> None:
+        if self.closed:
+            self._out.clear()
+        while self._out:
+            try:
+                sent = self.sock.send(self._out)
+            except BlockingIOError:
+                if self.stalled_since is None:
+                    self.stalled_since = time.monotonic()
+                return
+            except OSError:
+                self.closed = True
+                self._out.clear()
+                break
+            del self._out[:sent]
+            self.stalled_since = None if not self._out else time.monotonic()
+        self.stalled_since = None
+
+    def stalled_for(self) -> float:
+        return 0.0 if self.stalled_since is None else time.monotonic() - self.stalled_since
+
+    def receive(self) -> list[tuple[str, Any]]:
+        messages = []
+        for data in self.receive_frames():
+            kind, value = self._loads(data)
+            messages.append((str(kind), value))
+        return messages
+
+    def receive_frames(self) -> list[bytes]:
+        """The messages that arrived whole, not decoded yet."""
+        while not self.closed:
+            try:
+                data = self.sock.recv(65536)
+            except BlockingIOError:
+                break
+            except OSError:
+                data = b""
+            if not data:
+                self.closed = True
+            self._in += data
+        frames = []
+        while len(self._in) >= _HEADER.size:
+            (size,) = _HEADER.unpack_from(self._in)
+            if not 0 <= size <= _MAX_MESSAGE:
+                self.closed = True
+                raise ValueError(f"a message of {size} bytes")
+            if len(self._in) < _HEADER.size + size:
+                break
+            frames.append(bytes(self._in[_HEADER.size : _HEADER.size + size]))
+            del self._in[: _HEADER.size + size]
+        return frames
+
+    def drain(self, timeout: float) -> None:
+        """Write what is queued, waiting up to ``timeout`` seconds (the child, exiting)."""
+        with contextlib.suppress(OSError):
+            self.sock.settimeout(timeout)
+            self.sock.sendall(self._out)
+        self._out.clear()
+
+
+def _to_json(message: Any) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode()
 
 
 class ProcessorProcess:
@@ -93,6 +306,9 @@ class ProcessorProcess:
         log_format: Any = "auto",
         log_level: Any = "info",
     ) -> None:
+        # Sent first: a child of another version exits (``UPGRADED_EXIT``) before unpickling
+        # a configuration whose classes may have changed shape.
+        self.hello: dict[str, Any] = {"version": ledger.__version__, "protocol": PROTOCOL}
         self.config: dict[str, Any] = {
             "database_url": database_url,
             "ctx": ctx,
@@ -113,10 +329,15 @@ class ProcessorProcess:
         self.restarts = 0
         self.failures = 0  # exits in a row, none after running HEALTHY_SECONDS
         self.last_exit: int | None = None
+        self.upgraded = False  # the child is another version: not restarted
+        self.channel: _Channel | None = None  # the current child's socket
 
     def problem(self) -> str | None:
-        """Why broadcast deliveries are not being applied (for /readyz), or None: the child
-        keeps exiting (``CRASH_LOOP`` times in a row)."""
+        """Why broadcast deliveries are not being applied (for /readyz), or None: ledger was
+        upgraded under the running daemon, or the child keeps exiting (``CRASH_LOOP`` times in
+        a row)."""
+        if self.upgraded:
+            return UPGRADED_PROBLEM
         if self.failures < CRASH_LOOP:
             return None
         return (
@@ -135,6 +356,12 @@ class ProcessorProcess:
                 code = None
             if stop.is_set():
                 return
+            if code == UPGRADED_EXIT:
+                self.upgraded = True
+                self.last_exit = code
+                log.error(UPGRADED_PROBLEM, version=ledger.__version__, protocol=PROTOCOL)
+                await stop.wait()
+                return
             if time.monotonic() - started >= HEALTHY_SECONDS:
                 self.failures = 0
             delay = RESTART_DELAYS[min(self.failures, len(RESTART_DELAYS) - 1)]
@@ -152,112 +379,170 @@ class ProcessorProcess:
                 await asyncio.wait_for(stop.wait(), timeout=delay)
 
     async def _run_child(self, stop: asyncio.Event) -> int | None:
+        """One child, from its start to its exit. Whatever ends this (the child's exit, the
+        daemon stopping, an error, the task cancelled), no child outlives it."""
         mine, theirs = socket.socketpair()
-        conn = Connection(mine.detach())
-        try:
-            fd = theirs.fileno()
-            package_root = str(Path(__file__).resolve().parents[2])
-            path = os.environ.get("PYTHONPATH")
-            env = {**os.environ, "PYTHONPATH": package_root + (os.pathsep + path if path else "")}
-            process = await asyncio.to_thread(
-                subprocess.Popen,
-                [sys.executable, "-m", "ledger.ingest.worker", str(fd)],
-                pass_fds=(fd,),
-                env=env,
-                stdin=subprocess.DEVNULL,
-            )
-        finally:
-            theirs.close()
-        self.process = process
-        log.info("broadcast processor started in a process of its own", pid=process.pid)
+        channel = self.channel = _Channel(mine, pickle.dumps, json.loads)
         loop = asyncio.get_running_loop()
+        process: subprocess.Popen[bytes] | None = None
         try:
-            conn.send(("config", self.config))
-            loop.add_reader(conn.fileno(), self._receive, conn)
-            busy: bool | None = None
+            try:
+                fd = theirs.fileno()
+                env = await asyncio.to_thread(
+                    child_environment, self.config["database_url"], dict(os.environ)
+                )
+                # Not in a thread: a task cancelled meanwhile would leave a child no one stops
+                # (this returns once the interpreter is executed, in milliseconds).
+                process = subprocess.Popen(  # noqa: S603 - this interpreter, this module
+                    [sys.executable, "-P", "-m", "ledger.ingest.worker", str(fd)],
+                    pass_fds=(fd,),
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                )
+            finally:
+                theirs.close()
+            self.process = process
+            log.info("broadcast processor started in a process of its own", pid=process.pid)
+            channel.send("hello", self.hello)
+            channel.send("config", self.config)
+            loop.add_reader(mine.fileno(), self._receive, channel)
+            busy: bool | None = None  # what the child was last sent
             started = time.monotonic()
             while process.poll() is None and not stop.is_set():
                 if self.failures and time.monotonic() - started >= HEALTHY_SECONDS:
                     self.failures = 0  # running well again: ready
+                channel.flush()
                 now_busy = bool(self.ingest_busy and self.ingest_busy())
-                if now_busy != busy:
+                if now_busy != busy and not channel.pending:  # else the latest, next time
                     busy = now_busy
-                    conn.send(("busy", busy))
+                    channel.send("busy", busy)
+                if channel.stalled_for() >= HUNG_SECONDS:
+                    log.error(
+                        "the broadcast processor process has read nothing for "
+                        f"{HUNG_SECONDS:.0f} s (stopped or stuck); killing it",
+                        pid=process.pid,
+                    )
+                    process.kill()
+                    break
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=SYNC_SECONDS)
-        except OSError:
-            pass  # the child is gone: its socket too
-        finally:
-            with contextlib.suppress(ValueError, OSError):
-                loop.remove_reader(conn.fileno())
-        try:
-            if process.poll() is None:
-                with contextlib.suppress(OSError):
-                    conn.send(("stop", None))
-                try:
-                    await asyncio.to_thread(process.wait, STOP_SECONDS)
-                except subprocess.TimeoutExpired:
+            if process.poll() is None and stop.is_set():
+                channel.send("stop", None)
+                deadline = time.monotonic() + STOP_SECONDS
+                while process.poll() is None and time.monotonic() < deadline:
+                    channel.flush()
+                    await asyncio.sleep(SYNC_SECONDS)
+                if process.poll() is None:
                     log.warning("the broadcast processor process did not stop; killing it")
                     process.kill()
-                    await asyncio.to_thread(process.wait, 5.0)
-            self._receive(conn)  # what it counted last
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await asyncio.to_thread(process.wait, 5.0)
+            self._receive(channel)  # what it counted last
         finally:
-            conn.close()
+            with contextlib.suppress(ValueError, OSError):
+                loop.remove_reader(mine.fileno())
+            if process is not None and process.poll() is None:
+                process.kill()  # an error, or the daemon's task cancelled
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(5.0)
+            mine.close()
         return process.returncode
 
-    def _receive(self, conn: Connection) -> None:
+    def _receive(self, channel: _Channel) -> None:
         """The child's messages: the backlog it measured, what it counted. At the socket's end
         (the child is gone) it stops listening, so the loop does not spin on it."""
         try:
-            while conn.poll():
-                kind, value = conn.recv()
+            messages = channel.receive()
+        except (TypeError, ValueError):  # not from this version's child
+            log.warning("the broadcast processor process sent a message it does not send")
+            messages = []
+            channel.closed = True
+        for kind, value in messages:
+            try:
                 if kind == "waiting" and self.backlog is not None:
-                    self.backlog.resync(value)
+                    self.backlog.resync(int(value))
                 elif kind == "counts":
-                    add_counts(value)
-        except (EOFError, OSError):
+                    add_counts({(str(n), tuple(map(str, ls))): float(v) for n, ls, v in value})
+            except (TypeError, ValueError):
+                log.warning("the broadcast processor process sent a malformed message", kind=kind)
+        if channel.closed:
             with contextlib.suppress(ValueError, OSError):
-                asyncio.get_running_loop().remove_reader(conn.fileno())
+                asyncio.get_running_loop().remove_reader(channel.sock.fileno())
 
 
 class _SentBacklog(Backlog):
     """The child's side of the receiver's ``Backlog``: what the processor measures is sent to
-    the parent, whose receiver refuses deliveries past the bound."""
+    the parent, whose receiver refuses deliveries past the bound. Only the latest measure
+    waits while the socket is full."""
 
-    __slots__ = ("_conn",)
+    __slots__ = ("_channel", "unsent")
 
-    def __init__(self, conn: Connection, limit: int) -> None:
+    def __init__(self, channel: _Channel, limit: int) -> None:
         super().__init__(limit)
-        self._conn = conn
+        self._channel = channel
+        self.unsent: int | None = None
 
     def resync(self, spans: int) -> None:
         super().resync(spans)
-        with contextlib.suppress(OSError):
-            self._conn.send(("waiting", spans))
+        self.unsent = spans
+        self.send()
+
+    def send(self) -> None:
+        self._channel.flush()
+        if self.unsent is not None and not self._channel.pending:
+            self._channel.send("waiting", self.unsent)
+            self.unsent = None
 
 
 def main(fd: int) -> None:
     """The child process: the processor's loop until the parent says stop or is gone."""
-    from ledger.logging import configure_logging
-
     # Ctrl-C, a terminal's hang-up and a service manager's SIGTERM reach the whole process
     # group: the parent stops its child (its "stop", or the socket's end), which is not a crash
     # to restart and count. No priority or resource changes here (nice, setrlimit): the systemd
     # unit in deploy/ filters those system calls (@resources), and SIGSYS would kill the child.
     for number in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
         signal.signal(number, signal.SIG_IGN)
-    conn = Connection(fd)
+    channel = _Channel(socket.socket(fileno=fd), _to_json, pickle.loads)
+    frames: deque[bytes] = deque()
     try:
-        kind, config = conn.recv()
-    except (EOFError, OSError):
+        first = _next_frame(channel, frames)
+    except EOFError:
         return  # the parent is gone already
+    try:
+        kind, hello = pickle.loads(first)  # noqa: S301 - from the parent
+    except Exception:  # a message this version cannot read
+        kind, hello = "", None
+    expected = {"version": ledger.__version__, "protocol": PROTOCOL}
+    if kind != "hello" or hello != expected:
+        # Installed from other files than the daemon's (upgraded in place): the daemon says so.
+        # The configuration, pickled by another version's classes, is not read.
+        raise SystemExit(UPGRADED_EXIT)
+    try:
+        kind, config = pickle.loads(_next_frame(channel, frames))  # noqa: S301 - same version
+    except EOFError:
+        return
     if kind != "config":
-        raise SystemExit(f"ledger.ingest.worker: expected the configuration first, got {kind!r}")
+        raise SystemExit(f"ledger.ingest.worker: expected the configuration, got {kind!r}")
+    from ledger.logging import configure_logging
+
     configure_logging(config["log_format"], config["log_level"])
-    asyncio.run(_child(conn, config))
+    messages = deque((str(kind), value) for kind, value in map(pickle.loads, frames))
+    asyncio.run(_child(channel, config, messages))
 
 
-async def _child(conn: Connection, config: dict[str, Any]) -> None:
+def _next_frame(channel: _Channel, frames: deque[bytes]) -> bytes:
+    """The parent's next message, not decoded, waiting for it (before the event loop runs)."""
+    while not frames:
+        if channel.closed:
+            raise EOFError
+        select.select([channel.sock], [], [])
+        frames.extend(channel.receive_frames())
+    return frames.popleft()
+
+
+async def _child(
+    channel: _Channel, config: dict[str, Any], messages: deque[tuple[str, Any]]
+) -> None:
     from ledger.clock import SystemClock
     from ledger.db.session import Database
     from ledger.ingest.process import IngestProcessor
@@ -267,13 +552,14 @@ async def _child(conn: Connection, config: dict[str, Any]) -> None:
     db = await asyncio.to_thread(Database.open, config["database_url"])
     stop = asyncio.Event()
     busy = False
+    backlog = _SentBacklog(channel, config["limit"])
     processor = IngestProcessor(
         db,
         SystemClock(),
         config["ctx"],
         sources=config["sources"],
         ingest_busy=lambda: busy,
-        backlog=_SentBacklog(conn, config["limit"]),
+        backlog=backlog,
     )
 
     def stop_now() -> None:
@@ -282,28 +568,34 @@ async def _child(conn: Connection, config: dict[str, Any]) -> None:
 
     def on_message() -> None:
         nonlocal busy
-        try:
-            while conn.poll():
-                kind, value = conn.recv()
-                if kind == "busy":
-                    busy = bool(value)
-                elif kind == "stop":
-                    stop_now()
-        except (EOFError, OSError):
-            loop.remove_reader(conn.fileno())  # the parent is gone: stop listening, and stop
+        messages.extend(channel.receive())
+        while messages:
+            kind, value = messages.popleft()
+            if kind == "busy":
+                busy = bool(value)
+            elif kind == "stop":
+                stop_now()
+        if channel.closed:
+            loop.remove_reader(channel.sock.fileno())  # the parent is gone: stop listening
             stop_now()
 
     loop = asyncio.get_running_loop()
-    loop.add_reader(conn.fileno(), on_message)
+    loop.add_reader(channel.sock.fileno(), on_message)
+    on_message()  # what came with the configuration
     sent: dict[Any, float] = {}
 
     def send_counts() -> None:
+        backlog.send()
+        if channel.pending:
+            return  # the parent has not read the last ones: these wait, added up
         now = counts()
-        delta = {key: value - sent.get(key, 0.0) for key, value in now.items()}
-        delta = {key: value for key, value in delta.items() if value}
+        delta = [
+            [name, list(labels), value - sent.get((name, labels), 0.0)]
+            for (name, labels), value in now.items()
+            if value != sent.get((name, labels), 0.0)
+        ]
         if delta:
-            with contextlib.suppress(OSError):
-                conn.send(("counts", delta))
+            channel.send("counts", delta)
             sent.update(now)
 
     async def ship() -> None:
@@ -318,9 +610,11 @@ async def _child(conn: Connection, config: dict[str, Any]) -> None:
     finally:
         stop.set()
         await shipper
+        channel.drain(1.0)
         send_counts()
+        channel.drain(1.0)
         with contextlib.suppress(ValueError, OSError):
-            loop.remove_reader(conn.fileno())
+            loop.remove_reader(channel.sock.fileno())
         db.close()
 
 

@@ -9,9 +9,12 @@ for the kill test; the child is a real spawned interpreter on the same database.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import re
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,13 +22,17 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
+import ledger
 from ledger.clock import Clock, FakeClock, SystemClock
-from ledger.config import Settings
+from ledger.config import Settings, WebhookSource
 from ledger.daemon import build_policy_context, build_processor
 from ledger.db.session import Database
+from ledger.ingest import worker
 from ledger.ingest.process import IngestProcessor
-from ledger.ingest.worker import ProcessorProcess
+from ledger.ingest.worker import PROTOCOL, UPGRADED_EXIT, UPGRADED_PROBLEM, ProcessorProcess
+from ledger.transitions import PolicyContext
 from ledger.web.app import create_app
 from tests.factories import VALID_BEHAVIOR, write_behavior
 from tests.ingest.test_end_to_end import (
@@ -35,7 +42,7 @@ from tests.ingest.test_end_to_end import (
     ingest_summary,
     openrouter_delivery,
 )
-from tests.servers import Daemon, serve_app, wait_until
+from tests.servers import Daemon, serve_app, wait_until, wait_until_async
 
 
 @pytest.fixture
@@ -144,10 +151,23 @@ def test_a_killed_child_is_replaced_and_no_delivery_is_lost(
 
 
 def children(pid: int) -> list[int]:
+    """``pid``'s processor children (not the short check of what its interpreter imports)."""
     found: list[int] = []
     for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(c) for c in (task / "children").read_text().split()]
+        for child in map(int, (task / "children").read_text().split()):
+            with contextlib.suppress(FileNotFoundError):
+                if b"ledger.ingest.worker" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    found.append(child)
     return found
+
+
+def ignores_sigterm(pid: int) -> bool:
+    """Whether the child ``pid`` is past its start-up (the imports)."""
+    with contextlib.suppress(FileNotFoundError):
+        status = Path(f"/proc/{pid}/status").read_text()
+        mask = int(status.split("SigIgn:")[1].split()[0], 16)
+        return bool(mask & (1 << (signal.SIGTERM - 1)))
+    return False
 
 
 def serve_with_child(start_daemon: Callable[..., Daemon], database_url: str) -> tuple[Daemon, int]:
@@ -203,13 +223,7 @@ def test_a_service_managers_sigterm_to_the_group_is_a_clean_stop_not_a_crash(
     """``systemctl stop`` signals every process of the unit: the child leaves stopping to its
     parent, which stops it, exits 0 and neither restarts nor counts it as a crash."""
     daemon, child = serve_with_child(start_daemon, database_url)
-
-    def ignores_sigterm() -> bool:  # past its start-up (the imports)
-        status = Path(f"/proc/{child}/status").read_text()
-        mask = int(status.split("SigIgn:")[1].split()[0], 16)
-        return bool(mask & (1 << (signal.SIGTERM - 1)))
-
-    wait_until(ignores_sigterm, 20, "the child to start")
+    wait_until(lambda: ignores_sigterm(child), 20, "the child to start")
     os.kill(child, signal.SIGTERM)  # the child first, as a group signal may reach it first
     time.sleep(0.5)
     assert alive(child)
@@ -241,5 +255,222 @@ def test_a_child_that_keeps_exiting_makes_the_daemon_not_ready(
     reason = answer.json()["reason"]
     assert "broadcast processor process keeps exiting (3 times in a row" in reason
     assert "last exit code -9" in reason
-    # It is started again after its back-off (5 s), and stopped cleanly with the daemon.
+    # It is started again after its back-off (5 s), and stopped cleanly with the daemon (once
+    # past its imports: on a loaded machine they took longer than a stop may).
     wait_until(lambda: processor.process is not current, 20, "the fourth child")
+    fourth = processor.process
+    assert fourth is not None
+    wait_until(lambda: ignores_sigterm(fourth.pid), 30, "the fourth child to start")
+
+
+def environ_of(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(entry.decode().partition("=")[::2] for entry in raw if entry)
+
+
+def test_the_child_holds_no_secret_but_the_databases_and_still_applies_deliveries(
+    alpha_settings: Settings, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The child parses untrusted span data: its environment is an allow-list, without the
+    webhook signing secret, the management key, the behaviors' keys or anything else; only the
+    variable the database URL's ``env:`` reference names is added."""
+    planted = {
+        "WORKER_GH_SECRET": "gh-signing-secret-" + "c3" * 16,
+        "WORKER_OR_KEY": "sk-or-v1-" + "d4" * 32,
+        "WORKER_UNRELATED_TOKEN": "unrelated-token-" + "e5" * 16,
+        "AWS_SECRET_ACCESS_KEY": "aws-secret-" + "f6" * 16,
+    }
+    for name, value in planted.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("WORKER_DB_URL", database_url)
+    behavior_key = os.environ["WORKER_ALPHA_KEY"]
+    settings = alpha_settings.model_copy(
+        update={
+            "database_url": "env:WORKER_DB_URL",
+            "openrouter_management_key": SecretStr("env:WORKER_OR_KEY"),
+            "webhook_sources": {
+                "gh": WebhookSource(scheme="github", secrets=SecretStr("env:WORKER_GH_SECRET"))
+            },
+        }
+    )
+    app = create_app(settings)
+    with serve_app(app) as base_url:
+        processor = app.state.ledger.services.processor
+        assert isinstance(processor, ProcessorProcess)
+        wait_until(lambda: processor.process is not None, 10, "the child to start")
+        assert processor.process is not None
+        environ = environ_of(processor.process.pid)
+        send(base_url, 250_000)
+        wait_until(lambda: spans(base_url) >= 3, 20, "the child to apply the delivery")
+        assert behavior(base_url)["spend"]["usd"] == pytest.approx(0.25)
+        assert processor.restarts == 0
+    everything = "\0".join(f"{k}={v}" for k, v in environ.items())
+    for value in [*planted.values(), behavior_key]:
+        assert value not in everything
+    assert environ["WORKER_DB_URL"] == database_url  # LEDGER_DATABASE_URL=env:WORKER_DB_URL
+    assert environ["PATH"] == os.environ["PATH"]
+    assert not [name for name in environ if name.startswith("LEDGER_")]
+
+
+def test_the_child_imports_nothing_from_the_daemons_working_directory(
+    alpha_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``json.py`` where the daemon was started is not the child's ``json`` (``-P``), and an
+    installed ``ledger`` gets no ``PYTHONPATH`` added before the standard library."""
+    assert "sqlite:///" not in alpha_settings.database_url or "sqlite:////" in (
+        alpha_settings.database_url
+    )  # absolute: the working directory changes
+    workdir = tmp_path / "workdir"
+    workdir.mkdir()
+    (workdir / "json.py").write_text("raise ImportError('json.py from the working directory')\n")
+    monkeypatch.chdir(workdir)
+    app = create_app(alpha_settings)
+    with serve_app(app) as base_url:
+        processor = app.state.ledger.services.processor
+        assert isinstance(processor, ProcessorProcess)
+        wait_until(lambda: processor.process is not None, 10, "the child to start")
+        assert processor.process is not None
+        environ = environ_of(processor.process.pid)
+        send(base_url, 250_000)
+        wait_until(lambda: spans(base_url) >= 3, 20, "the child to apply the delivery")
+        assert processor.restarts == 0, f"the child exited (code {processor.last_exit})"
+    assert environ.get("PYTHONPATH") == os.environ.get("PYTHONPATH")
+
+
+def test_the_package_is_put_first_on_the_childs_path_only_when_another_ledger_would_win(
+    tmp_path: Path,
+) -> None:
+    root = str(Path(ledger.__file__).resolve().parents[1])
+    environ = {"PATH": os.environ["PATH"]}
+    assert worker._pythonpath(sys.executable, tuple(environ.items())) is None  # installed
+    (tmp_path / "ledger").mkdir()
+    (tmp_path / "ledger" / "__init__.py").write_text("")
+    shadowed = {**environ, "PYTHONPATH": str(tmp_path)}
+    found = worker._pythonpath(sys.executable, tuple(shadowed.items()))
+    assert found == root + os.pathsep + str(tmp_path)
+
+
+def toggling() -> tuple[Callable[[], bool], list[int]]:
+    """An ``ingest_busy`` that changes its answer each time it is asked, and how often it was."""
+    calls = [0]
+
+    def busy() -> bool:
+        calls[0] += 1
+        return calls[0] % 2 == 0
+
+    return busy, calls
+
+
+def test_a_child_that_reads_nothing_does_not_freeze_the_daemon(
+    served: tuple[str, ProcessorProcess], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stopped child (SIGSTOP) with "busy" changing hundreds of times: the parent never
+    blocks on the full socket (its loop keeps answering /healthz) and keeps only the latest;
+    once the child runs again it catches up, no restart."""
+    base_url, processor = served
+    assert processor.process is not None
+    child = processor.process.pid
+    monkeypatch.setattr(worker, "SYNC_SECONDS", 0.001)
+    busy, calls = toggling()
+    os.kill(child, signal.SIGSTOP)
+    try:
+        processor.ingest_busy = busy
+        # Far more changes than the socket holds (some 280 messages).
+        wait_until(lambda: calls[0] >= 2_000, 30, "the parent to keep checking 'busy'")
+        for _ in range(5):
+            assert httpx.get(f"{base_url}/healthz", timeout=5).status_code == 200
+        assert processor.channel is not None and processor.channel.pending
+    finally:
+        os.kill(child, signal.SIGCONT)
+    processor.ingest_busy = lambda: False
+    wait_until(
+        lambda: processor.channel is not None and not processor.channel.pending,
+        10,
+        "the child to read what waited",
+    )
+    send(base_url, 250_000)
+    wait_until(lambda: spans(base_url) >= 3, 20, "the child to apply the delivery")
+    assert processor.restarts == 0
+    assert processor.process is not None and processor.process.pid == child
+
+
+def test_a_child_that_reads_nothing_for_too_long_is_killed_and_replaced(
+    served: tuple[str, ProcessorProcess], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base_url, processor = served
+    assert processor.process is not None
+    child = processor.process.pid
+    monkeypatch.setattr(worker, "SYNC_SECONDS", 0.001)
+    monkeypatch.setattr(worker, "HUNG_SECONDS", 2.0)
+    busy, _ = toggling()
+    os.kill(child, signal.SIGSTOP)
+    try:
+        processor.ingest_busy = busy
+        wait_until(lambda: processor.restarts == 1, 30, "the hung child to be replaced")
+        assert processor.last_exit == -signal.SIGKILL
+        assert not alive(child)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGCONT)
+    processor.ingest_busy = lambda: False
+    wait_until(lambda: processor.process is not None and processor.process.pid != child, 20)
+    send(base_url, 250_000)
+    wait_until(lambda: spans(base_url) >= 3, 20, "the new child to apply the delivery")
+
+
+def test_a_child_of_another_version_is_not_restarted_and_readyz_says_restart_the_daemon(
+    alpha_settings: Settings,
+) -> None:
+    """After ``pip install`` into the daemon's environment, a child started from the new files
+    meets a parent of the old version: it exits before reading the configuration, the parent
+    stops restarting it and /readyz says what to do."""
+    app = create_app(alpha_settings)
+    with serve_app(app) as base_url:
+        processor = app.state.ledger.services.processor
+        assert isinstance(processor, ProcessorProcess)
+        wait_until(lambda: processor.process is not None, 10, "the child to start")
+        first = processor.process
+        assert first is not None
+        processor.hello = {"version": "0.0.1", "protocol": PROTOCOL}  # the daemon's, older
+        os.kill(first.pid, signal.SIGKILL)  # the next child runs the files installed now
+        wait_until(lambda: processor.upgraded, 20, "the parent to notice the upgrade")
+        assert processor.process is not None and processor.process is not first
+        assert processor.process.returncode == UPGRADED_EXIT
+        restarts = processor.restarts
+        answer = httpx.get(f"{base_url}/readyz", timeout=10)
+        assert answer.status_code == 503
+        assert "ledger was upgraded in place: restart the daemon" in answer.json()["reason"]
+        time.sleep(1.5)  # past the first restart delay: none
+        assert processor.restarts == restarts
+        last = processor.process
+    assert processor.process is last
+
+
+async def test_a_child_of_another_protocol_exits_with_its_own_code(database_url: str) -> None:
+    processor = ProcessorProcess(database_url, PolicyContext())
+    processor.hello = {**processor.hello, "protocol": PROTOCOL + 1}
+    stop = asyncio.Event()
+    task = asyncio.create_task(processor.run(stop))
+    try:
+        await wait_until_async(lambda: processor.upgraded, 20, "the child to exit")
+        assert processor.process is not None
+        assert processor.process.returncode == UPGRADED_EXIT
+        assert processor.problem() == UPGRADED_PROBLEM
+        assert processor.restarts == 0 and not task.done()
+    finally:
+        stop.set()
+        await task
+
+
+async def test_a_cancelled_processor_task_leaves_no_child(database_url: str) -> None:
+    processor = ProcessorProcess(database_url, PolicyContext())
+    task = asyncio.create_task(processor.run(asyncio.Event()))
+    await wait_until_async(lambda: processor.process is not None, 20, "the child to start")
+    await asyncio.sleep(0.5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert processor.process is not None
+    assert processor.process.poll() is not None
+    assert not alive(processor.process.pid)
+    assert processor.channel is not None and processor.channel.sock.fileno() == -1
