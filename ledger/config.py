@@ -6,9 +6,14 @@ references (``env:NAME`` / ``file:PATH``) and resolved only where they are used.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import json
 import os
+import re
 import tomllib
+import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,9 +25,11 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_core import PydanticCustomError
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from ledger.errors import ConfigError
+from ledger.toml_positions import Position, toml_positions
 
 DEFAULT_CONFIG_FILE = Path("ledger.toml")
 # Processed webhook events are the replay and retry guard; keep them at least this long.
@@ -262,6 +269,24 @@ class Settings(BaseSettings):
         description="Rows deleted per transaction while pruning.",
     )
 
+    @field_validator("policy")
+    @classmethod
+    def _policy_thresholds(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # The policy's own check (the one a run would fail on later), each problem named.
+        from ledger.policy import threshold_problems
+
+        problems = threshold_problems(value)
+        if problems:
+            raise PydanticCustomError(
+                "policy_thresholds",
+                "{summary}",
+                {
+                    "summary": "; ".join(f"{p.name}: {p.message}" for p in problems),
+                    "problems": [[p.name, p.message] for p in problems],
+                },
+            )
+        return value
+
     @field_validator("retention_webhook_events_days")
     @classmethod
     def _replay_window(cls, value: int) -> int:
@@ -359,9 +384,29 @@ def mask_url_password(url: str) -> str:
     return url
 
 
-def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings:
+# ``LEDGER_*`` names the project uses that are not settings: no "unknown variable" warning.
+NOT_SETTINGS = frozenset(
+    {
+        "LEDGER_CONFIG",  # the ledger.toml to read
+        "LEDGER_DAEMON_URL",  # ledger run --via-daemon
+        "LEDGER_API_TOKEN",  # ledger run --via-daemon
+        "LEDGER_OPS_TOKEN",  # the starter ledger.toml's api_tokens reference
+        "LEDGER_BROADCAST_TOKEN",  # the starter ledger.toml's broadcast_tokens reference
+        "LEDGER_LONG_TESTS",  # the test suite
+    }
+)
+NOT_SETTINGS_PREFIXES = ("LEDGER_TEST_", "LEDGER_BENCH_")
+
+
+def load_settings(
+    config_path: Path | None = None, *, flags: Mapping[str, str] | None = None, **overrides: Any
+) -> Settings:
     """Build Settings from ledger.toml (explicit path, ``LEDGER_CONFIG``, or ./ledger.toml if
-    present), the environment and ``overrides`` (which win over both). Raises ConfigError."""
+    present), the environment and ``overrides`` (which win over both). ``flags`` names the
+    command-line option each override came from (``{"port": "--port"}``), for messages.
+    Raises ConfigError: one line per problem, each saying where it is (``ledger.toml:LINE:COL``,
+    the variable, or the option). Logs a warning for a ``LEDGER_*`` variable that is no
+    setting."""
     path = config_path
     if path is None and os.environ.get("LEDGER_CONFIG"):
         path = Path(os.environ["LEDGER_CONFIG"])
@@ -369,25 +414,284 @@ def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings
     if path is None and DEFAULT_CONFIG_FILE.is_file():
         path = DEFAULT_CONFIG_FILE
     file_values: dict[str, Any] = {}
+    positions: dict[tuple[str | int, ...], Position] = {}
+    table: tuple[str, ...] = ()
     if path is not None:
         if not path.is_file():
             if explicit:
                 raise ConfigError(f"{path}: configuration file not found")
         else:
             try:
-                file_values = tomllib.loads(path.read_text(encoding="utf-8"))
+                text = path.read_text(encoding="utf-8")
+                file_values = tomllib.loads(text)
             except tomllib.TOMLDecodeError as exc:
                 raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
-            file_values = file_values.get("ledger", file_values)
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"{path}: cannot read: {exc}") from None
+            positions = toml_positions(text)
+            if isinstance(file_values.get("ledger"), dict):
+                file_values, table = file_values["ledger"], ("ledger",)
+    environ = _ledger_environ()
+    _check_env_json(environ)
     # The environment wins over the file (an operator overrides one value without editing it);
     # explicit overrides win over both.
-    file_values = {k: v for k, v in file_values.items() if f"LEDGER_{k.upper()}" not in os.environ}
+    file_values = {k: v for k, v in file_values.items() if _env_name(k, environ) is None}
     try:
         settings = Settings(**{**file_values, **overrides})
     except ValidationError as exc:
-        where = str(path) if path else "environment"
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"{where}: invalid configuration: {problems}") from None
+        origin = _Origin(path, positions, table, environ, overrides, flags or {})
+        raise ConfigError("\n".join(origin.problems(exc))) from None
+    except SettingsError as exc:  # a source could not read a variable (JSON is checked above)
+        raise ConfigError(f"environment: {exc}") from None
+    _warn_unknown_variables(environ, settings)
     return settings
+
+
+def _ledger_environ() -> dict[str, str]:
+    """The ``LEDGER_*`` variables, by their name as set (pydantic-settings reads them in any
+    case)."""
+    return {k: v for k, v in os.environ.items() if k.upper().startswith("LEDGER_")}
+
+
+def _env_name(field: str, environ: Mapping[str, str]) -> str | None:
+    """The variable that sets ``field`` (``LEDGER_PORT``, in whatever case it is set), or None."""
+    wanted = f"LEDGER_{field.upper()}"
+    return next((k for k in environ if k.upper() == wanted), None)
+
+
+def _structured_fields() -> list[str]:
+    """Settings given as JSON in the environment (tables and lists in ledger.toml)."""
+    return [
+        name
+        for name, info in Settings.model_fields.items()
+        if typing.get_origin(info.annotation) in (dict, list)
+    ]
+
+
+def _check_env_json(environ: Mapping[str, str]) -> None:
+    for field in _structured_fields():
+        var = _env_name(field, environ)
+        if var is None:
+            continue
+        try:
+            json.loads(environ[var])
+        except json.JSONDecodeError as exc:
+            example = '{"name": ...}' if field != "policy" else '{"warn_limit": 3}'
+            raise ConfigError(
+                f"{var}: not valid JSON ({exc.msg} at character {exc.pos + 1}); write it as a "
+                f"JSON object, e.g. {var}='{example}'"
+            ) from None
+
+
+def _warn_unknown_variables(environ: Mapping[str, str], settings: Settings) -> None:
+    """One warning line per ``LEDGER_*`` variable that is no setting (a misspelling is
+    otherwise silently ignored) — except the project's own and those a secret reference of
+    the configuration names (``env:LEDGER_OPS_TOKEN``)."""
+    known = {f"LEDGER_{name.upper()}" for name in Settings.model_fields}
+    unknown = [
+        k
+        for k in environ
+        if k.upper() not in known
+        and k.upper() not in NOT_SETTINGS
+        and not k.upper().startswith(NOT_SETTINGS_PREFIXES)
+    ]
+    if not unknown:
+        return
+    referenced = json.dumps(settings.masked()) + "".join(environ.values())
+    unknown = [k for k in unknown if f"env:{k}" not in referenced]
+    unknown = [k for k in unknown if not _named_by_behavior_file(k, settings.behaviors_dir)]
+    if not unknown:
+        return
+    import structlog
+
+    log = structlog.get_logger("ledger.config")
+    for name in sorted(unknown):
+        close = difflib.get_close_matches(name.upper(), sorted(known), n=1, cutoff=0.75)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        log.warning(f"{name} is not a setting; ignored{hint}")
+
+
+def _named_by_behavior_file(variable: str, folder: Path) -> bool:
+    """Whether a behavior file references ``variable`` (``api_key: env:LEDGER_SEO_KEY``): read
+    only when an unknown variable is set."""
+    needle = f"env:{variable}".encode()
+    try:
+        files = [p for p in folder.iterdir() if p.suffix in (".yaml", ".yml")]
+    except OSError:
+        return False
+    for path in files:
+        try:
+            if needle in path.read_bytes():
+                return True
+        except OSError:
+            continue
+    return False
+
+
+_NUMBER = re.compile(r"[-+]?\d+(\.\d*)?([eE][-+]?\d+)?")
+_SECRET_PARTS = frozenset({"url", "secret", "secrets", "password", "database_url", "api_tokens"})
+_NESTED_MODELS: dict[str, type[BaseModel]] = {
+    "alert_channels": AlertChannelConfig,
+    "webhook_sources": WebhookSource,
+}
+
+
+class _Origin:
+    """Says where a setting's value came from (the file, a variable, an option) and renders
+    pydantic's errors in the operator's words."""
+
+    def __init__(
+        self,
+        path: Path | None,
+        positions: Mapping[tuple[str | int, ...], Position],
+        table: tuple[str, ...],
+        environ: Mapping[str, str],
+        overrides: Mapping[str, Any],
+        flags: Mapping[str, str],
+    ) -> None:
+        self.path = path
+        self.positions = positions
+        self.table = table
+        self.environ = environ
+        self.overrides = overrides
+        self.flags = flags
+
+    def problems(self, exc: ValidationError) -> list[str]:
+        """One line per problem; those in the file in the file's order, then the others."""
+        lines: dict[str, tuple[int, int]] = {}
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            if err["type"] == "policy_thresholds":
+                for name, message in err.get("ctx", {}).get("problems", []):
+                    key = message.startswith("unknown")
+                    lines.setdefault(*self._line((*loc, name), message, key=key))
+                continue
+            message = _plain(err, loc, self._from_env(loc))
+            lines.setdefault(*self._line(loc, message, key=_is_key(err)))
+        return sorted(lines, key=lambda line: lines[line])
+
+    def _from_env(self, loc: tuple[Any, ...]) -> bool:
+        top = str(loc[0]) if loc else ""
+        return top not in self.overrides and _env_name(top, self.environ) is not None
+
+    def _line(
+        self, loc: tuple[Any, ...], message: str, *, key: bool
+    ) -> tuple[str, tuple[int, int]]:
+        """The rendered problem and where it sorts (file problems by line and column)."""
+        last = (1 << 30, 0)
+        top = str(loc[0]) if loc else ""
+        below = _dotted(loc[1:])
+        inner = f"{below}: " if below else ""
+        if top in self.flags and top in self.overrides:
+            return f"{self.flags[top]}: {inner}{message}", last
+        if top not in self.overrides and (var := _env_name(top, self.environ)) is not None:
+            return f"{var}: {inner}{message}", last
+        if self.path is not None:
+            line, col = self._file_position(loc, key=key)
+            where = f"{self.path}:{line}:{col}" if line else str(self.path)
+            return f"{where}: {_dotted(loc) or 'file'}: {message}", (line, col)
+        return f"settings: {_dotted(loc)}: {message}", last
+
+    def _file_position(self, loc: tuple[Any, ...], *, key: bool) -> tuple[int, int]:
+        """Line and column of the key (``key``) or value at ``loc``, or of the nearest
+        enclosing key written in the file; (0, 0) when none is."""
+        full = (*self.table, *loc)
+        for n in range(len(full), 0, -1):
+            found = self.positions.get(full[:n])
+            if found is not None:
+                if key or n < len(full):
+                    return found.key_line, found.key_col
+                return found.value_line, found.value_col
+        return 0, 0
+
+
+def _is_key(err: Any) -> bool:
+    return bool(err["type"] in ("extra_forbidden", "missing"))
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _plain(err: Any, loc: tuple[Any, ...], from_env: bool) -> str:
+    """A pydantic error in the operator's words, with the value given (never a secret's)."""
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        name = str(loc[-1])
+        if len(loc) == 1:
+            candidates: list[str] = list(Settings.model_fields)
+            what = "unknown setting"
+        else:
+            model = _NESTED_MODELS.get(str(loc[0]))
+            candidates = list(model.model_fields) if model is not None and len(loc) == 3 else []
+            what = "unknown field"
+        close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+        return what + (f" (did you mean {close[0]}?)" if close else "")
+    if kind == "missing":
+        return "required, not given"
+    words = {
+        "int_parsing": "must be a whole number",
+        "int_type": "must be a whole number",
+        "int_from_float": "must be a whole number",
+        "float_parsing": "must be a number",
+        "float_type": "must be a number",
+        "bool_parsing": "must be true or false",
+        "bool_type": "must be true or false",
+        "string_type": "must be text (in quotes)",
+        "dict_type": "must be a JSON object" if from_env else "must be a table",
+        "list_type": "must be a list",
+        "model_type": "must be a JSON object" if from_env else "must be a table",
+        "model_attributes_type": "must be a JSON object" if from_env else "must be a table",
+        "path_type": "must be a path",
+    }
+    if kind in words:
+        message = words[kind]
+    elif kind == "greater_than_equal":
+        message = f"must be at least {_number(ctx.get('ge'))}"
+    elif kind == "greater_than":
+        message = f"must be more than {_number(ctx.get('gt'))}"
+    elif kind == "less_than_equal":
+        message = f"must be at most {_number(ctx.get('le'))}"
+    elif kind == "less_than":
+        message = f"must be less than {_number(ctx.get('lt'))}"
+    elif kind == "literal_error":
+        message = f"must be one of {ctx.get('expected')}"
+    else:
+        return str(err["msg"]).removeprefix("Value error, ")
+    secret = any(str(part) in _SECRET_PARTS for part in loc) or _is_secret_field(str(loc[0]))
+    if secret:
+        return message
+    value = err.get("input")
+    if from_env and isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        return f"{message}, got {value.strip()}"  # a variable's text is a number as written
+    return f"{message}, got {_shown(value)}"
+
+
+def _is_secret_field(name: str) -> bool:
+    info = Settings.model_fields.get(name)
+    return info is not None and "SecretStr" in str(info.annotation)
+
+
+def _number(value: Any) -> str:
+    """A bound as an operator would write it: 0, not 0.0."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value if len(value) <= 60 else value[:57] + "...")
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__

@@ -165,7 +165,7 @@ class Daemon:
         # A file reusing what a registered behavior has is the one refused: read who has what.
         with self.db.transaction() as session:
             holders = registered_holders(session)
-        report = load_directory(directory, holders)
+        report = load_directory(directory, holders, global_policy=self.settings.policy)
         if report.folder_error and report.folder_error not in self._warned:
             self._warned.add(report.folder_error)
             log.warning(report.folder_error)

@@ -42,6 +42,7 @@ __all__ = [
     "MAX_EVIDENCE",
     "MAX_RUN_EVIDENCE",
     "MAX_WARN_WINDOW_RUNS",
+    "THRESHOLD_NAMES",
     "WINDOW_FORMAT_VERSION",
     "ApprovalOutcome",
     "BehaviorState",
@@ -55,6 +56,7 @@ __all__ = [
     "PromotionMode",
     "PromotionProgress",
     "RunVerdict",
+    "ThresholdProblem",
     "Thresholds",
     "after_decision",
     "apply_decision",
@@ -63,6 +65,7 @@ __all__ = [
     "progress",
     "promotion_progress",
     "replay",
+    "threshold_problems",
 ]
 
 EvidenceId = int | str
@@ -121,23 +124,10 @@ class Thresholds:
     cooldown_days: int = 7
 
     def __post_init__(self) -> None:
-        for name, (low, high) in _INT_RANGES.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                raise ValueError(
-                    f"policy threshold {name} must be a whole number from {low} to {high}, "
-                    f"got {value!r}"
-                )
-        rate = self.promote_c_min_approval_rate
-        if (
-            isinstance(rate, bool)
-            or not isinstance(rate, int | float)
-            or not (0.0 <= rate <= 1.0)  # also rejects NaN
-        ):
-            raise ValueError(
-                "policy threshold promote_c_min_approval_rate must be a number from 0 to 1 "
-                f"(0.95 = 95 %), got {rate!r}"
-            )
+        for f in fields(self):
+            problem = _value_problem(f.name, getattr(self, f.name))
+            if problem:
+                raise ValueError(f"policy threshold {f.name} {problem}")
         if self.warn_limit > self.warn_window_runs:
             raise ValueError(
                 f"policy threshold warn_limit ({self.warn_limit}) must not exceed "
@@ -154,14 +144,95 @@ class Thresholds:
                 raise ValueError(
                     f"unknown policy threshold {name!r}; known thresholds: {', '.join(known)}"
                 )
-            if (
-                name == "promote_c_min_approval_rate"
-                and isinstance(value, int)
-                and not isinstance(value, bool)
-            ):
-                value = float(value)
-            changes[name] = value
+            changes[name] = _as_rate(name, value)
         return replace(self, **changes)
+
+
+THRESHOLD_NAMES: Final = tuple(f.name for f in fields(Thresholds))
+
+
+def _as_rate(name: str, value: object) -> object:
+    if (
+        name == "promote_c_min_approval_rate"
+        and isinstance(value, int)
+        and not isinstance(value, bool)
+    ):
+        return float(value)
+    return value
+
+
+def _value_problem(name: str, value: object) -> str | None:
+    """What is wrong with ``value`` for the threshold ``name`` (known), or None."""
+    if name in _INT_RANGES:
+        low, high = _INT_RANGES[name]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            return f"must be a whole number from {low} to {high}, got {_shown(value)}"
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not (0.0 <= value <= 1.0)  # also rejects NaN
+    ):
+        return f"must be a number from 0 to 1 (0.95 = 95 %), got {_shown(value)}"
+    return None
+
+
+def _shown(value: object) -> str:
+    """A value as an operator wrote it: text in double quotes, numbers and the rest as is."""
+    if isinstance(value, str):
+        return orjson.dumps(value).decode()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+@dataclass(frozen=True, slots=True)
+class ThresholdProblem:
+    """One problem of a set of threshold overrides: the name it is about and what is wrong
+    (``message`` does not repeat the name)."""
+
+    name: str
+    message: str
+
+
+def threshold_problems(
+    overrides: Mapping[str, object], base: Thresholds | None = None
+) -> list[ThresholdProblem]:
+    """Every problem of ``overrides`` applied over ``base`` (the defaults), each named: an
+    unknown name (with the closest known one), a value out of range, then warn_limit above
+    warn_window_runs. Empty: ``base.with_overrides(overrides)`` succeeds. Pure."""
+    import difflib
+
+    base = base if base is not None else DEFAULT_THRESHOLDS
+    problems: list[ThresholdProblem] = []
+    good: dict[str, object] = {}
+    for raw_name, value in overrides.items():
+        name = str(raw_name)
+        if name not in THRESHOLD_NAMES:
+            close = difflib.get_close_matches(name, THRESHOLD_NAMES, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}?" if close else f"known: {', '.join(THRESHOLD_NAMES)}"
+            problems.append(ThresholdProblem(name, f"unknown threshold ({hint})"))
+            continue
+        problem = _value_problem(name, _as_rate(name, value))
+        if problem:
+            problems.append(ThresholdProblem(name, problem))
+        else:
+            good[name] = _as_rate(name, value)
+    limit = good.get("warn_limit", base.warn_limit)
+    window = good.get("warn_window_runs", base.warn_window_runs)
+    if isinstance(limit, int) and isinstance(window, int) and limit > window:
+        # Said of the one the overrides set (warn_limit when they set both or neither).
+        about = "warn_window_runs" if "warn_limit" not in overrides else "warn_limit"
+        if "warn_window_runs" not in overrides:
+            about = "warn_limit"
+        problems.append(
+            ThresholdProblem(
+                about,
+                f"warn_limit ({limit}) must not exceed warn_window_runs ({window}), or warns "
+                "could never demote",
+            )
+        )
+    return problems
 
 
 DEFAULT_THRESHOLDS = Thresholds()

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+import structlog
 from sqlalchemy import insert
 from sqlmodel import Session, col, select
 
@@ -58,6 +59,8 @@ from ledger.policy import (
 )
 from ledger.spend import format_usd
 
+log = structlog.get_logger("ledger.transitions")
+
 POLICY_ACTOR = "policy"
 DEFAULT_ALERT_EVENTS = ("demotion", "pause", "auth_error")
 DEFAULT_PROVIDER_ERROR_RUNS = 3
@@ -81,9 +84,39 @@ class PolicyContext:
 
 
 def thresholds_for(row: BehaviorRow, ctx: PolicyContext) -> Thresholds:
+    """The behavior's thresholds: the defaults, ledger.toml's ``[policy]``, then its file's
+    ``policy:``. Never raises: a stored combination that is not valid (a registered behavior
+    whose file was valid with the ``[policy]`` of its day) keeps each override that is valid
+    on its own, in that order, and logs once what it left out."""
     own = (row.definition or {}).get("policy") or {}
+    if not isinstance(own, Mapping):
+        own = {}
     overrides = {**ctx.global_overrides, **{k: v for k, v in own.items() if v is not None}}
-    return DEFAULT_THRESHOLDS.with_overrides(overrides)
+    try:
+        return DEFAULT_THRESHOLDS.with_overrides(overrides)
+    except (ValueError, TypeError) as exc:
+        thresholds = DEFAULT_THRESHOLDS
+        skipped: list[str] = []
+        for name, value in overrides.items():
+            try:
+                thresholds = thresholds.with_overrides({name: value})
+            except (ValueError, TypeError):
+                skipped.append(f"{name} = {value!r}")
+        warning = (row.name, str(exc))
+        if warning not in _THRESHOLD_WARNINGS:
+            _THRESHOLD_WARNINGS.add(warning)
+            log.warning(
+                "behavior policy not valid with the configured [policy]; left out what does "
+                "not fit",
+                behavior=row.name,
+                problem=str(exc),
+                left_out=", ".join(skipped),
+            )
+        return thresholds
+
+
+# (behavior, problem) pairs already logged by ``thresholds_for``: once each per process.
+_THRESHOLD_WARNINGS: set[tuple[str, str]] = set()
 
 
 def state_of(row: BehaviorRow) -> BehaviorState:

@@ -72,5 +72,5 @@ def test_runner_lead_and_calls_in_flight_have_defaults_bounds_and_env_names(
     s = load_settings()
     assert (s.runner_lead_seconds, s.runner_max_calls) == (30.0, 10000)
     monkeypatch.setenv("LEDGER_RUNNER_LEAD_SECONDS", "-1")
-    with pytest.raises(ConfigError, match="runner_lead_seconds"):
+    with pytest.raises(ConfigError, match="LEDGER_RUNNER_LEAD_SECONDS: must be at least 0"):
         load_settings()

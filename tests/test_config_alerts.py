@@ -60,8 +60,15 @@ def test_every_channel_type_is_configured_in_ledger_toml(
 @pytest.mark.parametrize(
     ("table", "message"),
     [
-        ('type = "log"\nevents = ["demotoin"]', "events.0: Input should be 'demotion'"),
-        ('type = "pager"', "type: Input should be 'slack', 'webhook', 'email', 'notion' or 'log'"),
+        (
+            'type = "log"\nevents = ["demotoin"]',
+            "3:11: alert_channels.ops.events[0]: must be one of 'demotion', ",
+        ),
+        (
+            'type = "pager"',
+            "2:8: alert_channels.ops.type: must be one of 'slack', 'webhook', 'email', 'notion' "
+            "or 'log', got \"pager\"",
+        ),
     ],
 )
 def test_an_invalid_channel_says_what_and_where(tmp_path: Path, table: str, message: str) -> None:
@@ -69,8 +76,7 @@ def test_an_invalid_channel_says_what_and_where(tmp_path: Path, table: str, mess
     cfg.write_text(f"[alert_channels.ops]\n{table}\n")
     with pytest.raises(ConfigError) as caught:
         load_settings(cfg)
-    assert str(caught.value).startswith(f"{cfg}: invalid configuration: alert_channels.ops")
-    assert message in str(caught.value)
+    assert str(caught.value).startswith(f"{cfg}:{message}")
 
 
 @pytest.mark.parametrize(

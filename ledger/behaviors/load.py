@@ -112,11 +112,18 @@ def behavior_files(directory: Path) -> list[Path]:
     )
 
 
-def load_directory(directory: Path, holders: Holders | None = None) -> LoadReport:
+def load_directory(
+    directory: Path,
+    holders: Holders | None = None,
+    *,
+    global_policy: Mapping[str, Any] | None = None,
+) -> LoadReport:
     """Load every behavior file of ``directory`` and check the rules that span files: every
     problem of every file is reported in one pass. A value two files share (name, api_key,
     key_name) stays with its registered holder (``holders``), else with the first file — valid
-    files before invalid ones, then by file name — and the other file is refused."""
+    files before invalid ones, then by file name — and the other file is refused. Each file's
+    ``policy:`` is checked over ``global_policy`` (the configuration's ``[policy]``): the
+    thresholds it runs with must make sense together."""
     report = LoadReport()
     if not directory.is_dir():
         report.folder_error = _folder_error(directory)
@@ -124,7 +131,7 @@ def load_directory(directory: Path, holders: Holders | None = None) -> LoadRepor
     claims: list[_Claim] = []
     for path in behavior_files(directory):
         report.files_seen.append(path)
-        loaded, problems, claim = _load(path)
+        loaded, problems, claim = _load(path, global_policy or {})
         report.problems.extend(problems)
         if loaded is not None:
             report.behaviors.append(loaded)
@@ -194,13 +201,17 @@ def _check_unique(report: LoadReport, claims: list[_Claim], holders: Holders) ->
     report.problems.sort(key=lambda p: (p.path, p.line, p.column))
 
 
-def load_file(path: Path) -> tuple[LoadedBehavior | None, list[Problem]]:
+def load_file(
+    path: Path, global_policy: Mapping[str, Any] | None = None
+) -> tuple[LoadedBehavior | None, list[Problem]]:
     """Parse and validate one file. Returns the behavior or None, and every problem found."""
-    loaded, problems, _claim = _load(path)
+    loaded, problems, _claim = _load(path, global_policy or {})
     return loaded, problems
 
 
-def _load(path: Path) -> tuple[LoadedBehavior | None, list[Problem], _Claim | None]:
+def _load(
+    path: Path, global_policy: Mapping[str, Any]
+) -> tuple[LoadedBehavior | None, list[Problem], _Claim | None]:
     """``load_file``, plus the unique values the file claims (None if it cannot be parsed)."""
     where = str(path)
     try:
@@ -271,6 +282,8 @@ def _load(path: Path) -> tuple[LoadedBehavior | None, list[Problem], _Claim | No
         behavior = Behavior.model_validate(plain)
     except ValidationError as exc:
         problems.extend(_validation_problems(where, data, exc, reported))
+    if behavior is not None and global_policy:
+        problems.extend(_combined_policy_problems(where, data, behavior, global_policy))
     positions = {key: _position(data, (key,), value=True) for key in UNIQUE_FIELDS}
     if _child(data, "name") is None:
         positions["name"] = (1, 1)
@@ -298,6 +311,34 @@ def _load(path: Path) -> tuple[LoadedBehavior | None, list[Problem], _Claim | No
         [],
         claim,
     )
+
+
+def _combined_policy_problems(
+    where: str, data: MappingNode, behavior: Behavior, global_policy: Mapping[str, Any]
+) -> list[Problem]:
+    """The file's ``policy:`` over the configuration's ``[policy]``: the thresholds the
+    behavior would run with must be valid together (each alone already is). A problem is
+    located at the file's own threshold it is about, else at ``policy``."""
+    from ledger.policy import threshold_problems
+
+    own = behavior.policy.as_mapping()
+    if not own:
+        return []  # the configuration's [policy] alone is checked when it is loaded
+    problems: list[Problem] = []
+    for tp in threshold_problems({**global_policy, **own}):
+        name = tp.name
+        if name not in own and name == "warn_window_runs" and "warn_limit" in own:
+            name = "warn_limit"
+        elif name not in own and name == "warn_limit" and "warn_window_runs" in own:
+            name = "warn_window_runs"
+        inherited = [k for k in global_policy if k not in own]
+        note = "; ".join(f"{k} = {global_policy[k]!r}" for k in inherited)
+        if note:
+            note = f" (from the configuration's [policy]: {note})"
+        at = ("policy", name) if name in own else ("policy",)
+        line, col = _position(data, at, value=True)
+        problems.append(Problem(where, line, col, _dotted(at), tp.message + note))
+    return problems
 
 
 def definition_hash(behavior: Behavior, prompt_text: str) -> str:

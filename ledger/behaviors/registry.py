@@ -8,9 +8,11 @@ version keeps running. Every change is a ledger entry.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select, text
 from sqlmodel import Session, col
@@ -66,11 +68,16 @@ def _first_names(names: list[str], shown: int) -> str:
     return f"{listed}, …and {more} more" if more > 0 else listed
 
 
-def reconcile_directory(session: Session, directory: Path, now: datetime) -> ReconcileSummary:
-    """Load ``directory`` and reconcile it (inside the caller's transaction)."""
-    return reconcile(
-        session, load_directory(directory, registered_holders(session)), directory, now
-    )
+def reconcile_directory(
+    session: Session,
+    directory: Path,
+    now: datetime,
+    global_policy: Mapping[str, Any] | None = None,
+) -> ReconcileSummary:
+    """Load ``directory`` and reconcile it (inside the caller's transaction); each file's
+    ``policy:`` is checked over ``global_policy`` (ledger.toml's ``[policy]``)."""
+    report = load_directory(directory, registered_holders(session), global_policy=global_policy)
+    return reconcile(session, report, directory, now)
 
 
 def registered_holders(session: Session) -> dict[tuple[str, str], str]:

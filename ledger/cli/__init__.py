@@ -61,7 +61,8 @@ def _settings(config: Path | None, *, daemon: bool = False, **overrides: Any) ->
     only (its result is what it prints) unless ``ledger --verbose`` or a configured
     ``log_level`` says otherwise; the daemon logs at ``log_level``."""
     _given.config = config
-    settings = load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    settings = load_settings(config, flags={k: f"--{k.replace('_', '-')}" for k in given}, **given)
     level = settings.log_level
     if not daemon and "log_level" not in settings.model_fields_set:
         level = "info" if _verbose() else "warning"
@@ -247,17 +248,19 @@ def validate(
     from ledger.behaviors.load import load_directory, unresolved_references
 
     database_url: str | None = None
+    policy: dict[str, Any] = {}
+    broken: LedgerError | None = None
     try:
         settings = load_settings(config)
-    except LedgerError:
+    except LedgerError as exc:
         if directory is None:
             raise
-        folder = directory  # a folder given is checked even when the configuration is broken
+        folder, broken = directory, exc  # a folder given is checked, then the error said
     else:
         folder = directory if directory is not None else settings.behaviors_dir
-        database_url = settings.database_url
+        database_url, policy = settings.database_url, settings.policy
     holders = _registered_holders(database_url) if database_url else {}
-    report = load_directory(folder, holders)
+    report = load_directory(folder, holders, global_policy=policy)
     if report.folder_error:
         raise LedgerError(report.folder_error)
     unresolved = unresolved_references(report)
@@ -278,6 +281,8 @@ def validate(
             file=sys.stderr,
         )
     files = len(report.files_seen)
+    if broken is not None:
+        raise broken
     if problems:
         bad = len({p.path for p in problems})
         print(f"{len(problems)} problem(s) in {bad} of {files} file(s)", file=sys.stderr)
@@ -1044,7 +1049,7 @@ def _print_dry_run(settings: Settings, name: str) -> None:
     from ledger.secrets import resolve
 
     folder = settings.behaviors_dir
-    report = load_directory(folder)
+    report = load_directory(folder, global_policy=settings.policy)
     found = [lb for lb in report.behaviors if lb.name == name]
     if not found:
         own = [p for p in report.problems if Path(p.path).stem == name]
@@ -1132,7 +1137,7 @@ def _run_here(settings: Settings, name: str) -> dict[str, Any]:
 
     db = Database.open(settings.database_url)
     try:
-        report = load_directory(settings.behaviors_dir)
+        report = load_directory(settings.behaviors_dir, global_policy=settings.policy)
         check_resolved_keys(report)
         with db.transaction() as session:
             reconcile(session, report, settings.behaviors_dir, _now())

@@ -252,7 +252,7 @@ async def _prepare(settings: Settings, root_page_id: str) -> dict[str, str]:
             with db.transaction() as session:
                 save_workspace(session, ids, now)
             with db.transaction() as session:
-                reconcile_directory(session, settings.behaviors_dir, now)
+                reconcile_directory(session, settings.behaviors_dir, now, settings.policy)
             with db.transaction() as session:
                 operator_action(
                     session,

@@ -75,5 +75,7 @@ def test_the_setting_comes_from_the_environment_and_rejects_a_non_address(
     monkeypatch.setenv("LEDGER_FORWARDED_ALLOW_IPS", "10.0.0.7,fd00::/8")
     assert load_settings().forwarded_allow_ips == "10.0.0.7,fd00::/8"
     monkeypatch.setenv("LEDGER_FORWARDED_ALLOW_IPS", "10.0.0.7,proxy.internal")
-    with pytest.raises(ConfigError, match=r"forwarded_allow_ips.*'proxy.internal' is not an IP"):
+    with pytest.raises(
+        ConfigError, match=r"^LEDGER_FORWARDED_ALLOW_IPS: 'proxy.internal' is not an IP"
+    ):
         load_settings()
