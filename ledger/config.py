@@ -273,6 +273,8 @@ class Settings(BaseSettings):
     @classmethod
     def _policy_thresholds(cls, value: dict[str, Any]) -> dict[str, Any]:
         # The policy's own check (the one a run would fail on later), each problem named.
+        if not value:
+            return value  # nothing to check: ``ledger status`` need not import the policy
         from ledger.policy import threshold_problems
 
         problems = threshold_problems(value)
@@ -414,7 +416,7 @@ def load_settings(
     if path is None and DEFAULT_CONFIG_FILE.is_file():
         path = DEFAULT_CONFIG_FILE
     file_values: dict[str, Any] = {}
-    positions: dict[tuple[str | int, ...], Position] = {}
+    text = ""
     table: tuple[str, ...] = ()
     if path is not None:
         if not path.is_file():
@@ -428,7 +430,6 @@ def load_settings(
                 raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
             except (OSError, UnicodeDecodeError) as exc:
                 raise ConfigError(f"{path}: cannot read: {exc}") from None
-            positions = toml_positions(text)
             if isinstance(file_values.get("ledger"), dict):
                 file_values, table = file_values["ledger"], ("ledger",)
     environ = _ledger_environ()
@@ -439,6 +440,7 @@ def load_settings(
     try:
         settings = Settings(**{**file_values, **overrides})
     except ValidationError as exc:
+        positions = toml_positions(text) if text else {}  # only to say where a problem is
         origin = _Origin(path, positions, table, environ, overrides, flags or {})
         raise ConfigError("\n".join(origin.problems(exc))) from None
     except SettingsError as exc:  # a source could not read a variable (JSON is checked above)
