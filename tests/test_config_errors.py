@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from ledger.errors import ConfigError
 from ledger.policy import threshold_problems
 from ledger.toml_positions import toml_positions
 from tests.factories import VALID_BEHAVIOR, write_behavior
-from tests.servers import ledger
+from tests.servers import Daemon, ledger
 
 
 def _env(**values: str) -> dict[str, str]:
@@ -157,6 +158,29 @@ def test_the_daemon_scan_shows_the_file_invalid_and_never_registers_it(tmp_path:
         )
     finally:
         db.close()
+
+
+def test_ledger_serve_shows_the_file_invalid_with_its_problem(
+    tmp_path: Path, start_daemon: Callable[..., Daemon]
+) -> None:
+    import httpx
+
+    from tests.databases import sqlite_url
+
+    write_behavior(tmp_path / "behaviors", "alpha", POLICY_BEHAVIOR)
+    daemon = start_daemon(
+        sqlite_url(tmp_path / "ledger.db"),
+        {"LEDGER_POLICY": '{"warn_window_runs": 3}', "LEDGER_AUTH": "off", "K_ALPHA": "k"},
+    )
+    with httpx.Client(base_url=daemon.base_url, timeout=30) as client:
+        assert client.get("/api/behaviors/alpha").status_code == 404
+        (invalid,) = client.get("/api/status").json()["invalid_files"]
+    assert invalid["path"].endswith("alpha.yaml")
+    assert invalid["problems"].endswith(
+        "alpha.yaml:13:15: policy.warn_limit: warn_limit (5) must not exceed warn_window_runs "
+        "(3), or warns could never demote (from the configuration's [policy]: "
+        "warn_window_runs = 3)"
+    )
 
 
 def test_a_registered_policy_that_no_longer_fits_never_breaks_a_reader(tmp_path: Path) -> None:
