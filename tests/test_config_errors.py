@@ -122,7 +122,7 @@ def test_validate_checks_a_behavior_policy_over_the_global_one(tmp_path: Path) -
 def test_validate_of_a_folder_still_reports_a_broken_configuration(tmp_path: Path) -> None:
     (tmp_path / "ledger.toml").write_text("[policy]\nwarn_limt = 3\n")
     write_behavior(tmp_path / "behaviors", "alpha", POLICY_BEHAVIOR)
-    result = ledger("validate", "behaviors", cwd=tmp_path, env=_env())
+    result = ledger("validate", "behaviors", cwd=tmp_path, env=_env(K_ALPHA="k"))
     _fails_with(
         result, "ledger.toml:2:1: policy.warn_limt: unknown threshold (did you mean warn_limit?)"
     )
