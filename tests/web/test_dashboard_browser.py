@@ -44,6 +44,10 @@ XSS_OUTPUT = (
     "<img src=x onerror=alert('img-output')> [click](javascript:alert('link'))"
 )
 XSS_DESCRIPTION = "<script>alert('description')</script><img src=x onerror=alert('desc-img')>"
+# A live update: the change feed reads the database about every second, then the page fetches
+# its fragment again. On a busy machine that takes longer than ``expect``'s own 5 s (which
+# ``page.set_default_timeout`` does not change), so waits on one say how long they may take.
+LIVE_MS = 30_000
 SIM = f"""\
 seed: 3
 presets:
@@ -330,15 +334,15 @@ def test_the_approvals_queue_updates_live_and_keeps_what_is_being_typed(
 
     arrived = stack.run("queued")
     assert arrived["disposition"] == "approval"
-    expect(p.locator(f"#approval-{arrived['id']}")).to_be_visible()
+    expect(p.locator(f"#approval-{arrived['id']}")).to_be_visible(timeout=LIVE_MS)
 
     decided = stack.api.post(
         f"/api/approvals/{arrived['id']}/reject", json={"reason": "decided elsewhere"}
     )
     assert decided.status_code == 200, decided.text
-    expect(p.locator(f"#approval-{arrived['id']}")).to_have_count(0)
+    expect(p.locator(f"#approval-{arrived['id']}")).to_have_count(0, timeout=LIVE_MS)
     closed = p.locator("tr", has_text=arrived["id"])
-    expect(closed).to_contain_text("rejected")
+    expect(closed).to_contain_text("rejected", timeout=LIVE_MS)
     expect(closed).to_contain_text("decided elsewhere")
 
     assert p.evaluate("window.__sameDocument") is True
@@ -370,7 +374,7 @@ def test_a_guardrail_fault_moves_the_card_from_c_to_b_live_and_the_pages_tell_wh
     assert fault.status_code == 201, fault.text
     run = stack.run("guarded")
     assert run["status"] == "failed"
-    expect(column(p, "B").locator("#card-guarded")).to_be_visible()
+    expect(column(p, "B").locator("#card-guarded")).to_be_visible(timeout=LIVE_MS)
     expect(column(p, "C").locator("#card-guarded")).to_have_count(0)
     expect(card.locator(".reason")).to_contain_text("prompt_injection")
     expect(p.locator("#demotions")).to_contain_text("guarded")
