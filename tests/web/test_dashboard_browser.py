@@ -353,6 +353,38 @@ def test_the_approvals_queue_updates_live_and_keeps_what_is_being_typed(
     assert page.dialogs == [] and page.errors == []
 
 
+def test_a_change_made_while_the_page_connects_its_live_updates_still_shows(
+    page: Watched, stack: Stack
+) -> None:
+    """The page's first event is the feed's version when its stream starts, which may already
+    include a change made after the page was rendered: the page fetches its fragment then too."""
+    p = page.page
+    # Another page watching the queue keeps the change feed running, and shows when it has
+    # read the change.
+    watcher = p.context.new_page()
+    watcher.goto("/approvals")
+    expect(watcher.locator("#live")).to_have_text("Live", timeout=LIVE_MS)
+    held: list[Any] = []  # the page's event stream, held back until the change is read
+    p.route("**/events/approvals", lambda route, request: held.append(route), times=1)
+    p.goto("/approvals")
+
+    def requested() -> bool:
+        p.evaluate("0")  # lets Playwright run the route handler
+        return bool(held)
+
+    wait_until(requested, what="the page to ask for its event stream")
+    arrived = stack.run("queued")
+    assert arrived["disposition"] == "approval"
+    expect(p.locator(f"#approval-{arrived['id']}")).to_have_count(0)  # rendered before
+    expect(watcher.locator(f"#approval-{arrived['id']}")).to_be_visible(timeout=LIVE_MS)
+    held[0].continue_()
+    expect(p.locator("#live")).to_have_text("Live", timeout=LIVE_MS)
+    # Well before the stream's end (25 s), whose reconnect would fetch the fragment anyway.
+    expect(p.locator(f"#approval-{arrived['id']}")).to_be_visible(timeout=15_000)
+    watcher.close()
+    assert page.dialogs == [] and page.errors == []
+
+
 def test_a_guardrail_fault_moves_the_card_from_c_to_b_live_and_the_pages_tell_why(
     page: Watched, stack: Stack
 ) -> None:
