@@ -287,6 +287,27 @@ def test_the_tier_board_shows_three_columns_with_counts_and_cards(
     assert page.dialogs == [] and page.errors == []
 
 
+def test_filtering_as_you_type_holds_across_a_live_update(page: Watched, stack: Stack) -> None:
+    p = page.page
+    held: list[Any] = []  # the board's first fetch of its fragment, held until after typing
+    p.route("**/fragments/board*", lambda route, request: held.append(route), times=1)
+    p.goto("/")
+    expect(p.locator("#live")).to_have_text("Live", timeout=LIVE_MS)
+
+    def requested() -> bool:
+        p.evaluate("0")  # lets Playwright run the route handler
+        return bool(held)
+
+    wait_until(requested, what="the board to fetch its fragment")
+    p.get_by_label("Filter behaviors").fill("drafts")
+    expect(p.locator("#card-guarded")).to_be_hidden()
+    held[0].continue_()  # the fragment asked for before the typing: every card
+    expect(p.locator("#board[data-version]")).to_have_count(1, timeout=LIVE_MS)  # swapped in
+    expect(p.locator("#card-guarded")).to_be_hidden()
+    expect(p.locator("#card-queued")).to_be_visible()
+    assert page.dialogs == [] and page.errors == []
+
+
 def test_an_approved_run_is_executed_and_a_rejected_one_is_not(page: Watched, stack: Stack) -> None:
     first = stack.run("queued")
     second = stack.run("queued")

@@ -65,7 +65,9 @@
     if (!board) return;
     var box = document.getElementById("q");
     live(board, {
-      query: function () { return "?q=" + encodeURIComponent(box ? box.value : ""); }
+      query: function () { return "?q=" + encodeURIComponent(box ? box.value : ""); },
+      // What was typed while the fragment was on its way narrows the fresh cards too.
+      restore: function (region) { applyFilter(region, box ? box.value : ""); }
     });
     if (box) {
       box.addEventListener("input", function () { applyFilter(board, box.value); });
