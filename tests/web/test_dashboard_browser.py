@@ -46,7 +46,8 @@ XSS_OUTPUT = (
 XSS_DESCRIPTION = "<script>alert('description')</script><img src=x onerror=alert('desc-img')>"
 # A live update: the change feed reads the database about every second, then the page fetches
 # its fragment again. On a busy machine that takes longer than ``expect``'s own 5 s (which
-# ``page.set_default_timeout`` does not change), so waits on one say how long they may take.
+# ``page.set_default_timeout`` does not change), so waits on one say how long they may take;
+# so do waits for the stream itself ("Live"), which reconnects every 25 s.
 LIVE_MS = 30_000
 SIM = f"""\
 seed: 3
@@ -277,7 +278,7 @@ def test_the_tier_board_shows_three_columns_with_counts_and_cards(
     expect(column(p, "A").locator("#card-weekly-report")).to_contain_text("3 of 10 clean runs")
     expect(column(p, "A").locator("#card-guarded")).to_contain_text("0 of 10 clean runs")
     expect(p.locator("#board .summary")).to_contain_text("5 behaviors")
-    expect(p.locator("#live")).to_have_text("Live")
+    expect(p.locator("#live")).to_have_text("Live", timeout=LIVE_MS)
     # The filter box narrows the board (as you type, and as a plain GET form).
     p.get_by_label("Filter behaviors").fill("drafts")
     expect(p.locator("#card-guarded")).to_be_hidden()
@@ -346,7 +347,7 @@ def test_the_approvals_queue_updates_live_and_keeps_what_is_being_typed(
     waiting = stack.run("queued")
     p = page.page
     p.goto("/approvals")
-    expect(p.locator("#live")).to_have_text("Live")
+    expect(p.locator("#live")).to_have_text("Live", timeout=LIVE_MS)
     p.evaluate("window.__sameDocument = true")  # gone if the page reloaded
     # Half a reason typed into one request while others arrive and are decided elsewhere.
     reason = p.locator(f"#reject-reason-{waiting['id']}")
@@ -417,7 +418,7 @@ def test_a_guardrail_fault_moves_the_card_from_c_to_b_live_and_the_pages_tell_wh
     p.goto("/")
     card = p.locator("#card-guarded")
     expect(column(p, "C").locator("#card-guarded")).to_be_visible()
-    expect(p.locator("#live")).to_have_text("Live")
+    expect(p.locator("#live")).to_have_text("Live", timeout=LIVE_MS)
     p.evaluate("window.__sameDocument = true")  # gone if the page reloaded
     fault = httpx.post(
         stack.sim_url + "/_sim/faults",
