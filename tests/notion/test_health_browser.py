@@ -83,7 +83,7 @@ def test_the_board_shows_the_mirror_in_sync_then_failing_live(
             expect(indicator.locator("time")).to_have_attribute(
                 "title", re.compile(r"^last read of Notion: \d{4}-\d\d-\d\d .* UTC$")
             )
-            expect(page.locator("#live")).to_have_text("Live")
+            expect(page.locator("#live")).to_have_text("Live", timeout=30_000)
 
             # The integration's token is revoked in Notion: every write is refused (401).
             notion_sim.workspace.config.token = "secret_rotated_" + "0" * 30

@@ -142,7 +142,8 @@ def test_a_run_of_a_killed_daemon_is_interrupted_after_restart_and_its_reservati
     _assert_interrupted_and_not_held_against_alpha(database_url, in_flight)
     (listed,) = httpx.get(f"{second.base_url}/api/behaviors").json()["behaviors"]
     assert listed["interrupted_runs_24h"] == len(in_flight)
-    assert "closed as interrupted" in second.log()
+    # Logged after the sweep's transaction commits: a moment after the runs read interrupted.
+    wait_until(lambda: "closed as interrupted" in second.log(), what="the sweep's log line")
     status = ledger("status", cwd=tmp_path, env={"LEDGER_DATABASE_URL": database_url})
     status.check_returncode()
     assert f"alpha: {len(in_flight)} run(s) in 24h interrupted" in status.stdout
@@ -201,4 +202,4 @@ def test_a_live_run_of_another_replica_is_not_swept(
         what="the other replica to close the killed owner's runs",
     )
     _assert_interrupted_and_not_held_against_alpha(database_url, in_flight)
-    assert "closed as interrupted" in other.log()
+    wait_until(lambda: "closed as interrupted" in other.log(), what="the sweep's log line")

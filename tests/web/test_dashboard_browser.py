@@ -44,6 +44,11 @@ XSS_OUTPUT = (
     "<img src=x onerror=alert('img-output')> [click](javascript:alert('link'))"
 )
 XSS_DESCRIPTION = "<script>alert('description')</script><img src=x onerror=alert('desc-img')>"
+# A live update: the change feed reads the database about every second, then the page fetches
+# its fragment again. On a busy machine that takes longer than ``expect``'s own 5 s (which
+# ``page.set_default_timeout`` does not change), so waits on one say how long they may take;
+# so do waits for the stream itself ("Live"), which reconnects every 25 s.
+LIVE_MS = 30_000
 SIM = f"""\
 seed: 3
 presets:
@@ -273,13 +278,34 @@ def test_the_tier_board_shows_three_columns_with_counts_and_cards(
     expect(column(p, "A").locator("#card-weekly-report")).to_contain_text("3 of 10 clean runs")
     expect(column(p, "A").locator("#card-guarded")).to_contain_text("0 of 10 clean runs")
     expect(p.locator("#board .summary")).to_contain_text("5 behaviors")
-    expect(p.locator("#live")).to_have_text("Live")
+    expect(p.locator("#live")).to_have_text("Live", timeout=LIVE_MS)
     # The filter box narrows the board (as you type, and as a plain GET form).
     p.get_by_label("Filter behaviors").fill("drafts")
     expect(p.locator("#card-guarded")).to_be_hidden()
     expect(p.locator("#card-queued")).to_be_visible()
     p.get_by_role("button", name="Filter").click()
     expect(p.locator("#board .summary")).to_have_text(re.compile("^1 behavior matching “drafts”"))
+    assert page.dialogs == [] and page.errors == []
+
+
+def test_filtering_as_you_type_holds_across_a_live_update(page: Watched, stack: Stack) -> None:
+    p = page.page
+    held: list[Any] = []  # the board's first fetch of its fragment, held until after typing
+    p.route("**/fragments/board*", lambda route, request: held.append(route), times=1)
+    p.goto("/")
+    expect(p.locator("#live")).to_have_text("Live", timeout=LIVE_MS)
+
+    def requested() -> bool:
+        p.evaluate("0")  # lets Playwright run the route handler
+        return bool(held)
+
+    wait_until(requested, what="the board to fetch its fragment")
+    p.get_by_label("Filter behaviors").fill("drafts")
+    expect(p.locator("#card-guarded")).to_be_hidden()
+    held[0].continue_()  # the fragment asked for before the typing: every card
+    expect(p.locator("#board[data-version]")).to_have_count(1, timeout=LIVE_MS)  # swapped in
+    expect(p.locator("#card-guarded")).to_be_hidden()
+    expect(p.locator("#card-queued")).to_be_visible()
     assert page.dialogs == [] and page.errors == []
 
 
@@ -321,7 +347,7 @@ def test_the_approvals_queue_updates_live_and_keeps_what_is_being_typed(
     waiting = stack.run("queued")
     p = page.page
     p.goto("/approvals")
-    expect(p.locator("#live")).to_have_text("Live")
+    expect(p.locator("#live")).to_have_text("Live", timeout=LIVE_MS)
     p.evaluate("window.__sameDocument = true")  # gone if the page reloaded
     # Half a reason typed into one request while others arrive and are decided elsewhere.
     reason = p.locator(f"#reject-reason-{waiting['id']}")
@@ -330,15 +356,15 @@ def test_the_approvals_queue_updates_live_and_keeps_what_is_being_typed(
 
     arrived = stack.run("queued")
     assert arrived["disposition"] == "approval"
-    expect(p.locator(f"#approval-{arrived['id']}")).to_be_visible()
+    expect(p.locator(f"#approval-{arrived['id']}")).to_be_visible(timeout=LIVE_MS)
 
     decided = stack.api.post(
         f"/api/approvals/{arrived['id']}/reject", json={"reason": "decided elsewhere"}
     )
     assert decided.status_code == 200, decided.text
-    expect(p.locator(f"#approval-{arrived['id']}")).to_have_count(0)
+    expect(p.locator(f"#approval-{arrived['id']}")).to_have_count(0, timeout=LIVE_MS)
     closed = p.locator("tr", has_text=arrived["id"])
-    expect(closed).to_contain_text("rejected")
+    expect(closed).to_contain_text("rejected", timeout=LIVE_MS)
     expect(closed).to_contain_text("decided elsewhere")
 
     assert p.evaluate("window.__sameDocument") is True
@@ -346,6 +372,38 @@ def test_the_approvals_queue_updates_live_and_keeps_what_is_being_typed(
     expect(reason).to_be_focused()
     p.keyboard.type("k")  # typing goes on where it was
     expect(reason).to_have_value("needs a second look")
+    assert page.dialogs == [] and page.errors == []
+
+
+def test_a_change_made_while_the_page_connects_its_live_updates_still_shows(
+    page: Watched, stack: Stack
+) -> None:
+    """The page's first event is the feed's version when its stream starts, which may already
+    include a change made after the page was rendered: the page fetches its fragment then too."""
+    p = page.page
+    # Another page watching the queue keeps the change feed running, and shows when it has
+    # read the change.
+    watcher = p.context.new_page()
+    watcher.goto("/approvals")
+    expect(watcher.locator("#live")).to_have_text("Live", timeout=LIVE_MS)
+    held: list[Any] = []  # the page's event stream, held back until the change is read
+    p.route("**/events/approvals", lambda route, request: held.append(route), times=1)
+    p.goto("/approvals")
+
+    def requested() -> bool:
+        p.evaluate("0")  # lets Playwright run the route handler
+        return bool(held)
+
+    wait_until(requested, what="the page to ask for its event stream")
+    arrived = stack.run("queued")
+    assert arrived["disposition"] == "approval"
+    expect(p.locator(f"#approval-{arrived['id']}")).to_have_count(0)  # rendered before
+    expect(watcher.locator(f"#approval-{arrived['id']}")).to_be_visible(timeout=LIVE_MS)
+    held[0].continue_()
+    expect(p.locator("#live")).to_have_text("Live", timeout=LIVE_MS)
+    # Well before the stream's end (25 s), whose reconnect would fetch the fragment anyway.
+    expect(p.locator(f"#approval-{arrived['id']}")).to_be_visible(timeout=15_000)
+    watcher.close()
     assert page.dialogs == [] and page.errors == []
 
 
@@ -360,7 +418,7 @@ def test_a_guardrail_fault_moves_the_card_from_c_to_b_live_and_the_pages_tell_wh
     p.goto("/")
     card = p.locator("#card-guarded")
     expect(column(p, "C").locator("#card-guarded")).to_be_visible()
-    expect(p.locator("#live")).to_have_text("Live")
+    expect(p.locator("#live")).to_have_text("Live", timeout=LIVE_MS)
     p.evaluate("window.__sameDocument = true")  # gone if the page reloaded
     fault = httpx.post(
         stack.sim_url + "/_sim/faults",
@@ -370,7 +428,7 @@ def test_a_guardrail_fault_moves_the_card_from_c_to_b_live_and_the_pages_tell_wh
     assert fault.status_code == 201, fault.text
     run = stack.run("guarded")
     assert run["status"] == "failed"
-    expect(column(p, "B").locator("#card-guarded")).to_be_visible()
+    expect(column(p, "B").locator("#card-guarded")).to_be_visible(timeout=LIVE_MS)
     expect(column(p, "C").locator("#card-guarded")).to_have_count(0)
     expect(card.locator(".reason")).to_contain_text("prompt_injection")
     expect(p.locator("#demotions")).to_contain_text("guarded")

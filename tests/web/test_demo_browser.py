@@ -122,7 +122,7 @@ def test_ledger_demo_shows_every_tier_a_promotion_and_a_guardrail_demotion_then_
 
             # Ctrl-C while a dashboard is open (its live-update stream too) stops it all.
             page.goto("/")
-            expect(page.locator("#live")).to_have_text("Live")
+            expect(page.locator("#live")).to_have_text("Live", timeout=STEP_MS)
             proc.send_signal(signal.SIGINT)
             code = proc.wait(30)
             context.close()

@@ -237,9 +237,11 @@ def test_an_open_dashboard_stream_does_not_hold_up_the_stop(
 
         daemon.proc.send_signal(stop)
         # The stream ends cleanly (a complete response, no broken connection), and so does the
-        # process: at once, not after the 10 s uvicorn would wait for open requests.
+        # process, without the 10 s uvicorn would wait for open requests (it logs "timeout
+        # graceful shutdown exceeded" when it gives up on them). The stop itself may take
+        # several seconds on a busy machine (the broadcast processor's child stops too).
         list(lines)
-        assert daemon.proc.wait(5) == 0
+        assert daemon.proc.wait(30) == 0
     log = daemon.log()
     assert '"event": "ledger stopped"' in log
     assert "Traceback" not in log

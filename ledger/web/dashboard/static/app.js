@@ -22,7 +22,6 @@
     if (!region || !window.EventSource) return;
     var status = document.getElementById("live");
     var fragment = region.getAttribute("data-fragment");
-    var first = true;
     var loading = false;
     var again = false;
 
@@ -50,16 +49,14 @@
     }
 
     var events = new EventSource(region.getAttribute("data-live"));
-    events.addEventListener("changed", function () {
-      if (first) { first = false; return; }  // the first event is the state the page shows
-      refresh();
-    });
+    // Every event, the first too: the feed's version when the stream starts may already
+    // include a change made after the page was rendered (so may one after a reconnect).
+    events.addEventListener("changed", refresh);
     events.addEventListener("open", function () {
       if (status) { status.textContent = "Live"; status.classList.add("on"); }
     });
     events.addEventListener("error", function () {
       if (status) { status.textContent = "Reconnecting…"; status.classList.remove("on"); }
-      first = false;  // after a reconnect, refresh on the first event: we may have missed one
     });
   }
 
@@ -68,7 +65,9 @@
     if (!board) return;
     var box = document.getElementById("q");
     live(board, {
-      query: function () { return "?q=" + encodeURIComponent(box ? box.value : ""); }
+      query: function () { return "?q=" + encodeURIComponent(box ? box.value : ""); },
+      // What was typed while the fragment was on its way narrows the fresh cards too.
+      restore: function (region) { applyFilter(region, box ? box.value : ""); }
     });
     if (box) {
       box.addEventListener("input", function () { applyFilter(board, box.value); });
