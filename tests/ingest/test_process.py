@@ -329,7 +329,7 @@ def test_status_shows_broadcast_spend_waiting_and_unattributed_deliveries(
     result = ledger("status", cwd=tmp_path, env={"LEDGER_DATABASE_URL": database_url})
     assert result.returncode == 0, result.stderr
     beta = next(line for line in result.stdout.splitlines() if "beta" in line)
-    assert "$0.2000 / $1.00 per day" in beta
+    assert "$0.20 / $1.00 per day" in beta
     assert "1 waiting to be processed · 3 unattributed span(s) in 24h" in result.stdout
     assert "1 delivery(ies) set aside" in result.stdout
 
