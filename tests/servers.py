@@ -7,6 +7,8 @@
 - ``python -m ledger ...`` as a real process: ``ledger`` (a command that exits), ``ledger_process``
   (one that serves: started, waited for, killed) and ``daemon_starter`` (``ledger serve`` with
   the test's database and behaviors folder; the ``start_daemon`` fixture);
+- ``ledger ...`` in this process: ``cli`` (what a command prints and its exit status, seconds
+  faster than a process; what the command sets for the whole process is put back);
 - ``capture_server``: the loopback endpoint alerts and actions are sent to;
 - ``wait_until`` / ``wait_until_async``: a condition polled with a deadline, never a bare sleep.
 """
@@ -136,6 +138,83 @@ def ledger(
         timeout=60,
         check=False,
     )
+
+
+def cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``ledger ARGS`` run in this process through the console entry point (``ledger.cli.main``),
+    as ``ledger`` runs it in a process of its own: the same environment and working directory,
+    stdout and stderr apart, the exit status. Seconds faster (no interpreter start, no imports),
+    for a test that checks what a command prints and its exit status; a test of what only a
+    process shows (a signal, a port held, the entry point itself) uses ``ledger``.
+
+    What the command sets for the whole process is put back afterwards: the environment, the
+    working directory, sys.argv and the standard streams, logging (the root logger's handlers
+    and levels, structlog's configuration), the CLI's --config holder and root options, and
+    the secret values the log masker learned. A command that gets as far as serving (``serve``,
+    ``sim`` with a valid configuration and a free port) fails the test instead of blocking."""
+    import io
+    import logging
+
+    import structlog
+    import uvicorn
+
+    import ledger.cli as ledger_cli
+    from ledger import secrets
+
+    full_env = {**os.environ, "LEDGER_LOG_FORMAT": "json", **(env or {})}
+    saved_env, saved_cwd, saved_argv = dict(os.environ), os.getcwd(), sys.argv
+    saved_streams = sys.stdout, sys.stderr
+    loggers = [logging.getLogger(), *map(logging.getLogger, _CLI_LOGGERS)]
+    saved_logging = [(lg, list(lg.handlers), lg.level) for lg in loggers]
+    saved_structlog = structlog.get_config()
+    saved_given = ledger_cli._given.root, ledger_cli._given.config
+    saved_options = dict(ledger_cli._ROOT_OPTIONS)
+    saved_secrets = set(secrets._known_values), {k: list(v) for k, v in secrets._prefixes.items()}
+    saved_serving = uvicorn.Server.run, uvicorn.Server.serve
+
+    def refuse(*_args: Any, **_kwargs: Any) -> None:
+        raise AssertionError(f"ledger {' '.join(args)} started serving in the test's process")
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    try:
+        os.environ.clear()
+        os.environ.update(full_env)
+        os.chdir(cwd)
+        sys.argv = ["ledger", *args]
+        sys.stdout, sys.stderr = out, err
+        uvicorn.Server.run = uvicorn.Server.serve = refuse  # type: ignore[assignment,method-assign]
+        try:
+            ledger_cli.main()
+        except SystemExit as exc:
+            if isinstance(exc.code, str):  # as the interpreter does with sys.exit("text")
+                print(exc.code, file=err)
+            code = 1 if isinstance(exc.code, str) else exc.code or 0
+    finally:
+        uvicorn.Server.run, uvicorn.Server.serve = saved_serving  # type: ignore[method-assign]
+        sys.stdout, sys.stderr = saved_streams
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        for logger, handlers, level in saved_logging:
+            logger.handlers[:] = handlers
+            logger.setLevel(level)
+        structlog.configure(**saved_structlog)
+        ledger_cli._given.root, ledger_cli._given.config = saved_given
+        ledger_cli._ROOT_OPTIONS.clear()
+        ledger_cli._ROOT_OPTIONS.update(saved_options)
+        secrets._known_values.clear()
+        secrets._known_values.update(saved_secrets[0])
+        secrets._prefixes.clear()
+        secrets._prefixes.update(saved_secrets[1])
+    return subprocess.CompletedProcess(["ledger", *args], code, out.getvalue(), err.getvalue())
+
+
+# Loggers whose level ``configure_logging`` sets (``cli`` puts them back).
+_CLI_LOGGERS = ("httpx", "httpcore", "apscheduler", "alembic")
 
 
 @contextlib.contextmanager

@@ -1,7 +1,7 @@
-"""What the ``ledger`` command tells an operator to do next, as a real process on real files
-and databases: the commands it prints carry the --config given, a run that is not there says
-so, ``validate`` reports secret references that do not resolve, and ``--help`` reads like any
-command's help."""
+"""What the ``ledger`` command tells an operator to do next, on real files and databases (in
+this process through its entry point, ``cli``; one test as a real process, ``ledger``): the
+commands it prints carry the --config given, a run that is not there says so, ``validate``
+reports secret references that do not resolve, and ``--help`` reads like any command's help."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from sqlmodel import col, select
 from ledger.db.models import Approval
 from ledger.db.session import Database
 from tests.factories import registered_at_b_with_a_pending_approval, write_behavior
-from tests.servers import Daemon, ledger
+from tests.servers import Daemon, cli, ledger
 
 
 def config_elsewhere(tmp_path: Path, database_url: str) -> Path:
@@ -55,7 +55,7 @@ def test_approvals_prints_commands_that_carry_the_config_and_work_pasted_elsewhe
     here = tmp_path / "somewhere"
     here.mkdir()
     relative = str(Path("..") / "conf" / "ledger.toml")  # as typed: relative to the shell's cwd
-    listed = ledger("approvals", "--config", relative, cwd=here)
+    listed = cli("approvals", "--config", relative, cwd=here)
     assert listed.returncode == 0, listed.stderr
     lines = [line.strip() for line in listed.stdout.splitlines()]
     approve = next(line for line in lines if line.startswith("ledger approve "))
@@ -67,7 +67,7 @@ def test_approvals_prints_commands_that_carry_the_config_and_work_pasted_elsewhe
     other = tmp_path / "other"
     other.mkdir()
     words = shlex.split(approve)
-    approved = ledger(*words[1:], cwd=other)
+    approved = cli(*words[1:], cwd=other)
     assert approved.returncode == 0, approved.stdout + approved.stderr
     assert run_id in approved.stdout
 
@@ -78,7 +78,7 @@ def test_approve_or_reject_of_a_run_that_does_not_exist_says_so_and_where_it_loo
     registered_at_b_with_a_pending_approval(tmp_path, database_url)
     config = config_elsewhere(tmp_path, database_url)
     for args in (("approve", "run-XYZ"), ("reject", "run-XYZ", "--reason", "no")):
-        result = ledger(*args, "--config", str(config), cwd=tmp_path)
+        result = cli(*args, "--config", str(config), cwd=tmp_path)
         assert result.returncode == 2
         assert result.stderr.startswith(
             "error: run run-XYZ does not exist (`ledger approvals --config "
@@ -91,7 +91,7 @@ def test_approve_or_reject_of_a_run_that_does_not_exist_says_so_and_where_it_loo
     empty = tmp_path / "empty"
     empty.mkdir()
     nowhere = {"LEDGER_DATABASE_URL": "sqlite:///./ledger.db"}
-    result = ledger("approve", "run-XYZ", cwd=empty, env=nowhere)
+    result = cli("approve", "run-XYZ", cwd=empty, env=nowhere)
     assert result.returncode == 2
     assert result.stderr.startswith("error: no database at ./ledger.db yet: "), result.stderr
     assert list(empty.iterdir()) == []
@@ -102,21 +102,21 @@ def test_error_hints_carry_the_config_only_to_commands_that_take_one(
 ) -> None:
     registered_at_b_with_a_pending_approval(tmp_path, database_url)
     config = config_elsewhere(tmp_path, database_url)
-    missing = ledger("explain", "nobody", "--config", str(config), cwd=tmp_path)
+    missing = cli("explain", "nobody", "--config", str(config), cwd=tmp_path)
     assert missing.returncode == 2
     assert f"(see `ledger status --config {config}`)" in missing.stderr
-    dead = ledger("outbox", "retry", "999", "--config", str(config), cwd=tmp_path)
+    dead = cli("outbox", "retry", "999", "--config", str(config), cwd=tmp_path)
     assert f"`ledger outbox list --config {config}`" in dead.stderr
     # No --config given: the hints are printed as they always were.
-    plain = ledger("explain", "nobody", cwd=tmp_path, env={"LEDGER_DATABASE_URL": database_url})
+    plain = cli("explain", "nobody", cwd=tmp_path, env={"LEDGER_DATABASE_URL": database_url})
     assert "(see `ledger status`)" in plain.stderr
-    status = ledger("status", "--config", str(config), cwd=tmp_path)
+    status = cli("status", "--config", str(config), cwd=tmp_path)
     assert status.returncode == 0, status.stderr
     assert (
         f"`ledger approvals --config {config}` lists them, `ledger approve RUN --config {config}`"
         in status.stdout
     )
-    tokens = ledger("token", "list", "--config", str(config), cwd=tmp_path)
+    tokens = cli("token", "list", "--config", str(config), cwd=tmp_path)
     assert tokens.returncode == 0, tokens.stderr
     assert f"--role viewer|operator|admin --config {config})" in tokens.stdout
 
@@ -141,7 +141,7 @@ def test_validate_warns_of_each_reference_that_does_not_resolve_and_strict_refus
     folder = tmp_path / "behaviors"
     write_behavior(folder, "hello", WEBHOOK_BEHAVIOR)
     env = {"OPENROUTER_KEY_DOES_NOT_EXIST": "", "NOPE_URL": ""}
-    result = ledger("validate", str(folder), cwd=tmp_path, env=env)
+    result = cli("validate", str(folder), cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     path = folder / "hello.yaml"
     assert result.stdout.splitlines() == [
@@ -158,7 +158,7 @@ def test_validate_warns_of_each_reference_that_does_not_resolve_and_strict_refus
         "them in its own environment; --strict makes them errors\n"
     )
 
-    strict = ledger("validate", str(folder), "--strict", cwd=tmp_path, env=env)
+    strict = cli("validate", str(folder), "--strict", cwd=tmp_path, env=env)
     assert strict.returncode == 1
     assert [line.split(": ")[1] for line in strict.stdout.splitlines()] == [
         "api_key",
@@ -189,7 +189,7 @@ def test_validate_resolves_references_without_printing_a_value(tmp_path: Path) -
 
 
 def help_of(*words: str, cwd: Path) -> str:
-    result = ledger(*words, "--help", cwd=cwd, env={"COLUMNS": "100", "TERM": "dumb"})
+    result = cli(*words, "--help", cwd=cwd, env={"COLUMNS": "100", "TERM": "dumb"})
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -223,7 +223,7 @@ def test_canvas_commands_refuse_a_behavior_that_is_not_a_broad_canvas(
     registered_at_b_with_a_pending_approval(tmp_path, database_url)  # alpha: kind single
     config = config_elsewhere(tmp_path, database_url)
     for args in (("skipped", "alpha"), ("reenable", "alpha", "some/model")):
-        result = ledger("canvas", *args, "--config", str(config), cwd=tmp_path)
+        result = cli("canvas", *args, "--config", str(config), cwd=tmp_path)
         assert result.returncode == 2, result.stdout
         assert result.stderr == (
             "error: alpha is not a broad_canvas behavior (kind single): only a broad canvas "
@@ -243,15 +243,13 @@ def test_run_via_daemon_without_a_token_says_none_was_given(
         {"LEDGER_API_TOKENS": '{"ops": "env:OPS_TOKEN"}', "OPS_TOKEN": "ops-token-" + "9" * 24},
     )
     shell = {"LEDGER_DAEMON_URL": daemon.base_url, "LEDGER_API_TOKEN": ""}
-    none = ledger("run", "alpha", "--via-daemon", cwd=tmp_path, env=shell)
+    none = cli("run", "alpha", "--via-daemon", cwd=tmp_path, env=shell)
     assert none.returncode == 2
     assert none.stderr.startswith(
         f"error: no API token was given and the daemon at {daemon.base_url} requires one: pass "
         "--token TOKEN or set LEDGER_API_TOKEN"
     ), none.stderr
-    wrong = ledger(
-        "run", "alpha", "--via-daemon", "--token", "not-a-token", cwd=tmp_path, env=shell
-    )
+    wrong = cli("run", "alpha", "--via-daemon", "--token", "not-a-token", cwd=tmp_path, env=shell)
     assert wrong.returncode == 2
     assert wrong.stderr.startswith(
         f"error: the daemon at {daemon.base_url} refused the token given"
@@ -263,6 +261,6 @@ def test_commands_without_config_print_hints_as_before(
     tmp_path: Path, database_url: str, words: tuple[str, ...]
 ) -> None:
     registered_at_b_with_a_pending_approval(tmp_path, database_url)
-    result = ledger(*words, cwd=tmp_path, env={"LEDGER_DATABASE_URL": database_url})
+    result = cli(*words, cwd=tmp_path, env={"LEDGER_DATABASE_URL": database_url})
     assert result.returncode == 0, result.stderr
     assert "--config" not in result.stdout

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.factories import key_env, write_behavior
-from tests.servers import free_port, ledger, ledger_process
+from tests.servers import cli, free_port, ledger, ledger_process
 
 KEY = "sk-or-v1-runoutput" + "0" * 40
 SIM = f"""\
@@ -38,7 +38,7 @@ def env(tmp_path: Path) -> Iterator[dict[str, str]]:
             "LEDGER_ALLOW_PRIVATE_URLS": "true",
             key_env("alpha"): KEY,
         }
-        upgraded = ledger("db", "upgrade", cwd=tmp_path, env=shell)
+        upgraded = cli("db", "upgrade", cwd=tmp_path, env=shell)
         assert upgraded.returncode == 0, upgraded.stderr
         yield shell
 
@@ -55,7 +55,7 @@ def test_a_run_prints_its_result_without_info_logs_and_its_spend_shows(
     assert _info_lines(ran.stderr) == []
     assert "call_succeeded" not in ran.stderr
 
-    status = ledger("status", cwd=tmp_path, env={**env, "COLUMNS": "200"})
+    status = cli("status", cwd=tmp_path, env={**env, "COLUMNS": "200"})
     assert status.returncode == 0, status.stderr
     (row,) = [line for line in status.stdout.splitlines() if "alpha" in line]
     assert "/ $1.00 per day" in row
@@ -72,6 +72,6 @@ def test_a_run_prints_its_result_without_info_logs_and_its_spend_shows(
 def test_verbose_or_a_configured_level_shows_the_info_logs(
     tmp_path: Path, env: dict[str, str], args: tuple[str, ...], extra: dict[str, str]
 ) -> None:
-    ran = ledger(*args, "run", "alpha", cwd=tmp_path, env={**env, **extra})
+    ran = cli(*args, "run", "alpha", cwd=tmp_path, env={**env, **extra})
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert any("openrouter.call_succeeded" in line for line in _info_lines(ran.stderr))

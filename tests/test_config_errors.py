@@ -16,7 +16,7 @@ from ledger.errors import ConfigError
 from ledger.policy import threshold_problems
 from ledger.toml_positions import toml_positions
 from tests.factories import VALID_BEHAVIOR, write_behavior
-from tests.servers import Daemon, ledger
+from tests.servers import Daemon, cli, ledger
 
 
 def _env(**values: str) -> dict[str, str]:
@@ -56,19 +56,19 @@ def test_an_invalid_policy_table_stops_every_command(
 ) -> None:
     (tmp_path / "ledger.toml").write_text(f"[policy]\n{policy}\n")
     (tmp_path / "behaviors").mkdir()
-    _fails_with(ledger(*command, cwd=tmp_path, env=_env()), line)
+    _fails_with(cli(*command, cwd=tmp_path, env=_env()), line)
 
 
 def test_the_policy_from_the_environment_is_checked_the_same_way(tmp_path: Path) -> None:
-    result = ledger("config", cwd=tmp_path, env=_env(LEDGER_POLICY='{"warn_limt": 3}'))
+    result = cli("config", cwd=tmp_path, env=_env(LEDGER_POLICY='{"warn_limt": 3}'))
     _fails_with(result, "LEDGER_POLICY: warn_limt: unknown threshold (did you mean warn_limit?)")
-    result = ledger("config", cwd=tmp_path, env=_env(LEDGER_POLICY='{"warn_window_runs": 2}'))
+    result = cli("config", cwd=tmp_path, env=_env(LEDGER_POLICY='{"warn_window_runs": 2}'))
     _fails_with(
         result,
         "LEDGER_POLICY: warn_window_runs: warn_limit (3) must not exceed warn_window_runs (2), "
         "or warns could never demote",
     )
-    ok = ledger("config", cwd=tmp_path, env=_env(LEDGER_POLICY='{"warn_limit": 2}'))
+    ok = cli("config", cwd=tmp_path, env=_env(LEDGER_POLICY='{"warn_limit": 2}'))
     assert ok.returncode == 0, ok.stderr
     assert 'policy = {"warn_limit": 2}' in ok.stdout
 
@@ -77,7 +77,7 @@ def test_a_valid_policy_table_is_accepted(tmp_path: Path) -> None:
     (tmp_path / "ledger.toml").write_text(
         "[policy]\nwarn_limit = 2\nwarn_window_runs = 5\npromote_c_min_approval_rate = 1\n"
     )
-    result = ledger("config", cwd=tmp_path, env=_env())
+    result = cli("config", cwd=tmp_path, env=_env())
     assert result.returncode == 0, result.stderr
     assert "policy = " in result.stdout
 
@@ -107,7 +107,7 @@ POLICY_BEHAVIOR = VALID_BEHAVIOR.format(key_env="K_ALPHA", name="alpha") + (
 def test_validate_checks_a_behavior_policy_over_the_global_one(tmp_path: Path) -> None:
     (tmp_path / "ledger.toml").write_text("[policy]\nwarn_window_runs = 3\n")
     write_behavior(tmp_path / "behaviors", "alpha", POLICY_BEHAVIOR)
-    result = ledger("validate", cwd=tmp_path, env=_env(K_ALPHA="sk-or-v1-" + "a" * 64))
+    result = cli("validate", cwd=tmp_path, env=_env(K_ALPHA="sk-or-v1-" + "a" * 64))
     assert result.returncode == 1, result.stdout + result.stderr
     assert result.stdout.splitlines() == [
         f"{Path('behaviors') / 'alpha.yaml'}:13:15: policy.warn_limit: warn_limit (5) must not "
@@ -116,13 +116,13 @@ def test_validate_checks_a_behavior_policy_over_the_global_one(tmp_path: Path) -
     ]
     # Without the [policy] table the same file is valid (5 <= the default 10).
     (tmp_path / "ledger.toml").unlink()
-    assert ledger("validate", cwd=tmp_path, env=_env()).returncode == 0
+    assert cli("validate", cwd=tmp_path, env=_env()).returncode == 0
 
 
 def test_validate_of_a_folder_still_reports_a_broken_configuration(tmp_path: Path) -> None:
     (tmp_path / "ledger.toml").write_text("[policy]\nwarn_limt = 3\n")
     write_behavior(tmp_path / "behaviors", "alpha", POLICY_BEHAVIOR)
-    result = ledger("validate", "behaviors", cwd=tmp_path, env=_env(K_ALPHA="k"))
+    result = cli("validate", "behaviors", cwd=tmp_path, env=_env(K_ALPHA="k"))
     _fails_with(
         result, "ledger.toml:2:1: policy.warn_limt: unknown threshold (did you mean warn_limit?)"
     )
@@ -216,7 +216,7 @@ def test_a_registered_policy_that_no_longer_fits_never_breaks_a_reader(tmp_path:
         "[policy]\nwarn_window_runs = 3\n"
     )
     env = _env(LEDGER_CONFIG=str(tmp_path / "ledger.toml"))
-    explained = ledger("explain", "alpha", cwd=tmp_path, env=env)
+    explained = cli("explain", "alpha", cwd=tmp_path, env=env)
     assert explained.returncode == 0, explained.stderr
     assert "Traceback" not in explained.stderr
     settings = load_settings(tmp_path / "ledger.toml", watch=False, ingest_processor="thread")
@@ -260,13 +260,13 @@ def test_bad_json_in_a_structured_variable_is_one_line(
     tmp_path: Path, name: str, value: str, line: str, command: list[str]
 ) -> None:
     (tmp_path / "behaviors").mkdir()
-    _fails_with(ledger(*command, cwd=tmp_path, env=_env(**{name: value})), line)
+    _fails_with(cli(*command, cwd=tmp_path, env=_env(**{name: value})), line)
 
 
 def test_a_structured_variable_of_the_wrong_shape_says_so(tmp_path: Path) -> None:
-    result = ledger("config", cwd=tmp_path, env=_env(LEDGER_POLICY="[1]"))
+    result = cli("config", cwd=tmp_path, env=_env(LEDGER_POLICY="[1]"))
     _fails_with(result, "LEDGER_POLICY: must be a JSON object, got a list")
-    result = ledger("config", cwd=tmp_path, env=_env(LEDGER_API_TOKENS='"literal-token"'))
+    result = cli("config", cwd=tmp_path, env=_env(LEDGER_API_TOKENS='"literal-token"'))
     _fails_with(result, "LEDGER_API_TOKENS: must be a JSON object")  # never the value
 
 
@@ -279,7 +279,7 @@ def test_ledger_toml_problems_give_line_column_and_plain_words(tmp_path: Path) -
         '[alert_channels.ops]\ntype = "slak"\nurll = "env:SLACK_URL"\n'
         'events = ["demotion", "nope"]\n'
     )
-    result = ledger("config", cwd=tmp_path, env=_env())
+    result = cli("config", cwd=tmp_path, env=_env())
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         "error: ledger.toml:3:1: databse_url: unknown setting (did you mean database_url?)",
@@ -330,15 +330,15 @@ def test_toml_positions_follow_multiline_values_and_arrays_of_tables() -> None:
 
 def test_a_bad_option_is_named_as_the_option(tmp_path: Path) -> None:
     _fails_with(
-        ledger("serve", "--port", "0", cwd=tmp_path, env=_env()),
+        cli("serve", "--port", "0", cwd=tmp_path, env=_env()),
         "--port: must be at least 1, got 0",
     )
     _fails_with(
-        ledger("serve", "--port", "0", cwd=tmp_path, env=_env(LEDGER_PORT="9000")),
+        cli("serve", "--port", "0", cwd=tmp_path, env=_env(LEDGER_PORT="9000")),
         "--port: must be at least 1, got 0",
     )
     _fails_with(
-        ledger("serve", cwd=tmp_path, env=_env(LEDGER_PORT="0")),
+        cli("serve", cwd=tmp_path, env=_env(LEDGER_PORT="0")),
         "LEDGER_PORT: must be at least 1, got 0",
     )
 
@@ -355,6 +355,7 @@ def _warnings(stderr: str) -> list[str]:
 
 
 def test_a_misspelled_variable_is_warned_about_once_and_not_fatal(tmp_path: Path) -> None:
+    # A real process (the others run the entry point in this one, ``cli``): its stderr logs.
     result = ledger("config", cwd=tmp_path, env=_env(LEDGER_DATABSE_URL="sqlite:///x.db"))
     assert result.returncode == 0, result.stderr
     assert _warnings(result.stderr) == [
@@ -381,6 +382,6 @@ def test_the_project_s_own_variables_and_referenced_ones_are_not_warned_about(
         LEDGER_OPS_SECRET="x" * 40,  # named by ledger.toml
         LEDGER_K="sk-or-v1-" + "b" * 64,  # named by a behavior file
     )
-    result = ledger("config", cwd=tmp_path, env=env)
+    result = cli("config", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     assert _warnings(result.stderr) == []

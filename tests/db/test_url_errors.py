@@ -1,7 +1,8 @@
 """What an operator reads when the database URL is wrong or its database cannot be opened:
 one line naming the database and the setting, and what to do — for SQLite the file and its
 folder, for PostgreSQL the server — from ``ledger serve``, ``ledger status`` and
-``ledger db upgrade`` alike (real processes, real databases)."""
+``ledger db upgrade`` alike (real databases; through the entry point in this process, ``cli``,
+and as a real process for ``status``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import free_port, ledger
+from tests.servers import cli, free_port, ledger
 
 
 def test_a_sqlite_file_in_a_missing_folder_names_the_folder_and_what_to_do(
@@ -23,7 +24,7 @@ def test_a_sqlite_file_in_a_missing_folder_names_the_folder_and_what_to_do(
         "LEDGER_DATABASE_URL to a file in an existing folder\n"
     )
     for command in (("serve", "--port", str(free_port())), ("db", "upgrade")):
-        result = ledger(*command, cwd=tmp_path, env={"LEDGER_DATABASE_URL": url})
+        result = cli(*command, cwd=tmp_path, env={"LEDGER_DATABASE_URL": url})
         assert result.returncode == 2, command
         assert result.stderr == expected, command
     assert not folder.exists()
@@ -33,7 +34,7 @@ def test_a_sqlite_file_in_a_missing_folder_names_the_folder_and_what_to_do(
 def test_a_sqlite_url_with_two_slashes_is_answered_with_the_right_form(
     tmp_path: Path, command: tuple[str, ...]
 ) -> None:
-    result = ledger(*command, cwd=tmp_path, env={"LEDGER_DATABASE_URL": "sqlite://./ledger.db"})
+    result = cli(*command, cwd=tmp_path, env={"LEDGER_DATABASE_URL": "sqlite://./ledger.db"})
     assert result.returncode == 2
     assert result.stderr == (
         "error: database URL 'sqlite://./ledger.db' is not a valid SQLite URL: a SQLite URL has "

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import free_port, ledger
+from tests.servers import cli, free_port
 
 SIMS = {
     "openrouter": ("OpenRouter simulator on ", "/_sim/calls"),
@@ -28,7 +28,7 @@ def test_a_port_in_use_is_one_line_and_exit_2(tmp_path: Path, sim: str) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = ledger("sim", sim, "--port", str(port), cwd=tmp_path)
+        result = cli("sim", sim, "--port", str(port), cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr == (
         f"error: cannot listen on 127.0.0.1:{port}: Address already in use (is the simulator "
