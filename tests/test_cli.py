@@ -12,6 +12,21 @@ from tests.servers import ledger
 REPO = Path(__file__).resolve().parents[1]
 
 
+def register(behaviors: Path, database_url: str) -> None:
+    """Register the folder's behaviors as ``serve`` or ``run`` would, in this process (setup for
+    the command under test; ``database_url`` is at schema head already, see tests/conftest.py)."""
+    from ledger.behaviors.registry import reconcile_directory
+    from ledger.db.session import Database
+    from tests.factories import T0
+
+    db = Database.open(database_url)
+    try:
+        with db.transaction() as session:
+            reconcile_directory(session, behaviors, T0)
+    finally:
+        db.close()
+
+
 def test_validate_passes_on_the_shipped_examples(tmp_path: Path) -> None:
     references = (
         "OPENROUTER_KEY_CONTENT_DIGEST",
@@ -97,15 +112,7 @@ def test_validate_keeps_a_shared_key_with_the_behavior_registered_with_it(
     body = "schedule: 1h\npreset: p\napi_key: env:K\nprompt: hi\n"
     write_behavior(tmp_path / "behaviors", "z-old", body)
     env = {"LEDGER_DATABASE_URL": database_url, "K": "a-key-value"}
-    assert ledger("db", "upgrade", cwd=tmp_path, env=env).returncode == 0
-    from ledger.behaviors.registry import reconcile_directory
-    from ledger.db.session import Database
-    from tests.factories import T0
-
-    db = Database.open(database_url)
-    with db.transaction() as session:
-        reconcile_directory(session, tmp_path / "behaviors", T0)
-    db.close()
+    register(tmp_path / "behaviors", database_url)
     write_behavior(tmp_path / "behaviors", "a-new", body)
     result = ledger("validate", cwd=tmp_path, env=env)
     assert result.returncode == 1
@@ -270,7 +277,6 @@ def test_run_without_its_key_in_this_shell_exits_1_and_records_nothing(
     start a run whose key this shell does not have — no run, no gate result, no pause."""
     write_behavior(tmp_path / "behaviors", "alpha")
     env = {"LEDGER_DATABASE_URL": database_url, "LEDGER_BEHAVIORS_DIR": "behaviors"}
-    assert ledger("db", "upgrade", cwd=tmp_path, env=env).returncode == 0
     ran = ledger("run", "alpha", cwd=tmp_path, env=env)
     assert ran.returncode == 1, ran.stdout + ran.stderr
     assert ran.stderr.startswith(
@@ -295,10 +301,9 @@ def test_run_of_a_paused_behavior_says_so_and_exits_1(tmp_path: Path, database_u
         "LEDGER_BEHAVIORS_DIR": "behaviors",
         "LEDGER_TEST_KEY_ALPHA": "sk-or-v1-" + "5" * 40,
     }
-    assert ledger("db", "upgrade", cwd=tmp_path, env=env).returncode == 0
-    # register it (a real run reconciles the folder first), pause it, then try to run it
-    registered = ledger("run", "alpha", cwd=tmp_path, env={**env, "LEDGER_TEST_KEY_ALPHA": ""})
-    assert registered.returncode == 1
+    # register it (a run reconciles the folder first, as the test above shows: done here in
+    # this process), pause it, then try to run it
+    register(tmp_path / "behaviors", database_url)
     paused = ledger("pause", "alpha", "--reason", "maintenance", cwd=tmp_path, env=env)
     assert paused.returncode == 0, paused.stderr
     ran = ledger("run", "alpha", cwd=tmp_path, env=env)
@@ -318,7 +323,6 @@ def test_a_run_that_fails_exits_1(tmp_path: Path, database_url: str) -> None:
         "LEDGER_BEHAVIORS_DIR": "behaviors",
         "LEDGER_TEST_KEY_ALPHA": "sk-or-v1-" + "6" * 40,
     }
-    assert ledger("db", "upgrade", cwd=tmp_path, env=env).returncode == 0
     ran = ledger("run", "alpha", cwd=tmp_path, env=env)
     assert ran.returncode == 1, ran.stdout + ran.stderr
     first, gate = ran.stdout.splitlines()[:2]

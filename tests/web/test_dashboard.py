@@ -4,8 +4,10 @@ and actions that go through the same services as the API (recorded in the ledger
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -13,19 +15,18 @@ import httpx
 import pytest
 
 from tests.conftest import VALID_BEHAVIOR, free_port, write_behavior
-from tests.daemon import Daemon
+from tests.servers import Daemon, daemon_starter
 
 TOKEN = "dash-token-" + "3" * 30
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
-@pytest.fixture
-def daemon(tmp_path: Path, database_url: str, start_daemon: Callable[..., Daemon]) -> Daemon:
+def _start_dashboard(folder: Path, database_url: str, start: Callable[..., Daemon]) -> Daemon:
     body = VALID_BEHAVIOR.format(key_env="DASH_TEST_KEY", name="alpha").replace(
         "schedule: 15m", 'schedule: "0 0 1 1 *"'
     )
-    write_behavior(tmp_path / "behaviors", "alpha", body)
-    return start_daemon(
+    write_behavior(folder / "behaviors", "alpha", body)
+    return start(
         database_url,
         {
             "LEDGER_API_TOKENS": '{"ops": "env:DASH_OPS_TOKEN"}',
@@ -35,6 +36,23 @@ def daemon(tmp_path: Path, database_url: str, start_daemon: Callable[..., Daemon
             "LEDGER_FORWARDED_ALLOW_IPS": "127.0.0.1",
         },
     )
+
+
+@pytest.fixture(scope="module")
+def shared_daemon(
+    module_database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Daemon]:
+    """One daemon for the tests below that log in (one refused token at most, far from the
+    limit), read pages and pause ``alpha`` (the only one that changes it, and the only one that
+    asks). Starting a daemon costs seconds; the rate limit test has one of its own."""
+    folder = tmp_path_factory.mktemp("dashboard-daemon")
+    with contextlib.contextmanager(daemon_starter)(folder) as start:
+        yield _start_dashboard(folder, module_database_url, start)
+
+
+@pytest.fixture
+def daemon(shared_daemon: Daemon) -> Daemon:
+    return shared_daemon
 
 
 @pytest.fixture
@@ -170,7 +188,15 @@ def test_the_login_page_and_a_refused_token_say_how_to_get_one(browser: httpx.Cl
     ) in refused.text.replace("&#96;", "`")
 
 
-def test_failed_logins_are_limited_per_address(browser: httpx.Client) -> None:
+def test_failed_logins_are_limited_per_address(
+    tmp_path: Path, database_url: str, start_daemon: Callable[..., Daemon]
+) -> None:
+    daemon = _start_dashboard(tmp_path, database_url, start_daemon)  # its own: it hits the limit
+    with httpx.Client(base_url=daemon.base_url, timeout=30) as browser:
+        _hit_the_login_limit(browser)
+
+
+def _hit_the_login_limit(browser: httpx.Client) -> None:
     for _ in range(10):
         refused = login(browser, "wrong-token")
         assert refused.status_code == 401 and "not valid" in refused.text
@@ -283,14 +309,16 @@ def test_a_session_survives_a_restart_with_the_session_secret_but_not_a_changed_
     first.proc.terminate()
     first.proc.wait(30)
 
-    same = start_daemon(database_url, env)
+    # Both restarts at once (after the first daemon stopped): a start costs seconds.
+    with ThreadPoolExecutor(2) as pool:
+        starting_same = pool.submit(start_daemon, database_url, env)
+        starting_rotated = pool.submit(
+            start_daemon, database_url, {**env, "DASH_OPS_TOKEN": "rotated-" + "9" * 30}
+        )
+        same, rotated = starting_same.result(), starting_rotated.result()
     with httpx.Client(base_url=same.base_url, timeout=30) as client:
         client.cookies.set("ledger_session", cookie)
         assert client.get("/").status_code == 200  # the same secret reads the same session
-    same.proc.terminate()
-    same.proc.wait(30)
-
-    rotated = start_daemon(database_url, {**env, "DASH_OPS_TOKEN": "rotated-" + "9" * 30})
     with httpx.Client(base_url=rotated.base_url, timeout=30) as client:
         client.cookies.set("ledger_session", cookie)
         answer = client.get("/")

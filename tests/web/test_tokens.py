@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -22,7 +23,7 @@ from ledger.tokens import create_token, revoke_token
 from ledger.web.app import create_app
 from ledger.web.auth import Operator, authenticate_token
 from tests.conftest import T0, VALID_BEHAVIOR, free_port, write_behavior
-from tests.daemon import Daemon, ledger
+from tests.servers import Daemon, daemon_starter, ledger
 
 CONFIG_TOKEN = "cfg-token-" + "5" * 24
 
@@ -31,23 +32,20 @@ def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-@pytest.fixture
-def served(
-    tmp_path: Path, database_url: str, start_daemon: Callable[..., Daemon]
-) -> tuple[Daemon, str]:
-    """A daemon with one behavior, a config token and a named admin token (made with the
-    CLI): the daemon and the admin token."""
+def _serve(folder: Path, database_url: str, start: Callable[..., Daemon]) -> tuple[Daemon, str]:
+    """A daemon with one behavior, a config token and a named admin token: the daemon and the
+    admin token."""
     body = VALID_BEHAVIOR.format(key_env="TOKENS_TEST_KEY", name="alpha").replace(
         "schedule: 15m", 'schedule: "0 0 1 1 *"'
     )
-    write_behavior(tmp_path / "behaviors", "alpha", body)
+    write_behavior(folder / "behaviors", "alpha", body)
     db = Database.open(database_url, migrate=True)
     try:
         with db.transaction() as session:
             admin_token, _ = create_token(session, "boss", "admin", actor="test", now=T0)
     finally:
         db.close()
-    daemon = start_daemon(
+    daemon = start(
         database_url,
         {
             "LEDGER_API_TOKENS": '{"ops": "env:OPS_TOKEN"}',
@@ -61,8 +59,27 @@ def served(
     return daemon, admin_token
 
 
-def test_viewers_read_operators_act_admins_manage_tokens(served: tuple[Daemon, str]) -> None:
-    daemon, admin = served
+@pytest.fixture(scope="module")
+def shared(
+    module_database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Daemon, str]]:
+    """One daemon (``_serve``) for the tests below that make tokens of names no other of them
+    uses and look only at those (a start costs seconds): the daemon and the admin token. The
+    test that lists every token has a daemon of its own."""
+    folder = tmp_path_factory.mktemp("tokens-daemon")
+    with contextlib.contextmanager(daemon_starter)(folder) as start:
+        yield _serve(folder, module_database_url, start)
+
+
+@pytest.fixture
+def served(shared: tuple[Daemon, str]) -> tuple[Daemon, str]:
+    return shared
+
+
+def test_viewers_read_operators_act_admins_manage_tokens(
+    tmp_path: Path, database_url: str, start_daemon: Callable[..., Daemon]
+) -> None:
+    daemon, admin = _serve(tmp_path, database_url, start_daemon)  # its own: it lists every token
     with httpx.Client(base_url=daemon.base_url, timeout=30) as http:
         made = http.post(
             "/api/tokens", json={"name": "wall", "role": "viewer"}, headers=_bearer(admin)
@@ -136,9 +153,10 @@ def test_a_revoked_token_stops_working_at_once(served: tuple[Daemon, str]) -> No
 
 
 def test_tokens_are_stored_only_as_their_digest(
-    served: tuple[Daemon, str], database_url: str, tmp_path: Path
+    served: tuple[Daemon, str], module_database_url: str
 ) -> None:
     daemon, admin = served
+    database_url = module_database_url
     with httpx.Client(base_url=daemon.base_url, timeout=30) as http:
         viewer = http.post(
             "/api/tokens", json={"name": "wall", "role": "viewer"}, headers=_bearer(admin)
@@ -154,7 +172,8 @@ def test_tokens_are_stored_only_as_their_digest(
         assert token not in stored
         assert hashlib.sha256(token.encode()).hexdigest() in stored
     if database_url.startswith("sqlite:"):
-        raw = b"".join(p.read_bytes() for p in tmp_path.glob("ledger.db*"))
+        path = Path(database_url.removeprefix("sqlite:///"))
+        raw = b"".join(p.read_bytes() for p in path.parent.glob("ledger.db*"))
         assert admin.encode() not in raw and viewer.encode() not in raw
         assert hashlib.sha256(viewer.encode()).hexdigest().encode() in raw
 
@@ -202,7 +221,6 @@ def test_every_answer_carries_the_security_headers(served: tuple[Daemon, str]) -
 
 def test_the_cli_creates_lists_and_revokes_tokens(tmp_path: Path, database_url: str) -> None:
     env = {"LEDGER_DATABASE_URL": database_url}
-    assert ledger("db", "upgrade", cwd=tmp_path, env=env).returncode == 0
     created = ledger("token", "create", "wall", "--role", "viewer", cwd=tmp_path, env=env)
     assert created.returncode == 0, created.stderr
     token = created.stdout.strip()
