@@ -293,7 +293,24 @@ def test_the_child_holds_no_secret_but_the_databases_and_still_applies_deliverie
             },
         }
     )
-    app = create_app(settings)
+
+    def counted(base_url: str) -> None:
+        assert behavior(base_url)["spend"]["usd"] == pytest.approx(0.25)
+
+    environ = _child_applies_a_delivery(create_app(settings), counted)
+    everything = "\0".join(f"{k}={v}" for k, v in environ.items())
+    for value in [*planted.values(), behavior_key]:
+        assert value not in everything
+    assert environ["WORKER_DB_URL"] == database_url  # LEDGER_DATABASE_URL=env:WORKER_DB_URL
+    assert environ["PATH"] == os.environ["PATH"]
+    assert not [name for name in environ if name.startswith("LEDGER_")]
+
+
+def _child_applies_a_delivery(
+    app: Any, check: Callable[[str], None] = lambda _base_url: None
+) -> dict[str, str]:
+    """Serve ``app``; its child's environment, once the child has applied one delivery (then
+    ``check(base_url)``) without exiting."""
     with serve_app(app) as base_url:
         processor = app.state.ledger.services.processor
         assert isinstance(processor, ProcessorProcess)
@@ -302,14 +319,9 @@ def test_the_child_holds_no_secret_but_the_databases_and_still_applies_deliverie
         environ = environ_of(processor.process.pid)
         send(base_url, 250_000)
         wait_until(lambda: spans(base_url) >= 3, 20, "the child to apply the delivery")
-        assert behavior(base_url)["spend"]["usd"] == pytest.approx(0.25)
-        assert processor.restarts == 0
-    everything = "\0".join(f"{k}={v}" for k, v in environ.items())
-    for value in [*planted.values(), behavior_key]:
-        assert value not in everything
-    assert environ["WORKER_DB_URL"] == database_url  # LEDGER_DATABASE_URL=env:WORKER_DB_URL
-    assert environ["PATH"] == os.environ["PATH"]
-    assert not [name for name in environ if name.startswith("LEDGER_")]
+        check(base_url)
+        assert processor.restarts == 0, f"the child exited (code {processor.last_exit})"
+    return environ
 
 
 def test_the_child_imports_nothing_from_the_daemons_working_directory(
@@ -324,16 +336,7 @@ def test_the_child_imports_nothing_from_the_daemons_working_directory(
     workdir.mkdir()
     (workdir / "json.py").write_text("raise ImportError('json.py from the working directory')\n")
     monkeypatch.chdir(workdir)
-    app = create_app(alpha_settings)
-    with serve_app(app) as base_url:
-        processor = app.state.ledger.services.processor
-        assert isinstance(processor, ProcessorProcess)
-        wait_until(lambda: processor.process is not None, 10, "the child to start")
-        assert processor.process is not None
-        environ = environ_of(processor.process.pid)
-        send(base_url, 250_000)
-        wait_until(lambda: spans(base_url) >= 3, 20, "the child to apply the delivery")
-        assert processor.restarts == 0, f"the child exited (code {processor.last_exit})"
+    environ = _child_applies_a_delivery(create_app(alpha_settings))
     assert environ.get("PYTHONPATH") == os.environ.get("PYTHONPATH")
 
 
